@@ -1,0 +1,145 @@
+//! The per-flow [`Context`]: data shared by the steps of one flow, and causal sends.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::event::Event;
+use crate::id::NodeId;
+use crate::node::{Node, Target};
+use crate::reply::Reply;
+use crate::stream::FlowStream;
+
+type DataMap = HashMap<TypeId, Box<dyn Any + Send + Sync>>;
+
+/// The context of one flow: shared by all its steps, separate from every other flow.
+///
+/// Steps store and read typed data here (one value per type; use a newtype to keep two values
+/// of the same type apart), and send events that continue the flow's causal chain.
+/// Cloning is cheap and clones share the same data.
+///
+/// ```
+/// use happen::{Context, Event, Flow, Happen};
+///
+/// #[derive(Clone)]
+/// struct Validated(bool);
+///
+/// async fn first(_e: Event, ctx: Context) -> Flow {
+///     ctx.insert(Validated(true));
+///     Flow::next(second)
+/// }
+/// async fn second(_e: Event, ctx: Context) -> bool {
+///     ctx.get::<Validated>().map(|v| v.0).unwrap_or(false)
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = Happen::new();
+/// let node = happen.node("n").await?;
+/// node.on("go", first)?;
+/// assert_eq!(node.send(&node, Event::new("go", ())).await?, true);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Arc<FlowState>,
+}
+
+pub(crate) struct FlowState {
+    pub(crate) node: Node,
+    pub(crate) event: Event,
+    data: Mutex<Option<DataMap>>,
+    pub(crate) stream: FlowStream,
+}
+
+impl Context {
+    pub(crate) fn new(node: Node, event: Event, stream: FlowStream) -> Context {
+        Context {
+            inner: Arc::new(FlowState {
+                node,
+                event,
+                data: Mutex::new(None),
+                stream,
+            }),
+        }
+    }
+
+    /// Stores `value`, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        let mut data = self.inner.data.lock();
+        data.get_or_insert_with(HashMap::new)
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
+    /// A clone of the stored value of type `T`.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        let data = self.inner.data.lock();
+        data.as_ref()?
+            .get(&TypeId::of::<T>())?
+            .downcast_ref::<T>()
+            .cloned()
+    }
+
+    /// Runs `f` on the stored value of type `T` in place (no clone); `None` if there is none.
+    /// Do not call other `Context` data methods from inside `f`.
+    pub fn with<T: Send + Sync + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut data = self.inner.data.lock();
+        data.as_mut()?
+            .get_mut(&TypeId::of::<T>())?
+            .downcast_mut::<T>()
+            .map(f)
+    }
+
+    /// Removes and returns the stored value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&self) -> Option<T> {
+        let mut data = self.inner.data.lock();
+        data.as_mut()?
+            .remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
+    /// The node running this flow.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The node id running this flow.
+    pub fn node_id(&self) -> &NodeId {
+        self.inner.node.id()
+    }
+
+    /// The event that started this flow.
+    pub fn event(&self) -> &Event {
+        &self.inner.event
+    }
+
+    /// Sends `event` to `target` as a consequence of this flow's event: causation is this
+    /// flow's event, the correlation id is inherited and the path extended with this node.
+    /// Otherwise identical to [`Node::send`].
+    pub fn send(&self, target: impl Into<Target>, event: Event) -> Reply {
+        self.inner
+            .node
+            .send_inner(target.into(), event, Some(&self.inner.event))
+    }
+
+    /// Broadcasts `event` as a consequence of this flow's event (see [`Context::send`]).
+    ///
+    /// # Errors
+    /// As [`Node::broadcast`].
+    pub fn broadcast(&self, event: Event) -> crate::Result<()> {
+        self.inner
+            .node
+            .broadcast_inner(event, Some(&self.inner.event))
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("node", self.inner.node.id())
+            .field("event", self.inner.event.id())
+            .finish_non_exhaustive()
+    }
+}

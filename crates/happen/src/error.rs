@@ -1,0 +1,421 @@
+//! The crate's one error type, [`Error`], and the [`ErrorKind`] callers match on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::id::{EventId, NodeId};
+
+/// A boxed error, the type handler code may return (anything convertible into it works).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A `Result` whose error is [`happen::Error`](Error).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, for matching. New kinds may be added in minor releases.
+///
+/// ```
+/// use happen::{Error, ErrorKind};
+///
+/// fn retryable(err: &Error) -> bool {
+///     matches!(err.kind(), ErrorKind::QueueFull | ErrorKind::Timeout)
+/// }
+/// # let _ = retryable;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No node with the target id exists (in-process), or no process answers for it (NATS).
+    UnknownNode,
+    /// The target node has no handler whose pattern matches the event type.
+    NoHandler,
+    /// A handler or step returned an error; the message is kept.
+    Handler,
+    /// A handler or step panicked; the panic message is kept and the node keeps serving.
+    Panic,
+    /// The reply did not arrive within the timeout.
+    Timeout,
+    /// The target node's queue was full (or the event was displaced by a higher-priority one).
+    QueueFull,
+    /// The node or the whole instance is shutting down or shut down.
+    ShutDown,
+    /// The flow was cancelled before it finished (for example its stream consumer went away).
+    Cancelled,
+    /// A flow went deeper than the configured maximum chain depth.
+    ChainTooDeep,
+    /// A pattern string could not be parsed.
+    InvalidPattern,
+    /// The configuration is invalid; the message names the key.
+    InvalidConfig,
+    /// The event itself is invalid (for example an empty event type).
+    InvalidEvent,
+    /// A payload or final value did not (de)serialize into the requested type; the message names the field.
+    InvalidPayload,
+    /// A node with this id already exists in this instance.
+    DuplicateNode,
+    /// The transport failed (connection lost, protocol error, malformed message).
+    Transport,
+    /// A broadcast-stream subscriber fell too far behind and skipped items.
+    Lagged,
+}
+
+impl ErrorKind {
+    /// A short, stable, lowercase name for the kind (used on the wire and in metrics).
+    ///
+    /// ```
+    /// assert_eq!(happen::ErrorKind::QueueFull.as_str(), "queue_full");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownNode => "unknown_node",
+            ErrorKind::NoHandler => "no_handler",
+            ErrorKind::Handler => "handler",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::ShutDown => "shut_down",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::ChainTooDeep => "chain_too_deep",
+            ErrorKind::InvalidPattern => "invalid_pattern",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::InvalidEvent => "invalid_event",
+            ErrorKind::InvalidPayload => "invalid_payload",
+            ErrorKind::DuplicateNode => "duplicate_node",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Lagged => "lagged",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str); `None` for an unknown name.
+    ///
+    /// ```
+    /// use happen::ErrorKind;
+    /// assert_eq!(ErrorKind::parse("timeout"), Some(ErrorKind::Timeout));
+    /// assert_eq!(ErrorKind::parse("nope"), None);
+    /// ```
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        ALL_KINDS.iter().copied().find(|k| k.as_str() == name)
+    }
+}
+
+const ALL_KINDS: [ErrorKind; 16] = [
+    ErrorKind::UnknownNode,
+    ErrorKind::NoHandler,
+    ErrorKind::Handler,
+    ErrorKind::Panic,
+    ErrorKind::Timeout,
+    ErrorKind::QueueFull,
+    ErrorKind::ShutDown,
+    ErrorKind::Cancelled,
+    ErrorKind::ChainTooDeep,
+    ErrorKind::InvalidPattern,
+    ErrorKind::InvalidConfig,
+    ErrorKind::InvalidEvent,
+    ErrorKind::InvalidPayload,
+    ErrorKind::DuplicateNode,
+    ErrorKind::Transport,
+    ErrorKind::Lagged,
+];
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every fallible happen operation. Cheap to clone.
+///
+/// Match on [`kind`](Error::kind); the [`Display`](fmt::Display) message is meant for humans and
+/// says what to do where that is known.
+///
+/// ```
+/// use happen::{Error, ErrorKind};
+///
+/// let err = Error::new(ErrorKind::Handler, "card declined");
+/// assert_eq!(err.kind(), ErrorKind::Handler);
+/// assert_eq!(err.message(), "card declined");
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    node: Option<NodeId>,
+    event_id: Option<EventId>,
+    limit: Option<usize>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// An error of `kind` with a human-readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                node: None,
+                event_id: None,
+                limit: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// What went wrong, for matching.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The human-readable message (for handler errors: the handler's own message).
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// The node the error concerns, where one is known (the target of a send, the full node).
+    pub fn node(&self) -> Option<&NodeId> {
+        self.inner.node.as_ref()
+    }
+
+    /// The event the error concerns, where one is known (for example the rejected event).
+    pub fn event_id(&self) -> Option<&EventId> {
+        self.inner.event_id.as_ref()
+    }
+
+    /// The limit that was hit, for [`ErrorKind::QueueFull`] (the queue limit) and
+    /// [`ErrorKind::ChainTooDeep`] (the maximum depth).
+    pub fn limit(&self) -> Option<usize> {
+        self.inner.limit
+    }
+
+    /// `true` for [`ErrorKind::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// `true` for [`ErrorKind::QueueFull`].
+    pub fn is_queue_full(&self) -> bool {
+        self.kind() == ErrorKind::QueueFull
+    }
+
+    /// `true` for [`ErrorKind::ShutDown`].
+    pub fn is_shut_down(&self) -> bool {
+        self.kind() == ErrorKind::ShutDown
+    }
+
+    pub(crate) fn with_node(mut self, node: &NodeId) -> Error {
+        self.inner_mut().node = Some(node.clone());
+        self
+    }
+
+    pub(crate) fn with_event(mut self, id: &EventId) -> Error {
+        self.inner_mut().event_id = Some(id.clone());
+        self
+    }
+
+    pub(crate) fn with_limit(mut self, limit: usize) -> Error {
+        self.inner_mut().limit = Some(limit);
+        self
+    }
+
+    /// Attaches an underlying cause, reported by [`source`](std::error::Error::source).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.inner_mut().source = Some(Arc::new(source));
+        self
+    }
+
+    /// Rebuilds an error received from elsewhere (for example a remote node) with all details.
+    /// Transports use this to preserve kinds across the wire.
+    pub fn from_parts(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        node: Option<NodeId>,
+        event_id: Option<EventId>,
+        limit: Option<usize>,
+    ) -> Error {
+        let mut e = Error::new(kind, message);
+        let inner = e.inner_mut();
+        inner.node = node;
+        inner.event_id = event_id;
+        inner.limit = limit;
+        e
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        if Arc::get_mut(&mut self.inner).is_none() {
+            let i = &self.inner;
+            self.inner = Arc::new(Inner {
+                kind: i.kind,
+                message: i.message.clone(),
+                node: i.node.clone(),
+                event_id: i.event_id.clone(),
+                limit: i.limit,
+                source: i.source.clone(),
+            });
+        }
+        Arc::get_mut(&mut self.inner).expect("just made unique")
+    }
+
+    // ---- constructors used across the crate -------------------------------------------------
+
+    pub(crate) fn unknown_node(node: &NodeId) -> Error {
+        Error::new(
+            ErrorKind::UnknownNode,
+            format!(
+                "no node `{node}` exists; create it with `happen.node(\"{node}\")` or check the id"
+            ),
+        )
+        .with_node(node)
+    }
+
+    pub(crate) fn no_handler(node: &NodeId, event_type: &str) -> Error {
+        Error::new(
+            ErrorKind::NoHandler,
+            format!("node `{node}` has no handler matching event type `{event_type}`; register one with `node.on(...)`"),
+        )
+        .with_node(node)
+    }
+
+    pub(crate) fn handler(err: BoxError) -> Error {
+        let message = err.to_string();
+        match err.downcast::<Error>() {
+            Ok(inner) => *inner,
+            Err(other) => Error {
+                inner: Arc::new(Inner {
+                    kind: ErrorKind::Handler,
+                    message,
+                    node: None,
+                    event_id: None,
+                    limit: None,
+                    source: Some(Arc::from(other)),
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn panic(node: &NodeId, message: &str) -> Error {
+        Error::new(
+            ErrorKind::Panic,
+            format!("a handler at node `{node}` panicked: {message}"),
+        )
+        .with_node(node)
+    }
+
+    pub(crate) fn timeout(after: std::time::Duration) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "no reply within {after:?}; raise the timeout with `.timeout(..)` or check the target node"
+            ),
+        )
+    }
+
+    pub(crate) fn shut_down(node: &NodeId) -> Error {
+        Error::new(
+            ErrorKind::ShutDown,
+            format!("node `{node}` is shut down and accepts no events"),
+        )
+        .with_node(node)
+    }
+
+    pub(crate) fn queue_full(node: &NodeId, limit: usize, event: &EventId) -> Error {
+        Error::new(
+            ErrorKind::QueueFull,
+            format!("queue of node `{node}` is full (queue_limit = {limit}); event {event} was rejected: slow down, use `send_paced`, or raise the limit"),
+        )
+        .with_node(node)
+        .with_event(event)
+        .with_limit(limit)
+    }
+
+    pub(crate) fn displaced(node: &NodeId, limit: usize, event: &EventId) -> Error {
+        Error::new(
+            ErrorKind::QueueFull,
+            format!("queue of node `{node}` is full (queue_limit = {limit}); queued event {event} was displaced by a higher-priority event"),
+        )
+        .with_node(node)
+        .with_event(event)
+        .with_limit(limit)
+    }
+
+    pub(crate) fn config(key: &str, problem: impl fmt::Display) -> Error {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("invalid config `{key}`: {problem}"),
+        )
+    }
+
+    pub(crate) fn invalid_event(problem: impl fmt::Display) -> Error {
+        Error::new(ErrorKind::InvalidEvent, format!("invalid event: {problem}"))
+    }
+
+    pub(crate) fn cancelled() -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            "the flow was cancelled before it finished",
+        )
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(n) = &self.inner.node {
+            d.field("node", n);
+        }
+        if let Some(e) = &self.inner.event_id {
+            d.field("event_id", e);
+        }
+        if let Some(l) = &self.inner.limit {
+            d.field("limit", l);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_names() {
+        for k in ALL_KINDS {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+        }
+    }
+
+    #[test]
+    fn handler_errors_keep_message_and_unwrap_happen_errors() {
+        let e = Error::handler("card declined".into());
+        assert_eq!(e.kind(), ErrorKind::Handler);
+        assert_eq!(e.message(), "card declined");
+        assert!(std::error::Error::source(&e).is_some());
+        let inner = Error::new(ErrorKind::Timeout, "t");
+        let e = Error::handler(Box::new(inner));
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn errors_are_send_sync() {
+        fn assert<T: Send + Sync + Clone + 'static>() {}
+        assert::<Error>();
+    }
+}

@@ -1,0 +1,484 @@
+//! Events: a type, a JSON payload and the causal context.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{CorrelationId, EventId, NodeId, SharedStr};
+
+/// An event: a type (`order.created`), a payload, a priority and its causal context.
+///
+/// Events are immutable once sent and cheap to clone (the contents are shared), so the same
+/// event reaches every broadcast receiver and every step of a flow without copying.
+/// The causal context (id, sender, causation, correlation, path, timestamp) is filled in when the
+/// event is sent: from a [`Node`](crate::Node) it starts a new transaction, from a flow's
+/// [`Context`](crate::Context) it continues the transaction of the event being handled.
+///
+/// ```
+/// use happen::Event;
+/// use serde_json::json;
+///
+/// let event = Event::new("order.created", json!({"id": 42})).with_priority(5);
+/// assert_eq!(event.event_type(), "order.created");
+/// assert_eq!(event.payload()["id"], 42);
+/// assert_eq!(event.priority(), 5);
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    inner: Arc<EventInner>,
+}
+
+#[derive(Clone)]
+struct EventInner {
+    event_type: SharedStr,
+    payload: Value,
+    priority: i32,
+    causal: Causal,
+    /// A correlation id the user asked for on a root event.
+    explicit_correlation: Option<CorrelationId>,
+}
+
+/// The causal context of an event (Happen's `context.causal`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen};
+/// let happen = Happen::new();
+/// let a = happen.node("a").await?;
+/// let b = happen.node("b").await?;
+/// b.on("ping", |event: Event, _ctx: Context| async move {
+///     let causal = event.causal();
+///     assert_eq!(causal.sender(), "a");
+///     assert_eq!(causal.path(), ["a"]);
+///     assert!(causal.causation_id().is_none()); // a root event
+/// })?;
+/// a.send(&b, Event::new("ping", ())).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Causal {
+    #[serde(default = "EventId::new")]
+    id: EventId,
+    #[serde(default = "empty_node")]
+    sender: NodeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    causation_id: Option<EventId>,
+    #[serde(default = "CorrelationId::new")]
+    correlation_id: CorrelationId,
+    #[serde(default)]
+    path: Vec<NodeId>,
+    #[serde(default = "now_ms")]
+    timestamp: u64,
+}
+
+fn empty_node() -> NodeId {
+    NodeId::from("")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Causal {
+    /// This event's id (`evt-<uuid>`).
+    pub fn id(&self) -> &EventId {
+        &self.id
+    }
+    /// The node that sent the event.
+    pub fn sender(&self) -> &NodeId {
+        &self.sender
+    }
+    /// The event whose handling caused this one; `None` for a root event.
+    pub fn causation_id(&self) -> Option<&EventId> {
+        self.causation_id.as_ref()
+    }
+    /// The transaction this event belongs to (`txn-<uuid>`), inherited along the chain.
+    pub fn correlation_id(&self) -> &CorrelationId {
+        &self.correlation_id
+    }
+    /// The node ids the chain has passed through, oldest first; the sender is last.
+    pub fn path(&self) -> &[NodeId] {
+        &self.path
+    }
+    /// When the event was sent, in milliseconds since the Unix epoch.
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
+impl Event {
+    /// A new event of `event_type` with a JSON payload (anything convertible into
+    /// [`serde_json::Value`]: `json!(..)`, strings, numbers, `()` for none).
+    /// For a typed payload use [`Event::serialize`].
+    pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
+        Event {
+            inner: Arc::new(EventInner {
+                event_type: event_type.into().0,
+                payload: payload.into(),
+                priority: 0,
+                causal: Causal {
+                    id: EventId::parse(""),
+                    sender: empty_node(),
+                    causation_id: None,
+                    correlation_id: CorrelationId::parse(""),
+                    path: Vec::new(),
+                    timestamp: 0,
+                },
+                explicit_correlation: None,
+            }),
+        }
+    }
+
+    /// A new event whose payload is `payload` serialized with serde.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidPayload`] if the value cannot be represented as JSON (for example a
+    /// map with non-string keys).
+    ///
+    /// ```
+    /// #[derive(serde::Serialize)]
+    /// struct Order { id: u32 }
+    /// let event = happen::Event::serialize("order.created", &Order { id: 7 })?;
+    /// assert_eq!(event.payload()["id"], 7);
+    /// # Ok::<(), happen::Error>(())
+    /// ```
+    pub fn serialize<T: Serialize + ?Sized>(
+        event_type: impl Into<EventType>,
+        payload: &T,
+    ) -> Result<Event> {
+        let value = serde_json::to_value(payload).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!("payload cannot be serialized to JSON: {e}"),
+            )
+            .with_source(e)
+        })?;
+        Ok(Event::new(event_type, value))
+    }
+
+    /// Sets the priority (default 0). Nodes with the `priority` queue strategy start higher
+    /// priorities first.
+    pub fn with_priority(mut self, priority: i32) -> Event {
+        Arc::make_mut(&mut self.inner).priority = priority;
+        self
+    }
+
+    /// Makes a root event join an existing transaction instead of starting a new one.
+    /// Ignored for events sent from inside a flow, which always inherit the flow's correlation id.
+    pub fn with_correlation_id(mut self, id: CorrelationId) -> Event {
+        Arc::make_mut(&mut self.inner).explicit_correlation = Some(id);
+        self
+    }
+
+    /// The event type, e.g. `order.created`.
+    pub fn event_type(&self) -> &str {
+        &self.inner.event_type
+    }
+
+    /// The payload as JSON.
+    pub fn payload(&self) -> &Value {
+        &self.inner.payload
+    }
+
+    /// Deserializes the payload into `T`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidPayload`], naming the offending field, when the payload does not fit `T`.
+    ///
+    /// ```
+    /// use happen::{ErrorKind, Event};
+    /// use serde_json::json;
+    ///
+    /// #[derive(Debug, serde::Deserialize)]
+    /// struct Order { qty: u32 }
+    /// let event = Event::new("order", json!({"qty": "three"}));
+    /// let err = event.decode::<Order>().unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidPayload);
+    /// assert!(err.message().contains("qty"), "{err}");
+    /// ```
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        decode_value(self.event_type(), &self.inner.payload)
+    }
+
+    /// The priority (default 0).
+    pub fn priority(&self) -> i32 {
+        self.inner.priority
+    }
+
+    /// The causal context.
+    pub fn causal(&self) -> &Causal {
+        &self.inner.causal
+    }
+
+    /// Shorthand for `causal().id()`.
+    pub fn id(&self) -> &EventId {
+        &self.inner.causal.id
+    }
+
+    /// Shorthand for `causal().sender()`.
+    pub fn sender(&self) -> &NodeId {
+        &self.inner.causal.sender
+    }
+
+    /// Shorthand for `causal().correlation_id()`.
+    pub fn correlation_id(&self) -> &CorrelationId {
+        &self.inner.causal.correlation_id
+    }
+
+    /// Shorthand for `causal().causation_id()`.
+    pub fn causation_id(&self) -> Option<&EventId> {
+        self.inner.causal.causation_id.as_ref()
+    }
+
+    /// Shorthand for `causal().path()`.
+    pub fn path(&self) -> &[NodeId] {
+        &self.inner.causal.path
+    }
+
+    /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
+    pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
+        if self.inner.event_type.is_empty() {
+            return Err(Error::invalid_event(
+                "the event type is empty; give every event a type such as `order.created`",
+            ));
+        }
+        let inner = Arc::make_mut(&mut self.inner);
+        let c = &mut inner.causal;
+        c.id = EventId::new();
+        c.sender = sender.clone();
+        c.timestamp = now_ms();
+        match parent {
+            Some(p) => {
+                let pc = &p.inner.causal;
+                c.causation_id = Some(pc.id.clone());
+                c.correlation_id = pc.correlation_id.clone();
+                let mut path = Vec::with_capacity(pc.path.len() + 1);
+                path.extend_from_slice(&pc.path);
+                path.push(sender.clone());
+                c.path = path;
+            }
+            None => {
+                c.causation_id = None;
+                c.correlation_id = inner.explicit_correlation.clone().unwrap_or_default();
+                c.path = vec![sender.clone()];
+            }
+        }
+        Ok(self)
+    }
+}
+
+pub(crate) fn decode_value<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        Error::new(
+            ErrorKind::InvalidPayload,
+            format!(
+                "payload of `{what}` does not fit `{}`{at}: {inner}",
+                std::any::type_name::<T>()
+            ),
+        )
+        .with_source(inner)
+    })
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("type", &self.event_type())
+            .field("payload", &self.inner.payload)
+            .field("priority", &self.inner.priority)
+            .field("causal", &self.inner.causal)
+            .finish()
+    }
+}
+
+/// An event type string; built from `&'static str` without allocating, or from `String`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventType(SharedStr);
+
+impl EventType {
+    /// The type as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl From<&'static str> for EventType {
+    fn from(s: &'static str) -> Self {
+        EventType(s.into())
+    }
+}
+impl From<String> for EventType {
+    fn from(s: String) -> Self {
+        EventType(s.into())
+    }
+}
+impl From<&String> for EventType {
+    fn from(s: &String) -> Self {
+        EventType(s.clone().into())
+    }
+}
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+// ---- wire form (Happen's reference JSON) -----------------------------------------------------
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    payload: &'a Value,
+    context: WireContextOut<'a>,
+}
+
+#[derive(Serialize)]
+struct WireContextOut<'a> {
+    causal: &'a Causal,
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i32,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    context: Option<WireContextIn>,
+}
+
+#[derive(Deserialize)]
+struct WireContextIn {
+    #[serde(default)]
+    causal: Option<Causal>,
+    #[serde(default)]
+    priority: i32,
+}
+
+/// Serializes in Happen's wire form:
+/// `{"type", "payload", "context": {"causal": {"id", "sender", "causationId", "correlationId", "path", "timestamp"}}}`.
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        WireOut {
+            event_type: self.event_type(),
+            payload: &self.inner.payload,
+            context: WireContextOut {
+                causal: &self.inner.causal,
+                priority: self.inner.priority,
+            },
+        }
+        .serialize(s)
+    }
+}
+
+/// Deserializes Happen's wire form. Missing causal fields are filled in (fresh ids, empty
+/// sender, empty path, current time) so events from minimal foreign producers are accepted;
+/// fields of the wrong type are errors. An empty event type is an error.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = WireIn::deserialize(d)?;
+        if w.event_type.is_empty() {
+            return Err(serde::de::Error::custom("event `type` must not be empty"));
+        }
+        let (causal, priority) = match w.context {
+            Some(c) => (c.causal, c.priority),
+            None => (None, 0),
+        };
+        let causal = causal.unwrap_or_else(|| Causal {
+            id: EventId::new(),
+            sender: empty_node(),
+            causation_id: None,
+            correlation_id: CorrelationId::new(),
+            path: Vec::new(),
+            timestamp: now_ms(),
+        });
+        Ok(Event {
+            inner: Arc::new(EventInner {
+                event_type: w.event_type.into(),
+                payload: w.payload,
+                priority,
+                causal,
+                explicit_correlation: None,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stamping_a_root_and_a_child() {
+        let a = NodeId::from("a");
+        let b = NodeId::from("b");
+        let root = Event::new("x", json!(1)).stamp(&a, None).unwrap();
+        assert_eq!(root.path(), std::slice::from_ref(&a));
+        assert!(root.causation_id().is_none());
+        let child = Event::new("y", ()).stamp(&b, Some(&root)).unwrap();
+        assert_eq!(child.causation_id(), Some(root.id()));
+        assert_eq!(child.correlation_id(), root.correlation_id());
+        assert_eq!(child.path(), [a, b]);
+        assert_ne!(child.id(), root.id());
+    }
+
+    #[test]
+    fn empty_type_is_rejected() {
+        let err = Event::new(String::new(), ())
+            .stamp(&NodeId::from("a"), None)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    }
+
+    #[test]
+    fn wire_round_trip_matches_reference_shape() {
+        let e = Event::new("order.created", json!({"id": 1}))
+            .stamp(&NodeId::from("svc"), None)
+            .unwrap();
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "order.created");
+        assert_eq!(v["payload"]["id"], 1);
+        let c = &v["context"]["causal"];
+        assert!(c["id"].as_str().unwrap().starts_with("evt-"));
+        assert!(c["correlationId"].as_str().unwrap().starts_with("txn-"));
+        assert_eq!(c["sender"], "svc");
+        assert_eq!(c["path"], json!(["svc"]));
+        assert!(c.get("causationId").is_none());
+        assert!(c["timestamp"].as_u64().unwrap() > 0);
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back.causal(), e.causal());
+    }
+
+    #[test]
+    fn wrong_types_on_the_wire_are_errors() {
+        let bad = json!({"type": "x", "context": {"causal": {"path": "nope"}}});
+        assert!(serde_json::from_value::<Event>(bad).is_err());
+        let bad = json!({"type": 5});
+        assert!(serde_json::from_value::<Event>(bad).is_err());
+        let minimal: Event = serde_json::from_value(json!({"type": "x"})).unwrap();
+        assert_eq!(minimal.payload(), &Value::Null);
+    }
+}

@@ -1,0 +1,225 @@
+//! The Event Continuum: a step returns either the next step to run or the flow's final value.
+//!
+//! ```
+//! use happen::{Context, Event, Flow, Happen};
+//! use serde_json::json;
+//!
+//! async fn validate(event: Event, ctx: Context) -> happen::Result<Flow> {
+//!     let qty = event.payload()["qty"].as_u64().unwrap_or(0);
+//!     if qty == 0 {
+//!         return Ok(Flow::done(json!({"ok": false, "reason": "empty order"})));
+//!     }
+//!     ctx.insert(qty);
+//!     Ok(Flow::next(charge))
+//! }
+//!
+//! async fn charge(_event: Event, ctx: Context) -> serde_json::Value {
+//!     let qty: u64 = ctx.get().unwrap();
+//!     json!({"ok": true, "charged": qty * 10})
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+//! let happen = Happen::new();
+//! let shop = happen.node("shop").await?;
+//! shop.on("order", validate)?;
+//! let reply = shop.send(&shop, Event::new("order", json!({"qty": 3}))).await?;
+//! assert_eq!(reply, json!({"ok": true, "charged": 30}));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::handler::Handler;
+
+/// What a step returns: run another step, or finish with a value.
+///
+/// Steps usually return plain values or `Result`s, which convert through [`IntoFlow`];
+/// return a `Flow` when the step decides what runs next.
+pub enum Flow {
+    /// Run this step next, with the same event and context.
+    Next(Step),
+    /// The flow is complete; the value is what the sender's reply resolves to.
+    Done(Value),
+}
+
+impl Flow {
+    /// Continue with `step` (an `async fn(Event, Context)` or a closure of that shape).
+    pub fn next<H, Args>(step: H) -> Flow
+    where
+        H: Handler<Args>,
+        Args: 'static,
+    {
+        Flow::Next(Step::new(step))
+    }
+
+    /// Finish with `value`.
+    pub fn done(value: impl Into<Value>) -> Flow {
+        Flow::Done(value.into())
+    }
+}
+
+impl fmt::Debug for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Flow::Next(_) => f.write_str("Flow::Next(..)"),
+            Flow::Done(v) => f.debug_tuple("Flow::Done").field(v).finish(),
+        }
+    }
+}
+
+/// A type-erased step of a flow. Cheap to clone; a step may return itself to loop.
+#[derive(Clone)]
+pub struct Step(pub(crate) Arc<dyn ErasedStep>);
+
+pub(crate) trait ErasedStep: Send + Sync + 'static {
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+}
+
+struct StepFn<H, Args> {
+    handler: H,
+    _args: std::marker::PhantomData<fn() -> Args>,
+}
+
+impl<H, Args> ErasedStep for StepFn<H, Args>
+where
+    H: Handler<Args>,
+    Args: 'static,
+{
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        self.handler.call(event, ctx)
+    }
+}
+
+impl Step {
+    /// Wraps a handler as a step.
+    pub fn new<H, Args>(handler: H) -> Step
+    where
+        H: Handler<Args>,
+        Args: 'static,
+    {
+        Step(Arc::new(StepFn {
+            handler,
+            _args: std::marker::PhantomData,
+        }))
+    }
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Step(..)")
+    }
+}
+
+/// Conversion of a step's return value into a [`Flow`].
+///
+/// Implemented for [`Flow`], [`serde_json::Value`], `()` (null), strings, numbers, `bool`,
+/// [`Json<T>`] (any `Serialize` value), `Option<T>` (`None` is null) and `Result<T, E>` where
+/// `E` converts into a boxed error — an `Err` ends the flow with [`ErrorKind::Handler`] and the
+/// error's message (a [`happen::Error`](Error) keeps its own kind).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a happen step",
+    note = "return a `Flow`, a `serde_json::Value`, `Json(value)` for any `Serialize` type, `()`, or a `Result` of those"
+)]
+pub trait IntoFlow {
+    /// Converts into a flow decision, or the error that ends the flow.
+    fn into_flow(self) -> Result<Flow>;
+}
+
+impl IntoFlow for Flow {
+    fn into_flow(self) -> Result<Flow> {
+        Ok(self)
+    }
+}
+
+impl IntoFlow for Value {
+    fn into_flow(self) -> Result<Flow> {
+        Ok(Flow::Done(self))
+    }
+}
+
+impl IntoFlow for () {
+    fn into_flow(self) -> Result<Flow> {
+        Ok(Flow::Done(Value::Null))
+    }
+}
+
+macro_rules! into_flow_via_value {
+    ($($t:ty),*) => {$(
+        impl IntoFlow for $t {
+            fn into_flow(self) -> Result<Flow> {
+                Ok(Flow::Done(Value::from(self)))
+            }
+        }
+    )*};
+}
+into_flow_via_value!(bool, String, &'static str, i32, i64, u32, u64, usize, f64);
+
+impl<T: IntoFlow> IntoFlow for Option<T> {
+    fn into_flow(self) -> Result<Flow> {
+        match self {
+            Some(v) => v.into_flow(),
+            None => Ok(Flow::Done(Value::Null)),
+        }
+    }
+}
+
+impl<T: IntoFlow, E: Into<BoxError>> IntoFlow for std::result::Result<T, E> {
+    fn into_flow(self) -> Result<Flow> {
+        match self {
+            Ok(v) => v.into_flow(),
+            Err(e) => Err(Error::handler(e.into())),
+        }
+    }
+}
+
+/// A typed value: as a step's return value it is serialized to JSON; as a handler's first
+/// argument the event payload is deserialized into `T` (a mismatch ends the flow with
+/// [`ErrorKind::InvalidPayload`] naming the field).
+///
+/// ```
+/// use happen::{Context, Event, Happen, Json};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order { qty: u32 }
+/// #[derive(serde::Serialize)]
+/// struct Receipt { total: u32 }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = Happen::new();
+/// let shop = happen.node("shop").await?;
+/// shop.on("order", |Json(order): Json<Order>, _ctx: Context| async move {
+///     Json(Receipt { total: order.qty * 10 })
+/// })?;
+/// let total = shop.send(&shop, Event::new("order", serde_json::json!({"qty": 2}))).await?;
+/// assert_eq!(total["total"], 20);
+///
+/// let err = shop.send(&shop, Event::new("order", serde_json::json!({}))).await.unwrap_err();
+/// assert_eq!(err.kind(), happen::ErrorKind::InvalidPayload);
+/// assert!(err.message().contains("qty"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoFlow for Json<T> {
+    fn into_flow(self) -> Result<Flow> {
+        serde_json::to_value(&self.0).map(Flow::Done).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!(
+                    "final value of type `{}` cannot be serialized to JSON: {e}",
+                    std::any::type_name::<T>()
+                ),
+            )
+            .with_source(e)
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! The [`Handler`] trait: which functions can be handlers and steps.
+
+use std::future::Future;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::event::Event;
+use crate::flow::{Flow, IntoFlow, Json};
+
+/// A function usable as a handler or a flow step.
+///
+/// Implemented for `async fn`s and closures of these shapes (`R` is any [`IntoFlow`]):
+///
+/// - `Fn(Event, Context) -> impl Future<Output = R>` — the general form;
+/// - `Fn(Json<T>, Context) -> impl Future<Output = R>` — the payload deserialized into `T`;
+/// - `Fn(Event, Context, Emitter) -> impl Future<Output = R>` — a streaming step
+///   (see [`Emitter`](crate::Emitter)).
+///
+/// Closures need their argument types written out (`|event: Event, ctx: Context| async move { .. }`)
+/// because several shapes exist. Captured state must be `Send + Sync + 'static` (wrap shared
+/// state in an `Arc`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a happen handler",
+    label = "not a handler",
+    note = "a handler is an `async fn(Event, Context) -> R` (or `Json<T>` instead of `Event`, or an extra `Emitter` argument) where `R: IntoFlow`",
+    note = "closures need annotated arguments: `|event: Event, ctx: Context| async move {{ .. }}`"
+)]
+pub trait Handler<Args>: Send + Sync + 'static {
+    /// Runs the handler for one event.
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+}
+
+impl<F, Fut, R> Handler<(Event, Context)> for F
+where
+    F: Fn(Event, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoFlow + 'static,
+{
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        self(event, ctx).map(IntoFlow::into_flow).boxed()
+    }
+}
+
+impl<F, Fut, R, T> Handler<(Json<T>, Context)> for F
+where
+    F: Fn(Json<T>, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoFlow + 'static,
+    T: DeserializeOwned + Send + 'static,
+{
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        match event.decode::<T>() {
+            Ok(payload) => self(Json(payload), ctx).map(IntoFlow::into_flow).boxed(),
+            Err(e) => futures::future::ready(Err(e)).boxed(),
+        }
+    }
+}

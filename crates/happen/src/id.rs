@@ -1,0 +1,299 @@
+//! Identifiers: node ids, event ids (`evt-<uuid>`) and correlation ids (`txn-<uuid>`).
+//!
+//! Event and correlation ids are generated without formatting: a per-process random 128-bit base
+//! mixed with a counter, laid out as a version-4 UUID and only turned into text when displayed or
+//! serialized. Ids received from elsewhere in any other shape are kept verbatim.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A cheaply clonable immutable string: either `'static` or shared.
+#[derive(Clone)]
+pub(crate) enum SharedStr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl SharedStr {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            SharedStr::Static(s) => s,
+            SharedStr::Shared(s) => s,
+        }
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for SharedStr {}
+impl Hash for SharedStr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl From<&'static str> for SharedStr {
+    fn from(s: &'static str) -> Self {
+        SharedStr::Static(s)
+    }
+}
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        SharedStr::Shared(Arc::from(s))
+    }
+}
+
+/// The id of a node, unique within a [`Happen`](crate::Happen) instance.
+///
+/// ```
+/// use happen::NodeId;
+/// let id = NodeId::from("order-service");
+/// assert_eq!(id.as_str(), "order-service");
+/// assert_eq!(id, "order-service");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NodeId(SharedStr);
+
+impl NodeId {
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<&'static str> for NodeId {
+    fn from(s: &'static str) -> Self {
+        NodeId(SharedStr::Static(s))
+    }
+}
+impl From<String> for NodeId {
+    fn from(s: String) -> Self {
+        NodeId(s.into())
+    }
+}
+impl From<&String> for NodeId {
+    fn from(s: &String) -> Self {
+        NodeId(s.clone().into())
+    }
+}
+impl From<&NodeId> for NodeId {
+    fn from(s: &NodeId) -> Self {
+        s.clone()
+    }
+}
+impl Deref for NodeId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+impl PartialEq<str> for NodeId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for NodeId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(NodeId::from)
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdRepr {
+    /// Generated here (or parsed from the canonical form): a UUID laid out as v4.
+    Uuid(u128),
+    /// Received in another shape; kept verbatim.
+    Text(Arc<str>),
+}
+
+fn next_uuid() -> u128 {
+    static BASE: OnceLock<u128> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u128;
+    // Mix the counter into the low 62 bits (below the variant bits), spread so neighbouring
+    // ids differ in more than the last digit, then force the v4 version and RFC variant bits.
+    let mixed = base ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & ((1u128 << 62) - 1));
+    (mixed & !(0xF_u128 << 76) | (0x4_u128 << 76)) & !(0x3_u128 << 62) | (0x2_u128 << 62)
+}
+
+fn parse_repr(prefix: &str, s: &str) -> IdRepr {
+    if let Some(rest) = s.strip_prefix(prefix)
+        && rest.len() == 36
+        && let Ok(u) = uuid::Uuid::try_parse(rest)
+    {
+        let candidate = IdRepr::Uuid(u.as_u128());
+        // Only keep the compact form when it prints back identically (lowercase).
+        if uuid::Uuid::from_u128(u.as_u128()).hyphenated().to_string() == rest {
+            return candidate;
+        }
+    }
+    IdRepr::Text(Arc::from(s))
+}
+
+fn fmt_repr(prefix: &str, r: &IdRepr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match r {
+        IdRepr::Uuid(u) => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            f.write_str(prefix)?;
+            f.write_str(
+                uuid::Uuid::from_u128(*u)
+                    .hyphenated()
+                    .encode_lower(&mut buf),
+            )
+        }
+        IdRepr::Text(s) => f.write_str(s),
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        pub struct $name(IdRepr);
+
+        impl $name {
+            /// A fresh, unique id.
+            pub fn new() -> Self {
+                $name(IdRepr::Uuid(next_uuid()))
+            }
+
+            /// Wraps an id received from elsewhere; the canonical form is stored compactly,
+            /// any other string verbatim.
+            pub fn parse(s: &str) -> Self {
+                $name(parse_repr($prefix, s))
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt_repr($prefix, &self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"{self}\"")
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Ok($name::parse(&s))
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The id of one event, `evt-<uuid>`.
+    ///
+    /// ```
+    /// use happen::EventId;
+    /// let id = EventId::new();
+    /// assert!(id.to_string().starts_with("evt-"));
+    /// assert_eq!(EventId::parse(&id.to_string()), id);
+    /// ```
+    EventId,
+    "evt-"
+);
+
+id_type!(
+    /// The id of a transaction (a causal chain of events), `txn-<uuid>`; inherited along the chain.
+    ///
+    /// ```
+    /// use happen::CorrelationId;
+    /// let id = CorrelationId::new();
+    /// assert!(id.to_string().starts_with("txn-"));
+    /// ```
+    CorrelationId,
+    "txn-"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn generated_ids_are_unique_and_valid_v4() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let id = EventId::new();
+            let s = id.to_string();
+            let u = uuid::Uuid::parse_str(&s[4..]).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{s}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{s}");
+            assert!(seen.insert(s));
+        }
+    }
+
+    #[test]
+    fn foreign_ids_are_kept_verbatim() {
+        for s in [
+            "evt-123",
+            "whatever",
+            "evt-C0FFEE00-0000-4000-8000-000000000000",
+        ] {
+            assert_eq!(EventId::parse(s).to_string(), s);
+        }
+        let canon = "txn-0f0e0d0c-0b0a-4908-8706-050403020100";
+        let id = CorrelationId::parse(canon);
+        assert!(matches!(id.0, IdRepr::Uuid(_)));
+        assert_eq!(id.to_string(), canon);
+    }
+}

@@ -1,0 +1,60 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//! - [`event`]: events and their causal context;
+//! - [`pattern`]: event-type patterns;
+//! - [`flow`]: the Event Continuum (`Flow`, `IntoFlow`, `Json`);
+//! - [`stream`]: streaming results;
+//! - [`config`]: configuration (concurrency defaults and node-id pattern overrides);
+//! - [`transport`]: the `Transport` trait and the in-process transport.
+
+mod context;
+mod engine;
+mod error;
+mod handler;
+mod happen;
+mod id;
+mod node;
+mod reply;
+
+pub mod config;
+pub mod event;
+pub mod flow;
+pub mod pattern;
+pub mod stream;
+pub mod transport;
+
+pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
+pub use crate::context::Context;
+pub use crate::engine::{NodeStats, PRESSURE_EVENT, Pressure};
+pub use crate::error::{BoxError, Error, ErrorKind, Result};
+pub use crate::event::{Causal, Event, EventType};
+pub use crate::flow::{Flow, IntoFlow, Json, Step};
+pub use crate::handler::Handler;
+pub use crate::happen::{Happen, HappenBuilder};
+pub use crate::id::{CorrelationId, EventId, NodeId};
+pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
+pub use crate::reply::{Reply, ReplyFuture, ReplyStream};
+pub use crate::stream::Emitter;
+pub use crate::transport::{Inbox, LocalTransport, Transport};
+
+/// The names most programs need: `use happen::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Context, Emitter, Error, ErrorKind, Event, Flow, Happen, Json, Node, NodeOptions, Result,
+    };
+}
+
+#[cfg(test)]
+mod assertions {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    #[test]
+    fn public_handles_are_send_sync() {
+        send_sync::<crate::Happen>();
+        send_sync::<crate::Node>();
+        send_sync::<crate::Context>();
+        send_sync::<crate::Event>();
+        send_sync::<crate::Error>();
+        send_sync::<crate::Emitter>();
+    }
+}

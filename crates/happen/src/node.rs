@@ -1,0 +1,541 @@
+//! [`Node`]: registers handlers, sends, broadcasts; and its options.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{Limits, PartialLimits};
+use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::flow::Step;
+use crate::handler::Handler;
+use crate::happen::HappenShared;
+use crate::id::NodeId;
+use crate::pattern::{Class, IntoPattern, Pattern};
+use crate::reply::Reply;
+use crate::stream::{ReplySender, Response};
+
+/// A node: an autonomous component that receives events through handlers and emits events.
+///
+/// Cheap to clone (a handle). Every event arriving at a node runs as its own flow, concurrently
+/// with the node's other flows, within the node's admission limits.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen};
+/// use serde_json::json;
+///
+/// let happen = Happen::new();
+/// let greeter = happen.node("greeter").await?;
+/// greeter.on("greet", |event: Event, _ctx: Context| async move {
+///     json!(format!("hello, {}", event.payload()["name"].as_str().unwrap_or("you")))
+/// })?;
+///
+/// let client = happen.node("client").await?;
+/// let reply = client.send(&greeter, Event::new("greet", json!({"name": "ada"}))).await?;
+/// assert_eq!(reply, "hello, ada");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) shared: Arc<NodeShared>,
+}
+
+pub(crate) struct NodeShared {
+    pub(crate) id: NodeId,
+    pub(crate) happen: Arc<HappenShared>,
+    registry: RwLock<Registry>,
+    pub(crate) engine: Engine,
+    request_timeout: Duration,
+    max_chain_depth: usize,
+    stream_buffer: usize,
+    sequential: Option<SequentialKey>,
+    unobserved: AtomicU64,
+}
+
+/// Makes a node process events with the same key one at a time, in arrival order, while
+/// events with different keys run concurrently (all within `max_concurrent`).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum SequentialKey {
+    /// One lane per event type.
+    EventType,
+    /// One lane per transaction (correlation id).
+    CorrelationId,
+    /// One lane per key the function returns.
+    Custom(Arc<dyn Fn(&Event) -> String + Send + Sync>),
+}
+
+impl SequentialKey {
+    /// A lane per key computed by `f`.
+    pub fn by(f: impl Fn(&Event) -> String + Send + Sync + 'static) -> SequentialKey {
+        SequentialKey::Custom(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for SequentialKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SequentialKey::EventType => f.write_str("EventType"),
+            SequentialKey::CorrelationId => f.write_str("CorrelationId"),
+            SequentialKey::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Per-node options for [`Happen::node_with`](crate::Happen::node_with), applied over the
+/// instance configuration.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use std::time::Duration;
+/// use happen::{Happen, NodeOptions, PartialLimits, SequentialKey};
+///
+/// let happen = Happen::new();
+/// let node = happen
+///     .node_with(
+///         "ledger",
+///         NodeOptions::new()
+///             .limits(PartialLimits::default().with_max_concurrent(8))
+///             .sequential(SequentialKey::CorrelationId)
+///             .request_timeout(Duration::from_secs(5)),
+///     )
+///     .await?;
+/// assert_eq!(node.limits().max_concurrent, 8);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct NodeOptions {
+    limits: PartialLimits,
+    request_timeout: Option<Duration>,
+    sequential: Option<SequentialKey>,
+    stream_buffer: Option<usize>,
+}
+
+impl NodeOptions {
+    /// No overrides.
+    pub fn new() -> NodeOptions {
+        NodeOptions::default()
+    }
+    /// Overrides admission limits (over the config's default and pattern entries).
+    pub fn limits(mut self, limits: PartialLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Default reply timeout for sends from this node.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+    /// Sequential processing per key.
+    pub fn sequential(mut self, key: SequentialKey) -> Self {
+        self.sequential = Some(key);
+        self
+    }
+    /// Buffer between this node's streaming flows and their consumers.
+    pub fn stream_buffer(mut self, items: usize) -> Self {
+        self.stream_buffer = Some(items);
+        self
+    }
+}
+
+/// Where a send goes: a [`Node`] handle or a node id (`&str`, `String`, [`NodeId`]).
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A node handle.
+    Node(Node),
+    /// A node id, resolved by the transport.
+    Id(NodeId),
+}
+
+impl Target {
+    /// The target's node id.
+    pub fn id(&self) -> &NodeId {
+        match self {
+            Target::Node(n) => n.id(),
+            Target::Id(id) => id,
+        }
+    }
+}
+
+impl From<&Node> for Target {
+    fn from(n: &Node) -> Self {
+        Target::Node(n.clone())
+    }
+}
+impl From<Node> for Target {
+    fn from(n: Node) -> Self {
+        Target::Node(n)
+    }
+}
+impl From<&str> for Target {
+    fn from(s: &str) -> Self {
+        Target::Id(NodeId::from(s.to_owned()))
+    }
+}
+impl From<String> for Target {
+    fn from(s: String) -> Self {
+        Target::Id(NodeId::from(s))
+    }
+}
+impl From<NodeId> for Target {
+    fn from(id: NodeId) -> Self {
+        Target::Id(id)
+    }
+}
+impl From<&NodeId> for Target {
+    fn from(id: &NodeId) -> Self {
+        Target::Id(id.clone())
+    }
+}
+
+struct Entry {
+    pattern: Pattern,
+    step: Step,
+}
+
+/// Handlers of a node: exact types by hash, the rest ordered by specificity.
+#[derive(Default)]
+struct Registry {
+    exact: std::collections::HashMap<Box<str>, Step>,
+    ordered: Vec<Entry>,
+}
+
+impl Registry {
+    fn lookup(&self, event_type: &str) -> Option<Step> {
+        if let Some(s) = self.exact.get(event_type) {
+            return Some(s.clone());
+        }
+        self.ordered
+            .iter()
+            .find(|e| e.pattern.matches(event_type))
+            .map(|e| e.step.clone())
+    }
+
+    fn matches(&self, event_type: &str) -> bool {
+        self.exact.contains_key(event_type)
+            || self.ordered.iter().any(|e| e.pattern.matches(event_type))
+    }
+}
+
+pub(crate) fn validate_node_id(id: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("invalid node id `{id}`: {why}"),
+        ))
+    };
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| c.is_whitespace() || matches!(c, '*' | '>'))
+    {
+        return bad(&format!("character {c:?} is not allowed in a node id"));
+    }
+    Ok(())
+}
+
+impl Node {
+    pub(crate) fn create(
+        id: NodeId,
+        happen: Arc<HappenShared>,
+        options: NodeOptions,
+    ) -> Result<Node> {
+        let config = happen.config();
+        let mut limits: Limits = config.concurrency.limits_for(&id);
+        let p = options.limits;
+        if let Some(v) = p.max_concurrent {
+            limits.max_concurrent = v;
+        }
+        if let Some(v) = p.queue_limit {
+            limits.queue_limit = v;
+        }
+        if let Some(v) = p.queue_strategy {
+            limits.queue_strategy = v;
+        }
+        if let Some(v) = p.backpressure_threshold {
+            limits.backpressure_threshold = v;
+        }
+        limits.validate("node options")?;
+        if options.stream_buffer == Some(0) {
+            return Err(Error::config(
+                "node options.stream_buffer",
+                "must be at least 1",
+            ));
+        }
+        let shared = NodeShared {
+            engine: Engine::new(&id, limits),
+            request_timeout: options
+                .request_timeout
+                .unwrap_or_else(|| config.flow.request_timeout()),
+            max_chain_depth: config.flow.max_chain_depth,
+            stream_buffer: options.stream_buffer.unwrap_or(config.streams.buffer),
+            sequential: options.sequential,
+            registry: RwLock::new(Registry::default()),
+            unobserved: AtomicU64::new(0),
+            id,
+            happen,
+        };
+        Ok(Node {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// The node's effective admission limits.
+    pub fn limits(&self) -> &Limits {
+        self.shared.engine.limits()
+    }
+
+    /// Registers `handler` for events matching `pattern`.
+    ///
+    /// When several registered patterns match an event, only the most specific one's handler
+    /// runs (see [`pattern`](crate::pattern)); registering the same pattern twice keeps the
+    /// first registration in effect.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidPattern`] if `pattern` is an invalid pattern string.
+    pub fn on<P, H, Args>(&self, pattern: P, handler: H) -> Result<()>
+    where
+        P: IntoPattern,
+        H: Handler<Args>,
+        Args: 'static,
+    {
+        let pattern = pattern.into_pattern()?;
+        let step = Step::new(handler);
+        let mut reg = self.shared.registry.write();
+        if let Some(exact) = pattern.as_exact() {
+            if reg.exact.contains_key(exact) {
+                tracing::warn!(node = %self.id(), pattern = %pattern, "pattern registered twice; the first registration stays in effect");
+                return Ok(());
+            }
+            reg.exact.insert(exact.into(), step);
+            return Ok(());
+        }
+        let spec = pattern.specificity();
+        // Insert after every entry at least as specific: stable by registration order.
+        let at = reg
+            .ordered
+            .iter()
+            .position(|e| e.pattern.specificity() < spec)
+            .unwrap_or(reg.ordered.len());
+        debug_assert!(spec.0 != Class::Exact);
+        reg.ordered.insert(at, Entry { pattern, step });
+        Ok(())
+    }
+
+    /// Sends `event` to `target` and returns a [`Reply`] for the outcome.
+    ///
+    /// The event starts a new transaction (fresh correlation id); to continue the transaction
+    /// of the event being handled, send through the flow's [`Context::send`](crate::Context::send).
+    /// Errors (unknown node, full queue, handler error, ...) arrive through the [`Reply`].
+    pub fn send(&self, target: impl Into<Target>, event: Event) -> Reply {
+        self.send_inner(target.into(), event, None)
+    }
+
+    /// Sends without a reply path: admission errors are returned at once; failures of the
+    /// flow itself are logged and counted at the target. The cheapest way to fire and forget.
+    ///
+    /// # Errors
+    /// [`ErrorKind::UnknownNode`], [`ErrorKind::QueueFull`], [`ErrorKind::ShutDown`],
+    /// [`ErrorKind::InvalidEvent`], [`ErrorKind::ChainTooDeep`].
+    pub fn tell(&self, target: impl Into<Target>, event: Event) -> Result<()> {
+        let event = self.prepare(event, None)?;
+        self.dispatch(target.into(), event, None)
+    }
+
+    /// Waits until `target` is not under backpressure, then sends (a well-behaved producer
+    /// never hits `QueueFull` this way). Waits at most the node's request timeout.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if the target stays under pressure for the whole timeout; then
+    /// nothing was sent.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped while waiting, nothing was sent.
+    pub async fn send_paced(&self, target: impl Into<Target>, event: Event) -> Result<Reply> {
+        self.send_paced_timeout(target, event, self.shared.request_timeout)
+            .await
+    }
+
+    /// [`send_paced`](Node::send_paced) with an explicit limit on the wait.
+    ///
+    /// # Errors
+    /// As [`send_paced`](Node::send_paced).
+    pub async fn send_paced_timeout(
+        &self,
+        target: impl Into<Target>,
+        event: Event,
+        wait: Duration,
+    ) -> Result<Reply> {
+        let target = target.into();
+        if let Some(mut rx) = self.shared.happen.pressure_of(&target) {
+            match tokio::time::timeout(wait, rx.wait_for(|p| !p.under_pressure)).await {
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "node `{}` stayed under backpressure for {wait:?}; nothing was sent",
+                            target.id()
+                        ),
+                    )
+                    .with_node(target.id()));
+                }
+            }
+        }
+        Ok(self.send_inner(target, event, None))
+    }
+
+    /// Broadcasts `event` to every node with a matching handler (this node included if it
+    /// has one). Each receiver runs its own flow; a receiver whose queue is full rejects the
+    /// event (logged and counted at that receiver), which never blocks the broadcaster.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidEvent`] for an invalid event, [`ErrorKind::ShutDown`] after shutdown,
+    /// [`ErrorKind::Transport`] if the transport cannot publish.
+    pub fn broadcast(&self, event: Event) -> Result<()> {
+        self.broadcast_inner(event, None)
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        self.shared
+            .engine
+            .stats(self.shared.unobserved.load(Ordering::Relaxed))
+    }
+
+    /// The node's current backpressure state.
+    pub fn pressure(&self) -> Pressure {
+        self.shared.engine.pressure_now()
+    }
+
+    /// A receiver of this node's pressure changes (also broadcast as `node.pressure` events).
+    pub fn watch_pressure(&self) -> watch::Receiver<Pressure> {
+        self.shared.engine.watch_pressure()
+    }
+
+    // ---- crate internals ------------------------------------------------------------------
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub(crate) fn lookup(&self, event_type: &str) -> Option<Step> {
+        self.shared.registry.read().lookup(event_type)
+    }
+
+    pub(crate) fn accepts(&self, event_type: &str) -> bool {
+        self.shared.registry.read().matches(event_type)
+    }
+
+    pub(crate) fn stream_buffer(&self) -> usize {
+        self.shared.stream_buffer
+    }
+
+    pub(crate) fn max_chain_depth(&self) -> usize {
+        self.shared.max_chain_depth
+    }
+
+    pub(crate) fn sequential_key(&self) -> Option<&SequentialKey> {
+        self.shared.sequential.as_ref()
+    }
+
+    /// Admits an event into this node (the in-process delivery path).
+    pub(crate) fn admit(
+        &self,
+        event: Event,
+        reply: Option<oneshot::Sender<Response>>,
+    ) -> Result<(), Error> {
+        self.shared
+            .engine
+            .admit(self, event, reply)
+            .map_err(|(e, _)| e)
+    }
+
+    pub(crate) fn unobserved_failure(&self, err: &Error) {
+        count_unobserved(&self.shared.id, &self.shared.unobserved, err);
+    }
+
+    fn prepare(&self, event: Event, parent: Option<&Event>) -> Result<Event> {
+        let event = event.stamp(self.id(), parent)?;
+        let max = self.shared.max_chain_depth;
+        if event.path().len() > max {
+            return Err(Error::new(
+                ErrorKind::ChainTooDeep,
+                format!("causal chain of event type `{}` passed through more than {max} nodes; an event loop between nodes? (raise flow.max_chain_depth if not)", event.event_type()),
+            )
+            .with_limit(max));
+        }
+        Ok(event)
+    }
+
+    fn dispatch(&self, target: Target, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        self.shared.happen.dispatch(target, event, reply)
+    }
+
+    pub(crate) fn send_inner(&self, target: Target, event: Event, parent: Option<&Event>) -> Reply {
+        let timeout = self.shared.request_timeout;
+        let event = match self.prepare(event, parent) {
+            Ok(e) => e,
+            Err(e) => return Reply::failed(e, timeout, self.clone()),
+        };
+        let (tx, rx) = oneshot::channel();
+        match self.dispatch(target, event, Some(ReplySender(tx))) {
+            Ok(()) => Reply::waiting(rx, timeout),
+            Err(e) => Reply::failed(e, timeout, self.clone()),
+        }
+    }
+
+    pub(crate) fn broadcast_inner(&self, event: Event, parent: Option<&Event>) -> Result<()> {
+        let event = self.prepare(event, parent)?;
+        self.shared.happen.broadcast(event)
+    }
+
+    /// Publishes a pressure change: to watchers, and as a `node.pressure` broadcast.
+    pub(crate) fn announce_pressure(&self, change: PressureChange) {
+        let Some(p) = change else { return };
+        self.shared.engine.publish_pressure(p);
+        tracing::debug!(node = %self.id(), under_pressure = p.under_pressure, queued = p.queued, "pressure changed");
+        let event = Event::new(
+            PRESSURE_EVENT,
+            json!({
+                "nodeId": self.id().as_str(),
+                "level": if p.under_pressure { "high" } else { "normal" },
+                "underPressure": p.under_pressure,
+                "queued": p.queued,
+                "queueLimit": p.queue_limit,
+            }),
+        );
+        if let Ok(event) = event.stamp(self.id(), None) {
+            let _ = self.shared.happen.broadcast(event);
+        }
+    }
+}
+
+fn count_unobserved(id: &NodeId, counter: &AtomicU64, err: &Error) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("happen_unobserved_failures_total", "node" => id.to_string()).increment(1);
+    tracing::warn!(target: "happen::reply", node = %id, kind = %err.kind(), error = %err, "a flow failed and nobody awaited its reply");
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", self.id())
+            .finish_non_exhaustive()
+    }
+}

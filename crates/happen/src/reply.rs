@@ -1,0 +1,300 @@
+//! [`Reply`]: the handle `send` returns — await it for the final value, stream it, or drop it.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::decode_value;
+use crate::node::Node;
+use crate::stream::{ItemStream, Response};
+
+/// The handle returned by [`Node::send`](crate::Node::send).
+///
+/// The event is already on its way when you get this handle (dispatch is eager, and the reply
+/// path exists before the event is dispatched, so a fast reply is never lost). Then:
+///
+/// - `.await` it for the flow's final value (intermediate stream items are skipped);
+/// - [`into_stream`](Reply::into_stream) to read streamed items, then the final value;
+/// - drop it for fire-and-forget: the event is still handled; failures are logged (target
+///   `happen::reply`) and counted in the sending node's stats.
+///
+/// The default timeout is the sending node's `request_timeout` (30 s unless configured);
+/// override it per send with [`timeout`](Reply::timeout).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use std::time::Duration;
+/// use happen::{ErrorKind, Event, Happen};
+///
+/// let happen = Happen::new();
+/// let client = happen.node("client").await?;
+/// let err = client
+///     .send("nobody", Event::new("ping", ()))
+///     .timeout(Duration::from_secs(1))
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+/// # Ok(()) }
+/// ```
+#[must_use = "a Reply does nothing more when dropped: the event was sent; await it to get the final value"]
+pub struct Reply {
+    state: State,
+    timeout: Duration,
+    /// The sending node, to count a failure nobody observed.
+    sender: Option<Node>,
+}
+
+enum State {
+    Waiting(oneshot::Receiver<Response>),
+    Failed(Error),
+    Taken,
+}
+
+impl Reply {
+    pub(crate) fn waiting(rx: oneshot::Receiver<Response>, timeout: Duration) -> Reply {
+        Reply {
+            state: State::Waiting(rx),
+            timeout,
+            sender: None,
+        }
+    }
+
+    pub(crate) fn failed(err: Error, timeout: Duration, sender: Node) -> Reply {
+        Reply {
+            state: State::Failed(err),
+            timeout,
+            sender: Some(sender),
+        }
+    }
+
+    /// Sets how long to wait for the reply (for a stream: for each next item).
+    pub fn timeout(mut self, timeout: Duration) -> Reply {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Waits for the final value and deserializes it into `T`.
+    ///
+    /// # Errors
+    /// Every error of awaiting the reply, plus [`ErrorKind::InvalidPayload`] naming the field
+    /// when the value does not fit `T`.
+    pub async fn decode<T: DeserializeOwned>(self) -> Result<T> {
+        let v = self.await?;
+        decode_value("reply", &v)
+    }
+
+    /// Turns the reply into a stream of the flow's intermediate items, followed (through
+    /// [`ReplyStream::final_value`]) by its final value. A flow that does not stream yields no
+    /// items, then its value. Dropping the stream before its end cancels a streaming producer.
+    pub fn into_stream(mut self) -> ReplyStream {
+        let state = std::mem::replace(&mut self.state, State::Taken);
+        ReplyStream {
+            state: match state {
+                State::Waiting(rx) => StreamState::Waiting(rx),
+                State::Failed(e) => StreamState::Failed(Some(e)),
+                State::Taken => StreamState::Done(None),
+            },
+            timeout: self.timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let (State::Failed(err), Some(sender)) = (&self.state, &self.sender) {
+            sender.unobserved_failure(err);
+        }
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoFuture for Reply {
+    type Output = Result<Value>;
+    type IntoFuture = ReplyFuture;
+
+    fn into_future(self) -> ReplyFuture {
+        ReplyFuture {
+            stream: self.into_stream(),
+        }
+    }
+}
+
+/// The future of an awaited [`Reply`]: the final value, skipping stream items.
+///
+/// # Cancel safety
+/// Dropping it abandons the reply; a streaming producer is then cancelled, a plain flow still
+/// runs to its end (its outcome is discarded).
+#[must_use = "futures do nothing unless awaited"]
+pub struct ReplyFuture {
+    stream: ReplyStream,
+}
+
+impl fmt::Debug for ReplyFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ReplyFuture {
+    type Output = Result<Value>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
+        let s = &mut self.stream;
+        loop {
+            match ready!(Pin::new(&mut *s).poll_next(cx)) {
+                Some(Ok(_item)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {
+                    return Poll::Ready(Ok(s.final_value().cloned().unwrap_or(Value::Null)));
+                }
+            }
+        }
+    }
+}
+
+/// A reply read as a stream: `Ok(item)`s in order; one `Err` if the flow failed; then `None`.
+/// After `None`, [`final_value`](ReplyStream::final_value) holds the final value.
+///
+/// Each wait for the next item is bounded by the reply's timeout.
+pub struct ReplyStream {
+    state: StreamState,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+enum StreamState {
+    Waiting(oneshot::Receiver<Response>),
+    Streaming(ItemStream),
+    Failed(Option<Error>),
+    Done(Option<Value>),
+}
+
+impl ReplyStream {
+    /// The flow's final value once the stream has ended successfully.
+    pub fn final_value(&self) -> Option<&Value> {
+        match &self.state {
+            StreamState::Done(v) => v.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Skips remaining items and resolves to the final value.
+    ///
+    /// # Errors
+    /// The flow's error, or a timeout waiting for an item.
+    pub async fn finish(self) -> Result<Value> {
+        ReplyFuture { stream: self }.await
+    }
+
+    fn poll_timeout(&mut self, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(Error::timeout(timeout))
+    }
+
+    fn item_arrived(&mut self) {
+        if let Some(s) = &mut self.sleep {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            s.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Stream for ReplyStream {
+    type Item = Result<Value>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Value>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                StreamState::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                    Poll::Ready(Ok(Response::Done(Ok(v)))) => {
+                        this.state = StreamState::Done(Some(v));
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(Response::Done(Err(e)))) => {
+                        this.state = StreamState::Done(None);
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(Ok(Response::Stream(mut items))) => {
+                        items.mark_consumed();
+                        this.item_arrived();
+                        this.state = StreamState::Streaming(items);
+                    }
+                    Poll::Ready(Err(_)) => {
+                        this.state = StreamState::Done(None);
+                        return Poll::Ready(Some(Err(Error::new(
+                            ErrorKind::ShutDown,
+                            "the target went away without answering (node or instance shut down)",
+                        ))));
+                    }
+                    Poll::Pending => {
+                        let e = ready!(this.poll_timeout(cx));
+                        this.state = StreamState::Done(None);
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                StreamState::Streaming(items) => match Pin::new(&mut *items).poll_next(cx) {
+                    Poll::Ready(Some(item)) => {
+                        if item.is_err() {
+                            this.state = StreamState::Done(None);
+                        } else {
+                            this.item_arrived();
+                        }
+                        return Poll::Ready(Some(item));
+                    }
+                    Poll::Ready(None) => {
+                        let v = items.final_value().cloned();
+                        this.state = StreamState::Done(v);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {
+                        let e = ready!(this.poll_timeout(cx));
+                        this.state = StreamState::Done(None); // drops the items: cancels the producer
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                StreamState::Failed(e) => {
+                    let e = e.take();
+                    this.state = StreamState::Done(None);
+                    match e {
+                        Some(e) => return Poll::Ready(Some(Err(e))),
+                        None => return Poll::Ready(None),
+                    }
+                }
+                StreamState::Done(_) => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ReplyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyStream")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}

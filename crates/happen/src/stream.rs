@@ -1,0 +1,523 @@
+//! Streaming results: a step emits items, then the flow's final value ends the stream.
+//!
+//! A streaming step takes an [`Emitter`] as its third argument. Items go through a bounded
+//! channel (the node's `stream_buffer`, default 64): when the consumer is slower than the
+//! producer, [`Emitter::emit`] waits, so memory stays constant however long the stream.
+//! When the consumer drops the stream before its end, the producing flow is cancelled: its
+//! future is dropped at its current await point, so `Drop` guards (the seed's `finally`) run.
+//! When nobody consumes (the sender dropped its [`Reply`](crate::Reply) without awaiting it,
+//! i.e. fire-and-forget), items are discarded and the flow runs to its end.
+//!
+//! ```
+//! use futures::StreamExt;
+//! use happen::{Context, Emitter, Event, Happen};
+//!
+//! async fn count(event: Event, _ctx: Context, emit: Emitter) -> happen::Result<&'static str> {
+//!     let n = event.payload().as_u64().unwrap_or(0);
+//!     for i in 0..n {
+//!         emit.emit(i).await?;
+//!     }
+//!     Ok("done")
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+//! let happen = Happen::new();
+//! let node = happen.node("counter").await?;
+//! node.on("count", count)?;
+//!
+//! let mut stream = node.send(&node, Event::new("count", 3)).into_stream();
+//! let mut items = Vec::new();
+//! while let Some(item) = stream.next().await {
+//!     items.push(item?);
+//! }
+//! assert_eq!(items, [0, 1, 2]);
+//! assert_eq!(stream.final_value(), Some(&serde_json::json!("done")));
+//!
+//! // Awaiting the reply directly skips the items and yields the final value.
+//! assert_eq!(node.send(&node, Event::new("count", 5)).await?, "done");
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::flow::{Flow, IntoFlow};
+use crate::handler::Handler;
+
+/// What a flow answers to its sender: a final outcome, or a stream of items that ends with one.
+///
+/// Transports pass this between a node's flow and a (possibly remote) sender.
+pub enum Response {
+    /// The flow finished without streaming.
+    Done(Result<Value>),
+    /// The flow streams items; the stream ends with the final outcome.
+    Stream(ItemStream),
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Response::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// The sending half of a reply path: the engine (or a transport) answers through it once.
+#[derive(Debug)]
+pub struct ReplySender(pub(crate) oneshot::Sender<Response>);
+
+/// The receiving half of a reply path: resolves to the [`Response`], or to
+/// [`ErrorKind::ShutDown`] if the answering side went away without answering.
+#[derive(Debug)]
+pub struct ReplyReceiver(pub(crate) oneshot::Receiver<Response>);
+
+/// A fresh reply path. Transports use it to receive the outcome of a local flow (to forward it
+/// over the wire) or to hand a remote outcome to a local sender.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use happen::stream::{reply_channel, Response};
+/// let (tx, rx) = reply_channel();
+/// tx.send(Response::Done(Ok(serde_json::json!(1))));
+/// assert!(matches!(rx.await, Response::Done(Ok(v)) if v == 1));
+/// # }
+/// ```
+pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
+    let (tx, rx) = oneshot::channel();
+    (ReplySender(tx), ReplyReceiver(rx))
+}
+
+impl ReplySender {
+    /// Answers. Returns the response back if the receiver is gone.
+    pub fn send(self, response: Response) -> std::result::Result<(), Response> {
+        self.0.send(response)
+    }
+
+    /// Is the receiving side gone?
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl Future for ReplyReceiver {
+    type Output = Response;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Response> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Response::Done(Err(Error::new(
+                    ErrorKind::ShutDown,
+                    "the answering side went away without answering (node or transport shut down)",
+                )))
+            })
+        })
+    }
+}
+
+/// State shared by the producing and consuming ends of one stream.
+pub(crate) struct StreamShared {
+    cancelled: AtomicBool,
+    /// Woken when the consumer cancels, so the producing flow is dropped promptly.
+    producer: AtomicWaker,
+    end: Mutex<Option<Result<Value>>>,
+}
+
+/// Creates a bounded stream: items sent through the [`StreamSender`] are received from the
+/// [`ItemStream`] in order, then the final outcome. Transports use this to bridge remote
+/// streams; handlers use an [`Emitter`] instead.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use futures::StreamExt;
+/// let (tx, mut rx) = happen::stream::channel(4);
+/// tokio::spawn(async move {
+///     tx.send(serde_json::json!(1)).await.unwrap();
+///     tx.finish(Ok(serde_json::json!("end")));
+/// });
+/// assert_eq!(rx.next().await.unwrap().unwrap(), 1);
+/// assert!(rx.next().await.is_none());
+/// assert_eq!(rx.final_value(), Some(&serde_json::json!("end")));
+/// # }
+/// ```
+pub fn channel(capacity: usize) -> (StreamSender, ItemStream) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(StreamShared {
+        cancelled: AtomicBool::new(false),
+        producer: AtomicWaker::new(),
+        end: Mutex::new(None),
+    });
+    (
+        StreamSender {
+            tx,
+            shared: shared.clone(),
+        },
+        ItemStream {
+            rx,
+            shared,
+            state: EndState::Open,
+            consumed: false,
+        },
+    )
+}
+
+/// The producing end of a stream (see [`channel`]).
+pub struct StreamSender {
+    tx: mpsc::Sender<Value>,
+    shared: Arc<StreamShared>,
+}
+
+impl StreamSender {
+    /// Sends one item, waiting while the buffer is full.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Cancelled`] when the consumer dropped the stream.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before completing, the item was not sent.
+    pub async fn send(&self, item: Value) -> Result<()> {
+        self.tx.send(item).await.map_err(|_| Error::cancelled())
+    }
+
+    /// Ends the stream with its final outcome.
+    pub fn finish(self, outcome: Result<Value>) {
+        *self.shared.end.lock() = Some(outcome);
+        // dropping `tx` closes the channel; the consumer reads the end after the items
+    }
+
+    /// Did the consumer drop the stream?
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the consumer drops the stream before its end.
+    pub async fn cancelled(&self) {
+        futures::future::poll_fn(|cx| {
+            self.shared.producer.register(cx.waker());
+            if self.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Number of items that may be sent without waiting.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+impl fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSender").finish_non_exhaustive()
+    }
+}
+
+enum EndState {
+    Open,
+    Ended(Option<Value>),
+}
+
+/// The consuming end of a stream: a [`futures::Stream`] of items, then the final value.
+///
+/// Yields `Ok(item)` for each item in order; if the producer failed, yields one `Err` after the
+/// items it produced; then `None`. After the end, [`final_value`](ItemStream::final_value) holds
+/// the flow's final value. Dropping it before the end cancels the producer.
+pub struct ItemStream {
+    rx: mpsc::Receiver<Value>,
+    shared: Arc<StreamShared>,
+    state: EndState,
+    /// Set once a consumer has read from it; only a consumer that started reading cancels the
+    /// producer on drop (an unconsumed reply is fire-and-forget).
+    consumed: bool,
+}
+
+impl ItemStream {
+    /// The final value, once the stream has ended successfully.
+    pub fn final_value(&self) -> Option<&Value> {
+        match &self.state {
+            EndState::Ended(v) => v.as_ref(),
+            EndState::Open => None,
+        }
+    }
+
+    /// Skips the remaining items and resolves to the final value (or the producer's error).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the stream, which cancels the producer.
+    pub async fn finish(mut self) -> Result<Value> {
+        use futures::StreamExt;
+        while let Some(item) = self.next().await {
+            item?;
+        }
+        self.final_value()
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Cancelled, "stream ended without a final value"))
+    }
+
+    /// Marks the stream as consumed (dropping it will cancel the producer).
+    pub(crate) fn mark_consumed(&mut self) {
+        self.consumed = true;
+    }
+}
+
+impl futures::Stream for ItemStream {
+    type Item = Result<Value>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Value>>> {
+        self.consumed = true;
+        if let EndState::Ended(_) = self.state {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(v)) => Poll::Ready(Some(Ok(v))),
+            Poll::Ready(None) => {
+                let end = self.shared.end.lock().take();
+                match end {
+                    Some(Ok(v)) => {
+                        self.state = EndState::Ended(Some(v));
+                        Poll::Ready(None)
+                    }
+                    Some(Err(e)) => {
+                        self.state = EndState::Ended(None);
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    None => {
+                        self.state = EndState::Ended(None);
+                        Poll::Ready(Some(Err(Error::new(
+                            ErrorKind::ShutDown,
+                            "the producer went away before finishing the stream",
+                        ))))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ItemStream {
+    fn drop(&mut self) {
+        if self.consumed && matches!(self.state, EndState::Open) {
+            self.shared.cancelled.store(true, Ordering::Release);
+            self.shared.producer.wake();
+        }
+    }
+}
+
+impl fmt::Debug for ItemStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemStream").finish_non_exhaustive()
+    }
+}
+
+// ---- the flow side --------------------------------------------------------------------------
+
+/// Per-flow reply state: where the outcome goes, and the stream once one started.
+pub(crate) struct FlowStream {
+    state: Mutex<FlowReply>,
+    capacity: usize,
+}
+
+enum FlowReply {
+    /// Not streaming yet; `None` when nobody asked for a reply.
+    Pending(Option<oneshot::Sender<Response>>),
+    /// Streaming to a consumer.
+    Streaming(StreamSender),
+    /// Streaming with nobody listening: items are discarded.
+    Discarding,
+    Finished,
+}
+
+/// Outcome of finishing a flow's reply.
+pub(crate) enum Delivered {
+    Yes,
+    /// Nobody was listening; the outcome is returned for logging.
+    Unobserved(Result<Value>),
+}
+
+impl FlowStream {
+    pub(crate) fn new(reply: Option<oneshot::Sender<Response>>, capacity: usize) -> FlowStream {
+        FlowStream {
+            state: Mutex::new(FlowReply::Pending(reply)),
+            capacity,
+        }
+    }
+
+    /// Starts streaming (idempotent); returns the sender, or `None` when items are discarded.
+    fn start(&self) -> Option<Arc<StreamShared>> {
+        let mut st = self.state.lock();
+        if let FlowReply::Pending(reply) = &mut *st {
+            let next = match reply.take() {
+                Some(tx) if !tx.is_closed() => {
+                    let (sender, items) = channel(self.capacity);
+                    match tx.send(Response::Stream(items)) {
+                        Ok(()) => FlowReply::Streaming(sender),
+                        Err(_) => FlowReply::Discarding,
+                    }
+                }
+                _ => FlowReply::Discarding,
+            };
+            *st = next;
+        }
+        match &*st {
+            FlowReply::Streaming(s) => Some(s.shared.clone()),
+            _ => None,
+        }
+    }
+
+    async fn emit(&self, item: Value) -> Result<()> {
+        let tx = {
+            let st = self.state.lock();
+            match &*st {
+                FlowReply::Streaming(s) => s.tx.clone(),
+                FlowReply::Discarding => return Ok(()),
+                FlowReply::Pending(_) | FlowReply::Finished => {
+                    return Err(Error::new(
+                        ErrorKind::Cancelled,
+                        "this flow's stream has already ended",
+                    ));
+                }
+            }
+        };
+        match tx.send(item).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let cancelled = match &*self.state.lock() {
+                    FlowReply::Streaming(s) => s.is_cancelled(),
+                    _ => true,
+                };
+                if cancelled {
+                    Err(Error::cancelled())
+                } else {
+                    Ok(()) // the reply was dropped unconsumed: fire-and-forget, discard
+                }
+            }
+        }
+    }
+
+    /// The shared state of an active stream, for cancellation checks.
+    pub(crate) fn active(&self) -> Option<Arc<StreamShared>> {
+        match &*self.state.lock() {
+            FlowReply::Streaming(s) => Some(s.shared.clone()),
+            _ => None,
+        }
+    }
+
+    /// Delivers the flow's outcome (as a plain reply or as the stream's end).
+    pub(crate) fn finish(&self, outcome: Result<Value>) -> Delivered {
+        let prev = std::mem::replace(&mut *self.state.lock(), FlowReply::Finished);
+        match prev {
+            FlowReply::Pending(Some(tx)) => match tx.send(Response::Done(outcome)) {
+                Ok(()) => Delivered::Yes,
+                Err(Response::Done(outcome)) => Delivered::Unobserved(outcome),
+                Err(Response::Stream(_)) => Delivered::Yes,
+            },
+            FlowReply::Pending(None) | FlowReply::Discarding | FlowReply::Finished => {
+                Delivered::Unobserved(outcome)
+            }
+            FlowReply::Streaming(s) => {
+                let observed = !s.tx.is_closed();
+                if observed {
+                    s.finish(outcome);
+                    Delivered::Yes
+                } else {
+                    Delivered::Unobserved(outcome)
+                }
+            }
+        }
+    }
+}
+
+impl StreamShared {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn register(&self, cx: &TaskContext<'_>) {
+        self.producer.register(cx.waker());
+    }
+}
+
+/// Emits the intermediate items of a streaming step (the third handler argument).
+///
+/// The first emit turns the flow's reply into a stream. Items are JSON values; use
+/// [`emit_json`](Emitter::emit_json) for any `Serialize` type.
+#[derive(Clone)]
+pub struct Emitter {
+    ctx: Context,
+}
+
+impl Emitter {
+    pub(crate) fn new(ctx: Context) -> Emitter {
+        Emitter { ctx }
+    }
+
+    /// Emits one item, waiting while the consumer's buffer is full.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
+    /// cancelled; return the error with `?`).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped before completing, the item was not emitted.
+    pub async fn emit(&self, item: impl Into<Value>) -> Result<()> {
+        let stream = &self.ctx.inner.stream;
+        stream.start();
+        stream.emit(item.into()).await
+    }
+
+    /// Emits a `Serialize` item.
+    ///
+    /// # Errors
+    /// As [`emit`](Emitter::emit), plus [`ErrorKind::InvalidPayload`] if `item` is not JSON-able.
+    pub async fn emit_json<T: Serialize>(&self, item: &T) -> Result<()> {
+        let v = serde_json::to_value(item).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!("stream item cannot be serialized: {e}"),
+            )
+        })?;
+        self.emit(v).await
+    }
+}
+
+impl fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter").finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut, R> Handler<(Event, Context, Emitter)> for F
+where
+    F: Fn(Event, Context, Emitter) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoFlow + 'static,
+{
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        // Open the stream before the step runs so the consumer sees it even if the step
+        // finishes without emitting.
+        ctx.inner.stream.start();
+        let emitter = Emitter::new(ctx.clone());
+        self(event, ctx, emitter).map(IntoFlow::into_flow).boxed()
+    }
+}

@@ -1,0 +1,185 @@
+//! The [`Transport`] trait: how events reach nodes, and the in-process implementation.
+//!
+//! # Contract
+//! - **Attach.** When a node is created, the instance calls [`Transport::attach`] with the
+//!   node's [`Inbox`]. From the moment `attach` resolves, events addressed to the node (direct
+//!   and broadcast) must reach [`Inbox::deliver`].
+//! - **Delivery.** [`Transport::send`] delivers one event to the node with the target id,
+//!   wherever it lives. Errors known at once (no such node, queue full in-process, disconnected)
+//!   are returned; the event was then not delivered. Otherwise exactly what the target's flow
+//!   answers must reach `reply` (if given) as a [`Response`](crate::stream::Response) — including
+//!   errors detected later (a remote `QueueFull`, a remote panic). A transport that cannot
+//!   deliver a reply must answer with an error rather than drop it; a `reply` dropped without an
+//!   answer surfaces to the sender as [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown).
+//! - **Broadcast.** [`Transport::broadcast`] reaches every node (in every process) whose
+//!   [`Inbox::accepts`] the event type, once per node id.
+//! - **Pressure.** [`Transport::pressure`] exposes the backpressure state of a target, if known.
+//! - `send` and `broadcast` must not block: they are called from inside flows and from the
+//!   engine. Asynchronous work (network I/O) is spawned.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::engine::Pressure;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::id::NodeId;
+use crate::node::Node;
+use crate::stream::ReplySender;
+
+/// Moves events between nodes. See the [module docs](self) for the contract.
+pub trait Transport: Send + Sync + 'static {
+    /// A node was created at this instance; route its events to `inbox`.
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>>;
+
+    /// The node was removed; stop routing to it.
+    fn detach(&self, node: &NodeId);
+
+    /// Delivers `event` to the node `target`, answering through `reply` if given.
+    ///
+    /// # Errors
+    /// Errors known at once; the event was then not delivered.
+    fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()>;
+
+    /// Delivers `event` to every node that accepts its type.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`](crate::ErrorKind::Transport) when it cannot be published.
+    fn broadcast(&self, event: Event) -> Result<()>;
+
+    /// The backpressure state of `target`, if the transport knows it.
+    fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
+        let _ = target;
+        None
+    }
+
+    /// Stops the transport (called by [`Happen::shutdown`](crate::Happen::shutdown) after the
+    /// nodes have drained).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A node's entrance, handed to a [`Transport`] by [`Transport::attach`].
+#[derive(Clone)]
+pub struct Inbox {
+    node: Node,
+}
+
+impl Inbox {
+    pub(crate) fn new(node: Node) -> Inbox {
+        Inbox { node }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        self.node.id()
+    }
+
+    /// Admits `event` into the node (start now, queue, or reject), answering through `reply`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull) or
+    /// [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown); the event is then not admitted and
+    /// `reply` was dropped unanswered.
+    pub fn deliver(&self, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        self.node.admit(event, reply.map(|r| r.0))
+    }
+
+    /// Does the node have a handler for `event_type`?
+    pub fn accepts(&self, event_type: &str) -> bool {
+        self.node.accepts(event_type)
+    }
+
+    /// The node's current backpressure state.
+    pub fn pressure(&self) -> Pressure {
+        self.node.pressure()
+    }
+
+    /// The node's backpressure changes.
+    pub fn watch_pressure(&self) -> watch::Receiver<Pressure> {
+        self.node.watch_pressure()
+    }
+
+    /// Records a failure that nobody will observe (logged and counted at the node).
+    pub fn report_unobserved(&self, err: &Error) {
+        self.node.unobserved_failure(err);
+    }
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").field("node", self.id()).finish()
+    }
+}
+
+/// The embedded default: delivers between nodes of one process without serialization.
+#[derive(Default)]
+pub struct LocalTransport {
+    nodes: RwLock<HashMap<NodeId, Inbox>>,
+}
+
+impl LocalTransport {
+    /// An empty in-process transport.
+    pub fn new() -> LocalTransport {
+        LocalTransport::default()
+    }
+
+    pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
+        self.nodes.read().get(id).map(|i| i.node.clone())
+    }
+
+    pub(crate) fn clear(&self) {
+        self.nodes.write().clear();
+    }
+}
+
+impl Transport for LocalTransport {
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>> {
+        self.nodes.write().insert(inbox.id().clone(), inbox);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn detach(&self, node: &NodeId) {
+        self.nodes.write().remove(node);
+    }
+
+    fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        match self.node(target) {
+            Some(node) => node.admit(event, reply.map(|r| r.0)),
+            None => Err(Error::unknown_node(target)),
+        }
+    }
+
+    fn broadcast(&self, event: Event) -> Result<()> {
+        let receivers: Vec<Node> = self
+            .nodes
+            .read()
+            .values()
+            .filter(|i| i.accepts(event.event_type()))
+            .map(|i| i.node.clone())
+            .collect();
+        for node in receivers {
+            if let Err(e) = node.admit(event.clone(), None) {
+                node.unobserved_failure(&e);
+            }
+        }
+        Ok(())
+    }
+
+    fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
+        self.node(target).map(|n| n.watch_pressure())
+    }
+}
+
+impl fmt::Debug for LocalTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalTransport")
+            .field("nodes", &self.nodes.read().len())
+            .finish()
+    }
+}
