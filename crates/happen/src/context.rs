@@ -11,7 +11,8 @@ use crate::event::Event;
 use crate::id::NodeId;
 use crate::node::{Node, Target};
 use crate::reply::Reply;
-use crate::stream::FlowStream;
+use crate::stream::{BroadcastItems, FlowStream, Frame};
+use tokio::sync::broadcast;
 
 type DataMap = HashMap<TypeId, Box<dyn Any + Send + Sync>>;
 
@@ -51,18 +52,71 @@ pub(crate) struct FlowState {
     pub(crate) event: Event,
     data: Mutex<Option<DataMap>>,
     pub(crate) stream: FlowStream,
+    items: Mutex<Option<broadcast::Receiver<Frame>>>,
 }
 
 impl Context {
-    pub(crate) fn new(node: Node, event: Event, stream: FlowStream) -> Context {
+    pub(crate) fn new(
+        node: Node,
+        event: Event,
+        stream: FlowStream,
+        items: Option<broadcast::Receiver<Frame>>,
+    ) -> Context {
         Context {
             inner: Arc::new(FlowState {
                 node,
                 event,
                 data: Mutex::new(None),
                 stream,
+                items: Mutex::new(items),
             }),
         }
+    }
+
+    /// The items of the broadcast stream this flow's event carries, if any (taken once).
+    ///
+    /// A broadcast carries a stream when it reaches a node whose matching handler streams
+    /// (takes an [`Emitter`](crate::Emitter)): that handler produces, every other receiving
+    /// node's flow reads the items here, each at its own pace (see
+    /// [`BroadcastItems`](crate::stream::BroadcastItems) for the lag policy).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::stream::StreamItem;
+    /// use happen::{Context, Emitter, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let monitor = happen.node("monitor").await?;
+    /// monitor.on("metrics", |_e: Event, _c: Context, emit: Emitter| async move {
+    ///     for cpu in [10, 20, 30] {
+    ///         emit.emit(cpu).await?;
+    ///     }
+    ///     Ok::<_, happen::Error>("done")
+    /// })?;
+    /// let dashboard = happen.node("dashboard").await?;
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// let tx = std::sync::Mutex::new(Some(tx));
+    /// dashboard.on("metrics", move |_e: Event, ctx: Context| {
+    ///     let tx = tx.lock().unwrap().take();
+    ///     async move {
+    ///         let mut items = ctx.items().expect("a broadcast stream");
+    ///         let mut seen = Vec::new();
+    ///         while let Some(item) = items.next().await {
+    ///             if let StreamItem::Item(v) = item? {
+    ///                 seen.push(v);
+    ///             }
+    ///         }
+    ///         if let Some(tx) = tx { let _ = tx.send(seen); }
+    ///         Ok::<_, happen::Error>(())
+    ///     }
+    /// })?;
+    /// monitor.broadcast(Event::new("metrics", ()))?;
+    /// assert_eq!(rx.await.unwrap(), [10, 20, 30]);
+    /// # Ok(()) }
+    /// ```
+    pub fn items(&self) -> Option<BroadcastItems> {
+        self.inner.items.lock().take().map(BroadcastItems::new)
     }
 
     /// Stores `value`, returning the previous value of the same type.

@@ -21,7 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::config::{Limits, QueueStrategy};
 use crate::context::Context;
@@ -30,7 +30,7 @@ use crate::event::Event;
 use crate::flow::{Flow, Step};
 use crate::id::SharedStr;
 use crate::node::{Node, SequentialKey};
-use crate::stream::{Delivered, FlowStream, Response};
+use crate::stream::{Delivered, FlowStream, Frame, Response};
 
 /// The type of the event a node broadcasts when its pressure state changes. Its payload:
 /// `{"nodeId", "level": "high"|"normal", "underPressure", "queued", "queueLimit"}`.
@@ -49,6 +49,24 @@ pub struct Pressure {
     pub queued: usize,
     /// The node's queue limit.
     pub queue_limit: usize,
+}
+
+impl Pressure {
+    /// A pressure state built from its parts. Transports use this to mirror the state of a
+    /// remote node (for [`Transport::pressure`](crate::Transport::pressure)).
+    ///
+    /// ```
+    /// let p = happen::Pressure::new(true, 80, 100);
+    /// assert!(p.under_pressure);
+    /// assert_eq!((p.queued, p.queue_limit), (80, 100));
+    /// ```
+    pub fn new(under_pressure: bool, queued: usize, queue_limit: usize) -> Pressure {
+        Pressure {
+            under_pressure,
+            queued,
+            queue_limit,
+        }
+    }
 }
 
 /// A snapshot of a node's counters (see [`Node::stats`](crate::Node::stats)).
@@ -127,6 +145,8 @@ pub(crate) struct Pending {
     reply: Option<oneshot::Sender<Response>>,
     /// Set when the event had to wait (the node was saturated on arrival).
     enqueued: Option<Instant>,
+    /// The subscription to a broadcast stream the event carries.
+    items: Option<broadcast::Receiver<Frame>>,
 }
 
 enum Queue {
@@ -292,6 +312,7 @@ impl Engine {
         node: &Node,
         event: Event,
         reply: Option<oneshot::Sender<Response>>,
+        items: Option<broadcast::Receiver<Frame>>,
     ) -> Result<(), (Error, Event)> {
         let mut displaced = None;
         let (wake, change) = {
@@ -327,6 +348,7 @@ impl Engine {
                 event,
                 reply,
                 enqueued: saturated.then(Instant::now),
+                items,
             };
             st.seq += 1;
             let seq = st.seq;
@@ -640,7 +662,7 @@ struct FlowTask {
     finished: bool,
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -653,6 +675,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 impl FlowTask {
     fn start(node: &Node, p: Pending, lane: Option<LaneKey>) -> FlowTask {
         let event = p.event;
+        let source = event.broadcast_source().cloned();
         let span = tracing::debug_span!(
             "happen.flow",
             node = %node.id(),
@@ -664,7 +687,8 @@ impl FlowTask {
         let ctx = Context::new(
             node.clone(),
             event,
-            FlowStream::new(p.reply, node.stream_buffer()),
+            FlowStream::new(p.reply, node.stream_buffer(), source),
+            p.items,
         );
         let mut task = FlowTask {
             ctx,

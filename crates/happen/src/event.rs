@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{CorrelationId, EventId, NodeId, SharedStr};
+use crate::stream::BroadcastSource;
 
 /// An event: a type (`order.created`), a payload, a priority and its causal context.
 ///
@@ -41,6 +42,8 @@ struct EventInner {
     causal: Causal,
     /// A correlation id the user asked for on a root event.
     explicit_correlation: Option<CorrelationId>,
+    /// For a broadcast reaching a streaming handler: where its items go to subscribers.
+    broadcast: Option<Arc<BroadcastSource>>,
 }
 
 /// The causal context of an event (Happen's `context.causal`).
@@ -134,6 +137,7 @@ impl Event {
                     timestamp: 0,
                 },
                 explicit_correlation: None,
+                broadcast: None,
             }),
         }
     }
@@ -244,6 +248,15 @@ impl Event {
         &self.inner.causal.path
     }
 
+    pub(crate) fn with_broadcast_source(mut self, source: Arc<BroadcastSource>) -> Event {
+        Arc::make_mut(&mut self.inner).broadcast = Some(source);
+        self
+    }
+
+    pub(crate) fn broadcast_source(&self) -> Option<&Arc<BroadcastSource>> {
+        self.inner.broadcast.as_ref()
+    }
+
     /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
     pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
         if self.inner.event_type.is_empty() {
@@ -252,6 +265,7 @@ impl Event {
             ));
         }
         let inner = Arc::make_mut(&mut self.inner);
+        inner.broadcast = None;
         let c = &mut inner.causal;
         c.id = EventId::new();
         c.sender = sender.clone();
@@ -421,6 +435,7 @@ impl<'de> Deserialize<'de> for Event {
                 priority,
                 causal,
                 explicit_correlation: None,
+                broadcast: None,
             }),
         })
     }

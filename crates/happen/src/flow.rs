@@ -81,6 +81,7 @@ pub struct Step(pub(crate) Arc<dyn ErasedStep>);
 
 pub(crate) trait ErasedStep: Send + Sync + 'static {
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+    fn is_streaming(&self) -> bool;
 }
 
 struct StepFn<H, Args> {
@@ -96,6 +97,9 @@ where
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
         self.handler.call(event, ctx)
     }
+    fn is_streaming(&self) -> bool {
+        self.handler.is_streaming()
+    }
 }
 
 impl Step {
@@ -109,6 +113,13 @@ impl Step {
             handler,
             _args: std::marker::PhantomData,
         }))
+    }
+}
+
+impl Step {
+    /// Does this step stream (take an [`Emitter`](crate::Emitter))?
+    pub fn is_streaming(&self) -> bool {
+        self.0.is_streaming()
     }
 }
 

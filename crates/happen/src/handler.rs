@@ -32,6 +32,12 @@ use crate::flow::{Flow, IntoFlow, Json};
 pub trait Handler<Args>: Send + Sync + 'static {
     /// Runs the handler for one event.
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+
+    /// Does this handler stream (take an [`Emitter`](crate::Emitter))?
+    #[doc(hidden)]
+    fn is_streaming(&self) -> bool {
+        false
+    }
 }
 
 impl<F, Fut, R> Handler<(Event, Context)> for F

@@ -47,6 +47,7 @@ pub(crate) struct HappenShared {
     dispatch: Dispatch,
     nodes: Mutex<HashMap<NodeId, Node>>,
     closed: AtomicBool,
+    cpu: std::sync::OnceLock<Arc<rayon::ThreadPool>>,
 }
 
 enum Dispatch {
@@ -108,6 +109,7 @@ impl HappenBuilder {
                 dispatch,
                 nodes: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                cpu: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -254,16 +256,36 @@ impl HappenShared {
         &self.config
     }
 
+    /// The CPU pool, started on first use.
+    pub(crate) fn cpu_pool(&self) -> Result<Arc<rayon::ThreadPool>> {
+        if let Some(p) = self.cpu.get() {
+            return Ok(p.clone());
+        }
+        let pool = Arc::new(crate::cpu::build_pool(self.config.cpu.threads)?);
+        Ok(self.cpu.get_or_init(|| pool).clone())
+    }
+
     pub(crate) fn dispatch(
         &self,
         target: Target,
         event: Event,
         reply: Option<ReplySender>,
     ) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            // The transport forgets its nodes at shutdown; say why instead of `UnknownNode`.
+            return Err(Error::new(
+                ErrorKind::ShutDown,
+                format!(
+                    "this happen instance is shut down; nothing was sent to `{}`",
+                    target.id()
+                ),
+            )
+            .with_node(target.id()));
+        }
         match &self.dispatch {
             Dispatch::Local(t) => match target {
                 Target::Node(node) if std::ptr::eq(&*node.shared.happen, self) => {
-                    node.admit(event, reply.map(|r| r.0))
+                    node.admit(event, reply.map(|r| r.0), None)
                 }
                 target => t.send(target.id(), event, reply),
             },

@@ -5,10 +5,12 @@
 //! - [`pattern`]: event-type patterns;
 //! - [`flow`]: the Event Continuum (`Flow`, `IntoFlow`, `Json`);
 //! - [`stream`]: streaming results;
+//! - [`cpu`]: CPU-bound work off the async workers;
 //! - [`config`]: configuration (concurrency defaults and node-id pattern overrides);
 //! - [`transport`]: the `Transport` trait and the in-process transport.
 
 mod context;
+pub mod cpu;
 mod engine;
 mod error;
 mod handler;

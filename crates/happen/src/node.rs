@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::config::{Limits, PartialLimits};
 use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
@@ -19,7 +19,7 @@ use crate::happen::HappenShared;
 use crate::id::NodeId;
 use crate::pattern::{Class, IntoPattern, Pattern};
 use crate::reply::Reply;
-use crate::stream::{ReplySender, Response};
+use crate::stream::{Frame, ReplySender, Response};
 
 /// A node: an autonomous component that receives events through handlers and emits events.
 ///
@@ -446,6 +446,10 @@ impl Node {
         self.shared.stream_buffer
     }
 
+    pub(crate) fn broadcast_buffer(&self) -> usize {
+        self.shared.happen.config().streams.broadcast_buffer
+    }
+
     pub(crate) fn max_chain_depth(&self) -> usize {
         self.shared.max_chain_depth
     }
@@ -459,10 +463,11 @@ impl Node {
         &self,
         event: Event,
         reply: Option<oneshot::Sender<Response>>,
+        items: Option<broadcast::Receiver<Frame>>,
     ) -> Result<(), Error> {
         self.shared
             .engine
-            .admit(self, event, reply)
+            .admit(self, event, reply, items)
             .map_err(|(e, _)| e)
     }
 

@@ -51,7 +51,9 @@ use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
@@ -336,6 +338,8 @@ impl fmt::Debug for ItemStream {
 pub(crate) struct FlowStream {
     state: Mutex<FlowReply>,
     capacity: usize,
+    /// Set when the flow's event is a broadcast carrying a stream to subscribers.
+    broadcast: Option<Arc<BroadcastSource>>,
 }
 
 enum FlowReply {
@@ -343,6 +347,8 @@ enum FlowReply {
     Pending(Option<oneshot::Sender<Response>>),
     /// Streaming to a consumer.
     Streaming(StreamSender),
+    /// Streaming to the subscribers of a broadcast.
+    Broadcasting(broadcast::Sender<Frame>),
     /// Streaming with nobody listening: items are discarded.
     Discarding,
     Finished,
@@ -356,10 +362,15 @@ pub(crate) enum Delivered {
 }
 
 impl FlowStream {
-    pub(crate) fn new(reply: Option<oneshot::Sender<Response>>, capacity: usize) -> FlowStream {
+    pub(crate) fn new(
+        reply: Option<oneshot::Sender<Response>>,
+        capacity: usize,
+        broadcast: Option<Arc<BroadcastSource>>,
+    ) -> FlowStream {
         FlowStream {
             state: Mutex::new(FlowReply::Pending(reply)),
             capacity,
+            broadcast,
         }
     }
 
@@ -375,7 +386,11 @@ impl FlowStream {
                         Err(_) => FlowReply::Discarding,
                     }
                 }
-                _ => FlowReply::Discarding,
+                Some(_) => FlowReply::Discarding,
+                None => match self.broadcast.as_ref().and_then(|b| b.claim()) {
+                    Some(tx) => FlowReply::Broadcasting(tx),
+                    None => FlowReply::Discarding,
+                },
             };
             *st = next;
         }
@@ -390,6 +405,11 @@ impl FlowStream {
             let st = self.state.lock();
             match &*st {
                 FlowReply::Streaming(s) => s.tx.clone(),
+                FlowReply::Broadcasting(tx) => {
+                    // Never blocks: subscribers that fall behind skip items (they are told).
+                    let _ = tx.send(Frame::Item(item));
+                    return Ok(());
+                }
                 FlowReply::Discarding => return Ok(()),
                 FlowReply::Pending(_) | FlowReply::Finished => {
                     return Err(Error::new(
@@ -434,6 +454,14 @@ impl FlowStream {
             },
             FlowReply::Pending(None) | FlowReply::Discarding | FlowReply::Finished => {
                 Delivered::Unobserved(outcome)
+            }
+            FlowReply::Broadcasting(tx) => {
+                let failed = outcome.as_ref().err().cloned();
+                let _ = tx.send(Frame::End(outcome));
+                match failed {
+                    Some(e) => Delivered::Unobserved(Err(e)),
+                    None => Delivered::Yes,
+                }
             }
             FlowReply::Streaming(s) => {
                 let observed = !s.tx.is_closed();
@@ -513,11 +541,124 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: IntoFlow + 'static,
 {
+    fn is_streaming(&self) -> bool {
+        true
+    }
+
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
         // Open the stream before the step runs so the consumer sees it even if the step
         // finishes without emitting.
         ctx.inner.stream.start();
         let emitter = Emitter::new(ctx.clone());
         self(event, ctx, emitter).map(IntoFlow::into_flow).boxed()
+    }
+}
+
+// ---- streams over broadcast -----------------------------------------------------------------
+
+/// A frame of a broadcast stream.
+#[derive(Clone)]
+pub(crate) enum Frame {
+    Item(Value),
+    End(Result<Value>),
+}
+
+/// The channel behind one broadcast stream. Created when a broadcast reaches a streaming
+/// handler; every other receiving node subscribes before any item is produced.
+pub(crate) struct BroadcastSource {
+    tx: Mutex<Option<broadcast::Sender<Frame>>>,
+}
+
+impl BroadcastSource {
+    pub(crate) fn new(capacity: usize) -> Arc<BroadcastSource> {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Arc::new(BroadcastSource {
+            tx: Mutex::new(Some(tx)),
+        })
+    }
+
+    pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<Frame>> {
+        self.tx.lock().as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    /// The first streaming flow claims the producing end; later ones get `None`.
+    fn claim(&self) -> Option<broadcast::Sender<Frame>> {
+        self.tx.lock().take()
+    }
+}
+
+/// One item of a broadcast stream as a subscriber sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// The next item.
+    Item(Value),
+    /// This subscriber fell more than its buffer behind: this many items were skipped.
+    Lagged(u64),
+}
+
+/// The items of a broadcast stream, as received by one subscribing node's flow
+/// (from [`Context::items`](crate::Context::items)).
+///
+/// # Lag policy
+/// Each subscriber has its own bounded buffer (`streams.broadcast_buffer`, default 256). The
+/// producer never waits for subscribers. A subscriber that falls further behind than its buffer
+/// skips the oldest items and receives one [`StreamItem::Lagged`] with the number it missed,
+/// then continues with the oldest item still buffered. Other subscribers are not affected.
+///
+/// Yields `Ok(StreamItem)`s; if the producer failed, one `Err`; then `None`. After the end,
+/// [`final_value`](BroadcastItems::final_value) holds the producer's final value.
+pub struct BroadcastItems {
+    inner: BroadcastStream<Frame>,
+    end: Option<Option<Value>>,
+}
+
+impl BroadcastItems {
+    pub(crate) fn new(rx: broadcast::Receiver<Frame>) -> BroadcastItems {
+        BroadcastItems {
+            inner: BroadcastStream::new(rx),
+            end: None,
+        }
+    }
+
+    /// The producer's final value, once the stream has ended successfully.
+    pub fn final_value(&self) -> Option<&Value> {
+        self.end.as_ref().and_then(Option::as_ref)
+    }
+}
+
+impl futures::Stream for BroadcastItems {
+    type Item = Result<StreamItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.end.is_some() {
+            return Poll::Ready(None);
+        }
+        match futures::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            Some(Ok(Frame::Item(v))) => Poll::Ready(Some(Ok(StreamItem::Item(v)))),
+            Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
+                Poll::Ready(Some(Ok(StreamItem::Lagged(n))))
+            }
+            Some(Ok(Frame::End(Ok(v)))) => {
+                self.end = Some(Some(v));
+                Poll::Ready(None)
+            }
+            Some(Ok(Frame::End(Err(e)))) => {
+                self.end = Some(None);
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.end = Some(None);
+                Poll::Ready(Some(Err(Error::new(
+                    ErrorKind::ShutDown,
+                    "the producer of the broadcast stream went away before finishing it",
+                ))))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for BroadcastItems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastItems").finish_non_exhaustive()
     }
 }

@@ -27,9 +27,10 @@ use tokio::sync::watch;
 use crate::engine::Pressure;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::flow::Step;
 use crate::id::NodeId;
 use crate::node::Node;
-use crate::stream::ReplySender;
+use crate::stream::{BroadcastSource, ReplySender};
 
 /// Moves events between nodes. See the [module docs](self) for the contract.
 pub trait Transport: Send + Sync + 'static {
@@ -87,7 +88,7 @@ impl Inbox {
     /// [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown); the event is then not admitted and
     /// `reply` was dropped unanswered.
     pub fn deliver(&self, event: Event, reply: Option<ReplySender>) -> Result<()> {
-        self.node.admit(event, reply.map(|r| r.0))
+        self.node.admit(event, reply.map(|r| r.0), None)
     }
 
     /// Does the node have a handler for `event_type`?
@@ -150,21 +151,33 @@ impl Transport for LocalTransport {
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
         match self.node(target) {
-            Some(node) => node.admit(event, reply.map(|r| r.0)),
+            Some(node) => node.admit(event, reply.map(|r| r.0), None),
             None => Err(Error::unknown_node(target)),
         }
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        let receivers: Vec<Node> = self
+        let receivers: Vec<(Node, Step)> = self
             .nodes
             .read()
             .values()
-            .filter(|i| i.accepts(event.event_type()))
-            .map(|i| i.node.clone())
+            .filter_map(|i| Some((i.node.clone(), i.node.lookup(event.event_type())?)))
             .collect();
-        for node in receivers {
-            if let Err(e) = node.admit(event.clone(), None) {
+        // A broadcast reaching a streaming handler carries a stream: every other receiver
+        // subscribes before any receiver is admitted, so none misses the first items.
+        let mut event = event;
+        let mut subscriptions = Vec::with_capacity(receivers.len());
+        if let Some((producer, _)) = receivers.iter().find(|(_, step)| step.is_streaming()) {
+            let source = BroadcastSource::new(producer.broadcast_buffer());
+            for (_, step) in &receivers {
+                subscriptions.push((!step.is_streaming()).then(|| source.subscribe()).flatten());
+            }
+            event = event.with_broadcast_source(source);
+        } else {
+            subscriptions.resize_with(receivers.len(), || None);
+        }
+        for ((node, _), items) in receivers.into_iter().zip(subscriptions) {
+            if let Err(e) = node.admit(event.clone(), None, items) {
                 node.unobserved_failure(&e);
             }
         }
