@@ -87,7 +87,9 @@ pub struct NodeStats {
     pub completed: u64,
     /// Flows that finished with an error (handler error, panic, no handler, cancelled...).
     pub failed: u64,
-    /// Fire-and-forget sends from this node whose failure nobody awaited (logged and counted).
+    /// Failures nobody awaited (logged and counted): fire-and-forget sends from this node
+    /// whose flow failed, plus failures this node noticed for senders outside this instance
+    /// and broadcasts it rejected.
     pub unobserved_failures: u64,
     /// Median time an event waited in the queue before starting.
     pub queue_wait_p50: Duration,
@@ -733,7 +735,7 @@ impl FlowTask {
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
         }
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(outcome) {
-            self.ctx.node().unobserved_failure(&e);
+            self.ctx.node().flow_failure_unobserved(self.ctx.event(), &e);
         }
         FlowOutcome {
             failed,
@@ -793,7 +795,7 @@ impl Drop for FlowTask {
             self.step = None;
             let e = Error::shut_down(self.ctx.node_id());
             if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
-                self.ctx.node().unobserved_failure(&e);
+                self.ctx.node().flow_failure_unobserved(self.ctx.event(), &e);
             }
         }
     }

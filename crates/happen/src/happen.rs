@@ -256,6 +256,10 @@ impl HappenShared {
         &self.config
     }
 
+    pub(crate) fn local_node(&self, id: &NodeId) -> Option<Node> {
+        self.nodes.lock().get(id).cloned()
+    }
+
     /// The CPU pool, started on first use.
     pub(crate) fn cpu_pool(&self) -> Result<Arc<rayon::ThreadPool>> {
         if let Some(p) = self.cpu.get() {

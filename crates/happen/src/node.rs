@@ -471,6 +471,15 @@ impl Node {
             .map_err(|(e, _)| e)
     }
 
+    /// A flow for `event` failed and nobody awaited its reply: counted at the sending node
+    /// when it lives in this instance (it made the fire-and-forget send), else here.
+    pub(crate) fn flow_failure_unobserved(&self, event: &Event, err: &Error) {
+        match self.shared.happen.local_node(event.sender()) {
+            Some(sender) => sender.unobserved_failure(err),
+            None => self.unobserved_failure(err),
+        }
+    }
+
     pub(crate) fn unobserved_failure(&self, err: &Error) {
         count_unobserved(&self.shared.id, &self.shared.unobserved, err);
     }

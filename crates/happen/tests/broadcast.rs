@@ -1,0 +1,256 @@
+//! Broadcast: every node with a matching handler (the sender included), nobody else; one
+//! handler per node (the most specific pattern).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use happen::pattern::Pattern;
+use happen::{Context, Event, Happen, Node};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Yields until `cond` holds (bounded by real time, so it cannot hang under paused time).
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reaches_matching_nodes_including_the_sender_and_skips_others() {
+    let happen = Happen::new();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut matching: Vec<Node> = Vec::new();
+    for i in 0..5 {
+        let n = happen.node(format!("listener-{i}")).await.unwrap();
+        let g = got.clone();
+        let pattern = if i % 2 == 0 {
+            "order.*"
+        } else {
+            "order.created"
+        };
+        n.on(pattern, move |e: Event, ctx: Context| {
+            let g = g.clone();
+            async move {
+                assert_eq!(e.payload()["id"], 1);
+                g.lock().push(ctx.node_id().to_string());
+            }
+        })
+        .unwrap();
+        matching.push(n);
+    }
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let n = happen.node(format!("other-{i}")).await.unwrap();
+        let g = got.clone();
+        n.on("user.*", move |_e: Event, ctx: Context| {
+            let g = g.clone();
+            async move { g.lock().push(ctx.node_id().to_string()) }
+        })
+        .unwrap();
+        others.push(n);
+    }
+    let silent = happen.node("no-handlers").await.unwrap();
+    // The sender has a matching handler: it hears its own broadcast.
+    let sender = happen.node("sender").await.unwrap();
+    let g = got.clone();
+    sender
+        .on("{order,payment}.created", move |_e: Event, ctx: Context| {
+            let g = g.clone();
+            async move { g.lock().push(ctx.node_id().to_string()) }
+        })
+        .unwrap();
+
+    sender
+        .broadcast(Event::new("order.created", json!({"id": 1})))
+        .unwrap();
+    wait_until(|| got.lock().len() >= 6).await;
+    // Let anything else that was (wrongly) delivered run too.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let mut got = got.lock().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "listener-0",
+            "listener-1",
+            "listener-2",
+            "listener-3",
+            "listener-4",
+            "sender"
+        ]
+    );
+    for n in matching.iter().chain([&sender]) {
+        assert_eq!(n.stats().accepted, 1, "{}", n.id());
+    }
+    for n in others.iter().chain([&silent]) {
+        assert_eq!(n.stats().accepted, 0, "{} was not skipped", n.id());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sender_without_a_matching_handler_does_not_hear_itself() {
+    let happen = Happen::new();
+    let sender = happen.node("sender").await.unwrap();
+    sender
+        .on("other", |_e: Event, _c: Context| async move {})
+        .unwrap();
+    let listener = happen.node("listener").await.unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    listener
+        .on("ping", move |_e: Event, _c: Context| {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    sender.broadcast(Event::new("ping", ())).unwrap();
+    wait_until(|| hits.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(sender.stats().accepted, 0);
+}
+
+/// Registers handlers under several patterns at one node; each records its name.
+fn register_all(node: &Node, ran: &Arc<Mutex<Vec<&'static str>>>, pats: &[(&'static str, bool)]) {
+    for &(name, is_predicate) in pats {
+        let r = ran.clone();
+        let handler = move |_e: Event, _c: Context| {
+            let r = r.clone();
+            async move {
+                r.lock().push(name);
+                json!(name)
+            }
+        };
+        if is_predicate {
+            node.on(
+                Pattern::predicate(|t: &str| t.starts_with("order")),
+                handler,
+            )
+            .unwrap();
+        } else {
+            node.on(name, handler).unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_most_specific_handler_runs_per_node() {
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    // Registered least specific first, so registration order cannot explain the result.
+    register_all(
+        &node,
+        &ran,
+        &[
+            ("predicate", true),
+            ("*.*", false),
+            ("order.*", false),
+            ("{order,payment}.created", false),
+            ("order.created", false),
+        ],
+    );
+    node.broadcast(Event::new("order.created", ())).unwrap();
+    wait_until(|| node.stats().completed == 1).await;
+    assert_eq!(*ran.lock(), ["order.created"]);
+
+    // Direct sends pick by the same rule.
+    let cases = [
+        ("order.created", "order.created"),
+        ("payment.created", "{order,payment}.created"),
+        ("order.updated", "order.*"),
+        ("user.updated", "*.*"),
+        ("order", "predicate"),
+        ("order.item.added", "predicate"),
+    ];
+    for (t, expect) in cases {
+        let v = timeout(T, node.send(&node, Event::new(t, ())))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, expect, "event type {t}");
+    }
+    assert_eq!(ran.lock().len(), 1 + cases.len(), "one handler per event");
+}
+
+#[tokio::test(start_paused = true)]
+async fn specificity_ties_go_to_the_earliest_registration() {
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    // Same class (wildcard) and same literal length: first registered wins.
+    register_all(&node, &ran, &[("a.*", false), ("*.b", false)]);
+    let v = timeout(T, node.send(&node, Event::new("a.b", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "a.*");
+    let node2 = happen.node("n2").await.unwrap();
+    register_all(&node2, &ran, &[("*.b", false), ("a.*", false)]);
+    let v = timeout(T, node2.send(&node2, Event::new("a.b", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "*.b");
+    // More literal characters beat fewer within the wildcard class.
+    let node3 = happen.node("n3").await.unwrap();
+    register_all(&node3, &ran, &[("*.*.c", false), ("a.*.c", false)]);
+    let v = timeout(T, node3.send(&node3, Event::new("a.b.c", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "a.*.c");
+    // Registering the same exact pattern twice keeps the first.
+    let node4 = happen.node("n4").await.unwrap();
+    node4
+        .on("x", |_e: Event, _c: Context| async move { json!("first") })
+        .unwrap();
+    node4
+        .on("x", |_e: Event, _c: Context| async move { json!("second") })
+        .unwrap();
+    let v = timeout(T, node4.send(&node4, Event::new("x", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_broadcasts_reach_every_matching_node_exactly_once_each() {
+    let happen = Happen::new();
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for i in 0..10 {
+        let n = happen.node(format!("n{i}")).await.unwrap();
+        let c = count.clone();
+        n.on("tick", move |_e: Event, _c: Context| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+        nodes.push(n);
+    }
+    let sender = happen.node("sender").await.unwrap();
+    for _ in 0..1_000 {
+        sender.broadcast(Event::new("tick", ())).unwrap();
+    }
+    wait_until(|| count.load(Ordering::SeqCst) >= 10_000).await;
+    for n in &nodes {
+        wait_until(|| n.stats().completed == 1_000).await;
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 10_000);
+}

@@ -1,0 +1,215 @@
+//! The Event Continuum: multi-step async flows, shared context, branching, early completion.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use happen::{Context, Event, Flow, Happen, Json};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq)]
+struct Validated(u64);
+#[derive(Clone, Debug, PartialEq)]
+struct Charged(u64);
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Trail(Vec<&'static str>);
+
+fn trail(ctx: &Context, step: &'static str) {
+    if ctx.with(|t: &mut Trail| t.0.push(step)).is_none() {
+        ctx.insert(Trail(vec![step]));
+    }
+}
+
+async fn validate(event: Event, ctx: Context) -> happen::Result<Flow> {
+    trail(&ctx, "validate");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let qty = event.payload()["qty"].as_u64().unwrap_or(0);
+    if qty == 0 {
+        // Early completion with a value: no further step runs.
+        return Ok(Flow::done(
+            json!({"ok": false, "reason": "empty order", "trail": ctx.get::<Trail>().unwrap().0}),
+        ));
+    }
+    ctx.insert(Validated(qty));
+    if event.payload()["express"].as_bool() == Some(true) {
+        Ok(Flow::next(charge_express))
+    } else {
+        Ok(Flow::next(charge))
+    }
+}
+
+async fn charge(_event: Event, ctx: Context) -> Flow {
+    trail(&ctx, "charge");
+    tokio::task::yield_now().await;
+    let Validated(qty) = ctx.get().expect("validate stored the quantity");
+    ctx.insert(Charged(qty * 10));
+    Flow::next(ship)
+}
+
+async fn charge_express(_event: Event, ctx: Context) -> Flow {
+    trail(&ctx, "charge_express");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let Validated(qty) = ctx.get().expect("validate stored the quantity");
+    ctx.insert(Charged(qty * 10 + 5));
+    Flow::next(ship)
+}
+
+async fn ship(event: Event, ctx: Context) -> Value {
+    trail(&ctx, "ship");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Charged(total) = ctx.get().expect("a charge step stored the total");
+    json!({
+        "ok": true,
+        "total": total,
+        "order": event.payload()["id"],
+        "trail": ctx.get::<Trail>().unwrap().0,
+    })
+}
+
+async fn shop(happen: &Happen) -> happen::Node {
+    let shop = happen.node("shop").await.unwrap();
+    shop.on("order", validate).unwrap();
+    shop
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_step_async_flow_shares_context_and_returns_final_value() {
+    let happen = Happen::new();
+    let shop = shop(&happen).await;
+    let client = happen.node("client").await.unwrap();
+    let v = timeout(
+        T,
+        client.send(&shop, Event::new("order", json!({"id": 7, "qty": 3}))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"ok": true, "total": 30, "order": 7, "trail": ["validate", "charge", "ship"]})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn branching_picks_the_next_step_by_condition() {
+    let happen = Happen::new();
+    let shop = shop(&happen).await;
+    let v = timeout(
+        T,
+        shop.send(
+            &shop,
+            Event::new("order", json!({"id": 8, "qty": 2, "express": true})),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(v["total"], 25);
+    assert_eq!(v["trail"], json!(["validate", "charge_express", "ship"]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_completion_returns_a_value_and_runs_no_further_step() {
+    let happen = Happen::new();
+    let shop = shop(&happen).await;
+    let v = timeout(
+        T,
+        shop.send(&shop, Event::new("order", json!({"id": 9, "qty": 0}))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"ok": false, "reason": "empty order", "trail": ["validate"]})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_flows_have_separate_contexts() {
+    let happen = Happen::new();
+    let shop = shop(&happen).await;
+    let replies: Vec<_> = (1..=200u64)
+        .map(|i| {
+            shop.send(
+                &shop,
+                Event::new("order", json!({"id": i, "qty": i, "express": i % 3 == 0})),
+            )
+            .into_future()
+        })
+        .collect();
+    let out = timeout(T, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    for (i, r) in (1..=200u64).zip(out) {
+        let v = r.unwrap();
+        let expect = if i % 3 == 0 { i * 10 + 5 } else { i * 10 };
+        assert_eq!(v["total"], expect, "order {i}");
+        assert_eq!(v["order"], i);
+        assert_eq!(v["trail"].as_array().unwrap().len(), 3, "order {i}: {v}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unit_and_typed_values_and_context_removal() {
+    #[derive(serde::Deserialize)]
+    struct In {
+        a: i64,
+        b: i64,
+    }
+    #[derive(serde::Serialize)]
+    struct Out {
+        sum: i64,
+    }
+    let happen = Happen::new();
+    let n = happen.node("n").await.unwrap();
+    n.on("add", |Json(p): Json<In>, _c: Context| async move {
+        Json(Out { sum: p.a + p.b })
+    })
+    .unwrap();
+    n.on("nothing", |_e: Event, _c: Context| async move {})
+        .unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    n.on("remove", move |_e: Event, ctx: Context| {
+        let s = s.clone();
+        async move {
+            ctx.insert(Validated(1));
+            let first = ctx.remove::<Validated>();
+            *s.lock() = Some((first, ctx.get::<Validated>()));
+            Flow::done(true)
+        }
+    })
+    .unwrap();
+    let v = timeout(T, n.send(&n, Event::new("add", json!({"a": 2, "b": 40}))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, json!({"sum": 42}));
+    let v = timeout(T, n.send(&n, Event::new("nothing", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, Value::Null);
+    let v = timeout(T, n.send(&n, Event::new("remove", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, json!(true));
+    assert_eq!(*seen.lock(), Some((Some(Validated(1)), None)));
+    let sum: i64 = timeout(
+        T,
+        n.send(&n, Event::new("add", json!({"a": 1, "b": 1})))
+            .decode::<serde_json::Map<String, Value>>(),
+    )
+    .await
+    .unwrap()
+    .unwrap()["sum"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(sum, 2);
+}

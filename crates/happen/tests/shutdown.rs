@@ -1,0 +1,138 @@
+//! Shutdown: drains within the deadline, then cancels; new events get `ShutDown`.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Yields until `cond` holds (bounded by real time, so it cannot hang under paused time).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_and_queued_flows_finish_within_the_deadline() {
+    let happen = Happen::new();
+    let node = happen
+        .node_with(
+            "n",
+            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(1)),
+        )
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    node.on("work", move |e: Event, _c: Context| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.unwrap().forget();
+            e.payload().clone()
+        }
+    })
+    .unwrap();
+    let client = happen.node("client").await.unwrap();
+    let replies: Vec<_> = (0..5)
+        .map(|i| client.send(&node, Event::new("work", i)).into_future())
+        .collect();
+    wait_until("one running", || node.stats().active == 1).await;
+
+    let h = happen.clone();
+    let shutdown = tokio::spawn(async move { h.shutdown(Duration::from_secs(10)).await });
+    wait_until("admission to close", || {
+        happen.get_node("n").is_some() && node.tell(&node, Event::new("work", 99)).is_err()
+    })
+    .await;
+    let err = node.tell(&node, Event::new("work", 100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ShutDown);
+    assert!(!shutdown.is_finished());
+
+    gate.add_permits(5);
+    let out = timeout(T, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    for (i, r) in out.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!(i), "flow {i} drained");
+    }
+    timeout(T, shutdown).await.unwrap().unwrap();
+    assert!(happen.get_node("n").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_the_deadline_flows_are_cancelled_and_senders_told() {
+    let happen = Happen::new();
+    let node = happen
+        .node_with(
+            "n",
+            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(2)),
+        )
+        .await
+        .unwrap();
+    let cleaned_up = Arc::new(AtomicBool::new(false));
+    let c = cleaned_up.clone();
+    node.on("hang", move |_e: Event, _c: Context| {
+        let c = c.clone();
+        async move {
+            struct Guard(Arc<AtomicBool>);
+            impl Drop for Guard {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _g = Guard(c);
+            std::future::pending::<()>().await;
+        }
+    })
+    .unwrap();
+    let client = happen.node("client").await.unwrap();
+    let replies: Vec<_> = (0..5)
+        .map(|_| client.send(&node, Event::new("hang", ())).into_future())
+        .collect();
+    wait_until("two running", || node.stats().active == 2).await;
+
+    let start = tokio::time::Instant::now();
+    timeout(T, happen.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown returns after its deadline");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert!(
+        cleaned_up.load(Ordering::SeqCst),
+        "the cancelled flow's guards ran"
+    );
+    let out = timeout(T, futures::future::join_all(replies))
+        .await
+        .unwrap();
+    for r in out {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ShutDown, "{e:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_of_an_idle_instance_is_immediate() {
+    let happen = Happen::new();
+    let _a = happen.node("a").await.unwrap();
+    let _b = happen.node("b").await.unwrap();
+    let start = tokio::time::Instant::now();
+    timeout(T, happen.shutdown(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(
+        happen.node("c").await.unwrap_err().kind(),
+        ErrorKind::ShutDown
+    );
+}
