@@ -406,7 +406,8 @@ impl FlowConfig {
 pub struct StreamConfig {
     /// Items buffered between a streaming producer and its consumer (default 64).
     pub buffer: usize,
-    /// Items buffered per subscriber of a broadcast stream before it lags (default 256).
+    /// Items buffered per subscriber of a broadcast stream before it lags (default 256;
+    /// rounded up to a power of two, and the end-of-stream marker takes one slot).
     pub broadcast_buffer: usize,
 }
 

@@ -735,7 +735,9 @@ impl FlowTask {
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
         }
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(outcome) {
-            self.ctx.node().flow_failure_unobserved(self.ctx.event(), &e);
+            self.ctx
+                .node()
+                .flow_failure_unobserved(self.ctx.event(), &e);
         }
         FlowOutcome {
             failed,
@@ -795,7 +797,9 @@ impl Drop for FlowTask {
             self.step = None;
             let e = Error::shut_down(self.ctx.node_id());
             if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
-                self.ctx.node().flow_failure_unobserved(self.ctx.event(), &e);
+                self.ctx
+                    .node()
+                    .flow_failure_unobserved(self.ctx.event(), &e);
             }
         }
     }

@@ -600,7 +600,8 @@ pub enum StreamItem {
 /// (from [`Context::items`](crate::Context::items)).
 ///
 /// # Lag policy
-/// Each subscriber has its own bounded buffer (`streams.broadcast_buffer`, default 256). The
+/// Each subscriber has its own bounded buffer (`streams.broadcast_buffer`, default 256, rounded
+/// up to a power of two; the end marker takes one slot). The
 /// producer never waits for subscribers. A subscriber that falls further behind than its buffer
 /// skips the oldest items and receives one [`StreamItem::Lagged`] with the number it missed,
 /// then continues with the oldest item still buffered. Other subscribers are not affected.
