@@ -1,0 +1,375 @@
+//! `[transport.nats]`: connection settings, parsed strictly (unknown keys are errors naming
+//! the key).
+//!
+//! ```
+//! let config = happen::Config::from_toml_str(r#"
+//! [transport.nats]
+//! servers = ["nats://127.0.0.1:4333"]
+//! name = "orders"
+//! request_timeout_ms = 5000
+//! [transport.nats.auth]
+//! user = "app"
+//! password = "secret"
+//! [transport.nats.reconnect]
+//! max_attempts = 10
+//! "#)?;
+//! let nats = happen_nats::NatsConfig::from_happen(&config)?;
+//! assert_eq!(nats.name, "orders");
+//!
+//! let bad = happen::Config::from_toml_str("[transport.nats]\nserver = \"x\"\n")?;
+//! let err = happen_nats::NatsConfig::from_happen(&bad).unwrap_err();
+//! assert!(err.message().contains("server"), "{err}");
+//! # Ok::<(), happen::Error>(())
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use happen::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the NATS transport (`[transport.nats]`). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Server URLs (default `["nats://127.0.0.1:4222"]`).
+    pub servers: Vec<String>,
+    /// Connection name shown by the server (default `happen`).
+    pub name: String,
+    /// Subject prefix (default `happen`, as the reference implementation).
+    pub prefix: String,
+    /// Authentication; at most one method.
+    pub auth: AuthConfig,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// How long a stream producer waits for credit before giving up on a silent consumer, in
+    /// milliseconds (default: the instance's `flow.request_timeout_ms`).
+    pub request_timeout_ms: Option<u64>,
+    /// Timeout of one connection attempt, in milliseconds (default 5000).
+    pub connect_timeout_ms: u64,
+    /// Reconnection policy.
+    pub reconnect: ReconnectConfig,
+    /// Keep retrying when the server is unreachable at start-up instead of failing (default
+    /// `false`).
+    pub retry_on_initial_connect: bool,
+    /// Messages each subscription buffers before the client drops (and counts) the overflow
+    /// (default 1,048,576; async-nats' own default of 65,536 loses messages under bursts).
+    pub subscription_capacity: usize,
+    /// Commands the client buffers towards the server (default 65,536).
+    pub client_capacity: usize,
+    /// Outgoing events buffered by the transport before `send` fails (default 65,536).
+    pub outbound_buffer: usize,
+    /// Largest accepted incoming event in bytes (default: the server's `max_payload`).
+    pub max_message_bytes: Option<usize>,
+    /// Credit a consumer grants a remote stream producer: the most items in flight (default 256).
+    pub stream_window: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            name: "happen".to_owned(),
+            prefix: "happen".to_owned(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            request_timeout_ms: None,
+            connect_timeout_ms: 5000,
+            reconnect: ReconnectConfig::default(),
+            retry_on_initial_connect: false,
+            subscription_capacity: 1 << 20,
+            client_capacity: 65_536,
+            outbound_buffer: 65_536,
+            max_message_bytes: None,
+            stream_window: 256,
+        }
+    }
+}
+
+/// `[transport.nats.auth]`: user and password, a token, an nkey seed, or a credentials file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// User name (needs `password`).
+    pub user: Option<String>,
+    /// Password (needs `user`).
+    pub password: Option<String>,
+    /// Token.
+    pub token: Option<String>,
+    /// NKey seed (`SU...`).
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT + nkey seed).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// `[transport.nats.tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Require TLS.
+    pub required: bool,
+    /// Extra root certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM; needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM; needs `cert_file`).
+    pub key_file: Option<PathBuf>,
+    /// TLS handshake before the NATS protocol (server `handshake_first`).
+    pub handshake_first: bool,
+}
+
+/// `[transport.nats.reconnect]`: exponential back-off between `delay_ms` and `max_delay_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReconnectConfig {
+    /// Give up after this many failed attempts (default: never give up).
+    pub max_attempts: Option<usize>,
+    /// First delay in milliseconds (default 10).
+    pub delay_ms: u64,
+    /// Largest delay in milliseconds (default 2000).
+    pub max_delay_ms: u64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            max_attempts: None,
+            delay_ms: 10,
+            max_delay_ms: 2000,
+        }
+    }
+}
+
+fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        format!("invalid config `transport.nats.{key}`: {problem}"),
+    )
+}
+
+impl NatsConfig {
+    /// Settings for one server URL, everything else default.
+    pub fn with_server(url: impl Into<String>) -> NatsConfig {
+        NatsConfig {
+            servers: vec![url.into()],
+            ..NatsConfig::default()
+        }
+    }
+
+    /// Reads `[transport.nats]` of a happen configuration (defaults when absent); the request
+    /// timeout defaults to the instance's `flow.request_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the offending key (`transport.nats.<key>`).
+    pub fn from_happen(config: &happen::Config) -> Result<NatsConfig> {
+        let mut nats = match &config.transport.nats {
+            Some(v) => NatsConfig::from_value(v)?,
+            None => NatsConfig::default(),
+        };
+        if nats.request_timeout_ms.is_none() {
+            nats.request_timeout_ms = Some(config.flow.request_timeout_ms);
+        }
+        Ok(nats)
+    }
+
+    /// Parses the JSON form of `[transport.nats]` and validates it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the offending key.
+    pub fn from_value(value: &serde_json::Value) -> Result<NatsConfig> {
+        let config: NatsConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path == "." { String::new() } else { path };
+            // serde names an unknown key in its message; the path names its parent table
+            invalid(&key, inner).with_key_hint()
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the offending key.
+    pub fn validate(&self) -> Result<()> {
+        if self.servers.is_empty() {
+            return Err(invalid("servers", "give at least one server URL"));
+        }
+        for s in &self.servers {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| invalid("servers", format!("`{s}` is not a NATS URL: {e}")))?;
+        }
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ', '\t']))
+        {
+            return Err(invalid(
+                "prefix",
+                format!(
+                    "`{}` is not a valid subject prefix (dot-separated tokens without wildcards or spaces)",
+                    self.prefix
+                ),
+            ));
+        }
+        let a = &self.auth;
+        if a.user.is_some() != a.password.is_some() {
+            return Err(invalid("auth", "`user` and `password` go together"));
+        }
+        let methods = [
+            a.user.is_some(),
+            a.token.is_some(),
+            a.nkey.is_some(),
+            a.credentials_file.is_some(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count();
+        if methods > 1 {
+            return Err(invalid(
+                "auth",
+                "choose one of user/password, token, nkey, credentials_file",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid("tls", "`cert_file` and `key_file` go together"));
+        }
+        for (key, v) in [
+            ("subscription_capacity", self.subscription_capacity),
+            ("client_capacity", self.client_capacity),
+            ("outbound_buffer", self.outbound_buffer),
+            ("stream_window", self.stream_window),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_message_bytes == Some(0) {
+            return Err(invalid("max_message_bytes", "must be at least 1"));
+        }
+        if self.request_timeout_ms == Some(0) {
+            return Err(invalid("request_timeout_ms", "must be at least 1"));
+        }
+        if self.reconnect.delay_ms > self.reconnect.max_delay_ms {
+            return Err(invalid(
+                "reconnect.delay_ms",
+                "must not exceed `reconnect.max_delay_ms`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The request timeout (default 30 s).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.unwrap_or(30_000))
+    }
+
+    /// Builds the async-nats connect options (everything but the server list).
+    pub(crate) async fn connect_options(&self) -> Result<async_nats::ConnectOptions> {
+        let mut o = async_nats::ConnectOptions::new()
+            .name(&self.name)
+            .subscription_capacity(self.subscription_capacity)
+            .client_capacity(self.client_capacity)
+            .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
+            .request_timeout(Some(self.request_timeout()))
+            .max_reconnects(self.reconnect.max_attempts);
+        let (base, max) = (self.reconnect.delay_ms, self.reconnect.max_delay_ms);
+        o = o.reconnect_delay_callback(move |attempts| {
+            let shift = attempts.min(20) as u32;
+            Duration::from_millis(base.saturating_mul(1u64 << shift).min(max))
+        });
+        if self.retry_on_initial_connect {
+            o = o.retry_on_initial_connect();
+        }
+        let a = &self.auth;
+        if let (Some(u), Some(p)) = (&a.user, &a.password) {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &a.token {
+            o = o.token(t.clone());
+        }
+        if let Some(seed) = &a.nkey {
+            o = o.nkey(seed.clone());
+        }
+        if let Some(path) = &a.credentials_file {
+            o = o.credentials_file(path).await.map_err(|e| {
+                invalid(
+                    "auth.credentials_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+        }
+        let t = &self.tls;
+        if t.required {
+            o = o.require_tls(true);
+        }
+        if let Some(ca) = &t.ca_file {
+            o = o.add_root_certificates(ca.clone());
+        }
+        if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
+            o = o.add_client_certificate(c.clone(), k.clone());
+        }
+        if t.handshake_first {
+            o = o.tls_first();
+        }
+        Ok(o)
+    }
+}
+
+trait KeyHint {
+    fn with_key_hint(self) -> Self;
+}
+
+impl KeyHint for Error {
+    /// Adds "remove it or check the spelling" to unknown-key errors.
+    fn with_key_hint(self) -> Self {
+        if self.message().contains("unknown field") {
+            Error::new(
+                self.kind(),
+                format!("{}; remove the key or check its spelling", self.message()),
+            )
+        } else {
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            NatsConfig::from_value(&json!({"servers": ["nats://x:1"], "bogus": 1})).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.message().contains("bogus"), "{err}");
+        let err = NatsConfig::from_value(&json!({"auth": {"usr": "a"}})).unwrap_err();
+        assert!(err.message().contains("usr"), "{err}");
+        assert!(err.message().contains("transport.nats.auth"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_are_named() {
+        let err = NatsConfig::from_value(&json!({"stream_window": "big"})).unwrap_err();
+        assert!(err.message().contains("stream_window"), "{err}");
+        let err = NatsConfig::from_value(&json!({"auth": {"user": "a"}})).unwrap_err();
+        assert!(err.message().contains("password"), "{err}");
+        let err = NatsConfig::from_value(&json!({"prefix": "a.*"})).unwrap_err();
+        assert!(err.message().contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        NatsConfig::default().validate().unwrap();
+        let c = NatsConfig::from_value(&json!({})).unwrap();
+        assert_eq!(c, NatsConfig::default());
+    }
+}

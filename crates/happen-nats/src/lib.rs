@@ -1,0 +1,82 @@
+//! The NATS transport for [`happen`]: the same application code, nodes in many processes.
+//!
+//! ```no_run
+//! use happen::{Config, Event};
+//!
+//! # #[tokio::main] async fn main() -> happen::Result<()> {
+//! let config = Config::from_toml_str(r#"
+//! [transport.nats]
+//! servers = ["nats://127.0.0.1:4222"]
+//! "#)?;
+//! let happen = happen_nats::init(config).await?;
+//! let client = happen.node("client").await?;
+//! // "greeter" may live in any process connected to the same server
+//! let greeting = client.send("greeter", Event::new("greet", "ada")).await?;
+//! # let _ = greeting; Ok(()) }
+//! ```
+//!
+//! # What goes over the wire
+//! Events are the reference implementation's JSON on `<prefix>.node.<id>` (direct) and
+//! `<prefix>.broadcast`; replies carry the raw JSON final value, and status, errors, streams and
+//! pressure travel in `Happen-*` headers. See [`wire`] (and `WIRE.md`) for every detail.
+//!
+//! # Delivery semantics
+//! - **At most once.** Core NATS does not store messages: an event published while no process
+//!   hosts its target is lost (a `send` then fails fast with
+//!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) from NATS "no responders"; a
+//!   `tell` or a broadcast is dropped silently by the server).
+//! - **Disconnected.** While the client is disconnected, `send`, `tell` and `broadcast` fail at
+//!   once with [`ErrorKind::Transport`](happen::ErrorKind::Transport) (nothing is buffered);
+//!   requests waiting for a reply when the connection drops fail with `Transport` too (the event
+//!   may or may not have been handled). The client reconnects on its own and resubscribes every
+//!   node; later sends succeed.
+//! - **Local sends travel through the server too**, so replicas of a node id in other
+//!   processes share them (a NATS queue group per node id). Broadcasts reach each node id once
+//!   (a queue group per node id on the broadcast subject), whichever replica takes it.
+//! - **No silent loss on our side.** Subscriptions buffer `subscription_capacity` messages
+//!   (default 1,048,576); overflow is dropped by the client and counted
+//!   ([`NatsStats::slow_consumer`]). Outgoing messages wait in a bounded buffer
+//!   (`outbound_buffer`); when it is full `send` fails. Bad incoming messages are answered with
+//!   an error when they have a reply subject, logged and counted ([`NatsStats`]).
+//! - **Streams** are credit-based: the consumer grants `stream_window` items, the producer never
+//!   has more in flight; dropping the consumer sends `cancel` and the remote flow is cancelled.
+//!
+//! # Modules
+//! - [`config`]: `[transport.nats]` settings;
+//! - [`wire`]: subjects, headers, encoders and decoders.
+
+mod replies;
+mod serve;
+mod stats;
+mod stream;
+mod transport;
+
+pub mod config;
+pub mod wire;
+
+pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
+pub use crate::stats::NatsStats;
+pub use crate::transport::NatsTransport;
+
+/// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS
+/// transport.
+///
+/// # Errors
+/// As [`NatsTransport::from_config`], plus invalid configuration.
+pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
+    let transport = NatsTransport::from_config(&config).await?;
+    happen::Happen::builder()
+        .config(config)
+        .transport(transport)
+        .build()
+}
+
+#[cfg(test)]
+mod assertions {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    #[test]
+    fn public_handles_are_send_sync() {
+        send_sync::<crate::NatsTransport>();
+        send_sync::<crate::NatsConfig>();
+    }
+}

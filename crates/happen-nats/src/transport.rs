@@ -1,0 +1,539 @@
+//! [`NatsTransport`]: the [`happen::Transport`] over NATS. Owns the connection, the shared reply
+//! inbox and the per-node subscriptions.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::message::OutboundMessage;
+use async_nats::{Client, HeaderMap, Subject};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use happen::stream::ReplySender;
+use happen::transport::Inbox;
+use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result, Transport};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::NatsConfig;
+use crate::stats::{Counters, NatsStats, inc};
+use crate::wire::{self, Frame, Subjects, header};
+
+/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it:
+///
+/// ```no_run
+/// # async fn demo() -> happen::Result<()> {
+/// use happen::{Config, Happen};
+/// use happen_nats::{NatsConfig, NatsTransport};
+///
+/// let transport = NatsTransport::connect(NatsConfig::with_server("nats://127.0.0.1:4222")).await?;
+/// let happen = Happen::builder().transport(transport.clone()).build()?;
+/// let node = happen.node("orders").await?; // reachable from every connected process
+/// # let _ = node; Ok(()) }
+/// ```
+///
+/// Every send goes through the server, also between nodes of one process, so replicas of a
+/// node id in other processes share the load. See the crate docs for delivery semantics.
+#[derive(Clone)]
+pub struct NatsTransport {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Where a reply on the shared inbox goes.
+pub(crate) enum Pending {
+    /// Waiting for the first reply message.
+    Reply { tx: ReplySender, target: NodeId },
+    /// A remote stream being consumed: frames go to its consumer task.
+    Stream {
+        frames: mpsc::Sender<async_nats::Message>,
+    },
+}
+
+struct NodeHandle {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    inbox: Inbox,
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) config: NatsConfig,
+    pub(crate) subjects: Subjects,
+    /// `_INBOX.<nuid>`: replies arrive on `<inbox>.<token>`, stream control on `<inbox>.c<token>`.
+    pub(crate) inbox: String,
+    pub(crate) next_token: AtomicU64,
+    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
+    pub(crate) controls: Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
+    outbound: mpsc::Sender<(OutboundMessage, Option<u64>)>,
+    nodes: Mutex<HashMap<NodeId, NodeHandle>>,
+    pressure: Mutex<HashMap<NodeId, watch::Sender<Pressure>>>,
+    pub(crate) watching_pressure: AtomicBool,
+    pub(crate) max_bytes: usize,
+    pub(crate) counters: Counters,
+    pub(crate) stream_header: HeaderMap,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
+    Error::new(ErrorKind::Transport, format!("{what}: {e}"))
+}
+
+impl NatsTransport {
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Transport`] when no
+    /// server can be reached (unless `retry_on_initial_connect`).
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the connection attempt.
+    pub async fn connect(config: NatsConfig) -> Result<NatsTransport> {
+        config.validate()?;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let options = config
+            .connect_options()
+            .await?
+            .event_callback(move |event| {
+                let ev_tx = ev_tx.clone();
+                async move {
+                    let _ = ev_tx.send(event);
+                }
+            });
+        let client = options
+            .connect(config.servers.clone())
+            .await
+            .map_err(|e| {
+                transport_error(
+                    &format!(
+                        "cannot connect to nats at {:?}; is nats-server running? check transport.nats.servers",
+                        config.servers
+                    ),
+                    e,
+                )
+            })?;
+        NatsTransport::with_client(client, config, ev_rx).await
+    }
+
+    /// Connects with the `[transport.nats]` section of a happen configuration.
+    ///
+    /// # Errors
+    /// As [`connect`](NatsTransport::connect); unknown keys are errors naming the key.
+    pub async fn from_config(config: &happen::Config) -> Result<NatsTransport> {
+        NatsTransport::connect(NatsConfig::from_happen(config)?).await
+    }
+
+    async fn with_client(
+        client: Client,
+        config: NatsConfig,
+        events: mpsc::UnboundedReceiver<async_nats::Event>,
+    ) -> Result<NatsTransport> {
+        let inbox = client.new_inbox();
+        let replies = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| transport_error("cannot subscribe to the reply inbox", e))?;
+        let pressure_sub = client
+            .subscribe(format!("{}.pressure.>", config.prefix))
+            .await
+            .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| transport_error("cannot reach the nats server", e))?;
+        let (out_tx, out_rx) = mpsc::channel(config.outbound_buffer);
+        let max_bytes = config
+            .max_message_bytes
+            .unwrap_or_else(|| client.server_info().max_payload.max(1));
+        let mut stream_header = HeaderMap::new();
+        stream_header.insert(header::STREAM, config.stream_window.to_string().as_str());
+        let shared = Arc::new(Shared {
+            subjects: Subjects::new(&config.prefix),
+            client,
+            config,
+            inbox,
+            next_token: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            controls: Mutex::new(HashMap::new()),
+            outbound: out_tx,
+            nodes: Mutex::new(HashMap::new()),
+            pressure: Mutex::new(HashMap::new()),
+            watching_pressure: AtomicBool::new(false),
+            max_bytes,
+            counters: Counters::default(),
+            stream_header,
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(crate::replies::run(shared.clone(), replies)),
+            tokio::spawn(publisher(shared.clone(), out_rx)),
+            tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
+            tokio::spawn(pressure_reports(Arc::downgrade(&shared), pressure_sub)),
+        ];
+        shared.tasks.lock().extend(tasks);
+        Ok(NatsTransport { shared })
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> NatsStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The underlying async-nats client (for example to publish raw messages).
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &NatsConfig {
+        &self.shared.config
+    }
+
+    /// The subjects in use (`<prefix>.node.<id>`, `<prefix>.broadcast`).
+    pub fn subjects(&self) -> &Subjects {
+        &self.shared.subjects
+    }
+}
+
+impl fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("servers", &self.shared.config.servers)
+            .field("prefix", &self.shared.config.prefix)
+            .field("nodes", &self.shared.nodes.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Publishes queued outgoing messages in order (`send` and `broadcast` must not block).
+async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<(OutboundMessage, Option<u64>)>) {
+    let mut sink = shared.client.clone();
+    while let Some((msg, token)) = rx.recv().await {
+        if let Err(e) = sink.feed(msg).await {
+            tracing::warn!(target: "happen_nats", error = %e, "publishing failed");
+            if let Some(token) = token
+                && let Some(Pending::Reply { tx, .. }) = shared.pending.lock().remove(&token)
+            {
+                let _ = tx.send(happen::stream::Response::Done(Err(transport_error(
+                    "the event could not be published to nats",
+                    e,
+                ))));
+            }
+        }
+    }
+}
+
+/// Counts slow consumers; on disconnect fails the requests whose replies can no longer arrive.
+async fn connection_events(
+    shared: std::sync::Weak<Shared>,
+    mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match event {
+            async_nats::Event::SlowConsumer(sid) => {
+                inc(&shared.counters.slow_consumer);
+                metrics::counter!("happen_nats_slow_consumer_total").increment(1);
+                tracing::warn!(target: "happen_nats", sid, "a subscription overflowed and dropped messages; raise transport.nats.subscription_capacity");
+            }
+            async_nats::Event::Disconnected => {
+                inc(&shared.counters.disconnects);
+                tracing::warn!(target: "happen_nats", "disconnected from nats; reconnecting");
+                shared.fail_pending(
+                    "the connection to nats was lost before the reply arrived; the event may or may not have been handled",
+                );
+            }
+            async_nats::Event::Connected => {
+                tracing::info!(target: "happen_nats", "connected to nats");
+            }
+            other => tracing::info!(target: "happen_nats", event = %other, "nats connection event"),
+        }
+    }
+}
+
+/// Mirrors the pressure of remote nodes from their `node.pressure` reports.
+async fn pressure_reports(shared: std::sync::Weak<Shared>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match wire::decode_event(&msg.payload, shared.max_bytes) {
+            Ok(event) if event.event_type() == PRESSURE_EVENT => {
+                shared.observe_pressure_event(&event);
+            }
+            _ => shared.counters.bad_input("malformed"),
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn fail_pending(&self, why: &str) {
+        let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
+        for p in drained {
+            if let Pending::Reply { tx, target } = p {
+                inc(&self.counters.failed_on_disconnect);
+                let err = Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
+                let _ = tx.send(happen::stream::Response::Done(Err(err)));
+            }
+            // a stream consumer sees its frame channel close and ends with a transport error
+        }
+    }
+
+    fn check_connected(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::ShutDown,
+                "the nats transport is shut down; nothing was sent",
+            ));
+        }
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "not connected to nats (state: {state:?}); the client reconnects on its own, retry the send later"
+                ),
+            )),
+        }
+    }
+
+    fn encode_checked(&self, event: &Event) -> Result<bytes::Bytes> {
+        let body = wire::encode_event(event)?;
+        if body.len() > self.max_bytes {
+            return Err(Error::new(
+                ErrorKind::InvalidEvent,
+                format!(
+                    "event `{}` is {} bytes on the wire, over the limit of {} bytes (server max_payload / transport.nats.max_message_bytes); send less data per event",
+                    event.event_type(),
+                    body.len(),
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(body)
+    }
+
+    fn enqueue(&self, msg: OutboundMessage, token: Option<u64>) -> Result<()> {
+        self.outbound.try_send((msg, token)).map_err(|e| {
+            if let Some(t) = token {
+                self.pending.lock().remove(&t);
+            }
+            match e {
+                mpsc::error::TrySendError::Full(_) => Error::new(
+                    ErrorKind::Transport,
+                    format!(
+                        "the outgoing buffer of the nats transport is full ({} messages); slow down or raise transport.nats.outbound_buffer",
+                        self.config.outbound_buffer
+                    ),
+                ),
+                mpsc::error::TrySendError::Closed(_) => Error::new(
+                    ErrorKind::ShutDown,
+                    "the nats transport is shut down; nothing was sent",
+                ),
+            }
+        })
+    }
+
+    /// Updates the mirrored pressure of `target` from a reply's `Happen-Pressure` header.
+    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
+        if !self.watching_pressure.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(tx) = self.pressure.lock().get(target) {
+            let p = wire::parse_pressure(value);
+            tx.send_if_modified(|cur| {
+                if cur.under_pressure != p.under_pressure {
+                    *cur = p;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    fn observe_pressure_event(&self, event: &Event) {
+        let p = event.payload();
+        let Some(id) = p.get("nodeId").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let under = p
+            .get("underPressure")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let queued = p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        let limit = p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        if let Some(tx) = self.pressure.lock().get(id) {
+            tx.send_replace(Pressure::new(under, queued, limit));
+        }
+    }
+}
+
+impl Transport for NatsTransport {
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let s = &self.shared;
+            let id = inbox.id().clone();
+            let group = id.to_string();
+            let direct = s
+                .client
+                .queue_subscribe(s.subjects.node(&id), group.clone())
+                .await
+                .map_err(|e| {
+                    transport_error(
+                        &format!("cannot subscribe node `{id}` (is the id a valid subject token?)"),
+                        e,
+                    )
+                })?;
+            let broadcast = s
+                .client
+                .queue_subscribe(s.subjects.broadcast().to_owned(), group)
+                .await
+                .map_err(|e| transport_error(&format!("cannot subscribe node `{id}`"), e))?;
+            // the server knows the subscriptions before `attach` resolves
+            s.client
+                .flush()
+                .await
+                .map_err(|e| transport_error("cannot reach the nats server", e))?;
+            let (stop, stop_rx) = oneshot::channel();
+            let task = tokio::spawn(crate::serve::run(
+                s.clone(),
+                inbox.clone(),
+                direct,
+                broadcast,
+                stop_rx,
+            ));
+            s.nodes.lock().insert(id, NodeHandle { stop, task, inbox });
+            Ok(())
+        })
+    }
+
+    fn detach(&self, node: &NodeId) {
+        if let Some(h) = self.shared.nodes.lock().remove(node) {
+            let _ = h.stop.send(());
+            drop(h.task);
+        }
+    }
+
+    fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        let s = &self.shared;
+        s.check_connected()?;
+        let payload = s.encode_checked(&event)?;
+        let subject = Subject::from(s.subjects.node(target));
+        let (msg, token) = match reply {
+            None => (
+                OutboundMessage {
+                    subject,
+                    reply: None,
+                    payload,
+                    headers: None,
+                },
+                None,
+            ),
+            Some(tx) => {
+                let token = s.next_token.fetch_add(1, Ordering::Relaxed);
+                // the reply path exists before the event is published
+                s.pending.lock().insert(
+                    token,
+                    Pending::Reply {
+                        tx,
+                        target: target.clone(),
+                    },
+                );
+                let mut reply = String::with_capacity(s.inbox.len() + 21);
+                reply.push_str(&s.inbox);
+                reply.push('.');
+                let _ = write!(reply, "{token}");
+                (
+                    OutboundMessage {
+                        subject,
+                        reply: Some(Subject::from(reply)),
+                        payload,
+                        headers: Some(s.stream_header.clone()),
+                    },
+                    Some(token),
+                )
+            }
+        };
+        s.enqueue(msg, token)?;
+        inc(&s.counters.sent);
+        Ok(())
+    }
+
+    fn broadcast(&self, event: Event) -> Result<()> {
+        let s = &self.shared;
+        s.check_connected()?;
+        let payload = s.encode_checked(&event)?;
+        let payload_copy = payload.clone(); // `Bytes`: shares the buffer
+        s.enqueue(
+            OutboundMessage {
+                subject: Subject::from(s.subjects.broadcast().to_owned()),
+                reply: None,
+                payload,
+                headers: None,
+            },
+            None,
+        )?;
+        if event.event_type() == PRESSURE_EVENT {
+            // also on a dedicated subject, which every process watches (pressure is rare)
+            s.enqueue(
+                OutboundMessage {
+                    subject: Subject::from(s.subjects.pressure(event.sender())),
+                    reply: None,
+                    payload: payload_copy,
+                    headers: None,
+                },
+                None,
+            )?;
+        }
+        inc(&s.counters.broadcasts);
+        Ok(())
+    }
+
+    fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
+        let s = &self.shared;
+        if let Some(h) = s.nodes.lock().get(target) {
+            return Some(h.inbox.watch_pressure());
+        }
+        let rx = s
+            .pressure
+            .lock()
+            .entry(target.clone())
+            .or_insert_with(|| watch::Sender::new(Pressure::new(false, 0, 0)))
+            .subscribe();
+        s.watching_pressure.store(true, Ordering::Relaxed);
+        Some(rx)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let s = &self.shared;
+            s.closed.store(true, Ordering::Release);
+            let nodes: Vec<NodeHandle> = s.nodes.lock().drain().map(|(_, h)| h).collect();
+            for h in nodes {
+                let _ = h.stop.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), h.task).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
+            for t in s.tasks.lock().drain(..) {
+                t.abort();
+            }
+            let drained: Vec<Pending> = s.pending.lock().drain().map(|(_, p)| p).collect();
+            for p in drained {
+                if let Pending::Reply { tx, .. } = p {
+                    let _ = tx.send(happen::stream::Response::Done(Err(Error::new(
+                        ErrorKind::ShutDown,
+                        "the nats transport shut down before the reply arrived",
+                    ))));
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! The wire format: subjects, header names, and the encoders and decoders of every message this
+//! transport publishes or accepts. `WIRE.md` (included below) is the normative description.
+//!
+//! Everything here is pure (no I/O) and total: decoders return errors for any input, they never
+//! panic, which a property test checks.
+#![doc = include_str!("../WIRE.md")]
+
+use async_nats::HeaderMap;
+use async_nats::header::HeaderValue;
+use bytes::Bytes;
+use happen::{Error, ErrorKind, Event, NodeId, Pressure};
+use serde_json::Value;
+
+/// Names of the NATS headers this transport adds. Absent headers mean the reference behaviour
+/// (a reply without `Happen-Status` is a successful final value).
+pub mod header {
+    /// On replies: `error` (details in the `Happen-Error-*` headers, empty body) or `stream`
+    /// (a stream starts; see [`CONTROL`]). Absent: the body is the raw JSON final value.
+    pub const STATUS: &str = "Happen-Status";
+    /// The [`ErrorKind`](happen::ErrorKind) name, e.g. `queue_full`.
+    pub const ERROR_KIND: &str = "Happen-Error-Kind";
+    /// The error message (percent-escaped: `%`, CR and LF).
+    pub const ERROR_MESSAGE: &str = "Happen-Error-Message";
+    /// The node the error concerns.
+    pub const ERROR_NODE: &str = "Happen-Error-Node";
+    /// The event the error concerns.
+    pub const ERROR_EVENT: &str = "Happen-Error-Event";
+    /// The limit that was hit (`queue_full`, `chain_too_deep`).
+    pub const ERROR_LIMIT: &str = "Happen-Error-Limit";
+    /// On requests: the requester understands streams and grants this initial credit.
+    pub const STREAM: &str = "Happen-Stream";
+    /// On a stream start: the subject to which the consumer sends `credit` and `cancel`.
+    pub const CONTROL: &str = "Happen-Control";
+    /// The kind of a stream frame: `item`, `end`, `error` (producer to consumer) or `credit`,
+    /// `cancel` (consumer to producer).
+    pub const FRAME: &str = "Happen-Frame";
+    /// On `credit` frames: how many more items the producer may send.
+    pub const CREDIT: &str = "Happen-Credit";
+    /// On replies from a node under backpressure: `high;queued=<n>;limit=<n>`. Absent: normal.
+    pub const PRESSURE: &str = "Happen-Pressure";
+}
+
+/// The subjects of one deployment (all share a prefix, default `happen`).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+    broadcast: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (the reference uses `happen`).
+    pub fn new(prefix: &str) -> Subjects {
+        Subjects {
+            prefix: prefix.to_owned(),
+            broadcast: format!("{prefix}.broadcast"),
+        }
+    }
+
+    /// `<prefix>.node.<id>`: a node's direct inbox.
+    pub fn node(&self, id: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 6 + id.len());
+        s.push_str(&self.prefix);
+        s.push_str(".node.");
+        s.push_str(id);
+        s
+    }
+
+    /// `<prefix>.pressure.<id>`: a node's `node.pressure` reports (also broadcast).
+    pub fn pressure(&self, id: &str) -> String {
+        format!("{}.pressure.{id}", self.prefix)
+    }
+
+    /// `<prefix>.broadcast`.
+    pub fn broadcast(&self) -> &str {
+        &self.broadcast
+    }
+}
+
+/// Serializes an event in the reference JSON form.
+///
+/// # Errors
+/// [`ErrorKind::InvalidPayload`] if the payload cannot be serialized (it always can: it is JSON).
+pub fn encode_event(event: &Event) -> happen::Result<Bytes> {
+    serde_json::to_vec(event).map(Bytes::from).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidPayload,
+            format!("event cannot be serialized: {e}"),
+        )
+    })
+}
+
+/// Decodes an event received on a node or broadcast subject.
+///
+/// # Errors
+/// [`ErrorKind::InvalidEvent`] for a message larger than `max_bytes`, malformed JSON, missing
+/// `type`, or fields of the wrong type (the message says which).
+///
+/// ```
+/// let e = happen_nats::wire::decode_event(br#"{"type":"ping","payload":1}"#, 1024).unwrap();
+/// assert_eq!(e.event_type(), "ping");
+/// assert!(happen_nats::wire::decode_event(b"{", 1024).is_err());
+/// ```
+pub fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
+    if payload.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidEvent,
+            format!(
+                "message of {} bytes exceeds the limit of {max_bytes} bytes (transport.nats.max_message_bytes)",
+                payload.len()
+            ),
+        ));
+    }
+    serde_json::from_slice::<Event>(payload).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidEvent,
+            format!(
+                "malformed happen event (expected {{\"type\", \"payload\", \"context\"}} JSON): {e}"
+            ),
+        )
+    })
+}
+
+/// Escapes a header value: `%`, CR and LF become `%25`, `%0D`, `%0A`.
+pub fn escape(s: &str) -> String {
+    if !s.contains(['%', '\r', '\n']) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`]; unknown escapes are kept as they are.
+pub fn unescape(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (rep, n) = if tail.starts_with("%25") {
+            ("%", 3)
+        } else if tail.starts_with("%0D") {
+            ("\r", 3)
+        } else if tail.starts_with("%0A") {
+            ("\n", 3)
+        } else {
+            ("%", 1)
+        };
+        out.push_str(rep);
+        rest = &tail[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn value(s: &str) -> HeaderValue {
+    // `escape` removes the only characters `HeaderValue` rejects
+    HeaderValue::from(escape(s))
+}
+
+/// The headers of an error reply or error frame.
+pub fn error_headers(err: &Error, headers: &mut HeaderMap) {
+    headers.insert(header::ERROR_KIND, err.kind().as_str());
+    headers.insert(header::ERROR_MESSAGE, value(err.message()));
+    if let Some(n) = err.node() {
+        headers.insert(header::ERROR_NODE, value(n));
+    }
+    if let Some(e) = err.event_id() {
+        headers.insert(header::ERROR_EVENT, value(&e.to_string()));
+    }
+    if let Some(l) = err.limit() {
+        headers.insert(header::ERROR_LIMIT, l.to_string().as_str());
+    }
+}
+
+fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+/// Rebuilds an error from the `Happen-Error-*` headers. An unknown or missing kind becomes
+/// [`ErrorKind::Transport`] (the message says so).
+pub fn error_from_headers(headers: &HeaderMap) -> Error {
+    let kind_name = get(headers, header::ERROR_KIND).unwrap_or("");
+    let message = get(headers, header::ERROR_MESSAGE)
+        .map(unescape)
+        .unwrap_or_default();
+    let node = get(headers, header::ERROR_NODE).map(|n| NodeId::from(unescape(n)));
+    let event = get(headers, header::ERROR_EVENT).map(|e| happen::EventId::parse(&unescape(e)));
+    let limit = get(headers, header::ERROR_LIMIT).and_then(|l| l.trim().parse().ok());
+    match ErrorKind::parse(kind_name.trim()) {
+        Some(kind) => Error::from_parts(kind, message, node, event, limit),
+        None => Error::from_parts(
+            ErrorKind::Transport,
+            format!("remote error of unknown kind `{kind_name}`: {message}"),
+            node,
+            event,
+            limit,
+        ),
+    }
+}
+
+/// The `Happen-Pressure` header value for a state, or `None` when not under pressure.
+pub fn pressure_header(p: &Pressure) -> Option<String> {
+    p.under_pressure
+        .then(|| format!("high;queued={};limit={}", p.queued, p.queue_limit))
+}
+
+/// Parses a `Happen-Pressure` header (absent means normal).
+pub fn parse_pressure(value: Option<&str>) -> Pressure {
+    let Some(v) = value else {
+        return Pressure::new(false, 0, 0);
+    };
+    let mut parts = v.split(';');
+    let high = parts.next().map(str::trim) == Some("high");
+    let (mut queued, mut limit) = (0, 0);
+    for part in parts {
+        match part.trim().split_once('=') {
+            Some(("queued", n)) => queued = n.parse().unwrap_or(0),
+            Some(("limit", n)) => limit = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Pressure::new(high, queued, limit)
+}
+
+/// A decoded reply message (the first message on a request's reply subject).
+#[derive(Debug)]
+pub enum ReplyFrame {
+    /// The flow's final value.
+    Value(Value),
+    /// The flow (or the admission) failed.
+    Error(Error),
+    /// The flow streams; credit and cancel go to `control`.
+    Stream {
+        /// The producer's control subject.
+        control: String,
+    },
+}
+
+fn parse_json(payload: &[u8], what: &str) -> happen::Result<Value> {
+    if payload.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        Error::new(
+            ErrorKind::Transport,
+            format!("malformed {what} from the remote node (not JSON): {e}"),
+        )
+    })
+}
+
+/// Decodes a reply message.
+///
+/// # Errors
+/// [`ErrorKind::Transport`] for an unknown status, a stream start without a control subject, or
+/// a body that is not JSON.
+pub fn decode_reply(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Result<ReplyFrame> {
+    let status = headers.and_then(|h| get(h, header::STATUS));
+    match status.map(str::trim) {
+        None | Some("ok") => parse_json(payload, "reply").map(ReplyFrame::Value),
+        Some("error") => Ok(ReplyFrame::Error(error_from_headers(
+            headers.expect("status came from headers"),
+        ))),
+        Some("stream") => match headers.and_then(|h| get(h, header::CONTROL)) {
+            Some(c) if !c.trim().is_empty() => Ok(ReplyFrame::Stream {
+                control: c.trim().to_owned(),
+            }),
+            _ => Err(Error::new(
+                ErrorKind::Transport,
+                "stream start without a `Happen-Control` subject from the remote node",
+            )),
+        },
+        Some(other) => Err(Error::new(
+            ErrorKind::Transport,
+            format!("unknown `Happen-Status` `{other}` in a reply"),
+        )),
+    }
+}
+
+/// A frame of a stream, in either direction.
+#[derive(Debug)]
+pub enum Frame {
+    /// One item (producer to consumer).
+    Item(Value),
+    /// The end with the final value (producer to consumer).
+    End(Value),
+    /// The end with an error (producer to consumer).
+    Error(Error),
+    /// More credit (consumer to producer).
+    Credit(u64),
+    /// The consumer went away (consumer to producer).
+    Cancel,
+}
+
+impl Frame {
+    /// The `Happen-Frame` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Item(_) => "item",
+            Frame::End(_) => "end",
+            Frame::Error(_) => "error",
+            Frame::Credit(_) => "credit",
+            Frame::Cancel => "cancel",
+        }
+    }
+}
+
+/// Decodes a stream frame.
+///
+/// # Errors
+/// [`ErrorKind::Transport`] for a missing or unknown frame kind, bad credit, or a body that is
+/// not JSON.
+pub fn decode_frame(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Result<Frame> {
+    let kind = headers.and_then(|h| get(h, header::FRAME)).map(str::trim);
+    match kind {
+        Some("item") => parse_json(payload, "stream item").map(Frame::Item),
+        Some("end") => parse_json(payload, "stream end").map(Frame::End),
+        Some("error") => Ok(Frame::Error(error_from_headers(
+            headers.expect("kind came from headers"),
+        ))),
+        Some("credit") => headers
+            .and_then(|h| get(h, header::CREDIT))
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .map(Frame::Credit)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Transport,
+                    "credit frame without a valid `Happen-Credit` count",
+                )
+            }),
+        Some("cancel") => Ok(Frame::Cancel),
+        Some(other) => Err(Error::new(
+            ErrorKind::Transport,
+            format!("unknown stream frame kind `{other}`"),
+        )),
+        None => Err(Error::new(
+            ErrorKind::Transport,
+            "stream message without a `Happen-Frame` header",
+        )),
+    }
+}
+
+/// Headers of a frame (the body is the JSON value for `item` and `end`, empty otherwise).
+pub fn frame_headers(frame: &Frame) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::FRAME, frame.name());
+    match frame {
+        Frame::Error(e) => error_headers(e, &mut h),
+        Frame::Credit(n) => h.insert(header::CREDIT, n.to_string().as_str()),
+        _ => {}
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trips() {
+        for s in ["", "plain", "a%b", "line\nbreak\r\n", "%0A literal", "100%"] {
+            assert_eq!(unescape(&escape(s)), s);
+            assert!(!escape(s).contains(['\r', '\n']));
+        }
+    }
+
+    #[test]
+    fn pressure_header_round_trips() {
+        let p = Pressure::new(true, 80, 100);
+        let h = pressure_header(&p).unwrap();
+        assert_eq!(parse_pressure(Some(&h)), p);
+        assert!(!parse_pressure(None).under_pressure);
+        assert!(pressure_header(&Pressure::new(false, 1, 2)).is_none());
+    }
+
+    #[test]
+    fn errors_round_trip_through_headers() {
+        let e = Error::from_parts(
+            ErrorKind::QueueFull,
+            "full\nreally",
+            Some(NodeId::from("n")),
+            None,
+            Some(7),
+        );
+        let mut h = HeaderMap::new();
+        error_headers(&e, &mut h);
+        let back = error_from_headers(&h);
+        assert_eq!(back.kind(), ErrorKind::QueueFull);
+        assert_eq!(back.message(), "full\nreally");
+        assert_eq!(back.node().map(|n| n.as_str()), Some("n"));
+        assert_eq!(back.limit(), Some(7));
+    }
+}

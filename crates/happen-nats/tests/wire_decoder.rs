@@ -1,0 +1,82 @@
+//! Property tests: the decoders accept or reject any input, never panic; valid events round-trip.
+
+use async_nats::HeaderMap;
+use happen::Event;
+use happen_nats::wire::{self, header};
+use proptest::prelude::*;
+use serde_json::json;
+
+fn headers(pairs: &[(u8, String)]) -> HeaderMap {
+    let names = [
+        header::STATUS,
+        header::FRAME,
+        header::CREDIT,
+        header::CONTROL,
+        header::ERROR_KIND,
+        header::ERROR_MESSAGE,
+        header::ERROR_LIMIT,
+        header::PRESSURE,
+    ];
+    let mut h = HeaderMap::new();
+    for (i, v) in pairs {
+        h.insert(names[*i as usize % names.len()], wire::escape(v).as_str());
+    }
+    h
+}
+
+proptest! {
+    #[test]
+    fn decode_event_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..1024) {
+        let _ = wire::decode_event(&bytes, max);
+    }
+
+    #[test]
+    fn json_shaped_input_never_panics(
+        ty in proptest::option::of(".{0,12}"),
+        payload in proptest::option::of(any::<i64>()),
+        path in proptest::option::of(proptest::collection::vec(".{0,5}", 0..3)),
+        ts in proptest::option::of(any::<i64>()),
+        junk in any::<bool>(),
+    ) {
+        let mut v = json!({});
+        if let Some(t) = ty { v["type"] = json!(t); }
+        if let Some(p) = payload { v["payload"] = json!(p); }
+        let mut causal = json!({});
+        if let Some(p) = path { causal["path"] = json!(p); }
+        if let Some(t) = ts { causal["timestamp"] = json!(t); }
+        if junk { causal["id"] = json!(42); }
+        v["context"] = json!({"causal": causal});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let _ = wire::decode_event(&bytes, 1 << 20);
+    }
+
+    #[test]
+    fn reply_and_frame_decoders_never_panic(
+        pairs in proptest::collection::vec((any::<u8>(), ".{0,16}"), 0..5),
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let h = headers(&pairs);
+        let _ = wire::decode_reply(Some(&h), &body);
+        let _ = wire::decode_reply(None, &body);
+        let _ = wire::decode_frame(Some(&h), &body);
+        let _ = wire::decode_frame(None, &body);
+        let _ = wire::error_from_headers(&h);
+        let _ = wire::parse_pressure(h.get(header::PRESSURE).map(|v| v.as_str()));
+    }
+
+    #[test]
+    fn events_round_trip(ty in "[a-z]{1,8}(\\.[a-z]{1,8}){0,2}", n in any::<i64>(), s in ".{0,20}") {
+        let e = Event::new(ty.clone(), json!({"n": n, "s": s}));
+        let bytes = wire::encode_event(&e).unwrap();
+        let back = wire::decode_event(&bytes, 1 << 20).unwrap();
+        prop_assert_eq!(back.event_type(), ty.as_str());
+        prop_assert_eq!(back.payload(), e.payload());
+    }
+
+    #[test]
+    fn escape_round_trips(s in ".{0,40}") {
+        let esc = wire::escape(&s);
+        prop_assert!(!esc.contains(['\r', '\n']));
+        prop_assert_eq!(wire::unescape(&esc), s);
+    }
+}
