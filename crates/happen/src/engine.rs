@@ -73,7 +73,8 @@ impl Pressure {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct NodeStats {
-    /// Flows executing now.
+    /// Flows executing now (updated by the node's driver, so a flow that just answered may
+    /// still be counted for a moment; `completed`/`failed` are counted before the answer).
     pub active: usize,
     /// Events waiting to start now.
     pub queued: usize,
@@ -185,8 +186,6 @@ struct State {
     under_pressure: bool,
     accepted: u64,
     rejected: u64,
-    completed: u64,
-    failed: u64,
     peak_queued: usize,
     waits: WaitHistogram,
 }
@@ -226,6 +225,10 @@ pub(crate) struct Engine {
     low_water: usize,
     pressure: watch::Sender<Pressure>,
     metrics: Metrics,
+    /// Finished flows, counted before the flow answers its sender (so a sender that got its
+    /// reply sees its flow in the stats).
+    completed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
     /// Signalled when the driver has exited.
     drained: tokio::sync::Notify,
     exited: std::sync::atomic::AtomicBool,
@@ -256,8 +259,6 @@ impl Engine {
                 under_pressure: false,
                 accepted: 0,
                 rejected: 0,
-                completed: 0,
-                failed: 0,
                 peak_queued: 0,
                 waits: WaitHistogram::default(),
             }),
@@ -271,6 +272,8 @@ impl Engine {
                 queue_limit: limits.queue_limit,
             }),
             metrics: Metrics::new(node),
+            completed: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicU64::new(0),
             drained: tokio::sync::Notify::new(),
             exited: std::sync::atomic::AtomicBool::new(false),
         }
@@ -430,8 +433,8 @@ impl Engine {
             peak_queued: st.peak_queued,
             accepted: st.accepted,
             rejected: st.rejected,
-            completed: st.completed,
-            failed: st.failed,
+            completed: self.completed.load(std::sync::atomic::Ordering::Relaxed),
+            failed: self.failed.load(std::sync::atomic::Ordering::Relaxed),
             unobserved_failures,
             queue_wait_p50: st.waits.quantile(0.5),
             queue_wait_p99: st.waits.quantile(0.99),
@@ -513,8 +516,6 @@ impl Engine {
         let mut st = self.state.lock();
         let done = finished.completed + finished.failed;
         st.running -= done as usize;
-        st.completed += finished.completed;
-        st.failed += finished.failed;
         if done > 0 {
             self.metrics.completed.increment(finished.completed);
             self.metrics.failed.increment(finished.failed);
@@ -531,7 +532,8 @@ impl Engine {
                 dropped.extend(q);
             }
             st.parked = 0;
-            st.failed += dropped.len() as u64;
+            self.failed
+                .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return (Take::Exit, None, dropped);
         }
         // Lanes freed by finished flows start their next event in the freed slot.
@@ -730,6 +732,12 @@ impl FlowTask {
         self.step = None; // drop the step first: its cleanup runs before the sender hears back
         self.finished = true;
         let failed = outcome.is_err();
+        let counter = if failed {
+            &self.ctx.node().engine().failed
+        } else {
+            &self.ctx.node().engine().completed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &outcome {
             let _g = self.span.enter();
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
@@ -795,6 +803,11 @@ impl Drop for FlowTask {
     fn drop(&mut self) {
         if !self.finished {
             self.step = None;
+            self.ctx
+                .node()
+                .engine()
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let e = Error::shut_down(self.ctx.node_id());
             if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
                 self.ctx

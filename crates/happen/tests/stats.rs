@@ -54,7 +54,8 @@ async fn completed_and_failed_counts() {
         assert_eq!(e.kind(), ErrorKind::NoHandler);
     }
     wait_until("stats", || {
-        node.stats().completed + node.stats().failed == 18
+        let st = node.stats();
+        st.completed + st.failed == 18 && st.active == 0
     })
     .await;
     let st = node.stats();
