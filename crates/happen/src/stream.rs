@@ -340,6 +340,8 @@ pub(crate) struct FlowStream {
     capacity: usize,
     /// Set when the flow's event is a broadcast carrying a stream to subscribers.
     broadcast: Option<Arc<BroadcastSource>>,
+    /// Set once the flow streams to a consumer (a lock-free check for every poll).
+    streaming: AtomicBool,
 }
 
 enum FlowReply {
@@ -371,6 +373,7 @@ impl FlowStream {
             state: Mutex::new(FlowReply::Pending(reply)),
             capacity,
             broadcast,
+            streaming: AtomicBool::new(false),
         }
     }
 
@@ -382,7 +385,10 @@ impl FlowStream {
                 Some(tx) if !tx.is_closed() => {
                     let (sender, items) = channel(self.capacity);
                     match tx.send(Response::Stream(items)) {
-                        Ok(()) => FlowReply::Streaming(sender),
+                        Ok(()) => {
+                            self.streaming.store(true, Ordering::Release);
+                            FlowReply::Streaming(sender)
+                        }
                         Err(_) => FlowReply::Discarding,
                     }
                 }
@@ -437,6 +443,9 @@ impl FlowStream {
 
     /// The shared state of an active stream, for cancellation checks.
     pub(crate) fn active(&self) -> Option<Arc<StreamShared>> {
+        if !self.streaming.load(Ordering::Acquire) {
+            return None;
+        }
         match &*self.state.lock() {
             FlowReply::Streaming(s) => Some(s.shared.clone()),
             _ => None,
