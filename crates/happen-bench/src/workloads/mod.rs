@@ -1,0 +1,45 @@
+//! The workloads. Each module runs happen and its floor (raw tokio or raw async-nats) through
+//! [`Bench::compare`](crate::measure::Bench::compare) and returns report rows.
+
+use std::fmt::Display;
+
+use happen::Pressure;
+use tokio::sync::watch::Receiver;
+
+pub(crate) mod admission;
+pub(crate) mod ask;
+pub(crate) mod broadcast;
+pub(crate) mod nats;
+pub(crate) mod stream;
+pub(crate) mod tell;
+
+/// Workloads that need nothing but this process.
+pub(crate) const LOCAL: &[&str] = &[
+    "tell",
+    "ask-seq",
+    "ask-par",
+    "flow",
+    "broadcast",
+    "stream",
+    "admission",
+];
+
+/// Workloads that need a `nats-server`.
+pub(crate) const NATS: &[&str] = &["nats-ask-seq", "nats-ask-par", "nats-broadcast"];
+
+/// Formats an error for a failed run.
+pub(crate) fn err(e: impl Display) -> String {
+    e.to_string()
+}
+
+/// How often producers look at the target's backpressure state.
+pub(crate) const PACE_EVERY: u64 = 256;
+
+/// Waits while the watched node is under backpressure (what `Node::send_paced` does, checked
+/// once every [`PACE_EVERY`] events instead of per event).
+pub(crate) async fn pace(rx: &mut Receiver<Pressure>) {
+    let under = rx.borrow().under_pressure;
+    if under {
+        let _ = rx.wait_for(|p| !p.under_pressure).await;
+    }
+}

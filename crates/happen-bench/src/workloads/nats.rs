@@ -1,0 +1,381 @@
+//! NATS workloads: `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`.
+//!
+//! The tool starts its own `nats-server` on a free loopback port (`test_support::NatsServer`)
+//! unless `--nats-url` is given. Floors are raw async-nats:
+//! - `nats-ask-seq`: sequential `Client::request` (128-byte payload) to a responder task on
+//!   its own connection, latency per round trip;
+//! - `nats-ask-par`: the same with 64 tasks, one request in flight each;
+//! - `nats-broadcast`: one publisher publishes 128-byte messages, one subscriber (own
+//!   connection, subscription capacity raised to 2^20 so nothing is dropped) receives them all;
+//!   timed until the last one arrives, losses noted.
+//!
+//! The happen side runs over `happen-nats`: two `Happen` instances (a "server side" hosting
+//! the receiving node and a "client side" hosting the sender), each with its own
+//! `NatsTransport` connection, as two processes would be; a fresh subject prefix per run.
+//! - `nats-ask-seq` / `nats-ask-par`: `client.send("echo", event)` awaited; the handler
+//!   returns the event's payload (a 128-character string);
+//! - `nats-broadcast`: `Node::broadcast` of events with that payload to one subscribing node
+//!   (default limits); timed until the node has handled them all, losses noted. When the
+//!   transport's outgoing buffer is full the producer yields and retries (noted).
+
+use std::hint::black_box;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use happen::{Context, ErrorKind, Event, Happen, Node};
+use happen_nats::{NatsConfig, NatsTransport};
+use serde_json::Value;
+
+use super::err;
+use crate::measure::{Bench, Countdown, RunResult, Sample, system};
+use crate::report::Row;
+
+/// Requests in flight in `nats-ask-par`.
+const PARALLEL: u64 = 64;
+/// Payload size of every NATS message.
+const PAYLOAD: usize = 128;
+/// Subscription buffer of the broadcast subscriber (the default, 65,536, drops messages).
+const SUB_CAPACITY: usize = 1 << 20;
+
+/// How long the broadcast subscriber waits for a next message before counting the rest lost.
+const IDLE: Duration = Duration::from_secs(5);
+
+const ASK_SUBJECT: &str = "bench.ask";
+const BCAST_SUBJECT: &str = "bench.broadcast";
+
+/// Runs the requested NATS workloads; `url` is `--nats-url`, if given.
+pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<Row> {
+    let counts = |w: &str| -> u64 {
+        match (w, bench.quick) {
+            ("nats-ask-seq", false) => 20_000,
+            ("nats-ask-seq", true) => 500,
+            ("nats-ask-par", false) => 200_000,
+            ("nats-ask-par", true) => 2_000,
+            ("nats-broadcast", false) => 1_000_000,
+            (_, _) => 10_000,
+        }
+    };
+    // Keep the guard alive for the whole run: dropping it kills the server.
+    let (_server, url) = match url {
+        Some(u) => (None, u.to_owned()),
+        None => {
+            if !test_support::nats_server_available() {
+                return unavailable_all(workloads, &counts, "nats-server not found");
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(test_support::NatsServer::start)) {
+                Ok(s) => {
+                    let url = s.url();
+                    (Some(s), url)
+                }
+                Err(_) => return unavailable_all(workloads, &counts, "nats-server did not start"),
+            }
+        }
+    };
+
+    let mut rows = Vec::new();
+    for &w in workloads {
+        let n = counts(w);
+        let u = url.clone();
+        let h = url.clone();
+        let systems = match w {
+            "nats-ask-seq" => [
+                system("happen", move |n| happen_ask(h.clone(), n, 1)),
+                system("floor", move |n| floor_ask(u.clone(), n, 1)),
+            ],
+            "nats-ask-par" => [
+                system("happen", move |n| happen_ask(h.clone(), n, PARALLEL)),
+                system("floor", move |n| floor_ask(u.clone(), n, PARALLEL)),
+            ],
+            "nats-broadcast" => [
+                system("happen", move |n| happen_broadcast(h.clone(), n)),
+                system("floor", move |n| floor_broadcast(u.clone(), n)),
+            ],
+            _ => continue,
+        };
+        rows.extend(bench.compare(w, n, &systems, "floor"));
+    }
+    rows
+}
+
+fn unavailable_all(workloads: &[&str], counts: &dyn Fn(&str) -> u64, why: &str) -> Vec<Row> {
+    workloads
+        .iter()
+        .flat_map(|&w| {
+            [
+                Row::unavailable(w, "floor", counts(w), why),
+                Row::unavailable(w, "happen", counts(w), why),
+            ]
+        })
+        .collect()
+}
+
+fn payload() -> Bytes {
+    Bytes::from(vec![0xa5u8; PAYLOAD])
+}
+
+async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
+    let server = async_nats::connect(&url).await.map_err(err)?;
+    let mut sub = server.subscribe(ASK_SUBJECT).await.map_err(err)?;
+    server.flush().await.map_err(err)?;
+    let responder = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Some(reply) = msg.reply {
+                    let _ = server.publish(reply, msg.payload).await;
+                }
+            }
+        })
+    };
+    let client = async_nats::connect(&url).await.map_err(err)?;
+    let body = payload();
+
+    let start = Instant::now();
+    let (ops, latencies) = if tasks == 1 {
+        ask_client(client.clone(), body, n, true).await?
+    } else {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let share = n / tasks + u64::from(t < n % tasks);
+                tokio::spawn(ask_client(client.clone(), body.clone(), share, false))
+            })
+            .collect();
+        let mut ops = 0;
+        for h in handles {
+            ops += h.await.map_err(err)??.0;
+        }
+        (ops, Vec::new())
+    };
+    let elapsed = start.elapsed();
+
+    responder.abort();
+    drop(client);
+    drop(server);
+    Ok(Sample::new(ops, elapsed).with_latencies(latencies))
+}
+
+async fn ask_client(
+    client: async_nats::Client,
+    body: Bytes,
+    n: u64,
+    record: bool,
+) -> Result<(u64, Vec<u64>), String> {
+    let mut latencies = Vec::with_capacity(if record { n as usize } else { 0 });
+    for _ in 0..n {
+        let t = Instant::now();
+        let reply = client
+            .request(ASK_SUBJECT, body.clone())
+            .await
+            .map_err(err)?;
+        if record {
+            latencies.push(t.elapsed().as_nanos() as u64);
+        }
+        black_box(reply);
+    }
+    Ok((n, latencies))
+}
+
+async fn floor_broadcast(url: String, n: u64) -> RunResult {
+    let subscriber = async_nats::ConnectOptions::new()
+        .subscription_capacity(SUB_CAPACITY)
+        .connect(&url)
+        .await
+        .map_err(err)?;
+    let mut sub = subscriber.subscribe(BCAST_SUBJECT).await.map_err(err)?;
+    subscriber.flush().await.map_err(err)?;
+    let publisher = async_nats::connect(&url).await.map_err(err)?;
+    let body = payload();
+    let receiver = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < n {
+            match tokio::time::timeout(IDLE, sub.next()).await {
+                Ok(Some(msg)) => {
+                    black_box(msg);
+                    got += 1;
+                }
+                // Lost messages: the last one arrived (at most) `IDLE` ago.
+                Err(_) => return (got, Instant::now() - IDLE),
+                Ok(None) => break,
+            }
+        }
+        (got, Instant::now())
+    });
+
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher
+            .publish(BCAST_SUBJECT, body.clone())
+            .await
+            .map_err(err)?;
+    }
+    publisher.flush().await.map_err(err)?;
+    let (got, last) = receiver.await.map_err(err)?;
+    let elapsed = last.duration_since(start);
+
+    let sample = Sample::new(got, elapsed);
+    Ok(if got < n {
+        sample.with_note(format!("lost {} of {n} messages", n - got))
+    } else {
+        sample
+    })
+}
+
+// ---- happen over happen-nats -------------------------------------------------------------------
+
+/// A fresh subject prefix per run, so runs never see each other's messages.
+fn prefix() -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "bench{}x{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn instance(url: &str, prefix: &str) -> Result<Happen, String> {
+    let mut config = NatsConfig::with_server(url);
+    config.prefix = prefix.to_owned();
+    let transport = NatsTransport::connect(config).await.map_err(err)?;
+    Happen::builder().transport(transport).build().map_err(err)
+}
+
+fn happen_payload() -> Value {
+    Value::String("a".repeat(PAYLOAD))
+}
+
+async fn happen_ask(url: String, n: u64, tasks: u64) -> RunResult {
+    let p = prefix();
+    let server_side = instance(&url, &p).await?;
+    let echo = server_side.node("echo").await.map_err(err)?;
+    echo.on("ask", |event: Event, _ctx: Context| async move {
+        event.payload().clone()
+    })
+    .map_err(err)?;
+    let client_side = instance(&url, &p).await?;
+    let client = client_side.node("client").await.map_err(err)?;
+    let body = happen_payload();
+    // One round trip outside the timing: both sides are connected and subscribed.
+    client
+        .send("echo", Event::new("ask", body.clone()))
+        .await
+        .map_err(err)?;
+
+    let start = Instant::now();
+    let (ops, latencies) = if tasks == 1 {
+        happen_client(client.clone(), body, n, true).await?
+    } else {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let share = n / tasks + u64::from(t < n % tasks);
+                tokio::spawn(happen_client(client.clone(), body.clone(), share, false))
+            })
+            .collect();
+        let mut ops = 0;
+        for h in handles {
+            ops += h.await.map_err(err)??.0;
+        }
+        (ops, Vec::new())
+    };
+    let elapsed = start.elapsed();
+
+    client_side.shutdown(Duration::from_secs(5)).await;
+    server_side.shutdown(Duration::from_secs(5)).await;
+    Ok(Sample::new(ops, elapsed).with_latencies(latencies))
+}
+
+async fn happen_client(
+    client: Node,
+    body: Value,
+    n: u64,
+    record: bool,
+) -> Result<(u64, Vec<u64>), String> {
+    let mut latencies = Vec::with_capacity(if record { n as usize } else { 0 });
+    for _ in 0..n {
+        let t = Instant::now();
+        let reply = client
+            .send("echo", Event::new("ask", body.clone()))
+            .await
+            .map_err(err)?;
+        if record {
+            latencies.push(t.elapsed().as_nanos() as u64);
+        }
+        black_box(reply);
+    }
+    Ok((n, latencies))
+}
+
+async fn happen_broadcast(url: String, n: u64) -> RunResult {
+    let p = prefix();
+    let server_side = instance(&url, &p).await?;
+    let sub = server_side.node("sub").await.map_err(err)?;
+    let done = Countdown::leaked(n);
+    sub.on("tick", move |event: Event, _ctx: Context| async move {
+        black_box(&event);
+        done.hit();
+    })
+    .map_err(err)?;
+    sub.on("ping", |_event: Event, _ctx: Context| async move {})
+        .map_err(err)?;
+    let client_side = instance(&url, &p).await?;
+    let publisher = client_side.node("pub").await.map_err(err)?;
+    publisher
+        .send("sub", Event::new("ping", ()))
+        .await
+        .map_err(err)?;
+    let body = happen_payload();
+    let mut retries = 0u64;
+
+    let start = Instant::now();
+    for _ in 0..n {
+        loop {
+            match publisher.broadcast(Event::new("tick", body.clone())) {
+                Ok(()) => break,
+                // The transport's outgoing buffer is full: let the publisher task drain it.
+                Err(e) if e.kind() == ErrorKind::Transport => {
+                    retries += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    // Wait for the last delivery; give up once nothing arrived for `IDLE`.
+    let mut last = (done.count(), Instant::now());
+    let end = loop {
+        if tokio::time::timeout(Duration::from_millis(100), done.wait())
+            .await
+            .is_ok()
+        {
+            break Instant::now();
+        }
+        let c = done.count();
+        if c != last.0 {
+            last = (c, Instant::now());
+        } else if last.1.elapsed() >= IDLE {
+            break last.1;
+        }
+    };
+    let elapsed = end.duration_since(start);
+    let got = done.count();
+    let rejected = sub.stats().rejected;
+
+    client_side.shutdown(Duration::from_secs(5)).await;
+    server_side.shutdown(Duration::from_secs(5)).await;
+    let mut notes = Vec::new();
+    if got < n {
+        notes.push(format!("lost {} of {n} ({rejected} QueueFull)", n - got));
+    }
+    if retries > 0 {
+        notes.push(format!("outgoing buffer full: {retries} retries"));
+    }
+    let sample = Sample::new(got, elapsed);
+    Ok(if notes.is_empty() {
+        sample
+    } else {
+        sample.with_note(notes.join(", "))
+    })
+}

@@ -1,0 +1,43 @@
+//! Smoke test: `happen-bench --quick` runs every workload and writes a row per system.
+//! It checks that the tool works, never how fast anything is.
+
+use std::process::Command;
+
+#[test]
+fn quick_run_writes_rows_for_every_workload() {
+    let json = std::env::temp_dir().join(format!("happen-bench-quick-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_happen-bench"))
+        .args(["--quick", "--json"])
+        .arg(&json)
+        .output()
+        .expect("the bench binary starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "happen-bench --quick failed:\n{stderr}"
+    );
+
+    let text = std::fs::read_to_string(&json).expect("--json wrote a file");
+    let _ = std::fs::remove_file(&json);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let rows = report["rows"].as_array().expect("rows");
+    let has = |workload: &str, system: &str| {
+        rows.iter()
+            .any(|r| r["workload"] == workload && r["system"] == system)
+    };
+    for w in ["tell", "ask-seq", "ask-par", "flow", "broadcast", "stream"] {
+        assert!(has(w, "happen") && has(w, "floor"), "rows for {w} missing");
+        let measured = rows.iter().any(|r| {
+            r["workload"] == w
+                && r["system"] == "happen"
+                && r["median_ops_per_sec"].as_f64() > Some(0.0)
+        });
+        assert!(measured, "{w}: happen row has no throughput");
+    }
+    assert!(has("admission", "happen(limits)") && has("admission", "happen(unlimited)"));
+    assert!(has("admission-overload", "happen(limits)"));
+    for w in ["nats-ask-seq", "nats-ask-par", "nats-broadcast"] {
+        // Measured when nats-server is installed, marked "not available" otherwise.
+        assert!(has(w, "floor") && has(w, "happen"), "rows for {w} missing");
+    }
+}
