@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,20 +74,66 @@ pub struct Causal {
     #[serde(default = "CorrelationId::new")]
     correlation_id: CorrelationId,
     #[serde(default)]
-    path: Vec<NodeId>,
+    path: Path,
     #[serde(default = "now_ms")]
     timestamp: u64,
+}
+
+/// The path of an event: a root event's path is just its sender, stored without allocating.
+#[derive(Clone)]
+enum Path {
+    One(NodeId),
+    Many(Vec<NodeId>),
+}
+
+impl Default for Path {
+    fn default() -> Self {
+        Path::Many(Vec::new())
+    }
+}
+
+impl Path {
+    fn as_slice(&self) -> &[NodeId] {
+        match self {
+            Path::One(n) => std::slice::from_ref(n),
+            Path::Many(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Path {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Serialize for Path {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Path {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Vec::<NodeId>::deserialize(d).map(Path::Many)
+    }
 }
 
 fn empty_node() -> NodeId {
     NodeId::from("")
 }
 
+/// Milliseconds since the Unix epoch from the coarse real-time clock (resolution of a few
+/// milliseconds): reading the precise clock for every event cost several percent of the
+/// per-event time.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    coarsetime::Clock::now_since_epoch().as_millis()
 }
 
 impl Causal {
@@ -110,9 +155,10 @@ impl Causal {
     }
     /// The node ids the chain has passed through, oldest first; the sender is last.
     pub fn path(&self) -> &[NodeId] {
-        &self.path
+        self.path.as_slice()
     }
-    /// When the event was sent, in milliseconds since the Unix epoch.
+    /// When the event was sent, in milliseconds since the Unix epoch (from a coarse clock:
+    /// resolution of a few milliseconds).
     pub fn timestamp(&self) -> u64 {
         self.timestamp
     }
@@ -133,7 +179,7 @@ impl Event {
                     sender: empty_node(),
                     causation_id: None,
                     correlation_id: CorrelationId::parse(""),
-                    path: Vec::new(),
+                    path: Path::default(),
                     timestamp: 0,
                 },
                 explicit_correlation: None,
@@ -245,7 +291,7 @@ impl Event {
 
     /// Shorthand for `causal().path()`.
     pub fn path(&self) -> &[NodeId] {
-        &self.inner.causal.path
+        self.inner.causal.path.as_slice()
     }
 
     pub(crate) fn with_broadcast_source(mut self, source: Arc<BroadcastSource>) -> Event {
@@ -275,15 +321,16 @@ impl Event {
                 let pc = &p.inner.causal;
                 c.causation_id = Some(pc.id.clone());
                 c.correlation_id = pc.correlation_id.clone();
-                let mut path = Vec::with_capacity(pc.path.len() + 1);
-                path.extend_from_slice(&pc.path);
+                let parent = pc.path.as_slice();
+                let mut path = Vec::with_capacity(parent.len() + 1);
+                path.extend_from_slice(parent);
                 path.push(sender.clone());
-                c.path = path;
+                c.path = Path::Many(path);
             }
             None => {
                 c.causation_id = None;
                 c.correlation_id = inner.explicit_correlation.clone().unwrap_or_default();
-                c.path = vec![sender.clone()];
+                c.path = Path::One(sender.clone());
             }
         }
         Ok(self)
@@ -425,7 +472,7 @@ impl<'de> Deserialize<'de> for Event {
             sender: empty_node(),
             causation_id: None,
             correlation_id: CorrelationId::new(),
-            path: Vec::new(),
+            path: Path::default(),
             timestamp: now_ms(),
         });
         Ok(Event {

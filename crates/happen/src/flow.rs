@@ -28,7 +28,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -75,9 +74,11 @@ impl fmt::Debug for Flow {
     }
 }
 
-/// A type-erased step of a flow. Cheap to clone; a step may return itself to loop.
-#[derive(Clone)]
-pub struct Step(pub(crate) Arc<dyn ErasedStep>);
+/// A type-erased step of a flow, made by [`Flow::next`]. A step may return itself to loop.
+///
+/// Steps that are plain functions or closures capturing nothing are zero-sized, so making one
+/// does not allocate.
+pub struct Step(pub(crate) Box<dyn ErasedStep>);
 
 pub(crate) trait ErasedStep: Send + Sync + 'static {
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
@@ -109,7 +110,7 @@ impl Step {
         H: Handler<Args>,
         Args: 'static,
     {
-        Step(Arc::new(StepFn {
+        Step(Box::new(StepFn {
             handler,
             _args: std::marker::PhantomData,
         }))

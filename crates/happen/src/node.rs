@@ -13,7 +13,7 @@ use crate::config::{Limits, PartialLimits};
 use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::flow::Step;
+use crate::flow::{ErasedStep, Step};
 use crate::handler::Handler;
 use crate::happen::HappenShared;
 use crate::id::NodeId;
@@ -198,18 +198,18 @@ impl From<&NodeId> for Target {
 
 struct Entry {
     pattern: Pattern,
-    step: Step,
+    step: Arc<dyn ErasedStep>,
 }
 
 /// Handlers of a node: exact types by hash, the rest ordered by specificity.
 #[derive(Default)]
 struct Registry {
-    exact: std::collections::HashMap<Box<str>, Step>,
+    exact: std::collections::HashMap<Box<str>, Arc<dyn ErasedStep>>,
     ordered: Vec<Entry>,
 }
 
 impl Registry {
-    fn lookup(&self, event_type: &str) -> Option<Step> {
+    fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
         if let Some(s) = self.exact.get(event_type) {
             return Some(s.clone());
         }
@@ -315,7 +315,7 @@ impl Node {
         Args: 'static,
     {
         let pattern = pattern.into_pattern()?;
-        let step = Step::new(handler);
+        let step: Arc<dyn ErasedStep> = Arc::from(Step::new(handler).0);
         let mut reg = self.shared.registry.write();
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
@@ -434,7 +434,7 @@ impl Node {
         &self.shared.engine
     }
 
-    pub(crate) fn lookup(&self, event_type: &str) -> Option<Step> {
+    pub(crate) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
         self.shared.registry.read().lookup(event_type)
     }
 

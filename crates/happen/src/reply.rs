@@ -105,6 +105,7 @@ impl Reply {
             },
             timeout: self.timeout,
             sleep: None,
+            progress: false,
         }
     }
 }
@@ -172,11 +173,15 @@ impl Future for ReplyFuture {
 /// A reply read as a stream: `Ok(item)`s in order; one `Err` if the flow failed; then `None`.
 /// After `None`, [`final_value`](ReplyStream::final_value) holds the final value.
 ///
-/// Each wait for the next item is bounded by the reply's timeout.
+/// Each wait for the next item is bounded by the reply's timeout: a stream that stalls fails
+/// with [`ErrorKind::Timeout`] after between one and two timeouts without an item (the timer
+/// is re-armed lazily, to keep the clock off the per-item path).
 pub struct ReplyStream {
     state: StreamState,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// An item arrived since the timer was last armed.
+    progress: bool,
 }
 
 enum StreamState {
@@ -208,15 +213,19 @@ impl ReplyStream {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        ready!(sleep.as_mut().poll(cx));
-        Poll::Ready(Error::timeout(timeout))
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if !std::mem::take(&mut self.progress) {
+                return Poll::Ready(Error::timeout(timeout));
+            }
+            // Items arrived since the timer was armed: re-arm instead of failing. Re-arming
+            // lazily (not on every item) keeps the clock off the per-item path.
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
     }
 
     fn item_arrived(&mut self) {
-        if let Some(s) = &mut self.sleep {
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            s.as_mut().reset(deadline);
-        }
+        self.progress = true;
     }
 }
 

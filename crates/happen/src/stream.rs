@@ -136,6 +136,8 @@ pub(crate) struct StreamShared {
     cancelled: AtomicBool,
     /// Woken when the consumer cancels, so the producing flow is dropped promptly.
     producer: AtomicWaker,
+    /// Woken when the end is set (emitter handles may keep the channel open).
+    consumer: AtomicWaker,
     end: Mutex<Option<Result<Value>>>,
 }
 
@@ -161,6 +163,7 @@ pub fn channel(capacity: usize) -> (StreamSender, ItemStream) {
     let shared = Arc::new(StreamShared {
         cancelled: AtomicBool::new(false),
         producer: AtomicWaker::new(),
+        consumer: AtomicWaker::new(),
         end: Mutex::new(None),
     });
     (
@@ -198,7 +201,9 @@ impl StreamSender {
     /// Ends the stream with its final outcome.
     pub fn finish(self, outcome: Result<Value>) {
         *self.shared.end.lock() = Some(outcome);
-        // dropping `tx` closes the channel; the consumer reads the end after the items
+        // The consumer reads the end after the items: when the channel closes (dropping
+        // `tx`), or when woken here while an emitter handle still holds a sender.
+        self.shared.consumer.wake();
     }
 
     /// Did the consumer drop the stream?
@@ -290,7 +295,21 @@ impl futures::Stream for ItemStream {
         if let EndState::Ended(_) = self.state {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        let polled = match self.rx.poll_recv(cx) {
+            Poll::Pending => {
+                self.shared.consumer.register(cx.waker());
+                if self.shared.end.lock().is_none() {
+                    return Poll::Pending;
+                }
+                // The end is set, so every item was sent before it: drain, then end.
+                match self.rx.try_recv() {
+                    Ok(v) => Poll::Ready(Some(v)),
+                    Err(_) => Poll::Ready(None),
+                }
+            }
+            other => other,
+        };
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(v)) => Poll::Ready(Some(Ok(v))),
             Poll::Ready(None) => {
@@ -406,38 +425,13 @@ impl FlowStream {
         }
     }
 
-    async fn emit(&self, item: Value) -> Result<()> {
-        let tx = {
-            let st = self.state.lock();
-            match &*st {
-                FlowReply::Streaming(s) => s.tx.clone(),
-                FlowReply::Broadcasting(tx) => {
-                    // Never blocks: subscribers that fall behind skip items (they are told).
-                    let _ = tx.send(Frame::Item(item));
-                    return Ok(());
-                }
-                FlowReply::Discarding => return Ok(()),
-                FlowReply::Pending(_) | FlowReply::Finished => {
-                    return Err(Error::new(
-                        ErrorKind::Cancelled,
-                        "this flow's stream has already ended",
-                    ));
-                }
-            }
-        };
-        match tx.send(item).await {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let cancelled = match &*self.state.lock() {
-                    FlowReply::Streaming(s) => s.is_cancelled(),
-                    _ => true,
-                };
-                if cancelled {
-                    Err(Error::cancelled())
-                } else {
-                    Ok(()) // the reply was dropped unconsumed: fire-and-forget, discard
-                }
-            }
+    /// Where this flow's items go, once streaming has started.
+    fn sink(&self) -> Sink {
+        match &*self.state.lock() {
+            FlowReply::Streaming(s) => Sink::Channel(s.tx.clone(), s.shared.clone()),
+            FlowReply::Broadcasting(tx) => Sink::Broadcast(tx.clone()),
+            FlowReply::Discarding => Sink::Discard,
+            FlowReply::Pending(_) | FlowReply::Finished => Sink::Ended,
         }
     }
 
@@ -502,11 +496,25 @@ impl StreamShared {
 #[derive(Clone)]
 pub struct Emitter {
     ctx: Context,
+    /// The destination, looked up once so each item goes straight into the channel.
+    sink: std::sync::OnceLock<Sink>,
+}
+
+/// Where a streaming flow's items go.
+#[derive(Clone)]
+enum Sink {
+    Channel(mpsc::Sender<Value>, Arc<StreamShared>),
+    Broadcast(broadcast::Sender<Frame>),
+    Discard,
+    Ended,
 }
 
 impl Emitter {
     pub(crate) fn new(ctx: Context) -> Emitter {
-        Emitter { ctx }
+        Emitter {
+            ctx,
+            sink: std::sync::OnceLock::new(),
+        }
     }
 
     /// Emits one item, waiting while the consumer's buffer is full.
@@ -518,9 +526,29 @@ impl Emitter {
     /// # Cancel safety
     /// If the future is dropped before completing, the item was not emitted.
     pub async fn emit(&self, item: impl Into<Value>) -> Result<()> {
-        let stream = &self.ctx.inner.stream;
-        stream.start();
-        stream.emit(item.into()).await
+        let sink = self.sink.get_or_init(|| {
+            let stream = &self.ctx.inner.stream;
+            stream.start();
+            stream.sink()
+        });
+        match sink {
+            Sink::Channel(tx, shared) => match tx.send(item.into()).await {
+                Ok(()) => Ok(()),
+                Err(_) if shared.is_cancelled() => Err(Error::cancelled()),
+                // The reply was dropped without being read: fire-and-forget, discard.
+                Err(_) => Ok(()),
+            },
+            Sink::Broadcast(tx) => {
+                // Never blocks: subscribers that fall behind skip items (they are told).
+                let _ = tx.send(Frame::Item(item.into()));
+                Ok(())
+            }
+            Sink::Discard => Ok(()),
+            Sink::Ended => Err(Error::new(
+                ErrorKind::Cancelled,
+                "this flow's stream has already ended",
+            )),
+        }
     }
 
     /// Emits a `Serialize` item.

@@ -27,10 +27,11 @@ use tokio::sync::watch;
 use crate::engine::Pressure;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::flow::Step;
+use crate::flow::ErasedStep;
 use crate::id::NodeId;
 use crate::node::Node;
 use crate::stream::{BroadcastSource, ReplySender};
+use std::sync::Arc;
 
 /// Moves events between nodes. See the [module docs](self) for the contract.
 pub trait Transport: Send + Sync + 'static {
@@ -157,7 +158,7 @@ impl Transport for LocalTransport {
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        let receivers: Vec<(Node, Step)> = self
+        let receivers: Vec<(Node, Arc<dyn ErasedStep>)> = self
             .nodes
             .read()
             .values()
