@@ -6,8 +6,8 @@
 //! against the node's `max_concurrent` and queue like any other flow: CPU saturation shows up
 //! as the same backpressure and `QueueFull` signals as any other overload.
 //!
-//! - A panic inside the closure becomes the flow's [`ErrorKind::Panic`](crate::ErrorKind::Panic)
-//!   error; the pool and the node keep serving.
+//! - A panic inside the closure becomes the flow's [`ErrorKind::Panic`] error; the pool and
+//!   the node keep serving.
 //! - If the awaiting future is dropped before the closure started (the flow was cancelled, or
 //!   the step wrapped the call in a timeout that fired), the closure never runs. Once started,
 //!   it runs to completion (threads cannot be interrupted) and its result is discarded.
