@@ -33,7 +33,9 @@ use crate::node::{Node, SequentialKey};
 use crate::stream::{Delivered, FlowStream, Frame, Response};
 
 /// The type of the event a node broadcasts when its pressure state changes. Its payload:
-/// `{"nodeId", "level": "high"|"normal", "underPressure", "queued", "queueLimit"}`.
+/// `{"nodeId", "level": "high"|"normal", "underPressure", "queued", "queueLimit", "seq"}`, where
+/// `seq` numbers the node's transitions (events may arrive out of order; the highest `seq` is the
+/// current state; [`Node::watch_pressure`](crate::Node::watch_pressure) is always in order).
 pub const PRESSURE_EVENT: &str = "node.pressure";
 
 /// The backpressure state of a node.
@@ -185,6 +187,8 @@ struct State {
     abort: bool,
     driver_idle: bool,
     under_pressure: bool,
+    /// Counts pressure transitions (orders the `node.pressure` events).
+    pressure_seq: u64,
     accepted: u64,
     rejected: u64,
     peak_queued: usize,
@@ -236,7 +240,9 @@ pub(crate) struct Engine {
 }
 
 /// A change of pressure to announce after the lock is released.
-pub(crate) type PressureChange = Option<Pressure>;
+/// A pressure transition (its sequence number and the new state) to announce as an event
+/// after the lock is released.
+pub(crate) type PressureChange = Option<(u64, Pressure)>;
 
 impl Engine {
     pub(crate) fn new(node: &str, limits: Limits) -> Engine {
@@ -258,6 +264,7 @@ impl Engine {
                 abort: false,
                 driver_idle: true,
                 under_pressure: false,
+                pressure_seq: 0,
                 accepted: 0,
                 rejected: 0,
                 peak_queued: 0,
@@ -301,11 +308,17 @@ impl Engine {
         };
         if next != st.under_pressure {
             st.under_pressure = next;
-            Some(Pressure {
+            st.pressure_seq += 1;
+            let p = Pressure {
                 under_pressure: next,
                 queued: depth,
                 queue_limit: self.limits.queue_limit,
-            })
+            };
+            // Published under the lock: transitions computed by different threads (senders
+            // and the driver) must reach watchers in the order they happened, or a stale
+            // "under pressure" could be left standing.
+            self.pressure.send_replace(p);
+            Some((st.pressure_seq, p))
         } else {
             None
         }
@@ -422,10 +435,6 @@ impl Engine {
 
     pub(crate) fn watch_pressure(&self) -> watch::Receiver<Pressure> {
         self.pressure.subscribe()
-    }
-
-    pub(crate) fn publish_pressure(&self, p: Pressure) {
-        self.pressure.send_replace(p);
     }
 
     pub(crate) fn stats(&self, unobserved_failures: u64) -> NodeStats {

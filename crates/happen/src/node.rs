@@ -519,10 +519,10 @@ impl Node {
         self.shared.happen.broadcast(event)
     }
 
-    /// Publishes a pressure change: to watchers, and as a `node.pressure` broadcast.
+    /// Announces a pressure change as a `node.pressure` broadcast (watchers were told under
+    /// the engine lock). Events from different threads may arrive out of order; `seq` orders them.
     pub(crate) fn announce_pressure(&self, change: PressureChange) {
-        let Some(p) = change else { return };
-        self.shared.engine.publish_pressure(p);
+        let Some((seq, p)) = change else { return };
         tracing::debug!(node = %self.id(), under_pressure = p.under_pressure, queued = p.queued, "pressure changed");
         let event = Event::new(
             PRESSURE_EVENT,
@@ -532,6 +532,7 @@ impl Node {
                 "underPressure": p.under_pressure,
                 "queued": p.queued,
                 "queueLimit": p.queue_limit,
+                "seq": seq,
             }),
         );
         if let Ok(event) = event.stamp(self.id(), None) {
