@@ -172,7 +172,7 @@ impl Context {
     /// Sends `event` to `target` as a consequence of this flow's event: causation is this
     /// flow's event, the correlation id is inherited and the path extended with this node.
     /// Otherwise identical to [`Node::send`].
-    pub fn send(&self, target: impl Into<Target>, event: Event) -> Reply {
+    pub fn send<'t>(&self, target: impl Into<Target<'t>>, event: Event) -> Reply {
         self.inner
             .node
             .send_inner(target.into(), event, Some(&self.inner.event))

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -612,6 +613,7 @@ pub(crate) async fn drive(node: Node) {
     let mut finished = Finished::default();
     let mut lanes = Lanes::default();
     let mut batch: Vec<(Pending, Option<LaneKey>)> = Vec::new();
+    let mut cache = StepCache::default();
     futures::future::poll_fn(|cx| {
         let mut started = 0;
         loop {
@@ -642,7 +644,7 @@ pub(crate) async fn drive(node: Node) {
             }
             for (p, lane) in batch.drain(..) {
                 started += 1;
-                let mut task = FlowTask::start(&node, p, lane);
+                let mut task = FlowTask::start(&node, p, lane, &mut cache);
                 match Pin::new(&mut task).poll(cx) {
                     Poll::Ready(out) => finished.add(out),
                     Poll::Pending => flows.push(task),
@@ -662,6 +664,28 @@ pub(crate) async fn drive(node: Node) {
 }
 
 // ---- one flow --------------------------------------------------------------------------------
+
+/// The driver's memory of the last handler lookup: consecutive events of one type (the common
+/// case) skip the registry's lock and hash. Invalidated by any new registration.
+#[derive(Default)]
+struct StepCache {
+    last: Option<(String, u64, Arc<dyn ErasedStep>)>,
+}
+
+impl StepCache {
+    fn lookup(&mut self, node: &Node, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
+        let version = node.registry_version();
+        if let Some((ty, v, step)) = &self.last
+            && *v == version
+            && ty == event_type
+        {
+            return Some(step.clone());
+        }
+        let step = node.lookup(event_type)?;
+        self.last = Some((event_type.to_owned(), version, step.clone()));
+        Some(step)
+    }
+}
 
 pub(crate) struct FlowOutcome {
     failed: bool,
@@ -689,7 +713,7 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl FlowTask {
-    fn start(node: &Node, p: Pending, lane: Option<LaneKey>) -> FlowTask {
+    fn start(node: &Node, p: Pending, lane: Option<LaneKey>, cache: &mut StepCache) -> FlowTask {
         let event = p.event;
         let source = event.broadcast_source().cloned();
         let span = tracing::debug_span!(
@@ -699,7 +723,7 @@ impl FlowTask {
             event_id = %event.id(),
             correlation_id = %event.correlation_id(),
         );
-        let step = node.lookup(event.event_type());
+        let step = cache.lookup(node, event.event_type());
         let ctx = Context::new(
             node.clone(),
             event,

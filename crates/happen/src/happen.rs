@@ -271,7 +271,7 @@ impl HappenShared {
 
     pub(crate) fn dispatch(
         &self,
-        target: Target,
+        target: Target<'_>,
         event: Event,
         reply: Option<ReplySender>,
     ) -> Result<()> {
@@ -310,7 +310,7 @@ impl HappenShared {
         }
     }
 
-    pub(crate) fn pressure_of(&self, target: &Target) -> Option<watch::Receiver<Pressure>> {
+    pub(crate) fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
         match (&self.dispatch, target) {
             (Dispatch::Local(_), Target::Node(n)) if std::ptr::eq(&*n.shared.happen, self) => {
                 Some(n.watch_pressure())

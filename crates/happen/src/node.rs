@@ -57,6 +57,8 @@ pub(crate) struct NodeShared {
     stream_buffer: usize,
     sequential: Option<SequentialKey>,
     unobserved: AtomicU64,
+    /// Bumped by every registration (invalidates the driver's lookup cache).
+    registry_version: AtomicU64,
 }
 
 /// Makes a node process events with the same key one at a time, in arrival order, while
@@ -148,14 +150,14 @@ impl NodeOptions {
 
 /// Where a send goes: a [`Node`] handle or a node id (`&str`, `String`, [`NodeId`]).
 #[derive(Clone, Debug)]
-pub enum Target {
+pub enum Target<'a> {
     /// A node handle.
-    Node(Node),
+    Node(&'a Node),
     /// A node id, resolved by the transport.
     Id(NodeId),
 }
 
-impl Target {
+impl Target<'_> {
     /// The target's node id.
     pub fn id(&self) -> &NodeId {
         match self {
@@ -165,32 +167,27 @@ impl Target {
     }
 }
 
-impl From<&Node> for Target {
-    fn from(n: &Node) -> Self {
-        Target::Node(n.clone())
-    }
-}
-impl From<Node> for Target {
-    fn from(n: Node) -> Self {
+impl<'a> From<&'a Node> for Target<'a> {
+    fn from(n: &'a Node) -> Self {
         Target::Node(n)
     }
 }
-impl From<&str> for Target {
+impl From<&str> for Target<'_> {
     fn from(s: &str) -> Self {
         Target::Id(NodeId::from(s.to_owned()))
     }
 }
-impl From<String> for Target {
+impl From<String> for Target<'_> {
     fn from(s: String) -> Self {
         Target::Id(NodeId::from(s))
     }
 }
-impl From<NodeId> for Target {
+impl From<NodeId> for Target<'_> {
     fn from(id: NodeId) -> Self {
         Target::Id(id)
     }
 }
-impl From<&NodeId> for Target {
+impl From<&NodeId> for Target<'_> {
     fn from(id: &NodeId) -> Self {
         Target::Id(id.clone())
     }
@@ -282,6 +279,7 @@ impl Node {
             sequential: options.sequential,
             registry: RwLock::new(Registry::default()),
             unobserved: AtomicU64::new(0),
+            registry_version: AtomicU64::new(0),
             id,
             happen,
         };
@@ -323,6 +321,7 @@ impl Node {
                 return Ok(());
             }
             reg.exact.insert(exact.into(), step);
+            self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
             return Ok(());
         }
         let spec = pattern.specificity();
@@ -334,6 +333,7 @@ impl Node {
             .unwrap_or(reg.ordered.len());
         debug_assert!(spec.0 != Class::Exact);
         reg.ordered.insert(at, Entry { pattern, step });
+        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -342,7 +342,7 @@ impl Node {
     /// The event starts a new transaction (fresh correlation id); to continue the transaction
     /// of the event being handled, send through the flow's [`Context::send`](crate::Context::send).
     /// Errors (unknown node, full queue, handler error, ...) arrive through the [`Reply`].
-    pub fn send(&self, target: impl Into<Target>, event: Event) -> Reply {
+    pub fn send<'t>(&self, target: impl Into<Target<'t>>, event: Event) -> Reply {
         self.send_inner(target.into(), event, None)
     }
 
@@ -352,7 +352,7 @@ impl Node {
     /// # Errors
     /// [`ErrorKind::UnknownNode`], [`ErrorKind::QueueFull`], [`ErrorKind::ShutDown`],
     /// [`ErrorKind::InvalidEvent`], [`ErrorKind::ChainTooDeep`].
-    pub fn tell(&self, target: impl Into<Target>, event: Event) -> Result<()> {
+    pub fn tell<'t>(&self, target: impl Into<Target<'t>>, event: Event) -> Result<()> {
         let event = self.prepare(event, None)?;
         self.dispatch(target.into(), event, None)
     }
@@ -366,7 +366,11 @@ impl Node {
     ///
     /// # Cancel safety
     /// Cancel-safe: if the future is dropped while waiting, nothing was sent.
-    pub async fn send_paced(&self, target: impl Into<Target>, event: Event) -> Result<Reply> {
+    pub async fn send_paced<'t>(
+        &self,
+        target: impl Into<Target<'t>>,
+        event: Event,
+    ) -> Result<Reply> {
         self.send_paced_timeout(target, event, self.shared.request_timeout)
             .await
     }
@@ -375,9 +379,9 @@ impl Node {
     ///
     /// # Errors
     /// As [`send_paced`](Node::send_paced).
-    pub async fn send_paced_timeout(
+    pub async fn send_paced_timeout<'t>(
         &self,
-        target: impl Into<Target>,
+        target: impl Into<Target<'t>>,
         event: Event,
         wait: Duration,
     ) -> Result<Reply> {
@@ -436,6 +440,10 @@ impl Node {
 
     pub(crate) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
         self.shared.registry.read().lookup(event_type)
+    }
+
+    pub(crate) fn registry_version(&self) -> u64 {
+        self.shared.registry_version.load(Ordering::Acquire)
     }
 
     pub(crate) fn accepts(&self, event_type: &str) -> bool {
@@ -497,11 +505,16 @@ impl Node {
         Ok(event)
     }
 
-    fn dispatch(&self, target: Target, event: Event, reply: Option<ReplySender>) -> Result<()> {
+    fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
         self.shared.happen.dispatch(target, event, reply)
     }
 
-    pub(crate) fn send_inner(&self, target: Target, event: Event, parent: Option<&Event>) -> Reply {
+    pub(crate) fn send_inner(
+        &self,
+        target: Target<'_>,
+        event: Event,
+        parent: Option<&Event>,
+    ) -> Reply {
         let timeout = self.shared.request_timeout;
         let event = match self.prepare(event, parent) {
             Ok(e) => e,
