@@ -376,6 +376,31 @@ impl Shared {
     }
 }
 
+/// Publishes a message to a fresh subject this client subscribes to and waits for it: when it
+/// arrives, the server has processed every earlier command of this connection.
+async fn server_round_trip(client: &Client) -> Result<()> {
+    let subject = client.new_inbox();
+    let mut probe = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| transport_error("cannot reach the nats server", e))?;
+    client
+        .publish(subject, bytes::Bytes::new())
+        .await
+        .map_err(|e| transport_error("cannot reach the nats server", e))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| transport_error("cannot reach the nats server", e))?;
+    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::Transport,
+            "the nats server did not confirm the node's subscriptions within 10s; check the connection",
+        )),
+    }
+}
+
 impl Transport for NatsTransport {
     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
@@ -397,11 +422,11 @@ impl Transport for NatsTransport {
                 .queue_subscribe(s.subjects.broadcast().to_owned(), group)
                 .await
                 .map_err(|e| transport_error(&format!("cannot subscribe node `{id}`"), e))?;
-            // the server knows the subscriptions before `attach` resolves
-            s.client
-                .flush()
-                .await
-                .map_err(|e| transport_error("cannot reach the nats server", e))?;
+            // The server must know the subscriptions before `attach` resolves, or a send from
+            // another connection right after could find no responder. `flush` only empties our
+            // socket buffer; a message to ourselves through the server proves it processed
+            // every command before it (the server handles one connection's commands in order).
+            server_round_trip(&s.client).await?;
             let (stop, stop_rx) = oneshot::channel();
             let task = tokio::spawn(crate::serve::run(
                 s.clone(),
