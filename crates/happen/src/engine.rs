@@ -333,13 +333,13 @@ impl Engine {
         event: Event,
         reply: Option<oneshot::Sender<Response>>,
         items: Option<broadcast::Receiver<Frame>>,
-    ) -> Result<(), (Error, Event)> {
+    ) -> Result<(), Error> {
         let mut displaced = None;
         let (wake, change) = {
             let mut st = self.state.lock();
             if st.closed {
                 drop(st);
-                return Err((Error::shut_down(node.id()), event));
+                return Err(Error::shut_down(node.id()));
             }
             let free = self.limits.max_concurrent.saturating_sub(st.running);
             let waiting = st.queue.len() + st.parked;
@@ -358,8 +358,11 @@ impl Engine {
                     st.rejected += 1;
                     drop(st);
                     self.metrics.rejected.increment(1);
-                    let err = Error::queue_full(node.id(), self.limits.queue_limit, event.id());
-                    return Err((err, event));
+                    return Err(Error::queue_full(
+                        node.id(),
+                        self.limits.queue_limit,
+                        event.id(),
+                    ));
                 }
                 st.rejected += 1;
                 self.metrics.rejected.increment(1);

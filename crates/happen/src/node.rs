@@ -473,10 +473,7 @@ impl Node {
         reply: Option<oneshot::Sender<Response>>,
         items: Option<broadcast::Receiver<Frame>>,
     ) -> Result<(), Error> {
-        self.shared
-            .engine
-            .admit(self, event, reply, items)
-            .map_err(|(e, _)| e)
+        self.shared.engine.admit(self, event, reply, items)
     }
 
     /// A flow for `event` failed and nobody awaited its reply: counted at the sending node
