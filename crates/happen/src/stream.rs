@@ -597,6 +597,8 @@ where
 #[derive(Clone)]
 pub(crate) enum Frame {
     Item(Value),
+    /// Items lost before they reached this process (reported by a transport).
+    Lagged(u64),
     End(Result<Value>),
 }
 
@@ -621,6 +623,82 @@ impl BroadcastSource {
     /// The first streaming flow claims the producing end; later ones get `None`.
     fn claim(&self) -> Option<broadcast::Sender<Frame>> {
         self.tx.lock().take()
+    }
+}
+
+/// The feeding end of a broadcast stream whose producer runs elsewhere: a transport creates one
+/// per remote broadcast stream, delivers the broadcast event to each local subscribing node
+/// with [`Inbox::deliver_with_items`](crate::Inbox::deliver_with_items), and feeds it the frames
+/// that arrive. Never blocks; local subscribers lag per the [`BroadcastItems`] policy.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use futures::StreamExt;
+/// use happen::stream::{BroadcastFeed, StreamItem};
+///
+/// let feed = BroadcastFeed::new(16);
+/// let mut items = feed.subscribe().into_items();
+/// feed.item(serde_json::json!(1));
+/// feed.lagged(2); // two items were lost on the way
+/// feed.finish(Ok(serde_json::json!("done")));
+/// assert_eq!(items.next().await.unwrap().unwrap(), StreamItem::Item(serde_json::json!(1)));
+/// assert_eq!(items.next().await.unwrap().unwrap(), StreamItem::Lagged(2));
+/// assert!(items.next().await.is_none());
+/// assert_eq!(items.final_value(), Some(&serde_json::json!("done")));
+/// # }
+/// ```
+pub struct BroadcastFeed {
+    tx: broadcast::Sender<Frame>,
+}
+
+/// One subscriber's receiving end of a [`BroadcastFeed`].
+pub struct FeedSubscription(pub(crate) broadcast::Receiver<Frame>);
+
+impl BroadcastFeed {
+    /// A feed buffering up to `capacity` frames per subscriber.
+    pub fn new(capacity: usize) -> BroadcastFeed {
+        BroadcastFeed {
+            tx: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// A new subscriber (subscribe every local node before feeding the first item).
+    pub fn subscribe(&self) -> FeedSubscription {
+        FeedSubscription(self.tx.subscribe())
+    }
+
+    /// Feeds one item.
+    pub fn item(&self, item: Value) {
+        let _ = self.tx.send(Frame::Item(item));
+    }
+
+    /// Reports `missed` items lost before they reached this process.
+    pub fn lagged(&self, missed: u64) {
+        let _ = self.tx.send(Frame::Lagged(missed));
+    }
+
+    /// Ends the stream with the producer's outcome.
+    pub fn finish(self, outcome: Result<Value>) {
+        let _ = self.tx.send(Frame::End(outcome));
+    }
+}
+
+impl FeedSubscription {
+    /// Reads the subscription directly (transports deliver it to a node instead).
+    pub fn into_items(self) -> BroadcastItems {
+        BroadcastItems::new(self.0)
+    }
+}
+
+impl fmt::Debug for BroadcastFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastFeed").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for FeedSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedSubscription").finish_non_exhaustive()
     }
 }
 
@@ -673,6 +751,7 @@ impl futures::Stream for BroadcastItems {
         }
         match futures::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
             Some(Ok(Frame::Item(v))) => Poll::Ready(Some(Ok(StreamItem::Item(v)))),
+            Some(Ok(Frame::Lagged(n))) => Poll::Ready(Some(Ok(StreamItem::Lagged(n)))),
             Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
                 Poll::Ready(Some(Ok(StreamItem::Lagged(n))))
             }

@@ -30,7 +30,7 @@ use crate::event::Event;
 use crate::flow::ErasedStep;
 use crate::id::NodeId;
 use crate::node::Node;
-use crate::stream::{BroadcastSource, ReplySender};
+use crate::stream::{BroadcastItems, BroadcastSource, FeedSubscription, ReplySender};
 use std::sync::Arc;
 
 /// Moves events between nodes. See the [module docs](self) for the contract.
@@ -95,6 +95,41 @@ impl Inbox {
     /// Does the node have a handler for `event_type`?
     pub fn accepts(&self, event_type: &str) -> bool {
         self.node.accepts(event_type)
+    }
+
+    /// Does the node's handler for `event_type` stream (take an
+    /// [`Emitter`](crate::Emitter))? For a broadcast, such a node produces the stream the other
+    /// receivers read.
+    pub fn streams(&self, event_type: &str) -> bool {
+        self.node
+            .lookup(event_type)
+            .is_some_and(|step| step.is_streaming())
+    }
+
+    /// Admits a broadcast `event` whose stream is produced elsewhere: the node's flow reads
+    /// the items of `items` through [`Context::items`](crate::Context::items).
+    ///
+    /// # Errors
+    /// As [`deliver`](Inbox::deliver).
+    pub fn deliver_with_items(&self, event: Event, items: FeedSubscription) -> Result<()> {
+        self.node.admit(event, None, Some(items.0))
+    }
+
+    /// Admits a broadcast `event` that this node's streaming handler produces a stream for,
+    /// and returns the items it produces (to forward to subscribers elsewhere). If the
+    /// transport reads them slower than they are produced it sees
+    /// [`StreamItem::Lagged`](crate::stream::StreamItem::Lagged), never blocks the producer.
+    ///
+    /// # Errors
+    /// As [`deliver`](Inbox::deliver).
+    pub fn deliver_producer(&self, event: Event) -> Result<BroadcastItems> {
+        let source = BroadcastSource::new(self.node.broadcast_buffer());
+        let tap = source
+            .subscribe()
+            .expect("a fresh broadcast source is unclaimed");
+        self.node
+            .admit(event.with_broadcast_source(source), None, None)?;
+        Ok(BroadcastItems::new(tap))
     }
 
     /// The node's current backpressure state.

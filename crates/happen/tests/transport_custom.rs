@@ -1,0 +1,173 @@
+//! A transport written only against the public `Transport` trait, and the inbox entry points
+//! transports use for broadcast streams whose producer or subscribers live elsewhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use happen::stream::{BroadcastFeed, ReplySender, StreamItem};
+use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, Inbox, NodeId, Transport};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Delivers in process, and lets the test reach every node's inbox.
+#[derive(Clone, Default)]
+struct Capture {
+    inboxes: Arc<Mutex<HashMap<NodeId, Inbox>>>,
+}
+
+impl Capture {
+    fn inbox(&self, id: &str) -> Inbox {
+        self.inboxes.lock().unwrap()[id].clone()
+    }
+}
+
+impl Transport for Capture {
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+        self.inboxes
+            .lock()
+            .unwrap()
+            .insert(inbox.id().clone(), inbox);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn detach(&self, node: &NodeId) {
+        self.inboxes.lock().unwrap().remove(node);
+    }
+
+    fn send(
+        &self,
+        target: &NodeId,
+        event: Event,
+        reply: Option<ReplySender>,
+    ) -> happen::Result<()> {
+        let inbox = self.inboxes.lock().unwrap().get(target).cloned();
+        match inbox {
+            Some(i) => i.deliver(event, reply),
+            None => Err(Error::new(
+                ErrorKind::UnknownNode,
+                format!("no node `{target}`"),
+            )),
+        }
+    }
+
+    fn broadcast(&self, event: Event) -> happen::Result<()> {
+        let inboxes: Vec<Inbox> = self.inboxes.lock().unwrap().values().cloned().collect();
+        for i in inboxes.iter().filter(|i| i.accepts(event.event_type())) {
+            i.deliver(event.clone(), None)?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn sends_go_through_a_custom_transport() {
+    let transport = Capture::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let echo = happen.node("echo").await.unwrap();
+    echo.on("echo", |e: Event, _c: Context| async move {
+        e.payload().clone()
+    })
+    .unwrap();
+    let client = happen.node("client").await.unwrap();
+    let v = timeout(T, client.send("echo", Event::new("echo", json!(7))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, 7);
+    let err = timeout(T, client.send("nobody", Event::new("echo", ())))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    assert!(transport.inbox("echo").accepts("echo"));
+    assert!(!transport.inbox("echo").streams("echo"));
+}
+
+#[tokio::test]
+async fn a_stream_produced_elsewhere_reaches_a_local_subscriber() {
+    let transport = Capture::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let dash = happen.node("dash").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    dash.on("metrics", move |_e: Event, ctx: Context| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut items = ctx.items().expect("the event carries a stream");
+            let mut seen = Vec::new();
+            while let Some(item) = items.next().await {
+                seen.push(item?);
+            }
+            let end = items.final_value().cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send((seen, end));
+            }
+            Ok::<_, Error>(())
+        }
+    })
+    .unwrap();
+
+    let feed = BroadcastFeed::new(16);
+    transport
+        .inbox("dash")
+        .deliver_with_items(Event::new("metrics", ()), feed.subscribe())
+        .unwrap();
+    feed.item(json!(1));
+    feed.lagged(3);
+    feed.item(json!(5));
+    feed.finish(Ok(json!("end")));
+    let (seen, end) = timeout(T, rx).await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        [
+            StreamItem::Item(json!(1)),
+            StreamItem::Lagged(3),
+            StreamItem::Item(json!(5))
+        ]
+    );
+    assert_eq!(end, Some(json!("end")));
+}
+
+#[tokio::test]
+async fn a_local_producer_streams_to_the_transport() {
+    let transport = Capture::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let monitor = happen.node("monitor").await.unwrap();
+    monitor
+        .on(
+            "metrics",
+            |_e: Event, _c: Context, emit: Emitter| async move {
+                for cpu in [10, 20, 30] {
+                    emit.emit(cpu).await?;
+                }
+                Ok::<_, Error>("done")
+            },
+        )
+        .unwrap();
+    let inbox = transport.inbox("monitor");
+    assert!(inbox.streams("metrics"));
+    let mut tap = inbox.deliver_producer(Event::new("metrics", ())).unwrap();
+    let mut seen = Vec::new();
+    while let Some(item) = timeout(T, tap.next()).await.unwrap() {
+        match item.unwrap() {
+            StreamItem::Item(v) => seen.push(v),
+            StreamItem::Lagged(n) => panic!("the tap lagged by {n}"),
+        }
+    }
+    assert_eq!(seen, [json!(10), json!(20), json!(30)]);
+    assert_eq!(tap.final_value(), Some(&Value::from("done")));
+}
