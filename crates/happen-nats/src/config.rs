@@ -58,7 +58,9 @@ pub struct NatsConfig {
     pub subscription_capacity: usize,
     /// Commands the client buffers towards the server (default 65,536).
     pub client_capacity: usize,
-    /// Outgoing events buffered by the transport before `send` fails (default 65,536).
+    /// Outgoing events buffered by the transport before `send` and `broadcast` fail (default
+    /// 65,536; see
+    /// [`NatsTransport::ready`](crate::NatsTransport::ready) to pace a producer instead).
     pub outbound_buffer: usize,
     /// Largest accepted incoming event in bytes (default: the server's `max_payload`).
     pub max_message_bytes: Option<usize>,

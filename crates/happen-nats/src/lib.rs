@@ -35,9 +35,19 @@
 //!   (a queue group per node id on the broadcast subject), whichever replica takes it.
 //! - **No silent loss on our side.** Subscriptions buffer `subscription_capacity` messages
 //!   (default 1,048,576); overflow is dropped by the client and counted
-//!   ([`NatsStats::slow_consumer`]). Outgoing messages wait in a bounded buffer
-//!   (`outbound_buffer`); when it is full `send` fails. Bad incoming messages are answered with
-//!   an error when they have a reply subject, logged and counted ([`NatsStats`]).
+//!   ([`NatsStats::slow_consumer`]). Bad incoming messages are answered with an error when they
+//!   have a reply subject, logged and counted ([`NatsStats`]).
+//! - **Broadcasts are paced by the receiving node's backpressure.** While a node is under
+//!   pressure (or its queue is full) its process stops reading the node's broadcast
+//!   subscription and resumes when the node drains, so a burst waits in the subscription buffer
+//!   instead of being rejected with `QueueFull`. A broadcast is only dropped when that buffer
+//!   itself overflows (counted as a slow-consumer drop). Requests are never held back: a full
+//!   node answers them with `QueueFull` at once, the admission contract to remote senders; a
+//!   `tell` to a full node is rejected and counted at the node.
+//! - **Outgoing.** `send`, `tell` and `broadcast` never block: messages wait, in order, in a
+//!   bounded buffer (`outbound_buffer`) for the task that hands them to the client. When it is
+//!   full they fail at once with [`ErrorKind::Transport`](happen::ErrorKind::Transport);
+//!   [`NatsTransport::ready`] waits for room, to pace a producer.
 //! - **Streams** are credit-based: the consumer grants `stream_window` items, the producer never
 //!   has more in flight; dropping the consumer sends `cancel` and the remote flow is cancelled.
 //!

@@ -1,6 +1,18 @@
 //! The receiving side: one task per attached node reads its direct and broadcast subscriptions,
 //! admits events into the node and publishes the answers. Replies are awaited in a
 //! `FuturesUnordered` inside the same task (no task per request); only streams get a task.
+//!
+//! Admission rule:
+//! - a **request** (a message with a reply subject) is admitted or rejected at once; a rejection
+//!   (`QueueFull`, `ShutDown`) is the answer, so the remote sender learns it promptly;
+//! - a **tell** (direct, no reply subject) is admitted or rejected at once too, the rejection
+//!   counted at the node as an unobserved failure (as a `tell` to a full local node fails);
+//! - a **broadcast** is paced by the node's backpressure: while the node is under pressure (or
+//!   its queue is full) the task stops reading the broadcast subscription and holds the one
+//!   broadcast it has, until the node drains below its low-water mark; the subscription's
+//!   buffer (`subscription_capacity`) absorbs the burst meanwhile. A broadcast is only lost when
+//!   that buffer overflows, which the client counts as a slow-consumer drop. Direct messages
+//!   and replies keep flowing while a broadcast is held.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,11 +26,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use happen::stream::{ReplyReceiver, Response, reply_channel};
 use happen::transport::Inbox;
-use happen::{Error, Pressure};
+use happen::{Error, ErrorKind, Event, Pressure};
 use tokio::sync::{oneshot, watch};
 
 use crate::stats::inc;
-use crate::transport::Shared;
+use crate::transport::{Headers, Outgoing, Shared};
 use crate::wire::{self, header};
 
 /// A reply being computed by the local node.
@@ -47,7 +59,11 @@ pub(crate) async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let pressure = inbox.watch_pressure();
+    // a second receiver, to wait for the node to drain while a broadcast is held
+    let mut drain = inbox.watch_pressure();
     let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    // a broadcast waiting for the node to drain (see the module docs)
+    let mut held: Option<Held> = None;
     loop {
         tokio::select! {
             biased;
@@ -59,10 +75,25 @@ pub(crate) async fn run(
                 Some(msg) => on_direct(&shared, &inbox, msg, &mut waiting, &pressure).await,
                 None => break,
             },
-            msg = broadcast.next() => match msg {
-                Some(msg) => on_broadcast(&shared, &inbox, msg),
+            () = drained(&mut drain, held.as_ref().is_some_and(|h| h.rejected)), if held.is_some() => {
+                let h = held.take().expect("guarded by `held.is_some()`");
+                held = offer(&inbox, &pressure, h.event);
+            }
+            msg = broadcast.next(), if held.is_none() => match msg {
+                Some(msg) => {
+                    if let Some(event) = on_broadcast(&shared, &inbox, msg) {
+                        held = offer(&inbox, &pressure, event);
+                    }
+                }
                 None => break,
             },
+        }
+    }
+    if let Some(h) = held {
+        // detached: the node is closing, so this fails with `ShutDown` (counted) unless it
+        // still fits
+        if let Err(err) = inbox.deliver(h.event, None) {
+            inbox.report_unobserved(&err);
         }
     }
     // detached (the instance is shutting down, its flows have drained): send what is ready
@@ -72,6 +103,50 @@ pub(crate) async fn run(
         }
     })
     .await;
+}
+
+/// A broadcast held back until the node drains.
+struct Held {
+    event: Event,
+    /// The node rejected it with `QueueFull` although its published state said "normal".
+    rejected: bool,
+}
+
+/// How long to wait for the pressure report that follows a `QueueFull` before retrying anyway.
+const REPORT_GRACE: Duration = Duration::from_millis(10);
+
+/// Resolves when a held broadcast may be offered again: the node is not under pressure.
+async fn drained(drain: &mut watch::Receiver<Pressure>, rejected_while_normal: bool) {
+    if rejected_while_normal {
+        // the node's state turned "under pressure" before it was published: wait for the
+        // report (bounded, so a missed report cannot stall the node's broadcasts)
+        let _ = tokio::time::timeout(REPORT_GRACE, drain.changed()).await;
+    }
+    // an error means the node is gone: offering again fails with `ShutDown`
+    let _ = drain.wait_for(|p| !p.under_pressure).await;
+}
+
+/// Admits a broadcast unless the node is under pressure or full; then hands it back, to be
+/// offered again once the node drains. Other failures are counted at the node.
+fn offer(inbox: &Inbox, pressure: &watch::Receiver<Pressure>, event: Event) -> Option<Held> {
+    if pressure.borrow().under_pressure {
+        return Some(Held {
+            event,
+            rejected: false,
+        });
+    }
+    // `Event` is a shared handle: the clone is one reference count
+    match inbox.deliver(event.clone(), None) {
+        Ok(()) => None,
+        Err(err) if err.kind() == ErrorKind::QueueFull => Some(Held {
+            event,
+            rejected: !pressure.borrow().under_pressure,
+        }),
+        Err(err) => {
+            inbox.report_unobserved(&err);
+            None
+        }
+    }
 }
 
 /// Decodes an event, checking size and stray frames; counts and explains what is wrong.
@@ -134,20 +209,16 @@ async fn on_direct(
     }
 }
 
-fn on_broadcast(shared: &Shared, inbox: &Inbox, msg: Message) {
+/// Decodes a broadcast; `None` when it is bad or the node has no handler for it.
+fn on_broadcast(shared: &Shared, inbox: &Inbox, msg: Message) -> Option<Event> {
     let event = match decode(shared, &msg) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %inbox.id(), subject = %msg.subject, error = %err, "rejected a bad broadcast");
-            return;
+            return None;
         }
     };
-    if !inbox.accepts(event.event_type()) {
-        return;
-    }
-    if let Err(err) = inbox.deliver(event, None) {
-        inbox.report_unobserved(&err);
-    }
+    inbox.accepts(event.event_type()).then_some(event)
 }
 
 fn pressure_headers(pressure: &watch::Receiver<Pressure>, into: &mut Option<HeaderMap>) {
@@ -159,9 +230,25 @@ fn pressure_headers(pressure: &watch::Receiver<Pressure>, into: &mut Option<Head
 }
 
 async fn publish(shared: &Shared, subject: Subject, headers: Option<HeaderMap>, body: Bytes) {
-    let r = match headers {
-        Some(h) => shared.client.publish_with_headers(subject, h, body).await,
-        None => shared.client.publish(subject, body).await,
+    // Through the transport's publisher task, like requests (it hands messages to the client
+    // in batches); when its buffer is full, straight to the client, waiting for room.
+    let out = Outgoing {
+        subject,
+        reply: None,
+        headers: headers.map_or(Headers::None, Headers::Custom),
+        payload: body,
+    };
+    let r = match shared.try_enqueue(out) {
+        None => Ok(()),
+        Some(out) => match out.headers {
+            Headers::Custom(h) => {
+                shared
+                    .client
+                    .publish_with_headers(out.subject, h, out.payload)
+                    .await
+            }
+            _ => shared.client.publish(out.subject, out.payload).await,
+        },
     };
     match r {
         Ok(()) => inc(&shared.counters.replies),
