@@ -66,6 +66,15 @@ pub struct NatsConfig {
     pub max_message_bytes: Option<usize>,
     /// Credit a consumer grants a remote stream producer: the most items in flight (default 256).
     pub stream_window: usize,
+    /// Event types whose broadcasts carry a stream produced by a remote node (exact types).
+    /// Broadcasts of these types, and of types a node of this process streams, are marked
+    /// `Happen-Stream: broadcast`; only marked broadcasts are streamed to other processes (see
+    /// `WIRE.md`, "Broadcast streams").
+    pub stream_types: Vec<String>,
+    /// Per-node buffer of a broadcast stream received from another process (default: the
+    /// instance's `streams.broadcast_buffer` with [`from_happen`](NatsConfig::from_happen),
+    /// else 256).
+    pub broadcast_buffer: Option<usize>,
 }
 
 impl Default for NatsConfig {
@@ -85,6 +94,8 @@ impl Default for NatsConfig {
             outbound_buffer: 65_536,
             max_message_bytes: None,
             stream_window: 256,
+            stream_types: Vec::new(),
+            broadcast_buffer: None,
         }
     }
 }
@@ -175,6 +186,9 @@ impl NatsConfig {
         if nats.request_timeout_ms.is_none() {
             nats.request_timeout_ms = Some(config.flow.request_timeout_ms);
         }
+        if nats.broadcast_buffer.is_none() {
+            nats.broadcast_buffer = Some(config.streams.broadcast_buffer);
+        }
         Ok(nats)
     }
 
@@ -254,6 +268,9 @@ impl NatsConfig {
         }
         if self.max_message_bytes == Some(0) {
             return Err(invalid("max_message_bytes", "must be at least 1"));
+        }
+        if self.broadcast_buffer == Some(0) {
+            return Err(invalid("broadcast_buffer", "must be at least 1"));
         }
         if self.request_timeout_ms == Some(0) {
             return Err(invalid("request_timeout_ms", "must be at least 1"));

@@ -50,11 +50,17 @@
 //!   [`NatsTransport::ready`] waits for room, to pace a producer.
 //! - **Streams** are credit-based: the consumer grants `stream_window` items, the producer never
 //!   has more in flight; dropping the consumer sends `cancel` and the remote flow is cancelled.
+//! - **Broadcast streams**: a broadcast marked as a stream (its type is in `stream_types`, or a
+//!   node of the broadcasting process streams it) that reaches a streaming handler in any
+//!   process is read by every other receiving node through `ctx.items()`, each with its own
+//!   buffer; a subscriber that falls behind, or subscribed late, gets `StreamItem::Lagged`; the
+//!   producer never waits. See `WIRE.md`, "Broadcast streams".
 //!
 //! # Modules
 //! - [`config`]: `[transport.nats]` settings;
 //! - [`wire`]: subjects, headers, encoders and decoders.
 
+mod bstream;
 mod replies;
 mod serve;
 mod stats;

@@ -26,9 +26,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use happen::stream::{ReplyReceiver, Response, reply_channel};
 use happen::transport::Inbox;
-use happen::{Error, ErrorKind, Event, Pressure};
+use happen::{Error, ErrorKind, Pressure};
 use tokio::sync::{oneshot, watch};
 
+use crate::bstream::Incoming;
 use crate::stats::inc;
 use crate::transport::{Headers, Outgoing, Shared};
 use crate::wire::{self, header};
@@ -81,18 +82,18 @@ pub(crate) async fn run(
             }
             msg = broadcast.next(), if held.is_none() => match msg {
                 Some(msg) => {
-                    if let Some(event) = on_broadcast(&shared, &inbox, msg) {
-                        held = offer(&inbox, &pressure, event);
+                    if let Some(incoming) = on_broadcast(&shared, &inbox, msg).await {
+                        held = offer(&inbox, &pressure, incoming);
                     }
                 }
                 None => break,
             },
         }
     }
-    if let Some(h) = held {
+    if let Some(mut h) = held {
         // detached: the node is closing, so this fails with `ShutDown` (counted) unless it
         // still fits
-        if let Err(err) = inbox.deliver(h.event, None) {
+        if let Err(err) = h.event.deliver(&inbox) {
             inbox.report_unobserved(&err);
         }
     }
@@ -107,7 +108,7 @@ pub(crate) async fn run(
 
 /// A broadcast held back until the node drains.
 struct Held {
-    event: Event,
+    event: Incoming,
     /// The node rejected it with `QueueFull` although its published state said "normal".
     rejected: bool,
 }
@@ -128,15 +129,14 @@ async fn drained(drain: &mut watch::Receiver<Pressure>, rejected_while_normal: b
 
 /// Admits a broadcast unless the node is under pressure or full; then hands it back, to be
 /// offered again once the node drains. Other failures are counted at the node.
-fn offer(inbox: &Inbox, pressure: &watch::Receiver<Pressure>, event: Event) -> Option<Held> {
+fn offer(inbox: &Inbox, pressure: &watch::Receiver<Pressure>, mut event: Incoming) -> Option<Held> {
     if pressure.borrow().under_pressure {
         return Some(Held {
             event,
             rejected: false,
         });
     }
-    // `Event` is a shared handle: the clone is one reference count
-    match inbox.deliver(event.clone(), None) {
+    match event.deliver(inbox) {
         Ok(()) => None,
         Err(err) if err.kind() == ErrorKind::QueueFull => Some(Held {
             event,
@@ -209,8 +209,9 @@ async fn on_direct(
     }
 }
 
-/// Decodes a broadcast; `None` when it is bad or the node has no handler for it.
-fn on_broadcast(shared: &Shared, inbox: &Inbox, msg: Message) -> Option<Event> {
+/// Decodes a broadcast; `None` when it is bad or the node has no handler for it. A broadcast
+/// carrying a stream is prepared for it (see [`crate::bstream`]).
+async fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Incoming> {
     let event = match decode(shared, &msg) {
         Ok(e) => e,
         Err(err) => {
@@ -218,7 +219,10 @@ fn on_broadcast(shared: &Shared, inbox: &Inbox, msg: Message) -> Option<Event> {
             return None;
         }
     };
-    inbox.accepts(event.event_type()).then_some(event)
+    if !inbox.accepts(event.event_type()) {
+        return None;
+    }
+    Some(Incoming::new(shared, inbox, &msg, event).await)
 }
 
 fn pressure_headers(pressure: &watch::Receiver<Pressure>, into: &mut Option<HeaderMap>) {

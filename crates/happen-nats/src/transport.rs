@@ -382,6 +382,14 @@ impl Shared {
         }
     }
 
+    /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
+    pub(crate) fn local_streams(&self, event_type: &str) -> bool {
+        self.nodes
+            .lock()
+            .values()
+            .any(|h| h.inbox.streams(event_type))
+    }
+
     /// `ready` resolves once at most this many messages wait in the outgoing buffer.
     fn room_mark(&self) -> usize {
         self.config.outbound_buffer / 2
@@ -621,7 +629,7 @@ impl Transport for NatsTransport {
             Outgoing {
                 subject: s.broadcast_subject.clone(),
                 reply: None,
-                headers: Headers::None,
+                headers: crate::bstream::broadcast_headers(s, event.event_type()),
                 payload,
             },
             None,

@@ -38,6 +38,9 @@ pub mod header {
     pub const CREDIT: &str = "Happen-Credit";
     /// On replies from a node under backpressure: `high;queued=<n>;limit=<n>`. Absent: normal.
     pub const PRESSURE: &str = "Happen-Pressure";
+    /// On broadcast stream frames: the frame's sequence number (items from 1; the `end` or
+    /// `error` frame takes the next number). A jump is reported to subscribers as lag.
+    pub const SEQ: &str = "Happen-Seq";
 }
 
 /// The subjects of one deployment (all share a prefix, default `happen`).

@@ -1,0 +1,298 @@
+//! Broadcast streams over NATS (see `WIRE.md`, "Broadcast streams").
+//!
+//! A broadcast marked `Happen-Stream: broadcast` carries a stream. The receiving node whose
+//! handler streams (takes an `Emitter`) is the producer: its items are published, numbered, on
+//! `<prefix>.bstream.<event-id>`. Every other receiving node subscribes to that subject before
+//! it is admitted and reads the items through `ctx.items()`, from a local [`BroadcastFeed`]
+//! (its own bounded buffer, the core's lag policy). Items a subscriber missed on the way (it
+//! subscribed late, the producer's forwarder lagged, or NATS dropped them) show up as a jump
+//! in the sequence numbers and are reported as [`StreamItem::Lagged`](happen::stream::StreamItem).
+//! The producer never waits for subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message, Subject, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem, reply_channel};
+use happen::transport::Inbox;
+use happen::{Error, ErrorKind, Event, NodeId, Result};
+use serde_json::Value;
+
+use crate::serve::value_body;
+use crate::stats::inc;
+use crate::transport::{Headers, Pending, Shared};
+use crate::wire::{self, Frame, header};
+
+/// The `Happen-Stream` value marking a broadcast that carries a stream.
+pub(crate) const BROADCAST: &str = "broadcast";
+
+/// The headers of an outgoing broadcast: `Happen-Stream: broadcast` when the event type is
+/// configured as a stream type (`transport.nats.stream_types`) or a node of this process
+/// streams it.
+pub(crate) fn broadcast_headers(shared: &Shared, event_type: &str) -> Headers {
+    if shared.config.stream_types.iter().any(|t| t == event_type)
+        || shared.local_streams(event_type)
+    {
+        let mut h = HeaderMap::new();
+        h.insert(header::STREAM, BROADCAST);
+        Headers::Custom(h)
+    } else {
+        Headers::None
+    }
+}
+
+/// Does this broadcast message carry a stream?
+fn marked(msg: &Message) -> bool {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(header::STREAM))
+        .is_some_and(|v| v.as_str().trim() == BROADCAST)
+}
+
+/// `<prefix>.bstream.<event-id>`; characters that are not valid in a subject token become `_`.
+fn subject(shared: &Shared, event: &Event) -> String {
+    let id = event.id().to_string();
+    let token: String = id
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || matches!(c, '.' | '*' | '>') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("{}.bstream.{token}", shared.config.prefix)
+}
+
+/// How a broadcast is admitted into a node.
+enum Mode {
+    /// A plain broadcast.
+    Plain,
+    /// The node's handler produces the stream: forward its items.
+    Producer(Arc<Shared>, Subject),
+    /// The node reads the stream produced elsewhere; the subscription was made on arrival.
+    Subscriber(Arc<Shared>, Option<Subscriber>),
+}
+
+/// A broadcast waiting to be admitted into a node (perhaps held back by its backpressure).
+pub(crate) struct Incoming {
+    event: Event,
+    mode: Mode,
+}
+
+impl Incoming {
+    /// Classifies a broadcast the node accepts. A subscriber subscribes to the stream subject
+    /// here, on arrival, so items published while the broadcast is held back are buffered by
+    /// the subscription (and reach the node's buffer, lagging per its policy, once admitted).
+    pub(crate) async fn new(
+        shared: &Arc<Shared>,
+        inbox: &Inbox,
+        msg: &Message,
+        event: Event,
+    ) -> Incoming {
+        if !marked(msg) {
+            return Incoming {
+                event,
+                mode: Mode::Plain,
+            };
+        }
+        let subject = subject(shared, &event);
+        if inbox.streams(event.event_type()) {
+            return Incoming {
+                event,
+                mode: Mode::Producer(shared.clone(), Subject::from(subject)),
+            };
+        }
+        match shared.client.subscribe(subject).await {
+            Ok(sub) => {
+                // the producer starts publishing as soon as the same broadcast reaches it: make
+                // sure the server knows the subscription before the node starts reading
+                confirm(shared).await;
+                Incoming {
+                    event,
+                    mode: Mode::Subscriber(shared.clone(), Some(sub)),
+                }
+            }
+            Err(e) => {
+                // the flow still runs; `ctx.items()` is `None`
+                tracing::warn!(target: "happen_nats", node = %inbox.id(), error = %e, "cannot subscribe to a broadcast stream; delivering the broadcast without its items");
+                Incoming {
+                    event,
+                    mode: Mode::Plain,
+                }
+            }
+        }
+    }
+
+    /// Admits the broadcast into the node; on success starts forwarding (producer) or feeding
+    /// (subscriber). On failure `self` is unchanged and may be offered again.
+    pub(crate) fn deliver(&mut self, inbox: &Inbox) -> Result<()> {
+        // `Event` is a shared handle: a clone is one reference count
+        match &mut self.mode {
+            Mode::Plain => inbox.deliver(self.event.clone(), None),
+            Mode::Producer(shared, subject) => {
+                let items = inbox.deliver_producer(self.event.clone())?;
+                tokio::spawn(forward(shared.clone(), subject.clone(), items));
+                Ok(())
+            }
+            Mode::Subscriber(shared, sub) => {
+                let feed = BroadcastFeed::new(shared.config.broadcast_buffer.unwrap_or(256));
+                inbox.deliver_with_items(self.event.clone(), feed.subscribe())?;
+                if let Some(sub) = sub.take() {
+                    tokio::spawn(feed_from(shared.clone(), sub, feed));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Waits (at most the request timeout) for a message to this process's reply inbox to come
+/// back through the server: the server handles one connection's commands in order, so every
+/// subscription made before is then live. One round trip through the shared inbox; no
+/// subscription of its own.
+async fn confirm(shared: &Shared) {
+    let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = reply_channel();
+    shared.pending.lock().insert(
+        token,
+        Pending::Reply {
+            tx,
+            target: NodeId::from(""),
+        },
+    );
+    let probe = format!("{}.{token}", shared.inbox);
+    if shared.client.publish(probe, Bytes::new()).await.is_ok() {
+        let _ = tokio::time::timeout(shared.config.request_timeout(), rx).await;
+    }
+    shared.pending.lock().remove(&token);
+}
+
+fn frame_headers(frame: &Frame, seq: u64) -> HeaderMap {
+    let mut h = wire::frame_headers(frame);
+    h.insert(header::SEQ, seq.to_string().as_str());
+    h
+}
+
+/// Publishes the producer's items, numbered from 1; the end (or error) frame takes the next
+/// number. Items the forwarder itself missed (it lagged behind the producer) are skipped
+/// numbers.
+async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItems) {
+    let mut seq = 0u64;
+    loop {
+        let (frame, body) = match items.next().await {
+            Some(Ok(StreamItem::Item(v))) => {
+                let body = value_body(&v);
+                (Frame::Item(Value::Null), body)
+            }
+            Some(Ok(StreamItem::Lagged(n))) => {
+                seq = seq.saturating_add(n);
+                continue;
+            }
+            Some(Err(e)) => (Frame::Error(e), Bytes::new()),
+            None => {
+                let end = items.final_value().cloned().unwrap_or(Value::Null);
+                (Frame::End(Value::Null), value_body(&end))
+            }
+        };
+        seq += 1;
+        let last = !matches!(frame, Frame::Item(_));
+        let h = frame_headers(&frame, seq);
+        match shared
+            .client
+            .publish_with_headers(subject.clone(), h, body)
+            .await
+        {
+            Ok(()) if !last => inc(&shared.counters.stream_items),
+            Ok(()) => return,
+            Err(e) => {
+                // keep reading: the producer must never wait, and a later frame may get through
+                tracing::warn!(target: "happen_nats", error = %e, "cannot publish a broadcast stream frame");
+                if last {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds the frames of one broadcast stream to the local subscribers until the end frame; a
+/// stream silent for the request timeout ends with a `timeout` error.
+async fn feed_from(shared: Arc<Shared>, mut sub: Subscriber, feed: BroadcastFeed) {
+    let idle = shared.config.request_timeout();
+    let outcome = read(&shared, &mut sub, &feed, idle).await;
+    feed.finish(outcome);
+    let _ = sub.unsubscribe().await;
+}
+
+async fn read(
+    shared: &Shared,
+    sub: &mut Subscriber,
+    feed: &BroadcastFeed,
+    idle: Duration,
+) -> Result<Value> {
+    let mut expected = 1u64;
+    loop {
+        let msg = match tokio::time::timeout(idle, sub.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                return Err(Error::new(
+                    ErrorKind::Transport,
+                    "the subscription to a broadcast stream closed before its end",
+                ));
+            }
+            Err(_) => {
+                inc(&shared.counters.stalled_streams);
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no frame of the broadcast stream for {idle:?}: its producer is gone, or the stream ended before this process subscribed"
+                    ),
+                ));
+            }
+        };
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(header::SEQ))
+            .and_then(|v| v.as_str().trim().parse::<u64>().ok());
+        let frame = match (seq, wire::decode_frame(msg.headers.as_ref(), &msg.payload)) {
+            (Some(seq), Ok(frame)) => (seq, frame),
+            (_, Err(e)) => {
+                shared.counters.bad_input("protocol");
+                return Err(e);
+            }
+            (None, Ok(_)) => {
+                shared.counters.bad_input("protocol");
+                return Err(Error::new(
+                    ErrorKind::Transport,
+                    "broadcast stream frame without a valid `Happen-Seq`",
+                ));
+            }
+        };
+        let (seq, frame) = frame;
+        if seq < expected {
+            continue; // a duplicate or out of date: already accounted for
+        }
+        if seq > expected {
+            feed.lagged(seq - expected);
+        }
+        expected = seq + 1;
+        match frame {
+            Frame::Item(v) => feed.item(v),
+            Frame::End(v) => return Ok(v),
+            Frame::Error(e) => return Err(e),
+            Frame::Credit(_) | Frame::Cancel => {
+                shared.counters.bad_input("protocol");
+                return Err(Error::new(
+                    ErrorKind::Transport,
+                    "unexpected `credit`/`cancel` frame in a broadcast stream",
+                ));
+            }
+        }
+    }
+}
