@@ -11,19 +11,10 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(10);
+mod support;
+use support::wait_until;
 
-/// Yields until `cond` holds (bounded by real time, so it cannot hang under paused time).
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + T;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
-        tokio::task::yield_now().await;
-    }
-}
+const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(start_paused = true)]
 async fn reaches_matching_nodes_including_the_sender_and_skips_others() {
@@ -73,7 +64,7 @@ async fn reaches_matching_nodes_including_the_sender_and_skips_others() {
     sender
         .broadcast(Event::new("order.created", json!({"id": 1})))
         .unwrap();
-    wait_until(|| got.lock().len() >= 6).await;
+    wait_until("the condition", || got.lock().len() >= 6).await;
     // Let anything else that was (wrongly) delivered run too.
     for _ in 0..100 {
         tokio::task::yield_now().await;
@@ -118,7 +109,7 @@ async fn sender_without_a_matching_handler_does_not_hear_itself() {
         })
         .unwrap();
     sender.broadcast(Event::new("ping", ())).unwrap();
-    wait_until(|| hits.load(Ordering::SeqCst) == 1).await;
+    wait_until("the condition", || hits.load(Ordering::SeqCst) == 1).await;
     assert_eq!(sender.stats().accepted, 0);
 }
 
@@ -163,7 +154,7 @@ async fn only_the_most_specific_handler_runs_per_node() {
         ],
     );
     node.broadcast(Event::new("order.created", ())).unwrap();
-    wait_until(|| node.stats().completed == 1).await;
+    wait_until("the condition", || node.stats().completed == 1).await;
     assert_eq!(*ran.lock(), ["order.created"]);
 
     // Direct sends pick by the same rule.
@@ -248,9 +239,9 @@ async fn many_broadcasts_reach_every_matching_node_exactly_once_each() {
     for _ in 0..1_000 {
         sender.broadcast(Event::new("tick", ())).unwrap();
     }
-    wait_until(|| count.load(Ordering::SeqCst) >= 10_000).await;
+    wait_until("the condition", || count.load(Ordering::SeqCst) >= 10_000).await;
     for n in &nodes {
-        wait_until(|| n.stats().completed == 1_000).await;
+        wait_until("the condition", || n.stats().completed == 1_000).await;
     }
     assert_eq!(count.load(Ordering::SeqCst), 10_000);
 }

@@ -10,6 +10,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+mod support;
+use support::quiet_intentional_panics;
+
 const T: Duration = Duration::from_secs(10);
 
 /// A gate CPU jobs block on (on pool threads) until the test opens it.
@@ -44,25 +47,6 @@ fn happen_with_cpu_threads(n: usize) -> Happen {
     let mut config = Config::default();
     config.cpu.threads = Some(n);
     Happen::init(config).unwrap()
-}
-
-/// A panic hook that stays quiet for this file's intentional panics and prints everything else.
-fn quiet_intentional_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            if !msg.contains("intentional") {
-                default(info);
-            }
-        }));
-    });
 }
 
 #[tokio::test]

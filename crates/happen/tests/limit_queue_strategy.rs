@@ -11,19 +11,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(30);
+mod support;
+use support::wait_until;
 
-/// Yields until `cond` holds (bounded by real time, so it cannot hang under paused time).
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + T;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::task::yield_now().await;
-    }
-}
+const T: Duration = Duration::from_secs(30);
 
 /// A node whose handlers record `payload["tag"]` when they start, then wait for a permit.
 async fn recording_node(

@@ -10,26 +10,10 @@ use serde_json::json;
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(30);
+mod support;
+use support::quiet_intentional_panics;
 
-/// A panic hook that stays quiet for this file's intentional panics and prints everything else.
-fn quiet_intentional_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let p = info.payload();
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            if !msg.contains("intentional") {
-                default(info);
-            }
-        }));
-    });
-}
+const T: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_with_panics_and_errors_isolated() {

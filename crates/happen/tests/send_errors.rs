@@ -8,26 +8,10 @@ use happen::{Config, Context, ErrorKind, Event, Flow, Happen};
 use serde_json::json;
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(10);
+mod support;
+use support::quiet_intentional_panics;
 
-/// A panic hook that stays quiet for this file's intentional panics and prints everything else.
-fn quiet_intentional_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            if !msg.contains("intentional") {
-                default(info);
-            }
-        }));
-    });
-}
+const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(start_paused = true)]
 async fn unknown_node_names_the_target() {

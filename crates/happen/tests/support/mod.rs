@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests (each test file includes this with `mod support;`).
+#![allow(dead_code)] // not every test file uses every helper
+
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a condition before failing.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Yields until `cond` holds. Bounded by real time, so it cannot hang under paused tokio time.
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Installs (once per test binary) a panic hook that stays quiet for panics whose message
+/// contains "intentional" and prints every other panic, so real assertion failures still show.
+pub(crate) fn quiet_intentional_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let p = info.payload();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if !msg.contains("intentional") {
+                default(info);
+            }
+        }));
+    });
+}
