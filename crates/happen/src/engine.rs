@@ -95,8 +95,8 @@ pub struct NodeStats {
     /// whose flow failed, plus failures this node noticed for senders outside this instance
     /// and broadcasts it rejected.
     pub unobserved_failures: u64,
-    /// Median time an event waited in the queue before starting (sampled: 1 in 8 queued
-    /// events; an upper bound from a log2 histogram).
+    /// Median time an event waited in the queue before starting (an upper bound from a log2
+    /// histogram; after the first 1,024 waits, 1 in 8 queued events is sampled).
     pub queue_wait_p50: Duration,
     /// 99th percentile of the queue wait.
     pub queue_wait_p99: Duration,
@@ -370,9 +370,11 @@ impl Engine {
             let pending = Pending {
                 event,
                 reply,
-                // Queue waits are sampled (1 in 8 queued events): reading the clock for every
-                // event is a measurable share of the per-event cost.
-                enqueued: (saturated && st.seq.is_multiple_of(8)).then(Instant::now),
+                // Queue waits are sampled once the histogram has a base (1 in 8 queued events
+                // after the first 1,024): reading the clock for every event is a measurable
+                // share of the per-event cost.
+                enqueued: (saturated && (st.waits.count < 1024 || st.seq.is_multiple_of(8)))
+                    .then(Instant::now),
                 items,
             };
             st.seq += 1;
