@@ -784,9 +784,13 @@ impl FlowTask {
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
         }
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(outcome) {
-            self.ctx
-                .node()
-                .flow_failure_unobserved(self.ctx.event(), &e);
+            // A stream cancelled because its consumer went away is what the consumer asked
+            // for, not a failure nobody saw.
+            if e.kind() != crate::ErrorKind::Cancelled {
+                self.ctx
+                    .node()
+                    .flow_failure_unobserved(self.ctx.event(), &e);
+            }
         }
         FlowOutcome {
             failed,

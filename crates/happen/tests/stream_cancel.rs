@@ -141,6 +141,14 @@ async fn dropping_the_consumer_stops_the_producer(event_type: &'static str) {
         (0, 1),
         "a cancelled flow counts as failed"
     );
+    assert_eq!(
+        (
+            stats.unobserved_failures,
+            client.stats().unobserved_failures
+        ),
+        (0, 0),
+        "a stream its consumer cancelled is not reported as a failure nobody saw"
+    );
 
     // The node's driver keeps running (it answers), and the producer emitted nothing more.
     let pong = timeout(T, client.send(&producer, Event::new("ping", ())))
