@@ -14,7 +14,7 @@ use happen::{Context, Event, Flow, Happen, Node};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::err;
+use super::{err, split_clients};
 use crate::measure::{Bench, RunResult, Sample, system};
 use crate::report::Row;
 
@@ -98,22 +98,10 @@ async fn happen_ask(n: u64, tasks: u64, shape: Shape) -> RunResult {
     .map_err(err)?;
 
     let start = Instant::now();
-    let (ops, latencies) = if tasks == 1 {
-        happen_client(client, server, n, true).await?
-    } else {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let (client, server) = (client.clone(), server.clone());
-                let share = n / tasks + u64::from(t < n % tasks);
-                tokio::spawn(happen_client(client, server, share, false))
-            })
-            .collect();
-        let mut ops = 0;
-        for h in handles {
-            ops += h.await.map_err(err)??.0;
-        }
-        (ops, Vec::new())
-    };
+    let (ops, latencies) = split_clients(n, tasks, |count, record| {
+        happen_client(client.clone(), server.clone(), count, record)
+    })
+    .await?;
     let elapsed = start.elapsed();
 
     happen.shutdown(Duration::from_secs(5)).await;
@@ -160,21 +148,10 @@ async fn floor_ask(n: u64, tasks: u64, shape: Shape) -> RunResult {
     });
 
     let start = Instant::now();
-    let (ops, latencies) = if tasks == 1 {
-        floor_client(tx.clone(), n, true).await?
-    } else {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let share = n / tasks + u64::from(t < n % tasks);
-                tokio::spawn(floor_client(tx.clone(), share, false))
-            })
-            .collect();
-        let mut ops = 0;
-        for h in handles {
-            ops += h.await.map_err(err)??.0;
-        }
-        (ops, Vec::new())
-    };
+    let (ops, latencies) = split_clients(n, tasks, |count, record| {
+        floor_client(tx.clone(), count, record)
+    })
+    .await?;
     let elapsed = start.elapsed();
 
     drop(tx);

@@ -2,6 +2,7 @@
 //! [`Bench::compare`](crate::measure::Bench::compare) and returns report rows.
 
 use std::fmt::Display;
+use std::future::Future;
 
 use happen::Pressure;
 use tokio::sync::watch::Receiver;
@@ -28,6 +29,29 @@ pub(crate) const LOCAL: &[&str] = &[
 pub(crate) const NATS: &[&str] = &["nats-ask-seq", "nats-ask-par", "nats-broadcast"];
 
 /// Formats an error for a failed run.
+/// Runs `n` requests through `client(count, record)`: one client recording every latency when
+/// `tasks == 1`, else `tasks` spawned clients sharing `n`. Returns (requests, latencies in ns).
+pub(crate) async fn split_clients<Fut>(
+    n: u64,
+    tasks: u64,
+    client: impl Fn(u64, bool) -> Fut,
+) -> Result<(u64, Vec<u64>), String>
+where
+    Fut: Future<Output = Result<(u64, Vec<u64>), String>> + Send + 'static,
+{
+    if tasks == 1 {
+        return client(n, true).await;
+    }
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| tokio::spawn(client(n / tasks + u64::from(t < n % tasks), false)))
+        .collect();
+    let mut ops = 0;
+    for h in handles {
+        ops += h.await.map_err(err)??.0;
+    }
+    Ok((ops, Vec::new()))
+}
+
 pub(crate) fn err(e: impl Display) -> String {
     e.to_string()
 }

@@ -31,7 +31,7 @@ use happen::{Context, ErrorKind, Event, Happen, Node};
 use happen_nats::{NatsConfig, NatsTransport};
 use serde_json::Value;
 
-use super::err;
+use super::{err, split_clients};
 use crate::measure::{Bench, Countdown, RunResult, Sample, system};
 use crate::report::Row;
 
@@ -136,21 +136,10 @@ async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
     let body = payload();
 
     let start = Instant::now();
-    let (ops, latencies) = if tasks == 1 {
-        ask_client(client.clone(), body, n, true).await?
-    } else {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let share = n / tasks + u64::from(t < n % tasks);
-                tokio::spawn(ask_client(client.clone(), body.clone(), share, false))
-            })
-            .collect();
-        let mut ops = 0;
-        for h in handles {
-            ops += h.await.map_err(err)??.0;
-        }
-        (ops, Vec::new())
-    };
+    let (ops, latencies) = split_clients(n, tasks, |count, record| {
+        ask_client(client.clone(), body.clone(), count, record)
+    })
+    .await?;
     let elapsed = start.elapsed();
 
     responder.abort();
@@ -277,21 +266,10 @@ async fn happen_ask(url: String, n: u64, tasks: u64) -> RunResult {
         .map_err(err)?;
 
     let start = Instant::now();
-    let (ops, latencies) = if tasks == 1 {
-        happen_client(client.clone(), body, n, true).await?
-    } else {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let share = n / tasks + u64::from(t < n % tasks);
-                tokio::spawn(happen_client(client.clone(), body.clone(), share, false))
-            })
-            .collect();
-        let mut ops = 0;
-        for h in handles {
-            ops += h.await.map_err(err)??.0;
-        }
-        (ops, Vec::new())
-    };
+    let (ops, latencies) = split_clients(n, tasks, |count, record| {
+        happen_client(client.clone(), body.clone(), count, record)
+    })
+    .await?;
     let elapsed = start.elapsed();
 
     client_side.shutdown(Duration::from_secs(5)).await;
