@@ -207,7 +207,7 @@ impl Happen {
 
     /// The node `id` of this instance, if it exists.
     pub fn get_node(&self, id: &str) -> Option<Node> {
-        self.shared.nodes.lock().get(id).cloned()
+        self.shared.local_node(id)
     }
 
     /// Stops accepting events (senders get [`ErrorKind::ShutDown`]), lets running and queued
@@ -256,7 +256,7 @@ impl HappenShared {
         &self.config
     }
 
-    pub(crate) fn local_node(&self, id: &NodeId) -> Option<Node> {
+    pub(crate) fn local_node(&self, id: &str) -> Option<Node> {
         self.nodes.lock().get(id).cloned()
     }
 

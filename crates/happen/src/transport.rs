@@ -27,11 +27,9 @@ use tokio::sync::watch;
 use crate::engine::Pressure;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::flow::ErasedStep;
 use crate::id::NodeId;
 use crate::node::Node;
 use crate::stream::{BroadcastItems, BroadcastSource, FeedSubscription, ReplySender};
-use std::sync::Arc;
 
 /// Moves events between nodes. See the [module docs](self) for the contract.
 pub trait Transport: Send + Sync + 'static {
@@ -193,29 +191,37 @@ impl Transport for LocalTransport {
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        let receivers: Vec<(Node, Arc<dyn ErasedStep>)> = self
+        // (node, does its matching handler stream?)
+        let receivers: Vec<(Node, bool)> = self
             .nodes
             .read()
             .values()
-            .filter_map(|i| Some((i.node.clone(), i.node.lookup(event.event_type())?)))
+            .filter_map(|i| {
+                let step = i.node.lookup(event.event_type())?;
+                Some((i.node.clone(), step.is_streaming()))
+            })
             .collect();
-        // A broadcast reaching a streaming handler carries a stream: every other receiver
-        // subscribes before any receiver is admitted, so none misses the first items.
-        let mut event = event;
-        let mut subscriptions = Vec::with_capacity(receivers.len());
-        if let Some((producer, _)) = receivers.iter().find(|(_, step)| step.is_streaming()) {
-            let source = BroadcastSource::new(producer.broadcast_buffer());
-            for (_, step) in &receivers {
-                subscriptions.push((!step.is_streaming()).then(|| source.subscribe()).flatten());
-            }
-            event = event.with_broadcast_source(source);
-        } else {
-            subscriptions.resize_with(receivers.len(), || None);
-        }
-        for ((node, _), items) in receivers.into_iter().zip(subscriptions) {
-            if let Err(e) = node.admit(event.clone(), None, items) {
+        let admit = |node: Node, event: Event, items| {
+            if let Err(e) = node.admit(event, None, items) {
                 node.unobserved_failure(&e);
             }
+        };
+        let Some((producer, _)) = receivers.iter().find(|(_, streams)| *streams) else {
+            for (node, _) in receivers {
+                admit(node, event.clone(), None);
+            }
+            return Ok(());
+        };
+        // The broadcast carries a stream: every other receiver subscribes before any receiver
+        // is admitted, so none misses the first items.
+        let source = BroadcastSource::new(producer.broadcast_buffer());
+        let subscriptions: Vec<_> = receivers
+            .iter()
+            .map(|(_, streams)| if *streams { None } else { source.subscribe() })
+            .collect();
+        let event = event.with_broadcast_source(source);
+        for ((node, _), items) in receivers.into_iter().zip(subscriptions) {
+            admit(node, event.clone(), items);
         }
         Ok(())
     }
