@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::{Pressure, drive};
+use crate::engine::Pressure;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::id::NodeId;
@@ -192,14 +192,13 @@ impl Happen {
             }
             nodes.insert(id.clone(), node.clone());
         }
-        tokio::spawn(drive(node.clone()));
         let attached = match &self.shared.dispatch {
             Dispatch::Local(t) => t.attach(Inbox::new(node.clone())).await,
             Dispatch::Custom(t) => t.attach(Inbox::new(node.clone())).await,
         };
         if let Err(e) = attached {
             self.shared.nodes.lock().remove(&id);
-            node.engine().close(true);
+            node.engine().close(&node, true);
             return Err(e);
         }
         Ok(node)
@@ -221,7 +220,7 @@ impl Happen {
         self.shared.closed.store(true, Ordering::Release);
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
         for n in &nodes {
-            n.engine().close(false);
+            n.engine().close(n, false);
         }
         let all_drained =
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
@@ -231,7 +230,7 @@ impl Happen {
                 "shutdown deadline passed; cancelling the remaining flows"
             );
             for n in &nodes {
-                n.engine().close(true);
+                n.engine().close(n, true);
             }
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained())).await;
         }

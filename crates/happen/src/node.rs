@@ -61,6 +61,13 @@ pub(crate) struct NodeShared {
     registry_version: AtomicU64,
 }
 
+impl Drop for NodeShared {
+    fn drop(&mut self) {
+        // Parked drivers hold only a weak reference: wake them so they see the node is gone.
+        self.engine.run.wake_all();
+    }
+}
+
 /// Makes a node process events with the same key one at a time, in arrival order, while
 /// events with different keys run concurrently (all within `max_concurrent`).
 #[derive(Clone)]
@@ -270,7 +277,7 @@ impl Node {
             ));
         }
         let shared = NodeShared {
-            engine: Engine::new(&id, limits),
+            engine: Engine::new(&id, limits, options.sequential.is_some())?,
             request_timeout: options
                 .request_timeout
                 .unwrap_or_else(|| config.flow.request_timeout()),

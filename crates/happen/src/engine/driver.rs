@@ -1,0 +1,205 @@
+//! Running flows: the ready queue, the node's drivers and the flows that wait in their own task.
+//!
+//! An admitted event that holds a slot goes into the node's *ready queue* (lock-free). Drivers
+//! — at most one per runtime worker, started on demand and parked when idle — take events from
+//! it in order, start each flow and poll it once. A flow that finishes on that first poll (the
+//! common case: a handler that computes and returns) costs no task of its own. A flow that
+//! waits moves to its own Tokio task, so waiting flows are spread over every worker by Tokio's
+//! work stealing and one flow that blocks its thread holds up only that worker.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
+
+use crossbeam_queue::SegQueue;
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::task::AbortHandle;
+
+use super::flow_task::{FlowTask, StepCache, panic_message};
+use super::queue::Pending;
+use crate::node::{Node, NodeShared};
+
+/// Flows a driver starts per poll before it yields to other tasks.
+const BUDGET: usize = 128;
+
+/// The running side of one node.
+pub(crate) struct Runner {
+    /// Admitted events holding a slot, waiting for a driver.
+    ready: SegQueue<Pending>,
+    /// Held while taking an event from `ready` and calling its first step, so flows start in
+    /// the order they were admitted even when several drivers run.
+    start: Mutex<()>,
+    /// Bit `i` set: driver `i` is parked and may be woken.
+    idle: AtomicU64,
+    /// Set by a cancelling close: events still found in `ready` are answered `ShutDown`
+    /// instead of started, and waiting flows are not moved to a task any more.
+    cancelled: std::sync::atomic::AtomicBool,
+    /// Drivers started so far (they live as long as the node).
+    drivers: AtomicUsize,
+    max_drivers: usize,
+    wakers: Box<[AtomicWaker]>,
+    /// Abort handles of flows waiting in their own task (for cancellation at shutdown).
+    waiting: Mutex<Waiting>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct Waiting {
+    handles: Vec<AbortHandle>,
+    /// Sweep finished handles when `handles` grows past this.
+    sweep_at: usize,
+}
+
+impl Runner {
+    pub(crate) fn new() -> crate::Result<Runner> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            crate::Error::new(
+                crate::ErrorKind::InvalidConfig,
+                "a happen node must be created inside a Tokio runtime (its flows run on it)",
+            )
+        })?;
+        let max_drivers = runtime.metrics().num_workers().clamp(1, 64);
+        Ok(Runner {
+            ready: SegQueue::new(),
+            start: Mutex::new(()),
+            idle: AtomicU64::new(0),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            drivers: AtomicUsize::new(0),
+            max_drivers,
+            wakers: (0..max_drivers).map(|_| AtomicWaker::new()).collect(),
+            waiting: Mutex::new(Waiting {
+                handles: Vec::new(),
+                sweep_at: 64,
+            }),
+            runtime,
+        })
+    }
+
+    /// Queues an event that holds a slot (callers wake a driver with [`Runner::notify`]).
+    pub(crate) fn push(&self, p: Pending) {
+        self.ready.push(p);
+    }
+
+    /// Takes every event still waiting for a driver, and makes drivers cancel what they find
+    /// from now on (for cancellation).
+    pub(crate) fn drain(&self) -> Vec<Pending> {
+        let _g = self.start.lock();
+        self.cancelled.store(true, Ordering::Release);
+        std::iter::from_fn(|| self.ready.pop()).collect()
+    }
+
+    /// Makes sure a driver will see the ready queue: wakes a parked one, or starts one more
+    /// while fewer than one per worker run. If every driver is busy, one of them takes the
+    /// event next (a driver parks only after seeing the queue empty).
+    pub(crate) fn notify(&self, node: &Node) {
+        let idle = self.idle.load(Ordering::Acquire);
+        if idle != 0 {
+            let bit = idle & idle.wrapping_neg();
+            if self.idle.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+                self.wakers[bit.trailing_zeros() as usize].wake();
+            }
+            return;
+        }
+        let mut n = self.drivers.load(Ordering::Acquire);
+        while n < self.max_drivers {
+            match self
+                .drivers
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.runtime
+                        .spawn(drive(std::sync::Arc::downgrade(&node.shared), n));
+                    return;
+                }
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Wakes every parked driver (to notice that the node closed or went away).
+    pub(crate) fn wake_all(&self) {
+        self.idle.store(0, Ordering::Release);
+        for w in self.wakers.iter() {
+            w.wake();
+        }
+    }
+
+    /// Moves a flow that is waiting into its own task.
+    fn spawn(&self, task: FlowTask) {
+        let handle = self.runtime.spawn(task).abort_handle();
+        let mut w = self.waiting.lock();
+        if w.handles.len() >= w.sweep_at {
+            w.handles.retain(|h| !h.is_finished());
+            w.sweep_at = (w.handles.len() * 2).max(64);
+        }
+        w.handles.push(handle);
+    }
+
+    /// Cancels every flow waiting in its own task (each answers its sender `ShutDown` when
+    /// dropped).
+    pub(crate) fn abort_waiting(&self) {
+        let handles = std::mem::take(&mut self.waiting.lock().handles);
+        for h in handles {
+            h.abort();
+        }
+    }
+}
+
+/// One driver of a node: takes ready events, starts their flows and polls each once. Holds
+/// only a weak reference, so a node nobody uses any more is freed and its drivers end.
+async fn drive(node: Weak<NodeShared>, index: usize) {
+    let mut cache = StepCache::default();
+    let bit = 1u64 << index;
+    futures::future::poll_fn(|cx| {
+        let Some(shared) = node.upgrade() else {
+            return Poll::Ready(());
+        };
+        let node = Node { shared };
+        let engine = node.engine();
+        let run = &engine.run;
+        let mut started = 0;
+        loop {
+            let task = {
+                let _g = run.start.lock();
+                run.ready
+                    .pop()
+                    .map(|p| FlowTask::start(&node, p, &mut cache))
+            };
+            let Some(mut task) = task else {
+                if engine.is_drained() {
+                    return Poll::Ready(());
+                }
+                run.wakers[index].register(cx.waker());
+                run.idle.fetch_or(bit, Ordering::AcqRel);
+                if run.ready.is_empty() && !engine.is_drained() {
+                    return Poll::Pending;
+                }
+                // Work arrived (or the node drained) while parking: take the bit back. If a
+                // sender took it first, it also woke us, which costs one spurious poll.
+                run.idle.fetch_and(!bit, Ordering::AcqRel);
+                continue;
+            };
+            // The flow runs user code inside its own panic boundary; this one guards the
+            // engine itself, so a bug here fails one flow instead of silencing the node.
+            match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut task).poll(cx))) {
+                Ok(Poll::Ready(())) => {}
+                Ok(Poll::Pending) if !run.cancelled.load(Ordering::Acquire) => run.spawn(task),
+                Ok(Poll::Pending) => drop(task), // cancelled: answers `ShutDown`
+                Err(panic) => {
+                    engine.fault(&node, &panic_message(&*panic));
+                    drop(task); // answers its sender and gives the slot back
+                }
+            }
+            started += 1;
+            if started >= BUDGET {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+}

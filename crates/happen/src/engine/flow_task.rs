@@ -1,0 +1,227 @@
+//! One flow: the Event Continuum runner. Runs a flow's steps until one returns a final value
+//! or fails, answers the sender, and gives the flow's slot back to the node's admission.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::queue::{LaneKey, Pending};
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::flow::{ErasedStep, Flow};
+use crate::node::Node;
+use crate::stream::{Delivered, FlowStream};
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// A driver's memory of the last handler lookup: consecutive events of one type (the common
+/// case) skip the registry's lock and hash. Invalidated by any new registration.
+#[derive(Default)]
+pub(crate) struct StepCache {
+    last: Option<(String, u64, Arc<dyn ErasedStep>)>,
+}
+
+impl StepCache {
+    /// The step for `event_type`; `Err` if a pattern predicate panicked.
+    fn lookup(
+        &mut self,
+        node: &Node,
+        event_type: &str,
+    ) -> std::result::Result<Option<Arc<dyn ErasedStep>>, String> {
+        let version = node.registry_version();
+        if let Some((ty, v, step)) = &self.last
+            && *v == version
+            && ty == event_type
+        {
+            return Ok(Some(step.clone()));
+        }
+        // Pattern predicates are user code: a panic fails this event only.
+        let step = catch_unwind(AssertUnwindSafe(|| node.lookup(event_type)))
+            .map_err(|p| panic_message(&*p))?;
+        if let Some(step) = &step {
+            self.last = Some((event_type.to_owned(), version, step.clone()));
+        }
+        Ok(step)
+    }
+}
+
+/// One flow. Holds one of its node's `max_concurrent` slots from creation until it finishes
+/// or is dropped; either way the slot goes back to the node (see `Engine::release`).
+pub(crate) struct FlowTask {
+    ctx: Context,
+    step: Option<BoxFuture<'static, Result<Flow>>>,
+    depth: usize,
+    lane: Option<LaneKey>,
+    span: tracing::Span,
+    finished: bool,
+}
+
+impl FlowTask {
+    /// Creates the flow for an admitted event and calls its first step (a closure handler's
+    /// synchronous part runs here, inside the panic boundary).
+    pub(crate) fn start(node: &Node, p: Pending, cache: &mut StepCache) -> FlowTask {
+        let event = p.event;
+        let source = event.broadcast_source().cloned();
+        let span = tracing::debug_span!(
+            "happen.flow",
+            node = %node.id(),
+            event_type = event.event_type(),
+            event_id = %event.id(),
+            correlation_id = %event.correlation_id(),
+        );
+        let step = cache.lookup(node, event.event_type());
+        let ctx = Context::new(
+            node.clone(),
+            event,
+            FlowStream::new(p.reply, node.stream_buffer(), source),
+            p.items,
+        );
+        let mut task = FlowTask {
+            ctx,
+            step: None,
+            depth: 0,
+            lane: p.lane,
+            span,
+            finished: false,
+        };
+        match step {
+            Ok(Some(step)) => task.call(&*step),
+            Ok(None) => {
+                let e = Error::no_handler(node.id(), task.ctx.event().event_type());
+                task.step = Some(Box::pin(futures::future::ready(Err(e))));
+            }
+            Err(msg) => {
+                let e = Error::panic(node.id(), &format!("in a pattern predicate: {msg}"));
+                task.step = Some(Box::pin(futures::future::ready(Err(e))));
+            }
+        }
+        task
+    }
+
+    fn call(&mut self, step: &dyn ErasedStep) {
+        let event = self.ctx.event().clone();
+        let ctx = self.ctx.clone();
+        let fut = self
+            .span
+            .in_scope(|| catch_unwind(AssertUnwindSafe(|| step.call(event, ctx))));
+        self.step = Some(match fut {
+            Ok(f) => f,
+            Err(panic) => {
+                let msg = panic_message(&*panic);
+                let e = Error::panic(self.ctx.node_id(), &msg);
+                Box::pin(futures::future::ready(Err(e)))
+            }
+        });
+    }
+
+    /// Answers the sender and gives the slot back.
+    fn finish(&mut self, outcome: Result<Value>) {
+        self.step = None; // drop the step first: its cleanup runs before the sender hears back
+        self.finished = true;
+        let node = self.ctx.node().clone();
+        let failed = outcome.is_err();
+        node.engine().count_finished(failed);
+        if let Err(e) = &outcome {
+            let _g = self.span.enter();
+            tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
+        }
+        if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(outcome) {
+            // A stream cancelled because its consumer went away is what the consumer asked
+            // for, not a failure nobody saw.
+            if e.kind() != ErrorKind::Cancelled {
+                node.flow_failure_unobserved(self.ctx.event(), &e);
+            }
+        }
+        node.engine().release(&node, self.lane.take());
+    }
+}
+
+impl Future for FlowTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(());
+        }
+        loop {
+            if let Some(s) = this.ctx.inner.stream.active() {
+                s.register(cx);
+                if s.is_cancelled() {
+                    this.finish(Err(Error::cancelled()));
+                    return Poll::Ready(());
+                }
+            }
+            let Some(fut) = this.step.as_mut() else {
+                this.finish(Err(Error::cancelled()));
+                return Poll::Ready(());
+            };
+            let span = &this.span;
+            let polled = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))));
+            match polled {
+                Err(panic) => {
+                    let msg = panic_message(&*panic);
+                    let e = Error::panic(this.ctx.node_id(), &msg);
+                    tracing::warn!(parent: &this.span, error = %e, "handler panicked");
+                    this.finish(Err(e));
+                    return Poll::Ready(());
+                }
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(Ok(Flow::Next(step)))) => {
+                    this.depth += 1;
+                    let max = this.ctx.node().max_chain_depth();
+                    if this.depth >= max {
+                        let e = Error::new(
+                            ErrorKind::ChainTooDeep,
+                            format!("flow at node `{}` ran more than {max} steps; a step probably loops forever (raise flow.max_chain_depth if it does not)", this.ctx.node_id()),
+                        )
+                        .with_limit(max);
+                        this.finish(Err(e));
+                        return Poll::Ready(());
+                    }
+                    this.call(&*step.0);
+                }
+                Ok(Poll::Ready(Ok(Flow::Done(v)))) => {
+                    this.finish(Ok(v));
+                    return Poll::Ready(());
+                }
+                Ok(Poll::Ready(Err(e))) => {
+                    this.finish(Err(e));
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlowTask {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped before finishing: cancelled by shutdown (or its task was torn down).
+        self.step = None;
+        self.finished = true;
+        let node = self.ctx.node().clone();
+        node.engine().count_finished(true);
+        let e = Error::shut_down(self.ctx.node_id());
+        if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
+            node.flow_failure_unobserved(self.ctx.event(), &e);
+        }
+        node.engine().release(&node, self.lane.take());
+    }
+}

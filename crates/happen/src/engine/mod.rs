@@ -1,0 +1,560 @@
+//! The per-node engine: admission control (limits, queue strategies, lanes, pressure) and the
+//! execution of admitted events.
+//!
+//! - [`admission`](Engine::admit): one atomic word holds the node's running and queued counts.
+//!   While a slot is free and nothing waits, a sender takes a slot with one compare-and-swap
+//!   and no lock. Otherwise it takes the node's short admission lock to queue the event (or
+//!   park it behind its sequential lane, or reject it with `QueueFull`).
+//! - [`driver`]: events holding a slot are started by the node's drivers; flows that wait move
+//!   to their own task (see that module for why).
+//! - [`flow_task`]: one flow, the Event Continuum runner, inside its panic boundary.
+//! - [`queue`], [`pressure`], [`stats`]: what waits, the backpressure hysteresis, the counters.
+
+mod driver;
+mod flow_task;
+mod pressure;
+mod queue;
+mod stats;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::id::SharedStr;
+use crate::node::{Node, SequentialKey};
+use crate::stream::{Frame, Response};
+
+pub(crate) use flow_task::panic_message;
+pub(crate) use pressure::PressureChange;
+pub use pressure::{PRESSURE_EVENT, Pressure};
+pub use stats::NodeStats;
+
+use driver::Runner;
+use pressure::Levels;
+use queue::{LaneKey, Lanes, Pending, Queue};
+use stats::{Metrics, WaitHistogram};
+
+// The admission word: running flows in the low 32 bits, queued events in bits 32..63, and
+// the closed flag in bit 63.
+const RUN: u64 = 1;
+const QUEUED: u64 = 1 << 32;
+const CLOSED: u64 = 1 << 63;
+/// Limits are capped at this (far beyond what memory allows anyway).
+const MAX_COUNT: u64 = (1 << 31) - 1;
+
+fn running(w: u64) -> u64 {
+    w & 0xFFFF_FFFF
+}
+
+fn queued(w: u64) -> u64 {
+    (w >> 32) & 0x7FFF_FFFF
+}
+
+/// Counters every event touches, kept on the admission word's cache line.
+struct Hot {
+    word: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// State behind the admission lock.
+struct Slow {
+    queue: Queue,
+    lanes: Lanes,
+    /// Arrival counter (orders equal priorities).
+    seq: u64,
+    under_pressure: bool,
+    /// Counts pressure transitions (orders the `node.pressure` events).
+    pressure_seq: u64,
+    peak_queued: usize,
+    waits: WaitHistogram,
+    /// Set by a cancelling close: nothing starts any more.
+    aborted: bool,
+}
+
+/// Admission state and the running side of one node.
+pub(crate) struct Engine {
+    hot: CachePadded<Hot>,
+    slow: Mutex<Slow>,
+    pub(crate) run: Runner,
+    limits: Limits,
+    max_running: u64,
+    queue_limit: u64,
+    /// The node has sequential lanes: every admission takes the lock.
+    lanes: bool,
+    levels: Levels,
+    pressure: watch::Sender<Pressure>,
+    metrics: Metrics,
+    /// Signalled when a closed node has nothing left running or waiting.
+    drained: Notify,
+}
+
+impl Engine {
+    pub(crate) fn new(node: &str, limits: Limits, lanes: bool) -> Result<Engine> {
+        Ok(Engine {
+            hot: CachePadded::new(Hot {
+                word: AtomicU64::new(0),
+                accepted: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
+            slow: Mutex::new(Slow {
+                queue: Queue::new(limits.queue_strategy),
+                lanes: Lanes::default(),
+                seq: 0,
+                under_pressure: false,
+                pressure_seq: 0,
+                peak_queued: 0,
+                waits: WaitHistogram::default(),
+                aborted: false,
+            }),
+            run: Runner::new()?,
+            max_running: (limits.max_concurrent as u64).min(MAX_COUNT),
+            queue_limit: (limits.queue_limit as u64).min(MAX_COUNT),
+            lanes,
+            levels: Levels::new(limits.backpressure_threshold, limits.queue_limit),
+            pressure: watch::Sender::new(Pressure::new(false, 0, limits.queue_limit)),
+            metrics: Metrics::new(node),
+            limits,
+            drained: Notify::new(),
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    // ---- admission -----------------------------------------------------------------------
+
+    /// Admits an event: starts it, queues it, or rejects it with `QueueFull` (a displaced
+    /// event's sender is answered here).
+    ///
+    /// # Errors
+    /// `QueueFull`, `ShutDown`, or `Panic` if the node's lane-key function panicked.
+    pub(crate) fn admit(
+        &self,
+        node: &Node,
+        event: Event,
+        reply: Option<oneshot::Sender<Response>>,
+        items: Option<broadcast::Receiver<Frame>>,
+    ) -> Result<()> {
+        let lane = match node.sequential_key() {
+            Some(key) => Some(self.lane_key(node, key, &event)?),
+            None => None,
+        };
+        let p = Pending {
+            event,
+            reply,
+            enqueued: None,
+            items,
+            lane,
+        };
+        if !self.lanes {
+            // The fast path: a free slot and nobody waiting — one CAS, no lock.
+            let word = &self.hot.word;
+            let mut w = word.load(Ordering::Acquire);
+            while w & CLOSED == 0 && queued(w) == 0 && running(w) < self.max_running {
+                match word.compare_exchange_weak(w, w + RUN, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        self.hot.accepted.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.accepted.increment(1);
+                        self.metrics.active.set((running(w) + 1) as f64);
+                        self.run.push(p);
+                        self.run.notify(node);
+                        return Ok(());
+                    }
+                    Err(now) => w = now,
+                }
+            }
+        }
+        self.admit_slow(node, p)
+    }
+
+    /// Computes the event's lane key; the key function is user code, so a panic fails only
+    /// this event.
+    fn lane_key(&self, node: &Node, key: &SequentialKey, event: &Event) -> Result<LaneKey> {
+        catch_unwind(AssertUnwindSafe(|| match key {
+            SequentialKey::EventType => SharedStr::from(event.event_type().to_owned()),
+            SequentialKey::CorrelationId => SharedStr::from(event.correlation_id().to_string()),
+            SequentialKey::Custom(f) => SharedStr::from(f(event)),
+        }))
+        .map_err(|panic| {
+            self.count_finished(true);
+            Error::panic(
+                node.id(),
+                &format!(
+                    "in the node's sequential key function: {}",
+                    panic_message(&*panic)
+                ),
+            )
+        })
+    }
+
+    fn admit_slow(&self, node: &Node, p: Pending) -> Result<()> {
+        enum Admitted {
+            Started,
+            Parked,
+            Queued(Pending),
+        }
+        let word = &self.hot.word;
+        let mut displaced = None;
+        let (admitted, change) = {
+            let mut slow = self.slow.lock();
+            let mut w = word.load(Ordering::Acquire);
+            let admitted = loop {
+                if w & CLOSED != 0 || slow.aborted {
+                    drop(slow);
+                    return Err(Error::shut_down(node.id()));
+                }
+                let free = self.max_running.saturating_sub(running(w));
+                let waiting = queued(w) + slow.lanes.parked as u64;
+                if queued(w) == 0 && free > 0 {
+                    if self.lanes {
+                        // Word changes of a node with lanes all happen under this lock.
+                        if !slow.lanes.is_busy(p.lane.as_ref()) {
+                            if let Ok(started) = slow.lanes.claim(p) {
+                                word.fetch_add(RUN, Ordering::AcqRel);
+                                self.run.push(started);
+                            }
+                            break Admitted::Started;
+                        }
+                        if waiting < self.queue_limit + free {
+                            let _parked = slow.lanes.claim(p);
+                            break Admitted::Parked;
+                        }
+                    } else {
+                        match word.compare_exchange_weak(
+                            w,
+                            w + RUN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => {
+                                self.run.push(p);
+                                break Admitted::Started;
+                            }
+                            Err(now) => {
+                                w = now;
+                                continue;
+                            }
+                        }
+                    }
+                } else if waiting < self.queue_limit + free {
+                    match word.compare_exchange_weak(
+                        w,
+                        w + QUEUED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break Admitted::Queued(p),
+                        Err(now) => {
+                            w = now;
+                            continue;
+                        }
+                    }
+                }
+                // Full. A priority queue may displace its newest lowest-priority event.
+                self.hot.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected.increment(1);
+                match slow.queue.displace_for(p.event.priority()) {
+                    Some(d) => {
+                        displaced = Some(d);
+                        break Admitted::Queued(p); // takes the displaced event's place
+                    }
+                    None => {
+                        drop(slow);
+                        return Err(Error::queue_full(
+                            node.id(),
+                            self.limits.queue_limit,
+                            p.event.id(),
+                        ));
+                    }
+                }
+            };
+            let admitted = match admitted {
+                Admitted::Queued(mut p) => {
+                    slow.seq += 1;
+                    let seq = slow.seq;
+                    // Queue waits are sampled once the histogram has a base (1 in 8 queued events
+                    // after the first 1,024): reading the clock for every event is a measurable
+                    // share of the per-event cost.
+                    if slow.waits.count < 1024 || seq.is_multiple_of(8) {
+                        p.enqueued = Some(Instant::now());
+                    }
+                    slow.queue.push(seq, p);
+                    None
+                }
+                Admitted::Started => Some(()),
+                Admitted::Parked => None,
+            };
+            (admitted, self.check_pressure(&mut slow))
+        };
+        self.hot.accepted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.accepted.increment(1);
+        if admitted.is_some() {
+            self.run.notify(node);
+        }
+        if let Some(d) = displaced {
+            let err = Error::displaced(node.id(), self.limits.queue_limit, d.event.id());
+            answer(node, d.reply, Err(err));
+        }
+        if change.is_some() {
+            node.announce_pressure(change);
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    // ---- finishing -----------------------------------------------------------------------
+
+    /// Counts a finished flow (before it answers, so a sender that got its reply sees it).
+    pub(crate) fn count_finished(&self, failed: bool) {
+        if failed {
+            self.hot.failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.failed.increment(1);
+        } else {
+            self.hot.completed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.completed.increment(1);
+        }
+    }
+
+    /// A flow gave its slot back: the next waiting event takes the slot over, or the slot is
+    /// freed.
+    pub(crate) fn release(&self, node: &Node, lane: Option<LaneKey>) {
+        if self.lanes {
+            return self.release_lane(node, lane);
+        }
+        let word = &self.hot.word;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if queued(w) > 0 {
+                let mut slow = self.slow.lock();
+                if !slow.aborted
+                    && let Some(p) = slow.queue.pop()
+                {
+                    self.record_wait(&mut slow, &p);
+                    // Pushed before the queued count drops, under the lock: a sender that
+                    // finds the queue empty and takes the fast path is then behind it (FIFO).
+                    self.run.push(p);
+                    word.fetch_sub(QUEUED, Ordering::AcqRel);
+                    let change = self.check_pressure(&mut slow);
+                    drop(slow);
+                    self.run.notify(node);
+                    node.announce_pressure(change);
+                    return;
+                }
+                drop(slow);
+                w = word.load(Ordering::Acquire);
+                if queued(w) > 0 {
+                    // Only a cancelling close leaves a queued count without a queue: it
+                    // clears both under the lock, so wait for it.
+                    std::hint::spin_loop();
+                    continue;
+                }
+            }
+            match word.compare_exchange_weak(w, w - RUN, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.metrics.active.set((running(w) - 1) as f64);
+                    if w & CLOSED != 0 && running(w) == 1 && queued(w) == 0 {
+                        self.drained.notify_waiters();
+                        self.run.wake_all();
+                    }
+                    return;
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// `release` for a node with sequential lanes (everything under the lock).
+    fn release_lane(&self, node: &Node, lane: Option<LaneKey>) {
+        let word = &self.hot.word;
+        let mut slow = self.slow.lock();
+        let mut next = None;
+        if !slow.aborted {
+            if let Some(key) = &lane {
+                next = slow.lanes.next(key);
+            }
+            while next.is_none() {
+                let Some(p) = slow.queue.pop() else { break };
+                word.fetch_sub(QUEUED, Ordering::AcqRel);
+                self.record_wait(&mut slow, &p);
+                next = slow.lanes.claim(p).ok();
+            }
+        }
+        let w = match next {
+            Some(p) => {
+                self.run.push(p);
+                word.load(Ordering::Acquire)
+            }
+            None => word.fetch_sub(RUN, Ordering::AcqRel) - RUN,
+        };
+        let change = self.check_pressure(&mut slow);
+        drop(slow);
+        if w == CLOSED {
+            self.drained.notify_waiters();
+            self.run.wake_all();
+        } else {
+            self.run.notify(node);
+        }
+        node.announce_pressure(change);
+    }
+
+    fn record_wait(&self, slow: &mut Slow, p: &Pending) {
+        if let Some(start) = p.enqueued {
+            let w = start.elapsed();
+            slow.waits.record(w);
+            self.metrics.wait.record(w.as_secs_f64());
+        }
+    }
+
+    /// Something in the engine itself (not user code) panicked while running a flow: the
+    /// flow fails, the fault is logged and counted, the node keeps running.
+    pub(crate) fn fault(&self, node: &Node, message: &str) {
+        self.metrics.faults.increment(1);
+        tracing::error!(node = %node.id(), message, "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)");
+    }
+
+    // ---- pressure ------------------------------------------------------------------------
+
+    fn depth(&self, slow: &Slow) -> usize {
+        queued(self.hot.word.load(Ordering::Acquire)) as usize + slow.lanes.parked
+    }
+
+    fn check_pressure(&self, slow: &mut Slow) -> PressureChange {
+        let depth = self.depth(slow);
+        self.metrics.queued.set(depth as f64);
+        self.metrics
+            .active
+            .set(running(self.hot.word.load(Ordering::Relaxed)) as f64);
+        if depth > slow.peak_queued {
+            slow.peak_queued = depth;
+        }
+        let next = self.levels.next(slow.under_pressure, depth);
+        if next == slow.under_pressure {
+            return None;
+        }
+        slow.under_pressure = next;
+        slow.pressure_seq += 1;
+        let p = Pressure::new(next, depth, self.limits.queue_limit);
+        // Published under the lock: transitions computed by different threads (senders and
+        // finishing flows) must reach watchers in the order they happened, or a stale "under
+        // pressure" could be left standing.
+        self.pressure.send_replace(p);
+        Some((slow.pressure_seq, p))
+    }
+
+    pub(crate) fn pressure_now(&self) -> Pressure {
+        let slow = self.slow.lock();
+        Pressure::new(
+            slow.under_pressure,
+            self.depth(&slow),
+            self.limits.queue_limit,
+        )
+    }
+
+    pub(crate) fn watch_pressure(&self) -> watch::Receiver<Pressure> {
+        self.pressure.subscribe()
+    }
+
+    // ---- closing -------------------------------------------------------------------------
+
+    /// Closes admission. With `cancel`, also cancels everything waiting or running: their
+    /// senders get `ShutDown`.
+    pub(crate) fn close(&self, node: &Node, cancel: bool) {
+        let mut dropped = Vec::new();
+        {
+            let mut slow = self.slow.lock();
+            self.hot.word.fetch_or(CLOSED, Ordering::AcqRel);
+            if cancel && !slow.aborted {
+                slow.aborted = true;
+                while let Some(p) = slow.queue.pop() {
+                    dropped.push(p);
+                }
+                dropped.extend(slow.lanes.drain());
+                self.hot
+                    .word
+                    .fetch_and(!(0x7FFF_FFFF * QUEUED), Ordering::AcqRel);
+            }
+        }
+        for p in dropped {
+            self.count_finished(true);
+            answer(node, p.reply, Err(Error::shut_down(node.id())));
+        }
+        if cancel {
+            // Events that hold a slot but never started, then flows waiting in their task.
+            for p in self.run.drain() {
+                self.count_finished(true);
+                answer(node, p.reply, Err(Error::shut_down(node.id())));
+                self.release(node, None);
+            }
+            self.run.abort_waiting();
+        }
+        if self.is_drained() {
+            self.drained.notify_waiters();
+        }
+        self.run.wake_all();
+    }
+
+    /// Closed, with nothing running or waiting.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.hot.word.load(Ordering::Acquire) == CLOSED
+    }
+
+    /// Waits until the node is closed and drained.
+    pub(crate) async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.is_drained() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    // ---- reading -------------------------------------------------------------------------
+
+    pub(crate) fn stats(&self, unobserved_failures: u64) -> NodeStats {
+        let slow = self.slow.lock();
+        let w = self.hot.word.load(Ordering::Acquire);
+        NodeStats {
+            active: running(w) as usize,
+            queued: queued(w) as usize + slow.lanes.parked,
+            peak_queued: slow.peak_queued,
+            accepted: self.hot.accepted.load(Ordering::Relaxed),
+            rejected: self.hot.rejected.load(Ordering::Relaxed),
+            completed: self.hot.completed.load(Ordering::Relaxed),
+            failed: self.hot.failed.load(Ordering::Relaxed),
+            unobserved_failures,
+            queue_wait_p50: slow.waits.quantile(0.5),
+            queue_wait_p99: slow.waits.quantile(0.99),
+        }
+    }
+}
+
+/// Sends an outcome to a reply path; logs and counts failures nobody will see.
+fn answer(node: &Node, reply: Option<oneshot::Sender<Response>>, outcome: Result<Value>) {
+    let unobserved = match reply {
+        Some(tx) => match tx.send(Response::Done(outcome)) {
+            Ok(()) => None,
+            Err(Response::Done(o)) => Some(o),
+            Err(Response::Stream(_)) => None,
+        },
+        None => Some(outcome),
+    };
+    if let Some(Err(e)) = unobserved {
+        node.unobserved_failure(&e);
+    }
+}
