@@ -445,8 +445,24 @@ impl Node {
         &self.shared.engine
     }
 
+    /// The handler for `event_type`. Pattern predicates are user code: `Err` with the panic
+    /// message if one panicked.
+    pub(crate) fn try_lookup(
+        &self,
+        event_type: &str,
+    ) -> std::result::Result<Option<Arc<dyn ErasedStep>>, String> {
+        let registry = self.shared.registry.read();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.lookup(event_type)))
+            .map_err(|p| crate::engine::panic_message(&*p))
+    }
+
+    /// [`try_lookup`](Node::try_lookup) for callers that only route (broadcasts): a panicking
+    /// predicate is logged and treated as "no handler".
     pub(crate) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
-        self.shared.registry.read().lookup(event_type)
+        self.try_lookup(event_type).unwrap_or_else(|panic| {
+            tracing::warn!(node = %self.id(), event_type, panic, "a pattern predicate panicked; treated as not matching");
+            None
+        })
     }
 
     pub(crate) fn registry_version(&self) -> u64 {
@@ -454,7 +470,13 @@ impl Node {
     }
 
     pub(crate) fn accepts(&self, event_type: &str) -> bool {
-        self.shared.registry.read().matches(event_type)
+        let registry = self.shared.registry.read();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.matches(event_type)))
+            .unwrap_or_else(|p| {
+                let panic = crate::engine::panic_message(&*p);
+                tracing::warn!(node = %self.id(), event_type, panic, "a pattern predicate panicked; treated as not matching");
+                false
+            })
     }
 
     pub(crate) fn stream_buffer(&self) -> usize {

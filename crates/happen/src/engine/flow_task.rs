@@ -50,8 +50,7 @@ impl StepCache {
             return Ok(Some(step.clone()));
         }
         // Pattern predicates are user code: a panic fails this event only.
-        let step = catch_unwind(AssertUnwindSafe(|| node.lookup(event_type)))
-            .map_err(|p| panic_message(&*p))?;
+        let step = node.try_lookup(event_type)?;
         if let Some(step) = &step {
             self.last = Some((event_type.to_owned(), version, step.clone()));
         }
@@ -128,13 +127,14 @@ impl FlowTask {
         });
     }
 
-    /// Answers the sender and gives the slot back.
+    /// Gives the slot back, counts the flow and answers the sender — in that order, so a
+    /// sender that got its answer sees the flow counted and no longer active.
     fn finish(&mut self, outcome: Result<Value>) {
         self.step = None; // drop the step first: its cleanup runs before the sender hears back
         self.finished = true;
         let node = self.ctx.node().clone();
-        let failed = outcome.is_err();
-        node.engine().count_finished(failed);
+        node.engine().release(&node, self.lane.take());
+        node.engine().count_finished(outcome.is_err());
         if let Err(e) = &outcome {
             let _g = self.span.enter();
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
@@ -146,7 +146,6 @@ impl FlowTask {
                 node.flow_failure_unobserved(self.ctx.event(), &e);
             }
         }
-        node.engine().release(&node, self.lane.take());
     }
 }
 
@@ -217,11 +216,11 @@ impl Drop for FlowTask {
         self.step = None;
         self.finished = true;
         let node = self.ctx.node().clone();
+        node.engine().release(&node, self.lane.take());
         node.engine().count_finished(true);
         let e = Error::shut_down(self.ctx.node_id());
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
             node.flow_failure_unobserved(self.ctx.event(), &e);
         }
-        node.engine().release(&node, self.lane.take());
     }
 }
