@@ -231,7 +231,7 @@ async fn eight_producers_never_see_more_than_max_concurrent_and_lose_nothing() {
             let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
             g.peak.fetch_max(n, Ordering::SeqCst);
             // One in four waits, so flows also run in their own tasks, on both workers.
-            if e.payload().as_u64().unwrap_or(0) % 4 == 0 {
+            if e.payload().as_u64().unwrap_or(0).is_multiple_of(4) {
                 tokio::task::yield_now().await;
             }
             g.now.fetch_sub(1, Ordering::SeqCst);
