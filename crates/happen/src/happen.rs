@@ -296,6 +296,14 @@ impl HappenShared {
         }
     }
 
+    /// When replies from this instance's sends arm their timeout (see [`crate::slot`]).
+    pub(crate) fn arm_policy(&self) -> crate::reply::Arm {
+        match &self.dispatch {
+            Dispatch::Local(_) => crate::reply::Arm::OnNudge,
+            Dispatch::Custom(_) => crate::reply::Arm::Now,
+        }
+    }
+
     pub(crate) fn broadcast(&self, event: Event) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(

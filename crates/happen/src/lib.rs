@@ -18,6 +18,7 @@ mod happen;
 mod id;
 mod node;
 mod reply;
+mod slot;
 
 pub mod config;
 pub mod event;

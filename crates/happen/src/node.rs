@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde_json::json;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::config::{Limits, PartialLimits};
 use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
@@ -19,7 +19,8 @@ use crate::happen::HappenShared;
 use crate::id::NodeId;
 use crate::pattern::{Class, IntoPattern, Pattern};
 use crate::reply::Reply;
-use crate::stream::{Frame, ReplySender, Response};
+use crate::slot::SlotSender;
+use crate::stream::{Frame, ReplySender};
 
 /// A node: an autonomous component that receives events through handlers and emits events.
 ///
@@ -499,7 +500,7 @@ impl Node {
     pub(crate) fn admit(
         &self,
         event: Event,
-        reply: Option<oneshot::Sender<Response>>,
+        reply: Option<SlotSender>,
         items: Option<broadcast::Receiver<Frame>>,
     ) -> Result<(), Error> {
         self.shared.engine.admit(self, event, reply, items)
@@ -546,9 +547,9 @@ impl Node {
             Ok(e) => e,
             Err(e) => return Reply::failed(e, timeout, self.clone()),
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::slot::slot();
         match self.dispatch(target, event, Some(ReplySender(tx))) {
-            Ok(()) => Reply::waiting(rx, timeout),
+            Ok(()) => Reply::waiting(rx, self.shared.happen.arm_policy(), timeout),
             Err(e) => Reply::failed(e, timeout, self.clone()),
         }
     }

@@ -9,13 +9,23 @@ use std::time::Duration;
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::decode_value;
 use crate::node::Node;
+use crate::slot::{Received, SlotReceiver};
 use crate::stream::{ItemStream, Response};
+
+/// When an awaited reply arms its timeout timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arm {
+    /// At the first wait (a remote target: the answer is never immediate).
+    Now,
+    /// When the answering side says the answer will take a while (a local target: a flow that
+    /// completes on its first poll answers before any timer would matter).
+    OnNudge,
+}
 
 /// The handle returned by [`Node::send`](crate::Node::send).
 ///
@@ -54,15 +64,15 @@ pub struct Reply {
 }
 
 enum State {
-    Waiting(oneshot::Receiver<Response>),
+    Waiting(SlotReceiver, Arm),
     Failed(Error),
     Taken,
 }
 
 impl Reply {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Response>, timeout: Duration) -> Reply {
+    pub(crate) fn waiting(rx: SlotReceiver, arm: Arm, timeout: Duration) -> Reply {
         Reply {
-            state: State::Waiting(rx),
+            state: State::Waiting(rx, arm),
             timeout,
             sender: None,
         }
@@ -76,7 +86,10 @@ impl Reply {
         }
     }
 
-    /// Sets how long to wait for the reply (for a stream: for each next item).
+    /// Sets how long to wait for the reply (for a stream: for each next item), counted from
+    /// when the reply is first awaited. For a target in this process the timer is armed only
+    /// once the answer is known not to be immediate (the event was queued, or its flow
+    /// waits), so a flow that completes at once costs no timer; the deadline is the same.
     pub fn timeout(mut self, timeout: Duration) -> Reply {
         self.timeout = timeout;
         self
@@ -99,7 +112,7 @@ impl Reply {
         let state = std::mem::replace(&mut self.state, State::Taken);
         ReplyStream {
             state: match state {
-                State::Waiting(rx) => StreamState::Waiting(rx),
+                State::Waiting(rx, arm) => StreamState::Waiting(rx, arm),
                 State::Failed(e) => StreamState::Failed(Some(e)),
                 State::Taken => StreamState::Done(None),
             },
@@ -185,7 +198,7 @@ pub struct ReplyStream {
 }
 
 enum StreamState {
-    Waiting(oneshot::Receiver<Response>),
+    Waiting(SlotReceiver, Arm),
     Streaming(ItemStream),
     Failed(Option<Error>),
     Done(Option<Value>),
@@ -239,28 +252,31 @@ impl Stream for ReplyStream {
         let this = &mut *self;
         loop {
             match &mut this.state {
-                StreamState::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                    Poll::Ready(Ok(Response::Done(Ok(v)))) => {
+                StreamState::Waiting(rx, arm) => match rx.poll_recv(cx) {
+                    Received::Value(Response::Done(Ok(v))) => {
                         this.state = StreamState::Done(Some(v));
                         return Poll::Ready(None);
                     }
-                    Poll::Ready(Ok(Response::Done(Err(e)))) => {
+                    Received::Value(Response::Done(Err(e))) => {
                         this.state = StreamState::Done(None);
                         return Poll::Ready(Some(Err(e)));
                     }
-                    Poll::Ready(Ok(Response::Stream(mut items))) => {
+                    Received::Value(Response::Stream(mut items)) => {
                         items.mark_consumed();
                         this.item_arrived();
                         this.state = StreamState::Streaming(items);
                     }
-                    Poll::Ready(Err(_)) => {
+                    Received::Gone => {
                         this.state = StreamState::Done(None);
                         return Poll::Ready(Some(Err(Error::new(
                             ErrorKind::ShutDown,
                             "the target went away without answering (node or instance shut down)",
                         ))));
                     }
-                    Poll::Pending => {
+                    Received::Waiting { nudged } => {
+                        if !nudged && *arm == Arm::OnNudge && this.sleep.is_none() {
+                            return Poll::Pending;
+                        }
                         let e = ready!(this.poll_timeout(cx));
                         this.state = StreamState::Done(None);
                         return Poll::Ready(Some(Err(e)));

@@ -51,7 +51,9 @@ use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::slot::{SlotReceiver, SlotSender};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -81,13 +83,23 @@ impl fmt::Debug for Response {
 }
 
 /// The sending half of a reply path: the engine (or a transport) answers through it once.
-#[derive(Debug)]
-pub struct ReplySender(pub(crate) oneshot::Sender<Response>);
+pub struct ReplySender(pub(crate) SlotSender);
 
 /// The receiving half of a reply path: resolves to the [`Response`], or to
 /// [`ErrorKind::ShutDown`] if the answering side went away without answering.
-#[derive(Debug)]
-pub struct ReplyReceiver(pub(crate) oneshot::Receiver<Response>);
+pub struct ReplyReceiver(pub(crate) SlotReceiver);
+
+impl fmt::Debug for ReplySender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplySender").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ReplyReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyReceiver").finish_non_exhaustive()
+    }
+}
 
 /// A fresh reply path. Transports use it to receive the outcome of a local flow (to forward it
 /// over the wire) or to hand a remote outcome to a local sender.
@@ -101,7 +113,7 @@ pub struct ReplyReceiver(pub(crate) oneshot::Receiver<Response>);
 /// # }
 /// ```
 pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = crate::slot::slot();
     (ReplySender(tx), ReplyReceiver(rx))
 }
 
@@ -120,8 +132,8 @@ impl ReplySender {
 impl Future for ReplyReceiver {
     type Output = Response;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Response> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
+        self.0.poll_value(cx).map(|r| {
+            r.unwrap_or_else(|| {
                 Response::Done(Err(Error::new(
                     ErrorKind::ShutDown,
                     "the answering side went away without answering (node or transport shut down)",
@@ -365,7 +377,7 @@ pub(crate) struct FlowStream {
 
 enum FlowReply {
     /// Not streaming yet; `None` when nobody asked for a reply.
-    Pending(Option<oneshot::Sender<Response>>),
+    Pending(Option<SlotSender>),
     /// Streaming to a consumer.
     Streaming(StreamSender),
     /// Streaming to the subscribers of a broadcast.
@@ -384,7 +396,7 @@ pub(crate) enum Delivered {
 
 impl FlowStream {
     pub(crate) fn new(
-        reply: Option<oneshot::Sender<Response>>,
+        reply: Option<SlotSender>,
         capacity: usize,
         broadcast: Option<Arc<BroadcastSource>>,
     ) -> FlowStream {
@@ -422,6 +434,13 @@ impl FlowStream {
         match &*st {
             FlowReply::Streaming(s) => Some(s.shared.clone()),
             _ => None,
+        }
+    }
+
+    /// Tells a waiting sender that the answer will not be immediate (see [`crate::slot`]).
+    pub(crate) fn nudge(&self) {
+        if let FlowReply::Pending(Some(tx)) = &*self.state.lock() {
+            tx.nudge();
         }
     }
 

@@ -179,6 +179,56 @@ async fn timeout_is_an_error_and_per_send_override_applies() {
     );
 }
 
+/// A reply to a local node arms its timer only once the answer is known not to be
+/// immediate: when the event is queued, or when its flow waits. Both must still time out.
+#[tokio::test(start_paused = true)]
+async fn queued_and_waiting_events_time_out_from_the_senders_clock() {
+    let happen = Happen::new();
+    let client = happen.node("client").await.unwrap();
+    let server = happen
+        .node_with(
+            "one-at-a-time",
+            happen::NodeOptions::new()
+                .limits(happen::PartialLimits::default().with_max_concurrent(1)),
+        )
+        .await
+        .unwrap();
+    server
+        .on("hang", |_e: Event, _c: Context| async move {
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let running = client
+        .send(&server, Event::new("hang", ()))
+        .timeout(Duration::from_secs(3));
+    // Queued behind the hanging flow: it never starts, and still times out on time.
+    let queued = client
+        .send(&server, Event::new("hang", ()))
+        .timeout(Duration::from_secs(2));
+    let err = timeout(Duration::from_secs(60), queued)
+        .await
+        .expect("the queued reply's own timeout fires")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A reply's timeout counts from when it is first awaited: this one from the 2 s mark.
+    let err = timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the running reply's own timeout fires")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn default_request_timeout_comes_from_config() {
     let mut config = Config::default();

@@ -187,7 +187,10 @@ async fn drive(node: Weak<NodeShared>, index: usize) {
             // engine itself, so a bug here fails one flow instead of silencing the node.
             match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut task).poll(cx))) {
                 Ok(Poll::Ready(())) => {}
-                Ok(Poll::Pending) if !run.cancelled.load(Ordering::Acquire) => run.spawn(task),
+                Ok(Poll::Pending) if !run.cancelled.load(Ordering::Acquire) => {
+                    task.nudge(); // the flow waits: its sender arms its timeout now
+                    run.spawn(task);
+                }
                 Ok(Poll::Pending) => drop(task), // cancelled: answers `ShutDown`
                 Err(panic) => {
                     engine.fault(&node, &panic_message(&*panic));

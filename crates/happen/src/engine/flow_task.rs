@@ -111,6 +111,11 @@ impl FlowTask {
         task
     }
 
+    /// Tells the sender the answer will not be immediate.
+    pub(crate) fn nudge(&self) {
+        self.ctx.inner.stream.nudge();
+    }
+
     fn call(&mut self, step: &dyn ErasedStep) {
         let event = self.ctx.event().clone();
         let ctx = self.ctx.clone();

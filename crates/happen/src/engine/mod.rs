@@ -23,13 +23,14 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::id::SharedStr;
 use crate::node::{Node, SequentialKey};
+use crate::slot::SlotSender;
 use crate::stream::{Frame, Response};
 
 pub(crate) use flow_task::panic_message;
@@ -146,7 +147,7 @@ impl Engine {
         &self,
         node: &Node,
         event: Event,
-        reply: Option<oneshot::Sender<Response>>,
+        reply: Option<SlotSender>,
         items: Option<broadcast::Receiver<Frame>>,
     ) -> Result<()> {
         let lane = match node.sequential_key() {
@@ -230,6 +231,9 @@ impl Engine {
                             break Admitted::Started;
                         }
                         if waiting < self.queue_limit + free {
+                            if let Some(tx) = &p.reply {
+                                tx.nudge(); // parked: the answer will not be immediate
+                            }
                             let _parked = slow.lanes.claim(p);
                             break Admitted::Parked;
                         }
@@ -284,6 +288,9 @@ impl Engine {
             };
             let admitted = match admitted {
                 Admitted::Queued(mut p) => {
+                    if let Some(tx) = &p.reply {
+                        tx.nudge(); // queued: the answer will not be immediate
+                    }
                     slow.seq += 1;
                     let seq = slow.seq;
                     // Queue waits are sampled once the histogram has a base (1 in 8 queued events
@@ -545,7 +552,7 @@ impl Engine {
 }
 
 /// Sends an outcome to a reply path; logs and counts failures nobody will see.
-fn answer(node: &Node, reply: Option<oneshot::Sender<Response>>, outcome: Result<Value>) {
+fn answer(node: &Node, reply: Option<SlotSender>, outcome: Result<Value>) {
     let unobserved = match reply {
         Some(tx) => match tx.send(Response::Done(outcome)) {
             Ok(()) => None,

@@ -4,12 +4,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
 use crate::config::QueueStrategy;
 use crate::event::Event;
 use crate::id::SharedStr;
-use crate::stream::{Frame, Response};
+use crate::slot::SlotSender;
+use crate::stream::Frame;
 
 /// The key of a sequential lane.
 pub(crate) type LaneKey = SharedStr;
@@ -17,7 +18,7 @@ pub(crate) type LaneKey = SharedStr;
 /// An admitted event that has not started yet.
 pub(crate) struct Pending {
     pub(crate) event: Event,
-    pub(crate) reply: Option<oneshot::Sender<Response>>,
+    pub(crate) reply: Option<SlotSender>,
     /// Set when the event had to wait (sampled; see `Engine::admit`).
     pub(crate) enqueued: Option<Instant>,
     /// The subscription to a broadcast stream the event carries.

@@ -1,0 +1,144 @@
+//! The one-shot reply slot between a flow and its sender.
+//!
+//! Like a oneshot channel, plus a *nudge*: the answering side tells a waiting receiver that
+//! the answer will not be immediate (the event was queued, or its flow is waiting on
+//! something). A [`Reply`](crate::Reply) for a local target arms its timeout timer only then,
+//! so a flow that completes on its first poll — the common case — costs no timer at all
+//! (registering and clearing a tokio timer was a fifth of a request/reply round trip, most of
+//! it on the timer's shared lock).
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::stream::Response;
+
+struct State {
+    value: Option<Response>,
+    waker: Option<Waker>,
+    nudged: bool,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+/// A fresh slot.
+pub(crate) fn slot() -> (SlotSender, SlotReceiver) {
+    let shared = Arc::new(Mutex::new(State {
+        value: None,
+        waker: None,
+        nudged: false,
+        sender_gone: false,
+        receiver_gone: false,
+    }));
+    (SlotSender(shared.clone()), SlotReceiver(shared))
+}
+
+/// The answering half.
+pub(crate) struct SlotSender(Shared);
+
+impl SlotSender {
+    /// Answers; the response comes back if the receiver is gone.
+    pub(crate) fn send(self, response: Response) -> Result<(), Response> {
+        let waker = {
+            let mut st = self.0.lock();
+            if st.receiver_gone {
+                return Err(response);
+            }
+            st.value = Some(response);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Is the receiver gone?
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.lock().receiver_gone
+    }
+
+    /// Tells the receiver the answer may take a while (it arms its timeout now).
+    pub(crate) fn nudge(&self) {
+        let waker = {
+            let mut st = self.0.lock();
+            if st.nudged {
+                return;
+            }
+            st.nudged = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for SlotSender {
+    fn drop(&mut self) {
+        let waker = {
+            let mut st = self.0.lock();
+            st.sender_gone = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// What a receiver finds.
+pub(crate) enum Received {
+    Value(Response),
+    /// The sender went away without answering.
+    Gone,
+    /// Nothing yet; `nudged` if the answer may take a while.
+    Waiting {
+        nudged: bool,
+    },
+}
+
+/// The receiving half.
+pub(crate) struct SlotReceiver(Shared);
+
+impl SlotReceiver {
+    /// Takes the answer, or registers `cx`'s waker.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Received {
+        let mut st = self.0.lock();
+        if let Some(v) = st.value.take() {
+            return Received::Value(v);
+        }
+        if st.sender_gone {
+            return Received::Gone;
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Received::Waiting { nudged: st.nudged }
+    }
+
+    /// [`poll_recv`](SlotReceiver::poll_recv) as a plain future poll (nudges ignored).
+    pub(crate) fn poll_value(&mut self, cx: &mut Context<'_>) -> Poll<Option<Response>> {
+        match self.poll_recv(cx) {
+            Received::Value(v) => Poll::Ready(Some(v)),
+            Received::Gone => Poll::Ready(None),
+            Received::Waiting { .. } => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SlotReceiver {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.receiver_gone = true;
+        st.waker = None;
+        // Drop an undelivered answer here, not under the sender's lock later.
+        let value = st.value.take();
+        drop(st);
+        drop(value);
+    }
+}
