@@ -33,17 +33,21 @@ pub(crate) fn slot() -> (SlotSender, SlotReceiver) {
         sender_gone: false,
         receiver_gone: false,
     }));
-    (SlotSender(shared.clone()), SlotReceiver(shared))
+    (SlotSender(Some(shared.clone())), SlotReceiver(shared))
 }
 
-/// The answering half.
-pub(crate) struct SlotSender(Shared);
+/// The answering half (`None` once it has answered).
+pub(crate) struct SlotSender(Option<Shared>);
 
 impl SlotSender {
     /// Answers; the response comes back if the receiver is gone.
-    pub(crate) fn send(self, response: Response) -> Result<(), Response> {
+    pub(crate) fn send(mut self, response: Response) -> Result<(), Response> {
+        // Taken out so that `Drop` has nothing left to do (one lock per answer, not two).
+        let Some(shared) = self.0.take() else {
+            return Err(response);
+        };
         let waker = {
-            let mut st = self.0.lock();
+            let mut st = shared.lock();
             if st.receiver_gone {
                 return Err(response);
             }
@@ -58,13 +62,14 @@ impl SlotSender {
 
     /// Is the receiver gone?
     pub(crate) fn is_closed(&self) -> bool {
-        self.0.lock().receiver_gone
+        self.0.as_ref().is_none_or(|s| s.lock().receiver_gone)
     }
 
     /// Tells the receiver the answer may take a while (it arms its timeout now).
     pub(crate) fn nudge(&self) {
+        let Some(shared) = &self.0 else { return };
         let waker = {
-            let mut st = self.0.lock();
+            let mut st = shared.lock();
             if st.nudged {
                 return;
             }
@@ -79,8 +84,9 @@ impl SlotSender {
 
 impl Drop for SlotSender {
     fn drop(&mut self) {
+        let Some(shared) = self.0.take() else { return };
         let waker = {
-            let mut st = self.0.lock();
+            let mut st = shared.lock();
             st.sender_gone = true;
             st.waker.take()
         };
