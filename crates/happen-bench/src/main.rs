@@ -1,6 +1,7 @@
 //! `happen-bench`: runs each workload for happen and for its raw floor (tokio channels or raw
-//! async-nats) in the same process, interleaved round by round, and prints one table with the
-//! happen/floor ratio.
+//! async-nats) in the same process, interleaved round by round, and prints one table with each
+//! system's ratio to the floor (`× floor`; `--json` names the baseline of each ratio in
+//! `ratio_to`).
 //!
 //! ```text
 //! cargo run --release -p happen-bench -- [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]

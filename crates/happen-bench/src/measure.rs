@@ -156,6 +156,7 @@ pub(crate) fn apply_ratios(rows: &mut [Row], baseline: &str) {
             (Some(v), Some(b)) if b > 0.0 => Some(v / b),
             _ => None,
         };
+        r.ratio_to = Some(baseline.to_owned());
     }
 }
 
@@ -318,6 +319,8 @@ mod tests {
         assert_eq!(rows[0].min_ops_per_sec, Some(1.0));
         assert_eq!(rows[0].max_ops_per_sec, Some(3.0));
         assert_eq!(rows[0].ratio, Some(0.5));
+        assert_eq!(rows[0].ratio_to.as_deref(), Some("floor"));
         assert_eq!(rows[1].ratio, None);
+        assert_eq!(rows[1].ratio_to, None);
     }
 }
