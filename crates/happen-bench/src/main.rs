@@ -100,13 +100,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-}
-
 /// Hidden child mode (`--child WORKLOAD SYSTEM COUNT`): one measurement in a fresh process,
 /// reported as one JSON line with the process's memory figures. Also handy for profiling one
 /// system alone: `perf record -g happen-bench --child tell happen 1000000`.
@@ -119,7 +112,7 @@ fn child(args: &[String]) -> ExitCode {
         eprintln!("--child: bad count `{count}`");
         return ExitCode::from(2);
     };
-    let rt = match runtime() {
+    let rt = match measure::multi_thread(WORKERS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot build the runtime: {e}");
@@ -184,7 +177,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match runtime() {
+    let rt = match measure::multi_thread(WORKERS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot build the runtime: {e}");

@@ -93,11 +93,11 @@ pub(crate) struct Bench {
 }
 
 impl Bench {
-    /// Runs one measurement on the runtime's worker threads (not on the calling thread).
-    pub(crate) fn run_once(&self, system: &System, count: u64) -> RunResult {
+    /// Runs one measurement on `rt`'s worker threads (not on the calling thread).
+    pub(crate) fn run_on(&self, rt: &Runtime, system: &System, count: u64) -> RunResult {
         let fut = (system.run)(count);
         let limit = self.run_timeout;
-        self.rt.block_on(async move {
+        rt.block_on(async move {
             match tokio::time::timeout(limit, tokio::spawn(fut)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(join)) => Err(format!("run panicked: {join}")),
@@ -106,8 +106,8 @@ impl Bench {
         })
     }
 
-    /// One warm-up round, then `rounds` rounds running the systems in turn (A B A B ...).
-    /// `baseline` names the system ratios are taken against.
+    /// One warm-up round, then `rounds` rounds running the systems in turn (A B A B ...) on
+    /// the bench runtime. `baseline` names the system ratios are taken against.
     pub(crate) fn compare(
         &self,
         workload: &str,
@@ -115,31 +115,51 @@ impl Bench {
         systems: &[System],
         baseline: &str,
     ) -> Vec<Row> {
+        let on: Vec<(&System, &Runtime)> = systems.iter().map(|s| (s, &self.rt)).collect();
+        let mut rows = self.interleave(workload, count, &on);
+        apply_ratios(&mut rows, baseline);
+        rows
+    }
+
+    /// Like [`Bench::compare`], but each system runs on the runtime paired with it, and no
+    /// ratios are set: one row per system, in the order given.
+    pub(crate) fn interleave(
+        &self,
+        workload: &str,
+        count: u64,
+        systems: &[(&System, &Runtime)],
+    ) -> Vec<Row> {
         eprint!("{workload} ({count}): warm-up");
-        for s in systems {
-            let _ = self.run_once(s, count);
+        for (s, rt) in systems {
+            let _ = self.run_on(rt, s, count);
         }
         let mut samples: Vec<Vec<Sample>> = systems.iter().map(|_| Vec::new()).collect();
         let mut errors: Vec<Option<String>> = systems.iter().map(|_| None).collect();
         for round in 0..self.rounds {
             eprint!(", round {}", round + 1);
-            for (i, s) in systems.iter().enumerate() {
-                match self.run_once(s, count) {
+            for (i, (s, rt)) in systems.iter().enumerate() {
+                match self.run_on(rt, s, count) {
                     Ok(sample) => samples[i].push(sample),
                     Err(e) => errors[i] = Some(e),
                 }
             }
         }
         eprintln!();
-        let mut rows: Vec<Row> = systems
+        systems
             .iter()
             .zip(samples)
             .zip(errors)
-            .map(|((s, samples), error)| summarize(workload, &s.name, count, &samples, error))
-            .collect();
-        apply_ratios(&mut rows, baseline);
-        rows
+            .map(|(((s, _), samples), error)| summarize(workload, &s.name, count, &samples, error))
+            .collect()
     }
+}
+
+/// A Tokio multi-thread runtime with `workers` worker threads, all drivers enabled.
+pub(crate) fn multi_thread(workers: usize) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
 }
 
 /// Sets each row's ratio to its median over the baseline row's median.
