@@ -8,10 +8,11 @@
 //! ```
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
-//! `nats-ask-seq`, `nats-ask-par`, `nats-broadcast` (default: all). Each runs one warm-up round
-//! and then `--rounds` (default and minimum 5) rounds, running the systems in turn (A B A B ...),
-//! on a Tokio multi-thread runtime with 2 workers. `--quick` uses tiny counts: it proves the tool
-//! runs (CI); its numbers mean nothing.
+//! `node-scale`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast` (default: all). Each runs one
+//! warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
+//! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
+//! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
+//! `--quick` uses tiny counts: it proves the tool runs (CI); its numbers mean nothing.
 //!
 //! The tool is never judged on speed in CI: only `--quick` runs there, and only its exit status
 //! and the presence of rows are checked (see `tests/quick.rs`).
@@ -38,7 +39,7 @@ const MIN_ROUNDS: usize = 5;
 const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
-workloads: tell ask-seq ask-par flow broadcast stream admission
+workloads: tell ask-seq ask-par flow broadcast stream admission node-scale
            nats-ask-seq nats-ask-par nats-broadcast   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
@@ -210,6 +211,7 @@ fn main() -> ExitCode {
             "broadcast" => workloads::broadcast::run(&bench),
             "stream" => workloads::stream::run(&bench),
             "admission" => workloads::admission::run(&bench),
+            "node-scale" => workloads::node_scale::run(&bench),
             _ => Vec::new(),
         });
     }

@@ -36,6 +36,29 @@ fn quick_run_writes_rows_for_every_workload() {
     }
     assert!(has("admission", "happen(limits)") && has("admission", "happen(unlimited)"));
     assert!(has("admission-overload", "happen(limits)"));
+    for s in [
+        "happen(2 workers)",
+        "happen(1 worker)",
+        "floor(2 workers)",
+        "floor(1 worker)",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["workload"] == "node-scale" && r["system"] == s);
+        let row = row.unwrap_or_else(|| panic!("node-scale row {s} missing"));
+        assert!(
+            row["median_ops_per_sec"].as_f64() > Some(0.0),
+            "node-scale {s} has no throughput"
+        );
+    }
+    let scale = rows
+        .iter()
+        .find(|r| r["workload"] == "node-scale" && r["system"] == "happen(2 workers)");
+    assert_eq!(
+        scale.map(|r| &r["ratio_to"]),
+        Some(&serde_json::json!("happen(1 worker)")),
+        "node-scale: the 2-worker ratio is taken against the 1-worker row"
+    );
     for w in ["nats-ask-seq", "nats-ask-par", "nats-broadcast"] {
         // Measured when nats-server is installed, marked "not available" otherwise.
         assert!(has(w, "floor") && has(w, "happen"), "rows for {w} missing");
