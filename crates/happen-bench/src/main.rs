@@ -14,6 +14,10 @@
 //! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
 //! `--quick` uses tiny counts: it proves the tool runs (CI); its numbers mean nothing.
 //!
+//! Built with `--features peers` (off by default), `tell`, `ask-seq`, `ask-par`, `flow`,
+//! `broadcast` and `stream` also run the actor crates kameo, ractor and actix, interleaved with
+//! happen and the floor (see `workloads/peers/`).
+//!
 //! The tool is never judged on speed in CI: only `--quick` runs there, and only its exit status
 //! and the presence of rows are checked (see `tests/quick.rs`).
 
@@ -29,6 +33,7 @@ use std::time::Duration;
 use measure::Bench;
 use report::{Machine, Report, Row};
 use rss::{ChildReport, status_kib};
+use workloads::peers::{self, Workload};
 use workloads::{LOCAL, NATS};
 
 /// Tokio worker threads (the benchmark machines have 2 cores).
@@ -44,7 +49,10 @@ workloads: tell ask-seq ask-par flow broadcast stream admission node-scale
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
   --rounds N      measured rounds after the warm-up round (default and minimum 5)
-  --nats-url URL  use this NATS server instead of starting nats-server on a free port";
+  --nats-url URL  use this NATS server instead of starting nats-server on a free port
+
+built with --features peers: kameo, ractor and actix rows in tell ask-seq ask-par flow
+broadcast stream";
 
 struct Args {
     workloads: Vec<&'static str>,
@@ -103,7 +111,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
 
 /// Hidden child mode (`--child WORKLOAD SYSTEM COUNT`): one measurement in a fresh process,
 /// reported as one JSON line with the process's memory figures. Also handy for profiling one
-/// system alone: `perf record -g happen-bench --child tell happen 1000000`.
+/// system alone: `perf record -g happen-bench --child tell happen 1000000` (peer systems too,
+/// when built with `--features peers`).
 fn child(args: &[String]) -> ExitCode {
     let [workload, system, count] = args else {
         eprintln!("--child needs WORKLOAD SYSTEM COUNT");
@@ -122,8 +131,14 @@ fn child(args: &[String]) -> ExitCode {
     };
     let baseline = status_kib("VmRSS");
     let (workload, system) = (workload.clone(), system.clone());
+    let peer = Workload::named(&workload)
+        .map(peers::systems)
+        .and_then(|all| all.into_iter().find(|s| s.name == system));
     let result = rt.block_on(async move {
         let run = tokio::spawn(async move {
+            if let Some(peer) = peer {
+                return peer.start(count).await;
+            }
             match workload.as_str() {
                 "tell" => workloads::tell::child(&system, count).await,
                 "ask-seq" | "ask-par" | "flow" => {

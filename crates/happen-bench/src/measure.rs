@@ -71,6 +71,13 @@ pub(crate) struct System {
     run: Arc<dyn Fn(u64) -> BoxFuture<'static, RunResult> + Send + Sync>,
 }
 
+impl System {
+    /// One measurement of `count` operations, to be run on a Tokio runtime.
+    pub(crate) fn start(&self, count: u64) -> BoxFuture<'static, RunResult> {
+        (self.run)(count)
+    }
+}
+
 /// Wraps an async function as a [`System`].
 pub(crate) fn system<F, Fut>(name: &str, f: F) -> System
 where
@@ -95,7 +102,7 @@ pub(crate) struct Bench {
 impl Bench {
     /// Runs one measurement on `rt`'s worker threads (not on the calling thread).
     pub(crate) fn run_on(&self, rt: &Runtime, system: &System, count: u64) -> RunResult {
-        let fut = (system.run)(count);
+        let fut = system.start(count);
         let limit = self.run_timeout;
         rt.block_on(async move {
             match tokio::time::timeout(limit, tokio::spawn(fut)).await {

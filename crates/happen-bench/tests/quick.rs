@@ -34,6 +34,19 @@ fn quick_run_writes_rows_for_every_workload() {
         });
         assert!(measured, "{w}: happen row has no throughput");
     }
+    // Built with `--features peers` (`cargo test -p happen-bench --features peers`).
+    #[cfg(feature = "peers")]
+    for w in ["tell", "ask-seq", "ask-par", "flow", "broadcast", "stream"] {
+        for p in ["kameo", "ractor", "actix"] {
+            let ok = rows.iter().any(|r| {
+                r["workload"] == w
+                    && r["system"] == p
+                    && r["median_ops_per_sec"].as_f64() > Some(0.0)
+                    && r["ratio_to"] == "floor"
+            });
+            assert!(ok, "{w}: no measured {p} row");
+        }
+    }
     assert!(has("admission", "happen(limits)") && has("admission", "happen(unlimited)"));
     assert!(has("admission-overload", "happen(limits)"));
     for s in [

@@ -12,6 +12,7 @@ pub(crate) mod ask;
 pub(crate) mod broadcast;
 pub(crate) mod nats;
 pub(crate) mod node_scale;
+pub(crate) mod peers;
 pub(crate) mod stream;
 pub(crate) mod tell;
 
