@@ -1,16 +1,22 @@
 //! `happen-bench`: runs each workload for happen and for its raw floor (tokio channels or raw
-//! async-nats) in the same process, interleaved round by round, and prints one table with the
-//! happen/floor ratio.
+//! async-nats) in the same process, interleaved round by round, and prints one table with each
+//! system's ratio to the floor (`× floor`; `--json` names the baseline of each ratio in
+//! `ratio_to`).
 //!
 //! ```text
 //! cargo run --release -p happen-bench -- [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 //! ```
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
-//! `nats-ask-seq`, `nats-ask-par`, `nats-broadcast` (default: all). Each runs one warm-up round
-//! and then `--rounds` (default and minimum 5) rounds, running the systems in turn (A B A B ...),
-//! on a Tokio multi-thread runtime with 2 workers. `--quick` uses tiny counts: it proves the tool
-//! runs (CI); its numbers mean nothing.
+//! `node-scale`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast` (default: all). Each runs one
+//! warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
+//! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
+//! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
+//! `--quick` uses tiny counts: it proves the tool runs (CI); its numbers mean nothing.
+//!
+//! Built with `--features peers` (off by default), `tell`, `ask-seq`, `ask-par`, `flow`,
+//! `broadcast` and `stream` also run the actor crates kameo, ractor and actix, interleaved with
+//! happen and the floor (see `workloads/peers/`).
 //!
 //! The tool is never judged on speed in CI: only `--quick` runs there, and only its exit status
 //! and the presence of rows are checked (see `tests/quick.rs`).
@@ -27,6 +33,7 @@ use std::time::Duration;
 use measure::Bench;
 use report::{Machine, Report, Row};
 use rss::{ChildReport, status_kib};
+use workloads::peers::{self, Workload};
 use workloads::{LOCAL, NATS};
 
 /// Tokio worker threads (the benchmark machines have 2 cores).
@@ -37,12 +44,15 @@ const MIN_ROUNDS: usize = 5;
 const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
-workloads: tell ask-seq ask-par flow broadcast stream admission
+workloads: tell ask-seq ask-par flow broadcast stream admission node-scale
            nats-ask-seq nats-ask-par nats-broadcast   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
   --rounds N      measured rounds after the warm-up round (default and minimum 5)
-  --nats-url URL  use this NATS server instead of starting nats-server on a free port";
+  --nats-url URL  use this NATS server instead of starting nats-server on a free port
+
+built with --features peers: kameo, ractor and actix rows in tell ask-seq ask-par flow
+broadcast stream";
 
 struct Args {
     workloads: Vec<&'static str>,
@@ -99,16 +109,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-}
-
 /// Hidden child mode (`--child WORKLOAD SYSTEM COUNT`): one measurement in a fresh process,
 /// reported as one JSON line with the process's memory figures. Also handy for profiling one
-/// system alone: `perf record -g happen-bench --child tell happen 1000000`.
+/// system alone: `perf record -g happen-bench --child tell happen 1000000` (peer systems too,
+/// when built with `--features peers`).
 fn child(args: &[String]) -> ExitCode {
     let [workload, system, count] = args else {
         eprintln!("--child needs WORKLOAD SYSTEM COUNT");
@@ -118,7 +122,7 @@ fn child(args: &[String]) -> ExitCode {
         eprintln!("--child: bad count `{count}`");
         return ExitCode::from(2);
     };
-    let rt = match runtime() {
+    let rt = match measure::multi_thread(WORKERS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot build the runtime: {e}");
@@ -127,8 +131,14 @@ fn child(args: &[String]) -> ExitCode {
     };
     let baseline = status_kib("VmRSS");
     let (workload, system) = (workload.clone(), system.clone());
+    let peer = Workload::named(&workload)
+        .map(peers::systems)
+        .and_then(|all| all.into_iter().find(|s| s.name == system));
     let result = rt.block_on(async move {
         let run = tokio::spawn(async move {
+            if let Some(peer) = peer {
+                return peer.start(count).await;
+            }
             match workload.as_str() {
                 "tell" => workloads::tell::child(&system, count).await,
                 "ask-seq" | "ask-par" | "flow" => {
@@ -183,7 +193,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match runtime() {
+    let rt = match measure::multi_thread(WORKERS) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot build the runtime: {e}");
@@ -216,6 +226,7 @@ fn main() -> ExitCode {
             "broadcast" => workloads::broadcast::run(&bench),
             "stream" => workloads::stream::run(&bench),
             "admission" => workloads::admission::run(&bench),
+            "node-scale" => workloads::node_scale::run(&bench),
             _ => Vec::new(),
         });
     }

@@ -71,6 +71,13 @@ pub(crate) struct System {
     run: Arc<dyn Fn(u64) -> BoxFuture<'static, RunResult> + Send + Sync>,
 }
 
+impl System {
+    /// One measurement of `count` operations, to be run on a Tokio runtime.
+    pub(crate) fn start(&self, count: u64) -> BoxFuture<'static, RunResult> {
+        (self.run)(count)
+    }
+}
+
 /// Wraps an async function as a [`System`].
 pub(crate) fn system<F, Fut>(name: &str, f: F) -> System
 where
@@ -93,11 +100,11 @@ pub(crate) struct Bench {
 }
 
 impl Bench {
-    /// Runs one measurement on the runtime's worker threads (not on the calling thread).
-    pub(crate) fn run_once(&self, system: &System, count: u64) -> RunResult {
-        let fut = (system.run)(count);
+    /// Runs one measurement on `rt`'s worker threads (not on the calling thread).
+    pub(crate) fn run_on(&self, rt: &Runtime, system: &System, count: u64) -> RunResult {
+        let fut = system.start(count);
         let limit = self.run_timeout;
-        self.rt.block_on(async move {
+        rt.block_on(async move {
             match tokio::time::timeout(limit, tokio::spawn(fut)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(join)) => Err(format!("run panicked: {join}")),
@@ -106,8 +113,8 @@ impl Bench {
         })
     }
 
-    /// One warm-up round, then `rounds` rounds running the systems in turn (A B A B ...).
-    /// `baseline` names the system ratios are taken against.
+    /// One warm-up round, then `rounds` rounds running the systems in turn (A B A B ...) on
+    /// the bench runtime. `baseline` names the system ratios are taken against.
     pub(crate) fn compare(
         &self,
         workload: &str,
@@ -115,31 +122,51 @@ impl Bench {
         systems: &[System],
         baseline: &str,
     ) -> Vec<Row> {
+        let on: Vec<(&System, &Runtime)> = systems.iter().map(|s| (s, &self.rt)).collect();
+        let mut rows = self.interleave(workload, count, &on);
+        apply_ratios(&mut rows, baseline);
+        rows
+    }
+
+    /// Like [`Bench::compare`], but each system runs on the runtime paired with it, and no
+    /// ratios are set: one row per system, in the order given.
+    pub(crate) fn interleave(
+        &self,
+        workload: &str,
+        count: u64,
+        systems: &[(&System, &Runtime)],
+    ) -> Vec<Row> {
         eprint!("{workload} ({count}): warm-up");
-        for s in systems {
-            let _ = self.run_once(s, count);
+        for (s, rt) in systems {
+            let _ = self.run_on(rt, s, count);
         }
         let mut samples: Vec<Vec<Sample>> = systems.iter().map(|_| Vec::new()).collect();
         let mut errors: Vec<Option<String>> = systems.iter().map(|_| None).collect();
         for round in 0..self.rounds {
             eprint!(", round {}", round + 1);
-            for (i, s) in systems.iter().enumerate() {
-                match self.run_once(s, count) {
+            for (i, (s, rt)) in systems.iter().enumerate() {
+                match self.run_on(rt, s, count) {
                     Ok(sample) => samples[i].push(sample),
                     Err(e) => errors[i] = Some(e),
                 }
             }
         }
         eprintln!();
-        let mut rows: Vec<Row> = systems
+        systems
             .iter()
             .zip(samples)
             .zip(errors)
-            .map(|((s, samples), error)| summarize(workload, &s.name, count, &samples, error))
-            .collect();
-        apply_ratios(&mut rows, baseline);
-        rows
+            .map(|(((s, _), samples), error)| summarize(workload, &s.name, count, &samples, error))
+            .collect()
     }
+}
+
+/// A Tokio multi-thread runtime with `workers` worker threads, all drivers enabled.
+pub(crate) fn multi_thread(workers: usize) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
 }
 
 /// Sets each row's ratio to its median over the baseline row's median.
@@ -156,6 +183,7 @@ pub(crate) fn apply_ratios(rows: &mut [Row], baseline: &str) {
             (Some(v), Some(b)) if b > 0.0 => Some(v / b),
             _ => None,
         };
+        r.ratio_to = Some(baseline.to_owned());
     }
 }
 
@@ -318,6 +346,8 @@ mod tests {
         assert_eq!(rows[0].min_ops_per_sec, Some(1.0));
         assert_eq!(rows[0].max_ops_per_sec, Some(3.0));
         assert_eq!(rows[0].ratio, Some(0.5));
+        assert_eq!(rows[0].ratio_to.as_deref(), Some("floor"));
         assert_eq!(rows[1].ratio, None);
+        assert_eq!(rows[1].ratio_to, None);
     }
 }

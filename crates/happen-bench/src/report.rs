@@ -23,8 +23,11 @@ pub(crate) struct Row {
     pub(crate) p99_us: Option<f64>,
     pub(crate) peak_rss_mib: Option<f64>,
     pub(crate) rss_growth_mib: Option<f64>,
-    /// This row's median over the baseline row's median (happen / floor).
+    /// This row's median over the median of the row named by `ratio_to` (for most workloads
+    /// the floor, so this is "× floor").
     pub(crate) ratio: Option<f64>,
+    /// The system `ratio` is taken against (`None` on the baseline row itself).
+    pub(crate) ratio_to: Option<String>,
     pub(crate) note: String,
 }
 
@@ -43,6 +46,7 @@ impl Row {
             peak_rss_mib: None,
             rss_growth_mib: None,
             ratio: None,
+            ratio_to: None,
             note: String::new(),
         }
     }
@@ -123,7 +127,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "p99 µs",
         "peak RSS MiB",
         "RSS growth MiB",
-        "happen/floor",
+        "× floor",
         "note",
     ];
     let cells: Vec<[String; 11]> = rows

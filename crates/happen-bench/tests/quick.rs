@@ -34,8 +34,44 @@ fn quick_run_writes_rows_for_every_workload() {
         });
         assert!(measured, "{w}: happen row has no throughput");
     }
+    // Built with `--features peers` (`cargo test -p happen-bench --features peers`).
+    #[cfg(feature = "peers")]
+    for w in ["tell", "ask-seq", "ask-par", "flow", "broadcast", "stream"] {
+        for p in ["kameo", "ractor", "actix"] {
+            let ok = rows.iter().any(|r| {
+                r["workload"] == w
+                    && r["system"] == p
+                    && r["median_ops_per_sec"].as_f64() > Some(0.0)
+                    && r["ratio_to"] == "floor"
+            });
+            assert!(ok, "{w}: no measured {p} row");
+        }
+    }
     assert!(has("admission", "happen(limits)") && has("admission", "happen(unlimited)"));
     assert!(has("admission-overload", "happen(limits)"));
+    for s in [
+        "happen(2 workers)",
+        "happen(1 worker)",
+        "floor(2 workers)",
+        "floor(1 worker)",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["workload"] == "node-scale" && r["system"] == s);
+        let row = row.unwrap_or_else(|| panic!("node-scale row {s} missing"));
+        assert!(
+            row["median_ops_per_sec"].as_f64() > Some(0.0),
+            "node-scale {s} has no throughput"
+        );
+    }
+    let scale = rows
+        .iter()
+        .find(|r| r["workload"] == "node-scale" && r["system"] == "happen(2 workers)");
+    assert_eq!(
+        scale.map(|r| &r["ratio_to"]),
+        Some(&serde_json::json!("happen(1 worker)")),
+        "node-scale: the 2-worker ratio is taken against the 1-worker row"
+    );
     for w in ["nats-ask-seq", "nats-ask-par", "nats-broadcast"] {
         // Measured when nats-server is installed, marked "not available" otherwise.
         assert!(has(w, "floor") && has(w, "happen"), "rows for {w} missing");

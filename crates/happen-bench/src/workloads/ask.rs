@@ -6,6 +6,8 @@
 //! - `flow`: sequential sends through a 3-step Event Continuum (`Flow::next` twice), awaited.
 //!   Floor: the server task awaits three `async fn`s before answering over the same raw
 //!   channel round trip.
+//!
+//! With `--features peers`: kameo, ractor and actix rows too (see [`super::peers`]).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -14,37 +16,41 @@ use happen::{Context, Event, Flow, Happen, Node};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::peers::{self, Workload};
 use super::{err, split_clients};
 use crate::measure::{Bench, RunResult, Sample, system};
 use crate::report::Row;
 
 /// Requests in flight in `ask-par`.
-const PARALLEL: u64 = 64;
+pub(crate) const PARALLEL: u64 = 64;
 
 pub(crate) fn run_seq(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 2_000 } else { 100_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", |n| happen_ask(n, 1, Shape::Direct)),
         system("floor", |n| floor_ask(n, 1, Shape::Direct)),
     ];
+    systems.extend(peers::systems(Workload::AskSeq));
     bench.compare("ask-seq", n, &systems, "floor")
 }
 
 pub(crate) fn run_par(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 10_000 } else { 1_000_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", |n| happen_ask(n, PARALLEL, Shape::Direct)),
         system("floor", |n| floor_ask(n, PARALLEL, Shape::Direct)),
     ];
+    systems.extend(peers::systems(Workload::AskPar));
     bench.compare("ask-par", n, &systems, "floor")
 }
 
 pub(crate) fn run_flow(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 2_000 } else { 100_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", |n| happen_ask(n, 1, Shape::ThreeSteps)),
         system("floor", |n| floor_ask(n, 1, Shape::ThreeSteps)),
     ];
+    systems.extend(peers::systems(Workload::Flow));
     bench.compare("flow", n, &systems, "floor")
 }
 
@@ -131,7 +137,8 @@ async fn happen_client(
 
 type Request = (u64, oneshot::Sender<u64>);
 
-async fn fstep(v: u64) -> u64 {
+/// One step of the floor's (and the peers') three-step `flow`.
+pub(crate) async fn fstep(v: u64) -> u64 {
     black_box(v)
 }
 

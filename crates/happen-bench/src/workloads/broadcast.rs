@@ -6,6 +6,8 @@
 //! Floor: `tokio::sync::broadcast` (capacity 4,096) with 4 receiver tasks; the producer yields
 //! while more than half the capacity is queued, so no receiver lags (lagged values are noted).
 //! Throughput counts deliveries (broadcasts × 4).
+//! With `--features peers`: kameo, ractor and actix rows too, telling each of 4 actors (see
+//! [`super::peers`]).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -13,21 +15,23 @@ use std::time::{Duration, Instant};
 use happen::{Context, Event, Happen};
 use tokio::sync::broadcast;
 
+use super::peers::{self, Workload};
 use super::{PACE_EVERY, err, pace};
 use crate::measure::{Bench, Countdown, RunResult, Sample, system};
 use crate::report::Row;
 
 /// Subscribing nodes / receivers.
-const RECEIVERS: u64 = 4;
+pub(crate) const RECEIVERS: u64 = 4;
 /// Capacity of the floor's broadcast channel.
 const FLOOR_CAPACITY: usize = 4_096;
 
 pub(crate) fn run(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 2_000 } else { 100_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", happen_broadcast),
         system("floor", floor_broadcast),
     ];
+    systems.extend(peers::systems(Workload::Broadcast));
     let mut rows = bench.compare("broadcast", n, &systems, "floor");
     for r in &mut rows {
         r.note = join(&format!("deliveries/s, {RECEIVERS} receivers"), &r.note);

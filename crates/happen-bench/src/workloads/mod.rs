@@ -11,6 +11,8 @@ pub(crate) mod admission;
 pub(crate) mod ask;
 pub(crate) mod broadcast;
 pub(crate) mod nats;
+pub(crate) mod node_scale;
+pub(crate) mod peers;
 pub(crate) mod stream;
 pub(crate) mod tell;
 
@@ -23,6 +25,7 @@ pub(crate) const LOCAL: &[&str] = &[
     "broadcast",
     "stream",
     "admission",
+    "node-scale",
 ];
 
 /// Workloads that need a `nats-server`.

@@ -2,7 +2,10 @@
 //!
 //! happen: a streaming handler emits `0..n` through its `Emitter`; the client reads
 //! `reply.into_stream()` to the end. Floor: a bounded `mpsc::channel(1024)` of `u64` from a
-//! producer task to the consumer.
+//! producer task to the consumer. With `--features peers`: kameo, ractor and actix rows too;
+//! they do not stream natively, so their handler pushes the items through a bounded tokio mpsc
+//! of the same capacity (see [`super::peers`]). The `stream-rss` rows are happen and the floor
+//! only.
 //!
 //! Throughput: interleaved rounds in this process. Memory (`stream-rss` rows): one fresh child
 //! process per (size, system) — see [`crate::rss`] — at 10^4, 10^5 and 10^6 items.
@@ -15,19 +18,21 @@ use happen::{Context, Emitter, Event, Happen, NodeOptions};
 use tokio::sync::mpsc;
 
 use super::err;
+use super::peers::{self, Workload};
 use crate::measure::{Bench, RunResult, Sample, apply_ratios, summarize, system};
 use crate::report::Row;
 use crate::rss::run_child;
 
-/// The stream buffer of both systems.
-const BUFFER: usize = 1_024;
+/// The stream buffer of every system (the peers' handlers push through a channel this size).
+pub(crate) const BUFFER: usize = 1_024;
 
 pub(crate) fn run(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 10_000 } else { 1_000_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", happen_stream),
         system("floor", floor_stream),
     ];
+    systems.extend(peers::systems(Workload::Stream));
     let mut rows = bench.compare("stream", n, &systems, "floor");
 
     let sizes: &[u64] = if bench.quick {

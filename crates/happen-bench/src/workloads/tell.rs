@@ -5,6 +5,7 @@
 //! queue; a `QueueFull` would be retried and noted). `happen(send-drop)`: `Node::send` with the
 //! `Reply` dropped at once, paced the same way.
 //! Floor: an unbounded `tokio::sync::mpsc` of `u64` to one consumer task.
+//! With `--features peers`: kameo, ractor and actix rows too (see [`super::peers`]).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use happen::{Context, ErrorKind, Event, Happen};
 use tokio::sync::mpsc;
 
+use super::peers::{self, Workload};
 use super::{PACE_EVERY, err, pace};
 use crate::measure::{Bench, Countdown, RunResult, Sample, system};
 use crate::report::Row;
@@ -24,11 +26,12 @@ enum Mode {
 
 pub(crate) fn run(bench: &Bench) -> Vec<Row> {
     let n = if bench.quick { 10_000 } else { 1_000_000 };
-    let systems = [
+    let mut systems = vec![
         system("happen", |n| happen_tell(n, Mode::Tell)),
         system("floor", floor_tell),
         system("happen(send-drop)", |n| happen_tell(n, Mode::SendDrop)),
     ];
+    systems.extend(peers::systems(Workload::Tell));
     bench.compare("tell", n, &systems, "floor")
 }
 
