@@ -40,6 +40,20 @@ use crate::transport::{Inbox, LocalTransport, Transport};
 #[derive(Clone)]
 pub struct Happen {
     shared: Arc<HappenShared>,
+    /// Shared by every clone of this handle (nodes and flows do not hold it): when the last
+    /// clone is dropped, the instance shuts down.
+    _owner: Arc<Owner>,
+}
+
+/// Shuts the instance down when the last [`Happen`] handle goes away.
+struct Owner(std::sync::Weak<HappenShared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.close_now();
+        }
+    }
 }
 
 pub(crate) struct HappenShared {
@@ -103,14 +117,16 @@ impl HappenBuilder {
             None => Dispatch::Local(Arc::new(LocalTransport::new())),
             Some(t) => Dispatch::Custom(t),
         };
+        let shared = Arc::new(HappenShared {
+            config: self.config,
+            dispatch,
+            nodes: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            cpu: std::sync::OnceLock::new(),
+        });
         Ok(Happen {
-            shared: Arc::new(HappenShared {
-                config: self.config,
-                dispatch,
-                nodes: Mutex::new(HashMap::new()),
-                closed: AtomicBool::new(false),
-                cpu: std::sync::OnceLock::new(),
-            }),
+            _owner: Arc::new(Owner(Arc::downgrade(&shared))),
+            shared,
         })
     }
 }
@@ -169,6 +185,11 @@ impl Happen {
     ///
     /// # Errors
     /// As [`node`](Happen::node), plus invalid option values.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it resolves (for example while a slow
+    /// transport attaches the node), the half-made node is removed again, so creating the
+    /// same id later succeeds.
     pub async fn node_with(&self, id: impl Into<NodeId>, options: NodeOptions) -> Result<Node> {
         let id = id.into();
         validate_node_id(&id)?;
@@ -192,15 +213,16 @@ impl Happen {
             }
             nodes.insert(id.clone(), node.clone());
         }
-        let attached = match &self.shared.dispatch {
-            Dispatch::Local(t) => t.attach(Inbox::new(node.clone())).await,
-            Dispatch::Custom(t) => t.attach(Inbox::new(node.clone())).await,
+        // Undoes the registration if attaching fails or this future is dropped meanwhile.
+        let mut creating = Creating {
+            shared: &self.shared,
+            node: Some(node.clone()),
         };
-        if let Err(e) = attached {
-            self.shared.nodes.lock().remove(&id);
-            node.engine().close(&node, true);
-            return Err(e);
+        match &self.shared.dispatch {
+            Dispatch::Local(t) => t.attach(Inbox::new(node.clone())).await?,
+            Dispatch::Custom(t) => t.attach(Inbox::new(node.clone())).await?,
         }
+        creating.node = None;
         Ok(node)
     }
 
@@ -250,7 +272,63 @@ impl Happen {
     }
 }
 
+/// A node being created: registered, not yet attached.
+struct Creating<'a> {
+    shared: &'a Arc<HappenShared>,
+    /// `None` once the node is attached.
+    node: Option<Node>,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            self.shared.forget(&node);
+            node.engine().close(&node, true);
+        }
+    }
+}
+
 impl HappenShared {
+    /// Removes `node` from the registry and the transport (if it is still the node of its id).
+    pub(crate) fn forget(&self, node: &Node) {
+        let removed = {
+            let mut nodes = self.nodes.lock();
+            match nodes.get(node.id()) {
+                Some(n) if Arc::ptr_eq(&n.shared, &node.shared) => nodes.remove(node.id()),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            match &self.dispatch {
+                Dispatch::Local(t) => t.detach(node.id()),
+                Dispatch::Custom(t) => t.detach(node.id()),
+            }
+        }
+    }
+
+    /// Shuts down at once: the last `Happen` handle was dropped (without `shutdown`).
+    fn close_now(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) && self.nodes.lock().is_empty() {
+            return; // shut down already
+        }
+        let nodes: Vec<Node> = self.nodes.lock().drain().map(|(_, n)| n).collect();
+        for n in &nodes {
+            n.engine().close(n, true);
+        }
+        match &self.dispatch {
+            Dispatch::Local(t) => t.clear(),
+            Dispatch::Custom(t) => {
+                for n in &nodes {
+                    t.detach(n.id());
+                }
+                let t = t.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move { t.shutdown().await });
+                }
+            }
+        }
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }

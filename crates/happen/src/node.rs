@@ -423,6 +423,44 @@ impl Node {
         self.broadcast_inner(event, None)
     }
 
+    /// Removes this node from its instance: it stops taking events at once (sends by id then
+    /// fail with [`ErrorKind::UnknownNode`], sends through a handle with
+    /// [`ErrorKind::ShutDown`]), running and queued flows may finish for up to `deadline`,
+    /// then what is left is cancelled (its senders get `ShutDown`). The id can be used for a
+    /// new node afterwards.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let worker = happen.node("worker").await?;
+    /// worker.close(Duration::from_secs(5)).await;
+    /// assert!(happen.get_node("worker").is_none());
+    /// let err = worker.send("worker", Event::new("ping", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    /// let again = happen.node("worker").await?; // the id is free again
+    /// # let _ = again; Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// The node stops taking events at the first poll; if the future is dropped before it
+    /// resolves, its remaining flows keep running until they finish.
+    pub async fn close(&self, deadline: Duration) {
+        self.shared.happen.forget(self);
+        let engine = self.engine();
+        engine.close(self, false);
+        if tokio::time::timeout(deadline, engine.wait_drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %self.id(), ?deadline, "close deadline passed; cancelling the remaining flows");
+            engine.close(self, true);
+            engine.wait_drained().await;
+        }
+    }
+
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
         self.shared

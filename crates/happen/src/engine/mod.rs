@@ -59,11 +59,15 @@ fn queued(w: u64) -> u64 {
     (w >> 32) & 0x7FFF_FFFF
 }
 
-/// Counters every event touches, kept on the admission word's cache line.
+/// What senders write: the admission word and the admission counters, on one cache line.
 struct Hot {
     word: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
+}
+
+/// What finishing flows write, on a cache line of its own (senders never touch it).
+struct Done {
     completed: AtomicU64,
     failed: AtomicU64,
 }
@@ -86,6 +90,7 @@ struct Slow {
 /// Admission state and the running side of one node.
 pub(crate) struct Engine {
     hot: CachePadded<Hot>,
+    done: CachePadded<Done>,
     slow: Mutex<Slow>,
     pub(crate) run: Runner,
     limits: Limits,
@@ -107,6 +112,8 @@ impl Engine {
                 word: AtomicU64::new(0),
                 accepted: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+            }),
+            done: CachePadded::new(Done {
                 completed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             }),
@@ -329,10 +336,10 @@ impl Engine {
     /// Counts a finished flow (before it answers, so a sender that got its reply sees it).
     pub(crate) fn count_finished(&self, failed: bool) {
         if failed {
-            self.hot.failed.fetch_add(1, Ordering::Relaxed);
+            self.done.failed.fetch_add(1, Ordering::Relaxed);
             self.metrics.failed.increment(1);
         } else {
-            self.hot.completed.fetch_add(1, Ordering::Relaxed);
+            self.done.completed.fetch_add(1, Ordering::Relaxed);
             self.metrics.completed.increment(1);
         }
     }
@@ -542,8 +549,8 @@ impl Engine {
             peak_queued: slow.peak_queued,
             accepted: self.hot.accepted.load(Ordering::Relaxed),
             rejected: self.hot.rejected.load(Ordering::Relaxed),
-            completed: self.hot.completed.load(Ordering::Relaxed),
-            failed: self.hot.failed.load(Ordering::Relaxed),
+            completed: self.done.completed.load(Ordering::Relaxed),
+            failed: self.done.failed.load(Ordering::Relaxed),
             unobserved_failures,
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),

@@ -1,0 +1,207 @@
+//! Node lifecycle: creating a node is cancel-safe, one node can be closed, and dropping the
+//! last `Happen` handle shuts the instance down without leaking tasks.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use happen::stream::ReplySender;
+use happen::{
+    Context, ErrorKind, Event, Happen, Inbox, LocalTransport, NodeId, NodeOptions, PartialLimits,
+    Transport,
+};
+use tokio::time::timeout;
+
+mod support;
+use support::wait_until;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The in-process transport, except that attaching hangs while `hold` is set.
+#[derive(Clone, Default)]
+struct SlowAttach {
+    inner: Arc<LocalTransport>,
+    hold: Arc<AtomicBool>,
+}
+
+impl Transport for SlowAttach {
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+        if self.hold.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        self.inner.attach(inbox)
+    }
+    fn detach(&self, node: &NodeId) {
+        self.inner.detach(node);
+    }
+    fn send(
+        &self,
+        target: &NodeId,
+        event: Event,
+        reply: Option<ReplySender>,
+    ) -> happen::Result<()> {
+        self.inner.send(target, event, reply)
+    }
+    fn broadcast(&self, event: Event) -> happen::Result<()> {
+        self.inner.broadcast(event)
+    }
+}
+
+#[tokio::test]
+async fn dropping_node_creation_mid_attach_leaves_nothing_behind() {
+    let transport = SlowAttach::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    transport.hold.store(true, Ordering::SeqCst);
+    let creating = happen.node("slow");
+    assert!(
+        timeout(Duration::from_millis(20), creating).await.is_err(),
+        "attach hangs, so creation cannot finish"
+    );
+    // The dropped future took its half-made node with it.
+    assert!(happen.get_node("slow").is_none());
+
+    transport.hold.store(false, Ordering::SeqCst);
+    let node = timeout(T, happen.node("slow")).await.unwrap().unwrap();
+    node.on("ping", |_e: Event, _c: Context| async { "pong" })
+        .unwrap();
+    let client = timeout(T, happen.node("client")).await.unwrap().unwrap();
+    let v = timeout(T, client.send("slow", Event::new("ping", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_removes_one_node_and_answers_everything_it_held() {
+    let happen = Happen::new();
+    let worker = happen
+        .node_with(
+            "worker",
+            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(2)),
+        )
+        .await
+        .unwrap();
+    worker
+        .on("hang", |_e: Event, _c: Context| async {
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+    worker
+        .on("quick", |_e: Event, _c: Context| async { "quick" })
+        .unwrap();
+    let other = happen.node("other").await.unwrap();
+    other
+        .on("ping", |_e: Event, _c: Context| async { "pong" })
+        .unwrap();
+    let client = happen.node("client").await.unwrap();
+
+    // Two running (they never finish by themselves), three queued.
+    let held: Vec<_> = (0..5)
+        .map(|_| client.send(&worker, Event::new("hang", ())).into_future())
+        .collect();
+    wait_until("two running, three queued", || {
+        let s = worker.stats();
+        (s.active, s.queued) == (2, 3)
+    })
+    .await;
+
+    timeout(T, worker.close(Duration::from_millis(100)))
+        .await
+        .expect("close returns after its deadline");
+    for r in timeout(T, futures::future::join_all(held)).await.unwrap() {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::ShutDown);
+    }
+    assert!(happen.get_node("worker").is_none());
+    let by_id = timeout(T, client.send("worker", Event::new("quick", ())))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(by_id.kind(), ErrorKind::UnknownNode);
+    let by_handle = client.tell(&worker, Event::new("quick", ())).unwrap_err();
+    assert_eq!(by_handle.kind(), ErrorKind::ShutDown);
+
+    // The rest of the instance is untouched, and the id is free again.
+    let v = timeout(T, client.send(&other, Event::new("ping", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "pong");
+    let again = happen.node("worker").await.unwrap();
+    again
+        .on("quick", |_e: Event, _c: Context| async { "again" })
+        .unwrap();
+    let v = timeout(T, client.send("worker", Event::new("quick", ())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "again");
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_shuts_down_and_leaks_no_task() {
+    let baseline = alive_tasks();
+    let happen = Happen::new();
+    let mut nodes = Vec::new();
+    for i in 0..10 {
+        let node = happen.node(format!("n{i}")).await.unwrap();
+        node.on("hang", |_e: Event, _c: Context| async {
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+        node.on("ping", |_e: Event, _c: Context| async { "pong" })
+            .unwrap();
+        nodes.push(node);
+    }
+    let client = happen.node("client").await.unwrap();
+    // Every node has a driver (pings) and two flows waiting in their own tasks (hangs).
+    let mut hanging = Vec::new();
+    for node in &nodes {
+        let v = timeout(T, client.send(node, Event::new("ping", ())))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, "pong");
+        for _ in 0..2 {
+            hanging.push(client.send(node, Event::new("hang", ())).into_future());
+        }
+    }
+    wait_until("all hangs running", || {
+        nodes.iter().all(|n| n.stats().active == 2)
+    })
+    .await;
+    assert!(alive_tasks() > baseline + 20);
+
+    let clone = happen.clone();
+    drop(happen);
+    assert!(
+        nodes[0].stats().active == 2,
+        "a clone still owns the instance"
+    );
+    drop(clone);
+
+    for r in timeout(T, futures::future::join_all(hanging))
+        .await
+        .unwrap()
+    {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::ShutDown);
+    }
+    let err = client.tell(&nodes[3], Event::new("ping", ())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ShutDown);
+    // Node handles may outlive the instance; its tasks do not.
+    wait_until("every task of the instance ended", || {
+        alive_tasks() == baseline
+    })
+    .await;
+}
