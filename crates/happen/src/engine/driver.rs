@@ -151,58 +151,73 @@ impl Runner {
 
 /// One driver of a node: takes ready events, starts their flows and polls each once. Holds
 /// only a weak reference, so a node nobody uses any more is freed and its drivers end.
+///
+/// Supervised: user code runs inside each flow's own panic boundary, and a panic in the
+/// engine itself is caught here too, logged and counted, and the driver carries on — a
+/// driver never ends while its node lives, so nothing waits on a dead one.
 async fn drive(node: Weak<NodeShared>, index: usize) {
     let mut cache = StepCache::default();
-    let bit = 1u64 << index;
     futures::future::poll_fn(|cx| {
         let Some(shared) = node.upgrade() else {
             return Poll::Ready(());
         };
         let node = Node { shared };
-        let engine = node.engine();
-        let run = &engine.run;
-        let mut started = 0;
-        loop {
-            let task = {
-                let _g = run.start.lock();
-                run.ready
-                    .pop()
-                    .map(|p| FlowTask::start(&node, p, &mut cache))
-            };
-            let Some(mut task) = task else {
-                if engine.is_drained() {
-                    return Poll::Ready(());
-                }
-                run.wakers[index].register(cx.waker());
-                run.idle.fetch_or(bit, Ordering::AcqRel);
-                if run.ready.is_empty() && !engine.is_drained() {
-                    return Poll::Pending;
-                }
-                // Work arrived (or the node drained) while parking: take the bit back. If a
-                // sender took it first, it also woke us, which costs one spurious poll.
-                run.idle.fetch_and(!bit, Ordering::AcqRel);
-                continue;
-            };
-            // The flow runs user code inside its own panic boundary; this one guards the
-            // engine itself, so a bug here fails one flow instead of silencing the node.
-            match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut task).poll(cx))) {
-                Ok(Poll::Ready(())) => {}
-                Ok(Poll::Pending) if !run.cancelled.load(Ordering::Acquire) => {
-                    task.nudge(); // the flow waits: its sender arms its timeout now
-                    run.spawn(task);
-                }
-                Ok(Poll::Pending) => drop(task), // cancelled: answers `ShutDown`
-                Err(panic) => {
-                    engine.fault(&node, &panic_message(&*panic));
-                    drop(task); // answers its sender and gives the slot back
-                }
-            }
-            started += 1;
-            if started >= BUDGET {
+        match catch_unwind(AssertUnwindSafe(|| drive_once(&node, index, &mut cache, cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                node.engine().fault(&node, &panic_message(&*panic));
+                cache = StepCache::default();
                 cx.waker().wake_by_ref();
-                return Poll::Pending;
+                Poll::Pending
             }
         }
     })
     .await;
+}
+
+/// One poll of a driver: starts ready flows until the queue is empty (then parks) or the
+/// budget is spent (then yields).
+fn drive_once(
+    node: &Node,
+    index: usize,
+    cache: &mut StepCache,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<()> {
+    let engine = node.engine();
+    let run = &engine.run;
+    let bit = 1u64 << index;
+    let mut started = 0;
+    loop {
+        let task = {
+            let _g = run.start.lock();
+            run.ready.pop().map(|p| FlowTask::start(node, p, cache))
+        };
+        let Some(mut task) = task else {
+            if engine.is_drained() {
+                return Poll::Ready(());
+            }
+            run.wakers[index].register(cx.waker());
+            run.idle.fetch_or(bit, Ordering::AcqRel);
+            if run.ready.is_empty() && !engine.is_drained() {
+                return Poll::Pending;
+            }
+            // Work arrived (or the node drained) while parking: take the bit back. If a
+            // sender took it first, it also woke us, which costs one spurious poll.
+            run.idle.fetch_and(!bit, Ordering::AcqRel);
+            continue;
+        };
+        match Pin::new(&mut task).poll(cx) {
+            Poll::Ready(()) => {}
+            Poll::Pending if !run.cancelled.load(Ordering::Acquire) => {
+                task.nudge(); // the flow waits: its sender arms its timeout now
+                run.spawn(task);
+            }
+            Poll::Pending => drop(task), // cancelled: answers `ShutDown`
+        }
+        started += 1;
+        if started >= BUDGET {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+    }
 }
