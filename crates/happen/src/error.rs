@@ -56,6 +56,11 @@ pub enum ErrorKind {
     Transport,
     /// A broadcast-stream subscriber fell too far behind and skipped items.
     Lagged,
+    /// The flow failed because a call it made to another node failed, and it passed that
+    /// error on (for example with `?`). [`Error::node`] is the node whose flow failed;
+    /// [`Error::downstream`] is the error its call got, and [`Error::origin`] the first
+    /// error of the chain — so a caller can tell its own timeout from one deeper down.
+    Downstream,
 }
 
 impl ErrorKind {
@@ -82,6 +87,7 @@ impl ErrorKind {
             ErrorKind::DuplicateNode => "duplicate_node",
             ErrorKind::Transport => "transport",
             ErrorKind::Lagged => "lagged",
+            ErrorKind::Downstream => "downstream",
         }
     }
 
@@ -97,7 +103,7 @@ impl ErrorKind {
     }
 }
 
-const ALL_KINDS: [ErrorKind; 16] = [
+const ALL_KINDS: [ErrorKind; 17] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -114,6 +120,7 @@ const ALL_KINDS: [ErrorKind; 16] = [
     ErrorKind::DuplicateNode,
     ErrorKind::Transport,
     ErrorKind::Lagged,
+    ErrorKind::Downstream,
 ];
 
 impl fmt::Display for ErrorKind {
@@ -146,6 +153,13 @@ struct Inner {
     event_id: Option<EventId>,
     limit: Option<usize>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// An application error code (crosses transports).
+    code: Option<Arc<str>>,
+    /// For [`ErrorKind::Downstream`]: the error the failed call got.
+    downstream: Option<Error>,
+    /// Set when a sender received this error as the answer to a send, so a flow that passes
+    /// it on is recognised as failing because of a downstream call.
+    received: bool,
 }
 
 impl Error {
@@ -159,6 +173,9 @@ impl Error {
                 event_id: None,
                 limit: None,
                 source: None,
+                code: None,
+                downstream: None,
+                received: false,
             }),
         }
     }
@@ -187,6 +204,66 @@ impl Error {
     /// [`ErrorKind::ChainTooDeep`] (the maximum depth).
     pub fn limit(&self) -> Option<usize> {
         self.inner.limit
+    }
+
+    /// The application's error code, if the handler set one with
+    /// [`with_code`](Error::with_code). Codes cross transports unchanged.
+    pub fn code(&self) -> Option<&str> {
+        self.inner.code.as_deref()
+    }
+
+    /// For [`ErrorKind::Downstream`]: the error the failed downstream call got (which may be
+    /// `Downstream` itself, one hop further).
+    pub fn downstream(&self) -> Option<&Error> {
+        self.inner.downstream.as_ref()
+    }
+
+    /// The first error of a chain of [`ErrorKind::Downstream`] errors: where things went
+    /// wrong (its [`node`](Error::node), [`kind`](Error::kind) and [`code`](Error::code)).
+    /// For any other error, the error itself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let payments = happen.node("payments").await?;
+    /// payments.on("charge", |_e: Event, _c: Context| async {
+    ///     Err::<(), _>(Error::new(ErrorKind::Handler, "card declined").with_code("card_declined"))
+    /// })?;
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("order", |_e: Event, ctx: Context| async move {
+    ///     ctx.send("payments", Event::new("charge", ())).await // `?` or returned: passed on
+    /// })?;
+    /// let web = happen.node("web").await?;
+    /// let err = web.send(&orders, Event::new("order", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Downstream);
+    /// assert_eq!(err.node().unwrap(), "orders");
+    /// assert_eq!(err.origin().kind(), ErrorKind::Handler);
+    /// assert_eq!(err.origin().node().unwrap(), "payments");
+    /// assert_eq!(err.origin().code(), Some("card_declined"));
+    /// # Ok(()) }
+    /// ```
+    pub fn origin(&self) -> &Error {
+        let mut e = self;
+        while let Some(inner) = e.downstream() {
+            e = inner;
+        }
+        e
+    }
+
+    /// Sets an application error code: a short stable string (such as `card_declined`) that
+    /// callers can match on, on this process or across a transport.
+    pub fn with_code(mut self, code: impl Into<String>) -> Error {
+        self.inner_mut().code = Some(Arc::from(code.into()));
+        self
+    }
+
+    /// Makes this a [`ErrorKind::Downstream`]-style wrapper of `inner` (transports use this to
+    /// rebuild a chain received over the wire; flows get it automatically).
+    pub fn with_downstream(mut self, inner: Error) -> Error {
+        self.inner_mut().downstream = Some(inner);
+        self
     }
 
     /// `true` for [`ErrorKind::Timeout`].
@@ -252,6 +329,9 @@ impl Error {
                 event_id: i.event_id.clone(),
                 limit: i.limit,
                 source: i.source.clone(),
+                code: i.code.clone(),
+                downstream: i.downstream.clone(),
+                received: i.received,
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -289,9 +369,52 @@ impl Error {
                     event_id: None,
                     limit: None,
                     source: Some(Arc::from(other)),
+                    code: None,
+                    downstream: None,
+                    received: false,
                 }),
             },
         }
+    }
+
+    /// Marks an error a sender received as the answer to a send.
+    pub(crate) fn received(mut self) -> Error {
+        if !self.inner.received {
+            self.inner_mut().received = true;
+        }
+        self
+    }
+
+    /// The error a flow at `node` (handling `event`) ends with: an error it received from a
+    /// downstream call and passed on is wrapped as [`ErrorKind::Downstream`]; any other error
+    /// is stamped with the node and event where it happened, if it does not name them yet.
+    pub(crate) fn at_flow(self, node: &NodeId, event: &EventId) -> Error {
+        if self.inner.received {
+            let origin = self.origin();
+            let at = origin
+                .node()
+                .map(|n| format!(" at node `{n}`"))
+                .unwrap_or_default();
+            let message = format!(
+                "the flow at node `{node}` failed because a call it made failed; the first error ({}{at}): {}",
+                origin.kind(),
+                origin.message()
+            );
+            let mut inner = self;
+            inner.inner_mut().received = false;
+            let mut e = Error::new(ErrorKind::Downstream, message)
+                .with_node(node)
+                .with_event(event);
+            e.inner_mut().downstream = Some(inner);
+            return e;
+        }
+        let mut e = self;
+        if e.inner.node.is_none() || e.inner.event_id.is_none() {
+            let i = e.inner_mut();
+            i.node.get_or_insert_with(|| node.clone());
+            i.event_id.get_or_insert_with(|| event.clone());
+        }
+        e
     }
 
     pub(crate) fn panic(node: &NodeId, message: &str) -> Error {
@@ -372,6 +495,12 @@ impl fmt::Debug for Error {
         if let Some(l) = &self.inner.limit {
             d.field("limit", l);
         }
+        if let Some(c) = &self.inner.code {
+            d.field("code", c);
+        }
+        if let Some(inner) = &self.inner.downstream {
+            d.field("downstream", inner);
+        }
         d.finish()
     }
 }
@@ -384,6 +513,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if let Some(inner) = &self.inner.downstream {
+            return Some(inner);
+        }
         self.inner
             .source
             .as_deref()

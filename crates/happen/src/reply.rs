@@ -249,7 +249,16 @@ impl Stream for ReplyStream {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Value>>> {
-        let this = &mut *self;
+        // Every error a sender receives is marked as received, so a flow that passes it on
+        // reports it as a downstream failure (see `ErrorKind::Downstream`).
+        self.poll_inner(cx)
+            .map(|item| item.map(|r| r.map_err(Error::received)))
+    }
+}
+
+impl ReplyStream {
+    fn poll_inner(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Value>>> {
+        let this = self;
         loop {
             match &mut this.state {
                 StreamState::Waiting(rx, arm) => match rx.poll_recv(cx) {

@@ -357,8 +357,14 @@ async fn chain_too_deep_across_nodes_via_ctx_send() {
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ChainTooDeep, "{err:?}");
-    assert_eq!(err.limit(), Some(4));
+    // Each hop passed the error on: the caller sees where its own call failed (a), and the
+    // first error of the chain.
+    assert_eq!(err.kind(), ErrorKind::Downstream, "{err:?}");
+    assert_eq!(err.node().map(|n| n.as_str()), Some("a"));
+    let origin = err.origin();
+    assert_eq!(origin.kind(), ErrorKind::ChainTooDeep, "{err:?}");
+    assert_eq!(origin.limit(), Some(4));
+    assert!(err.message().contains("more than 4 nodes"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]

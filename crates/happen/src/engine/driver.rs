@@ -162,7 +162,9 @@ async fn drive(node: Weak<NodeShared>, index: usize) {
             return Poll::Ready(());
         };
         let node = Node { shared };
-        match catch_unwind(AssertUnwindSafe(|| drive_once(&node, index, &mut cache, cx))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            drive_once(&node, index, &mut cache, cx)
+        })) {
             Ok(poll) => poll,
             Err(panic) => {
                 node.engine().fault(&node, &panic_message(&*panic));

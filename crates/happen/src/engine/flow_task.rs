@@ -140,6 +140,7 @@ impl FlowTask {
         let node = self.ctx.node().clone();
         node.engine().release(&node, self.lane.take());
         node.engine().count_finished(outcome.is_err());
+        let outcome = outcome.map_err(|e| e.at_flow(node.id(), self.ctx.event().id()));
         if let Err(e) = &outcome {
             let _g = self.span.enter();
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
