@@ -19,6 +19,7 @@ use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result, 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::NatsConfig;
 use crate::stats::{Counters, NatsStats, inc};
@@ -52,6 +53,27 @@ pub(crate) enum Pending {
     Stream {
         frames: mpsc::Sender<async_nats::Message>,
     },
+    /// A request that reached a stopped node of this process and was relayed to another
+    /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
+    Relay {
+        to: Subject,
+        node: NodeId,
+        /// Signalled when the first answer was passed back.
+        first: Option<oneshot::Sender<()>>,
+        /// Forgotten after the request timeout.
+        expires: Instant,
+    },
+}
+
+/// How long `shutdown` waits for the nodes' serve tasks and for the outgoing buffer to drain.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// An entry of the outgoing buffer.
+pub(crate) enum Queued {
+    /// A message, and the token of the request it is (to fail it if publishing fails).
+    Message(Outgoing, Option<u64>),
+    /// Hand everything queued before to the client, flush the client, then signal.
+    Flush(oneshot::Sender<()>),
 }
 
 struct NodeHandle {
@@ -70,7 +92,7 @@ pub(crate) struct Shared {
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) controls: Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
     /// Outgoing messages, handed to the client in order by the `publisher` task.
-    outbound: mpsc::Sender<(Outgoing, Option<u64>)>,
+    outbound: mpsc::Sender<Queued>,
     /// Messages in `outbound` or being handed to the client by `publisher`.
     queued: AtomicUsize,
     /// Signalled when `queued` falls to half of `outbound_buffer` (for [`NatsTransport::ready`]).
@@ -293,32 +315,27 @@ pub(crate) enum Headers {
 }
 
 /// Publishes queued outgoing messages in order (`send` and `broadcast` must not block).
-async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Outgoing, Option<u64>)>) {
+async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queued>) {
     let mut sink = shared.client.clone();
-    while let Some((out, token)) = rx.recv().await {
-        let msg = OutboundMessage {
-            subject: out.subject,
-            reply: out.reply,
-            headers: match out.headers {
-                Headers::None => None,
-                Headers::Stream => Some(shared.stream_header.clone()),
-                Headers::Custom(h) => Some(h),
-            },
-            payload: out.payload,
+    while let Some(queued) = rx.recv().await {
+        let (out, token) = match queued {
+            Queued::Message(out, token) => (out, token),
+            Queued::Flush(done) => {
+                // everything before was fed to the client; its flush writes it to the socket
+                let _ = shared.client.flush().await;
+                shared.dequeued();
+                let _ = done.send(());
+                continue;
+            }
         };
-        let r = sink.feed(msg).await;
-        if shared.queued.fetch_sub(1, Ordering::AcqRel) - 1 == shared.room_mark() {
-            shared.room.notify_waiters();
-        }
+        let r = sink.feed(shared.outbound_message(out)).await;
+        shared.dequeued();
         if let Err(e) = r {
             tracing::warn!(target: "happen_nats", error = %e, "publishing failed");
-            if let Some(token) = token
-                && let Some(Pending::Reply { tx, .. }) = shared.pending.lock().remove(&token)
-            {
-                let _ = tx.send(happen::stream::Response::Done(Err(transport_error(
-                    "the event could not be published to nats",
-                    e,
-                ))));
+            if let Some(token) = token {
+                shared.forget(token, || {
+                    transport_error("the event could not be published to nats", &e)
+                });
             }
         }
     }
@@ -373,13 +390,109 @@ impl Shared {
     pub(crate) fn fail_pending(&self, why: &str) {
         let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
         for p in drained {
-            if let Pending::Reply { tx, target } = p {
-                inc(&self.counters.failed_on_disconnect);
-                let err = Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
-                let _ = tx.send(happen::stream::Response::Done(Err(err)));
+            match p {
+                Pending::Reply { tx, target, .. } => {
+                    inc(&self.counters.failed_on_disconnect);
+                    let err =
+                        Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
+                    let _ = tx.send(happen::stream::Response::Done(Err(err)));
+                }
+                // a stream consumer sees its frame channel close and ends with a transport
+                // error; a relayed request's sender sees its own connection's state
+                Pending::Stream { .. } | Pending::Relay { .. } => {}
             }
-            // a stream consumer sees its frame channel close and ends with a transport error
         }
+    }
+
+    /// Removes the request `token` that could not be published, failing its sender with
+    /// `err()`.
+    fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
+        let removed = self.pending.lock().remove(&token);
+        if let Some(Pending::Reply { tx, .. }) = removed {
+            let _ = tx.send(happen::stream::Response::Done(Err(err())));
+        }
+    }
+
+    /// Registers a relay of a request to `node` whose answer goes back to `to`; returns the
+    /// token of this process's reply subject to publish it with.
+    pub(crate) fn relay(&self, to: Subject, node: NodeId, first: oneshot::Sender<()>) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(
+            token,
+            Pending::Relay {
+                to,
+                node,
+                first: Some(first),
+                expires: Instant::now() + self.config.request_timeout(),
+            },
+        );
+        token
+    }
+
+    /// Builds the client's message (the `Happen-Stream` header from the shared template).
+    pub(crate) fn outbound_message(&self, out: Outgoing) -> OutboundMessage {
+        OutboundMessage {
+            subject: out.subject,
+            reply: out.reply,
+            headers: match out.headers {
+                Headers::None => None,
+                Headers::Stream => Some(self.stream_header.clone()),
+                Headers::Custom(h) => Some(h),
+            },
+            payload: out.payload,
+        }
+    }
+
+    /// One entry left the outgoing buffer.
+    fn dequeued(&self) {
+        if self.queued.fetch_sub(1, Ordering::AcqRel) - 1 == self.room_mark() {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Publishes `out` straight into the client (waiting for room there), bypassing the
+    /// outgoing buffer (used when that is full).
+    pub(crate) async fn publish_now(&self, out: Outgoing) -> Result<()> {
+        let msg = self.outbound_message(out);
+        self.client
+            .clone()
+            .send(msg)
+            .await
+            .map_err(|e| transport_error("cannot publish", e))
+    }
+
+    /// Waits until everything queued for publishing so far has been handed to the client and
+    /// the client has written it to the server.
+    pub(crate) async fn flush_outbound(&self) {
+        let (done, flushed) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.outbound.send(Queued::Flush(done)).await.is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let _ = flushed.await;
+    }
+
+    /// Waits (at most `within`) for a message to this process's reply inbox to come back
+    /// through the server: the server handles one connection's commands in order, so every
+    /// subscribe and unsubscribe sent before has then taken effect, and every message the
+    /// server routed to this connection before has arrived. One round trip through the
+    /// shared inbox; no subscription of its own.
+    pub(crate) async fn round_trip(&self, within: Duration) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = happen::stream::reply_channel();
+        self.pending.lock().insert(
+            token,
+            Pending::Reply {
+                tx,
+                target: NodeId::from(""),
+            },
+        );
+        let probe = format!("{}.{token}", self.inbox);
+        if self.client.publish(probe, Bytes::new()).await.is_ok() {
+            let _ = tokio::time::timeout(within, rx).await;
+        }
+        self.pending.lock().remove(&token);
     }
 
     /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
@@ -433,15 +546,18 @@ impl Shared {
     /// closed.
     pub(crate) fn try_enqueue(&self, out: Outgoing) -> Option<Outgoing> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let e = self.outbound.try_send((out, None)).err()?;
+        let e = self.outbound.try_send(Queued::Message(out, None)).err()?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(e.into_inner().0)
+        match e.into_inner() {
+            Queued::Message(out, _) => Some(out),
+            Queued::Flush(_) => unreachable!("a message was queued"),
+        }
     }
 
     fn enqueue(&self, out: Outgoing, token: Option<u64>) -> Result<()> {
         let forget = |token: Option<u64>| {
             if let Some(t) = token {
-                self.pending.lock().remove(&t);
+                self.forget(t, || Error::new(ErrorKind::Transport, "not published"));
             }
         };
         // Always through the `publisher` task, never straight into the client from here:
@@ -450,7 +566,7 @@ impl Shared {
         // connection task then runs and writes once per message instead of in batches);
         // sequential latency did not measurably change either way.
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.outbound.try_send((out, token)).map_err(|e| {
+        self.outbound.try_send(Queued::Message(out, token)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             forget(token);
             match e {
@@ -535,6 +651,8 @@ impl Transport for NatsTransport {
             let s = &self.shared;
             let id = inbox.id().clone();
             let group = id.to_string();
+            // read before subscribing: if it changes, the client has subscribed again since
+            let disconnects = s.counters.disconnects.load(Ordering::Acquire);
             let direct = s
                 .client
                 .queue_subscribe(s.subjects.node(&id), group.clone())
@@ -561,6 +679,7 @@ impl Transport for NatsTransport {
                 inbox.clone(),
                 direct,
                 broadcast,
+                disconnects,
                 stop_rx,
             ));
             s.nodes.lock().insert(id, NodeHandle { stop, task, inbox });
@@ -568,11 +687,21 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn detach(&self, node: &NodeId) {
-        if let Some(h) = self.shared.nodes.lock().remove(node) {
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
+        // stopped at once, so dropping the future only skips the waiting
+        let task = self.shared.nodes.lock().remove(node).map(|h| {
             let _ = h.stop.send(());
-            drop(h.task);
-        }
+            h.task
+        });
+        let node = node.clone();
+        Box::pin(async move {
+            if let Some(task) = task
+                && let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(target: "happen_nats", node = %node, "the node's serve task panicked");
+            }
+        })
     }
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
@@ -670,12 +799,25 @@ impl Transport for NatsTransport {
             let s = &self.shared;
             s.closed.store(true, Ordering::Release);
             s.room.notify_waiters();
+            // nodes not detached yet stop now (as `detach`: their answers go out first)
             let nodes: Vec<NodeHandle> = s.nodes.lock().drain().map(|(_, h)| h).collect();
-            for h in nodes {
+            let serving = nodes.into_iter().map(|h| {
                 let _ = h.stop.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), h.task).await;
+                h.task
+            });
+            if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(serving))
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "happen_nats", "nodes still busy after {SHUTDOWN_WAIT:?}; shutting the transport down anyway");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
+            // every answer queued so far reaches the server before the tasks stop
+            if tokio::time::timeout(SHUTDOWN_WAIT, s.flush_outbound())
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "happen_nats", "the outgoing buffer did not drain within {SHUTDOWN_WAIT:?}");
+            }
             for t in s.tasks.lock().drain(..) {
                 t.abort();
             }

@@ -214,18 +214,41 @@ impl Happen {
     /// flows finish for up to `deadline`, then cancels what is left (their senders get
     /// `ShutDown`), stops the transport and returns.
     ///
+    /// With a transport other than the in-process one, the transport first stops routing to
+    /// the nodes ([`Transport::detach`]); events that reached a node before that still run
+    /// (within `deadline`) and are answered.
+    ///
     /// # Cancel safety
-    /// Admission is closed at the first poll; dropping the future early skips the waiting and
-    /// leaves remaining flows running until they finish.
+    /// Sends from this instance are refused from the first poll; dropping the future early
+    /// skips the waiting and leaves remaining flows running until they finish.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shared.closed.store(true, Ordering::Release);
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
+        let until = tokio::time::Instant::now() + deadline;
+        if let Dispatch::Custom(t) = &self.shared.dispatch {
+            // The transport stops routing to the nodes first (so new events go to replicas
+            // elsewhere or fail fast) and delivers the answers to what already reached them;
+            // the nodes stay open for that until the deadline, then what is left is cancelled
+            // (answered `ShutDown`).
+            let mut detached = std::pin::pin!(futures::future::join_all(
+                nodes.iter().map(|n| t.detach(n.id()))
+            ));
+            if tokio::time::timeout_at(until, detached.as_mut())
+                .await
+                .is_err()
+            {
+                for n in &nodes {
+                    n.engine().close(true);
+                }
+                detached.await;
+            }
+        }
         for n in &nodes {
             n.engine().close(false);
         }
         let all_drained =
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
-        if tokio::time::timeout(deadline, all_drained).await.is_err() {
+        if tokio::time::timeout_at(until, all_drained).await.is_err() {
             tracing::warn!(
                 ?deadline,
                 "shutdown deadline passed; cancelling the remaining flows"
@@ -240,12 +263,7 @@ impl Happen {
                 t.shutdown().await;
                 t.clear();
             }
-            Dispatch::Custom(t) => {
-                for n in &nodes {
-                    t.detach(n.id());
-                }
-                t.shutdown().await;
-            }
+            Dispatch::Custom(t) => t.shutdown().await,
         }
         self.shared.nodes.lock().clear();
     }
