@@ -10,6 +10,7 @@ use futures::StreamExt;
 use happen::stream::{Response, StreamSender};
 use happen::{Error, ErrorKind, NodeId};
 
+use crate::pacing::InFlight;
 use crate::stats::inc;
 use crate::transport::{Headers, Outgoing, Pending, Shared};
 use crate::wire::{self, Frame, ReplyFrame, header};
@@ -31,15 +32,30 @@ pub(crate) async fn run(shared: Arc<Shared>, mut sub: Subscriber) {
     }
 }
 
-/// Removes entries nobody will read: callers that timed out or dropped their reply, and
-/// relays whose answer did not come within the request timeout.
+/// Removes entries nobody will read: callers that timed out or dropped their reply (a
+/// request counted for pacing stays counted until its reply arrives or the request timeout
+/// passes: the target may still be working on it), and limits queries that got no answer.
 fn sweep_pending(shared: &Shared) {
     let now = tokio::time::Instant::now();
+    let mut unanswered = Vec::new();
     shared.pending.lock().retain(|_, p| match p {
-        Pending::Reply { tx, .. } => !tx.is_closed(),
-        Pending::Stream { frames } => !frames.is_closed(),
+        Pending::Reply { tx, in_flight, .. } => {
+            !tx.is_closed() || in_flight.as_ref().is_some_and(|f| !f.expired(now))
+        }
+        Pending::Stream { frames, .. } => !frames.is_closed(),
+        Pending::Limits { remote, expires } => {
+            let keep = *expires > now;
+            if !keep {
+                unanswered.push(remote.clone());
+            }
+            keep
+        }
         Pending::Relay { expires, .. } => *expires > now,
     });
+    for remote in unanswered {
+        // no answer (a reference node, say): pace by its reports only
+        remote.set_limits(None);
+    }
 }
 
 fn on_message(shared: &Arc<Shared>, msg: Message) {
@@ -74,8 +90,8 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
                 }
                 return;
             }
-            Some(Pending::Stream { frames }) => Err(frames.clone()),
-            Some(Pending::Reply { .. }) => Ok(pending.remove(&token)),
+            Some(Pending::Stream { frames, .. }) => Err(frames.clone()),
+            Some(Pending::Reply { .. } | Pending::Limits { .. }) => Ok(pending.remove(&token)),
             None => Ok(None),
         }
     };
@@ -88,7 +104,23 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
                 shared.pending.lock().remove(&token);
             }
         }
-        Ok(Some(Pending::Reply { tx, target })) => on_reply(shared, token, tx, target, msg),
+        Ok(Some(Pending::Reply {
+            tx,
+            target,
+            in_flight,
+        })) => on_reply(shared, token, tx, target, in_flight, msg),
+        Ok(Some(Pending::Limits { remote, .. })) => {
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                remote.query_failed();
+            } else {
+                let limits = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header::LIMITS))
+                    .and_then(|v| wire::parse_limits(v.as_str()));
+                remote.set_limits(limits);
+            }
+        }
         Ok(_) => inc(&shared.counters.unmatched),
     }
 }
@@ -147,6 +179,7 @@ fn on_reply(
     token: u64,
     tx: happen::stream::ReplySender,
     target: NodeId,
+    in_flight: Option<InFlight>,
     msg: Message,
 ) {
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
@@ -181,10 +214,13 @@ fn on_reply(
             let window = shared.config.stream_window;
             let (sender, items) = happen::stream::channel((window / 4).max(1));
             let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(window + 4);
-            shared
-                .pending
-                .lock()
-                .insert(token, Pending::Stream { frames: frames_tx });
+            shared.pending.lock().insert(
+                token,
+                Pending::Stream {
+                    frames: frames_tx,
+                    _in_flight: in_flight,
+                },
+            );
             if tx.send(Response::Stream(items)).is_err() {
                 // the caller is gone: release the producer
                 shared.pending.lock().remove(&token);

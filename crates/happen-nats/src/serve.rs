@@ -29,7 +29,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use happen::stream::{ReplyReceiver, Response, reply_channel};
 use happen::transport::Inbox;
-use happen::{Error, ErrorKind, Pressure};
+use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
 use crate::bstream::Incoming;
@@ -169,7 +169,7 @@ impl Serving {
                 biased;
                 _ = &mut stop => return,
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure).await;
+                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
                 }
                 Some(msg) = self.direct.next() => self.on_direct(msg).await,
                 () = drained(&mut self.drain, self.held.as_ref().is_some_and(|h| h.rejected)), if self.held.is_some() => {
@@ -228,7 +228,7 @@ impl Serving {
                 biased;
                 () = &mut confirm => break,
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure).await;
+                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
                 }
                 Some(msg) = self.direct.next() => self.on_direct(msg).await,
                 Some(msg) = self.broadcast.next() => self.admit_broadcast(msg).await,
@@ -256,7 +256,7 @@ impl Serving {
                 tokio::select! {
                     biased;
                     Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                        answer(&self.shared, reply, credit, response, &self.pressure).await;
+                        answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
                     }
                     Some(_) = self.relays.next(), if !self.relays.is_empty() => {}
                     Some(msg) = self.direct.next() => self.pass_on(msg).await,
@@ -296,6 +296,7 @@ impl Serving {
         while let Some(msg) = self.broadcast.try_next() {
             self.admit_broadcast(msg).await;
         }
+        self.report_closed().await;
         self.shared.flush_outbound().await;
     }
 
@@ -372,6 +373,38 @@ impl Serving {
             self.inbox.report_unobserved(&err);
         }
     }
+
+    /// Tells pacing senders elsewhere that this replica no longer serves the node (so a
+    /// last "under pressure" report of it does not hold them back), if it ever reported.
+    async fn report_closed(&mut self) {
+        let id = self.inbox.id().clone();
+        if self.shared.local_reports.lock().remove(&id).is_none() {
+            return;
+        }
+        let event = happen::Event::new(
+            happen::PRESSURE_EVENT,
+            serde_json::json!({
+                "nodeId": id.as_str(),
+                "level": "normal",
+                "underPressure": false,
+                "queued": 0,
+                "queueLimit": self.inbox.limits().queue_limit,
+                "closed": true,
+            }),
+        );
+        let Ok(body) = wire::encode_event(&event) else {
+            return;
+        };
+        let mut h = HeaderMap::new();
+        h.insert(header::REPLICA, self.shared.replica.as_str());
+        publish(
+            &self.shared,
+            Subject::from(self.shared.subjects.pressure(&id)),
+            Some(h),
+            body,
+        )
+        .await;
+    }
 }
 
 /// A broadcast held back until the node drains.
@@ -445,12 +478,19 @@ async fn on_direct(
     waiting: &mut FuturesUnordered<Waiting>,
     pressure: &watch::Receiver<Pressure>,
 ) {
+    let node = inbox.id();
+    if let Some(query) = msg.headers.as_ref().and_then(|h| h.get(header::QUERY)) {
+        if let Some(reply) = msg.reply {
+            answer_query(shared, inbox, query.as_str(), reply, pressure).await;
+        }
+        return;
+    }
     let event = match decode(shared, &msg) {
         Ok(e) => e,
         Err(err) => {
-            tracing::warn!(target: "happen_nats", node = %inbox.id(), subject = %msg.subject, error = %err, "rejected a bad message");
+            tracing::warn!(target: "happen_nats", node = %node, subject = %msg.subject, error = %err, "rejected a bad message");
             if let Some(reply) = msg.reply {
-                publish_error(shared, reply, &err, pressure).await;
+                publish_error(shared, reply, &err, pressure, node).await;
             }
             return;
         }
@@ -466,7 +506,7 @@ async fn on_direct(
             let (tx, rx) = reply_channel();
             match inbox.deliver(event, Some(tx)) {
                 Ok(()) => waiting.push(Waiting { reply, credit, rx }),
-                Err(err) => publish_error(shared, reply, &err, pressure).await,
+                Err(err) => publish_error(shared, reply, &err, pressure, node).await,
             }
         }
         None => {
@@ -493,9 +533,43 @@ async fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Opti
     Some(Incoming::new(shared, inbox, &msg, event).await)
 }
 
-fn pressure_headers(pressure: &watch::Receiver<Pressure>, into: &mut Option<HeaderMap>) {
-    let p = *pressure.borrow();
-    if let Some(v) = wire::pressure_header(&p) {
+/// Answers a `Happen-Query` (no event is admitted): `limits` with the node's limits.
+async fn answer_query(
+    shared: &Shared,
+    inbox: &Inbox,
+    query: &str,
+    reply: Subject,
+    pressure: &watch::Receiver<Pressure>,
+) {
+    if query.trim() != "limits" {
+        let err = Error::new(
+            ErrorKind::InvalidEvent,
+            format!("unknown `Happen-Query` `{query}`; only `limits` is understood"),
+        );
+        return publish_error(shared, reply, &err, pressure, inbox.id()).await;
+    }
+    let limits = wire::RemoteLimits::of(inbox.limits());
+    let mut h = HeaderMap::new();
+    h.insert(header::LIMITS, wire::limits_header(&limits).as_str());
+    h.insert(header::REPLICA, shared.replica.as_str());
+    publish(shared, reply, Some(h), Bytes::new()).await;
+}
+
+/// Adds `Happen-Pressure` when the node is under pressure, from its last `node.pressure`
+/// report (with that report's `seq`, so a requester can order it against the reports).
+fn pressure_headers(
+    shared: &Shared,
+    node: &NodeId,
+    pressure: &watch::Receiver<Pressure>,
+    into: &mut Option<HeaderMap>,
+) {
+    if !pressure.borrow().under_pressure {
+        return;
+    }
+    let Some((seq, p)) = shared.local_reports.lock().get(node).copied() else {
+        return;
+    };
+    if let Some(v) = wire::pressure_report_header(&p, seq, &shared.replica) {
         into.get_or_insert_with(HeaderMap::new)
             .insert(header::PRESSURE, v.as_str());
     }
@@ -527,12 +601,13 @@ pub(crate) async fn publish_error(
     reply: Subject,
     err: &Error,
     pressure: &watch::Receiver<Pressure>,
+    node: &NodeId,
 ) {
     let mut h = HeaderMap::new();
     h.insert(header::STATUS, "error");
     wire::error_headers(err, &mut h);
     let mut h = Some(h);
-    pressure_headers(pressure, &mut h);
+    pressure_headers(shared, node, pressure, &mut h);
     publish(shared, reply, h, Bytes::new()).await;
 }
 
@@ -546,14 +621,15 @@ async fn answer(
     credit: Option<u64>,
     response: Response,
     pressure: &watch::Receiver<Pressure>,
+    node: &NodeId,
 ) {
     match response {
         Response::Done(Ok(v)) => {
             let mut h = None;
-            pressure_headers(pressure, &mut h);
+            pressure_headers(shared, node, pressure, &mut h);
             publish(shared, reply, h, value_body(&v)).await;
         }
-        Response::Done(Err(e)) => publish_error(shared, reply, &e, pressure).await,
+        Response::Done(Err(e)) => publish_error(shared, reply, &e, pressure, node).await,
         Response::Stream(items) => match credit {
             Some(credit) => {
                 tokio::spawn(crate::stream::produce(shared.clone(), reply, items, credit));
@@ -563,10 +639,11 @@ async fn answer(
                 // gets the final value, as a plain reply
                 let shared = shared.clone();
                 let pressure = pressure.clone();
+                let node = node.clone();
                 tokio::spawn(async move {
                     match items.finish().await {
                         Ok(v) => publish(&shared, reply, None, value_body(&v)).await,
-                        Err(e) => publish_error(&shared, reply, &e, &pressure).await,
+                        Err(e) => publish_error(&shared, reply, &e, &pressure, &node).await,
                     }
                 });
             }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::NatsConfig;
+use crate::pacing::{InFlight, Remote};
 use crate::stats::{Counters, NatsStats, inc};
 use crate::wire::{self, Frame, Subjects, header};
 
@@ -47,11 +48,24 @@ pub struct NatsTransport {
 
 /// Where a reply on the shared inbox goes.
 pub(crate) enum Pending {
-    /// Waiting for the first reply message.
-    Reply { tx: ReplySender, target: NodeId },
-    /// A remote stream being consumed: frames go to its consumer task.
+    /// Waiting for the first reply message. `in_flight` counts the request for pacing when
+    /// a producer of this process paces sends to `target` (see [`crate::pacing`]).
+    Reply {
+        tx: ReplySender,
+        target: NodeId,
+        in_flight: Option<InFlight>,
+    },
+    /// A remote stream being consumed: frames go to its consumer task. The request counts
+    /// as in flight until the stream ends (its flow holds a slot at the target).
     Stream {
         frames: mpsc::Sender<async_nats::Message>,
+        /// Held for its `Drop`.
+        _in_flight: Option<InFlight>,
+    },
+    /// A `Happen-Query: limits` request for the pacing view of a target.
+    Limits {
+        remote: Arc<Remote>,
+        expires: Instant,
     },
     /// A request that reached a stopped node of this process and was relayed to another
     /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
@@ -64,6 +78,9 @@ pub(crate) enum Pending {
         expires: Instant,
     },
 }
+
+/// How long a limits query may take before the target counts as not telling its limits.
+const LIMITS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long `shutdown` waits for the nodes' serve tasks and for the outgoing buffer to drain.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -98,8 +115,15 @@ pub(crate) struct Shared {
     /// Signalled when `queued` falls to half of `outbound_buffer` (for [`NatsTransport::ready`]).
     room: tokio::sync::Notify,
     nodes: Mutex<HashMap<NodeId, NodeHandle>>,
-    pressure: Mutex<HashMap<NodeId, watch::Sender<Pressure>>>,
+    /// The pacing views of remote targets (created by [`Transport::pressure`]).
+    remotes: Mutex<HashMap<NodeId, Arc<Remote>>>,
+    /// Set once any view exists: until then `send` skips the in-flight bookkeeping.
     pub(crate) watching_pressure: AtomicBool,
+    /// This process's id in pressure reports (`Happen-Replica`): the reply inbox's unique part.
+    pub(crate) replica: String,
+    /// The last `node.pressure` report (seq, state) of each local node, for the
+    /// `Happen-Pressure` header of its replies.
+    pub(crate) local_reports: Mutex<HashMap<NodeId, (u64, Pressure)>>,
     pub(crate) max_bytes: usize,
     pub(crate) counters: Counters,
     pub(crate) stream_header: HeaderMap,
@@ -162,6 +186,7 @@ impl NatsTransport {
         events: mpsc::UnboundedReceiver<async_nats::Event>,
     ) -> Result<NatsTransport> {
         let inbox = client.new_inbox();
+        let replica = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
         let replies = client
             .subscribe(format!("{inbox}.*"))
             .await
@@ -194,8 +219,10 @@ impl NatsTransport {
             queued: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
             nodes: Mutex::new(HashMap::new()),
-            pressure: Mutex::new(HashMap::new()),
+            remotes: Mutex::new(HashMap::new()),
             watching_pressure: AtomicBool::new(false),
+            replica,
+            local_reports: Mutex::new(HashMap::new()),
             max_bytes,
             counters: Counters::default(),
             stream_header,
@@ -379,7 +406,12 @@ async fn pressure_reports(shared: std::sync::Weak<Shared>, mut sub: async_nats::
         };
         match wire::decode_event(&msg.payload, shared.max_bytes) {
             Ok(event) if event.event_type() == PRESSURE_EVENT => {
-                shared.observe_pressure_event(&event);
+                let replica = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header::REPLICA))
+                    .map_or("", |v| v.as_str());
+                shared.observe_pressure_event(&event, replica);
             }
             _ => shared.counters.bad_input("malformed"),
         }
@@ -397,6 +429,7 @@ impl Shared {
                         Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
                     let _ = tx.send(happen::stream::Response::Done(Err(err)));
                 }
+                Pending::Limits { remote, .. } => remote.query_failed(),
                 // a stream consumer sees its frame channel close and ends with a transport
                 // error; a relayed request's sender sees its own connection's state
                 Pending::Stream { .. } | Pending::Relay { .. } => {}
@@ -408,8 +441,12 @@ impl Shared {
     /// `err()`.
     fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
         let removed = self.pending.lock().remove(&token);
-        if let Some(Pending::Reply { tx, .. }) = removed {
-            let _ = tx.send(happen::stream::Response::Done(Err(err())));
+        match removed {
+            Some(Pending::Reply { tx, .. }) => {
+                let _ = tx.send(happen::stream::Response::Done(Err(err())));
+            }
+            Some(Pending::Limits { remote, .. }) => remote.query_failed(),
+            _ => {}
         }
     }
 
@@ -486,6 +523,7 @@ impl Shared {
             Pending::Reply {
                 tx,
                 target: NodeId::from(""),
+                in_flight: None,
             },
         );
         let probe = format!("{}.{token}", self.inbox);
@@ -501,6 +539,28 @@ impl Shared {
             .lock()
             .values()
             .any(|h| h.inbox.streams(event_type))
+    }
+
+    /// Remembers the last `node.pressure` report of a local node (for reply headers).
+    fn record_local_report(&self, event: &Event) {
+        let p = event.payload();
+        let Some(seq) = p.get("seq").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let pressure = Pressure::new(
+            p.get("underPressure")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+            p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+        );
+        let mut reports = self.local_reports.lock();
+        let entry = reports
+            .entry(event.sender().clone())
+            .or_insert((seq, pressure));
+        if seq >= entry.0 {
+            *entry = (seq, pressure);
+        }
     }
 
     /// `ready` resolves once at most this many messages wait in the outgoing buffer.
@@ -585,38 +645,70 @@ impl Shared {
         })
     }
 
-    /// Updates the mirrored pressure of `target` from a reply's `Happen-Pressure` header.
-    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
+    fn remote(&self, target: &str) -> Option<Arc<Remote>> {
         if !self.watching_pressure.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
-        if let Some(tx) = self.pressure.lock().get(target) {
-            let p = wire::parse_pressure(value);
-            tx.send_if_modified(|cur| {
-                if cur.under_pressure != p.under_pressure {
-                    *cur = p;
-                    true
-                } else {
-                    false
-                }
-            });
+        self.remotes.lock().get(target).cloned()
+    }
+
+    /// Updates the pacing view of `target` from a reply's `Happen-Pressure` header. A reply
+    /// without the header says nothing (it may have been answered before a later report).
+    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
+        let Some(value) = value else { return };
+        if let Some(remote) = self.remote(target) {
+            let r = wire::parse_pressure_report(value);
+            remote.report(r.replica.as_deref().unwrap_or(""), r.seq, r.pressure);
         }
     }
 
-    fn observe_pressure_event(&self, event: &Event) {
+    /// A `node.pressure` report from `<prefix>.pressure.<id>`, sent by `replica`.
+    fn observe_pressure_event(&self, event: &Event, replica: &str) {
         let p = event.payload();
         let Some(id) = p.get("nodeId").and_then(|v| v.as_str()) else {
             return;
         };
+        let Some(remote) = self.remote(id) else {
+            return;
+        };
+        if p.get("closed").and_then(|v| v.as_bool()) == Some(true) {
+            remote.replica_closed(replica);
+            return;
+        }
         let under = p
             .get("underPressure")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let queued = p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let limit = p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        if let Some(tx) = self.pressure.lock().get(id) {
-            tx.send_replace(Pressure::new(under, queued, limit));
+        let seq = p.get("seq").and_then(|v| v.as_u64());
+        remote.report(replica, seq, Pressure::new(under, queued, limit));
+    }
+
+    /// Sends a `Happen-Query: limits` request to `target` for its pacing view.
+    fn query_limits(&self, target: &NodeId, remote: Arc<Remote>) {
+        if self.check_connected().is_err() {
+            remote.query_failed();
+            return;
         }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(
+            token,
+            Pending::Limits {
+                remote,
+                expires: Instant::now() + LIMITS_QUERY_TIMEOUT.min(self.config.request_timeout()),
+            },
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::QUERY, "limits");
+        let out = Outgoing {
+            subject: Subject::from(self.subjects.node(target)),
+            reply: Some(Subject::from(format!("{}.{token}", self.inbox))),
+            headers: Headers::Custom(headers),
+            payload: Bytes::new(),
+        };
+        // on failure `enqueue` fails the query, and the next paced send asks again
+        let _ = self.enqueue(out, Some(token));
     }
 }
 
@@ -721,12 +813,17 @@ impl Transport for NatsTransport {
             ),
             Some(tx) => {
                 let token = s.next_token.fetch_add(1, Ordering::Relaxed);
+                // counted before it is published, so a paced sender never sees it missing
+                let in_flight = s
+                    .remote(target)
+                    .map(|r| r.in_flight(Instant::now() + s.config.request_timeout()));
                 // the reply path exists before the event is published
                 s.pending.lock().insert(
                     token,
                     Pending::Reply {
                         tx,
                         target: target.clone(),
+                        in_flight,
                     },
                 );
                 let mut reply = String::with_capacity(s.inbox.len() + 21);
@@ -764,12 +861,16 @@ impl Transport for NatsTransport {
             None,
         )?;
         if event.event_type() == PRESSURE_EVENT {
-            // also on a dedicated subject, which every process watches (pressure is rare)
+            // also on a dedicated subject, which every process watches (pressure is rare),
+            // with this process's id: reports of one replica are ordered by their `seq`
+            s.record_local_report(&event);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::REPLICA, s.replica.as_str());
             s.enqueue(
                 Outgoing {
                     subject: Subject::from(s.subjects.pressure(event.sender())),
                     reply: None,
-                    headers: Headers::None,
+                    headers: Headers::Custom(headers),
                     payload: payload_copy,
                 },
                 None,
@@ -784,13 +885,18 @@ impl Transport for NatsTransport {
         if let Some(h) = s.nodes.lock().get(target) {
             return Some(h.inbox.watch_pressure());
         }
-        let rx = s
-            .pressure
+        s.watching_pressure.store(true, Ordering::Relaxed);
+        let remote = s
+            .remotes
             .lock()
             .entry(target.clone())
-            .or_insert_with(|| watch::Sender::new(Pressure::new(false, 0, 0)))
-            .subscribe();
-        s.watching_pressure.store(true, Ordering::Relaxed);
+            .or_insert_with(Remote::new)
+            .clone();
+        // subscribed first: a query answered at once must not be missed
+        let rx = remote.subscribe();
+        if remote.start_query() {
+            s.query_limits(target, remote);
+        }
         Some(rx)
     }
 

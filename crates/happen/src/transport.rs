@@ -29,6 +29,7 @@ use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::config::Limits;
 use crate::engine::Pressure;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -134,6 +135,12 @@ impl Inbox {
         self.node
             .admit(event.with_broadcast_source(source), None, None)?;
         Ok(BroadcastItems::new(tap))
+    }
+
+    /// The node's admission limits (a transport may tell remote senders, so they can pace
+    /// themselves).
+    pub fn limits(&self) -> &Limits {
+        self.node.limits()
     }
 
     /// The node's current backpressure state.
