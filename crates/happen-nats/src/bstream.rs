@@ -10,20 +10,19 @@
 //! The producer never waits for subscribers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
-use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem, reply_channel};
+use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::transport::Inbox;
-use happen::{Error, ErrorKind, Event, NodeId, Result};
+use happen::{Error, ErrorKind, Event, Result};
 use serde_json::Value;
 
 use crate::serve::value_body;
 use crate::stats::inc;
-use crate::transport::{Headers, Pending, Shared};
+use crate::transport::{Headers, Shared};
 use crate::wire::{self, Frame, header};
 
 /// The `Happen-Stream` value marking a broadcast that carries a stream.
@@ -111,7 +110,7 @@ impl Incoming {
             Ok(sub) => {
                 // the producer starts publishing as soon as the same broadcast reaches it: make
                 // sure the server knows the subscription before the node starts reading
-                confirm(shared).await;
+                shared.round_trip(shared.config.request_timeout()).await;
                 Incoming {
                     event,
                     mode: Mode::Subscriber(shared.clone(), Some(sub)),
@@ -149,27 +148,6 @@ impl Incoming {
             }
         }
     }
-}
-
-/// Waits (at most the request timeout) for a message to this process's reply inbox to come
-/// back through the server: the server handles one connection's commands in order, so every
-/// subscription made before is then live. One round trip through the shared inbox; no
-/// subscription of its own.
-async fn confirm(shared: &Shared) {
-    let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = reply_channel();
-    shared.pending.lock().insert(
-        token,
-        Pending::Reply {
-            tx,
-            target: NodeId::from(""),
-        },
-    );
-    let probe = format!("{}.{token}", shared.inbox);
-    if shared.client.publish(probe, Bytes::new()).await.is_ok() {
-        let _ = tokio::time::timeout(shared.config.request_timeout(), rx).await;
-    }
-    shared.pending.lock().remove(&token);
 }
 
 fn frame_headers(frame: &Frame, seq: u64) -> HeaderMap {

@@ -44,6 +44,17 @@
 //!   itself overflows (counted as a slow-consumer drop). Requests are never held back: a full
 //!   node answers them with `QueueFull` at once, the admission contract to remote senders; a
 //!   `tell` to a full node is rejected and counted at the node.
+//! - **Shutdown and detach lose no answers.** A stopping node first stops taking new events
+//!   (confirmed by a round trip through the server) without dropping what the server already
+//!   routed to it; what it admitted finishes (or is cancelled at the shutdown deadline and
+//!   answered `ShutDown`) and every answer is flushed to the server before `detach` returns.
+//!   Requests that reach it after that are relayed to another replica, or answered
+//!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) when none is left. See
+//!   `WIRE.md`, "Stopping a node".
+//! - **Paced sends to remote nodes** (`send_paced`) count this process's requests in flight to
+//!   the target against its limits and honour its pressure reports: one producer process never
+//!   overruns the target's queue. See `WIRE.md`, "Backpressure and pacing", for the exact
+//!   guarantee (and what holds with several producer processes).
 //! - **Outgoing.** `send`, `tell` and `broadcast` never block: messages wait, in order, in a
 //!   bounded buffer (`outbound_buffer`) for the task that hands them to the client. When it is
 //!   full they fail at once with [`ErrorKind::Transport`](happen::ErrorKind::Transport);
@@ -61,6 +72,7 @@
 //! - [`wire`]: subjects, headers, encoders and decoders.
 
 mod bstream;
+mod pacing;
 mod replies;
 mod serve;
 mod stats;

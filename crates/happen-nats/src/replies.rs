@@ -10,8 +10,9 @@ use futures::StreamExt;
 use happen::stream::{Response, StreamSender};
 use happen::{Error, ErrorKind, NodeId};
 
+use crate::pacing::InFlight;
 use crate::stats::inc;
-use crate::transport::{Pending, Shared};
+use crate::transport::{Headers, Outgoing, Pending, Shared};
 use crate::wire::{self, Frame, ReplyFrame, header};
 
 /// How often waiting entries whose caller went away are removed.
@@ -26,14 +27,34 @@ pub(crate) async fn run(shared: Arc<Shared>, mut sub: Subscriber) {
                 Some(msg) => on_message(&shared, msg),
                 None => return,
             },
-            _ = sweep.tick() => {
-                // callers that timed out or dropped their reply: nobody will read the answer
-                shared.pending.lock().retain(|_, p| match p {
-                    Pending::Reply { tx, .. } => !tx.is_closed(),
-                    Pending::Stream { frames } => !frames.is_closed(),
-                });
-            }
+            _ = sweep.tick() => sweep_pending(&shared),
         }
+    }
+}
+
+/// Removes entries nobody will read: callers that timed out or dropped their reply (a
+/// request counted for pacing stays counted until its reply arrives or the request timeout
+/// passes: the target may still be working on it), and limits queries that got no answer.
+fn sweep_pending(shared: &Shared) {
+    let now = tokio::time::Instant::now();
+    let mut unanswered = Vec::new();
+    shared.pending.lock().retain(|_, p| match p {
+        Pending::Reply { tx, in_flight, .. } => {
+            !tx.is_closed() || in_flight.as_ref().is_some_and(|f| !f.expired(now))
+        }
+        Pending::Stream { frames, .. } => !frames.is_closed(),
+        Pending::Limits { remote, expires } => {
+            let keep = *expires > now;
+            if !keep {
+                unanswered.push(remote.clone());
+            }
+            keep
+        }
+        Pending::Relay { expires, .. } => *expires > now,
+    });
+    for remote in unanswered {
+        // no answer (a reference node, say): pace by its reports only
+        remote.set_limits(None);
     }
 }
 
@@ -54,9 +75,23 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
     };
     let entry = {
         let mut pending = shared.pending.lock();
-        match pending.get(&token) {
-            Some(Pending::Stream { frames }) => Err(frames.clone()),
-            Some(Pending::Reply { .. }) => Ok(pending.remove(&token)),
+        match pending.get_mut(&token) {
+            Some(Pending::Relay {
+                to, node, first, ..
+            }) => {
+                let (to, node, first) = (to.clone(), node.clone(), first.take());
+                if !relay_continues(&msg) {
+                    pending.remove(&token);
+                }
+                drop(pending);
+                relay(shared, to, &node, msg);
+                if let Some(first) = first {
+                    let _ = first.send(());
+                }
+                return;
+            }
+            Some(Pending::Stream { frames, .. }) => Err(frames.clone()),
+            Some(Pending::Reply { .. } | Pending::Limits { .. }) => Ok(pending.remove(&token)),
             None => Ok(None),
         }
     };
@@ -69,8 +104,73 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
                 shared.pending.lock().remove(&token);
             }
         }
-        Ok(Some(Pending::Reply { tx, target })) => on_reply(shared, token, tx, target, msg),
+        Ok(Some(Pending::Reply {
+            tx,
+            target,
+            in_flight,
+        })) => on_reply(shared, token, tx, target, in_flight, msg),
+        Ok(Some(Pending::Limits { remote, .. })) => {
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                remote.query_failed();
+            } else {
+                let limits = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header::LIMITS))
+                    .and_then(|v| wire::parse_limits(v.as_str()));
+                remote.set_limits(limits);
+            }
+        }
         Ok(_) => inc(&shared.counters.unmatched),
+    }
+}
+
+/// Does a relayed request get more messages after `msg` (a stream start or item)?
+fn relay_continues(msg: &Message) -> bool {
+    let get = |name| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().trim())
+    };
+    get(header::STATUS) == Some("stream") || get(header::FRAME) == Some("item")
+}
+
+/// Passes an answer to a relayed request back to its sender: as it is, or, when the server
+/// found no process serving the node ("no responders", sent to us as the publisher), as an
+/// `unknown_node` error.
+fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Message) {
+    let (headers, payload) = if msg.status == Some(StatusCode::NO_RESPONDERS) {
+        let err = Error::from_parts(
+            ErrorKind::UnknownNode,
+            format!(
+                "node `{node}` stopped and no other process serves it (no responders on `{}`); start one or check the id",
+                shared.subjects.node(node)
+            ),
+            Some(node.clone()),
+            None,
+            None,
+        );
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(header::STATUS, "error");
+        wire::error_headers(&err, &mut h);
+        (Some(h), bytes::Bytes::new())
+    } else {
+        (msg.headers, msg.payload)
+    };
+    let out = Outgoing {
+        subject: to,
+        reply: None,
+        headers: headers.map_or(Headers::None, Headers::Custom),
+        payload,
+    };
+    if let Some(out) = shared.try_enqueue(out) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.publish_now(out).await {
+                tracing::warn!(target: "happen_nats", error = %e, "cannot pass back a relayed answer");
+            }
+        });
     }
 }
 
@@ -79,6 +179,7 @@ fn on_reply(
     token: u64,
     tx: happen::stream::ReplySender,
     target: NodeId,
+    in_flight: Option<InFlight>,
     msg: Message,
 ) {
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
@@ -113,10 +214,13 @@ fn on_reply(
             let window = shared.config.stream_window;
             let (sender, items) = happen::stream::channel((window / 4).max(1));
             let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(window + 4);
-            shared
-                .pending
-                .lock()
-                .insert(token, Pending::Stream { frames: frames_tx });
+            shared.pending.lock().insert(
+                token,
+                Pending::Stream {
+                    frames: frames_tx,
+                    _in_flight: in_flight,
+                },
+            );
             if tx.send(Response::Stream(items)).is_err() {
                 // the caller is gone: release the producer
                 shared.pending.lock().remove(&token);

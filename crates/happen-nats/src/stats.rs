@@ -35,6 +35,9 @@ pub struct NatsStats {
     pub stalled_streams: u64,
     /// Most stream items a producer of this process had in flight (sent, not yet credited back).
     pub max_stream_in_flight: u64,
+    /// Direct messages that reached a node of this process after it stopped taking new ones
+    /// (detach, shutdown) and were passed back to the server for another replica.
+    pub forwarded: u64,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) failed_on_disconnect: AtomicU64,
     pub(crate) stalled_streams: AtomicU64,
     pub(crate) max_stream_in_flight: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -75,6 +79,7 @@ impl Counters {
             failed_on_disconnect: r(&self.failed_on_disconnect),
             stalled_streams: r(&self.stalled_streams),
             max_stream_in_flight: r(&self.max_stream_in_flight),
+            forwarded: r(&self.forwarded),
         }
     }
 

@@ -19,8 +19,10 @@ use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result, 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::NatsConfig;
+use crate::pacing::{InFlight, Remote};
 use crate::stats::{Counters, NatsStats, inc};
 use crate::wire::{self, Frame, Subjects, header};
 
@@ -46,12 +48,49 @@ pub struct NatsTransport {
 
 /// Where a reply on the shared inbox goes.
 pub(crate) enum Pending {
-    /// Waiting for the first reply message.
-    Reply { tx: ReplySender, target: NodeId },
-    /// A remote stream being consumed: frames go to its consumer task.
+    /// Waiting for the first reply message. `in_flight` counts the request for pacing when
+    /// a producer of this process paces sends to `target` (see [`crate::pacing`]).
+    Reply {
+        tx: ReplySender,
+        target: NodeId,
+        in_flight: Option<InFlight>,
+    },
+    /// A remote stream being consumed: frames go to its consumer task. The request counts
+    /// as in flight until the stream ends (its flow holds a slot at the target).
     Stream {
         frames: mpsc::Sender<async_nats::Message>,
+        /// Held for its `Drop`.
+        _in_flight: Option<InFlight>,
     },
+    /// A `Happen-Query: limits` request for the pacing view of a target.
+    Limits {
+        remote: Arc<Remote>,
+        expires: Instant,
+    },
+    /// A request that reached a stopped node of this process and was relayed to another
+    /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
+    Relay {
+        to: Subject,
+        node: NodeId,
+        /// Signalled when the first answer was passed back.
+        first: Option<oneshot::Sender<()>>,
+        /// Forgotten after the request timeout.
+        expires: Instant,
+    },
+}
+
+/// How long a limits query may take before the target counts as not telling its limits.
+const LIMITS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `shutdown` waits for the nodes' serve tasks and for the outgoing buffer to drain.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// An entry of the outgoing buffer.
+pub(crate) enum Queued {
+    /// A message, and the token of the request it is (to fail it if publishing fails).
+    Message(Outgoing, Option<u64>),
+    /// Hand everything queued before to the client, flush the client, then signal.
+    Flush(oneshot::Sender<()>),
 }
 
 struct NodeHandle {
@@ -70,14 +109,21 @@ pub(crate) struct Shared {
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) controls: Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
     /// Outgoing messages, handed to the client in order by the `publisher` task.
-    outbound: mpsc::Sender<(Outgoing, Option<u64>)>,
+    outbound: mpsc::Sender<Queued>,
     /// Messages in `outbound` or being handed to the client by `publisher`.
     queued: AtomicUsize,
     /// Signalled when `queued` falls to half of `outbound_buffer` (for [`NatsTransport::ready`]).
     room: tokio::sync::Notify,
     nodes: Mutex<HashMap<NodeId, NodeHandle>>,
-    pressure: Mutex<HashMap<NodeId, watch::Sender<Pressure>>>,
+    /// The pacing views of remote targets (created by [`Transport::pressure`]).
+    remotes: Mutex<HashMap<NodeId, Arc<Remote>>>,
+    /// Set once any view exists: until then `send` skips the in-flight bookkeeping.
     pub(crate) watching_pressure: AtomicBool,
+    /// This process's id in pressure reports (`Happen-Replica`): the reply inbox's unique part.
+    pub(crate) replica: String,
+    /// The last `node.pressure` report (seq, state) of each local node, for the
+    /// `Happen-Pressure` header of its replies.
+    pub(crate) local_reports: Mutex<HashMap<NodeId, (u64, Pressure)>>,
     pub(crate) max_bytes: usize,
     pub(crate) counters: Counters,
     pub(crate) stream_header: HeaderMap,
@@ -140,6 +186,7 @@ impl NatsTransport {
         events: mpsc::UnboundedReceiver<async_nats::Event>,
     ) -> Result<NatsTransport> {
         let inbox = client.new_inbox();
+        let replica = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
         let replies = client
             .subscribe(format!("{inbox}.*"))
             .await
@@ -172,8 +219,10 @@ impl NatsTransport {
             queued: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
             nodes: Mutex::new(HashMap::new()),
-            pressure: Mutex::new(HashMap::new()),
+            remotes: Mutex::new(HashMap::new()),
             watching_pressure: AtomicBool::new(false),
+            replica,
+            local_reports: Mutex::new(HashMap::new()),
             max_bytes,
             counters: Counters::default(),
             stream_header,
@@ -293,32 +342,27 @@ pub(crate) enum Headers {
 }
 
 /// Publishes queued outgoing messages in order (`send` and `broadcast` must not block).
-async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Outgoing, Option<u64>)>) {
+async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queued>) {
     let mut sink = shared.client.clone();
-    while let Some((out, token)) = rx.recv().await {
-        let msg = OutboundMessage {
-            subject: out.subject,
-            reply: out.reply,
-            headers: match out.headers {
-                Headers::None => None,
-                Headers::Stream => Some(shared.stream_header.clone()),
-                Headers::Custom(h) => Some(h),
-            },
-            payload: out.payload,
+    while let Some(queued) = rx.recv().await {
+        let (out, token) = match queued {
+            Queued::Message(out, token) => (out, token),
+            Queued::Flush(done) => {
+                // everything before was fed to the client; its flush writes it to the socket
+                let _ = shared.client.flush().await;
+                shared.dequeued();
+                let _ = done.send(());
+                continue;
+            }
         };
-        let r = sink.feed(msg).await;
-        if shared.queued.fetch_sub(1, Ordering::AcqRel) - 1 == shared.room_mark() {
-            shared.room.notify_waiters();
-        }
+        let r = sink.feed(shared.outbound_message(out)).await;
+        shared.dequeued();
         if let Err(e) = r {
             tracing::warn!(target: "happen_nats", error = %e, "publishing failed");
-            if let Some(token) = token
-                && let Some(Pending::Reply { tx, .. }) = shared.pending.lock().remove(&token)
-            {
-                let _ = tx.send(happen::stream::Response::Done(Err(transport_error(
-                    "the event could not be published to nats",
-                    e,
-                ))));
+            if let Some(token) = token {
+                shared.forget(token, || {
+                    transport_error("the event could not be published to nats", &e)
+                });
             }
         }
     }
@@ -362,7 +406,12 @@ async fn pressure_reports(shared: std::sync::Weak<Shared>, mut sub: async_nats::
         };
         match wire::decode_event(&msg.payload, shared.max_bytes) {
             Ok(event) if event.event_type() == PRESSURE_EVENT => {
-                shared.observe_pressure_event(&event);
+                let replica = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(header::REPLICA))
+                    .map_or("", |v| v.as_str());
+                shared.observe_pressure_event(&event, replica);
             }
             _ => shared.counters.bad_input("malformed"),
         }
@@ -373,13 +422,115 @@ impl Shared {
     pub(crate) fn fail_pending(&self, why: &str) {
         let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
         for p in drained {
-            if let Pending::Reply { tx, target } = p {
-                inc(&self.counters.failed_on_disconnect);
-                let err = Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
-                let _ = tx.send(happen::stream::Response::Done(Err(err)));
+            match p {
+                Pending::Reply { tx, target, .. } => {
+                    inc(&self.counters.failed_on_disconnect);
+                    let err =
+                        Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
+                    let _ = tx.send(happen::stream::Response::Done(Err(err)));
+                }
+                Pending::Limits { remote, .. } => remote.query_failed(),
+                // a stream consumer sees its frame channel close and ends with a transport
+                // error; a relayed request's sender sees its own connection's state
+                Pending::Stream { .. } | Pending::Relay { .. } => {}
             }
-            // a stream consumer sees its frame channel close and ends with a transport error
         }
+    }
+
+    /// Removes the request `token` that could not be published, failing its sender with
+    /// `err()`.
+    fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
+        let removed = self.pending.lock().remove(&token);
+        match removed {
+            Some(Pending::Reply { tx, .. }) => {
+                let _ = tx.send(happen::stream::Response::Done(Err(err())));
+            }
+            Some(Pending::Limits { remote, .. }) => remote.query_failed(),
+            _ => {}
+        }
+    }
+
+    /// Registers a relay of a request to `node` whose answer goes back to `to`; returns the
+    /// token of this process's reply subject to publish it with.
+    pub(crate) fn relay(&self, to: Subject, node: NodeId, first: oneshot::Sender<()>) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(
+            token,
+            Pending::Relay {
+                to,
+                node,
+                first: Some(first),
+                expires: Instant::now() + self.config.request_timeout(),
+            },
+        );
+        token
+    }
+
+    /// Builds the client's message (the `Happen-Stream` header from the shared template).
+    pub(crate) fn outbound_message(&self, out: Outgoing) -> OutboundMessage {
+        OutboundMessage {
+            subject: out.subject,
+            reply: out.reply,
+            headers: match out.headers {
+                Headers::None => None,
+                Headers::Stream => Some(self.stream_header.clone()),
+                Headers::Custom(h) => Some(h),
+            },
+            payload: out.payload,
+        }
+    }
+
+    /// One entry left the outgoing buffer.
+    fn dequeued(&self) {
+        if self.queued.fetch_sub(1, Ordering::AcqRel) - 1 == self.room_mark() {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Publishes `out` straight into the client (waiting for room there), bypassing the
+    /// outgoing buffer (used when that is full).
+    pub(crate) async fn publish_now(&self, out: Outgoing) -> Result<()> {
+        let msg = self.outbound_message(out);
+        self.client
+            .clone()
+            .send(msg)
+            .await
+            .map_err(|e| transport_error("cannot publish", e))
+    }
+
+    /// Waits until everything queued for publishing so far has been handed to the client and
+    /// the client has written it to the server.
+    pub(crate) async fn flush_outbound(&self) {
+        let (done, flushed) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.outbound.send(Queued::Flush(done)).await.is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let _ = flushed.await;
+    }
+
+    /// Waits (at most `within`) for a message to this process's reply inbox to come back
+    /// through the server: the server handles one connection's commands in order, so every
+    /// subscribe and unsubscribe sent before has then taken effect, and every message the
+    /// server routed to this connection before has arrived. One round trip through the
+    /// shared inbox; no subscription of its own.
+    pub(crate) async fn round_trip(&self, within: Duration) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = happen::stream::reply_channel();
+        self.pending.lock().insert(
+            token,
+            Pending::Reply {
+                tx,
+                target: NodeId::from(""),
+                in_flight: None,
+            },
+        );
+        let probe = format!("{}.{token}", self.inbox);
+        if self.client.publish(probe, Bytes::new()).await.is_ok() {
+            let _ = tokio::time::timeout(within, rx).await;
+        }
+        self.pending.lock().remove(&token);
     }
 
     /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
@@ -388,6 +539,28 @@ impl Shared {
             .lock()
             .values()
             .any(|h| h.inbox.streams(event_type))
+    }
+
+    /// Remembers the last `node.pressure` report of a local node (for reply headers).
+    fn record_local_report(&self, event: &Event) {
+        let p = event.payload();
+        let Some(seq) = p.get("seq").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let pressure = Pressure::new(
+            p.get("underPressure")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+            p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+        );
+        let mut reports = self.local_reports.lock();
+        let entry = reports
+            .entry(event.sender().clone())
+            .or_insert((seq, pressure));
+        if seq >= entry.0 {
+            *entry = (seq, pressure);
+        }
     }
 
     /// `ready` resolves once at most this many messages wait in the outgoing buffer.
@@ -433,15 +606,18 @@ impl Shared {
     /// closed.
     pub(crate) fn try_enqueue(&self, out: Outgoing) -> Option<Outgoing> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let e = self.outbound.try_send((out, None)).err()?;
+        let e = self.outbound.try_send(Queued::Message(out, None)).err()?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(e.into_inner().0)
+        match e.into_inner() {
+            Queued::Message(out, _) => Some(out),
+            Queued::Flush(_) => unreachable!("a message was queued"),
+        }
     }
 
     fn enqueue(&self, out: Outgoing, token: Option<u64>) -> Result<()> {
         let forget = |token: Option<u64>| {
             if let Some(t) = token {
-                self.pending.lock().remove(&t);
+                self.forget(t, || Error::new(ErrorKind::Transport, "not published"));
             }
         };
         // Always through the `publisher` task, never straight into the client from here:
@@ -450,7 +626,7 @@ impl Shared {
         // connection task then runs and writes once per message instead of in batches);
         // sequential latency did not measurably change either way.
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.outbound.try_send((out, token)).map_err(|e| {
+        self.outbound.try_send(Queued::Message(out, token)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             forget(token);
             match e {
@@ -469,38 +645,70 @@ impl Shared {
         })
     }
 
-    /// Updates the mirrored pressure of `target` from a reply's `Happen-Pressure` header.
-    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
+    fn remote(&self, target: &str) -> Option<Arc<Remote>> {
         if !self.watching_pressure.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
-        if let Some(tx) = self.pressure.lock().get(target) {
-            let p = wire::parse_pressure(value);
-            tx.send_if_modified(|cur| {
-                if cur.under_pressure != p.under_pressure {
-                    *cur = p;
-                    true
-                } else {
-                    false
-                }
-            });
+        self.remotes.lock().get(target).cloned()
+    }
+
+    /// Updates the pacing view of `target` from a reply's `Happen-Pressure` header. A reply
+    /// without the header says nothing (it may have been answered before a later report).
+    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
+        let Some(value) = value else { return };
+        if let Some(remote) = self.remote(target) {
+            let r = wire::parse_pressure_report(value);
+            remote.report(r.replica.as_deref().unwrap_or(""), r.seq, r.pressure);
         }
     }
 
-    fn observe_pressure_event(&self, event: &Event) {
+    /// A `node.pressure` report from `<prefix>.pressure.<id>`, sent by `replica`.
+    fn observe_pressure_event(&self, event: &Event, replica: &str) {
         let p = event.payload();
         let Some(id) = p.get("nodeId").and_then(|v| v.as_str()) else {
             return;
         };
+        let Some(remote) = self.remote(id) else {
+            return;
+        };
+        if p.get("closed").and_then(|v| v.as_bool()) == Some(true) {
+            remote.replica_closed(replica);
+            return;
+        }
         let under = p
             .get("underPressure")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let queued = p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let limit = p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        if let Some(tx) = self.pressure.lock().get(id) {
-            tx.send_replace(Pressure::new(under, queued, limit));
+        let seq = p.get("seq").and_then(|v| v.as_u64());
+        remote.report(replica, seq, Pressure::new(under, queued, limit));
+    }
+
+    /// Sends a `Happen-Query: limits` request to `target` for its pacing view.
+    fn query_limits(&self, target: &NodeId, remote: Arc<Remote>) {
+        if self.check_connected().is_err() {
+            remote.query_failed();
+            return;
         }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(
+            token,
+            Pending::Limits {
+                remote,
+                expires: Instant::now() + LIMITS_QUERY_TIMEOUT.min(self.config.request_timeout()),
+            },
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::QUERY, "limits");
+        let out = Outgoing {
+            subject: Subject::from(self.subjects.node(target)),
+            reply: Some(Subject::from(format!("{}.{token}", self.inbox))),
+            headers: Headers::Custom(headers),
+            payload: Bytes::new(),
+        };
+        // on failure `enqueue` fails the query, and the next paced send asks again
+        let _ = self.enqueue(out, Some(token));
     }
 }
 
@@ -535,6 +743,8 @@ impl Transport for NatsTransport {
             let s = &self.shared;
             let id = inbox.id().clone();
             let group = id.to_string();
+            // read before subscribing: if it changes, the client has subscribed again since
+            let disconnects = s.counters.disconnects.load(Ordering::Acquire);
             let direct = s
                 .client
                 .queue_subscribe(s.subjects.node(&id), group.clone())
@@ -561,6 +771,7 @@ impl Transport for NatsTransport {
                 inbox.clone(),
                 direct,
                 broadcast,
+                disconnects,
                 stop_rx,
             ));
             s.nodes.lock().insert(id, NodeHandle { stop, task, inbox });
@@ -568,11 +779,21 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn detach(&self, node: &NodeId) {
-        if let Some(h) = self.shared.nodes.lock().remove(node) {
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
+        // stopped at once, so dropping the future only skips the waiting
+        let task = self.shared.nodes.lock().remove(node).map(|h| {
             let _ = h.stop.send(());
-            drop(h.task);
-        }
+            h.task
+        });
+        let node = node.clone();
+        Box::pin(async move {
+            if let Some(task) = task
+                && let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(target: "happen_nats", node = %node, "the node's serve task panicked");
+            }
+        })
     }
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
@@ -592,12 +813,17 @@ impl Transport for NatsTransport {
             ),
             Some(tx) => {
                 let token = s.next_token.fetch_add(1, Ordering::Relaxed);
+                // counted before it is published, so a paced sender never sees it missing
+                let in_flight = s
+                    .remote(target)
+                    .map(|r| r.in_flight(Instant::now() + s.config.request_timeout()));
                 // the reply path exists before the event is published
                 s.pending.lock().insert(
                     token,
                     Pending::Reply {
                         tx,
                         target: target.clone(),
+                        in_flight,
                     },
                 );
                 let mut reply = String::with_capacity(s.inbox.len() + 21);
@@ -635,12 +861,16 @@ impl Transport for NatsTransport {
             None,
         )?;
         if event.event_type() == PRESSURE_EVENT {
-            // also on a dedicated subject, which every process watches (pressure is rare)
+            // also on a dedicated subject, which every process watches (pressure is rare),
+            // with this process's id: reports of one replica are ordered by their `seq`
+            s.record_local_report(&event);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::REPLICA, s.replica.as_str());
             s.enqueue(
                 Outgoing {
                     subject: Subject::from(s.subjects.pressure(event.sender())),
                     reply: None,
-                    headers: Headers::None,
+                    headers: Headers::Custom(headers),
                     payload: payload_copy,
                 },
                 None,
@@ -655,13 +885,18 @@ impl Transport for NatsTransport {
         if let Some(h) = s.nodes.lock().get(target) {
             return Some(h.inbox.watch_pressure());
         }
-        let rx = s
-            .pressure
+        s.watching_pressure.store(true, Ordering::Relaxed);
+        let remote = s
+            .remotes
             .lock()
             .entry(target.clone())
-            .or_insert_with(|| watch::Sender::new(Pressure::new(false, 0, 0)))
-            .subscribe();
-        s.watching_pressure.store(true, Ordering::Relaxed);
+            .or_insert_with(Remote::new)
+            .clone();
+        // subscribed first: a query answered at once must not be missed
+        let rx = remote.subscribe();
+        if remote.start_query() {
+            s.query_limits(target, remote);
+        }
         Some(rx)
     }
 
@@ -670,12 +905,25 @@ impl Transport for NatsTransport {
             let s = &self.shared;
             s.closed.store(true, Ordering::Release);
             s.room.notify_waiters();
+            // nodes not detached yet stop now (as `detach`: their answers go out first)
             let nodes: Vec<NodeHandle> = s.nodes.lock().drain().map(|(_, h)| h).collect();
-            for h in nodes {
+            let serving = nodes.into_iter().map(|h| {
                 let _ = h.stop.send(());
-                let _ = tokio::time::timeout(Duration::from_secs(2), h.task).await;
+                h.task
+            });
+            if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(serving))
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "happen_nats", "nodes still busy after {SHUTDOWN_WAIT:?}; shutting the transport down anyway");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
+            // every answer queued so far reaches the server before the tasks stop
+            if tokio::time::timeout(SHUTDOWN_WAIT, s.flush_outbound())
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "happen_nats", "the outgoing buffer did not drain within {SHUTDOWN_WAIT:?}");
+            }
             for t in s.tasks.lock().drain(..) {
                 t.abort();
             }

@@ -31,7 +31,7 @@ async fn remote_errors_keep_their_kind() {
     })
     .unwrap();
     svc.on("inner-timeout", |_e: Event, ctx: Context| async move {
-        // a timeout inside the remote flow travels back with its kind
+        // a timeout inside the remote flow, passed on: the caller sees a downstream failure
         ctx.send("svc", Event::new("slow", ()))
             .timeout(Duration::from_millis(50))
             .await
@@ -91,7 +91,9 @@ async fn remote_errors_keep_their_kind() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Downstream, "{err}");
+    assert_eq!(err.node().map(|n| n.as_str()), Some("svc"), "{err:?}");
+    assert!(err.message().contains("timeout"), "{err}");
 
     // the node keeps serving after all of that
     svc.on("ok", |_e: Event, _c: Context| async { 1 }).unwrap();

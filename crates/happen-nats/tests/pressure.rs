@@ -1,5 +1,6 @@
-//! Backpressure across the wire: a remote node's pressure is visible to producers in another
-//! process, so `send_paced` waits for it to drain.
+//! Backpressure across the wire: a remote node's pressure, caused by a third process, is
+//! visible to producers in another process (through the node's `node.pressure` reports), so
+//! `send_paced` waits for it to drain.
 
 mod common;
 
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 async fn send_paced_honours_remote_pressure() {
     let server = NatsServer::start();
     let (producer_h, producer_t) = instance(&server.url()).await;
+    let (loader_h, _) = instance(&server.url()).await;
     let (sink_h, _) = instance(&server.url()).await;
     let gate = Arc::new(Semaphore::new(0));
     let sink = sink_h
@@ -38,13 +40,21 @@ async fn send_paced_honours_remote_pressure() {
     })
     .unwrap();
     let producer = producer_h.node("producer").await.unwrap();
+    let loader = loader_h.node("loader").await.unwrap();
     let mut remote = producer_t.pressure(&NodeId::from("sink")).unwrap();
-    assert!(!remote.borrow().under_pressure);
+    // held while the sink's limits are asked for (one round trip)
+    within(
+        10,
+        "limits known",
+        remote.wait_for(|p| !p.under_pressure && p.queue_limit == 10),
+    )
+    .await
+    .unwrap();
 
-    // 1 running + 6 queued: over the threshold of 5
+    // another process loads the sink: 1 running + 6 queued, over the threshold of 5
     let mut replies = Vec::new();
     for _ in 0..7 {
-        replies.push(producer.send("sink", Event::new("work", ())));
+        replies.push(loader.send("sink", Event::new("work", ())));
     }
     within(
         10,

@@ -65,6 +65,25 @@ proptest! {
     }
 
     #[test]
+    fn pressure_and_limits_parsers_never_panic(value in ".{0,64}") {
+        let _ = wire::parse_pressure_report(&value);
+        let _ = wire::parse_limits(&value);
+    }
+
+    #[test]
+    fn limits_and_pressure_reports_round_trip(
+        c in 1usize..10_000, q in 1usize..100_000, queued in 0usize..100_000, seq in any::<u64>(),
+    ) {
+        let l = wire::RemoteLimits::new(c, q, q / 2 + 1);
+        prop_assert_eq!(wire::parse_limits(&wire::limits_header(&l)), Some(l));
+        let p = happen::Pressure::new(true, queued, q);
+        let r = wire::parse_pressure_report(&wire::pressure_report_header(&p, seq, "r1").unwrap());
+        prop_assert_eq!(r.pressure, p);
+        prop_assert_eq!(r.seq, Some(seq));
+        prop_assert_eq!(r.replica.as_deref(), Some("r1"));
+    }
+
+    #[test]
     fn events_round_trip(ty in "[a-z]{1,8}(\\.[a-z]{1,8}){0,2}", n in any::<i64>(), s in ".{0,20}") {
         let e = Event::new(ty.clone(), json!({"n": n, "s": s}));
         let bytes = wire::encode_event(&e).unwrap();

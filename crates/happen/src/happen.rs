@@ -235,18 +235,41 @@ impl Happen {
     /// flows finish for up to `deadline`, then cancels what is left (their senders get
     /// `ShutDown`), stops the transport and returns.
     ///
+    /// With a transport other than the in-process one, the transport first stops routing to
+    /// the nodes ([`Transport::detach`]); events that reached a node before that still run
+    /// (within `deadline`) and are answered.
+    ///
     /// # Cancel safety
-    /// Admission is closed at the first poll; dropping the future early skips the waiting and
-    /// leaves remaining flows running until they finish.
+    /// Sends from this instance are refused from the first poll; dropping the future early
+    /// skips the waiting and leaves remaining flows running until they finish.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shared.closed.store(true, Ordering::Release);
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
+        let until = tokio::time::Instant::now() + deadline;
+        if let Dispatch::Custom(t) = &self.shared.dispatch {
+            // The transport stops routing to the nodes first (so new events go to replicas
+            // elsewhere or fail fast) and delivers the answers to what already reached them;
+            // the nodes stay open for that until the deadline, then what is left is cancelled
+            // (answered `ShutDown`).
+            let mut detached = std::pin::pin!(futures::future::join_all(
+                nodes.iter().map(|n| t.detach(n.id()))
+            ));
+            if tokio::time::timeout_at(until, detached.as_mut())
+                .await
+                .is_err()
+            {
+                for n in &nodes {
+                    n.engine().close(n, true);
+                }
+                detached.await;
+            }
+        }
         for n in &nodes {
             n.engine().close(n, false);
         }
         let all_drained =
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
-        if tokio::time::timeout(deadline, all_drained).await.is_err() {
+        if tokio::time::timeout_at(until, all_drained).await.is_err() {
             tracing::warn!(
                 ?deadline,
                 "shutdown deadline passed; cancelling the remaining flows"
@@ -261,12 +284,7 @@ impl Happen {
                 t.shutdown().await;
                 t.clear();
             }
-            Dispatch::Custom(t) => {
-                for n in &nodes {
-                    t.detach(n.id());
-                }
-                t.shutdown().await;
-            }
+            Dispatch::Custom(t) => t.shutdown().await,
         }
         self.shared.nodes.lock().clear();
     }
@@ -282,26 +300,55 @@ struct Creating<'a> {
 impl Drop for Creating<'_> {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            self.shared.forget(&node);
+            if self.shared.unregister(&node) {
+                self.shared.detach_later(vec![node.id().clone()], false);
+            }
             node.engine().close(&node, true);
         }
     }
 }
 
 impl HappenShared {
-    /// Removes `node` from the registry and the transport (if it is still the node of its id).
-    pub(crate) fn forget(&self, node: &Node) {
-        let removed = {
-            let mut nodes = self.nodes.lock();
-            match nodes.get(node.id()) {
-                Some(n) if Arc::ptr_eq(&n.shared, &node.shared) => nodes.remove(node.id()),
-                _ => None,
+    /// Removes `node` from the registry, if it is still the node of its id.
+    pub(crate) fn unregister(&self, node: &Node) -> bool {
+        let mut nodes = self.nodes.lock();
+        match nodes.get(node.id()) {
+            Some(n) if Arc::ptr_eq(&n.shared, &node.shared) => nodes.remove(node.id()).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Detaches `node` from the transport (the node stays open meanwhile, so what reached it
+    /// is answered).
+    pub(crate) async fn detach(&self, node: &Node) {
+        match &self.dispatch {
+            Dispatch::Local(t) => t.detach(node.id()).await,
+            Dispatch::Custom(t) => t.detach(node.id()).await,
+        }
+    }
+
+    /// Detaches `ids` in the background (from `Drop`, which cannot wait), then stops the
+    /// transport if `then_shutdown`.
+    fn detach_later(&self, ids: Vec<NodeId>, then_shutdown: bool) {
+        match &self.dispatch {
+            Dispatch::Local(t) => {
+                for id in &ids {
+                    // Ready at once: the in-process transport forgets the node synchronously.
+                    drop(t.detach(id));
+                }
             }
-        };
-        if removed.is_some() {
-            match &self.dispatch {
-                Dispatch::Local(t) => t.detach(node.id()),
-                Dispatch::Custom(t) => t.detach(node.id()),
+            Dispatch::Custom(t) => {
+                let t = t.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        for id in &ids {
+                            t.detach(id).await;
+                        }
+                        if then_shutdown {
+                            t.shutdown().await;
+                        }
+                    });
+                }
             }
         }
     }
@@ -315,18 +362,10 @@ impl HappenShared {
         for n in &nodes {
             n.engine().close(n, true);
         }
-        match &self.dispatch {
-            Dispatch::Local(t) => t.clear(),
-            Dispatch::Custom(t) => {
-                for n in &nodes {
-                    t.detach(n.id());
-                }
-                let t = t.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move { t.shutdown().await });
-                }
-            }
+        if let Dispatch::Local(t) = &self.dispatch {
+            t.clear();
         }
+        self.detach_later(nodes.iter().map(|n| n.id().clone()).collect(), true);
     }
 
     pub(crate) fn config(&self) -> &Config {

@@ -448,10 +448,23 @@ impl Node {
     /// The node stops taking events at the first poll; if the future is dropped before it
     /// resolves, its remaining flows keep running until they finish.
     pub async fn close(&self, deadline: Duration) {
-        self.shared.happen.forget(self);
+        let until = tokio::time::Instant::now() + deadline;
+        let happen = &self.shared.happen;
         let engine = self.engine();
+        if happen.unregister(self) {
+            // The transport stops routing here first; the node stays open meanwhile, so
+            // what reached it is still answered.
+            let mut detached = std::pin::pin!(happen.detach(self));
+            if tokio::time::timeout_at(until, detached.as_mut())
+                .await
+                .is_err()
+            {
+                engine.close(self, true);
+                detached.await;
+            }
+        }
         engine.close(self, false);
-        if tokio::time::timeout(deadline, engine.wait_drained())
+        if tokio::time::timeout_at(until, engine.wait_drained())
             .await
             .is_err()
         {

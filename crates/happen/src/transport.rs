@@ -11,6 +11,11 @@
 //!   errors detected later (a remote `QueueFull`, a remote panic). A transport that cannot
 //!   deliver a reply must answer with an error rather than drop it; a `reply` dropped without an
 //!   answer surfaces to the sender as [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown).
+//! - **Detach.** [`Transport::detach`] stops routing to the node before anything else: once
+//!   it has taken effect, new events for the node go elsewhere (another replica) or fail as
+//!   for an unknown node. Events that reached the node before are still delivered to it, and
+//!   the returned future resolves when every answer to them has been handed on (the instance
+//!   keeps the node running meanwhile, within its shutdown deadline).
 //! - **Broadcast.** [`Transport::broadcast`] reaches every node (in every process) whose
 //!   [`Inbox::accepts`] the event type, once per node id.
 //! - **Pressure.** [`Transport::pressure`] exposes the backpressure state of a target, if known.
@@ -24,6 +29,7 @@ use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::config::Limits;
 use crate::engine::Pressure;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -36,8 +42,9 @@ pub trait Transport: Send + Sync + 'static {
     /// A node was created at this instance; route its events to `inbox`.
     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>>;
 
-    /// The node was removed; stop routing to it.
-    fn detach(&self, node: &NodeId);
+    /// The node is being removed: stop routing to it, and resolve once the answers to what
+    /// reached it before have been delivered (see the [module docs](self)).
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()>;
 
     /// Delivers `event` to the node `target`, answering through `reply` if given.
     ///
@@ -130,6 +137,12 @@ impl Inbox {
         Ok(BroadcastItems::new(tap))
     }
 
+    /// The node's admission limits (a transport may tell remote senders, so they can pace
+    /// themselves).
+    pub fn limits(&self) -> &Limits {
+        self.node.limits()
+    }
+
     /// The node's current backpressure state.
     pub fn pressure(&self) -> Pressure {
         self.node.pressure()
@@ -179,8 +192,9 @@ impl Transport for LocalTransport {
         Box::pin(async { Ok(()) })
     }
 
-    fn detach(&self, node: &NodeId) {
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
         self.nodes.write().remove(node);
+        Box::pin(async {})
     }
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {

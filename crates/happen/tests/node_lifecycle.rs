@@ -33,8 +33,8 @@ impl Transport for SlowAttach {
         }
         self.inner.attach(inbox)
     }
-    fn detach(&self, node: &NodeId) {
-        self.inner.detach(node);
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
+        self.inner.detach(node)
     }
     fn send(
         &self,

@@ -35,8 +35,9 @@ impl Transport for Capture {
         Box::pin(async { Ok(()) })
     }
 
-    fn detach(&self, node: &NodeId) {
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
         self.inboxes.lock().unwrap().remove(node);
+        Box::pin(async {})
     }
 
     fn send(
