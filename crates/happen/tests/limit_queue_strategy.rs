@@ -198,8 +198,14 @@ async fn full_priority_queue_displaces_the_newest_lowest() {
     assert_eq!(*started.lock(), ["H", "D", "A", "F"]);
     wait_until("stats", || node.stats().completed == 4).await;
     let st = node.stats();
-    assert_eq!(st.rejected, 4, "{st:?}");
+    // C and B were accepted, then displaced; E and G were refused at admission.
+    assert_eq!((st.rejected, st.displaced), (2, 2), "{st:?}");
     assert_eq!(st.failed, 0, "{st:?}");
+    assert_eq!(
+        st.accepted,
+        st.completed + st.failed + st.cancelled + st.displaced,
+        "the counters reconcile: {st:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -139,7 +139,19 @@ impl FlowTask {
         self.finished = true;
         let node = self.ctx.node().clone();
         node.engine().release(&node, self.lane.take());
-        node.engine().count_finished(outcome.is_err());
+        // A stream stopped because its consumer went away is what the consumer asked for.
+        let consumer_gone = outcome.is_err()
+            && self
+                .ctx
+                .inner
+                .stream
+                .active()
+                .is_some_and(|s| s.is_cancelled());
+        if consumer_gone {
+            node.engine().count_cancelled();
+        } else {
+            node.engine().count_finished(outcome.is_err());
+        }
         let outcome = outcome.map_err(|e| e.at_flow(node.id(), self.ctx.event().id()));
         if let Err(e) = &outcome {
             let _g = self.span.enter();

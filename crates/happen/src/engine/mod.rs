@@ -64,12 +64,14 @@ struct Hot {
     word: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    displaced: AtomicU64,
 }
 
 /// What finishing flows write, on a cache line of its own (senders never touch it).
 struct Done {
     completed: AtomicU64,
     failed: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// State behind the admission lock.
@@ -112,10 +114,12 @@ impl Engine {
                 word: AtomicU64::new(0),
                 accepted: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                displaced: AtomicU64::new(0),
             }),
             done: CachePadded::new(Done {
                 completed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
             }),
             slow: Mutex::new(Slow {
                 queue: Queue::new(limits.queue_strategy),
@@ -276,14 +280,15 @@ impl Engine {
                     }
                 }
                 // Full. A priority queue may displace its newest lowest-priority event.
-                self.hot.rejected.fetch_add(1, Ordering::Relaxed);
-                self.metrics.rejected.increment(1);
                 match slow.queue.displace_for(p.event.priority()) {
                     Some(d) => {
+                        self.hot.displaced.fetch_add(1, Ordering::Relaxed);
                         displaced = Some(d);
                         break Admitted::Queued(p); // takes the displaced event's place
                     }
                     None => {
+                        self.hot.rejected.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.rejected.increment(1);
                         drop(slow);
                         return Err(Error::queue_full(
                             node.id(),
@@ -332,6 +337,11 @@ impl Engine {
 
 impl Engine {
     // ---- finishing -----------------------------------------------------------------------
+
+    /// Counts a flow its stream's consumer cancelled.
+    pub(crate) fn count_cancelled(&self) {
+        self.done.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Counts a finished flow (before it answers, so a sender that got its reply sees it).
     pub(crate) fn count_finished(&self, failed: bool) {
@@ -549,8 +559,10 @@ impl Engine {
             peak_queued: slow.peak_queued,
             accepted: self.hot.accepted.load(Ordering::Relaxed),
             rejected: self.hot.rejected.load(Ordering::Relaxed),
+            displaced: self.hot.displaced.load(Ordering::Relaxed),
             completed: self.done.completed.load(Ordering::Relaxed),
             failed: self.done.failed.load(Ordering::Relaxed),
+            cancelled: self.done.cancelled.load(Ordering::Relaxed),
             unobserved_failures,
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),

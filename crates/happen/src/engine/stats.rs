@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 /// A snapshot of a node's counters (see [`Node::stats`](crate::Node::stats)).
+///
+/// The counters reconcile: every accepted event is, at any moment, exactly one of active,
+/// queued, completed, failed, cancelled or displaced —
+/// `accepted == active + queued + completed + failed + cancelled + displaced` once nothing is
+/// in motion. Events refused at admission are `rejected` and never accepted.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct NodeStats {
@@ -16,12 +21,19 @@ pub struct NodeStats {
     pub peak_queued: usize,
     /// Events admitted (started at once or queued).
     pub accepted: u64,
-    /// Events rejected or displaced with `QueueFull`.
+    /// Events refused at admission with `QueueFull` (never accepted).
     pub rejected: u64,
+    /// Accepted events that waited in a full priority queue and were pushed out by a
+    /// higher-priority event (their senders got `QueueFull`).
+    pub displaced: u64,
     /// Flows that finished with a value.
     pub completed: u64,
-    /// Flows that finished with an error (handler error, panic, no handler, cancelled...).
+    /// Flows that finished with an error (handler error, panic, no handler, cancelled by a
+    /// shutdown...).
     pub failed: u64,
+    /// Streaming flows stopped because their consumer went away (what the consumer asked
+    /// for, so not counted as failed).
+    pub cancelled: u64,
     /// Failures nobody awaited (logged and counted): fire-and-forget sends from this node
     /// whose flow failed, plus failures this node noticed for senders outside this instance
     /// and broadcasts it rejected.
