@@ -132,6 +132,12 @@ impl Runner {
     fn spawn(&self, task: FlowTask) {
         let handle = self.runtime.spawn(task).abort_handle();
         let mut w = self.waiting.lock();
+        // A cancelling close sets `cancelled` before it takes the handles under this lock:
+        // a flow moved to its task after that is cancelled here instead of being missed.
+        if self.cancelled.load(Ordering::Acquire) {
+            handle.abort();
+            return;
+        }
         if w.handles.len() >= w.sweep_at {
             w.handles.retain(|h| !h.is_finished());
             w.sweep_at = (w.handles.len() * 2).max(64);
@@ -209,7 +215,13 @@ fn drive_once(
             continue;
         };
         match Pin::new(&mut task).poll(cx) {
-            Poll::Ready(()) => {}
+            // Reuse the context only while more events wait, so an idle node keeps nothing
+            // of its last flow (event, context data) alive.
+            Poll::Ready(()) if !run.ready.is_empty() => task.recycle(cache),
+            Poll::Ready(()) => {
+                drop(task);
+                cache.spare = None;
+            }
             Poll::Pending if !run.cancelled.load(Ordering::Acquire) => {
                 task.nudge(); // the flow waits: its sender arms its timeout now
                 run.spawn(task);

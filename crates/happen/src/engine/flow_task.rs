@@ -33,6 +33,8 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 #[derive(Default)]
 pub(crate) struct StepCache {
     last: Option<(String, u64, Arc<dyn ErasedStep>)>,
+    /// The context of the last flow that finished on its first poll, to reuse.
+    pub(crate) spare: Option<Context>,
 }
 
 impl StepCache {
@@ -83,12 +85,14 @@ impl FlowTask {
             correlation_id = %event.correlation_id(),
         );
         let step = cache.lookup(node, event.event_type());
-        let ctx = Context::new(
-            node.clone(),
-            event,
-            FlowStream::new(p.reply, node.stream_buffer(), source),
-            p.items,
-        );
+        let stream = FlowStream::new(p.reply, node.stream_buffer(), source);
+        let ctx = match cache.spare.take() {
+            Some(spare) => match spare.renew(node, event, stream, p.items) {
+                Ok(ctx) => ctx,
+                Err((event, stream, items)) => Context::new(node.clone(), event, stream, items),
+            },
+            None => Context::new(node.clone(), event, stream, p.items),
+        };
         let mut task = FlowTask {
             ctx,
             step: None,
@@ -109,6 +113,15 @@ impl FlowTask {
             }
         }
         task
+    }
+
+    /// Keeps a finished flow's context for the next flow (see `Context::renew`).
+    pub(crate) fn recycle(self, cache: &mut StepCache) {
+        if self.finished {
+            let ctx = self.ctx.clone();
+            drop(self);
+            cache.spare = Some(ctx);
+        }
     }
 
     /// Tells the sender the answer will not be immediate.
@@ -137,8 +150,9 @@ impl FlowTask {
     fn finish(&mut self, outcome: Result<Value>) {
         self.step = None; // drop the step first: its cleanup runs before the sender hears back
         self.finished = true;
-        let node = self.ctx.node().clone();
-        node.engine().release(&node, self.lane.take());
+        let lane = self.lane.take();
+        let node = self.ctx.node();
+        node.engine().release(node, lane);
         // A stream stopped because its consumer went away is what the consumer asked for.
         let consumer_gone = outcome.is_err()
             && self
