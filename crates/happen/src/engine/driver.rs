@@ -14,7 +14,7 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
-use crossbeam_queue::SegQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
@@ -26,10 +26,57 @@ use crate::node::{Node, NodeShared};
 /// Flows a driver starts per poll before it yields to other tasks.
 const BUDGET: usize = 128;
 
+/// Up to this `max_concurrent`, the ready queue is a preallocated ring (no allocation per
+/// block of events); above it, an unbounded segmented queue.
+const RING_UP_TO: usize = 4096;
+
+/// Admitted events holding a slot, waiting for a driver. Only slot holders enter it, so it
+/// never holds more than `max_concurrent` events: up to [`RING_UP_TO`] that is a preallocated
+/// ring; above it (or, never expected, when the ring is full) the segmented queue.
+struct Ready {
+    ring: Option<ArrayQueue<Pending>>,
+    segments: SegQueue<Pending>,
+}
+
+impl Ready {
+    fn new(max_running: u64) -> Ready {
+        let ring = match usize::try_from(max_running) {
+            Ok(n) if n <= RING_UP_TO => Some(ArrayQueue::new(n.max(1))),
+            _ => None,
+        };
+        Ready {
+            ring,
+            segments: SegQueue::new(),
+        }
+    }
+
+    fn push(&self, p: Pending) {
+        let p = match &self.ring {
+            Some(ring) => match ring.push(p) {
+                Ok(()) => return,
+                Err(p) => p,
+            },
+            None => p,
+        };
+        self.segments.push(p);
+    }
+
+    fn pop(&self) -> Option<Pending> {
+        match &self.ring {
+            Some(ring) => ring.pop().or_else(|| self.segments.pop()),
+            None => self.segments.pop(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.as_ref().is_none_or(ArrayQueue::is_empty) && self.segments.is_empty()
+    }
+}
+
 /// The running side of one node.
 pub(crate) struct Runner {
     /// Admitted events holding a slot, waiting for a driver.
-    ready: SegQueue<Pending>,
+    ready: Ready,
     /// Held while taking an event from `ready` and calling its first step, so flows start in
     /// the order they were admitted even when several drivers run.
     start: Mutex<()>,
@@ -55,7 +102,7 @@ struct Waiting {
 }
 
 impl Runner {
-    pub(crate) fn new() -> crate::Result<Runner> {
+    pub(crate) fn new(max_running: u64) -> crate::Result<Runner> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             crate::Error::new(
                 crate::ErrorKind::InvalidConfig,
@@ -64,7 +111,7 @@ impl Runner {
         })?;
         let max_drivers = runtime.metrics().num_workers().clamp(1, 64);
         Ok(Runner {
-            ready: SegQueue::new(),
+            ready: Ready::new(max_running),
             start: Mutex::new(()),
             idle: AtomicU64::new(0),
             cancelled: std::sync::atomic::AtomicBool::new(false),

@@ -131,7 +131,7 @@ impl Engine {
                 waits: WaitHistogram::default(),
                 aborted: false,
             }),
-            run: Runner::new()?,
+            run: Runner::new((limits.max_concurrent as u64).min(MAX_COUNT))?,
             max_running: (limits.max_concurrent as u64).min(MAX_COUNT),
             queue_limit: (limits.queue_limit as u64).min(MAX_COUNT),
             lanes,
