@@ -195,10 +195,10 @@ impl Event {
                 payload: payload.into(),
                 priority: 0,
                 causal: Causal {
-                    id: EventId::parse(""),
+                    id: EventId::unassigned(),
                     sender: empty_node(),
                     causation_id: None,
-                    correlation_id: CorrelationId::parse(""),
+                    correlation_id: CorrelationId::unassigned(),
                     path: Path::default(),
                     timestamp: 0,
                 },
@@ -349,7 +349,10 @@ impl Event {
             }
             None => {
                 c.causation_id = None;
-                c.correlation_id = inner.explicit_correlation.clone().unwrap_or_default();
+                c.correlation_id = match &inner.explicit_correlation {
+                    Some(id) => id.clone(),
+                    None => CorrelationId::for_root(&c.id),
+                };
                 c.path = Path::One(sender.clone());
             }
         }

@@ -153,8 +153,23 @@ enum IdRepr {
 fn next_uuid() -> u128 {
     static BASE: OnceLock<u128> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    /// Counter values a thread takes at once, so making an id touches no shared state.
+    const BLOCK: u64 = 1024;
+    thread_local! {
+        static RANGE: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
     let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u128;
+    let n = RANGE.with(|r| {
+        let (next, end) = r.get();
+        if next == end {
+            let start = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
+            r.set((start + 1, start + BLOCK));
+            start
+        } else {
+            r.set((next + 1, end));
+            next
+        }
+    }) as u128;
     // Mix the counter into the low 62 bits (below the variant bits), spread so neighbouring
     // ids differ in more than the last digit, then force the v4 version and RFC variant bits.
     let mixed = base ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & ((1u128 << 62) - 1));
@@ -210,6 +225,13 @@ macro_rules! id_type {
             /// any other string verbatim.
             pub fn parse(s: &str) -> Self {
                 $name(parse_repr($prefix, s))
+            }
+        }
+
+        impl $name {
+            /// Not assigned yet (prints as the empty string; no allocation).
+            pub(crate) fn unassigned() -> Self {
+                $name(IdRepr::Empty)
             }
         }
 
@@ -271,6 +293,14 @@ id_type!(
     "txn-"
 );
 
+impl CorrelationId {
+    /// The transaction id of a root event: its event's UUID under the `txn-` prefix (unique
+    /// as the event id is, and one id generation per root event instead of two).
+    pub(crate) fn for_root(event: &EventId) -> CorrelationId {
+        CorrelationId(event.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +317,35 @@ mod tests {
             assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{s}");
             assert!(seen.insert(s));
         }
+    }
+
+    #[test]
+    fn ids_made_on_many_threads_are_unique() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..5_000)
+                        .map(|_| EventId::new().to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(seen.insert(id), "duplicate id");
+            }
+        }
+        assert_eq!(seen.len(), 40_000);
+    }
+
+    #[test]
+    fn a_root_transaction_id_shares_its_events_uuid() {
+        let e = EventId::new();
+        let c = CorrelationId::for_root(&e);
+        assert_eq!(e.to_string()[4..], c.to_string()[4..]);
+        assert!(c.to_string().starts_with("txn-"));
+        assert_eq!(EventId::unassigned().to_string(), "");
     }
 
     #[test]
