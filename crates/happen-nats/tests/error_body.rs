@@ -169,3 +169,33 @@ async fn an_error_reply_without_a_body_still_decodes() {
     assert!(err.downstream().is_none() && err.code().is_none());
     within(10, "responder", responder).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_too_large_for_one_message_is_cut_not_lost() {
+    let server = NatsServer::start();
+    let (a, _) = instance(&server.url()).await;
+    let (b, _) = instance(&server.url()).await;
+    let verbose = b.node("verbose").await.unwrap();
+    verbose
+        .on("dump", |_e: Event, _c: Context| async {
+            // twice the server's max_payload (1 MiB by default)
+            let message = "x".repeat(2 << 20);
+            Err::<(), _>(Error::new(ErrorKind::Handler, message).with_code("too_long"))
+        })
+        .unwrap();
+    let client = a.node("client").await.unwrap();
+    let err = within(
+        10,
+        "dump",
+        client
+            .send("verbose", Event::new("dump", ()))
+            .timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Handler, "{}", err.kind());
+    assert_eq!(err.code(), Some("too_long"));
+    assert_eq!(err.node().map(|n| n.as_str()), Some("verbose"));
+    assert!(err.message().len() < 4096, "{}", err.message().len());
+    assert!(err.message().contains("did not fit"), "{}", err.message());
+}
