@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
-use bytes::Bytes;
 use futures::StreamExt;
 use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::transport::Inbox;
@@ -150,6 +149,9 @@ impl Incoming {
     }
 }
 
+/// Room for the `Happen-Seq` header, added to an error frame after its size was checked.
+const SEQ_ROOM: usize = 64;
+
 fn frame_headers(frame: &Frame, seq: u64) -> HeaderMap {
     let mut h = wire::frame_headers(frame);
     h.insert(header::SEQ, seq.to_string().as_str());
@@ -162,24 +164,31 @@ fn frame_headers(frame: &Frame, seq: u64) -> HeaderMap {
 async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItems) {
     let mut seq = 0u64;
     loop {
-        let (frame, body) = match items.next().await {
-            Some(Ok(StreamItem::Item(v))) => {
-                let body = value_body(&v);
-                (Frame::Item(Value::Null), body)
+        let next = items.next().await;
+        if let Some(Ok(StreamItem::Lagged(n))) = next {
+            seq = seq.saturating_add(n);
+            continue;
+        }
+        seq += 1;
+        let last = !matches!(next, Some(Ok(StreamItem::Item(_))));
+        let (h, body) = match next {
+            Some(Ok(StreamItem::Item(v))) => (
+                frame_headers(&Frame::Item(Value::Null), seq),
+                value_body(&v),
+            ),
+            Some(Err(e)) => {
+                let (mut h, body) = wire::error_frame(&e, shared.client.max_payload(), SEQ_ROOM);
+                h.insert(header::SEQ, seq.to_string().as_str());
+                (h, body)
             }
-            Some(Ok(StreamItem::Lagged(n))) => {
-                seq = seq.saturating_add(n);
-                continue;
-            }
-            Some(Err(e)) => (Frame::Error(e), Bytes::new()),
-            None => {
+            _ => {
                 let end = items.final_value().cloned().unwrap_or(Value::Null);
-                (Frame::End(Value::Null), value_body(&end))
+                (
+                    frame_headers(&Frame::End(Value::Null), seq),
+                    value_body(&end),
+                )
             }
         };
-        seq += 1;
-        let last = !matches!(frame, Frame::Item(_));
-        let h = frame_headers(&frame, seq);
         match shared
             .client
             .publish_with_headers(subject.clone(), h, body)

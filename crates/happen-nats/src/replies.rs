@@ -153,8 +153,8 @@ fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Mess
         );
         let mut h = async_nats::HeaderMap::new();
         h.insert(header::STATUS, "error");
-        wire::error_headers(&err, &mut h);
-        (Some(h), bytes::Bytes::new())
+        let body = wire::encode_error(&err, &mut h, shared.client.max_payload(), 0);
+        (Some(h), body)
     } else {
         (msg.headers, msg.payload)
     };

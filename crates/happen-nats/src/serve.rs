@@ -596,6 +596,12 @@ async fn publish(shared: &Shared, subject: Subject, headers: Option<HeaderMap>, 
     }
 }
 
+/// Room for the `Happen-Pressure` header (about 100 bytes) added to an error reply after its
+/// size was checked against the server's `max_payload`.
+const PRESSURE_ROOM: usize = 256;
+
+/// Publishes an error reply: `Happen-Status: error`, the `Happen-Error-*` headers and the JSON
+/// error body (see `WIRE.md`, "Request / reply").
 pub(crate) async fn publish_error(
     shared: &Shared,
     reply: Subject,
@@ -605,10 +611,10 @@ pub(crate) async fn publish_error(
 ) {
     let mut h = HeaderMap::new();
     h.insert(header::STATUS, "error");
-    wire::error_headers(err, &mut h);
+    let body = wire::encode_error(err, &mut h, shared.client.max_payload(), PRESSURE_ROOM);
     let mut h = Some(h);
     pressure_headers(shared, node, pressure, &mut h);
-    publish(shared, reply, h, Bytes::new()).await;
+    publish(shared, reply, h, body).await;
 }
 
 pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {

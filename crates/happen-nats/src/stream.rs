@@ -72,8 +72,8 @@ async fn forward(
                         .fetch_max(window - credit.min(window), Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
-                    let h = wire::frame_headers(&Frame::Error(e));
-                    publish(shared, &reply, h, Bytes::new()).await;
+                    let (h, body) = wire::error_frame(&e, shared.client.max_payload(), 0);
+                    publish(shared, &reply, h, body).await;
                     return;
                 }
                 None => {

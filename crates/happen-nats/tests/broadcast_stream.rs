@@ -53,7 +53,8 @@ async fn monitor(
             for i in 0..n {
                 if fail_after == Some(i) {
                     let _ = done.lock().take().map(|d| d.send(()));
-                    return Err(happen::Error::new(ErrorKind::Handler, "sensor failed"));
+                    return Err(happen::Error::new(ErrorKind::Handler, "sensor failed")
+                        .with_code("sensor_failed"));
                 }
                 emit.emit(i).await?;
                 // paces the producer (not a synchronisation): fast readers keep up
@@ -259,6 +260,13 @@ async fn the_producers_error_reaches_every_subscriber() {
         let err = end.expect_err("the producer failed");
         assert_eq!(err.kind(), ErrorKind::Handler, "{name}: {err}");
         assert!(err.message().contains("sensor failed"), "{name}: {err}");
+        // the error frame carries the whole error (its JSON body)
+        assert_eq!(err.code(), Some("sensor_failed"), "{name}: {err:?}");
+        assert_eq!(
+            err.node().map(|n| n.as_str()),
+            Some("monitor"),
+            "{name}: {err:?}"
+        );
     }
     within(10, "the producer", done_rx).await.unwrap();
     within(10, "shutdown", a.shutdown(Duration::from_secs(5))).await;

@@ -15,6 +15,9 @@ fn headers(pairs: &[(u8, String)]) -> HeaderMap {
         header::ERROR_KIND,
         header::ERROR_MESSAGE,
         header::ERROR_LIMIT,
+        header::ERROR_NODE,
+        header::ERROR_EVENT,
+        header::ERROR_CODE,
         header::PRESSURE,
     ];
     let mut h = HeaderMap::new();
@@ -61,7 +64,64 @@ proptest! {
         let _ = wire::decode_frame(Some(&h), &body);
         let _ = wire::decode_frame(None, &body);
         let _ = wire::error_from_headers(&h);
+        let _ = wire::decode_error(&h, &body);
         let _ = wire::parse_pressure(h.get(header::PRESSURE).map(|v| v.as_str()));
+    }
+
+    #[test]
+    fn error_bodies_of_any_shape_never_panic(
+        kind in proptest::option::of(".{0,12}"),
+        limit in proptest::option::of(any::<i64>()),
+        omitted in proptest::option::of(any::<i64>()),
+        depth in 0usize..40,
+        wrong in any::<bool>(),
+    ) {
+        let mut e = json!({"message": "m"});
+        for _ in 0..depth {
+            let mut outer = json!({"kind": "downstream", "message": "hop"});
+            outer["downstream"] = e;
+            e = outer;
+        }
+        if let Some(k) = kind { e["kind"] = json!(k); }
+        if let Some(l) = limit { e["limit"] = json!(l); }
+        if let Some(o) = omitted { e["omitted"] = json!(o); }
+        if wrong { e["code"] = json!(7); }
+        let body = serde_json::to_vec(&json!({"error": e})).unwrap();
+        let _ = wire::decode_error(&HeaderMap::new(), &body);
+    }
+
+    #[test]
+    fn errors_round_trip(
+        message in ".{0,40}",
+        code in proptest::option::of(".{0,12}"),
+        node in proptest::option::of("[a-z]{1,8}(\\.[a-z]{1,4})?"),
+        depth in 1usize..24,
+    ) {
+        let mut err = happen::Error::from_parts(
+            happen::ErrorKind::Handler,
+            message.clone(),
+            node.clone().map(happen::NodeId::from),
+            None,
+            None,
+        );
+        if let Some(c) = &code { err = err.with_code(c.clone()); }
+        for i in 1..depth {
+            err = happen::Error::new(happen::ErrorKind::Downstream, format!("hop {i}"))
+                .with_downstream(err);
+        }
+        let mut h = HeaderMap::new();
+        let body = wire::encode_error(&err, &mut h, 1 << 20, 0);
+        let back = wire::decode_error(&h, &body);
+        prop_assert_eq!(back.kind(), err.kind());
+        let origin = back.origin();
+        prop_assert_eq!(origin.kind(), happen::ErrorKind::Handler);
+        prop_assert_eq!(origin.message(), message.as_str());
+        prop_assert_eq!(origin.code(), code.as_deref());
+        prop_assert_eq!(origin.node().map(|n| n.to_string()), node);
+        // from the headers alone (an older happen reads only those): the outermost error
+        let top = wire::error_from_headers(&h);
+        prop_assert_eq!(top.kind(), err.kind());
+        prop_assert_eq!(top.message(), err.message());
     }
 
     #[test]
