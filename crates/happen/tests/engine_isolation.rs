@@ -280,8 +280,62 @@ async fn eight_producers_never_see_more_than_max_concurrent_and_lose_nothing() {
         "peak {}",
         gauge.peak.load(Ordering::SeqCst)
     );
+    // The handler counts before its flow finishes: wait for the node's own count.
+    support::wait_until("every flow counted", || node.stats().completed == total).await;
     let stats = node.stats();
     assert_eq!(stats.accepted, total);
     assert_eq!(stats.rejected, rejected);
-    assert_eq!(stats.completed, total);
+    assert_eq!((stats.active, stats.queued), (0, 0));
+}
+
+/// A node whose runtime shuts down under it answers everything it held (`ShutDown`) instead
+/// of leaving its senders waiting, and counts the fault.
+#[test]
+fn a_node_whose_runtime_shuts_down_answers_its_senders() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (happen, node, replies) = rt.block_on(async {
+        let happen = Happen::new();
+        let node = happen
+            .node_with(
+                "doomed",
+                NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(1)),
+            )
+            .await
+            .unwrap();
+        node.on("hang", |_e: Event, _c: Context| async {
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+        let client = happen.node("client").await.unwrap();
+        let replies: Vec<_> = (0..5)
+            .map(|_| client.send(&node, Event::new("hang", ())))
+            .collect();
+        support::wait_until("one running, four queued", || {
+            let s = node.stats();
+            (s.active, s.queued) == (1, 4)
+        })
+        .await;
+        (happen, node, replies)
+    });
+    drop(rt); // drops every task: the node's driver and its running flow
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for (i, r) in replies.into_iter().enumerate() {
+            let err = timeout(T, r)
+                .await
+                .unwrap_or_else(|_| panic!("reply {i} not answered: {:?}", node.stats()))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ShutDown, "{err}");
+        }
+    });
+    assert_eq!(node.stats().engine_faults, 1);
+    drop(happen);
 }

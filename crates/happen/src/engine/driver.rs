@@ -208,26 +208,56 @@ impl Runner {
 /// Supervised: user code runs inside each flow's own panic boundary, and a panic in the
 /// engine itself is caught here too, logged and counted, and the driver carries on — a
 /// driver never ends while its node lives, so nothing waits on a dead one.
-async fn drive(node: Weak<NodeShared>, index: usize) {
-    let mut cache = StepCache::default();
-    futures::future::poll_fn(|cx| {
-        let Some(shared) = node.upgrade() else {
-            return Poll::Ready(());
+fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Send {
+    // Made before the first poll: a driver dropped unpolled (its runtime shut down before
+    // it ever ran) must be noticed too.
+    let guard = DriverGuard(node.clone());
+    async move {
+        let _guard = guard;
+        let mut cache = StepCache::default();
+        futures::future::poll_fn(|cx| {
+            let Some(shared) = node.upgrade() else {
+                return Poll::Ready(());
+            };
+            let node = Node { shared };
+            match catch_unwind(AssertUnwindSafe(|| {
+                drive_once(&node, index, &mut cache, cx)
+            })) {
+                Ok(poll) => poll,
+                Err(panic) => {
+                    node.engine().fault(&node, &panic_message(&*panic));
+                    cache = StepCache::default();
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Notices a driver that ends while its node still lives and is not drained — its task was
+/// dropped, which happens when the Tokio runtime shuts down under a live node. The node is
+/// then closed with cancellation (everything queued or running answers `ShutDown`), and the
+/// fault is logged and counted, so no sender waits on a node nobody drives.
+struct DriverGuard(Weak<NodeShared>);
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
         };
         let node = Node { shared };
-        match catch_unwind(AssertUnwindSafe(|| {
-            drive_once(&node, index, &mut cache, cx)
-        })) {
-            Ok(poll) => poll,
-            Err(panic) => {
-                node.engine().fault(&node, &panic_message(&*panic));
-                cache = StepCache::default();
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
+        let engine = node.engine();
+        if engine.is_drained() {
+            return;
         }
-    })
-    .await;
+        engine.fault(
+            &node,
+            "a driver of this node ended (its runtime shut down?)",
+        );
+        engine.close(&node, true);
+    }
 }
 
 /// One poll of a driver: starts ready flows until the queue is empty (then parks) or the

@@ -72,6 +72,7 @@ struct Done {
     completed: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
+    faults: AtomicU64,
 }
 
 /// State behind the admission lock.
@@ -120,6 +121,7 @@ impl Engine {
                 completed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 cancelled: AtomicU64::new(0),
+                faults: AtomicU64::new(0),
             }),
             slow: Mutex::new(Slow {
                 queue: Queue::new(limits.queue_strategy),
@@ -448,6 +450,7 @@ impl Engine {
     /// flow fails, the fault is logged and counted, the node keeps running.
     pub(crate) fn fault(&self, node: &Node, message: &str) {
         self.metrics.faults.increment(1);
+        self.done.faults.fetch_add(1, Ordering::Relaxed);
         tracing::error!(node = %node.id(), message, "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)");
     }
 
@@ -564,6 +567,7 @@ impl Engine {
             failed: self.done.failed.load(Ordering::Relaxed),
             cancelled: self.done.cancelled.load(Ordering::Relaxed),
             unobserved_failures,
+            engine_faults: self.done.faults.load(Ordering::Relaxed),
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),
         }

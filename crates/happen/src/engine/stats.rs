@@ -38,6 +38,10 @@ pub struct NodeStats {
     /// whose flow failed, plus failures this node noticed for senders outside this instance
     /// and broadcasts it rejected.
     pub unobserved_failures: u64,
+    /// Faults of happen's engine itself at this node (never user code): a panic inside the
+    /// engine, or a driver that ended while the node lived (its runtime shut down). Each is
+    /// logged at error level; the node's flows were answered, never left waiting.
+    pub engine_faults: u64,
     /// Median time an event waited in the queue before starting (an upper bound from a log2
     /// histogram; after the first 1,024 waits, 1 in 8 queued events is sampled).
     pub queue_wait_p50: Duration,
