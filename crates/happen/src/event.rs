@@ -126,7 +126,7 @@ impl<'de> Deserialize<'de> for Path {
 }
 
 fn empty_node() -> NodeId {
-    NodeId::from("")
+    NodeId::from_static("")
 }
 
 /// Milliseconds since the Unix epoch, cheaply: the coarse monotonic clock (a few ms of
@@ -188,6 +188,9 @@ impl Event {
     /// A new event of `event_type` with a JSON payload (anything convertible into
     /// [`serde_json::Value`]: `json!(..)`, strings, numbers, `()` for none).
     /// For a typed payload use [`Event::serialize`].
+    ///
+    /// The type may be any `&str`, `String` or [`EventType`]; a `&str` is copied (one small
+    /// allocation), an [`EventType::from_static`] is not.
     pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
         Event {
             inner: Arc::new(EventInner {
@@ -391,19 +394,40 @@ impl fmt::Debug for Event {
     }
 }
 
-/// An event type string; built from `&'static str` without allocating, or from `String`.
+/// An event type string, what [`Event::new`] takes as its type.
+///
+/// Built from any string: a borrowed `&str` (of any lifetime) or a `&String` is copied once
+/// into a shared buffer, a `String` is moved. [`from_static`](EventType::from_static) wraps a
+/// `&'static str` without allocating, for types sent on a hot path.
+///
+/// ```
+/// use happen::{Event, EventType};
+///
+/// let kind = String::from("created");
+/// let ty = format!("order.{kind}");
+/// let event = Event::new(ty.as_str(), ()); // a borrowed, non-'static &str
+/// assert_eq!(event.event_type(), "order.created");
+///
+/// const TICK: EventType = EventType::from_static("clock.tick");
+/// assert_eq!(Event::new(TICK, ()).event_type(), "clock.tick");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EventType(SharedStr);
 
 impl EventType {
+    /// An event type from a `&'static str`, without allocating (usable in `const`s).
+    pub const fn from_static(event_type: &'static str) -> EventType {
+        EventType(SharedStr::Static(event_type))
+    }
+
     /// The type as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
-impl From<&'static str> for EventType {
-    fn from(s: &'static str) -> Self {
-        EventType(s.into())
+impl From<&str> for EventType {
+    fn from(s: &str) -> Self {
+        EventType(SharedStr::Shared(Arc::from(s)))
     }
 }
 impl From<String> for EventType {
@@ -413,7 +437,7 @@ impl From<String> for EventType {
 }
 impl From<&String> for EventType {
     fn from(s: &String) -> Self {
-        EventType(s.clone().into())
+        EventType::from(s.as_str())
     }
 }
 impl fmt::Debug for EventType {

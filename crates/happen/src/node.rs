@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::{Limits, PartialLimits};
 use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
+use crate::event::{Event, EventType};
 use crate::flow::{ErasedStep, Step};
 use crate::handler::Handler;
 use crate::happen::HappenShared;
@@ -182,7 +182,7 @@ impl<'a> From<&'a Node> for Target<'a> {
 }
 impl From<&str> for Target<'_> {
     fn from(s: &str) -> Self {
-        Target::Id(NodeId::from(s.to_owned()))
+        Target::Id(NodeId::from(s))
     }
 }
 impl From<String> for Target<'_> {
@@ -616,7 +616,7 @@ impl Node {
         let Some((seq, p)) = change else { return };
         tracing::debug!(node = %self.id(), under_pressure = p.under_pressure, queued = p.queued, "pressure changed");
         let event = Event::new(
-            PRESSURE_EVENT,
+            EventType::from_static(PRESSURE_EVENT),
             json!({
                 "nodeId": self.id().as_str(),
                 "level": if p.under_pressure { "high" } else { "normal" },
