@@ -37,7 +37,7 @@ pub use crate::handler::Handler;
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
-pub use crate::reply::{Reply, ReplyFuture, ReplyStream};
+pub use crate::reply::{Reply, ReplyStream};
 pub use crate::stream::Emitter;
 pub use crate::transport::{Inbox, LocalTransport, Transport};
 

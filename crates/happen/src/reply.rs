@@ -1,7 +1,7 @@
 //! [`Reply`]: the handle `send` returns — await it for the final value, stream it, or drop it.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
@@ -27,12 +27,16 @@ pub(crate) enum Arm {
     OnNudge,
 }
 
-/// The handle returned by [`Node::send`](crate::Node::send).
+/// The handle returned by [`Node::send`](crate::Node::send): a [`Future`] of the flow's
+/// final value.
 ///
 /// The event is already on its way when you get this handle (dispatch is eager, and the reply
 /// path exists before the event is dispatched, so a fast reply is never lost). Then:
 ///
-/// - `.await` it for the flow's final value (intermediate stream items are skipped);
+/// - `.await` it (or hand it to anything that takes a future: `join_all`, `select!`,
+///   `FuturesUnordered`, `tokio::spawn`) for the flow's final value; intermediate stream
+///   items are skipped;
+/// - [`decode`](Reply::decode) the final value into a type;
 /// - [`into_stream`](Reply::into_stream) to read streamed items, then the final value;
 /// - drop it for fire-and-forget: the event is still handled; failures are logged (target
 ///   `happen::reply`) and counted in the sending node's stats.
@@ -43,10 +47,24 @@ pub(crate) enum Arm {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
 /// use std::time::Duration;
-/// use happen::{ErrorKind, Event, Happen};
+/// use happen::{Context, ErrorKind, Event, Happen, Reply};
 ///
 /// let happen = Happen::new();
+/// let doubler = happen.node("doubler").await?;
+/// doubler.on("double", |event: Event, _ctx: Context| async move {
+///     event.payload().as_u64().unwrap_or(0) * 2
+/// })?;
 /// let client = happen.node("client").await?;
+///
+/// // Replies are futures: wait for many at once.
+/// let replies: Vec<Reply> = (1..=3).map(|i| client.send(&doubler, Event::new("double", i))).collect();
+/// let doubled: Vec<u64> = futures::future::join_all(replies)
+///     .await
+///     .into_iter()
+///     .map(|r| r.map(|v| v.as_u64().unwrap()))
+///     .collect::<happen::Result<_>>()?;
+/// assert_eq!(doubled, [2, 4, 6]);
+///
 /// let err = client
 ///     .send("nobody", Event::new("ping", ()))
 ///     .timeout(Duration::from_secs(1))
@@ -55,33 +73,31 @@ pub(crate) enum Arm {
 /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
 /// # Ok(()) }
 /// ```
+///
+/// # Cancel safety
+/// Awaiting `&mut reply` (for example as one branch of a `tokio::select!` loop) is cancel-safe:
+/// the state lives in the `Reply`, so polling it again later continues where it stopped and
+/// no answer is lost. Dropping the `Reply` itself abandons the answer: a plain flow still runs
+/// to its end (its outcome is discarded; a failure is logged and counted as unobserved), and a
+/// streaming flow is cancelled once the reply had started receiving its items.
 #[must_use = "a Reply does nothing more when dropped: the event was sent; await it to get the final value"]
 pub struct Reply {
-    state: State,
-    timeout: Duration,
+    stream: ReplyStream,
     /// The sending node, to count a failure nobody observed.
     sender: Option<Node>,
-}
-
-enum State {
-    Waiting(SlotReceiver, Arm),
-    Failed(Error),
-    Taken,
 }
 
 impl Reply {
     pub(crate) fn waiting(rx: SlotReceiver, arm: Arm, timeout: Duration) -> Reply {
         Reply {
-            state: State::Waiting(rx, arm),
-            timeout,
+            stream: ReplyStream::new(StreamState::Waiting(rx, arm), timeout),
             sender: None,
         }
     }
 
     pub(crate) fn failed(err: Error, timeout: Duration, sender: Node) -> Reply {
         Reply {
-            state: State::Failed(err),
-            timeout,
+            stream: ReplyStream::new(StreamState::Failed(Some(err)), timeout),
             sender: Some(sender),
         }
     }
@@ -90,8 +106,9 @@ impl Reply {
     /// when the reply is first awaited. For a target in this process the timer is armed only
     /// once the answer is known not to be immediate (the event was queued, or its flow
     /// waits), so a flow that completes at once costs no timer; the deadline is the same.
+    /// Set it before the first poll: a timer already armed keeps its deadline.
     pub fn timeout(mut self, timeout: Duration) -> Reply {
-        self.timeout = timeout;
+        self.stream.timeout = timeout;
         self
     }
 
@@ -100,6 +117,9 @@ impl Reply {
     /// # Errors
     /// Every error of awaiting the reply, plus [`ErrorKind::InvalidPayload`] naming the field
     /// when the value does not fit `T`.
+    ///
+    /// # Cancel safety
+    /// Dropping the returned future drops the reply (see [`Reply`]'s cancel safety).
     pub async fn decode<T: DeserializeOwned>(self) -> Result<T> {
         let v = self.await?;
         decode_value("reply", &v)
@@ -109,23 +129,22 @@ impl Reply {
     /// [`ReplyStream::final_value`]) by its final value. A flow that does not stream yields no
     /// items, then its value. Dropping the stream before its end cancels a streaming producer.
     pub fn into_stream(mut self) -> ReplyStream {
-        let state = std::mem::replace(&mut self.state, State::Taken);
-        ReplyStream {
-            state: match state {
-                State::Waiting(rx, arm) => StreamState::Waiting(rx, arm),
-                State::Failed(e) => StreamState::Failed(Some(e)),
-                State::Taken => StreamState::Done(None),
-            },
-            timeout: self.timeout,
-            sleep: None,
-            progress: false,
-        }
+        let done = ReplyStream::new(StreamState::Done(None), self.stream.timeout);
+        std::mem::replace(&mut self.stream, done)
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Value>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
+        self.get_mut().stream.poll_final(cx)
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let (State::Failed(err), Some(sender)) = (&self.state, &self.sender) {
+        if let (StreamState::Failed(Some(err)), Some(sender)) = (&self.stream.state, &self.sender) {
             sender.unobserved_failure(err);
         }
     }
@@ -134,52 +153,8 @@ impl Drop for Reply {
 impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reply")
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.stream.timeout)
             .finish_non_exhaustive()
-    }
-}
-
-impl IntoFuture for Reply {
-    type Output = Result<Value>;
-    type IntoFuture = ReplyFuture;
-
-    fn into_future(self) -> ReplyFuture {
-        ReplyFuture {
-            stream: self.into_stream(),
-        }
-    }
-}
-
-/// The future of an awaited [`Reply`]: the final value, skipping stream items.
-///
-/// # Cancel safety
-/// Dropping it abandons the reply; a streaming producer is then cancelled, a plain flow still
-/// runs to its end (its outcome is discarded).
-#[must_use = "futures do nothing unless awaited"]
-pub struct ReplyFuture {
-    stream: ReplyStream,
-}
-
-impl fmt::Debug for ReplyFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplyFuture").finish_non_exhaustive()
-    }
-}
-
-impl Future for ReplyFuture {
-    type Output = Result<Value>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
-        let s = &mut self.stream;
-        loop {
-            match ready!(Pin::new(&mut *s).poll_next(cx)) {
-                Some(Ok(_item)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => {
-                    return Poll::Ready(Ok(s.final_value().cloned().unwrap_or(Value::Null)));
-                }
-            }
-        }
     }
 }
 
@@ -217,8 +192,38 @@ impl ReplyStream {
     ///
     /// # Errors
     /// The flow's error, or a timeout waiting for an item.
-    pub async fn finish(self) -> Result<Value> {
-        ReplyFuture { stream: self }.await
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the stream, which cancels a streaming producer.
+    pub async fn finish(mut self) -> Result<Value> {
+        std::future::poll_fn(|cx| self.poll_final(cx)).await
+    }
+
+    fn new(state: StreamState, timeout: Duration) -> ReplyStream {
+        ReplyStream {
+            state,
+            timeout,
+            sleep: None,
+            progress: false,
+        }
+    }
+
+    /// Polls past the remaining items to the final value (what awaiting a [`Reply`] does).
+    fn poll_final(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
+        loop {
+            match ready!(Pin::new(&mut *self).poll_next(cx)) {
+                Some(Ok(_item)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                // Taken, not cloned: a final value is read once through this path.
+                None => {
+                    let v = match &mut self.state {
+                        StreamState::Done(v) => v.take(),
+                        _ => None,
+                    };
+                    return Poll::Ready(Ok(v.unwrap_or(Value::Null)));
+                }
+            }
+        }
     }
 
     fn poll_timeout(&mut self, cx: &mut TaskContext<'_>) -> Poll<Error> {
