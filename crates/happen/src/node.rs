@@ -309,11 +309,35 @@ impl Node {
     /// Registers `handler` for events matching `pattern`.
     ///
     /// When several registered patterns match an event, only the most specific one's handler
-    /// runs (see [`pattern`](crate::pattern)); registering the same pattern twice keeps the
-    /// first registration in effect.
+    /// runs (see [`pattern`](crate::pattern)). Each pattern can be registered once per node:
+    /// a second registration of the same pattern would never run, so it is an error (and the
+    /// first registration stays in effect).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("order.*", |_e: Event, _c: Context| async { "any order event" })?;
+    /// orders.on("order.created", |_e: Event, _c: Context| async { "created" })?; // more specific
+    ///
+    /// let err = orders
+    ///     .on("order.created", |_e: Event, _c: Context| async { "again" })
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::DuplicateHandler);
+    ///
+    /// assert_eq!(orders.send(&orders, Event::new("order.created", ())).await?, "created");
+    /// assert_eq!(orders.send(&orders, Event::new("order.paid", ())).await?, "any order event");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidPattern`] if `pattern` is an invalid pattern string.
+    /// - [`ErrorKind::InvalidPattern`] if `pattern` is an invalid pattern string;
+    /// - [`ErrorKind::DuplicateHandler`] if this node already has a handler for the same
+    ///   pattern: the same exact type, the same wildcards or alternatives (in any order), the
+    ///   same [`domain`](crate::pattern::domain), or a clone of the same predicate
+    ///   [`Pattern`](crate::pattern::Pattern). Different patterns that overlap are fine.
     pub fn on<P, H, Args>(&self, pattern: P, handler: H) -> Result<()>
     where
         P: IntoPattern,
@@ -325,12 +349,14 @@ impl Node {
         let mut reg = self.shared.registry.write();
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
-                tracing::warn!(node = %self.id(), pattern = %pattern, "pattern registered twice; the first registration stays in effect");
-                return Ok(());
+                return Err(Error::duplicate_handler(self.id(), &pattern));
             }
             reg.exact.insert(exact.into(), step);
             self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
             return Ok(());
+        }
+        if reg.ordered.iter().any(|e| e.pattern.same_as(&pattern)) {
+            return Err(Error::duplicate_handler(self.id(), &pattern));
         }
         let spec = pattern.specificity();
         // Insert after every entry at least as specific: stable by registration order.
