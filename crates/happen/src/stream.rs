@@ -45,8 +45,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -59,9 +57,6 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
-use crate::flow::{Flow, IntoFlow};
-use crate::handler::Handler;
 
 /// What a flow answers to its sender: a final outcome, or a stream of items that ends with one.
 ///
@@ -409,7 +404,7 @@ impl FlowStream {
     }
 
     /// Starts streaming (idempotent); returns the sender, or `None` when items are discarded.
-    fn start(&self) -> Option<Arc<StreamShared>> {
+    pub(crate) fn start(&self) -> Option<Arc<StreamShared>> {
         let mut st = self.state.lock();
         if let FlowReply::Pending(reply) = &mut *st {
             let next = match reply.take() {
@@ -588,25 +583,6 @@ impl Emitter {
 impl fmt::Debug for Emitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emitter").finish_non_exhaustive()
-    }
-}
-
-impl<F, Fut, R> Handler<(Event, Context, Emitter)> for F
-where
-    F: Fn(Event, Context, Emitter) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-    R: IntoFlow + 'static,
-{
-    fn is_streaming(&self) -> bool {
-        true
-    }
-
-    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
-        // Open the stream before the step runs so the consumer sees it even if the step
-        // finishes without emitting.
-        ctx.inner.stream.start();
-        let emitter = Emitter::new(ctx.clone());
-        self(event, ctx, emitter).map(IntoFlow::into_flow).boxed()
     }
 }
 
