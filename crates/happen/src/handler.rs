@@ -23,6 +23,10 @@ use crate::stream::Emitter;
 /// - `Fn(Json<T>, Context, Emitter) -> impl Future<Output = R>` — a streaming step with the
 ///   payload deserialized into `T`.
 ///
+/// State shared by every flow of a node (a database pool, a client) is not an argument: give
+/// it to the node with [`NodeOptions::state`](crate::NodeOptions::state) and read it in any
+/// step with [`Context::state`].
+///
 /// Closures need their argument types written out (`|event: Event, ctx: Context| async move { .. }`)
 /// because several shapes exist. Captured state must be `Send + Sync + 'static` (wrap shared
 /// state in an `Arc`).

@@ -19,6 +19,7 @@ mod id;
 mod node;
 mod reply;
 mod slot;
+mod state;
 
 pub mod config;
 pub mod event;

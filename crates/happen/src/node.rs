@@ -20,6 +20,7 @@ use crate::id::NodeId;
 use crate::pattern::{Class, IntoPattern, Pattern};
 use crate::reply::Reply;
 use crate::slot::SlotSender;
+use crate::state::StateMap;
 use crate::stream::{Frame, ReplySender};
 
 /// A node: an autonomous component that receives events through handlers and emits events.
@@ -57,6 +58,7 @@ pub(crate) struct NodeShared {
     max_chain_depth: usize,
     stream_buffer: usize,
     sequential: Option<SequentialKey>,
+    state: StateMap,
     unobserved: AtomicU64,
     /// Bumped by every registration (invalidates the driver's lookup cache).
     registry_version: AtomicU64,
@@ -127,6 +129,7 @@ pub struct NodeOptions {
     request_timeout: Option<Duration>,
     sequential: Option<SequentialKey>,
     stream_buffer: Option<usize>,
+    state: StateMap,
 }
 
 impl NodeOptions {
@@ -152,6 +155,47 @@ impl NodeOptions {
     /// Buffer between this node's streaming flows and their consumers.
     pub fn stream_buffer(mut self, items: usize) -> Self {
         self.stream_buffer = Some(items);
+        self
+    }
+
+    /// Gives the node a value every one of its flows can read with
+    /// [`Context::state`](crate::Context::state) (and anyone with [`Node::state`]): a
+    /// database pool, an HTTP client, a cache. One value per type (a later value of the same
+    /// type replaces the earlier one; wrap values in newtypes to keep two of one type apart).
+    /// The node holds the value as long as it exists and never clones it; flows get a shared
+    /// reference, so mutable state needs its own synchronisation (an atomic, a mutex) inside.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::collections::HashMap;
+    /// use std::sync::Mutex;
+    /// use happen::{Context, Event, Happen, Json, NodeOptions};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<String, u64>>);
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Put { key: String, value: u64 }
+    ///
+    /// async fn put(Json(put): Json<Put>, ctx: Context) -> u64 {
+    ///     let db = ctx.state::<Db>().expect("the store node has a Db");
+    ///     let mut rows = db.0.lock().unwrap();
+    ///     rows.insert(put.key, put.value);
+    ///     rows.len() as u64
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let store = happen.node_with("store", NodeOptions::new().state(Db::default())).await?;
+    /// store.on("put", put)?;
+    /// let rows = store
+    ///     .send(&store, Event::new("put", serde_json::json!({"key": "a", "value": 1})))
+    ///     .await?;
+    /// assert_eq!(rows, 1);
+    /// assert_eq!(store.state::<Db>().unwrap().0.lock().unwrap()["a"], 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
         self
     }
 }
@@ -285,6 +329,7 @@ impl Node {
             max_chain_depth: config.flow.max_chain_depth,
             stream_buffer: options.stream_buffer.unwrap_or(config.streams.buffer),
             sequential: options.sequential,
+            state: options.state,
             registry: RwLock::new(Registry::default()),
             unobserved: AtomicU64::new(0),
             registry_version: AtomicU64::new(0),
@@ -299,6 +344,12 @@ impl Node {
     /// The node's id.
     pub fn id(&self) -> &NodeId {
         &self.shared.id
+    }
+
+    /// The value of type `T` the node was given with
+    /// [`NodeOptions::state`]; `None` if it has none of that type.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.shared.state.get::<T>()
     }
 
     /// The node's effective admission limits.
