@@ -18,6 +18,7 @@ mod happen;
 mod id;
 mod node;
 mod reply;
+mod reply_stream;
 mod slot;
 mod state;
 
@@ -38,7 +39,8 @@ pub use crate::handler::Handler;
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
-pub use crate::reply::{Reply, ReplyStream};
+pub use crate::reply::Reply;
+pub use crate::reply_stream::ReplyStream;
 pub use crate::stream::Emitter;
 pub use crate::transport::{Inbox, LocalTransport, Transport};
 
