@@ -364,23 +364,37 @@ impl Event {
 }
 
 pub(crate) fn decode_value<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at `{path}`")
-        };
-        Error::new(
-            ErrorKind::InvalidPayload,
-            format!(
-                "payload of `{what}` does not fit `{}`{at}: {inner}",
-                std::any::type_name::<T>()
-            ),
-        )
-        .with_source(inner)
-    })
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map_err(|e| decode_error::<T>(format_args!("payload of `{what}`"), e))
+}
+
+/// [`decode_value`] for an owned value (no copy); `what` names the value in the error.
+pub(crate) fn decode_owned<T: DeserializeOwned>(
+    what: fmt::Arguments<'_>,
+    value: Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| decode_error::<T>(what, e))
+}
+
+fn decode_error<T>(
+    what: fmt::Arguments<'_>,
+    e: serde_path_to_error::Error<serde_json::Error>,
+) -> Error {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    };
+    Error::new(
+        ErrorKind::InvalidPayload,
+        format!(
+            "{what} does not fit `{}`{at}: {inner}",
+            std::any::type_name::<T>()
+        ),
+    )
+    .with_source(inner)
 }
 
 impl fmt::Debug for Event {

@@ -40,7 +40,7 @@ pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
 pub use crate::reply::Reply;
-pub use crate::reply_stream::ReplyStream;
+pub use crate::reply_stream::{Outcome, ReplyStream, TypedStream};
 pub use crate::stream::Emitter;
 pub use crate::transport::{Inbox, LocalTransport, Transport};
 
