@@ -62,5 +62,16 @@ mod assertions {
         send_sync::<crate::Event>();
         send_sync::<crate::Error>();
         send_sync::<crate::Emitter>();
+        send_sync::<crate::NodeOptions>();
+    }
+
+    fn send<T: Send + 'static>() {}
+    #[test]
+    fn reply_handles_are_send() {
+        // Replies and their streams move into spawned tasks.
+        send::<crate::Reply>();
+        send::<crate::ReplyStream>();
+        send::<crate::TypedStream<String>>();
+        send::<crate::Outcome>();
     }
 }
