@@ -177,6 +177,39 @@ impl Context {
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
+    /// The node-level state of type `T`, shared by every flow of this node (given with
+    /// [`NodeOptions::state`](crate::NodeOptions::state)); `None` if the node has none of that
+    /// type. Unlike [`get`](Context::get), which reads this flow's own data, the value is the
+    /// same for every flow and lives as long as the node.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use happen::{Context, Event, Flow, Happen, NodeOptions};
+    ///
+    /// struct Hits(AtomicU64);
+    ///
+    /// async fn count(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.state::<Hits>().unwrap().0.fetch_add(1, Ordering::Relaxed);
+    ///     Flow::next(report) // every step of the flow sees the same state
+    /// }
+    /// async fn report(_e: Event, ctx: Context) -> u64 {
+    ///     ctx.state::<Hits>().unwrap().0.load(Ordering::Relaxed)
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let options = NodeOptions::new().state(Hits(AtomicU64::new(0)));
+    /// let counter = happen.node_with("counter", options).await?;
+    /// counter.on("hit", count)?;
+    /// counter.send(&counter, Event::new("hit", ())).await?;
+    /// assert_eq!(counter.send(&counter, Event::new("hit", ())).await?, 2);
+    /// assert!(counter.state::<String>().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.node.state::<T>()
+    }
+
     /// The node running this flow.
     pub fn node(&self) -> &Node {
         &self.inner.node

@@ -52,6 +52,9 @@ pub enum ErrorKind {
     InvalidPayload,
     /// A node with this id already exists in this instance.
     DuplicateNode,
+    /// The node already has a handler registered for the same pattern (the second one would
+    /// never run).
+    DuplicateHandler,
     /// The transport failed (connection lost, protocol error, malformed message).
     Transport,
     /// A broadcast-stream subscriber fell too far behind and skipped items.
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::InvalidEvent => "invalid_event",
             ErrorKind::InvalidPayload => "invalid_payload",
             ErrorKind::DuplicateNode => "duplicate_node",
+            ErrorKind::DuplicateHandler => "duplicate_handler",
             ErrorKind::Transport => "transport",
             ErrorKind::Lagged => "lagged",
             ErrorKind::Downstream => "downstream",
@@ -103,7 +107,7 @@ impl ErrorKind {
     }
 }
 
-const ALL_KINDS: [ErrorKind; 17] = [
+const ALL_KINDS: [ErrorKind; 18] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -118,6 +122,7 @@ const ALL_KINDS: [ErrorKind; 17] = [
     ErrorKind::InvalidEvent,
     ErrorKind::InvalidPayload,
     ErrorKind::DuplicateNode,
+    ErrorKind::DuplicateHandler,
     ErrorKind::Transport,
     ErrorKind::Lagged,
     ErrorKind::Downstream,
@@ -345,6 +350,14 @@ impl Error {
             format!(
                 "no node `{node}` exists; create it with `happen.node(\"{node}\")` or check the id"
             ),
+        )
+        .with_node(node)
+    }
+
+    pub(crate) fn duplicate_handler(node: &NodeId, pattern: &dyn fmt::Display) -> Error {
+        Error::new(
+            ErrorKind::DuplicateHandler,
+            format!("node `{node}` already has a handler for pattern `{pattern}`; register each pattern once per node (the second handler would never run)"),
         )
         .with_node(node)
     }

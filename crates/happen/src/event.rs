@@ -126,7 +126,7 @@ impl<'de> Deserialize<'de> for Path {
 }
 
 fn empty_node() -> NodeId {
-    NodeId::from("")
+    NodeId::from_static("")
 }
 
 /// Milliseconds since the Unix epoch, cheaply: the coarse monotonic clock (a few ms of
@@ -188,6 +188,9 @@ impl Event {
     /// A new event of `event_type` with a JSON payload (anything convertible into
     /// [`serde_json::Value`]: `json!(..)`, strings, numbers, `()` for none).
     /// For a typed payload use [`Event::serialize`].
+    ///
+    /// The type may be any `&str`, `String` or [`EventType`]; a `&str` is copied (one small
+    /// allocation), an [`EventType::from_static`] is not.
     pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
         Event {
             inner: Arc::new(EventInner {
@@ -361,23 +364,37 @@ impl Event {
 }
 
 pub(crate) fn decode_value<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at `{path}`")
-        };
-        Error::new(
-            ErrorKind::InvalidPayload,
-            format!(
-                "payload of `{what}` does not fit `{}`{at}: {inner}",
-                std::any::type_name::<T>()
-            ),
-        )
-        .with_source(inner)
-    })
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map_err(|e| decode_error::<T>(format_args!("payload of `{what}`"), e))
+}
+
+/// [`decode_value`] for an owned value (no copy); `what` names the value in the error.
+pub(crate) fn decode_owned<T: DeserializeOwned>(
+    what: fmt::Arguments<'_>,
+    value: Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| decode_error::<T>(what, e))
+}
+
+fn decode_error<T>(
+    what: fmt::Arguments<'_>,
+    e: serde_path_to_error::Error<serde_json::Error>,
+) -> Error {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    };
+    Error::new(
+        ErrorKind::InvalidPayload,
+        format!(
+            "{what} does not fit `{}`{at}: {inner}",
+            std::any::type_name::<T>()
+        ),
+    )
+    .with_source(inner)
 }
 
 impl fmt::Debug for Event {
@@ -391,19 +408,40 @@ impl fmt::Debug for Event {
     }
 }
 
-/// An event type string; built from `&'static str` without allocating, or from `String`.
+/// An event type string, what [`Event::new`] takes as its type.
+///
+/// Built from any string: a borrowed `&str` (of any lifetime) or a `&String` is copied once
+/// into a shared buffer, a `String` is moved. [`from_static`](EventType::from_static) wraps a
+/// `&'static str` without allocating, for types sent on a hot path.
+///
+/// ```
+/// use happen::{Event, EventType};
+///
+/// let kind = String::from("created");
+/// let ty = format!("order.{kind}");
+/// let event = Event::new(ty.as_str(), ()); // a borrowed, non-'static &str
+/// assert_eq!(event.event_type(), "order.created");
+///
+/// const TICK: EventType = EventType::from_static("clock.tick");
+/// assert_eq!(Event::new(TICK, ()).event_type(), "clock.tick");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EventType(SharedStr);
 
 impl EventType {
+    /// An event type from a `&'static str`, without allocating (usable in `const`s).
+    pub const fn from_static(event_type: &'static str) -> EventType {
+        EventType(SharedStr::Static(event_type))
+    }
+
     /// The type as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
-impl From<&'static str> for EventType {
-    fn from(s: &'static str) -> Self {
-        EventType(s.into())
+impl From<&str> for EventType {
+    fn from(s: &str) -> Self {
+        EventType(SharedStr::Shared(Arc::from(s)))
     }
 }
 impl From<String> for EventType {
@@ -413,7 +451,7 @@ impl From<String> for EventType {
 }
 impl From<&String> for EventType {
     fn from(s: &String) -> Self {
-        EventType(s.clone().into())
+        EventType::from(s.as_str())
     }
 }
 impl fmt::Debug for EventType {

@@ -10,6 +10,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::event::Event;
 use crate::flow::{Flow, IntoFlow, Json};
+use crate::stream::Emitter;
 
 /// A function usable as a handler or a flow step.
 ///
@@ -18,7 +19,13 @@ use crate::flow::{Flow, IntoFlow, Json};
 /// - `Fn(Event, Context) -> impl Future<Output = R>` — the general form;
 /// - `Fn(Json<T>, Context) -> impl Future<Output = R>` — the payload deserialized into `T`;
 /// - `Fn(Event, Context, Emitter) -> impl Future<Output = R>` — a streaming step
-///   (see [`Emitter`](crate::Emitter)).
+///   (see [`Emitter`]);
+/// - `Fn(Json<T>, Context, Emitter) -> impl Future<Output = R>` — a streaming step with the
+///   payload deserialized into `T`.
+///
+/// State shared by every flow of a node (a database pool, a client) is not an argument: give
+/// it to the node with [`NodeOptions::state`](crate::NodeOptions::state) and read it in any
+/// step with [`Context::state`].
 ///
 /// Closures need their argument types written out (`|event: Event, ctx: Context| async move { .. }`)
 /// because several shapes exist. Captured state must be `Send + Sync + 'static` (wrap shared
@@ -26,14 +33,14 @@ use crate::flow::{Flow, IntoFlow, Json};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a happen handler",
     label = "not a handler",
-    note = "a handler is an `async fn(Event, Context) -> R` (or `Json<T>` instead of `Event`, or an extra `Emitter` argument) where `R: IntoFlow`",
+    note = "a handler is an `async fn(Event, Context) -> R` (or `Json<T>` instead of `Event`, and/or an extra `Emitter` argument) where `R: IntoFlow`",
     note = "closures need annotated arguments: `|event: Event, ctx: Context| async move {{ .. }}`"
 )]
 pub trait Handler<Args>: Send + Sync + 'static {
     /// Runs the handler for one event.
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
 
-    /// Does this handler stream (take an [`Emitter`](crate::Emitter))?
+    /// Does this handler stream (take an [`Emitter`])?
     #[doc(hidden)]
     fn is_streaming(&self) -> bool {
         false
@@ -61,6 +68,52 @@ where
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
         match event.decode::<T>() {
             Ok(payload) => self(Json(payload), ctx).map(IntoFlow::into_flow).boxed(),
+            Err(e) => futures::future::ready(Err(e)).boxed(),
+        }
+    }
+}
+
+impl<F, Fut, R> Handler<(Event, Context, Emitter)> for F
+where
+    F: Fn(Event, Context, Emitter) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoFlow + 'static,
+{
+    fn is_streaming(&self) -> bool {
+        true
+    }
+
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        // Open the stream before the step runs so the consumer sees it even if the step
+        // finishes without emitting.
+        ctx.inner.stream.start();
+        let emitter = Emitter::new(ctx.clone());
+        self(event, ctx, emitter).map(IntoFlow::into_flow).boxed()
+    }
+}
+
+impl<F, Fut, R, T> Handler<(Json<T>, Context, Emitter)> for F
+where
+    F: Fn(Json<T>, Context, Emitter) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoFlow + 'static,
+    T: DeserializeOwned + Send + 'static,
+{
+    fn is_streaming(&self) -> bool {
+        true
+    }
+
+    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
+        // A payload that does not fit fails the flow before it streams: the consumer reads
+        // no items, then the error.
+        match event.decode::<T>() {
+            Ok(payload) => {
+                ctx.inner.stream.start();
+                let emitter = Emitter::new(ctx.clone());
+                self(Json(payload), ctx, emitter)
+                    .map(IntoFlow::into_flow)
+                    .boxed()
+            }
             Err(e) => futures::future::ready(Err(e)).boxed(),
         }
     }

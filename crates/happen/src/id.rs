@@ -48,11 +48,6 @@ impl Hash for SharedStr {
         self.as_str().hash(state)
     }
 }
-impl From<&'static str> for SharedStr {
-    fn from(s: &'static str) -> Self {
-        SharedStr::Static(s)
-    }
-}
 impl From<String> for SharedStr {
     fn from(s: String) -> Self {
         SharedStr::Shared(Arc::from(s))
@@ -61,25 +56,40 @@ impl From<String> for SharedStr {
 
 /// The id of a node, unique within a [`Happen`](crate::Happen) instance.
 ///
+/// Built from any string: a borrowed `&str` (of any lifetime) or a `&String` is copied once
+/// into a shared buffer, a `String` is moved; clones share the buffer.
+/// [`from_static`](NodeId::from_static) wraps a `&'static str` without allocating.
+///
 /// ```
 /// use happen::NodeId;
 /// let id = NodeId::from("order-service");
 /// assert_eq!(id.as_str(), "order-service");
 /// assert_eq!(id, "order-service");
+///
+/// let name = format!("worker-{}", 7);
+/// assert_eq!(NodeId::from(name.as_str()), "worker-7"); // a borrowed, non-'static &str
+///
+/// const GATEWAY: NodeId = NodeId::from_static("gateway");
+/// assert_eq!(GATEWAY.as_str(), "gateway");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct NodeId(SharedStr);
 
 impl NodeId {
+    /// A node id from a `&'static str`, without allocating (usable in `const`s).
+    pub const fn from_static(id: &'static str) -> NodeId {
+        NodeId(SharedStr::Static(id))
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
 }
 
-impl From<&'static str> for NodeId {
-    fn from(s: &'static str) -> Self {
-        NodeId(SharedStr::Static(s))
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(SharedStr::Shared(Arc::from(s)))
     }
 }
 impl From<String> for NodeId {
@@ -89,7 +99,7 @@ impl From<String> for NodeId {
 }
 impl From<&String> for NodeId {
     fn from(s: &String) -> Self {
-        NodeId(s.clone().into())
+        NodeId::from(s.as_str())
     }
 }
 impl From<&NodeId> for NodeId {

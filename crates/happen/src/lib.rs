@@ -18,7 +18,9 @@ mod happen;
 mod id;
 mod node;
 mod reply;
+mod reply_stream;
 mod slot;
+mod state;
 
 pub mod config;
 pub mod event;
@@ -37,7 +39,8 @@ pub use crate::handler::Handler;
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
-pub use crate::reply::{Reply, ReplyFuture, ReplyStream};
+pub use crate::reply::Reply;
+pub use crate::reply_stream::{Outcome, ReplyStream, TypedStream};
 pub use crate::stream::Emitter;
 pub use crate::transport::{Inbox, LocalTransport, Transport};
 
@@ -59,5 +62,16 @@ mod assertions {
         send_sync::<crate::Event>();
         send_sync::<crate::Error>();
         send_sync::<crate::Emitter>();
+        send_sync::<crate::NodeOptions>();
+    }
+
+    fn send<T: Send + 'static>() {}
+    #[test]
+    fn reply_handles_are_send() {
+        // Replies and their streams move into spawned tasks.
+        send::<crate::Reply>();
+        send::<crate::ReplyStream>();
+        send::<crate::TypedStream<String>>();
+        send::<crate::Outcome>();
     }
 }

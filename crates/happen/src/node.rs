@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::{Limits, PartialLimits};
 use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
+use crate::event::{Event, EventType};
 use crate::flow::{ErasedStep, Step};
 use crate::handler::Handler;
 use crate::happen::HappenShared;
@@ -20,6 +20,7 @@ use crate::id::NodeId;
 use crate::pattern::{Class, IntoPattern, Pattern};
 use crate::reply::Reply;
 use crate::slot::SlotSender;
+use crate::state::StateMap;
 use crate::stream::{Frame, ReplySender};
 
 /// A node: an autonomous component that receives events through handlers and emits events.
@@ -57,6 +58,7 @@ pub(crate) struct NodeShared {
     max_chain_depth: usize,
     stream_buffer: usize,
     sequential: Option<SequentialKey>,
+    state: StateMap,
     unobserved: AtomicU64,
     /// Bumped by every registration (invalidates the driver's lookup cache).
     registry_version: AtomicU64,
@@ -127,6 +129,7 @@ pub struct NodeOptions {
     request_timeout: Option<Duration>,
     sequential: Option<SequentialKey>,
     stream_buffer: Option<usize>,
+    state: StateMap,
 }
 
 impl NodeOptions {
@@ -152,6 +155,47 @@ impl NodeOptions {
     /// Buffer between this node's streaming flows and their consumers.
     pub fn stream_buffer(mut self, items: usize) -> Self {
         self.stream_buffer = Some(items);
+        self
+    }
+
+    /// Gives the node a value every one of its flows can read with
+    /// [`Context::state`](crate::Context::state) (and anyone with [`Node::state`]): a
+    /// database pool, an HTTP client, a cache. One value per type (a later value of the same
+    /// type replaces the earlier one; wrap values in newtypes to keep two of one type apart).
+    /// The node holds the value as long as it exists and never clones it; flows get a shared
+    /// reference, so mutable state needs its own synchronisation (an atomic, a mutex) inside.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::collections::HashMap;
+    /// use std::sync::Mutex;
+    /// use happen::{Context, Event, Happen, Json, NodeOptions};
+    ///
+    /// #[derive(Default)]
+    /// struct Db(Mutex<HashMap<String, u64>>);
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Put { key: String, value: u64 }
+    ///
+    /// async fn put(Json(put): Json<Put>, ctx: Context) -> u64 {
+    ///     let db = ctx.state::<Db>().expect("the store node has a Db");
+    ///     let mut rows = db.0.lock().unwrap();
+    ///     rows.insert(put.key, put.value);
+    ///     rows.len() as u64
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let store = happen.node_with("store", NodeOptions::new().state(Db::default())).await?;
+    /// store.on("put", put)?;
+    /// let rows = store
+    ///     .send(&store, Event::new("put", serde_json::json!({"key": "a", "value": 1})))
+    ///     .await?;
+    /// assert_eq!(rows, 1);
+    /// assert_eq!(store.state::<Db>().unwrap().0.lock().unwrap()["a"], 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
         self
     }
 }
@@ -182,7 +226,7 @@ impl<'a> From<&'a Node> for Target<'a> {
 }
 impl From<&str> for Target<'_> {
     fn from(s: &str) -> Self {
-        Target::Id(NodeId::from(s.to_owned()))
+        Target::Id(NodeId::from(s))
     }
 }
 impl From<String> for Target<'_> {
@@ -285,6 +329,7 @@ impl Node {
             max_chain_depth: config.flow.max_chain_depth,
             stream_buffer: options.stream_buffer.unwrap_or(config.streams.buffer),
             sequential: options.sequential,
+            state: options.state,
             registry: RwLock::new(Registry::default()),
             unobserved: AtomicU64::new(0),
             registry_version: AtomicU64::new(0),
@@ -301,6 +346,12 @@ impl Node {
         &self.shared.id
     }
 
+    /// The value of type `T` the node was given with
+    /// [`NodeOptions::state`]; `None` if it has none of that type.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.shared.state.get::<T>()
+    }
+
     /// The node's effective admission limits.
     pub fn limits(&self) -> &Limits {
         self.shared.engine.limits()
@@ -309,11 +360,35 @@ impl Node {
     /// Registers `handler` for events matching `pattern`.
     ///
     /// When several registered patterns match an event, only the most specific one's handler
-    /// runs (see [`pattern`](crate::pattern)); registering the same pattern twice keeps the
-    /// first registration in effect.
+    /// runs (see [`pattern`](crate::pattern)). Each pattern can be registered once per node:
+    /// a second registration of the same pattern would never run, so it is an error (and the
+    /// first registration stays in effect).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("order.*", |_e: Event, _c: Context| async { "any order event" })?;
+    /// orders.on("order.created", |_e: Event, _c: Context| async { "created" })?; // more specific
+    ///
+    /// let err = orders
+    ///     .on("order.created", |_e: Event, _c: Context| async { "again" })
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::DuplicateHandler);
+    ///
+    /// assert_eq!(orders.send(&orders, Event::new("order.created", ())).await?, "created");
+    /// assert_eq!(orders.send(&orders, Event::new("order.paid", ())).await?, "any order event");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidPattern`] if `pattern` is an invalid pattern string.
+    /// - [`ErrorKind::InvalidPattern`] if `pattern` is an invalid pattern string;
+    /// - [`ErrorKind::DuplicateHandler`] if this node already has a handler for the same
+    ///   pattern: the same exact type, the same wildcards or alternatives (in any order), the
+    ///   same [`domain`](crate::pattern::domain), or a clone of the same predicate
+    ///   [`Pattern`](crate::pattern::Pattern). Different patterns that overlap are fine.
     pub fn on<P, H, Args>(&self, pattern: P, handler: H) -> Result<()>
     where
         P: IntoPattern,
@@ -325,12 +400,14 @@ impl Node {
         let mut reg = self.shared.registry.write();
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
-                tracing::warn!(node = %self.id(), pattern = %pattern, "pattern registered twice; the first registration stays in effect");
-                return Ok(());
+                return Err(Error::duplicate_handler(self.id(), &pattern));
             }
             reg.exact.insert(exact.into(), step);
             self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
             return Ok(());
+        }
+        if reg.ordered.iter().any(|e| e.pattern.same_as(&pattern)) {
+            return Err(Error::duplicate_handler(self.id(), &pattern));
         }
         let spec = pattern.specificity();
         // Insert after every entry at least as specific: stable by registration order.
@@ -616,7 +693,7 @@ impl Node {
         let Some((seq, p)) = change else { return };
         tracing::debug!(node = %self.id(), under_pressure = p.under_pressure, queued = p.queued, "pressure changed");
         let event = Event::new(
-            PRESSURE_EVENT,
+            EventType::from_static(PRESSURE_EVENT),
             json!({
                 "nodeId": self.id().as_str(),
                 "level": if p.under_pressure { "high" } else { "normal" },

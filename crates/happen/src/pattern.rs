@@ -151,6 +151,21 @@ impl Pattern {
         }
     }
 
+    /// Does `other` match exactly what this pattern matches, by construction (the same exact
+    /// type, the same globs in any order, the same domain, or a clone of the same predicate)?
+    /// Registering such a pattern after this one at a node would never run.
+    pub(crate) fn same_as(&self, other: &Pattern) -> bool {
+        match (&self.kind, &other.kind) {
+            (Kind::Exact(a), Kind::Exact(b)) => a == b,
+            (Kind::Globs(a), Kind::Globs(b)) => {
+                a.iter().all(|g| b.contains(g)) && b.iter().all(|g| a.contains(g))
+            }
+            (Kind::Prefix(a), Kind::Prefix(b)) => a == b,
+            (Kind::Predicate(a), Kind::Predicate(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// (class, literal characters): larger is more specific.
     pub(crate) fn specificity(&self) -> (Class, usize) {
         match &self.kind {
@@ -433,6 +448,21 @@ mod tests {
         assert!(not(exact("a")).matches("b"));
         assert!(!not(exact("a")).matches("a"));
         assert!(Pattern::predicate(|t| t.starts_with("sys")).matches("system"));
+    }
+
+    #[test]
+    fn same_patterns() {
+        assert!(p("a.b").same_as(&p("a.b")));
+        assert!(!p("a.b").same_as(&p("a.c")));
+        assert!(p("{a,b}.*").same_as(&p("{b,a}.*")));
+        assert!(p("{a,b}.x").same_as(&one_of(["b.x", "a.x"])));
+        assert!(!p("{a,b}.x").same_as(&p("{a,c}.x")));
+        assert!(!p("a.*").same_as(&p("*.b")));
+        assert!(domain("a").same_as(&domain("a")));
+        assert!(!domain("a").same_as(&p("a.*")));
+        let pred = Pattern::predicate(|t| t.is_empty());
+        assert!(pred.same_as(&pred.clone()));
+        assert!(!pred.same_as(&Pattern::predicate(|t| t.is_empty())));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! A streaming step takes an [`Emitter`] as its third argument. Items go through a bounded
 //! channel (the node's `stream_buffer`, default 64): when the consumer is slower than the
-//! producer, [`Emitter::emit`] waits, so memory stays constant however long the stream.
+//! producer, [`Emitter::emit`] waits, so memory stays constant however long the stream;
+//! [`Emitter::try_emit`] does not wait and drops the item instead (for progress updates).
+//! The consumer reads items as JSON values, or as any `Deserialize` type with
+//! [`ReplyStream::typed`](crate::ReplyStream::typed); the final value stays reachable after a
+//! combinator consumed the stream through [`ReplyStream::outcome`](crate::ReplyStream::outcome).
 //! When the consumer drops the stream before its end, the producing flow is cancelled: its
 //! future is dropped at its current await point, so `Drop` guards (the seed's `finally`) run.
 //! When nobody consumes (the sender dropped its [`Reply`](crate::Reply) without awaiting it,
@@ -45,8 +49,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -59,9 +61,6 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Event;
-use crate::flow::{Flow, IntoFlow};
-use crate::handler::Handler;
 
 /// What a flow answers to its sender: a final outcome, or a stream of items that ends with one.
 ///
@@ -409,7 +408,7 @@ impl FlowStream {
     }
 
     /// Starts streaming (idempotent); returns the sender, or `None` when items are discarded.
-    fn start(&self) -> Option<Arc<StreamShared>> {
+    pub(crate) fn start(&self) -> Option<Arc<StreamShared>> {
         let mut st = self.state.lock();
         if let FlowReply::Pending(reply) = &mut *st {
             let next = match reply.take() {
@@ -511,7 +510,10 @@ impl StreamShared {
 /// Emits the intermediate items of a streaming step (the third handler argument).
 ///
 /// The first emit turns the flow's reply into a stream. Items are JSON values; use
-/// [`emit_json`](Emitter::emit_json) for any `Serialize` type.
+/// [`emit_json`](Emitter::emit_json) for any `Serialize` type. [`emit`](Emitter::emit) waits
+/// while the consumer's buffer is full (nothing is lost, the producer goes at the reader's
+/// pace); [`try_emit`](Emitter::try_emit) never waits and drops the item instead (for
+/// progress updates, where only the latest matters).
 #[derive(Clone)]
 pub struct Emitter {
     ctx: Context,
@@ -545,12 +547,7 @@ impl Emitter {
     /// # Cancel safety
     /// If the future is dropped before completing, the item was not emitted.
     pub async fn emit(&self, item: impl Into<Value>) -> Result<()> {
-        let sink = self.sink.get_or_init(|| {
-            let stream = &self.ctx.inner.stream;
-            stream.start();
-            stream.sink()
-        });
-        match sink {
+        match self.sink() {
             Sink::Channel(tx, shared) => match tx.send(item.into()).await {
                 Ok(()) => Ok(()),
                 Err(_) if shared.is_cancelled() => Err(Error::cancelled()),
@@ -563,10 +560,7 @@ impl Emitter {
                 Ok(())
             }
             Sink::Discard => Ok(()),
-            Sink::Ended => Err(Error::new(
-                ErrorKind::Cancelled,
-                "this flow's stream has already ended",
-            )),
+            Sink::Ended => Err(ended()),
         }
     }
 
@@ -575,38 +569,113 @@ impl Emitter {
     /// # Errors
     /// As [`emit`](Emitter::emit), plus [`ErrorKind::InvalidPayload`] if `item` is not JSON-able.
     pub async fn emit_json<T: Serialize>(&self, item: &T) -> Result<()> {
-        let v = serde_json::to_value(item).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidPayload,
-                format!("stream item cannot be serialized: {e}"),
-            )
-        })?;
-        self.emit(v).await
+        self.emit(to_item(item)?).await
     }
+
+    /// Emits one item if the consumer's buffer has room, without waiting: `Ok(true)` when the
+    /// item was taken, `Ok(false)` when the buffer was full and the item was dropped. For
+    /// updates where only the latest matters (progress, a gauge): a slow reader then never
+    /// slows the producer; it reads the items already buffered and misses those dropped in
+    /// between.
+    ///
+    /// Delivery: the newest item is the one dropped (the buffered ones stay), so the reader
+    /// is at most one buffer behind; a small buffer
+    /// ([`NodeOptions::stream_buffer`](crate::NodeOptions::stream_buffer)) keeps what it reads
+    /// recent. An item that must arrive (the last one, "100%") goes through
+    /// [`emit`](Emitter::emit), or into the flow's final value. With nobody reading (a
+    /// fire-and-forget send) and in broadcast streams, which never wait, items are taken:
+    /// `Ok(true)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen, NodeOptions};
+    /// use serde_json::json;
+    ///
+    /// async fn import(_e: Event, _c: Context, progress: Emitter) -> happen::Result<serde_json::Value> {
+    ///     let (mut shown, mut skipped) = (0, 0);
+    ///     for done in 1..=100_000u64 {
+    ///         // ... import one record ...
+    ///         if done % 1_000 == 0 {
+    ///             if progress.try_emit(json!({"done": done}))? { shown += 1 } else { skipped += 1 }
+    ///         }
+    ///     }
+    ///     Ok(json!({"imported": 100_000, "shown": shown, "skipped": skipped}))
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let importer = happen.node_with("importer", NodeOptions::new().stream_buffer(2)).await?;
+    /// importer.on("import", import)?;
+    /// let mut stream = importer.send(&importer, Event::new("import", ())).into_stream();
+    /// let outcome = stream.outcome();
+    /// // This reader is slow (it starts after the job is done): the job did not wait for it.
+    /// let seen: Vec<_> = stream.collect().await;
+    /// let summary = outcome.await?;
+    /// assert_eq!(summary["imported"], 100_000);
+    /// assert_eq!(summary["shown"], seen.len());
+    /// assert_eq!(summary["shown"].as_u64().unwrap() + summary["skipped"].as_u64().unwrap(), 100);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
+    /// cancelled; return the error with `?`).
+    pub fn try_emit(&self, item: impl Into<Value>) -> Result<bool> {
+        match self.sink() {
+            Sink::Channel(tx, shared) => match tx.try_send(item.into()) {
+                Ok(()) => Ok(true),
+                Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+                Err(mpsc::error::TrySendError::Closed(_)) if shared.is_cancelled() => {
+                    Err(Error::cancelled())
+                }
+                // The reply was dropped without being read: fire-and-forget, discard.
+                Err(mpsc::error::TrySendError::Closed(_)) => Ok(true),
+            },
+            Sink::Broadcast(tx) => {
+                let _ = tx.send(Frame::Item(item.into()));
+                Ok(true)
+            }
+            Sink::Discard => Ok(true),
+            Sink::Ended => Err(ended()),
+        }
+    }
+
+    /// [`try_emit`](Emitter::try_emit) for a `Serialize` item.
+    ///
+    /// # Errors
+    /// As [`try_emit`](Emitter::try_emit), plus [`ErrorKind::InvalidPayload`] if `item` is not
+    /// JSON-able.
+    pub fn try_emit_json<T: Serialize>(&self, item: &T) -> Result<bool> {
+        self.try_emit(to_item(item)?)
+    }
+
+    /// Where items go, looked up at the first emit (which turns the reply into a stream).
+    fn sink(&self) -> &Sink {
+        self.sink.get_or_init(|| {
+            let stream = &self.ctx.inner.stream;
+            stream.start();
+            stream.sink()
+        })
+    }
+}
+
+fn to_item<T: Serialize>(item: &T) -> Result<Value> {
+    serde_json::to_value(item).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidPayload,
+            format!("stream item cannot be serialized: {e}"),
+        )
+        .with_source(e)
+    })
+}
+
+fn ended() -> Error {
+    Error::new(ErrorKind::Cancelled, "this flow's stream has already ended")
 }
 
 impl fmt::Debug for Emitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emitter").finish_non_exhaustive()
-    }
-}
-
-impl<F, Fut, R> Handler<(Event, Context, Emitter)> for F
-where
-    F: Fn(Event, Context, Emitter) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-    R: IntoFlow + 'static,
-{
-    fn is_streaming(&self) -> bool {
-        true
-    }
-
-    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
-        // Open the stream before the step runs so the consumer sees it even if the step
-        // finishes without emitting.
-        ctx.inner.stream.start();
-        let emitter = Emitter::new(ctx.clone());
-        self(event, ctx, emitter).map(IntoFlow::into_flow).boxed()
     }
 }
 

@@ -203,14 +203,16 @@ async fn specificity_ties_go_to_the_earliest_registration() {
         .unwrap()
         .unwrap();
     assert_eq!(v, "a.*.c");
-    // Registering the same exact pattern twice keeps the first.
+    // Registering the same exact pattern twice is an error; the first stays in effect
+    // (more in `node_registration.rs`).
     let node4 = happen.node("n4").await.unwrap();
     node4
         .on("x", |_e: Event, _c: Context| async move { json!("first") })
         .unwrap();
-    node4
+    let err = node4
         .on("x", |_e: Event, _c: Context| async move { json!("second") })
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.kind(), happen::ErrorKind::DuplicateHandler);
     let v = timeout(T, node4.send(&node4, Event::new("x", ())))
         .await
         .unwrap()
