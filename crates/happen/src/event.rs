@@ -441,7 +441,7 @@ impl EventType {
 }
 impl From<&str> for EventType {
     fn from(s: &str) -> Self {
-        EventType(SharedStr::Shared(Arc::from(s)))
+        EventType(SharedStr::copy_of(s))
     }
 }
 impl From<String> for EventType {

@@ -48,6 +48,36 @@ impl Hash for SharedStr {
         self.as_str().hash(state)
     }
 }
+impl SharedStr {
+    /// A shared copy of a borrowed string. The last few strings copied on this thread are
+    /// remembered, so the usual `Event::new("order.created", ..)` in a loop shares one buffer
+    /// instead of allocating (and later freeing, often on another thread) per event.
+    pub(crate) fn copy_of(s: &str) -> SharedStr {
+        const SLOTS: usize = 4;
+        const LONGEST: usize = 64;
+        thread_local! {
+            static RECENT: std::cell::RefCell<([Option<Arc<str>>; SLOTS], usize)> =
+                const { std::cell::RefCell::new(([const { None }; SLOTS], 0)) };
+        }
+        if s.len() > LONGEST {
+            return SharedStr::Shared(Arc::from(s));
+        }
+        RECENT
+            .try_with(|recent| {
+                let mut recent = recent.borrow_mut();
+                let (slots, next) = &mut *recent;
+                if let Some(hit) = slots.iter().flatten().find(|a| &***a == s) {
+                    return hit.clone();
+                }
+                let fresh: Arc<str> = Arc::from(s);
+                slots[*next] = Some(fresh.clone());
+                *next = (*next + 1) % SLOTS;
+                fresh
+            })
+            .map_or_else(|_| SharedStr::Shared(Arc::from(s)), SharedStr::Shared)
+    }
+}
+
 impl From<String> for SharedStr {
     fn from(s: String) -> Self {
         SharedStr::Shared(Arc::from(s))
@@ -89,7 +119,7 @@ impl NodeId {
 
 impl From<&str> for NodeId {
     fn from(s: &str) -> Self {
-        NodeId(SharedStr::Shared(Arc::from(s)))
+        NodeId(SharedStr::copy_of(s))
     }
 }
 impl From<String> for NodeId {
@@ -347,6 +377,23 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 40_000);
+    }
+
+    #[test]
+    fn recent_borrowed_strings_share_one_buffer() {
+        let owned = String::from("order.created");
+        let (SharedStr::Shared(a), SharedStr::Shared(b)) = (
+            SharedStr::copy_of(&owned),
+            SharedStr::copy_of("order.created"),
+        ) else {
+            panic!("borrowed strings are shared copies");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        for t in ["a", "b", "c", "d", "e", "order.created"] {
+            assert_eq!(SharedStr::copy_of(t).as_str(), t);
+        }
+        let long = "x".repeat(100);
+        assert_eq!(SharedStr::copy_of(&long).as_str(), long);
     }
 
     #[test]
