@@ -156,6 +156,13 @@ async fn a_panicking_lane_key_fails_only_that_event() {
     for (n, r) in out.into_iter().enumerate() {
         assert_eq!(r.unwrap(), n, "event {n} after the panic");
     }
+    // The two events whose key panicked were refused at admission, never accepted.
+    support::wait_until("all counted", || node.stats().completed == 1_000).await;
+    let stats = node.stats();
+    assert_eq!(
+        (stats.accepted, stats.rejected, stats.failed),
+        (1_000, 2, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

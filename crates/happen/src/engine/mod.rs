@@ -204,7 +204,9 @@ impl Engine {
             SequentialKey::Custom(f) => SharedStr::from(f(event)),
         }))
         .map_err(|panic| {
-            self.count_finished(true);
+            // Refused at admission (never accepted), like a full queue.
+            self.hot.rejected.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected.increment(1);
             Error::panic(
                 node.id(),
                 &format!(

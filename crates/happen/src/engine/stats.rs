@@ -21,7 +21,8 @@ pub struct NodeStats {
     pub peak_queued: usize,
     /// Events admitted (started at once or queued).
     pub accepted: u64,
-    /// Events refused at admission with `QueueFull` (never accepted).
+    /// Events refused at admission (never accepted): `QueueFull`, or `Panic` when the node's
+    /// sequential-key function panicked for the event.
     pub rejected: u64,
     /// Accepted events that waited in a full priority queue and were pushed out by a
     /// higher-priority event (their senders got `QueueFull`).
