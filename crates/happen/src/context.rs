@@ -73,29 +73,6 @@ impl Context {
         }
     }
 
-    /// Reuses this context's allocation for a new flow of the same node, if nothing else
-    /// holds it (a driver keeps the context of a flow that finished on its first poll, which
-    /// saves an allocation and a free per flow). Gives the context back otherwise.
-    pub(crate) fn renew(
-        mut self,
-        node: &Node,
-        event: Event,
-        stream: FlowStream,
-        items: Option<broadcast::Receiver<Frame>>,
-    ) -> std::result::Result<Context, (Event, FlowStream, Option<broadcast::Receiver<Frame>>)> {
-        let Some(state) = Arc::get_mut(&mut self.inner) else {
-            return Err((event, stream, items));
-        };
-        if !Arc::ptr_eq(&state.node.shared, &node.shared) {
-            state.node = node.clone();
-        }
-        state.event = event;
-        *state.data.get_mut() = None;
-        state.stream = stream;
-        *state.items.get_mut() = items;
-        Ok(self)
-    }
-
     /// The items of the broadcast stream this flow's event carries, if any (taken once).
     ///
     /// A broadcast carries a stream when it reaches a node whose matching handler streams

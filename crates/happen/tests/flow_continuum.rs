@@ -9,6 +9,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
+mod support;
+
 const T: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
@@ -212,4 +214,42 @@ async fn unit_and_typed_values_and_context_removal() {
         .as_i64()
         .unwrap();
     assert_eq!(sum, 2);
+}
+
+/// What a step stores in its flow's context is dropped when the flow ends — a lock guard or a
+/// transaction kept there must not outlive the flow (the engine reuses context allocations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_data_does_not_outlive_its_flow() {
+    struct Guard(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let happen = Happen::new();
+    let node = happen.node("keeper").await.unwrap();
+    let d = dropped.clone();
+    node.on("keep", move |_e: Event, ctx: Context| {
+        let d = d.clone();
+        async move {
+            ctx.insert(Guard(d));
+            "kept"
+        }
+    })
+    .unwrap();
+    for i in 1..=50 {
+        let v = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            node.send(&node, Event::new("keep", ())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(v, "kept");
+        support::wait_until("the flow's context data is dropped", || {
+            dropped.load(std::sync::atomic::Ordering::SeqCst) == i
+        })
+        .await;
+    }
 }

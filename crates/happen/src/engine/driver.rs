@@ -292,13 +292,7 @@ fn drive_once(
             continue;
         };
         match Pin::new(&mut task).poll(cx) {
-            // Reuse the context only while more events wait, so an idle node keeps nothing
-            // of its last flow (event, context data) alive.
-            Poll::Ready(()) if !run.ready.is_empty() => task.recycle(cache),
-            Poll::Ready(()) => {
-                drop(task);
-                cache.spare = None;
-            }
+            Poll::Ready(()) => {}
             Poll::Pending if !run.cancelled.load(Ordering::Acquire) => {
                 task.nudge(); // the flow waits: its sender arms its timeout now
                 run.spawn(task);

@@ -33,8 +33,6 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 #[derive(Default)]
 pub(crate) struct StepCache {
     last: Option<(String, u64, Arc<dyn ErasedStep>)>,
-    /// The context of the last flow that finished on its first poll, to reuse.
-    pub(crate) spare: Option<Context>,
 }
 
 impl StepCache {
@@ -86,13 +84,7 @@ impl FlowTask {
         );
         let step = cache.lookup(node, event.event_type());
         let stream = FlowStream::new(p.reply, node.stream_buffer(), source);
-        let ctx = match cache.spare.take() {
-            Some(spare) => match spare.renew(node, event, stream, p.items) {
-                Ok(ctx) => ctx,
-                Err((event, stream, items)) => Context::new(node.clone(), event, stream, items),
-            },
-            None => Context::new(node.clone(), event, stream, p.items),
-        };
+        let ctx = Context::new(node.clone(), event, stream, p.items);
         let mut task = FlowTask {
             ctx,
             step: None,
@@ -113,15 +105,6 @@ impl FlowTask {
             }
         }
         task
-    }
-
-    /// Keeps a finished flow's context for the next flow (see `Context::renew`).
-    pub(crate) fn recycle(self, cache: &mut StepCache) {
-        if self.finished {
-            let ctx = self.ctx.clone();
-            drop(self);
-            cache.spare = Some(ctx);
-        }
     }
 
     /// Tells the sender the answer will not be immediate.
