@@ -11,7 +11,8 @@
 //! 2. among matching globs, the one with the most literal (non-`*`) characters wins;
 //! 3. ties go to the entry declared first.
 //!
-//! A glob's `*` matches any run of characters (including none).
+//! A glob's `*` matches any run of characters (including none) — unlike `*` in an event-type
+//! pattern, which is exactly one dot-separated segment (see [`pattern`](crate::pattern)).
 //!
 //! ```
 //! use happen::config::{Config, QueueStrategy};

@@ -57,8 +57,6 @@ pub enum ErrorKind {
     DuplicateHandler,
     /// The transport failed (connection lost, protocol error, malformed message).
     Transport,
-    /// A broadcast-stream subscriber fell too far behind and skipped items.
-    Lagged,
     /// The flow failed because a call it made to another node failed, and it passed that
     /// error on (for example with `?`). [`Error::node`] is the node whose flow failed;
     /// [`Error::downstream`] is the error its call got, and [`Error::origin`] the first
@@ -90,7 +88,6 @@ impl ErrorKind {
             ErrorKind::DuplicateNode => "duplicate_node",
             ErrorKind::DuplicateHandler => "duplicate_handler",
             ErrorKind::Transport => "transport",
-            ErrorKind::Lagged => "lagged",
             ErrorKind::Downstream => "downstream",
         }
     }
@@ -107,7 +104,7 @@ impl ErrorKind {
     }
 }
 
-const ALL_KINDS: [ErrorKind; 18] = [
+const ALL_KINDS: [ErrorKind; 17] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -124,7 +121,6 @@ const ALL_KINDS: [ErrorKind; 18] = [
     ErrorKind::DuplicateNode,
     ErrorKind::DuplicateHandler,
     ErrorKind::Transport,
-    ErrorKind::Lagged,
     ErrorKind::Downstream,
 ];
 

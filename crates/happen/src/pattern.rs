@@ -7,6 +7,11 @@
 //! | alternatives | `{order,payment}.created` | `order.created`, `payment.created` |
 //! | predicate | `Pattern::predicate(\|t\| t.len() < 8)` | whatever the closure accepts |
 //!
+//! `*` means one thing here and another in node-id globs: in an event-type pattern it is
+//! exactly one dot-separated segment (`order.*` does not match `order.item.added`); in the
+//! concurrency config's node-id patterns (`api-*`) it is any run of characters (see
+//! [`config`](crate::config)).
+//!
 //! When several patterns at one node match an event, exactly one handler runs: the most
 //! specific. Exact beats alternatives beats wildcards (and [`domain`]); within a class more
 //! literal characters win; predicates (including [`not`]) are least specific; ties go to the

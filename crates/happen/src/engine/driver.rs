@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
 use super::flow_task::{FlowTask, StepCache, panic_message};
-use super::queue::Pending;
+use super::queue::Admitted;
 use crate::node::{Node, NodeShared};
 
 /// Flows a driver starts per poll before it yields to other tasks.
@@ -34,8 +34,8 @@ const RING_UP_TO: usize = 4096;
 /// never holds more than `max_concurrent` events: up to [`RING_UP_TO`] that is a preallocated
 /// ring; above it (or, never expected, when the ring is full) the segmented queue.
 struct Ready {
-    ring: Option<ArrayQueue<Pending>>,
-    segments: SegQueue<Pending>,
+    ring: Option<ArrayQueue<Admitted>>,
+    segments: SegQueue<Admitted>,
 }
 
 impl Ready {
@@ -50,7 +50,7 @@ impl Ready {
         }
     }
 
-    fn push(&self, p: Pending) {
+    fn push(&self, p: Admitted) {
         let p = match &self.ring {
             Some(ring) => match ring.push(p) {
                 Ok(()) => return,
@@ -61,7 +61,7 @@ impl Ready {
         self.segments.push(p);
     }
 
-    fn pop(&self) -> Option<Pending> {
+    fn pop(&self) -> Option<Admitted> {
         match &self.ring {
             Some(ring) => ring.pop().or_else(|| self.segments.pop()),
             None => self.segments.pop(),
@@ -127,13 +127,13 @@ impl Runner {
     }
 
     /// Queues an event that holds a slot (callers wake a driver with [`Runner::notify`]).
-    pub(crate) fn push(&self, p: Pending) {
+    pub(crate) fn push(&self, p: Admitted) {
         self.ready.push(p);
     }
 
     /// Takes every event still waiting for a driver, and makes drivers cancel what they find
     /// from now on (for cancellation).
-    pub(crate) fn drain(&self) -> Vec<Pending> {
+    pub(crate) fn drain(&self) -> Vec<Admitted> {
         let _g = self.start.lock();
         self.cancelled.store(true, Ordering::Release);
         std::iter::from_fn(|| self.ready.pop()).collect()

@@ -10,7 +10,7 @@ use std::task::{Context as TaskContext, Poll};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::queue::{LaneKey, Pending};
+use super::queue::{Admitted, LaneKey};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::{ErasedStep, Flow};
@@ -72,7 +72,7 @@ pub(crate) struct FlowTask {
 impl FlowTask {
     /// Creates the flow for an admitted event and calls its first step (a closure handler's
     /// synchronous part runs here, inside the panic boundary).
-    pub(crate) fn start(node: &Node, p: Pending, cache: &mut StepCache) -> FlowTask {
+    pub(crate) fn start(node: &Node, p: Admitted, cache: &mut StepCache) -> FlowTask {
         let event = p.event;
         let source = event.broadcast_source().cloned();
         let span = tracing::debug_span!(

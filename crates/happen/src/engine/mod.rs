@@ -40,7 +40,7 @@ pub use stats::NodeStats;
 
 use driver::Runner;
 use pressure::Levels;
-use queue::{LaneKey, Lanes, Pending, Queue};
+use queue::{Admitted, LaneKey, Lanes, Queue};
 use stats::{Metrics, WaitHistogram};
 
 // The admission word: running flows in the low 32 bits, queued events in bits 32..63, and
@@ -167,7 +167,7 @@ impl Engine {
             Some(key) => Some(self.lane_key(node, key, &event)?),
             None => None,
         };
-        let p = Pending {
+        let p = Admitted {
             event,
             reply,
             enqueued: None,
@@ -217,11 +217,11 @@ impl Engine {
         })
     }
 
-    fn admit_slow(&self, node: &Node, p: Pending) -> Result<()> {
-        enum Admitted {
+    fn admit_slow(&self, node: &Node, p: Admitted) -> Result<()> {
+        enum Outcome {
             Started,
             Parked,
-            Queued(Pending),
+            Queued(Admitted),
         }
         let word = &self.hot.word;
         let mut displaced = None;
@@ -243,14 +243,14 @@ impl Engine {
                                 word.fetch_add(RUN, Ordering::AcqRel);
                                 self.run.push(started);
                             }
-                            break Admitted::Started;
+                            break Outcome::Started;
                         }
                         if waiting < self.queue_limit + free {
                             if let Some(tx) = &p.reply {
                                 tx.nudge(); // parked: the answer will not be immediate
                             }
                             let _parked = slow.lanes.claim(p);
-                            break Admitted::Parked;
+                            break Outcome::Parked;
                         }
                     } else {
                         match word.compare_exchange_weak(
@@ -261,7 +261,7 @@ impl Engine {
                         ) {
                             Ok(_) => {
                                 self.run.push(p);
-                                break Admitted::Started;
+                                break Outcome::Started;
                             }
                             Err(now) => {
                                 w = now;
@@ -276,7 +276,7 @@ impl Engine {
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
-                        Ok(_) => break Admitted::Queued(p),
+                        Ok(_) => break Outcome::Queued(p),
                         Err(now) => {
                             w = now;
                             continue;
@@ -288,7 +288,7 @@ impl Engine {
                     Some(d) => {
                         self.hot.displaced.fetch_add(1, Ordering::Relaxed);
                         displaced = Some(d);
-                        break Admitted::Queued(p); // takes the displaced event's place
+                        break Outcome::Queued(p); // takes the displaced event's place
                     }
                     None => {
                         self.hot.rejected.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +303,7 @@ impl Engine {
                 }
             };
             let admitted = match admitted {
-                Admitted::Queued(mut p) => {
+                Outcome::Queued(mut p) => {
                     if let Some(tx) = &p.reply {
                         tx.nudge(); // queued: the answer will not be immediate
                     }
@@ -318,8 +318,8 @@ impl Engine {
                     slow.queue.push(seq, p);
                     None
                 }
-                Admitted::Started => Some(()),
-                Admitted::Parked => None,
+                Outcome::Started => Some(()),
+                Outcome::Parked => None,
             };
             (admitted, self.check_pressure(&mut slow))
         };
@@ -440,7 +440,7 @@ impl Engine {
         node.announce_pressure(change);
     }
 
-    fn record_wait(&self, slow: &mut Slow, p: &Pending) {
+    fn record_wait(&self, slow: &mut Slow, p: &Admitted) {
         if let Some(start) = p.enqueued {
             let w = start.elapsed();
             slow.waits.record(w);

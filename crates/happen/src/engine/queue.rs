@@ -16,7 +16,7 @@ use crate::stream::Frame;
 pub(crate) type LaneKey = SharedStr;
 
 /// An admitted event that has not started yet.
-pub(crate) struct Pending {
+pub(crate) struct Admitted {
     pub(crate) event: Event,
     pub(crate) reply: Option<SlotSender>,
     /// Set when the event had to wait (sampled; see `Engine::admit`).
@@ -29,9 +29,9 @@ pub(crate) struct Pending {
 
 /// The events waiting for a slot, in the node's queue strategy.
 pub(crate) enum Queue {
-    Fifo(VecDeque<Pending>),
+    Fifo(VecDeque<Admitted>),
     /// Keyed by (priority descending, arrival ascending).
-    Priority(BTreeMap<(Reverse<i32>, u64), Pending>),
+    Priority(BTreeMap<(Reverse<i32>, u64), Admitted>),
 }
 
 impl Queue {
@@ -42,7 +42,7 @@ impl Queue {
         }
     }
 
-    pub(crate) fn push(&mut self, seq: u64, p: Pending) {
+    pub(crate) fn push(&mut self, seq: u64, p: Admitted) {
         match self {
             Queue::Fifo(q) => q.push_back(p),
             Queue::Priority(q) => {
@@ -51,7 +51,7 @@ impl Queue {
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Pending> {
+    pub(crate) fn pop(&mut self) -> Option<Admitted> {
         match self {
             Queue::Fifo(q) => q.pop_front(),
             Queue::Priority(q) => q.pop_first().map(|(_, p)| p),
@@ -60,7 +60,7 @@ impl Queue {
 
     /// For a full priority queue: removes and returns the newest event of the lowest queued
     /// priority if `priority` is higher than it (the displaced event's sender is told).
-    pub(crate) fn displace_for(&mut self, priority: i32) -> Option<Pending> {
+    pub(crate) fn displace_for(&mut self, priority: i32) -> Option<Admitted> {
         match self {
             Queue::Fifo(_) => None,
             Queue::Priority(q) => {
@@ -74,7 +74,7 @@ impl Queue {
 /// Sequential lanes: keys whose flow is running, with the events parked behind it.
 #[derive(Default)]
 pub(crate) struct Lanes {
-    busy: HashMap<LaneKey, VecDeque<Pending>>,
+    busy: HashMap<LaneKey, VecDeque<Admitted>>,
     /// Events parked behind a busy key.
     pub(crate) parked: usize,
 }
@@ -87,7 +87,7 @@ impl Lanes {
 
     /// Claims `p`'s lane: `Ok(p)` when the lane was free (it is now busy), `Err(())` when `p`
     /// was parked behind the running event of its lane.
-    pub(crate) fn claim(&mut self, p: Pending) -> Result<Pending, ()> {
+    pub(crate) fn claim(&mut self, p: Admitted) -> Result<Admitted, ()> {
         let Some(key) = &p.lane else { return Ok(p) };
         match self.busy.get_mut(key) {
             Some(waiting) => {
@@ -104,7 +104,7 @@ impl Lanes {
 
     /// The flow of lane `key` finished: the next parked event of that lane, if any (the lane
     /// stays busy with it); otherwise the lane is freed.
-    pub(crate) fn next(&mut self, key: &LaneKey) -> Option<Pending> {
+    pub(crate) fn next(&mut self, key: &LaneKey) -> Option<Admitted> {
         let next = self.busy.get_mut(key).and_then(VecDeque::pop_front);
         match next {
             Some(p) => {
@@ -119,7 +119,7 @@ impl Lanes {
     }
 
     /// Every parked event (for cancellation).
-    pub(crate) fn drain(&mut self) -> Vec<Pending> {
+    pub(crate) fn drain(&mut self) -> Vec<Admitted> {
         self.parked = 0;
         self.busy.drain().flat_map(|(_, q)| q).collect()
     }
