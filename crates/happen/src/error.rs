@@ -386,6 +386,14 @@ impl Error {
         }
     }
 
+    /// Names the node a timed-out reply was waiting for.
+    pub(crate) fn unanswered_by(self, node: &NodeId) -> Error {
+        let message = format!("node `{node}` did not answer: {}", self.inner.message);
+        let mut e = self.with_node(node);
+        e.inner_mut().message = message;
+        e
+    }
+
     /// Marks an error a sender received as the answer to a send.
     pub(crate) fn received(mut self) -> Error {
         if !self.inner.received {

@@ -676,8 +676,14 @@ impl Node {
             Err(e) => return Reply::failed(e, timeout, self.clone()),
         };
         let (tx, rx) = crate::slot::slot();
+        let arm = self.shared.happen.arm_policy();
+        if arm == crate::reply::Arm::Now {
+            // Through another transport the answer is never immediate; the target is named
+            // if it times out.
+            tx.nudge(target.id());
+        }
         match self.dispatch(target, event, Some(ReplySender(tx))) {
-            Ok(()) => Reply::waiting(rx, self.shared.happen.arm_policy(), timeout),
+            Ok(()) => Reply::waiting(rx, arm, timeout),
             Err(e) => Reply::failed(e, timeout, self.clone()),
         }
     }

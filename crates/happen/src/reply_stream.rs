@@ -320,7 +320,12 @@ impl ReplyStream {
                         if !nudged && *arm == Arm::OnNudge && this.sleep.is_none() {
                             return Poll::Pending;
                         }
-                        let e = ready!(this.poll_timeout(cx));
+                        // The node that said it would answer, to name it if it does not.
+                        let from = if nudged { rx.nudged_by() } else { None };
+                        let mut e = ready!(this.poll_timeout(cx));
+                        if let Some(node) = from {
+                            e = e.unanswered_by(&node);
+                        }
                         this.state = StreamState::Done(None);
                         return Poll::Ready(Some(Err(e)));
                     }

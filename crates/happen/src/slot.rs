@@ -12,12 +12,14 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::id::NodeId;
 use crate::stream::Response;
 
 struct State {
     value: Option<Response>,
     waker: Option<Waker>,
-    nudged: bool,
+    /// Set by a nudge: the node that will answer (named in a timeout error).
+    nudged: Option<NodeId>,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -29,7 +31,7 @@ pub(crate) fn slot() -> (SlotSender, SlotReceiver) {
     let shared = Arc::new(Mutex::new(State {
         value: None,
         waker: None,
-        nudged: false,
+        nudged: None,
         sender_gone: false,
         receiver_gone: false,
     }));
@@ -66,14 +68,14 @@ impl SlotSender {
     }
 
     /// Tells the receiver the answer may take a while (it arms its timeout now).
-    pub(crate) fn nudge(&self) {
+    pub(crate) fn nudge(&self, node: &NodeId) {
         let Some(shared) = &self.0 else { return };
         let waker = {
             let mut st = shared.lock();
-            if st.nudged {
+            if st.nudged.is_some() {
                 return;
             }
-            st.nudged = true;
+            st.nudged = Some(node.clone());
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -124,7 +126,14 @@ impl SlotReceiver {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
         }
-        Received::Waiting { nudged: st.nudged }
+        Received::Waiting {
+            nudged: st.nudged.is_some(),
+        }
+    }
+
+    /// The node that nudged this slot (the one that will answer), if any.
+    pub(crate) fn nudged_by(&self) -> Option<NodeId> {
+        self.0.lock().nudged.clone()
     }
 
     /// [`poll_recv`](SlotReceiver::poll_recv) as a plain future poll (nudges ignored).

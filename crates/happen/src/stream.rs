@@ -437,9 +437,9 @@ impl FlowStream {
     }
 
     /// Tells a waiting sender that the answer will not be immediate (see [`crate::slot`]).
-    pub(crate) fn nudge(&self) {
+    pub(crate) fn nudge(&self, node: &crate::id::NodeId) {
         if let FlowReply::Pending(Some(tx)) = &*self.state.lock() {
-            tx.nudge();
+            tx.nudge(node);
         }
     }
 

@@ -109,7 +109,7 @@ impl FlowTask {
 
     /// Tells the sender the answer will not be immediate.
     pub(crate) fn nudge(&self) {
-        self.ctx.inner.stream.nudge();
+        self.ctx.inner.stream.nudge(self.ctx.node_id());
     }
 
     fn call(&mut self, step: &dyn ErasedStep) {

@@ -247,7 +247,7 @@ impl Engine {
                         }
                         if waiting < self.queue_limit + free {
                             if let Some(tx) = &p.reply {
-                                tx.nudge(); // parked: the answer will not be immediate
+                                tx.nudge(node.id()); // parked: the answer will not be immediate
                             }
                             let _parked = slow.lanes.claim(p);
                             break Outcome::Parked;
@@ -305,7 +305,7 @@ impl Engine {
             let admitted = match admitted {
                 Outcome::Queued(mut p) => {
                     if let Some(tx) = &p.reply {
-                        tx.nudge(); // queued: the answer will not be immediate
+                        tx.nudge(node.id()); // queued: the answer will not be immediate
                     }
                     slow.seq += 1;
                     let seq = slow.seq;
