@@ -136,12 +136,68 @@ pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
     Error::new(ErrorKind::Transport, format!("{what}: {e}"))
 }
 
+/// Explains a failed connection: what went wrong and which setting to check. happen has no
+/// error kind for authentication, so every failure is `Transport`, its message saying
+/// "authentication failed" or "TLS" (see [`NatsTransport::connect`]).
+fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as Kind;
+    let servers = crate::config::redacted_servers(&config.servers);
+    let a = &config.auth;
+    let method = if a.user.is_some() {
+        "user and password"
+    } else if a.token.is_some() {
+        "token"
+    } else if a.nkey.is_some() {
+        "nkey"
+    } else if a.credentials_file.is_some() {
+        "credentials file"
+    } else if config.url_credentials().is_some() {
+        "credentials in the server URL"
+    } else {
+        "none configured"
+    };
+    // async-nats reports a certificate the client does not trust as an IO error (rustls'
+    // error inside), not as `Tls`
+    let tls = e.kind() == Kind::Tls || (e.kind() == Kind::Io && mentions_tls(&e));
+    let message = match e.kind() {
+        _ if tls => format!(
+            "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
+        ),
+        Kind::AuthorizationViolation | Kind::Authentication => format!(
+            "authentication failed: the nats server at {servers:?} rejected this client's credentials (method: {method}); check transport.nats.auth (user/password, token, nkey seed or credentials_file) against the server's authorization settings: {e}"
+        ),
+        _ => format!(
+            "cannot connect to nats at {servers:?}; is nats-server running? check transport.nats.servers: {e}"
+        ),
+    };
+    Error::new(ErrorKind::Transport, message).with_source(e)
+}
+
+/// Does `e` or an error it wraps talk about certificates or TLS?
+fn mentions_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string().to_ascii_lowercase();
+        if ["certificate", "tls", "handshake"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl NatsTransport {
     /// Connects with `config`.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Transport`] when no
-    /// server can be reached (unless `retry_on_initial_connect`).
+    /// server can be reached (unless `retry_on_initial_connect`), when the server refuses the
+    /// credentials (the message starts with "authentication failed"), or when TLS fails (the
+    /// message names TLS, the certificate problem and `transport.nats.tls.ca_file`). A refused
+    /// connection is tried once, not retried.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the connection attempt.
@@ -160,15 +216,7 @@ impl NatsTransport {
         let client = options
             .connect(config.servers.clone())
             .await
-            .map_err(|e| {
-                transport_error(
-                    &format!(
-                        "cannot connect to nats at {:?}; is nats-server running? check transport.nats.servers",
-                        config.servers
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| connect_error(&config, e))?;
         NatsTransport::with_client(client, config, ev_rx).await
     }
 
@@ -317,7 +365,10 @@ impl NatsTransport {
 impl fmt::Debug for NatsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsTransport")
-            .field("servers", &self.shared.config.servers)
+            .field(
+                "servers",
+                &crate::config::redacted_servers(&self.shared.config.servers),
+            )
             .field("prefix", &self.shared.config.prefix)
             .field("nodes", &self.shared.nodes.lock().len())
             .finish_non_exhaustive()
