@@ -41,6 +41,11 @@ pub struct NatsStats {
     /// Answers of this process's nodes that found the outgoing buffer full and waited in the
     /// overflow queue instead of holding up their node's serve task.
     pub answers_overflowed: u64,
+    /// Broadcasts a node of this process decoded (one per node that took it).
+    pub broadcasts_decoded: u64,
+    /// Broadcasts a node of this process skipped without decoding: their `Happen-Type` names
+    /// a type the node has no handler for.
+    pub broadcasts_skipped: u64,
 }
 
 #[derive(Default)]
@@ -60,6 +65,8 @@ pub(crate) struct Counters {
     pub(crate) max_stream_in_flight: AtomicU64,
     pub(crate) forwarded: AtomicU64,
     pub(crate) answers_overflowed: AtomicU64,
+    pub(crate) broadcasts_decoded: AtomicU64,
+    pub(crate) broadcasts_skipped: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -85,6 +92,8 @@ impl Counters {
             max_stream_in_flight: r(&self.max_stream_in_flight),
             forwarded: r(&self.forwarded),
             answers_overflowed: r(&self.answers_overflowed),
+            broadcasts_decoded: r(&self.broadcasts_decoded),
+            broadcasts_skipped: r(&self.broadcasts_skipped),
         }
     }
 

@@ -56,6 +56,10 @@ pub mod header {
     /// On broadcast stream frames: the frame's sequence number (items from 1; the `end` or
     /// `error` frame takes the next number). A jump is reported to subscribers as lag.
     pub const SEQ: &str = "Happen-Seq";
+    /// On broadcasts: the event's `type`, as in the body, so that a receiving node without a
+    /// handler for it skips the message without decoding the body (see `WIRE.md`,
+    /// "Broadcasts"). Only set when the type is printable ASCII.
+    pub const TYPE: &str = "Happen-Type";
 }
 
 /// The subjects of one deployment (all share a prefix, default `happen`).
@@ -109,6 +113,15 @@ pub fn encode_event(event: &Event) -> happen::Result<Bytes> {
                 format!("event cannot be serialized: {e}"),
             )
         })
+}
+
+/// Can `event_type` travel as the `Happen-Type` header value (printable ASCII and spaces,
+/// not starting or ending with a space)?
+pub fn type_fits_header(event_type: &str) -> bool {
+    !event_type.is_empty()
+        && !event_type.starts_with(' ')
+        && !event_type.ends_with(' ')
+        && event_type.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// Decodes an event received on a node or broadcast subject.
@@ -710,6 +723,24 @@ pub fn frame_headers(frame: &Frame) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_types_travel_in_a_header() {
+        assert!(type_fits_header("order.created"));
+        assert!(type_fits_header("a b"));
+        for t in [
+            "",
+            " x",
+            "x ",
+            "line\nbreak",
+            "cr\r",
+            "tab\t",
+            "ünï",
+            "\u{7f}",
+        ] {
+            assert!(!type_fits_header(t), "{t:?}");
+        }
+    }
 
     #[test]
     fn escape_round_trips() {
