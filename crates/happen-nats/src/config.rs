@@ -57,7 +57,8 @@ pub struct NatsConfig {
     /// Reconnection policy.
     pub reconnect: ReconnectConfig,
     /// Keep retrying when the server is unreachable at start-up instead of failing (default
-    /// `false`).
+    /// `false`): `connect` waits, paced and bounded as reconnects (`reconnect`). A refused
+    /// login or a TLS failure still fails at once.
     pub retry_on_initial_connect: bool,
     /// Messages each subscription buffers before the client drops (and counts) the overflow
     /// (default 1,048,576; async-nats' own default of 65,536 loses messages under bursts).
@@ -249,6 +250,19 @@ impl Default for ReconnectConfig {
     }
 }
 
+impl ReconnectConfig {
+    /// The pause before attempt `attempts`: `delay_ms` doubled per attempt, at most
+    /// `max_delay_ms`.
+    pub(crate) fn delay(&self, attempts: usize) -> Duration {
+        let shift = attempts.min(20) as u32;
+        Duration::from_millis(
+            self.delay_ms
+                .saturating_mul(1u64 << shift)
+                .min(self.max_delay_ms),
+        )
+    }
+}
+
 fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::InvalidConfig,
@@ -390,14 +404,9 @@ impl NatsConfig {
             .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
             .request_timeout(Some(self.request_timeout()))
             .max_reconnects(self.reconnect.max_attempts);
-        let (base, max) = (self.reconnect.delay_ms, self.reconnect.max_delay_ms);
-        o = o.reconnect_delay_callback(move |attempts| {
-            let shift = attempts.min(20) as u32;
-            Duration::from_millis(base.saturating_mul(1u64 << shift).min(max))
-        });
-        if self.retry_on_initial_connect {
-            o = o.retry_on_initial_connect();
-        }
+        let reconnect = self.reconnect.clone();
+        o = o.reconnect_delay_callback(move |attempts| reconnect.delay(attempts));
+        // `retry_on_initial_connect` is handled by `NatsTransport::connect`
         let a = &self.auth;
         if let (Some(u), Some(p)) = (&a.user, &a.password) {
             o = o.user_and_password(u.clone(), p.clone());

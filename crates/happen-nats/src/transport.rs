@@ -165,11 +165,8 @@ fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
     } else {
         "none configured"
     };
-    // async-nats reports a certificate the client does not trust as an IO error (rustls'
-    // error inside), not as `Tls`
-    let tls = e.kind() == Kind::Tls || (e.kind() == Kind::Io && mentions_tls(&e));
     let message = match e.kind() {
-        _ if tls => format!(
+        _ if is_tls_failure(&e) => format!(
             "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
         ),
         Kind::AuthorizationViolation | Kind::Authentication => format!(
@@ -180,6 +177,22 @@ fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
         ),
     };
     Error::new(ErrorKind::Transport, message).with_source(e)
+}
+
+/// Is `e` a TLS failure? async-nats reports a certificate the client does not trust as an IO
+/// error (rustls' error inside), not as `Tls`.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    e.kind() == Kind::Tls || (e.kind() == Kind::Io && mentions_tls(e))
+}
+
+/// Is `e` worth another attempt? A refused login or a TLS failure will not change by itself.
+fn is_retryable(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    !matches!(
+        e.kind(),
+        Kind::AuthorizationViolation | Kind::Authentication | Kind::ServerParse
+    ) && !is_tls_failure(e)
 }
 
 /// Does `e` or an error it wraps talk about certificates or TLS?
@@ -206,26 +219,46 @@ impl NatsTransport {
     /// server can be reached (unless `retry_on_initial_connect`), when the server refuses the
     /// credentials (the message starts with "authentication failed"), or when TLS fails (the
     /// message names TLS, the certificate problem and `transport.nats.tls.ca_file`). A refused
-    /// connection is tried once, not retried.
+    /// login or a TLS failure is not retried, also not with `retry_on_initial_connect`.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the connection attempt.
     pub async fn connect(config: NatsConfig) -> Result<NatsTransport> {
         config.validate()?;
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let options = config
-            .connect_options()
-            .await?
-            .event_callback(move |event| {
-                let ev_tx = ev_tx.clone();
-                async move {
-                    let _ = ev_tx.send(event);
+        // `retry_on_initial_connect` is ours, not async-nats' (whose background loop retries
+        // a refused login forever, also after the caller gave up): one pass over the servers
+        // per attempt, paced like reconnects and bounded by `reconnect.max_attempts`; a
+        // refused login or a TLS failure ends it at once.
+        let mut attempts = 0;
+        let client = loop {
+            let ev_tx = ev_tx.clone();
+            let options = config
+                .connect_options()
+                .await?
+                .event_callback(move |event| {
+                    let ev_tx = ev_tx.clone();
+                    async move {
+                        let _ = ev_tx.send(event);
+                    }
+                });
+            match options.connect(config.servers.clone()).await {
+                Ok(client) => break client,
+                Err(e)
+                    if config.retry_on_initial_connect
+                        && is_retryable(&e)
+                        && config
+                            .reconnect
+                            .max_attempts
+                            .is_none_or(|max| attempts < max) =>
+                {
+                    attempts += 1;
+                    tracing::info!(target: "happen_nats", attempts, error = %e, "cannot reach nats yet; retrying (retry_on_initial_connect)");
+                    tokio::time::sleep(config.reconnect.delay(attempts)).await;
                 }
-            });
-        let client = options
-            .connect(config.servers.clone())
-            .await
-            .map_err(|e| connect_error(&config, e))?;
+                Err(e) => return Err(connect_error(&config, e)),
+            }
+        };
         NatsTransport::with_client(client, config, ev_rx).await
     }
 

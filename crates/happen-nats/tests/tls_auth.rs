@@ -69,7 +69,9 @@ async fn tls_with_the_test_ca_carries_send_and_return() {
 async fn tls_with_another_ca_fails_clearly() {
     let server = NatsServer::start_with(NatsServerOptions::new().with_tls());
     let other = TestCa::new("not the server's CA");
-    let err = connect_fails(tls_config(&server, other.ca_file())).await;
+    let mut retrying = tls_config(&server, other.ca_file());
+    retrying.retry_on_initial_connect = true; // a TLS failure is final too
+    let err = connect_fails(retrying).await;
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
     let msg = err.message();
     assert!(msg.contains("TLS"), "{msg}");
@@ -101,6 +103,11 @@ async fn user_and_password() {
         !err.message().contains("wrong"),
         "the password leaks: {err}"
     );
+
+    // also when told to keep retrying an unreachable server: a refused login is final
+    let mut retrying = config("wrong");
+    retrying.retry_on_initial_connect = true;
+    assert_authentication_failed(&connect_fails(retrying).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
