@@ -28,24 +28,18 @@ use crate::wire::{self, Frame, header};
 /// The `Happen-Stream` value marking a broadcast that carries a stream.
 pub(crate) const BROADCAST: &str = "broadcast";
 
-/// The headers of an outgoing broadcast: `Happen-Type` (so receivers without a handler skip
-/// it undecoded; when the type fits a header), and `Happen-Stream: broadcast` when the event
-/// type is configured as a stream type (`transport.nats.stream_types`) or a node of this
-/// process streams it.
+/// The headers of an outgoing broadcast: `Happen-Stream: broadcast` when the event type is
+/// configured as a stream type (`transport.nats.stream_types`) or a node of this process
+/// streams it.
 pub(crate) fn broadcast_headers(shared: &Shared, event_type: &str) -> Headers {
-    let mut h = HeaderMap::new();
-    if wire::type_fits_header(event_type) {
-        h.insert(header::TYPE, event_type);
-    }
     if shared.config.stream_types.iter().any(|t| t == event_type)
         || shared.local_streams(event_type)
     {
+        let mut h = HeaderMap::new();
         h.insert(header::STREAM, BROADCAST);
-    }
-    if h.is_empty() {
-        Headers::None
-    } else {
         Headers::Custom(h)
+    } else {
+        Headers::None
     }
 }
 

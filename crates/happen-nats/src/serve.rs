@@ -560,10 +560,10 @@ fn on_direct(
 /// Decodes a broadcast; `None` when it is bad or the node has no handler for it. A broadcast
 /// carrying a stream is prepared for it (see [`crate::bstream`]).
 fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
-    // the sender's `Happen-Type` says whether the node wants it, without decoding the body
-    // (the body's type decides for what is decoded; see `WIRE.md`, "Broadcasts")
-    if let Some(t) = msg.headers.as_ref().and_then(|h| h.get(header::TYPE))
-        && !inbox.accepts(t.as_str())
+    // the type at the start of the body says whether the node wants it, without decoding
+    // (see `WIRE.md`, "Broadcasts")
+    if let Some(t) = wire::peek_type(&msg.payload)
+        && !inbox.accepts(t)
     {
         inc(&shared.counters.broadcasts_skipped);
         return None;
