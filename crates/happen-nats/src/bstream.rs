@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::transport::Inbox;
-use happen::{Error, ErrorKind, Event, Result};
+use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
 use crate::serve::value_body;
@@ -82,42 +83,65 @@ pub(crate) struct Incoming {
     mode: Mode,
 }
 
+/// A broadcast the node accepts, classified: ready to be admitted, or still subscribing to
+/// its stream (a subscribe and a round trip through the server, which the serve task polls
+/// beside its other work instead of waiting for it).
+pub(crate) enum Prepared {
+    Ready(Incoming),
+    Subscribing(BoxFuture<'static, Incoming>),
+}
+
 impl Incoming {
     /// Classifies a broadcast the node accepts. A subscriber subscribes to the stream subject
-    /// here, on arrival, so items published while the broadcast is held back are buffered by
-    /// the subscription (and reach the node's buffer, lagging per its policy, once admitted).
-    pub(crate) async fn new(
+    /// on arrival, so items published while the broadcast is held back are buffered by the
+    /// subscription (and reach the node's buffer, lagging per its policy, once admitted).
+    pub(crate) fn prepare(
         shared: &Arc<Shared>,
         inbox: &Inbox,
         msg: &Message,
         event: Event,
-    ) -> Incoming {
+    ) -> Prepared {
         if !marked(msg) {
-            return Incoming {
+            return Prepared::Ready(Incoming {
                 event,
                 mode: Mode::Plain,
-            };
+            });
         }
         let subject = subject(shared, &event);
         if inbox.streams(event.event_type()) {
-            return Incoming {
+            return Prepared::Ready(Incoming {
                 event,
                 mode: Mode::Producer(shared.clone(), Subject::from(subject)),
-            };
+            });
         }
+        let (shared, node) = (shared.clone(), inbox.id().clone());
+        Prepared::Subscribing(Box::pin(async move {
+            Incoming::subscribe(shared, node, subject, event).await
+        }))
+    }
+
+    async fn subscribe(
+        shared: Arc<Shared>,
+        node: NodeId,
+        subject: String,
+        event: Event,
+    ) -> Incoming {
         match shared.client.subscribe(subject).await {
             Ok(sub) => {
                 // the producer starts publishing as soon as the same broadcast reaches it: make
                 // sure the server knows the subscription before the node starts reading
-                shared.round_trip(shared.config.request_timeout()).await;
+                if let Err(e) = shared.round_trip(shared.config.request_timeout()).await {
+                    // admitted anyway: items it missed are reported as lag
+                    tracing::warn!(target: "happen_nats", node = %node, error = %e, "a broadcast stream's subscription was not confirmed; its first items may be reported as lag");
+                }
                 Incoming {
                     event,
-                    mode: Mode::Subscriber(shared.clone(), Some(sub)),
+                    mode: Mode::Subscriber(shared, Some(sub)),
                 }
             }
             Err(e) => {
                 // the flow still runs; `ctx.items()` is `None`
-                tracing::warn!(target: "happen_nats", node = %inbox.id(), error = %e, "cannot subscribe to a broadcast stream; delivering the broadcast without its items");
+                tracing::warn!(target: "happen_nats", node = %node, error = %e, "cannot subscribe to a broadcast stream; delivering the broadcast without its items");
                 Incoming {
                     event,
                     mode: Mode::Plain,

@@ -22,6 +22,7 @@
 //! # Ok::<(), happen::Error>(())
 //! ```
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,11 +30,16 @@ use happen::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
 /// Settings of the NATS transport (`[transport.nats]`). Every key is optional.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` does not show secrets: passwords, tokens and nkey seeds print as `"***"`, and so
+/// does a password inside a server URL (`nats://user:***@host`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// Server URLs (default `["nats://127.0.0.1:4222"]`).
+    /// Server URLs (default `["nats://127.0.0.1:4222"]`). A URL may carry credentials
+    /// (`nats://user:password@host:port`, or `nats://token@host:port`): they are used when
+    /// `auth` sets none (the first URL that has any; async-nats itself ignores them).
     pub servers: Vec<String>,
     /// Connection name shown by the server (default `happen`).
     pub name: String,
@@ -51,7 +57,8 @@ pub struct NatsConfig {
     /// Reconnection policy.
     pub reconnect: ReconnectConfig,
     /// Keep retrying when the server is unreachable at start-up instead of failing (default
-    /// `false`).
+    /// `false`): `connect` waits, paced and bounded as reconnects (`reconnect`). A refused
+    /// login or a TLS failure still fails at once.
     pub retry_on_initial_connect: bool,
     /// Messages each subscription buffers before the client drops (and counts) the overflow
     /// (default 1,048,576; async-nats' own default of 65,536 loses messages under bursts).
@@ -101,7 +108,10 @@ impl Default for NatsConfig {
 }
 
 /// `[transport.nats.auth]`: user and password, a token, an nkey seed, or a credentials file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` prints the password, the token and the seed as `"***"` (the user name and the
+/// credentials file's path are shown: they are not secret).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuthConfig {
@@ -115,6 +125,89 @@ pub struct AuthConfig {
     pub nkey: Option<String>,
     /// A `.creds` file (JWT + nkey seed).
     pub credentials_file: Option<PathBuf>,
+}
+
+/// Shown instead of a secret by `Debug`.
+const HIDDEN: &str = "***";
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hide = |s: &Option<String>| s.as_ref().map(|_| HIDDEN);
+        f.debug_struct("AuthConfig")
+            .field("user", &self.user)
+            .field("password", &hide(&self.password))
+            .field("token", &hide(&self.token))
+            .field("nkey", &hide(&self.nkey))
+            .field("credentials_file", &self.credentials_file)
+            .finish()
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // every field, so a new one cannot be forgotten silently
+        let NatsConfig {
+            servers,
+            name,
+            prefix,
+            auth,
+            tls,
+            request_timeout_ms,
+            connect_timeout_ms,
+            reconnect,
+            retry_on_initial_connect,
+            subscription_capacity,
+            client_capacity,
+            outbound_buffer,
+            max_message_bytes,
+            stream_window,
+            stream_types,
+            broadcast_buffer,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("servers", &redacted_servers(servers))
+            .field("name", name)
+            .field("prefix", prefix)
+            .field("auth", auth)
+            .field("tls", tls)
+            .field("request_timeout_ms", request_timeout_ms)
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("reconnect", reconnect)
+            .field("retry_on_initial_connect", retry_on_initial_connect)
+            .field("subscription_capacity", subscription_capacity)
+            .field("client_capacity", client_capacity)
+            .field("outbound_buffer", outbound_buffer)
+            .field("max_message_bytes", max_message_bytes)
+            .field("stream_window", stream_window)
+            .field("stream_types", stream_types)
+            .field("broadcast_buffer", broadcast_buffer)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host`) replaced by
+/// `***`; a user info without a password (a token, `scheme://token@host`) is hidden whole.
+pub(crate) fn redact_url(url: &str) -> String {
+    // async-nats reads a URL without a scheme as `nats://<url>`
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (&url[..scheme.len() + 3], rest),
+        None => ("", url),
+    };
+    // the user info ends at the last `@` before the path
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:{HIDDEN}{host}"),
+        None => format!("{scheme}{HIDDEN}{host}"),
+    }
+}
+
+/// The server URLs with their passwords hidden (see [`redact_url`]).
+pub(crate) fn redacted_servers(servers: &[String]) -> Vec<String> {
+    servers.iter().map(|s| redact_url(s)).collect()
 }
 
 /// `[transport.nats.tls]`.
@@ -154,6 +247,19 @@ impl Default for ReconnectConfig {
             delay_ms: 10,
             max_delay_ms: 2000,
         }
+    }
+}
+
+impl ReconnectConfig {
+    /// The pause before attempt `attempts`: `delay_ms` doubled per attempt, at most
+    /// `max_delay_ms`.
+    pub(crate) fn delay(&self, attempts: usize) -> Duration {
+        let shift = attempts.min(20) as u32;
+        Duration::from_millis(
+            self.delay_ms
+                .saturating_mul(1u64 << shift)
+                .min(self.max_delay_ms),
+        )
     }
 }
 
@@ -298,17 +404,23 @@ impl NatsConfig {
             .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
             .request_timeout(Some(self.request_timeout()))
             .max_reconnects(self.reconnect.max_attempts);
-        let (base, max) = (self.reconnect.delay_ms, self.reconnect.max_delay_ms);
-        o = o.reconnect_delay_callback(move |attempts| {
-            let shift = attempts.min(20) as u32;
-            Duration::from_millis(base.saturating_mul(1u64 << shift).min(max))
-        });
-        if self.retry_on_initial_connect {
-            o = o.retry_on_initial_connect();
-        }
+        let reconnect = self.reconnect.clone();
+        o = o.reconnect_delay_callback(move |attempts| reconnect.delay(attempts));
+        // `retry_on_initial_connect` is handled by `NatsTransport::connect`
         let a = &self.auth;
         if let (Some(u), Some(p)) = (&a.user, &a.password) {
             o = o.user_and_password(u.clone(), p.clone());
+        }
+        let configured = a.user.is_some()
+            || a.token.is_some()
+            || a.nkey.is_some()
+            || a.credentials_file.is_some();
+        if !configured {
+            match self.url_credentials() {
+                Some((user, Some(password))) => o = o.user_and_password(user, password),
+                Some((token, None)) => o = o.token(token),
+                None => {}
+            }
         }
         if let Some(t) = &a.token {
             o = o.token(t.clone());
@@ -339,6 +451,39 @@ impl NatsConfig {
         }
         Ok(o)
     }
+}
+
+impl NatsConfig {
+    /// The credentials of the first server URL that has some: `(user, Some(password))` or
+    /// `(token, None)`, percent-decoded.
+    pub(crate) fn url_credentials(&self) -> Option<(String, Option<String>)> {
+        self.servers.iter().find_map(|s| {
+            let addr = s.parse::<async_nats::ServerAddr>().ok()?;
+            let user = percent_decode(addr.username()?);
+            Some((user, addr.password().map(percent_decode)))
+        })
+    }
+}
+
+/// Decodes `%XX` escapes (as URLs carry reserved characters of user names and passwords).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 trait KeyHint {
@@ -383,6 +528,34 @@ mod tests {
         assert!(err.message().contains("password"), "{err}");
         let err = NatsConfig::from_value(&json!({"prefix": "a.*"})).unwrap_err();
         assert!(err.message().contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("nats://app:pw@127.0.0.1:4222"),
+            "nats://app:***@127.0.0.1:4222"
+        );
+        assert_eq!(redact_url("tls://tok@host:1/x@y"), "tls://***@host:1/x@y");
+        assert_eq!(redact_url("nats://a:b:c@h"), "nats://a:***@h");
+        assert_eq!(redact_url("nats://a:p@ss@h"), "nats://a:***@h");
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redact_url("host:4222"), "host:4222");
+        assert_eq!(redact_url("user:pw@host:4222"), "user:***@host:4222");
+    }
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        let c = NatsConfig::with_server("nats://app:p%40ss@127.0.0.1:4222");
+        assert_eq!(
+            c.url_credentials(),
+            Some(("app".to_owned(), Some("p@ss".to_owned())))
+        );
+        let c = NatsConfig::with_server("nats://t0k3n@127.0.0.1:4222");
+        assert_eq!(c.url_credentials(), Some(("t0k3n".to_owned(), None)));
+        assert_eq!(NatsConfig::default().url_credentials(), None);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

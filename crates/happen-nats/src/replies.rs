@@ -51,6 +51,7 @@ fn sweep_pending(shared: &Shared) {
             keep
         }
         Pending::Relay { expires, .. } => *expires > now,
+        Pending::Probe(done) => !done.is_closed(),
     });
     for remote in unanswered {
         // no answer (a reference node, say): pace by its reports only
@@ -91,7 +92,9 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
                 return;
             }
             Some(Pending::Stream { frames, .. }) => Err(frames.clone()),
-            Some(Pending::Reply { .. } | Pending::Limits { .. }) => Ok(pending.remove(&token)),
+            Some(Pending::Reply { .. } | Pending::Limits { .. } | Pending::Probe(_)) => {
+                Ok(pending.remove(&token))
+            }
             None => Ok(None),
         }
     };
@@ -109,6 +112,9 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
             target,
             in_flight,
         })) => on_reply(shared, token, tx, target, in_flight, msg),
+        Ok(Some(Pending::Probe(done))) => {
+            let _ = done.send(());
+        }
         Ok(Some(Pending::Limits { remote, .. })) => {
             if msg.status == Some(StatusCode::NO_RESPONDERS) {
                 remote.query_failed();

@@ -13,6 +13,12 @@
 //!   buffer (`subscription_capacity`) absorbs the burst meanwhile. A broadcast is only lost when
 //!   that buffer overflows, which the client counts as a slow-consumer drop. Direct messages
 //!   and replies keep flowing while a broadcast is held.
+//!
+//! The serve loop never waits for anything slow in line: answers are queued without waiting
+//! ([`Shared::publish_answer`]), and a broadcast stream's set-up (a subscribe and a round trip
+//! through the server) is polled as one more branch of the loop, which stops reading
+//! broadcasts meanwhile (they stay in order) but keeps reading direct messages and answering.
+//! (While a node stops, broadcasts that still arrive are set up in line.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,10 +38,11 @@ use happen::transport::Inbox;
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
-use crate::bstream::Incoming;
+use crate::bstream::{Incoming, Prepared};
 use crate::stats::inc;
 use crate::transport::{Headers, Outgoing, Shared};
 use crate::wire::{self, header};
+use futures::future::BoxFuture;
 
 /// A reply being computed by the local node.
 struct Waiting {
@@ -89,6 +96,7 @@ pub(crate) async fn run(
         waiting: FuturesUnordered::new(),
         relays: FuturesUnordered::new(),
         held: None,
+        preparing: None,
     };
     node.serve(stop).await;
     node.stop_intake().await;
@@ -159,6 +167,9 @@ struct Serving {
     relays: FuturesUnordered<oneshot::Receiver<()>>,
     /// A broadcast waiting for the node to drain (see the module docs).
     held: Option<Held>,
+    /// A broadcast whose stream subscription is being set up (see the module docs); never
+    /// together with `held`.
+    preparing: Option<BoxFuture<'static, Incoming>>,
 }
 
 impl Serving {
@@ -169,16 +180,24 @@ impl Serving {
                 biased;
                 _ = &mut stop => return,
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
+                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
                 }
-                Some(msg) = self.direct.next() => self.on_direct(msg).await,
+                Some(msg) = self.direct.next() => self.on_direct(msg),
+                incoming = prepared(&mut self.preparing), if self.preparing.is_some() => {
+                    self.preparing = None;
+                    self.held = offer(&self.inbox, &self.pressure, incoming);
+                }
                 () = drained(&mut self.drain, self.held.as_ref().is_some_and(|h| h.rejected)), if self.held.is_some() => {
                     let h = self.held.take().expect("guarded by `held.is_some()`");
                     self.held = offer(&self.inbox, &self.pressure, h.event);
                 }
-                Some(msg) = self.broadcast.next(), if self.held.is_none() => {
-                    if let Some(incoming) = on_broadcast(&self.shared, &self.inbox, msg).await {
-                        self.held = offer(&self.inbox, &self.pressure, incoming);
+                Some(msg) = self.broadcast.next(), if self.held.is_none() && self.preparing.is_none() => {
+                    match on_broadcast(&self.shared, &self.inbox, msg) {
+                        Some(Prepared::Ready(incoming)) => {
+                            self.held = offer(&self.inbox, &self.pressure, incoming);
+                        }
+                        Some(Prepared::Subscribing(subscribing)) => self.preparing = Some(subscribing),
+                        None => {}
                     }
                 }
             }
@@ -196,6 +215,20 @@ impl Serving {
     /// A round trip through the server then confirms the unsubscribe: what was routed before
     /// has arrived. Everything up to there is admitted as usual.
     async fn stop_intake(&mut self) {
+        // a broadcast being set up is admitted first (in order); answers keep flowing meanwhile
+        while self.preparing.is_some() {
+            tokio::select! {
+                biased;
+                Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
+                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                }
+                Some(msg) = self.direct.next() => self.on_direct(msg),
+                incoming = prepared(&mut self.preparing) => {
+                    self.preparing = None;
+                    self.held = Some(Held { event: incoming, rejected: false });
+                }
+            }
+        }
         if let Some(mut h) = self.held.take() {
             // offered once more: the node is closing, so this is counted if it does not fit
             if let Err(err) = h.event.deliver(&self.inbox) {
@@ -226,11 +259,16 @@ impl Serving {
         loop {
             tokio::select! {
                 biased;
-                () = &mut confirm => break,
-                Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
+                r = &mut confirm => {
+                    if let Err(e) = r {
+                        tracing::warn!(target: "happen_nats", node = %self.inbox.id(), error = %e, "the unsubscribe of a stopping node was not confirmed");
+                    }
+                    break;
                 }
-                Some(msg) = self.direct.next() => self.on_direct(msg).await,
+                Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
+                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                }
+                Some(msg) = self.direct.next() => self.on_direct(msg),
                 Some(msg) = self.broadcast.next() => self.admit_broadcast(msg).await,
             }
         }
@@ -256,10 +294,10 @@ impl Serving {
                 tokio::select! {
                     biased;
                     Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                        answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id()).await;
+                        answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
                     }
                     Some(_) = self.relays.next(), if !self.relays.is_empty() => {}
-                    Some(msg) = self.direct.next() => self.pass_on(msg).await,
+                    Some(msg) = self.direct.next() => self.pass_on(msg),
                     Some(msg) = self.broadcast.next() => self.admit_broadcast(msg).await,
                     () = tokio::time::sleep_until(relays_until), if self.waiting.is_empty() => {}
                 }
@@ -270,10 +308,11 @@ impl Serving {
                 break;
             }
             self.shared.flush_outbound().await;
-            self.shared.round_trip(CONFIRM_WITHIN).await;
+            // not confirmed (the connection is gone): the loop ends at `give_up`
+            let _ = self.shared.round_trip(CONFIRM_WITHIN).await;
             let mut quiet = true;
             while let Some(msg) = self.direct.try_next() {
-                self.pass_on(msg).await;
+                self.pass_on(msg);
                 quiet = false;
             }
             while let Some(msg) = self.broadcast.try_next() {
@@ -291,19 +330,19 @@ impl Serving {
         }
         // what the client still holds (it stopped taking more)
         while let Some(msg) = self.direct.try_next() {
-            self.pass_on(msg).await;
+            self.pass_on(msg);
         }
         while let Some(msg) = self.broadcast.try_next() {
             self.admit_broadcast(msg).await;
         }
-        self.report_closed().await;
+        self.report_closed();
         self.shared.flush_outbound().await;
     }
 
     /// Takes in what the client already holds for the node.
     async fn take_buffered(&mut self) {
         while let Some(msg) = self.direct.try_next() {
-            self.on_direct(msg).await;
+            self.on_direct(msg);
         }
         while let Some(msg) = self.broadcast.try_next() {
             self.admit_broadcast(msg).await;
@@ -320,7 +359,7 @@ impl Serving {
     /// timeout. Whatever answers it (a reply, an error, a stream's frames) is passed back to
     /// the sender unchanged by the reply inbox task. A request that comes back here already
     /// carrying this process's inbox (relayed before) is re-sent as it is.
-    async fn pass_on(&mut self, msg: Message) {
+    fn pass_on(&mut self, msg: Message) {
         let own = |r: &Subject| {
             r.as_str()
                 .strip_prefix(self.shared.inbox.as_str())
@@ -341,42 +380,36 @@ impl Serving {
             headers: msg.headers.map_or(Headers::None, Headers::Custom),
             payload: msg.payload,
         };
-        let r = match self.shared.try_enqueue(out) {
-            None => Ok(()),
-            Some(out) => self.shared.publish_now(out).await,
-        };
-        match r {
-            Ok(()) => inc(&self.shared.counters.forwarded),
-            Err(e) => {
-                tracing::warn!(target: "happen_nats", node = %self.inbox.id(), error = %e, "cannot pass on a message for a stopped node")
-            }
-        }
+        self.shared.publish_answer(out);
+        inc(&self.shared.counters.forwarded);
     }
 
-    async fn on_direct(&mut self, msg: Message) {
+    fn on_direct(&mut self, msg: Message) {
         on_direct(
             &self.shared,
             &self.inbox,
             msg,
             &mut self.waiting,
             &self.pressure,
-        )
-        .await;
+        );
     }
 
     /// Admits a broadcast without waiting for the node to drain (the node is closing);
     /// counted at the node if it does not fit.
     async fn admit_broadcast(&mut self, msg: Message) {
-        if let Some(mut incoming) = on_broadcast(&self.shared, &self.inbox, msg).await
-            && let Err(err) = incoming.deliver(&self.inbox)
-        {
+        let mut incoming = match on_broadcast(&self.shared, &self.inbox, msg) {
+            Some(Prepared::Ready(incoming)) => incoming,
+            Some(Prepared::Subscribing(subscribing)) => subscribing.await,
+            None => return,
+        };
+        if let Err(err) = incoming.deliver(&self.inbox) {
             self.inbox.report_unobserved(&err);
         }
     }
 
     /// Tells pacing senders elsewhere that this replica no longer serves the node (so a
     /// last "under pressure" report of it does not hold them back), if it ever reported.
-    async fn report_closed(&mut self) {
+    fn report_closed(&mut self) {
         let id = self.inbox.id().clone();
         if self.shared.local_reports.lock().remove(&id).is_none() {
             return;
@@ -402,8 +435,7 @@ impl Serving {
             Subject::from(self.shared.subjects.pressure(&id)),
             Some(h),
             body,
-        )
-        .await;
+        );
     }
 }
 
@@ -412,6 +444,14 @@ struct Held {
     event: Incoming,
     /// The node rejected it with `QueueFull` although its published state said "normal".
     rejected: bool,
+}
+
+/// Resolves with the broadcast being set up; pending when there is none.
+async fn prepared(preparing: &mut Option<BoxFuture<'static, Incoming>>) -> Incoming {
+    match preparing {
+        Some(subscribing) => subscribing.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long to wait for the pressure report that follows a `QueueFull` before retrying anyway.
@@ -471,7 +511,7 @@ fn decode(shared: &Shared, msg: &Message) -> Result<happen::Event, Error> {
     })
 }
 
-async fn on_direct(
+fn on_direct(
     shared: &Arc<Shared>,
     inbox: &Inbox,
     msg: Message,
@@ -481,7 +521,7 @@ async fn on_direct(
     let node = inbox.id();
     if let Some(query) = msg.headers.as_ref().and_then(|h| h.get(header::QUERY)) {
         if let Some(reply) = msg.reply {
-            answer_query(shared, inbox, query.as_str(), reply, pressure).await;
+            answer_query(shared, inbox, query.as_str(), reply, pressure);
         }
         return;
     }
@@ -490,7 +530,7 @@ async fn on_direct(
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node, subject = %msg.subject, error = %err, "rejected a bad message");
             if let Some(reply) = msg.reply {
-                publish_error(shared, reply, &err, pressure, node).await;
+                publish_error(shared, reply, &err, pressure, node);
             }
             return;
         }
@@ -506,7 +546,7 @@ async fn on_direct(
             let (tx, rx) = reply_channel();
             match inbox.deliver(event, Some(tx)) {
                 Ok(()) => waiting.push(Waiting { reply, credit, rx }),
-                Err(err) => publish_error(shared, reply, &err, pressure, node).await,
+                Err(err) => publish_error(shared, reply, &err, pressure, node),
             }
         }
         None => {
@@ -519,7 +559,16 @@ async fn on_direct(
 
 /// Decodes a broadcast; `None` when it is bad or the node has no handler for it. A broadcast
 /// carrying a stream is prepared for it (see [`crate::bstream`]).
-async fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Incoming> {
+fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
+    // the type at the start of the body says whether the node wants it, without decoding
+    // (see `WIRE.md`, "Broadcasts")
+    if let Some(t) = wire::peek_type(&msg.payload)
+        && !inbox.accepts(t)
+    {
+        inc(&shared.counters.broadcasts_skipped);
+        return None;
+    }
+    inc(&shared.counters.broadcasts_decoded);
     let event = match decode(shared, &msg) {
         Ok(e) => e,
         Err(err) => {
@@ -530,11 +579,11 @@ async fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Opti
     if !inbox.accepts(event.event_type()) {
         return None;
     }
-    Some(Incoming::new(shared, inbox, &msg, event).await)
+    Some(Incoming::prepare(shared, inbox, &msg, event))
 }
 
 /// Answers a `Happen-Query` (no event is admitted): `limits` with the node's limits.
-async fn answer_query(
+fn answer_query(
     shared: &Shared,
     inbox: &Inbox,
     query: &str,
@@ -546,13 +595,13 @@ async fn answer_query(
             ErrorKind::InvalidEvent,
             format!("unknown `Happen-Query` `{query}`; only `limits` is understood"),
         );
-        return publish_error(shared, reply, &err, pressure, inbox.id()).await;
+        return publish_error(shared, reply, &err, pressure, inbox.id());
     }
     let limits = wire::RemoteLimits::of(inbox.limits());
     let mut h = HeaderMap::new();
     h.insert(header::LIMITS, wire::limits_header(&limits).as_str());
     h.insert(header::REPLICA, shared.replica.as_str());
-    publish(shared, reply, Some(h), Bytes::new()).await;
+    publish(shared, reply, Some(h), Bytes::new());
 }
 
 /// Adds `Happen-Pressure` when the node is under pressure, from its last `node.pressure`
@@ -575,25 +624,16 @@ fn pressure_headers(
     }
 }
 
-async fn publish(shared: &Shared, subject: Subject, headers: Option<HeaderMap>, body: Bytes) {
+fn publish(shared: &Shared, subject: Subject, headers: Option<HeaderMap>, body: Bytes) {
     // Through the transport's publisher task, like requests (it hands messages to the client
-    // in batches); when its buffer is full, straight to the client, waiting for room.
-    let out = Outgoing {
+    // in batches); never waiting for room (see `Shared::publish_answer`).
+    shared.publish_answer(Outgoing {
         subject,
         reply: None,
         headers: headers.map_or(Headers::None, Headers::Custom),
         payload: body,
-    };
-    let r = match shared.try_enqueue(out) {
-        None => Ok(()),
-        Some(out) => shared.publish_now(out).await,
-    };
-    match r {
-        Ok(()) => inc(&shared.counters.replies),
-        Err(e) => {
-            tracing::warn!(target: "happen_nats", error = %e, "cannot publish a reply");
-        }
-    }
+    });
+    inc(&shared.counters.replies);
 }
 
 /// Room for the `Happen-Pressure` header (about 100 bytes) added to an error reply after its
@@ -602,7 +642,7 @@ const PRESSURE_ROOM: usize = 256;
 
 /// Publishes an error reply: `Happen-Status: error`, the `Happen-Error-*` headers and the JSON
 /// error body (see `WIRE.md`, "Request / reply").
-pub(crate) async fn publish_error(
+pub(crate) fn publish_error(
     shared: &Shared,
     reply: Subject,
     err: &Error,
@@ -614,14 +654,14 @@ pub(crate) async fn publish_error(
     let body = wire::encode_error(err, &mut h, shared.client.max_payload(), PRESSURE_ROOM);
     let mut h = Some(h);
     pressure_headers(shared, node, pressure, &mut h);
-    publish(shared, reply, h, body).await;
+    publish(shared, reply, h, body);
 }
 
 pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
 }
 
-async fn answer(
+fn answer(
     shared: &Arc<Shared>,
     reply: Subject,
     credit: Option<u64>,
@@ -633,9 +673,9 @@ async fn answer(
         Response::Done(Ok(v)) => {
             let mut h = None;
             pressure_headers(shared, node, pressure, &mut h);
-            publish(shared, reply, h, value_body(&v)).await;
+            publish(shared, reply, h, value_body(&v));
         }
-        Response::Done(Err(e)) => publish_error(shared, reply, &e, pressure, node).await,
+        Response::Done(Err(e)) => publish_error(shared, reply, &e, pressure, node),
         Response::Stream(items) => match credit {
             Some(credit) => {
                 tokio::spawn(crate::stream::produce(shared.clone(), reply, items, credit));
@@ -648,8 +688,8 @@ async fn answer(
                 let node = node.clone();
                 tokio::spawn(async move {
                     match items.finish().await {
-                        Ok(v) => publish(&shared, reply, None, value_body(&v)).await,
-                        Err(e) => publish_error(&shared, reply, &e, &pressure, &node).await,
+                        Ok(v) => publish(&shared, reply, None, value_body(&v)),
+                        Err(e) => publish_error(&shared, reply, &e, &pressure, &node),
                     }
                 });
             }

@@ -38,6 +38,14 @@ pub struct NatsStats {
     /// Direct messages that reached a node of this process after it stopped taking new ones
     /// (detach, shutdown) and were passed back to the server for another replica.
     pub forwarded: u64,
+    /// Answers of this process's nodes that found the outgoing buffer full and waited in the
+    /// overflow queue instead of holding up their node's serve task.
+    pub answers_overflowed: u64,
+    /// Broadcasts a node of this process decoded (one per node that took it).
+    pub broadcasts_decoded: u64,
+    /// Broadcasts a node of this process skipped without decoding: their `Happen-Type` names
+    /// a type the node has no handler for.
+    pub broadcasts_skipped: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +64,9 @@ pub(crate) struct Counters {
     pub(crate) stalled_streams: AtomicU64,
     pub(crate) max_stream_in_flight: AtomicU64,
     pub(crate) forwarded: AtomicU64,
+    pub(crate) answers_overflowed: AtomicU64,
+    pub(crate) broadcasts_decoded: AtomicU64,
+    pub(crate) broadcasts_skipped: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -80,6 +91,9 @@ impl Counters {
             stalled_streams: r(&self.stalled_streams),
             max_stream_in_flight: r(&self.max_stream_in_flight),
             forwarded: r(&self.forwarded),
+            answers_overflowed: r(&self.answers_overflowed),
+            broadcasts_decoded: r(&self.broadcasts_decoded),
+            broadcasts_skipped: r(&self.broadcasts_skipped),
         }
     }
 

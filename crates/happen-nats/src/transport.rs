@@ -67,6 +67,9 @@ pub(crate) enum Pending {
         remote: Arc<Remote>,
         expires: Instant,
     },
+    /// A round trip through the server ([`Shared::round_trip`]): signalled when its probe
+    /// comes back.
+    Probe(oneshot::Sender<()>),
     /// A request that reached a stopped node of this process and was relayed to another
     /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
     Relay {
@@ -112,6 +115,12 @@ pub(crate) struct Shared {
     outbound: mpsc::Sender<Queued>,
     /// Messages in `outbound` or being handed to the client by `publisher`.
     queued: AtomicUsize,
+    /// Answers (replies, errors) of this process's nodes that found `outbound` full: handed to
+    /// the client by `publisher` before anything else, so a serve task never waits for room
+    /// (see [`Shared::publish_answer`]).
+    overflow: mpsc::UnboundedSender<Outgoing>,
+    /// A test hook: round trips wait while it is held (see [`NatsTransport::hold_round_trips`]).
+    hold: RoundTripHold,
     /// Signalled when `queued` falls to half of `outbound_buffer` (for [`NatsTransport::ready`]).
     room: tokio::sync::Notify,
     nodes: Mutex<HashMap<NodeId, NodeHandle>>,
@@ -136,39 +145,120 @@ pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
     Error::new(ErrorKind::Transport, format!("{what}: {e}"))
 }
 
+/// Explains a failed connection: what went wrong and which setting to check. happen has no
+/// error kind for authentication, so every failure is `Transport`, its message saying
+/// "authentication failed" or "TLS" (see [`NatsTransport::connect`]).
+fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as Kind;
+    let servers = crate::config::redacted_servers(&config.servers);
+    let a = &config.auth;
+    let method = if a.user.is_some() {
+        "user and password"
+    } else if a.token.is_some() {
+        "token"
+    } else if a.nkey.is_some() {
+        "nkey"
+    } else if a.credentials_file.is_some() {
+        "credentials file"
+    } else if config.url_credentials().is_some() {
+        "credentials in the server URL"
+    } else {
+        "none configured"
+    };
+    let message = match e.kind() {
+        _ if is_tls_failure(&e) => format!(
+            "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
+        ),
+        Kind::AuthorizationViolation | Kind::Authentication => format!(
+            "authentication failed: the nats server at {servers:?} rejected this client's credentials (method: {method}); check transport.nats.auth (user/password, token, nkey seed or credentials_file) against the server's authorization settings: {e}"
+        ),
+        _ => format!(
+            "cannot connect to nats at {servers:?}; is nats-server running? check transport.nats.servers: {e}"
+        ),
+    };
+    Error::new(ErrorKind::Transport, message).with_source(e)
+}
+
+/// Is `e` a TLS failure? async-nats reports a certificate the client does not trust as an IO
+/// error (rustls' error inside), not as `Tls`.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    e.kind() == Kind::Tls || (e.kind() == Kind::Io && mentions_tls(e))
+}
+
+/// Is `e` worth another attempt? A refused login or a TLS failure will not change by itself.
+fn is_retryable(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    !matches!(
+        e.kind(),
+        Kind::AuthorizationViolation | Kind::Authentication | Kind::ServerParse
+    ) && !is_tls_failure(e)
+}
+
+/// Does `e` or an error it wraps talk about certificates or TLS?
+fn mentions_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string().to_ascii_lowercase();
+        if ["certificate", "tls", "handshake"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl NatsTransport {
     /// Connects with `config`.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Transport`] when no
-    /// server can be reached (unless `retry_on_initial_connect`).
+    /// server can be reached (unless `retry_on_initial_connect`), when the server refuses the
+    /// credentials (the message starts with "authentication failed"), or when TLS fails (the
+    /// message names TLS, the certificate problem and `transport.nats.tls.ca_file`). A refused
+    /// login or a TLS failure is not retried, also not with `retry_on_initial_connect`.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the connection attempt.
     pub async fn connect(config: NatsConfig) -> Result<NatsTransport> {
         config.validate()?;
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let options = config
-            .connect_options()
-            .await?
-            .event_callback(move |event| {
-                let ev_tx = ev_tx.clone();
-                async move {
-                    let _ = ev_tx.send(event);
+        // `retry_on_initial_connect` is ours, not async-nats' (whose background loop retries
+        // a refused login forever, also after the caller gave up): one pass over the servers
+        // per attempt, paced like reconnects and bounded by `reconnect.max_attempts`; a
+        // refused login or a TLS failure ends it at once.
+        let mut attempts = 0;
+        let client = loop {
+            let ev_tx = ev_tx.clone();
+            let options = config
+                .connect_options()
+                .await?
+                .event_callback(move |event| {
+                    let ev_tx = ev_tx.clone();
+                    async move {
+                        let _ = ev_tx.send(event);
+                    }
+                });
+            match options.connect(config.servers.clone()).await {
+                Ok(client) => break client,
+                Err(e)
+                    if config.retry_on_initial_connect
+                        && is_retryable(&e)
+                        && config
+                            .reconnect
+                            .max_attempts
+                            .is_none_or(|max| attempts < max) =>
+                {
+                    attempts += 1;
+                    tracing::info!(target: "happen_nats", attempts, error = %e, "cannot reach nats yet; retrying (retry_on_initial_connect)");
+                    tokio::time::sleep(config.reconnect.delay(attempts)).await;
                 }
-            });
-        let client = options
-            .connect(config.servers.clone())
-            .await
-            .map_err(|e| {
-                transport_error(
-                    &format!(
-                        "cannot connect to nats at {:?}; is nats-server running? check transport.nats.servers",
-                        config.servers
-                    ),
-                    e,
-                )
-            })?;
+                Err(e) => return Err(connect_error(&config, e)),
+            }
+        };
         NatsTransport::with_client(client, config, ev_rx).await
     }
 
@@ -200,6 +290,7 @@ impl NatsTransport {
             .await
             .map_err(|e| transport_error("cannot reach the nats server", e))?;
         let (out_tx, out_rx) = mpsc::channel(config.outbound_buffer);
+        let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
         let max_bytes = config
             .max_message_bytes
             .unwrap_or_else(|| client.server_info().max_payload.max(1));
@@ -217,6 +308,8 @@ impl NatsTransport {
             controls: Mutex::new(HashMap::new()),
             outbound: out_tx,
             queued: AtomicUsize::new(0),
+            overflow: overflow_tx,
+            hold: RoundTripHold::default(),
             room: tokio::sync::Notify::new(),
             nodes: Mutex::new(HashMap::new()),
             remotes: Mutex::new(HashMap::new()),
@@ -231,7 +324,7 @@ impl NatsTransport {
         });
         let tasks = vec![
             tokio::spawn(crate::replies::run(shared.clone(), replies)),
-            tokio::spawn(publisher(shared.clone(), out_rx)),
+            tokio::spawn(publisher(shared.clone(), out_rx, overflow_rx)),
             tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
             tokio::spawn(pressure_reports(Arc::downgrade(&shared), pressure_sub)),
         ];
@@ -303,6 +396,23 @@ impl NatsTransport {
         self.shared.queued.load(Ordering::Acquire) > self.shared.room_mark()
     }
 
+    /// Not part of the API (a test hook, hidden from the docs): while `hold` is true, every
+    /// round trip through the server that confirms subscriptions (a broadcast stream's set-up,
+    /// attaching or stopping a node) waits after its probe came back, as if the server were
+    /// slow, until `hold_round_trips(false)`.
+    #[doc(hidden)]
+    pub fn hold_round_trips(&self, hold: bool) {
+        self.shared.hold.hold.send_replace(hold);
+    }
+
+    /// Not part of the API (a test hook, hidden from the docs): waits until at least `n`
+    /// round trips wait in a hold (see [`hold_round_trips`](NatsTransport::hold_round_trips)).
+    #[doc(hidden)]
+    pub async fn round_trips_held(&self, n: usize) {
+        let mut waiting = self.shared.hold.waiting.subscribe();
+        let _ = waiting.wait_for(|w| *w >= n).await;
+    }
+
     /// The settings in use.
     pub fn config(&self) -> &NatsConfig {
         &self.shared.config
@@ -317,7 +427,10 @@ impl NatsTransport {
 impl fmt::Debug for NatsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsTransport")
-            .field("servers", &self.shared.config.servers)
+            .field(
+                "servers",
+                &crate::config::redacted_servers(&self.shared.config.servers),
+            )
             .field("prefix", &self.shared.config.prefix)
             .field("nodes", &self.shared.nodes.lock().len())
             .finish_non_exhaustive()
@@ -341,10 +454,28 @@ pub(crate) enum Headers {
     Custom(HeaderMap),
 }
 
-/// Publishes queued outgoing messages in order (`send` and `broadcast` must not block).
-async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queued>) {
+/// Publishes queued outgoing messages in order (`send` and `broadcast` must not block);
+/// answers that found the buffer full first.
+async fn publisher(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Queued>,
+    mut overflow: mpsc::UnboundedReceiver<Outgoing>,
+) {
     let mut sink = shared.client.clone();
-    while let Some(queued) = rx.recv().await {
+    loop {
+        let queued = tokio::select! {
+            biased;
+            Some(out) = overflow.recv() => {
+                if let Err(e) = sink.feed(shared.outbound_message(out)).await {
+                    tracing::warn!(target: "happen_nats", error = %e, "cannot publish an answer");
+                }
+                continue;
+            }
+            queued = rx.recv() => match queued {
+                Some(queued) => queued,
+                None => return,
+            },
+        };
         let (out, token) = match queued {
             Queued::Message(out, token) => (out, token),
             Queued::Flush(done) => {
@@ -431,8 +562,9 @@ impl Shared {
                 }
                 Pending::Limits { remote, .. } => remote.query_failed(),
                 // a stream consumer sees its frame channel close and ends with a transport
-                // error; a relayed request's sender sees its own connection's state
-                Pending::Stream { .. } | Pending::Relay { .. } => {}
+                // error; a relayed request's sender sees its own connection's state; a round
+                // trip fails when its probe is dropped
+                Pending::Stream { .. } | Pending::Relay { .. } | Pending::Probe(_) => {}
             }
         }
     }
@@ -487,6 +619,20 @@ impl Shared {
         }
     }
 
+    /// Publishes an answer of a local node (a reply, an error) without waiting: through the
+    /// outgoing buffer, or, when that is full, through the unbounded overflow queue that the
+    /// publisher task empties first. The overflow holds at most one answer per request the
+    /// node has taken from its subscription, and is only used while the connection drains
+    /// slower than the node answers.
+    pub(crate) fn publish_answer(&self, out: Outgoing) {
+        if let Some(out) = self.try_enqueue(out) {
+            inc(&self.counters.answers_overflowed);
+            if self.overflow.send(out).is_err() {
+                tracing::warn!(target: "happen_nats", "the nats transport is shut down; an answer was not published");
+            }
+        }
+    }
+
     /// Publishes `out` straight into the client (waiting for room there), bypassing the
     /// outgoing buffer (used when that is full).
     pub(crate) async fn publish_now(&self, out: Outgoing) -> Result<()> {
@@ -514,23 +660,41 @@ impl Shared {
     /// through the server: the server handles one connection's commands in order, so every
     /// subscribe and unsubscribe sent before has then taken effect, and every message the
     /// server routed to this connection before has arrived. One round trip through the
-    /// shared inbox; no subscription of its own.
-    pub(crate) async fn round_trip(&self, within: Duration) {
+    /// shared inbox; no subscription of its own. The one helper for every such confirmation
+    /// (attach, broadcast-stream set-up, stopping a node).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the probe cannot be published, the connection is lost
+    /// meanwhile, or it does not come back within `within`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe; a dropped probe's entry is swept by the reply inbox task.
+    pub(crate) async fn round_trip(&self, within: Duration) -> Result<()> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = happen::stream::reply_channel();
-        self.pending.lock().insert(
-            token,
-            Pending::Reply {
-                tx,
-                target: NodeId::from(""),
-                in_flight: None,
-            },
-        );
+        let (done, back) = oneshot::channel();
+        self.pending.lock().insert(token, Pending::Probe(done));
         let probe = format!("{}.{token}", self.inbox);
-        if self.client.publish(probe, Bytes::new()).await.is_ok() {
-            let _ = tokio::time::timeout(within, rx).await;
-        }
+        let result = match self.client.publish(probe, Bytes::new()).await {
+            Err(e) => Err(transport_error("cannot reach the nats server", e)),
+            Ok(()) => match tokio::time::timeout(within, back).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Error::new(
+                    ErrorKind::Transport,
+                    "the connection to the nats server was lost during a round trip through it",
+                )),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Transport,
+                    format!(
+                        "the nats server did not answer a round trip within {within:?}; check the connection"
+                    ),
+                )),
+            },
+        };
         self.pending.lock().remove(&token);
+        if result.is_ok() {
+            self.hold.pass().await;
+        }
+        result
     }
 
     /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
@@ -712,28 +876,34 @@ impl Shared {
     }
 }
 
-/// Publishes a message to a fresh subject this client subscribes to and waits for it: when it
-/// arrives, the server has processed every earlier command of this connection.
-async fn server_round_trip(client: &Client) -> Result<()> {
-    let subject = client.new_inbox();
-    let mut probe = client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|e| transport_error("cannot reach the nats server", e))?;
-    client
-        .publish(subject, bytes::Bytes::new())
-        .await
-        .map_err(|e| transport_error("cannot reach the nats server", e))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| transport_error("cannot reach the nats server", e))?;
-    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
-        Ok(Some(_)) => Ok(()),
-        _ => Err(Error::new(
-            ErrorKind::Transport,
-            "the nats server did not confirm the node's subscriptions within 10s; check the connection",
-        )),
+/// How long `attach` waits for the server to confirm a node's subscriptions.
+const ATTACH_CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+
+/// A test hook (see [`NatsTransport::hold_round_trips`]).
+#[derive(Default)]
+struct RoundTripHold {
+    /// Round trips wait while this is `true`.
+    hold: watch::Sender<bool>,
+    /// How many round trips wait.
+    waiting: watch::Sender<usize>,
+}
+
+impl RoundTripHold {
+    /// Waits while the hold is on.
+    async fn pass(&self) {
+        let mut hold = self.hold.subscribe();
+        if !*hold.borrow_and_update() {
+            return;
+        }
+        struct Waiting<'a>(&'a watch::Sender<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n -= 1);
+            }
+        }
+        self.waiting.send_modify(|n| *n += 1);
+        let _waiting = Waiting(&self.waiting);
+        let _ = hold.wait_for(|held| !held).await;
     }
 }
 
@@ -764,7 +934,15 @@ impl Transport for NatsTransport {
             // another connection right after could find no responder. `flush` only empties our
             // socket buffer; a message to ourselves through the server proves it processed
             // every command before it (the server handles one connection's commands in order).
-            server_round_trip(&s.client).await?;
+            s.round_trip(ATTACH_CONFIRM_WITHIN).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Transport,
+                    format!(
+                        "the nats server did not confirm the subscriptions of node `{id}`: {}",
+                        e.message()
+                    ),
+                )
+            })?;
             let (stop, stop_rx) = oneshot::channel();
             let task = tokio::spawn(crate::serve::run(
                 s.clone(),

@@ -111,6 +111,25 @@ pub fn encode_event(event: &Event) -> happen::Result<Bytes> {
         })
 }
 
+/// The event type at the very start of a body, without decoding it: the body must begin
+/// with `{"type":"` and the type must have no escapes (as [`encode_event`] writes it). `None`
+/// otherwise (then only decoding tells). Used to skip broadcasts a node has no handler for
+/// (see `WIRE.md`, "Broadcasts").
+///
+/// ```
+/// use happen_nats::wire::peek_type;
+/// assert_eq!(peek_type(br#"{"type":"tick","payload":1}"#), Some("tick"));
+/// assert_eq!(peek_type(br#"{"payload":1,"type":"tick"}"#), None);
+/// ```
+pub fn peek_type(body: &[u8]) -> Option<&str> {
+    let rest = body.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None; // an escape: let the decoder read it
+    }
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// Decodes an event received on a node or broadcast subject.
 ///
 /// # Errors
@@ -710,6 +729,22 @@ pub fn frame_headers(frame: &Frame) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_type_is_read_from_the_start_of_our_bodies() {
+        let body = encode_event(&Event::new(
+            "order.created",
+            serde_json::json!({"type": "x"}),
+        ))
+        .unwrap();
+        assert_eq!(peek_type(&body), Some("order.created"));
+        assert_eq!(peek_type(br#"{"type":"a\"b","payload":1}"#), None);
+        assert_eq!(peek_type(br#"{"type":"unterminated"#), None);
+        assert_eq!(peek_type(br#" {"type":"a"}"#), None);
+        assert_eq!(peek_type(br#"{"type": "a"}"#), None);
+        assert_eq!(peek_type(br#"{"type":"","payload":1}"#), Some(""));
+        assert_eq!(peek_type("{\"type\":\"ünï\"}".as_bytes()), Some("ünï"));
+    }
 
     #[test]
     fn escape_round_trips() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{instance_with, within};
 use happen::{Context, ErrorKind, Event};
-use happen_nats::NatsConfig;
+use happen_nats::{NatsConfig, NatsTransport};
 use serde_json::json;
 use test_support::NatsServer;
 
@@ -86,4 +86,32 @@ async fn sends_succeed_after_a_server_restart() {
         assert_eq!(v, json!(i));
     }
     assert!(ta.stats().disconnects >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_initial_connect_waits_for_the_server_and_gives_up_when_told() {
+    let mut server = NatsServer::start();
+    server.stop(); // the port stays reserved for the restart
+    let mut config = NatsConfig::with_server(server.url());
+    config.retry_on_initial_connect = true;
+    config.reconnect.delay_ms = 10;
+    config.reconnect.max_delay_ms = 50;
+
+    // bounded by max_attempts: fails with the connect error
+    let mut bounded = config.clone();
+    bounded.reconnect.max_attempts = Some(2);
+    let err = within(10, "a bounded connect", NatsTransport::connect(bounded))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    assert!(err.message().contains("cannot connect"), "{err}");
+
+    // unbounded: waits until the server is there
+    let connecting = tokio::spawn(NatsTransport::connect(config));
+    server.restart();
+    let transport = within(10, "connect after the server started", connecting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(format!("{transport:?}").contains(&server.port().to_string()));
 }

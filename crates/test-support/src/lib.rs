@@ -16,6 +16,11 @@
 //! // Both servers are killed and their temp dirs removed when dropped.
 //! ```
 //!
+//! With the `tls` feature, [`NatsServerOptions::with_tls`] starts a server that requires TLS,
+//! with a certificate signed by a [`TestCa`] made at test time; [`NatsServer::ca_file`] is the
+//! CA to trust. [`NatsServerOptions::with_nkey_user`] requires nkey authentication (a user key
+//! made with [`NkeyUser::generate`]).
+//!
 //! The binary is located with [`nats_server_binary`]: the `NATS_SERVER_BIN`
 //! environment variable, else `nats-server` on `PATH`, else
 //! `/usr/sbin/nats-server`.
@@ -30,6 +35,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+pub use crate::tls::TestCa;
 
 /// Environment variable that overrides the `nats-server` binary location.
 pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
@@ -70,6 +80,14 @@ const LOG_FILE: &str = "nats-server.log";
 
 /// Name of the generated config file inside the temp dir.
 const CONFIG_FILE: &str = "nats-server.conf";
+
+/// Stem of the server certificate and key files (`<stem>-cert.pem`, `<stem>-key.pem`).
+#[cfg(feature = "tls")]
+const SERVER_CERT_STEM: &str = "server";
+
+/// Name of the subdirectory holding the server's CA (inside the temp dir).
+#[cfg(feature = "tls")]
+const CA_DIR: &str = "ca";
 
 /// Name of the JetStream store directory inside the temp dir.
 const JETSTREAM_DIR: &str = "jetstream";
@@ -136,6 +154,14 @@ pub struct NatsServerOptions {
     pub user_password: Option<(String, String)>,
     /// Require this token (`--auth`).
     pub token: Option<String>,
+    /// Require TLS (`tls { cert_file, key_file }` in the generated config), with a server
+    /// certificate for `127.0.0.1` signed by a CA generated at start (see
+    /// [`NatsServer::ca_file`]). Needs the `tls` feature.
+    pub tls: bool,
+    /// Require nkey authentication: the public keys (`U...`) of the users allowed in
+    /// (`authorization { users = [{ nkey }] }` in the generated config). Not combined with
+    /// `user_password` or `token`.
+    pub nkey_users: Vec<String>,
 }
 
 impl NatsServerOptions {
@@ -193,6 +219,91 @@ impl NatsServerOptions {
         self.token = Some(token.into());
         self
     }
+
+    /// Requires TLS with a certificate made at start (needs the `tls` feature; see
+    /// [`NatsServer::ca_file`] for the CA to trust).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Requires nkey authentication and lets in the user with this public key (`U...`, e.g.
+    /// [`NkeyUser::public_key`]); may be called for several users.
+    pub fn with_nkey_user(mut self, public_key: impl Into<String>) -> Self {
+        self.nkey_users.push(public_key.into());
+        self
+    }
+
+    /// The generated config file's contents, `None` when no option needs one.
+    fn config_file(&self, tls: Option<(&Path, &Path)>) -> Option<String> {
+        let mut config = String::new();
+        if let Some(max_payload) = self.max_payload {
+            config.push_str(&format!("max_payload: {max_payload}\n"));
+            if max_payload > DEFAULT_MAX_PENDING {
+                config.push_str(&format!("max_pending: {max_payload}\n"));
+            }
+        }
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ));
+        }
+        if !self.nkey_users.is_empty() {
+            config.push_str("authorization {\n  users: [\n");
+            for key in &self.nkey_users {
+                config.push_str(&format!("    {{ nkey: {key:?} }}\n"));
+            }
+            config.push_str("  ]\n}\n");
+        }
+        (!config.is_empty()).then_some(config)
+    }
+}
+
+/// A user nkey pair generated at test time: give [`public_key`](NkeyUser::public_key) to the
+/// server ([`NatsServerOptions::with_nkey_user`]) and [`seed`](NkeyUser::seed) to the client.
+/// `Debug` does not show the seed.
+#[derive(Clone)]
+pub struct NkeyUser {
+    public_key: String,
+    seed: String,
+}
+
+impl NkeyUser {
+    /// Generates a fresh user key pair.
+    ///
+    /// # Panics
+    ///
+    /// If the seed cannot be encoded (not expected for a freshly generated key).
+    pub fn generate() -> NkeyUser {
+        let pair = nkeys::KeyPair::new_user();
+        NkeyUser {
+            public_key: pair.public_key(),
+            seed: pair
+                .seed()
+                .unwrap_or_else(|e| panic!("test-support: cannot encode an nkey seed: {e}")),
+        }
+    }
+
+    /// The public key (`U...`), for the server's configuration.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// The seed (`SU...`), the client's secret.
+    pub fn seed(&self) -> &str {
+        &self.seed
+    }
+}
+
+impl fmt::Debug for NkeyUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NkeyUser")
+            .field("public_key", &self.public_key)
+            .field("seed", &"***")
+            .finish()
+    }
 }
 
 /// A running `nats-server` child process listening on `127.0.0.1`.
@@ -215,6 +326,11 @@ pub struct NatsServer {
     port_allocated: bool,
     bin: PathBuf,
     opts: NatsServerOptions,
+    /// Whether a config file was written (`-c`).
+    config_file: bool,
+    /// The CA that signed the server certificate (with the `tls` option).
+    #[cfg(feature = "tls")]
+    ca: Option<TestCa>,
     dir: TempDir,
 }
 
@@ -259,11 +375,29 @@ impl NatsServer {
         let ports_dir = dir.path.join(PORTS_DIR);
         fs::create_dir(&ports_dir)
             .unwrap_or_else(|e| panic!("test-support: cannot create {}: {e}", ports_dir.display()));
-        if let Some(max_payload) = opts.max_payload {
-            let mut config = format!("max_payload: {max_payload}\n");
-            if max_payload > DEFAULT_MAX_PENDING {
-                config.push_str(&format!("max_pending: {max_payload}\n"));
-            }
+        #[cfg(feature = "tls")]
+        let (ca, server_cert) = if opts.tls {
+            let ca_dir = TempDir::inside(&dir.path, CA_DIR).unwrap_or_else(|e| {
+                panic!("test-support: cannot create a directory for the test CA: {e}")
+            });
+            let ca = TestCa::in_dir(ca_dir, "happen test CA");
+            let files = ca.issue_server_cert(&dir.path, SERVER_CERT_STEM);
+            (Some(ca), Some(files))
+        } else {
+            (None, None)
+        };
+        #[cfg(not(feature = "tls"))]
+        let server_cert: Option<(PathBuf, PathBuf)> = if opts.tls {
+            panic!("test-support: a TLS server needs the `tls` feature of test-support");
+        } else {
+            None
+        };
+        let config = opts.config_file(
+            server_cert
+                .as_ref()
+                .map(|(cert, key)| (cert.as_path(), key.as_path())),
+        );
+        if let Some(config) = &config {
             let path = dir.path.join(CONFIG_FILE);
             fs::write(&path, config)
                 .unwrap_or_else(|e| panic!("test-support: cannot write {}: {e}", path.display()));
@@ -275,6 +409,9 @@ impl NatsServer {
             port_allocated: false,
             bin,
             opts,
+            config_file: config.is_some(),
+            #[cfg(feature = "tls")]
+            ca,
             dir,
         };
 
@@ -310,6 +447,19 @@ impl NatsServer {
     /// The client URL, `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate of the CA that signed the server's certificate (PEM), for a client's
+    /// root certificates; `None` unless started [`with_tls`](NatsServerOptions::with_tls).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        #[cfg(feature = "tls")]
+        {
+            self.ca.as_ref().map(TestCa::ca_file)
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            None
+        }
     }
 
     /// The client port on `127.0.0.1`.
@@ -425,7 +575,7 @@ impl NatsServer {
             "--ports_file_dir".into(),
             self.dir.path.join(PORTS_DIR).display().to_string(),
         ];
-        if self.opts.max_payload.is_some() {
+        if self.config_file {
             args.push("-c".into());
             args.push(self.dir.path.join(CONFIG_FILE).display().to_string());
         }
@@ -689,6 +839,16 @@ impl TempDir {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("cannot create a unique temp dir")))
+    }
+}
+
+impl TempDir {
+    /// A directory named `name` inside `parent` (removed on drop, and with `parent`).
+    #[cfg(feature = "tls")]
+    fn inside(parent: &Path, name: &str) -> io::Result<TempDir> {
+        let path = parent.join(name);
+        fs::create_dir(&path)?;
+        Ok(TempDir { path })
     }
 }
 

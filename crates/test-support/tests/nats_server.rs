@@ -245,3 +245,42 @@ fn log_redirected_by_extra_args_still_starts() {
     raw_info(server.port());
     assert!(!server.logs().contains("Server is ready"));
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn tls_server_requires_tls_and_hands_out_its_ca() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_tls());
+    let info = raw_info(server.port());
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    let ca = server.ca_file().expect("a TLS server has a CA file");
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let other = test_support::TestCa::new("another CA");
+    let other_pem = std::fs::read_to_string(other.ca_file()).unwrap();
+    assert_ne!(pem, other_pem);
+    drop(server);
+    assert!(!ca.exists(), "the CA is removed with the server");
+}
+
+#[test]
+fn plain_server_has_no_ca() {
+    let server = NatsServer::start();
+    assert_eq!(server.ca_file(), None);
+}
+
+#[test]
+fn nkey_auth() {
+    let user = test_support::NkeyUser::generate();
+    assert!(user.public_key().starts_with('U'), "{}", user.public_key());
+    assert!(user.seed().starts_with("SU"));
+    assert!(
+        !format!("{user:?}").contains(user.seed()),
+        "Debug shows the seed"
+    );
+    let server = NatsServer::start_with(NatsServerOptions::new().with_nkey_user(user.public_key()));
+    let info = raw_info(server.port());
+    assert!(info.contains("\"auth_required\":true"), "{info}");
+    assert!(info.contains("\"nonce\""), "{info}");
+    let denied = handshake(server.port(), r#"{"verbose":false}"#);
+    assert!(denied.starts_with("-ERR"), "{denied}");
+}

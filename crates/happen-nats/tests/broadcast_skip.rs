@@ -1,0 +1,85 @@
+//! A node without a handler for a broadcast's type skips it without decoding the body (the
+//! type is read from the start of the body); a body whose `type` is not its first field (a
+//! client that orders fields differently) is decoded as before.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{instance, within};
+use happen::{Context, Event};
+use test_support::NatsServer;
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_nobody_here_handles_are_not_decoded() {
+    const N: u64 = 1_000;
+    let server = NatsServer::start();
+    let (a, ta) = instance(&server.url()).await;
+    let (b, tb) = instance(&server.url()).await;
+
+    // `a`: the publisher, whose node handles only `done`
+    let source = a.node("source").await.unwrap();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    source
+        .on("done", move |_e: Event, _c: Context| {
+            let done = done_tx.clone();
+            async move {
+                let _ = done.send(());
+            }
+        })
+        .unwrap();
+    // `b`: a sink for `tick`
+    let sink = b.node("sink").await.unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let (all_tx, mut all_rx) = mpsc::unbounded_channel();
+    let counted = ticks.clone();
+    sink.on("tick", move |_e: Event, _c: Context| {
+        let (counted, all) = (counted.clone(), all_tx.clone());
+        async move {
+            if counted.fetch_add(1, Ordering::SeqCst) + 1 == N {
+                let _ = all.send(());
+            }
+        }
+    })
+    .unwrap();
+
+    for i in 0..N {
+        source.broadcast(Event::new("tick", i)).unwrap();
+    }
+    within(10, "every tick at the sink", all_rx.recv())
+        .await
+        .unwrap();
+    // one subscription per node delivers in order: when `source` has handled `done`, it has
+    // seen every tick before it
+    source.broadcast(Event::new("done", ())).unwrap();
+    within(10, "`done` at the source", done_rx.recv())
+        .await
+        .unwrap();
+
+    let (sa, sb) = (ta.stats(), tb.stats());
+    assert_eq!(ticks.load(Ordering::SeqCst), N);
+    assert_eq!(sa.broadcasts_skipped, N, "{sa:?}");
+    assert_eq!(sa.broadcasts_decoded, 1, "only `done`: {sa:?}");
+    assert_eq!(sb.broadcasts_decoded, N, "{sb:?}");
+
+    // a body whose `type` is not first is decoded (by `a` and `b`) and handled by `source`
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    raw.publish(
+        "happen.broadcast",
+        r#"{"payload":null,"type":"done"}"#.into(),
+    )
+    .await
+    .unwrap();
+    raw.flush().await.unwrap();
+    within(10, "the raw `done` at the source", done_rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(ta.stats().broadcasts_decoded, 2);
+    assert_eq!(ta.stats().broadcasts_skipped, N);
+
+    within(10, "shutdown", a.shutdown(Duration::from_secs(5))).await;
+    within(10, "shutdown", b.shutdown(Duration::from_secs(5))).await;
+}
