@@ -145,9 +145,9 @@ pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
     Error::new(ErrorKind::Transport, format!("{what}: {e}"))
 }
 
-/// Explains a failed connection: what went wrong and which setting to check. happen has no
-/// error kind for authentication, so every failure is `Transport`, its message saying
-/// "authentication failed" or "TLS" (see [`NatsTransport::connect`]).
+/// Explains a failed connection: what went wrong and which setting to check, as
+/// [`ErrorKind::Auth`] (credentials refused), [`ErrorKind::Tls`] (TLS set-up failed) or
+/// [`ErrorKind::Transport`] (anything else, such as an unreachable server).
 fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
     use async_nats::ConnectErrorKind as Kind;
     let servers = crate::config::redacted_servers(&config.servers);
@@ -165,18 +165,27 @@ fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
     } else {
         "none configured"
     };
-    let message = match e.kind() {
-        _ if is_tls_failure(&e) => format!(
-            "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
+    let (kind, message) = match e.kind() {
+        _ if is_tls_failure(&e) => (
+            ErrorKind::Tls,
+            format!(
+                "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
+            ),
         ),
-        Kind::AuthorizationViolation | Kind::Authentication => format!(
-            "authentication failed: the nats server at {servers:?} rejected this client's credentials (method: {method}); check transport.nats.auth (user/password, token, nkey seed or credentials_file) against the server's authorization settings: {e}"
+        Kind::AuthorizationViolation | Kind::Authentication => (
+            ErrorKind::Auth,
+            format!(
+                "authentication failed: the nats server at {servers:?} rejected this client's credentials (method: {method}); check transport.nats.auth (user/password, token, nkey seed or credentials_file) against the server's authorization settings: {e}"
+            ),
         ),
-        _ => format!(
-            "cannot connect to nats at {servers:?}; is nats-server running? check transport.nats.servers: {e}"
+        _ => (
+            ErrorKind::Transport,
+            format!(
+                "cannot connect to nats at {servers:?}; is nats-server running? check transport.nats.servers: {e}"
+            ),
         ),
     };
-    Error::new(ErrorKind::Transport, message).with_source(e)
+    Error::new(kind, message).with_source(e)
 }
 
 /// Is `e` a TLS failure? async-nats reports a certificate the client does not trust as an IO

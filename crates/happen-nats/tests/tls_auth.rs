@@ -72,7 +72,7 @@ async fn tls_with_another_ca_fails_clearly() {
     let mut retrying = tls_config(&server, other.ca_file());
     retrying.retry_on_initial_connect = true; // a TLS failure is final too
     let err = connect_fails(retrying).await;
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
     let msg = err.message();
     assert!(msg.contains("TLS"), "{msg}");
     assert!(msg.contains("certificate"), "{msg}");
@@ -132,9 +132,9 @@ async fn nkey() {
     );
 }
 
-/// No `ErrorKind` for authentication exists in happen: `Transport`, saying so.
+/// A refused login is `ErrorKind::Auth`, and the message names the setting to check.
 fn assert_authentication_failed(err: &Error) {
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     let msg = err.message();
     assert!(msg.contains("authentication failed"), "{msg}");
     assert!(msg.contains("transport.nats.auth"), "{msg}");

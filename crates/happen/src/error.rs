@@ -57,6 +57,12 @@ pub enum ErrorKind {
     DuplicateHandler,
     /// The transport failed (connection lost, protocol error, malformed message).
     Transport,
+    /// The transport's server refused this client's credentials (wrong password, token, nkey
+    /// or credentials file). Retrying will not help; the message says which setting to check.
+    Auth,
+    /// A TLS connection could not be set up (an untrusted or mismatched certificate, a
+    /// missing client certificate). The message says which setting to check.
+    Tls,
     /// The flow failed because a call it made to another node failed, and it passed that
     /// error on (for example with `?`). [`Error::node`] is the node whose flow failed;
     /// [`Error::downstream`] is the error its call got, and [`Error::origin`] the first
@@ -88,6 +94,8 @@ impl ErrorKind {
             ErrorKind::DuplicateNode => "duplicate_node",
             ErrorKind::DuplicateHandler => "duplicate_handler",
             ErrorKind::Transport => "transport",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Tls => "tls",
             ErrorKind::Downstream => "downstream",
         }
     }
@@ -104,7 +112,7 @@ impl ErrorKind {
     }
 }
 
-const ALL_KINDS: [ErrorKind; 17] = [
+const ALL_KINDS: [ErrorKind; 19] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -121,6 +129,8 @@ const ALL_KINDS: [ErrorKind; 17] = [
     ErrorKind::DuplicateNode,
     ErrorKind::DuplicateHandler,
     ErrorKind::Transport,
+    ErrorKind::Auth,
+    ErrorKind::Tls,
     ErrorKind::Downstream,
 ];
 

@@ -16,8 +16,8 @@
 //! // Both servers are killed and their temp dirs removed when dropped.
 //! ```
 //!
-//! With the `tls` feature, [`NatsServerOptions::with_tls`] starts a server that requires TLS,
-//! with a certificate signed by a [`TestCa`] made at test time; [`NatsServer::ca_file`] is the
+//! With the `tls` feature, `NatsServerOptions::with_tls` starts a server that requires TLS,
+//! with a certificate signed by a `TestCa` made at test time; [`NatsServer::ca_file`] is the
 //! CA to trust. [`NatsServerOptions::with_nkey_user`] requires nkey authentication (a user key
 //! made with [`NkeyUser::generate`]).
 //!
