@@ -205,3 +205,31 @@ async fn dropping_the_last_handle_shuts_down_and_leaks_no_task() {
     })
     .await;
 }
+
+/// Dropping the last `Happen` handle inside a handler — even in a closure handler's
+/// synchronous part, which runs while its node starts flows in order — shuts the instance
+/// down without deadlocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_inside_a_handler_does_not_deadlock() {
+    let happen = Happen::new();
+    let node = happen.node("owner").await.unwrap();
+    let holder = Arc::new(std::sync::Mutex::new(Some(happen)));
+    let h = holder.clone();
+    node.on("drop-instance", move |_e: Event, _c: Context| {
+        drop(h.lock().unwrap().take()); // the last handle, dropped before the async body
+        async { "dropped" }
+    })
+    .unwrap();
+    let reply = node.send(&node, Event::new("drop-instance", ()));
+    let out = timeout(T, reply).await.expect("no deadlock");
+    // The flow was cancelled by the shutdown it caused, or finished first: either answers.
+    match out {
+        Ok(v) => assert_eq!(v, "dropped"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ShutDown),
+    }
+    assert!(holder.lock().unwrap().is_none());
+    let err = node
+        .tell(&node, Event::new("drop-instance", ()))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ShutDown);
+}

@@ -134,7 +134,10 @@ impl Runner {
     /// Takes every event still waiting for a driver, and makes drivers cancel what they find
     /// from now on (for cancellation).
     pub(crate) fn drain(&self) -> Vec<Admitted> {
-        let _g = self.start.lock();
+        // Not under the start lock: the closing thread may be inside a handler's synchronous
+        // part, which runs under it (dropping the last `Happen` handle there closes
+        // everything). A driver that took an event just before is fine: once `cancelled` is
+        // set, its flow is cancelled if it waits, and answers normally if it does not.
         self.cancelled.store(true, Ordering::Release);
         std::iter::from_fn(|| self.ready.pop()).collect()
     }
