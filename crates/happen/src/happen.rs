@@ -333,21 +333,28 @@ impl HappenShared {
         match &self.dispatch {
             Dispatch::Local(t) => {
                 for id in &ids {
-                    // Ready at once: the in-process transport forgets the node synchronously.
-                    drop(t.detach(id));
+                    // The in-process transport's detach is ready at once.
+                    let detached = futures::FutureExt::now_or_never(t.detach(id));
+                    debug_assert!(detached.is_some());
                 }
             }
             Dispatch::Custom(t) => {
                 let t = t.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        for id in &ids {
-                            t.detach(id).await;
-                        }
-                        if then_shutdown {
-                            t.shutdown().await;
-                        }
-                    });
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            for id in &ids {
+                                t.detach(id).await;
+                            }
+                            if then_shutdown {
+                                t.shutdown().await;
+                            }
+                        });
+                    }
+                    Err(_) => tracing::warn!(
+                        nodes = ids.len(),
+                        "dropped outside a Tokio runtime: the transport could not be told to stop routing to these nodes; call `shutdown` before dropping the last handle"
+                    ),
                 }
             }
         }
@@ -413,12 +420,9 @@ impl HappenShared {
         }
     }
 
-    /// When replies from this instance's sends arm their timeout (see [`crate::slot`]).
-    pub(crate) fn arm_policy(&self) -> crate::reply::Arm {
-        match &self.dispatch {
-            Dispatch::Local(_) => crate::reply::Arm::OnNudge,
-            Dispatch::Custom(_) => crate::reply::Arm::Now,
-        }
+    /// Does this instance use the in-process transport (whose engine nudges replies)?
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.dispatch, Dispatch::Local(_))
     }
 
     pub(crate) fn broadcast(&self, event: Event) -> Result<()> {

@@ -574,38 +574,43 @@ impl Node {
         &self.shared.engine
     }
 
-    /// The handler for `event_type`. Pattern predicates are user code: `Err` with the panic
-    /// message if one panicked.
+    /// Runs `f` on the registry inside a panic boundary: pattern predicates are user code.
+    /// `Err` with the panic message if one panicked.
+    fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> std::result::Result<T, String> {
+        let registry = self.shared.registry.read();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&registry)))
+            .map_err(|p| crate::engine::panic_message(&*p))
+    }
+
+    /// For callers that only route (broadcasts): a panicking predicate is logged and treated
+    /// as "no match".
+    fn routing<T>(&self, event_type: &str, f: impl FnOnce(&Registry) -> T, no: T) -> T {
+        self.with_registry(f).unwrap_or_else(|panic| {
+            tracing::warn!(node = %self.id(), event_type, panic, "a pattern predicate panicked; treated as not matching");
+            no
+        })
+    }
+
+    /// The handler for `event_type`; `Err` with the panic message if a predicate panicked.
     pub(crate) fn try_lookup(
         &self,
         event_type: &str,
     ) -> std::result::Result<Option<Arc<dyn ErasedStep>>, String> {
-        let registry = self.shared.registry.read();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.lookup(event_type)))
-            .map_err(|p| crate::engine::panic_message(&*p))
+        self.with_registry(|r| r.lookup(event_type))
     }
 
-    /// [`try_lookup`](Node::try_lookup) for callers that only route (broadcasts): a panicking
-    /// predicate is logged and treated as "no handler".
+    /// The handler for `event_type`, for routing (see `routing`).
     pub(crate) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
-        self.try_lookup(event_type).unwrap_or_else(|panic| {
-            tracing::warn!(node = %self.id(), event_type, panic, "a pattern predicate panicked; treated as not matching");
-            None
-        })
+        self.routing(event_type, |r| r.lookup(event_type), None)
     }
 
     pub(crate) fn registry_version(&self) -> u64 {
         self.shared.registry_version.load(Ordering::Acquire)
     }
 
+    /// Does a handler match `event_type`? (For routing: see `routing`.)
     pub(crate) fn accepts(&self, event_type: &str) -> bool {
-        let registry = self.shared.registry.read();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.matches(event_type)))
-            .unwrap_or_else(|p| {
-                let panic = crate::engine::panic_message(&*p);
-                tracing::warn!(node = %self.id(), event_type, panic, "a pattern predicate panicked; treated as not matching");
-                false
-            })
+        self.routing(event_type, |r| r.matches(event_type), false)
     }
 
     pub(crate) fn stream_buffer(&self) -> usize {
@@ -676,14 +681,13 @@ impl Node {
             Err(e) => return Reply::failed(e, timeout, self.clone()),
         };
         let (tx, rx) = crate::slot::slot();
-        let arm = self.shared.happen.arm_policy();
-        if arm == crate::reply::Arm::Now {
+        if !self.shared.happen.is_local() {
             // Through another transport the answer is never immediate; the target is named
             // if it times out.
             tx.nudge(target.id());
         }
         match self.dispatch(target, event, Some(ReplySender(tx))) {
-            Ok(()) => Reply::waiting(rx, arm, timeout),
+            Ok(()) => Reply::waiting(rx, timeout),
             Err(e) => Reply::failed(e, timeout, self.clone()),
         }
     }

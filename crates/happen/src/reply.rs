@@ -15,16 +15,6 @@ use crate::node::Node;
 use crate::reply_stream::{ReplyStream, StreamState};
 use crate::slot::SlotReceiver;
 
-/// When an awaited reply arms its timeout timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arm {
-    /// At the first wait (a remote target: the answer is never immediate).
-    Now,
-    /// When the answering side says the answer will take a while (a local target: a flow that
-    /// completes on its first poll answers before any timer would matter).
-    OnNudge,
-}
-
 /// The handle returned by [`Node::send`](crate::Node::send): a [`Future`] of the flow's
 /// final value.
 ///
@@ -86,9 +76,12 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub(crate) fn waiting(rx: SlotReceiver, arm: Arm, timeout: Duration) -> Reply {
+    /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see
+    /// [`crate::slot`]): by the engine when the answer cannot be immediate, or at once for a
+    /// send through another transport.
+    pub(crate) fn waiting(rx: SlotReceiver, timeout: Duration) -> Reply {
         Reply {
-            stream: ReplyStream::new(StreamState::Waiting(rx, arm), timeout),
+            stream: ReplyStream::new(StreamState::Waiting(rx), timeout),
             sender: None,
         }
     }

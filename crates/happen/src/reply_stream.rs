@@ -17,7 +17,6 @@ use tokio::time::Sleep;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{decode_owned, decode_value};
-use crate::reply::Arm;
 use crate::slot::{Received, SlotReceiver};
 use crate::stream::{ItemStream, Response};
 
@@ -85,7 +84,7 @@ struct OutcomeSlot {
 }
 
 pub(crate) enum StreamState {
-    Waiting(SlotReceiver, Arm),
+    Waiting(SlotReceiver),
     Streaming(ItemStream),
     Failed(Option<Error>),
     Done(Option<Value>),
@@ -295,7 +294,7 @@ impl ReplyStream {
         let this = self;
         loop {
             match &mut this.state {
-                StreamState::Waiting(rx, arm) => match rx.poll_recv(cx) {
+                StreamState::Waiting(rx) => match rx.poll_recv(cx) {
                     Received::Value(Response::Done(Ok(v))) => {
                         this.state = StreamState::Done(Some(v));
                         return Poll::Ready(None);
@@ -317,7 +316,9 @@ impl ReplyStream {
                         ))));
                     }
                     Received::Waiting { nudged } => {
-                        if !nudged && *arm == Arm::OnNudge && this.sleep.is_none() {
+                        // No timer until the slot is nudged: a flow that completes at once
+                        // answers before any timer would matter.
+                        if !nudged && this.sleep.is_none() {
                             return Poll::Pending;
                         }
                         // The node that said it would answer, to name it if it does not.

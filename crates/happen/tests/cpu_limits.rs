@@ -1,7 +1,7 @@
 //! CPU-bound flows obey admission limits; panics and cancellation in CPU work.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -12,36 +12,9 @@ use tokio::time::timeout;
 
 mod support;
 use support::quiet_intentional_panics;
+use support::{Latch, OpenOnDrop};
 
 const T: Duration = Duration::from_secs(10);
-
-/// A gate CPU jobs block on (on pool threads) until the test opens it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-/// Opens the gate when dropped, so a failing assertion never leaves pool threads blocked.
-struct OpenOnDrop(Arc<Gate>);
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
 
 fn happen_with_cpu_threads(n: usize) -> Happen {
     let mut config = Config::default();
@@ -65,7 +38,7 @@ async fn cpu_flows_obey_max_concurrent_and_queue_limit() {
         .await
         .unwrap();
     let client = happen.node("client").await.unwrap();
-    let gate = Arc::new(Gate::default());
+    let gate = Arc::new(Latch::default());
     let _open_at_end = OpenOnDrop(gate.clone());
     let running = Arc::new(AtomicUsize::new(0));
     let high_water = Arc::new(AtomicUsize::new(0));
@@ -184,7 +157,7 @@ async fn cpu_work_cancelled_before_it_starts_never_runs() {
     // One pool thread, held by a blocking job: later jobs wait in the pool's queue.
     let happen = happen_with_cpu_threads(1);
     let node = happen.node("cruncher").await.unwrap();
-    let gate = Arc::new(Gate::default());
+    let gate = Arc::new(Latch::default());
     let _open_at_end = OpenOnDrop(gate.clone());
     let ran = Arc::new(AtomicUsize::new(0));
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();

@@ -4,7 +4,7 @@
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use happen::pattern::Pattern;
@@ -13,38 +13,9 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 mod support;
-use support::quiet_intentional_panics;
+use support::{Latch, OpenOnDrop, quiet_intentional_panics};
 
 const T: Duration = Duration::from_secs(30);
-
-/// A latch a handler blocks its OS thread on (std primitives: no await, the worker is stuck).
-#[derive(Default)]
-struct Latch {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Latch {
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-/// Opens the latch when dropped, so a failing assertion does not leave a worker blocked.
-struct OpenOnDrop(Arc<Latch>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
 
 /// Registers `block` (tells `started`, then blocks its thread on the latch — before or after
 /// its first await) and `fast` (answers at once) on one node.

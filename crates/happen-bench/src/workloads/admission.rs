@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use happen::{Context, ErrorKind, Event, Happen, Limits, NodeOptions, PartialLimits};
 
-use super::{PACE_EVERY, err, pace};
+use super::{err, tell_paced};
 use crate::measure::{Bench, Countdown, RunResult, Sample, summarize, system};
 use crate::report::Row;
 use crate::rss::{RssSampler, run_child};
@@ -77,26 +77,9 @@ async fn limited_tell(n: u64, limits: bool) -> RunResult {
         done.hit();
     })
     .map_err(err)?;
-    let mut pressure = sink.watch_pressure();
-    let mut retries = 0u64;
-
     let rss = RssSampler::start();
     let start = Instant::now();
-    for i in 0..n {
-        if i % PACE_EVERY == 0 {
-            pace(&mut pressure).await;
-        }
-        loop {
-            match src.tell(&sink, Event::new("tick", i)) {
-                Ok(()) => break,
-                Err(e) if e.kind() == ErrorKind::QueueFull => {
-                    retries += 1;
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-    }
+    let retries = tell_paced(&src, &sink, n, |i| Event::new("tick", i)).await?;
     done.wait().await;
     let elapsed = start.elapsed();
     let rss = rss.finish();

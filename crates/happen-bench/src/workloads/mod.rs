@@ -70,3 +70,31 @@ pub(crate) async fn pace(rx: &mut Receiver<Pressure>) {
         let _ = rx.wait_for(|p| !p.under_pressure).await;
     }
 }
+
+/// Tells `n` events (`make(i)`) from `src` to `sink`, paced by the sink's backpressure; a
+/// `QueueFull` is retried after a yield. Returns how many were retried.
+pub(crate) async fn tell_paced(
+    src: &happen::Node,
+    sink: &happen::Node,
+    n: u64,
+    make: impl Fn(u64) -> happen::Event,
+) -> Result<u64, String> {
+    let mut pressure = sink.watch_pressure();
+    let mut retries = 0u64;
+    for i in 0..n {
+        if i % PACE_EVERY == 0 {
+            pace(&mut pressure).await;
+        }
+        loop {
+            match src.tell(sink, make(i)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == happen::ErrorKind::QueueFull => {
+                    retries += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(retries)
+}

@@ -14,10 +14,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, Event, Happen, NodeOptions, PartialLimits};
 use tokio::runtime::Runtime;
 
-use super::{PACE_EVERY, err, pace};
+use super::{PACE_EVERY, err, tell_paced};
 use crate::measure::{Bench, Countdown, RunResult, Sample, System, multi_thread, system};
 use crate::report::Row;
 
@@ -139,25 +139,8 @@ async fn happen_scale(n: u64, rounds: u64) -> RunResult {
             done.hit();
         })
         .map_err(err)?;
-    let mut pressure = worker.watch_pressure();
-    let mut retries = 0u64;
-
     let start = Instant::now();
-    for i in 0..n {
-        if i % PACE_EVERY == 0 {
-            pace(&mut pressure).await;
-        }
-        loop {
-            match src.tell(&worker, Event::new("work", i)) {
-                Ok(()) => break,
-                Err(e) if e.kind() == ErrorKind::QueueFull => {
-                    retries += 1;
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-    }
+    let retries = tell_paced(&src, &worker, n, |i| Event::new("work", i)).await?;
     done.wait().await;
     let elapsed = start.elapsed();
 

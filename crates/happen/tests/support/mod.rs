@@ -34,3 +34,36 @@ pub(crate) fn quiet_intentional_panics() {
         }));
     });
 }
+
+/// A latch that blocks OS threads (std primitives, no await) until the test opens it: for
+/// handlers and CPU jobs that must really hold their thread.
+#[derive(Default)]
+pub(crate) struct Latch {
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Latch {
+    /// Blocks the calling thread until the latch is open.
+    pub(crate) fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+
+    /// Opens the latch, releasing every waiting thread.
+    pub(crate) fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Opens the latch when dropped, so a failing assertion never leaves threads blocked.
+pub(crate) struct OpenOnDrop(pub(crate) std::sync::Arc<Latch>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
