@@ -21,6 +21,10 @@
 //! CA to trust. [`NatsServerOptions::with_nkey_user`] requires nkey authentication (a user key
 //! made with [`NkeyUser::generate`]).
 //!
+//! [`NatsCluster`] starts several servers routed together on loopback (3 by default), each
+//! with JetStream and its own store, and waits until the cluster has formed; one member can be
+//! killed and restarted.
+//!
 //! The binary is located with [`nats_server_binary`]: the `NATS_SERVER_BIN`
 //! environment variable, else `nats-server` on `PATH`, else
 //! `/usr/sbin/nats-server`.
@@ -36,8 +40,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod cluster;
 #[cfg(feature = "tls")]
 mod tls;
+pub use crate::cluster::{CLUSTER_NAME, NatsCluster};
 #[cfg(feature = "tls")]
 pub use crate::tls::TestCa;
 
