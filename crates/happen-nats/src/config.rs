@@ -69,6 +69,12 @@ pub struct NatsConfig {
     /// 65,536; see
     /// [`NatsTransport::ready`](crate::NatsTransport::ready) to pace a producer instead).
     pub outbound_buffer: usize,
+    /// Sends, tells and broadcasts accepted while the client is disconnected, per outage
+    /// (default 8,192): they wait, in order, and are written to the server after the
+    /// reconnect; beyond the bound they fail at once with
+    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport). `0` fails every send while
+    /// disconnected. At most `outbound_buffer`.
+    pub disconnected_buffer: usize,
     /// Largest accepted incoming event in bytes (default: the server's `max_payload`).
     pub max_message_bytes: Option<usize>,
     /// Credit a consumer grants a remote stream producer: the most items in flight (default 256).
@@ -99,6 +105,7 @@ impl Default for NatsConfig {
             subscription_capacity: 1 << 20,
             client_capacity: 65_536,
             outbound_buffer: 65_536,
+            disconnected_buffer: 8192,
             max_message_bytes: None,
             stream_window: 256,
             stream_types: Vec::new(),
@@ -159,6 +166,7 @@ impl fmt::Debug for NatsConfig {
             subscription_capacity,
             client_capacity,
             outbound_buffer,
+            disconnected_buffer,
             max_message_bytes,
             stream_window,
             stream_types,
@@ -177,6 +185,7 @@ impl fmt::Debug for NatsConfig {
             .field("subscription_capacity", subscription_capacity)
             .field("client_capacity", client_capacity)
             .field("outbound_buffer", outbound_buffer)
+            .field("disconnected_buffer", disconnected_buffer)
             .field("max_message_bytes", max_message_bytes)
             .field("stream_window", stream_window)
             .field("stream_types", stream_types)
@@ -372,6 +381,15 @@ impl NatsConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if self.disconnected_buffer > self.outbound_buffer {
+            return Err(invalid(
+                "disconnected_buffer",
+                format!(
+                    "{} is more than `outbound_buffer` ({}); lower it or raise `outbound_buffer`",
+                    self.disconnected_buffer, self.outbound_buffer
+                ),
+            ));
+        }
         if self.max_message_bytes == Some(0) {
             return Err(invalid("max_message_bytes", "must be at least 1"));
         }
@@ -556,6 +574,24 @@ mod tests {
         assert_eq!(NatsConfig::default().url_credentials(), None);
         assert_eq!(percent_decode("a%2"), "a%2");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn the_disconnected_buffer_is_bounded_by_the_outbound_buffer() {
+        let c = NatsConfig::from_value(&json!({"disconnected_buffer": 0})).unwrap();
+        assert_eq!(c.disconnected_buffer, 0);
+        let c = NatsConfig::from_value(&json!({"outbound_buffer": 10, "disconnected_buffer": 10}))
+            .unwrap();
+        assert_eq!(c.disconnected_buffer, 10);
+        let err =
+            NatsConfig::from_value(&json!({"outbound_buffer": 10, "disconnected_buffer": 11}))
+                .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.message().contains("disconnected_buffer"), "{err}");
+        let err = NatsConfig::from_value(&json!({"disconnected_buffer": -1})).unwrap_err();
+        assert!(err.message().contains("disconnected_buffer"), "{err}");
+        let err = NatsConfig::from_value(&json!({"disconnected_bufer": 1})).unwrap_err();
+        assert!(err.message().contains("disconnected_bufer"), "{err}");
     }
 
     #[test]

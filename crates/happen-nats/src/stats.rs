@@ -46,6 +46,11 @@ pub struct NatsStats {
     /// Broadcasts a node of this process skipped without decoding: their `Happen-Type` names
     /// a type the node has no handler for.
     pub broadcasts_skipped: u64,
+    /// Sends, tells and broadcasts accepted while disconnected (buffered for the reconnect;
+    /// see `transport.nats.disconnected_buffer`).
+    pub buffered_while_disconnected: u64,
+    /// Sends, tells and broadcasts refused while disconnected because the buffer was full.
+    pub rejected_while_disconnected: u64,
 }
 
 #[derive(Default)]
@@ -67,6 +72,8 @@ pub(crate) struct Counters {
     pub(crate) answers_overflowed: AtomicU64,
     pub(crate) broadcasts_decoded: AtomicU64,
     pub(crate) broadcasts_skipped: AtomicU64,
+    pub(crate) buffered_while_disconnected: AtomicU64,
+    pub(crate) rejected_while_disconnected: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -94,6 +101,8 @@ impl Counters {
             answers_overflowed: r(&self.answers_overflowed),
             broadcasts_decoded: r(&self.broadcasts_decoded),
             broadcasts_skipped: r(&self.broadcasts_skipped),
+            buffered_while_disconnected: r(&self.buffered_while_disconnected),
+            rejected_while_disconnected: r(&self.rejected_while_disconnected),
         }
     }
 

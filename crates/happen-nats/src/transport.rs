@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     pub(crate) max_bytes: usize,
     pub(crate) counters: Counters,
     pub(crate) stream_header: HeaderMap,
+    /// Connection state, status events and the buffer of sends while disconnected.
+    pub(crate) link: crate::connection::Link,
     broadcast_subject: Subject,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -306,6 +308,7 @@ impl NatsTransport {
         let mut stream_header = HeaderMap::new();
         stream_header.insert(header::STREAM, config.stream_window.to_string().as_str());
         let subjects = Subjects::new(&config.prefix);
+        let link = crate::connection::Link::new(&client.server_info());
         let shared = Arc::new(Shared {
             broadcast_subject: Subject::from(subjects.broadcast()),
             subjects,
@@ -328,6 +331,7 @@ impl NatsTransport {
             max_bytes,
             counters: Counters::default(),
             stream_header,
+            link,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
@@ -397,6 +401,21 @@ impl NatsTransport {
             }
             notified.await;
         }
+    }
+
+    /// Waits until the client is connected (at once when it is). A producer that got
+    /// [`ErrorKind::Transport`] because the connection is down and
+    /// `transport.nats.disconnected_buffer` messages already wait for it can wait here before
+    /// retrying.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the client gave up reconnecting
+    /// (`transport.nats.reconnect.max_attempts`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_connected(&self) -> Result<()> {
+        self.shared.link.wait_up().await
     }
 
     /// Is the outgoing buffer more than half full? (Then a send that failed with
@@ -529,9 +548,15 @@ async fn connection_events(
                 shared.fail_pending(
                     "the connection to nats was lost before the reply arrived; the event may or may not have been handled",
                 );
+                crate::connection::disconnected(&shared);
             }
             async_nats::Event::Connected => {
                 tracing::info!(target: "happen_nats", "connected to nats");
+                crate::connection::connected(&shared);
+            }
+            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
+                tracing::error!(target: "happen_nats", "the nats client gave up reconnecting");
+                crate::connection::closed(&shared, "reached transport.nats.reconnect.max_attempts");
             }
             other => tracing::info!(target: "happen_nats", event = %other, "nats connection event"),
         }
@@ -706,6 +731,15 @@ impl Shared {
         result
     }
 
+    /// The inboxes of this process's nodes.
+    pub(crate) fn local_inboxes(&self) -> Vec<Inbox> {
+        self.nodes
+            .lock()
+            .values()
+            .map(|h| h.inbox.clone())
+            .collect()
+    }
+
     /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
     pub(crate) fn local_streams(&self, event_type: &str) -> bool {
         self.nodes
@@ -741,7 +775,7 @@ impl Shared {
         self.config.outbound_buffer / 2
     }
 
-    fn check_connected(&self) -> Result<()> {
+    pub(crate) fn check_connected(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::ShutDown,
@@ -985,7 +1019,7 @@ impl Transport for NatsTransport {
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
         let s = &self.shared;
-        s.check_connected()?;
+        s.admit_outbound()?;
         let payload = s.encode_checked(&event)?;
         let subject = Subject::from(s.subjects.node(target));
         let (out, token) = match reply {
@@ -1035,7 +1069,7 @@ impl Transport for NatsTransport {
 
     fn broadcast(&self, event: Event) -> Result<()> {
         let s = &self.shared;
-        s.check_connected()?;
+        s.admit_outbound()?;
         let payload = s.encode_checked(&event)?;
         let payload_copy = payload.clone(); // `Bytes`: shares the buffer
         s.enqueue(

@@ -1,5 +1,5 @@
-//! A server restart mid-run: sends while disconnected fail with a clear error, the client
-//! reconnects and resubscribes, and later sends succeed.
+//! A server restart mid-run: sends while disconnected fail with a clear error (with
+//! `disconnected_buffer = 0`), the client reconnects and resubscribes, and later sends succeed.
 
 mod common;
 
@@ -17,6 +17,8 @@ async fn sends_succeed_after_a_server_restart() {
     let mut config = NatsConfig::with_server(server.url());
     config.reconnect.delay_ms = 10;
     config.reconnect.max_delay_ms = 100;
+    // fail fast while disconnected (buffering is tested in disconnected.rs)
+    config.disconnected_buffer = 0;
     let (a, ta) = instance_with(config.clone()).await;
     let (b, _tb) = instance_with(config).await;
     let svc = b.node("svc").await.unwrap();
