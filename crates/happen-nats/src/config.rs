@@ -71,9 +71,8 @@ pub struct NatsConfig {
     pub outbound_buffer: usize,
     /// Sends, tells and broadcasts accepted while the client is disconnected, per outage
     /// (default 8,192): they wait, in order, and are written to the server after the
-    /// reconnect; beyond the bound they fail at once with
-    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport). `0` fails every send while
-    /// disconnected. At most `outbound_buffer`.
+    /// reconnect; beyond the bound they fail at once with [`ErrorKind::Transport`]. `0` fails
+    /// every send while disconnected. At most `outbound_buffer`.
     pub disconnected_buffer: usize,
     /// Largest accepted incoming event in bytes (default: the server's `max_payload`).
     pub max_message_bytes: Option<usize>,

@@ -58,21 +58,37 @@ impl Link {
         }
     }
 
-    /// Waits until the transport sees the client connected.
+    /// Waits until the client is connected: the transport's event task saw it connect, or
+    /// the client itself says so (looked at every [`STATE_RECHECK`], in case its event queue
+    /// dropped an event).
     ///
     /// # Errors
     /// [`ErrorKind::Transport`] once the client gave up reconnecting.
-    pub(crate) async fn wait_up(&self) -> Result<()> {
+    pub(crate) async fn wait_up(&self, client: &async_nats::Client) -> Result<()> {
         let mut state = self.state.subscribe();
-        match state.wait_for(|s| *s != LinkState::Down).await.map(|s| *s) {
-            Ok(LinkState::Up) => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::Transport,
-                "the nats client gave up reconnecting (transport.nats.reconnect.max_attempts); restart the process",
-            )),
+        loop {
+            let now = *state.borrow_and_update();
+            match now {
+                LinkState::Up => return Ok(()),
+                LinkState::Gone => {
+                    return Err(Error::new(
+                        ErrorKind::Transport,
+                        "the nats client gave up reconnecting (transport.nats.reconnect.max_attempts); restart the process",
+                    ));
+                }
+                LinkState::Down => {}
+            }
+            if client.connection_state() == async_nats::connection::State::Connected {
+                return Ok(());
+            }
+            // a change, or the next look at the client's own state
+            let _ = tokio::time::timeout(STATE_RECHECK, state.changed()).await;
         }
     }
 }
+
+/// How often [`Link::wait_up`] looks at the client's own connection state.
+const STATE_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `name (host:port)` of a server, or what of it is known.
 fn describe(info: &async_nats::ServerInfo) -> String {

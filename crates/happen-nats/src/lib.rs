@@ -25,11 +25,26 @@
 //!   hosts its target is lost (a `send` then fails fast with
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) from NATS "no responders"; a
 //!   `tell` or a broadcast is dropped silently by the server).
-//! - **Disconnected.** While the client is disconnected, `send`, `tell` and `broadcast` fail at
-//!   once with [`ErrorKind::Transport`](happen::ErrorKind::Transport) (nothing is buffered);
-//!   requests waiting for a reply when the connection drops fail with `Transport` too (the event
-//!   may or may not have been handled). The client reconnects on its own and resubscribes every
-//!   node; later sends succeed.
+//! - **Disconnected.** While the client is disconnected, `send`, `tell` and `broadcast` are
+//!   buffered, in order, up to `disconnected_buffer` messages per outage (default 8,192) and
+//!   written to the server once the client has reconnected and resubscribed; beyond the bound
+//!   they fail at once with [`ErrorKind::Transport`](happen::ErrorKind::Transport) (the
+//!   message names the key; [`NatsTransport::wait_connected`] waits for the reconnect). With
+//!   `disconnected_buffer = 0` every send fails at once while disconnected. A buffered request
+//!   keeps its own timeout. Requests waiting for a reply when the connection drops fail with
+//!   `Transport` (the event may or may not have been handled), and so may a request made in
+//!   the instant before the transport noticed the drop. Core NATS still applies once the
+//!   buffer is written: a buffered `tell` to a node whose process has not reconnected yet is
+//!   dropped by the server (a request gets `UnknownNode`); messages the client had already
+//!   written into the lost connection are gone. Durable delivery is JetStream's job.
+//! - **Connection status.** Nodes of this process with a handler for
+//!   [`CONNECTION_STATUS_EVENT`] (`system.connection-status`) receive
+//!   `{"status": "disconnected" | "reconnected" | "closed", "reason", "server"}` when the
+//!   connection drops, comes back (possibly to another server of a cluster) or is given up
+//!   (`reconnect.max_attempts`). Local only: the event does not travel over NATS.
+//! - **Clusters.** Give every server of a NATS cluster in `servers`: when the connected
+//!   server dies the client moves to another one (tested with a 3-server cluster: the requests
+//!   in flight fail with `Transport`, later ones succeed; tells in between are buffered).
 //! - **Local sends travel through the server too**, so replicas of a node id in other
 //!   processes share them (a NATS queue group per node id). Broadcasts reach each node id once
 //!   (a queue group per node id on the broadcast subject), whichever replica takes it.

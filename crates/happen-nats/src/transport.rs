@@ -415,7 +415,7 @@ impl NatsTransport {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn wait_connected(&self) -> Result<()> {
-        self.shared.link.wait_up().await
+        self.shared.link.wait_up(&self.shared.client).await
     }
 
     /// Is the outgoing buffer more than half full? (Then a send that failed with
