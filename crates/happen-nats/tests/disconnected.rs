@@ -185,3 +185,44 @@ async fn a_zero_bound_fails_every_send_while_disconnected() {
     assert_eq!(transport.stats().buffered_while_disconnected, 0);
     assert_eq!(transport.stats().rejected_while_disconnected, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_reconnecting_says_so() {
+    let mut server = NatsServer::start();
+    let mut config = NatsConfig::with_server(server.url());
+    config.reconnect.delay_ms = 10;
+    config.reconnect.max_delay_ms = 20;
+    config.reconnect.max_attempts = Some(3);
+    let (happen, transport) = instance_with(config).await;
+    let (status_tx, mut status) = mpsc::unbounded_channel();
+    let watcher = happen.node("watcher").await.unwrap();
+    watcher
+        .on(CONNECTION_STATUS_EVENT, move |event: Event, _c: Context| {
+            let tx = status_tx.clone();
+            async move {
+                let _ = tx.send(event.payload().clone());
+            }
+        })
+        .unwrap();
+    let client = happen.node("client").await.unwrap();
+    server.stop();
+    assert_eq!(
+        next_status(&mut status, "disconnected").await["status"],
+        "disconnected"
+    );
+    // buffered, then lost with the client: counted in the `closed` reason
+    client.tell("svc", Event::new("tick", 1)).unwrap();
+    let closed = next_status(&mut status, "closed").await;
+    assert_eq!(closed["status"], "closed", "{closed}");
+    let reason = closed["reason"].as_str().unwrap();
+    assert!(reason.contains("max_attempts"), "{closed}");
+    assert!(
+        reason.contains("1 buffered messages were not sent"),
+        "{closed}"
+    );
+    let err = within(10, "wait_connected", transport.wait_connected())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    assert!(err.message().contains("gave up"), "{err}");
+}

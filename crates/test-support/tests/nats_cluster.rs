@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use test_support::{CLUSTER_NAME, NatsCluster};
+use test_support::{CLUSTER_NAME, NatsCluster, NatsServer, NatsServerOptions};
 use tokio::time::{Instant, sleep};
 
 /// Generous: a loaded 2-core machine elects stream leaders slowly.
@@ -152,4 +152,40 @@ async fn a_replicated_stream_survives_a_killed_member_and_the_member_rejoins() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_keeps_its_jetstream_store_across_a_restart() {
+    let mut server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let store = server.jetstream_store_dir().expect("a store dir");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(server.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "KEPT".to_owned(),
+        subjects: vec!["kept.>".to_owned()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    publish_acked(&js, "kept.a", 0, 10).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.jetstream_store_dir(), Some(store.clone()));
+    assert!(store.is_dir());
+    // the client reconnects on its own; the stream and its messages are still there
+    assert_eq!(stream_info(&js, "KEPT").await.state.messages, 10);
+    drop(client);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+    assert!(!store.exists(), "the store is removed with the server");
 }
