@@ -70,10 +70,12 @@ pub struct NatsConfig {
     /// [`NatsTransport::ready`](crate::NatsTransport::ready) to pace a producer instead).
     pub outbound_buffer: usize,
     /// Sends, tells and broadcasts accepted while the client is disconnected, per outage
-    /// (default 8,192): they wait, in order, and are written to the server after the
-    /// reconnect; beyond the bound they fail at once with [`ErrorKind::Transport`]. `0` fails
-    /// every send while disconnected. At most `outbound_buffer`.
-    pub disconnected_buffer: usize,
+    /// (default 8,192, or `outbound_buffer` if that is smaller; see
+    /// [`disconnected_bound`](NatsConfig::disconnected_bound)): they wait, in order, and are
+    /// written to the server after the reconnect; beyond the bound they fail at once with
+    /// [`ErrorKind::Transport`]. `0` fails every send while disconnected. At most
+    /// `outbound_buffer`.
+    pub disconnected_buffer: Option<usize>,
     /// Largest accepted incoming event in bytes (default: the server's `max_payload`).
     pub max_message_bytes: Option<usize>,
     /// Credit a consumer grants a remote stream producer: the most items in flight (default 256).
@@ -104,7 +106,7 @@ impl Default for NatsConfig {
             subscription_capacity: 1 << 20,
             client_capacity: 65_536,
             outbound_buffer: 65_536,
-            disconnected_buffer: 8192,
+            disconnected_buffer: None,
             max_message_bytes: None,
             stream_window: 256,
             stream_types: Vec::new(),
@@ -132,6 +134,9 @@ pub struct AuthConfig {
     /// A `.creds` file (JWT + nkey seed).
     pub credentials_file: Option<PathBuf>,
 }
+
+/// Default of `disconnected_buffer` (when `outbound_buffer` is not smaller).
+const DEFAULT_DISCONNECTED_BUFFER: usize = 8192;
 
 /// Shown instead of a secret by `Debug`.
 const HIDDEN: &str = "***";
@@ -380,12 +385,14 @@ impl NatsConfig {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        if self.disconnected_buffer > self.outbound_buffer {
+        if let Some(n) = self.disconnected_buffer
+            && n > self.outbound_buffer
+        {
             return Err(invalid(
                 "disconnected_buffer",
                 format!(
-                    "{} is more than `outbound_buffer` ({}); lower it or raise `outbound_buffer`",
-                    self.disconnected_buffer, self.outbound_buffer
+                    "{n} is more than `outbound_buffer` ({}); lower it or raise `outbound_buffer`",
+                    self.outbound_buffer
                 ),
             ));
         }
@@ -405,6 +412,22 @@ impl NatsConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How many sends are buffered per outage while disconnected: `disconnected_buffer`, by
+    /// default 8,192 or `outbound_buffer` if that is smaller.
+    ///
+    /// ```
+    /// let mut c = happen_nats::NatsConfig::default();
+    /// assert_eq!(c.disconnected_bound(), 8192);
+    /// c.outbound_buffer = 100;
+    /// assert_eq!(c.disconnected_bound(), 100);
+    /// c.disconnected_buffer = Some(0);
+    /// assert_eq!(c.disconnected_bound(), 0);
+    /// ```
+    pub fn disconnected_bound(&self) -> usize {
+        self.disconnected_buffer
+            .unwrap_or(DEFAULT_DISCONNECTED_BUFFER.min(self.outbound_buffer))
     }
 
     /// The request timeout (default 30 s).
@@ -578,10 +601,13 @@ mod tests {
     #[test]
     fn the_disconnected_buffer_is_bounded_by_the_outbound_buffer() {
         let c = NatsConfig::from_value(&json!({"disconnected_buffer": 0})).unwrap();
-        assert_eq!(c.disconnected_buffer, 0);
+        assert_eq!(c.disconnected_bound(), 0);
         let c = NatsConfig::from_value(&json!({"outbound_buffer": 10, "disconnected_buffer": 10}))
             .unwrap();
-        assert_eq!(c.disconnected_buffer, 10);
+        assert_eq!(c.disconnected_bound(), 10);
+        // the default follows a smaller outgoing buffer instead of failing
+        let c = NatsConfig::from_value(&json!({"outbound_buffer": 1})).unwrap();
+        assert_eq!(c.disconnected_bound(), 1);
         let err =
             NatsConfig::from_value(&json!({"outbound_buffer": 10, "disconnected_buffer": 11}))
                 .unwrap_err();

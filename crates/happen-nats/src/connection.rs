@@ -113,7 +113,7 @@ impl Shared {
             Err(e) if e.kind() == ErrorKind::Transport => e,
             Err(e) => return Err(e),
         };
-        let bound = self.config.disconnected_buffer;
+        let bound = self.config.disconnected_bound();
         let taken = self
             .link
             .buffered
@@ -174,7 +174,7 @@ fn announce(shared: &Shared, status: &str, reason: &str, server: &str) {
 pub(crate) fn disconnected(shared: &Shared) {
     shared.link.state.send_replace(LinkState::Down);
     let server = shared.link.server.lock().clone();
-    let buffering = match shared.config.disconnected_buffer {
+    let buffering = match shared.config.disconnected_bound() {
         0 => "sends fail until then".to_owned(),
         n => format!("up to {n} sends are buffered until then"),
     };

@@ -26,9 +26,9 @@
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) from NATS "no responders"; a
 //!   `tell` or a broadcast is dropped silently by the server).
 //! - **Disconnected.** While the client is disconnected, `send`, `tell` and `broadcast` are
-//!   buffered, in order, up to `disconnected_buffer` messages per outage (default 8,192) and
-//!   written to the server once the client has reconnected and resubscribed; beyond the bound
-//!   they fail at once with [`ErrorKind::Transport`](happen::ErrorKind::Transport) (the
+//!   buffered, in order, up to `disconnected_buffer` messages per outage (default 8,192, or
+//!   `outbound_buffer` if smaller) and written to the server once the client has reconnected
+//!   and resubscribed; beyond the bound they fail at once with [`ErrorKind::Transport`](happen::ErrorKind::Transport) (the
 //!   message names the key; [`NatsTransport::wait_connected`] waits for the reconnect). With
 //!   `disconnected_buffer = 0` every send fails at once while disconnected. A buffered request
 //!   keeps its own timeout. Requests waiting for a reply when the connection drops fail with

@@ -33,7 +33,7 @@ async fn sends_while_disconnected_are_buffered_up_to_the_bound_and_delivered_aft
     config.reconnect.delay_ms = 10;
     config.reconnect.max_delay_ms = 100;
     // two requests and the tells; one more is refused
-    config.disconnected_buffer = TELLS as usize + 2;
+    config.disconnected_buffer = Some(TELLS as usize + 2);
     let (happen, transport) = instance_with(config).await;
 
     let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -168,7 +168,7 @@ async fn sends_while_disconnected_are_buffered_up_to_the_bound_and_delivered_aft
 async fn a_zero_bound_fails_every_send_while_disconnected() {
     let mut server = NatsServer::start();
     let mut config = NatsConfig::with_server(server.url());
-    config.disconnected_buffer = 0;
+    config.disconnected_buffer = Some(0);
     let (happen, transport) = instance_with(config).await;
     let client = happen.node("client").await.unwrap();
     server.stop();

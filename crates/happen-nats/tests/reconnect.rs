@@ -18,7 +18,7 @@ async fn sends_succeed_after_a_server_restart() {
     config.reconnect.delay_ms = 10;
     config.reconnect.max_delay_ms = 100;
     // fail fast while disconnected (buffering is tested in disconnected.rs)
-    config.disconnected_buffer = 0;
+    config.disconnected_buffer = Some(0);
     let (a, ta) = instance_with(config.clone()).await;
     let (b, _tb) = instance_with(config).await;
     let svc = b.node("svc").await.unwrap();
