@@ -294,6 +294,7 @@ impl NatsTransport {
             .subscribe(format!("{}.pressure.>", config.prefix))
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
+        let discover_sub = crate::discover::subscribe(&client, &config.prefix).await?;
         client
             .flush()
             .await
@@ -336,6 +337,10 @@ impl NatsTransport {
             tokio::spawn(publisher(shared.clone(), out_rx, overflow_rx)),
             tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
             tokio::spawn(pressure_reports(Arc::downgrade(&shared), pressure_sub)),
+            tokio::spawn(crate::discover::serve(
+                Arc::downgrade(&shared),
+                discover_sub,
+            )),
         ];
         shared.tasks.lock().extend(tasks);
         Ok(NatsTransport { shared })
@@ -712,6 +717,15 @@ impl Shared {
             .lock()
             .values()
             .any(|h| h.inbox.streams(event_type))
+    }
+
+    /// The entrances of this process's nodes (for discovery, see [`crate::discover`]).
+    pub(crate) fn local_inboxes(&self) -> Vec<Inbox> {
+        self.nodes
+            .lock()
+            .values()
+            .map(|h| h.inbox.clone())
+            .collect()
     }
 
     /// Remembers the last `node.pressure` report of a local node (for reply headers).
