@@ -61,7 +61,8 @@ pub(crate) fn code(e: &Error) -> u8 {
 /// downstream error names where it started.
 pub(crate) fn one_line(e: &Error) -> String {
     let mut line = format!("error: {}: {}", e.kind().as_str(), e.message());
-    if let Some(code) = e.code() {
+    // a downstream error's code is its origin's
+    if let Some(code) = e.code().or(e.origin().code()) {
         line.push_str(&format!(" (code {code})"));
     }
     if e.kind() == ErrorKind::Downstream {
