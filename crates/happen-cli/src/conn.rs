@@ -56,7 +56,7 @@ pub(crate) struct ConnArgs {
     /// Credentials file (`.creds`: JWT and nkey seed).
     #[arg(long, global = true, env = "HAPPEN_NATS_CREDS", value_name = "FILE")]
     creds: Option<PathBuf>,
-    /// CA certificate (PEM) to trust the server's TLS certificate with.
+    /// CA certificate (PEM) to trust the server's TLS certificate with (requires TLS).
     #[arg(long, global = true, env = "HAPPEN_NATS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), when the server requires one (with --tls-key).
@@ -88,6 +88,8 @@ impl ConnArgs {
         config.tls.ca_file = self.tls_ca.clone();
         config.tls.cert_file = self.tls_cert.clone();
         config.tls.key_file = self.tls_key.clone();
+        // a CA or a client certificate means TLS is wanted
+        config.tls.required = self.tls_ca.is_some() || self.tls_cert.is_some();
         config
     }
 

@@ -220,6 +220,27 @@ async fn refused_credentials_exit_with_the_auth_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_servers_ca() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_tls());
+    let ca = server.ca_file().unwrap();
+    let o = run(
+        &server.url(),
+        &["--tls-ca", ca.to_str().unwrap(), "nodes", "--json"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[]", "no process serves nodes");
+
+    let other = test_support::TestCa::new("not the server's CA");
+    let o = run(
+        &server.url(),
+        &["--tls-ca", other.ca_file().to_str().unwrap(), "nodes"],
+    )
+    .await;
+    assert_fails(&o, 32, "tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_sees_events_of_other_instances_and_filters_by_pattern() {
     let server = NatsServer::start();
     let url = server.url();
@@ -467,7 +488,7 @@ async fn trace_while_listening() {
     let corr = correlation.to_string();
     let trace = Listening::start(
         &url,
-        &["trace", &corr, "--idle", "1s", "--for", "60s", "--json"],
+        &["trace", &corr, "--idle", "5s", "--for", "60s", "--json"],
     )
     .await;
     client
