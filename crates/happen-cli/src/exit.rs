@@ -76,7 +76,11 @@ pub(crate) fn one_line(e: &Error) -> String {
             ));
         }
     }
-    line.replace(['\r', '\n'], " ")
+    // the library's advice names its API; here the flag is the way
+    line.replace(['\r', '\n'], " ").replace(
+        "raise the timeout with `.timeout(..)`",
+        "raise it with --timeout",
+    )
 }
 
 #[cfg(test)]
@@ -112,6 +116,18 @@ mod tests {
             let line = format!("{c:>4}  {}", kind.as_str());
             assert!(HELP.contains(&line), "help lacks `{line}`");
         }
+    }
+
+    #[test]
+    fn a_timeout_names_the_flag() {
+        let e = Error::new(
+            ErrorKind::Timeout,
+            "no reply within 5ms; raise the timeout with `.timeout(..)` or check the target node",
+        );
+        assert_eq!(
+            one_line(&e),
+            "error: timeout: no reply within 5ms; raise it with --timeout or check the target node"
+        );
     }
 
     #[test]

@@ -247,9 +247,12 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
             event.line()
         };
         let mut out = stdout.lock();
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(|e| write_error("to stdout", e))?;
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // the reader went away (`happen tap | head`): done
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(write_error("to stdout", e)),
+        }
     }
     eprintln!("{seen} event(s)");
     Ok(())

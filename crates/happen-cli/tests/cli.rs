@@ -175,6 +175,11 @@ async fn each_error_kind_has_its_exit_code() {
     let o = run(&url, &["send", "svc", "hang", "--timeout", "300ms"]).await;
     assert_fails(&o, 14, "timeout");
     assert!(stderr(&o).contains("svc"), "names the node: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--timeout"),
+        "names the flag: {}",
+        stderr(&o)
+    );
 
     let o = run(&url, &["send", "svc", "fail", "not json"]).await;
     assert_fails(&o, 20, "invalid_payload");
