@@ -192,3 +192,54 @@ async fn many_nodes_are_split_over_messages_and_merged() {
     let expected: Vec<_> = (0..60).map(|i| format!("worker-{i:02}")).collect();
     assert_eq!(ids, expected, "merged and sorted");
 }
+
+/// A node holding thousands of queued requests from another process is described with its
+/// exact queue depth and its pressure, within the requester's usual wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_thousands_queued_is_described_promptly() {
+    const N: usize = 5_000;
+    let server = NatsServer::start();
+    let (serving, _) = instance(&server.url()).await;
+    let (asking, t) = instance(&server.url()).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let busy = serving
+        .node_with(
+            "busy",
+            NodeOptions::new().limits(
+                PartialLimits::default()
+                    .with_max_concurrent(1)
+                    .with_queue_limit(N),
+            ),
+        )
+        .await
+        .unwrap();
+    let g = gate.clone();
+    busy.on("work", move |_e: Event, _c: Context| {
+        let g = g.clone();
+        async move { g.acquire().await.unwrap().forget() }
+    })
+    .unwrap();
+    let client = asking.node("client").await.unwrap();
+    let replies: Vec<_> = (0..N)
+        .map(|_| client.send("busy", Event::new("work", ())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while busy.stats().queued < N - 1 {
+        assert!(Instant::now() < deadline, "queued {}", busy.stats().queued);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let found = within(10, "discover", t.discover(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let info = node(&found, "busy")[0].clone();
+    assert_eq!((info.active, info.queued), (1, N - 1));
+    assert!(
+        info.under_pressure,
+        "{} queued is over the high-water mark",
+        N - 1
+    );
+    gate.add_permits(N);
+    for r in futures::future::join_all(replies).await {
+        r.unwrap();
+    }
+}
