@@ -212,12 +212,7 @@ pub(crate) async fn broadcast(conn: &ConnArgs, a: BenchBroadcastArgs) -> Result<
                 format!("cannot subscribe to broadcasts: {e}"),
             )
         })?;
-    client.flush().await.map_err(|e| {
-        Error::new(
-            ErrorKind::Transport,
-            format!("the nats server did not confirm the subscription: {e}"),
-        )
-    })?;
+    crate::tap::confirm(&client).await?;
     let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let count = a.count;
     let queue = sent_at.clone();

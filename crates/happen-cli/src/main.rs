@@ -127,10 +127,12 @@ struct TapArgs {
 
 #[derive(Args, Debug)]
 struct NodesArgs {
-    /// How long to wait for the first answer (and never longer in all); answers stop being
-    /// gathered 250 ms after the last one.
+    /// How long to wait for the first answer (and never longer in all).
     #[arg(long, default_value = "1s", value_parser = time::parse_duration)]
     wait: Duration,
+    /// Answers stop being gathered this long after the last one.
+    #[arg(long, default_value = "250ms", value_parser = time::parse_duration)]
+    quiet: Duration,
     /// The answers as JSON (one array, one object per node id with its replicas).
     #[arg(long)]
     json: bool,

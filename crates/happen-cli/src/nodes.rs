@@ -114,9 +114,9 @@ fn table(nodes: &[Node<'_>]) -> String {
 }
 
 pub(crate) async fn nodes(conn: &ConnArgs, a: crate::NodesArgs) -> Result<()> {
-    let NodesArgs { wait, json } = a;
+    let NodesArgs { wait, quiet, json } = a;
     let transport = conn.connect().await?;
-    let processes = transport.discover(wait).await?;
+    let processes = transport.discover(wait, quiet).await?;
     let nodes = by_node(&processes);
     if json {
         println!("{}", serde_json::to_string(&nodes).unwrap_or_default());

@@ -96,13 +96,8 @@ pub(crate) async fn listen(
             format!("cannot subscribe to `{subject}`: {e}"),
         )
     })?;
-    // a round trip: the server has the subscription before we say we listen
-    client.flush().await.map_err(|e| {
-        Error::new(
-            ErrorKind::Transport,
-            format!("the nats server did not confirm the subscription: {e}"),
-        )
-    })?;
+    // the server has the subscription before we say we listen
+    confirm(client).await?;
     let node_prefix = format!("{prefix}.node.");
     let broadcast_subject = transport.subjects().broadcast().to_owned();
     Ok(
@@ -110,6 +105,32 @@ pub(crate) async fn listen(
             std::future::ready(decode(msg, &node_prefix, &broadcast_subject))
         }),
     )
+}
+
+/// Waits for a message to ourselves to come back through the server: it handles one
+/// connection's commands in order, so every subscription made before is then in place.
+/// (`Client::flush` only writes our buffer to the socket.)
+pub(crate) async fn confirm(client: &async_nats::Client) -> Result<()> {
+    let failed = |e: String| {
+        Error::new(
+            ErrorKind::Transport,
+            format!("the nats server did not confirm the subscription: {e}"),
+        )
+    };
+    let inbox = client.new_inbox();
+    let mut probe = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(failed("the connection closed".to_owned())),
+        Err(_) => Err(failed("no answer within 10 s".to_owned())),
+    }
 }
 
 fn decode(msg: Message, node_prefix: &str, broadcast_subject: &str) -> Option<Seen> {

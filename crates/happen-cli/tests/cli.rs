@@ -331,7 +331,7 @@ async fn nodes_lists_a_node_with_its_limits_and_live_queue() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let o = run(&url, &["nodes", "--json"]).await;
+    let o = run(&url, &["nodes", "--json", "--wait", "10s", "--quiet", "2s"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let nodes: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     let b = nodes
@@ -360,7 +360,7 @@ async fn nodes_lists_a_node_with_its_limits_and_live_queue() {
             .any(|n| n["id"] == "client")
     );
 
-    let o = run(&url, &["nodes"]).await;
+    let o = run(&url, &["nodes", "--wait", "10s", "--quiet", "2s"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let table = stdout(&o);
     let row = table

@@ -11,7 +11,8 @@
 //! # async fn demo(transport: happen_nats::NatsTransport) -> happen::Result<()> {
 //! use std::time::Duration;
 //!
-//! for process in transport.discover(Duration::from_secs(1)).await? {
+//! let (wait, quiet) = (Duration::from_secs(1), happen_nats::discover::QUIET);
+//! for process in transport.discover(wait, quiet).await? {
 //!     for node in &process.nodes {
 //!         println!("{} at {}: {} active, {} queued", node.id, process.replica, node.active, node.queued);
 //!     }
@@ -42,7 +43,8 @@ pub fn subject(prefix: &str) -> String {
     format!("{prefix}.discover")
 }
 
-/// How long after the last answer [`NatsTransport::discover`] waits for more.
+/// A good quiet time for [`NatsTransport::discover`]: how long after the last answer to wait
+/// for more (processes answer within milliseconds of each other on a healthy system).
 pub const QUIET: Duration = Duration::from_millis(250);
 
 /// One process's answer to a discovery request: the nodes it serves.
@@ -200,14 +202,15 @@ fn publish(shared: &Shared, reply: &Subject, nodes: Vec<NodeInfo>) {
 impl NatsTransport {
     /// Asks every process connected to the server which nodes it serves (see the
     /// [`discover`](crate::discover) module). Waits at most `wait` for the first answer, and
-    /// after each answer [`QUIET`] for more (never longer than `wait` in all). Answers of one
-    /// process are merged; processes are sorted by replica id, their nodes by id. Processes
-    /// that do not implement discovery (the TypeScript reference, a happen before it) do not
-    /// answer, and neither do processes without nodes.
+    /// after each answer `quiet` for more ([`QUIET`] is a good default), never longer than
+    /// `wait` in all. Answers of one process are merged; processes are sorted by replica id,
+    /// their nodes by id. Processes that do not implement discovery (the TypeScript
+    /// reference, a happen before it) do not answer, and neither do processes without nodes.
     ///
     /// # Errors
-    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be published.
-    pub async fn discover(&self, wait: Duration) -> Result<Vec<ProcessInfo>> {
+    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be
+    /// published.
+    pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
         let client = &self.shared.client;
         let inbox = client.new_inbox();
         let mut answers = client
@@ -240,7 +243,7 @@ impl NatsTransport {
                 Some(p) => p.nodes.extend(info.nodes),
                 None => found.push(info),
             }
-            deadline = end.min(tokio::time::Instant::now() + QUIET);
+            deadline = end.min(tokio::time::Instant::now() + quiet);
         }
         let _ = answers.unsubscribe().await;
         found.sort_by(|a, b| a.replica.cmp(&b.replica));
