@@ -84,7 +84,8 @@
 //!
 //! # Modules
 //! - [`config`]: `[transport.nats]` settings;
-//! - [`wire`]: subjects, headers, encoders and decoders.
+//! - [`wire`]: subjects, headers, encoders and decoders;
+//! - [`discover`]: which processes serve which nodes, with limits and live counters.
 
 mod bstream;
 mod connection;
@@ -96,6 +97,7 @@ mod stream;
 mod transport;
 
 pub mod config;
+pub mod discover;
 pub mod wire;
 
 pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};

@@ -296,6 +296,7 @@ impl NatsTransport {
             .subscribe(format!("{}.pressure.>", config.prefix))
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
+        let discover_sub = crate::discover::subscribe(&client, &config.prefix).await?;
         client
             .flush()
             .await
@@ -340,6 +341,10 @@ impl NatsTransport {
             tokio::spawn(publisher(shared.clone(), out_rx, overflow_rx)),
             tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
             tokio::spawn(pressure_reports(Arc::downgrade(&shared), pressure_sub)),
+            tokio::spawn(crate::discover::serve(
+                Arc::downgrade(&shared),
+                discover_sub,
+            )),
         ];
         shared.tasks.lock().extend(tasks);
         Ok(NatsTransport { shared })
@@ -731,7 +736,7 @@ impl Shared {
         result
     }
 
-    /// The inboxes of this process's nodes.
+    /// The inboxes of this process's nodes (for connection status and discovery).
     pub(crate) fn local_inboxes(&self) -> Vec<Inbox> {
         self.nodes
             .lock()

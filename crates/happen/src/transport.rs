@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::config::Limits;
-use crate::engine::Pressure;
+use crate::engine::{NodeStats, Pressure};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::id::NodeId;
@@ -141,6 +141,12 @@ impl Inbox {
     /// themselves).
     pub fn limits(&self) -> &Limits {
         self.node.limits()
+    }
+
+    /// The node's counters now (for a transport that reports them to remote monitors, such
+    /// as `happen nodes`).
+    pub fn stats(&self) -> NodeStats {
+        self.node.stats()
     }
 
     /// The node's current backpressure state.

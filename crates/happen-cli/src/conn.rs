@@ -1,0 +1,177 @@
+//! The connection flags and what every command needs from them: a transport, a sending node,
+//! a payload.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use happen::{Error, ErrorKind, Happen, Node, Result};
+use happen_nats::{NatsConfig, NatsTransport};
+use serde_json::Value;
+
+/// How to reach the NATS server (the flags of `happen-nats`' `[transport.nats]`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ConnArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats",
+        global = true,
+        env = "HAPPEN_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_name = "URL"
+    )]
+    pub(crate) url: String,
+    /// The subject prefix of the happen system.
+    #[arg(
+        long,
+        global = true,
+        env = "HAPPEN_NATS_PREFIX",
+        default_value = "happen"
+    )]
+    pub(crate) prefix: String,
+    /// User name (with --password).
+    #[arg(long, global = true, env = "HAPPEN_NATS_USER")]
+    user: Option<String>,
+    /// Password (with --user); prefer the environment variable.
+    #[arg(
+        long,
+        global = true,
+        env = "HAPPEN_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+    /// Token; prefer the environment variable.
+    #[arg(long, global = true, env = "HAPPEN_NATS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// NKey seed (`SU…`); prefer the environment variable.
+    #[arg(
+        long,
+        global = true,
+        env = "HAPPEN_NATS_NKEY",
+        hide_env_values = true,
+        value_name = "SEED"
+    )]
+    nkey: Option<String>,
+    /// Credentials file (`.creds`: JWT and nkey seed).
+    #[arg(long, global = true, env = "HAPPEN_NATS_CREDS", value_name = "FILE")]
+    creds: Option<PathBuf>,
+    /// CA certificate (PEM) to trust the server's TLS certificate with (requires TLS).
+    #[arg(long, global = true, env = "HAPPEN_NATS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), when the server requires one (with --tls-key).
+    #[arg(long, global = true, env = "HAPPEN_NATS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM), with --tls-cert.
+    #[arg(long, global = true, env = "HAPPEN_NATS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// The transport settings these flags describe.
+    pub(crate) fn config(&self) -> NatsConfig {
+        let mut config = NatsConfig::default();
+        config.servers = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        config.name = "happen-cli".to_owned();
+        config.prefix = self.prefix.clone();
+        config.auth.user = self.user.clone();
+        config.auth.password = self.password.clone();
+        config.auth.token = self.token.clone();
+        config.auth.nkey = self.nkey.clone();
+        config.auth.credentials_file = self.creds.clone();
+        config.tls.ca_file = self.tls_ca.clone();
+        config.tls.cert_file = self.tls_cert.clone();
+        config.tls.key_file = self.tls_key.clone();
+        // a CA or a client certificate means TLS is wanted
+        config.tls.required = self.tls_ca.is_some() || self.tls_cert.is_some();
+        config
+    }
+
+    /// Connects (errors name what to check: unreachable server, refused credentials, TLS).
+    pub(crate) async fn connect(&self) -> Result<NatsTransport> {
+        NatsTransport::connect(self.config()).await
+    }
+
+    /// Connects and creates the sending node `id` (default `happen-cli-<random>`).
+    pub(crate) async fn sender(&self, id: Option<&str>) -> Result<Sender> {
+        let transport = self.connect().await?;
+        let happen = Happen::builder().transport(transport.clone()).build()?;
+        let id = id.map_or_else(random_id, str::to_owned);
+        let node = happen.node(id).await?;
+        Ok(Sender {
+            happen,
+            node,
+            transport,
+        })
+    }
+}
+
+/// A happen instance on NATS with one node to send from.
+pub(crate) struct Sender {
+    pub(crate) happen: Happen,
+    pub(crate) node: Node,
+    pub(crate) transport: NatsTransport,
+}
+
+impl Sender {
+    /// Stops the node (its answers and our events reach the server first).
+    pub(crate) async fn close(self) {
+        self.happen.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// `happen-cli-<8 hex digits>`: unique enough among the CLIs of one system.
+fn random_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mix = (u64::from(nanos) << 16) ^ u64::from(std::process::id());
+    format!("happen-cli-{:08x}", mix as u32)
+}
+
+/// The payload argument: JSON, `-` for stdin, `null` when absent.
+pub(crate) fn payload(arg: Option<&str>) -> Result<Value> {
+    let text = match arg {
+        None => return Ok(Value::Null),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidPayload,
+                    format!("cannot read the payload from stdin: {e}"),
+                )
+            })?;
+            s
+        }
+        Some(s) => s.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidPayload,
+            format!(
+                "the payload is not JSON ({e}); quote text as JSON, e.g. '\"ada\"', or pass an object like '{{\"id\": 42}}'"
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(payload(None).unwrap(), Value::Null);
+        assert_eq!(payload(Some("7")).unwrap(), serde_json::json!(7));
+        assert_eq!(payload(Some(r#"{"a":1}"#)).unwrap()["a"], 1);
+        let e = payload(Some("ada")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        assert!(e.message().contains("quote text"), "{e}");
+    }
+}

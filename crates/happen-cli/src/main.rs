@@ -1,0 +1,243 @@
+//! `happen`: poke, watch and measure a live happen system over NATS.
+//!
+//! ```text
+//! happen send NODE TYPE [JSON]       send an event, print the reply
+//! happen broadcast TYPE [JSON]       broadcast an event
+//! happen tap [PATTERN]               print the events on the happen subjects (listen only)
+//! happen nodes                       the live nodes: replicas, limits, active/queued, pressure
+//! happen trace CORRELATION_ID        the causal tree of a transaction (live or --from FILE)
+//! happen bench send|broadcast ...    a load generator with a latency summary
+//! ```
+//!
+//! Errors are one line on stderr (`error: <kind>: <message>`), and the exit code tells the
+//! kind apart (see [`exit`] and `happen --help`).
+
+mod bench;
+mod conn;
+mod exit;
+mod nodes;
+mod send;
+mod tap;
+mod time;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Poke, watch and measure a live happen system over NATS.
+#[derive(Parser, Debug)]
+#[command(name = "happen", version, about, after_help = exit::HELP)]
+struct Cli {
+    #[command(flatten)]
+    conn: conn::ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send an event to a node and print its reply (JSON, one line).
+    Send(SendArgs),
+    /// Broadcast an event to every node with a matching handler; prints its correlation id.
+    Broadcast(BroadcastArgs),
+    /// Print every event on the happen subjects whose type matches PATTERN, one line each:
+    /// time (UTC), type, sender → target, ids. Only listens.
+    Tap(TapArgs),
+    /// List the live nodes: replicas, limits, active and queued events, pressure.
+    Nodes(NodesArgs),
+    /// Print the causal tree of a transaction: each event under the event that caused it,
+    /// with its node and timing.
+    Trace(TraceArgs),
+    /// Load a node (or all of them, by broadcasting) and summarise the latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options of commands that create a sending node.
+#[derive(Args, Debug, Clone)]
+struct SenderArgs {
+    /// The id of the sending node (default: `happen-cli-<random>`).
+    #[arg(long = "as", value_name = "NODE")]
+    sender: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The target node id.
+    node: String,
+    /// The event type.
+    #[arg(value_name = "TYPE")]
+    event_type: String,
+    /// The payload as JSON (`'{"id": 42}'`, `'"text"'`, `7`); `-` reads it from stdin;
+    /// default `null`.
+    json: Option<String>,
+    /// Print the items of a streaming reply as they arrive (one JSON line each), then the
+    /// final value.
+    #[arg(long)]
+    stream: bool,
+    /// How long to wait for the reply (for a stream: for each item), e.g. `500ms`, `10s`.
+    #[arg(long, default_value = "10s", value_parser = time::parse_duration)]
+    timeout: Duration,
+    /// Print the reply indented over several lines.
+    #[arg(long)]
+    pretty: bool,
+    /// Print the event and correlation ids on stderr (to `happen trace` it later).
+    #[arg(long, short)]
+    verbose: bool,
+    #[command(flatten)]
+    sender: SenderArgs,
+}
+
+#[derive(Args, Debug)]
+struct BroadcastArgs {
+    /// The event type.
+    #[arg(value_name = "TYPE")]
+    event_type: String,
+    /// The payload as JSON; `-` reads it from stdin; default `null`.
+    json: Option<String>,
+    #[command(flatten)]
+    sender: SenderArgs,
+}
+
+#[derive(Args, Debug)]
+struct TapArgs {
+    /// An event-type pattern as handlers take it: `order.created`, `order.*`,
+    /// `{order,payment}.*` (default: every event).
+    pattern: Option<String>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Include the payloads.
+    #[arg(long)]
+    payload: bool,
+    /// Also append every matching event (with its payload) to FILE as JSON lines, for
+    /// `happen trace --from FILE`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Stop after this many matching events.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// Stop after this long (e.g. `30s`); default: until Ctrl-C.
+    #[arg(long = "for", value_name = "DURATION", value_parser = time::parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+struct NodesArgs {
+    /// How long to wait for the first answer (and never longer in all).
+    #[arg(long, default_value = "1s", value_parser = time::parse_duration)]
+    wait: Duration,
+    /// Answers stop being gathered this long after the last one.
+    #[arg(long, default_value = "250ms", value_parser = time::parse_duration)]
+    quiet: Duration,
+    /// The answers as JSON (one array, one object per node id with its replicas).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// The transaction's correlation id (`txn-…`, printed by `happen tap` and `send -v`).
+    correlation_id: String,
+    /// Read the events from a file written by `happen tap --record` instead of listening.
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    /// Listening: stop this long after the last event of the transaction.
+    #[arg(long, default_value = "2s", value_parser = time::parse_duration)]
+    idle: Duration,
+    /// Listening: stop after this long in any case (default: at the idle time or Ctrl-C).
+    #[arg(long = "for", value_name = "DURATION", value_parser = time::parse_duration)]
+    duration: Option<Duration>,
+    /// The tree as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Send COUNT requests to NODE, CONCURRENCY at a time; summarise replies, errors and
+    /// latency.
+    Send(BenchSendArgs),
+    /// Broadcast COUNT events; latency is publish → delivery back to this process through
+    /// the server.
+    Broadcast(BenchBroadcastArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchSendArgs {
+    /// The target node id.
+    node: String,
+    /// The event type.
+    #[arg(value_name = "TYPE")]
+    event_type: String,
+    /// The payload of every event as JSON; default `null`.
+    json: Option<String>,
+    /// How many requests.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    count: u64,
+    /// How many requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Wait while the target reports backpressure before each send (`send_paced`).
+    #[arg(long)]
+    paced: bool,
+    /// How long each request may take.
+    #[arg(long, default_value = "10s", value_parser = time::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    sender: SenderArgs,
+}
+
+#[derive(Args, Debug)]
+struct BenchBroadcastArgs {
+    /// The event type.
+    #[arg(value_name = "TYPE")]
+    event_type: String,
+    /// The payload of every event as JSON; default `null`.
+    json: Option<String>,
+    /// How many broadcasts.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    count: u64,
+    /// Show this node's pressure reports in the progress bar.
+    #[arg(long, value_name = "NODE")]
+    watch: Option<String>,
+    #[command(flatten)]
+    sender: SenderArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", exit::one_line(&e));
+            ExitCode::from(exit::code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> happen::Result<()> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Send(a) => send::send(&conn, a).await,
+        Command::Broadcast(a) => send::broadcast(&conn, a).await,
+        Command::Tap(a) => tap::tap(&conn, a).await,
+        Command::Nodes(a) => nodes::nodes(&conn, a).await,
+        Command::Trace(a) => trace::trace(&conn, a).await,
+        Command::Bench(BenchCommand::Send(a)) => bench::send(&conn, a).await,
+        Command::Bench(BenchCommand::Broadcast(a)) => bench::broadcast(&conn, a).await,
+    }
+}

@@ -1,0 +1,280 @@
+//! `happen tap`: every event on the happen subjects, one line each. Only listens: a plain
+//! subscription to `<prefix>.>` beside the nodes' queue groups, so the nodes still get every
+//! event. (One side effect: while a tap runs, a request to a node nobody serves has a
+//! subscriber, the tap, so the server does not answer "no responders" and the sender waits
+//! for its timeout instead of failing at once with `unknown_node`.)
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::Message;
+use futures::{Stream, StreamExt};
+use happen::pattern::Pattern;
+use happen::{Error, ErrorKind, Result};
+use happen_nats::NatsTransport;
+use happen_nats::wire::{self, header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::TapArgs;
+use crate::conn::ConnArgs;
+use crate::time;
+
+/// One event as the tap saw it: the `--json` output and a line of a `--record` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Seen {
+    /// When the tap received it (UTC, RFC 3339).
+    pub(crate) time: String,
+    /// When the tap received it, in microseconds since the Unix epoch.
+    pub(crate) received_us: u64,
+    /// `send` (a request: it has a reply subject), `tell` (direct, no reply) or `broadcast`.
+    pub(crate) kind: String,
+    /// The target node id (`null` for a broadcast).
+    pub(crate) target: Option<String>,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub(crate) event_type: String,
+    pub(crate) id: String,
+    pub(crate) sender: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) causation_id: Option<String>,
+    pub(crate) correlation_id: String,
+    #[serde(default)]
+    pub(crate) path: Vec<String>,
+    /// The sender's timestamp, in milliseconds since the Unix epoch.
+    pub(crate) timestamp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload: Option<Value>,
+}
+
+impl Seen {
+    /// The text line: time, type, sender → target, ids (and the payload if kept).
+    pub(crate) fn line(&self) -> String {
+        let mut line = format!(
+            "{} {} {} → {} id={} corr={}",
+            time::clock(self.received_us),
+            self.event_type,
+            self.sender,
+            self.target_label(),
+            self.id,
+            self.correlation_id
+        );
+        if let Some(c) = &self.causation_id {
+            line.push_str(&format!(" cause={c}"));
+        }
+        if let Some(p) = &self.payload {
+            line.push_str(&format!(" payload={p}"));
+        }
+        line
+    }
+
+    /// The target node, `*` for a broadcast, with `(tell)` for a direct event without reply.
+    pub(crate) fn target_label(&self) -> String {
+        match (&self.target, self.kind.as_str()) {
+            (Some(t), "tell") => format!("{t} (tell)"),
+            (Some(t), _) => t.clone(),
+            (None, _) => "*".to_owned(),
+        }
+    }
+}
+
+/// The events on the happen subjects, decoded, as they arrive (with their payloads).
+///
+/// One subscription to `<prefix>.>` (so events come in the order the server delivers them);
+/// only `<prefix>.node.*` and `<prefix>.broadcast` messages are events.
+pub(crate) async fn listen(
+    transport: &NatsTransport,
+    prefix: &str,
+) -> Result<impl Stream<Item = Seen> + use<>> {
+    let client = transport.client();
+    let subject = format!("{prefix}.>");
+    let sub = client.subscribe(subject.clone()).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Transport,
+            format!("cannot subscribe to `{subject}`: {e}"),
+        )
+    })?;
+    // the server has the subscription before we say we listen
+    confirm(client).await?;
+    let node_prefix = format!("{prefix}.node.");
+    let broadcast_subject = transport.subjects().broadcast().to_owned();
+    Ok(
+        sub.filter_map(move |msg| {
+            std::future::ready(decode(msg, &node_prefix, &broadcast_subject))
+        }),
+    )
+}
+
+/// Waits for a message to ourselves to come back through the server: it handles one
+/// connection's commands in order, so every subscription made before is then in place.
+/// (`Client::flush` only writes our buffer to the socket.)
+pub(crate) async fn confirm(client: &async_nats::Client) -> Result<()> {
+    let failed = |e: String| {
+        Error::new(
+            ErrorKind::Transport,
+            format!("the nats server did not confirm the subscription: {e}"),
+        )
+    };
+    let inbox = client.new_inbox();
+    let mut probe = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(failed("the connection closed".to_owned())),
+        Err(_) => Err(failed("no answer within 10 s".to_owned())),
+    }
+}
+
+fn decode(msg: Message, node_prefix: &str, broadcast_subject: &str) -> Option<Seen> {
+    let received_us = time::now_us();
+    let subject = msg.subject.as_str();
+    if subject != broadcast_subject && !subject.starts_with(node_prefix) {
+        // pressure copies, broadcast stream frames, discovery: not events
+        return None;
+    }
+    // queries (`Happen-Query: limits`) and stray frames are not events
+    if msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(header::QUERY).is_some() || h.get(header::FRAME).is_some())
+    {
+        return None;
+    }
+    let event = match wire::decode_event(&msg.payload, usize::MAX) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "warning: an undecodable message on `{}` ({} bytes): {}",
+                msg.subject,
+                msg.payload.len(),
+                e.message()
+            );
+            return None;
+        }
+    };
+    let (kind, target) = if msg.subject.as_str() == broadcast_subject {
+        ("broadcast", None)
+    } else {
+        let target = msg
+            .subject
+            .as_str()
+            .strip_prefix(node_prefix)
+            .unwrap_or(msg.subject.as_str());
+        let kind = if msg.reply.is_some() { "send" } else { "tell" };
+        (kind, Some(target.to_owned()))
+    };
+    Some(Seen {
+        time: time::rfc3339(received_us),
+        received_us,
+        kind: kind.to_owned(),
+        target,
+        event_type: event.event_type().to_owned(),
+        id: event.id().to_string(),
+        sender: event.sender().to_string(),
+        causation_id: event.causation_id().map(|c| c.to_string()),
+        correlation_id: event.correlation_id().to_string(),
+        path: event.path().iter().map(|p| p.to_string()).collect(),
+        timestamp: event.causal().timestamp(),
+        payload: Some(event.payload().clone()),
+    })
+}
+
+/// Opens `path` to append JSON lines to.
+fn open_record(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(std::io::BufWriter::new)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot open `{}` to record to: {e}", path.display()),
+            )
+        })
+}
+
+fn write_error(what: &str, e: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        format!("cannot write {what}: {e}"),
+    )
+}
+
+/// Resolves after `d`, or never.
+pub(crate) async fn after(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
+    let pattern = a.pattern.as_deref().map(Pattern::parse).transpose()?;
+    let mut record = a.record.as_deref().map(open_record).transpose()?;
+    let transport = conn.connect().await?;
+    let events = listen(&transport, &conn.prefix).await?;
+    tokio::pin!(events);
+    eprintln!(
+        "listening on {p}.node.* and {p}.broadcast{} (Ctrl-C to stop)",
+        a.pattern
+            .as_deref()
+            .map_or(String::new(), |p| format!(" for `{p}`")),
+        p = conn.prefix
+    );
+    let stop = after(a.duration);
+    tokio::pin!(stop);
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        if a.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+        let mut event = tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+            e = events.next() => match e {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        if pattern
+            .as_ref()
+            .is_some_and(|p| !p.matches(&event.event_type))
+        {
+            continue;
+        }
+        seen += 1;
+        if let Some(r) = record.as_mut() {
+            let line = serde_json::to_string(&event).unwrap_or_default();
+            writeln!(r, "{line}")
+                .and_then(|()| r.flush())
+                .map_err(|e| write_error("the record file", e))?;
+        }
+        if !a.payload {
+            event.payload = None;
+        }
+        let line = if a.json {
+            serde_json::to_string(&event).unwrap_or_default()
+        } else {
+            event.line()
+        };
+        let mut out = stdout.lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // the reader went away (`happen tap | head`): done
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(write_error("to stdout", e)),
+        }
+    }
+    eprintln!("{seen} event(s)");
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `happen trace`: the causal tree of one transaction, from a live tap or a `--record` file.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+
+use futures::StreamExt;
+use happen::{Error, ErrorKind, Result};
+use serde::Serialize;
+
+use crate::TraceArgs;
+use crate::conn::ConnArgs;
+use crate::tap::{Seen, after, listen};
+
+/// An event of the tree with the events it caused (the `--json` output).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Branch {
+    #[serde(flatten)]
+    pub(crate) event: Seen,
+    /// Milliseconds after the first event of the transaction was seen.
+    pub(crate) offset_ms: f64,
+    /// The event named as its cause was not seen (the tap started late, or it was filtered).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) cause_unseen: bool,
+    pub(crate) children: Vec<Branch>,
+}
+
+/// Builds the causal forest of `events` (one transaction): each event under the event that
+/// caused it; siblings in the order they were seen. An event seen twice (a relay) counts once.
+pub(crate) fn build(events: Vec<Seen>) -> Vec<Branch> {
+    let mut ids = HashSet::new();
+    let mut events: Vec<Seen> = events
+        .into_iter()
+        .filter(|e| ids.insert(e.id.clone()))
+        .collect();
+    events.sort_by_key(|e| (e.received_us, e.timestamp));
+    let start = events.first().map_or(0, |e| e.received_us);
+    let mut children: HashMap<String, Vec<Seen>> = HashMap::new();
+    let mut roots = Vec::new();
+    for e in events {
+        match e.causation_id.clone() {
+            Some(c) if ids.contains(&c) => children.entry(c).or_default().push(e),
+            Some(_) => roots.push((e, true)),
+            None => roots.push((e, false)),
+        }
+    }
+    fn grow(
+        e: Seen,
+        unseen: bool,
+        start: u64,
+        children: &mut HashMap<String, Vec<Seen>>,
+    ) -> Branch {
+        let kids = children.remove(&e.id).unwrap_or_default();
+        Branch {
+            offset_ms: e.received_us.saturating_sub(start) as f64 / 1000.0,
+            cause_unseen: unseen,
+            children: kids
+                .into_iter()
+                .map(|k| grow(k, false, start, children))
+                .collect(),
+            event: e,
+        }
+    }
+    roots
+        .into_iter()
+        .map(|(e, unseen)| grow(e, unseen, start, &mut children))
+        .collect()
+}
+
+/// The tree as indented text, one event per line.
+pub(crate) fn render(forest: &[Branch]) -> String {
+    fn walk(b: &Branch, prefix: &str, last: bool, top: bool, out: &mut String) {
+        let (branch, next) = match (top, last) {
+            (true, _) => ("", String::new()),
+            (false, true) => ("└─ ", format!("{prefix}   ")),
+            (false, false) => ("├─ ", format!("{prefix}│  ")),
+        };
+        let e = &b.event;
+        out.push_str(&format!(
+            "{prefix}{branch}{}  {} → {}  +{:.1}ms  {}",
+            e.event_type,
+            e.sender,
+            e.target_label(),
+            b.offset_ms,
+            e.id
+        ));
+        if b.cause_unseen {
+            out.push_str(&format!(
+                "  (caused by {}, not seen)",
+                e.causation_id.as_deref().unwrap_or("?")
+            ));
+        }
+        out.push('\n');
+        for (i, c) in b.children.iter().enumerate() {
+            walk(c, &next, i + 1 == b.children.len(), false, out);
+        }
+    }
+    let mut out = String::new();
+    for b in forest {
+        walk(b, "", true, true, &mut out);
+    }
+    out
+}
+
+fn read_file(path: &std::path::Path, correlation: &str) -> Result<Vec<Seen>> {
+    let bad = |what: String| Error::new(ErrorKind::InvalidConfig, what);
+    let file = std::fs::File::open(path)
+        .map_err(|e| bad(format!("cannot open `{}`: {e}", path.display())))?;
+    let mut events = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| bad(format!("cannot read `{}`: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let seen: Seen = serde_json::from_str(&line).map_err(|e| {
+            bad(format!(
+                "`{}` line {}: not a `happen tap --record` line: {e}",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        if seen.correlation_id == correlation {
+            events.push(seen);
+        }
+    }
+    Ok(events)
+}
+
+pub(crate) async fn trace(conn: &ConnArgs, a: TraceArgs) -> Result<()> {
+    let events = match &a.from {
+        Some(path) => read_file(path, &a.correlation_id)?,
+        None => {
+            let transport = conn.connect().await?;
+            let stream = listen(&transport, &conn.prefix).await?;
+            tokio::pin!(stream);
+            eprintln!(
+                "listening for transaction {} (stops {:?} after its last event, or Ctrl-C)",
+                a.correlation_id, a.idle
+            );
+            let stop = after(a.duration);
+            tokio::pin!(stop);
+            let mut events = Vec::new();
+            loop {
+                let idle = after((!events.is_empty()).then_some(a.idle));
+                let e = tokio::select! {
+                    _ = &mut stop => break,
+                    _ = idle => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    e = stream.next() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                };
+                if e.correlation_id == a.correlation_id {
+                    eprintln!("  {}", e.line());
+                    events.push(e);
+                }
+            }
+            events
+        }
+    };
+    if events.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "no event of transaction `{}` was seen; check the correlation id (`corr=` in `happen tap`)",
+                a.correlation_id
+            ),
+        ));
+    }
+    let n = events.len();
+    let forest = build(events);
+    if a.json {
+        let out =
+            serde_json::json!({"correlationId": a.correlation_id, "events": n, "roots": forest});
+        println!("{out}");
+    } else {
+        println!("transaction {} ({n} events)", a.correlation_id);
+        print!("{}", render(&forest));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str, cause: Option<&str>, at: u64, target: &str) -> Seen {
+        Seen {
+            time: String::new(),
+            received_us: at,
+            kind: "send".into(),
+            target: Some(target.into()),
+            event_type: format!("t.{id}"),
+            id: id.into(),
+            sender: "s".into(),
+            causation_id: cause.map(str::to_owned),
+            correlation_id: "txn".into(),
+            path: vec![],
+            timestamp: at / 1000,
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn events_nest_under_their_causes_whatever_the_order_seen() {
+        let forest = build(vec![
+            seen("c", Some("b"), 3000, "z"),
+            seen("a", None, 1000, "x"),
+            seen("b", Some("a"), 2000, "y"),
+            seen("b2", Some("a"), 2500, "y"),
+            seen("orphan", Some("gone"), 4000, "w"),
+        ]);
+        assert_eq!(forest.len(), 2);
+        assert_eq!(forest[0].event.id, "a");
+        let kids: Vec<_> = forest[0].children.iter().map(|b| &b.event.id).collect();
+        assert_eq!(kids, ["b", "b2"]);
+        assert_eq!(forest[0].children[0].children[0].event.id, "c");
+        assert_eq!(forest[0].children[0].children[0].offset_ms, 2.0);
+        assert!(forest[1].cause_unseen);
+        let text = render(&forest);
+        let lines: Vec<_> = text.lines().collect();
+        assert!(lines[0].starts_with("t.a  s → x  +0.0ms  a"), "{text}");
+        assert!(lines[1].starts_with("├─ t.b  s → y"), "{text}");
+        assert!(lines[2].starts_with("│  └─ t.c  s → z  +2.0ms"), "{text}");
+        assert!(lines[3].starts_with("└─ t.b2"), "{text}");
+        assert!(lines[4].contains("(caused by gone, not seen)"), "{text}");
+    }
+}

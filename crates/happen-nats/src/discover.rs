@@ -1,0 +1,255 @@
+//! Discovery: which processes serve which nodes, with their limits and live counters (what
+//! `happen nodes` shows). See `WIRE.md`, "Discovery".
+//!
+//! A requester publishes an empty message with a reply subject on `<prefix>.discover`. Every
+//! happen process connected to the server that serves at least one node answers on that reply
+//! subject with one [`ProcessInfo`] as JSON (more than one message when its nodes do not fit
+//! in one). The requester gathers answers until they stop coming:
+//! [`NatsTransport::discover`] does that.
+//!
+//! ```no_run
+//! # async fn demo(transport: happen_nats::NatsTransport) -> happen::Result<()> {
+//! use std::time::Duration;
+//!
+//! let (wait, quiet) = (Duration::from_secs(1), happen_nats::discover::QUIET);
+//! for process in transport.discover(wait, quiet).await? {
+//!     for node in &process.nodes {
+//!         println!("{} at {}: {} active, {} queued", node.id, process.replica, node.active, node.queued);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::{HeaderMap, StatusCode, Subject, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use happen::Result;
+use happen::transport::Inbox;
+use serde::{Deserialize, Serialize};
+
+use crate::NatsTransport;
+use crate::transport::{Headers, Outgoing, Shared, transport_error};
+use crate::wire::{RemoteLimits, header};
+
+/// The discovery subject of a prefix: `<prefix>.discover`.
+///
+/// ```
+/// assert_eq!(happen_nats::discover::subject("happen"), "happen.discover");
+/// ```
+pub fn subject(prefix: &str) -> String {
+    format!("{prefix}.discover")
+}
+
+/// A good quiet time for [`NatsTransport::discover`]: how long after the last answer to wait
+/// for more (processes answer within milliseconds of each other on a healthy system).
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// One process's answer to a discovery request: the nodes it serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// The process's replica id (as in `Happen-Replica` of its pressure reports).
+    pub replica: String,
+    /// Its connection name (`transport.nats.name`).
+    pub name: String,
+    /// The nodes it serves (a process with many nodes may answer in several messages, each
+    /// with some of them; [`NatsTransport::discover`] merges them).
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// A node as one process serves it: its limits and its counters at the time of the answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct NodeInfo {
+    /// The node id.
+    pub id: String,
+    /// Flows the node runs at once.
+    pub max_concurrent: usize,
+    /// Events that may wait beyond `max_concurrent`.
+    pub queue_limit: usize,
+    /// Waiting events at which the node turns "under pressure".
+    pub high_water: usize,
+    /// `fifo` or `priority`.
+    pub queue_strategy: String,
+    /// Flows holding a slot now.
+    pub active: usize,
+    /// Events waiting now.
+    pub queued: usize,
+    /// The most events that ever waited at once.
+    pub peak_queued: usize,
+    /// Is the node under backpressure now?
+    pub under_pressure: bool,
+    /// Events admitted so far.
+    pub accepted: u64,
+    /// Events refused at admission (`queue_full`).
+    pub rejected: u64,
+    /// Flows that finished with a value.
+    pub completed: u64,
+    /// Flows that finished with an error.
+    pub failed: u64,
+    /// Failures nobody awaited (logged and counted at the node).
+    pub unobserved_failures: u64,
+    /// Median queue wait, in microseconds.
+    pub queue_wait_p50_us: u64,
+    /// 99th percentile of the queue wait, in microseconds.
+    pub queue_wait_p99_us: u64,
+}
+
+impl NodeInfo {
+    /// The description of a local node.
+    fn of(inbox: &Inbox) -> NodeInfo {
+        let limits = inbox.limits();
+        let stats = inbox.stats();
+        let pressure = inbox.pressure();
+        let micros = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        NodeInfo {
+            id: inbox.id().to_string(),
+            max_concurrent: limits.max_concurrent,
+            queue_limit: limits.queue_limit,
+            high_water: RemoteLimits::of(limits).high_water,
+            queue_strategy: match limits.queue_strategy {
+                happen::QueueStrategy::Fifo => "fifo",
+                happen::QueueStrategy::Priority => "priority",
+            }
+            .to_owned(),
+            active: stats.active,
+            queued: stats.queued,
+            peak_queued: stats.peak_queued,
+            under_pressure: pressure.under_pressure,
+            accepted: stats.accepted,
+            rejected: stats.rejected,
+            completed: stats.completed,
+            failed: stats.failed,
+            unobserved_failures: stats.unobserved_failures,
+            queue_wait_p50_us: micros(stats.queue_wait_p50),
+            queue_wait_p99_us: micros(stats.queue_wait_p99),
+        }
+    }
+}
+
+/// Subscribes this process to discovery requests (done once at connect).
+pub(crate) async fn subscribe(client: &async_nats::Client, prefix: &str) -> Result<Subscriber> {
+    client
+        .subscribe(subject(prefix))
+        .await
+        .map_err(|e| transport_error("cannot subscribe to discovery requests", e))
+}
+
+/// Answers discovery requests with this process's nodes, until the transport is gone.
+pub(crate) async fn serve(shared: Weak<Shared>, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(reply) = msg.reply {
+            answer(&shared, reply);
+        }
+    }
+}
+
+/// Room for the headers and the JSON around the nodes in one answer.
+const ENVELOPE: usize = 1024;
+
+fn answer(shared: &Arc<Shared>, reply: Subject) {
+    let nodes: Vec<NodeInfo> = shared.local_inboxes().iter().map(NodeInfo::of).collect();
+    if nodes.is_empty() {
+        // a process without nodes has nothing to tell (and a requester needs no answer)
+        return;
+    }
+    let max = shared
+        .client
+        .max_payload()
+        .saturating_sub(ENVELOPE)
+        .max(1024);
+    let mut chunk: Vec<NodeInfo> = Vec::new();
+    let mut size = 0;
+    for node in nodes {
+        let len = serde_json::to_vec(&node).map_or(0, |v| v.len()) + 1;
+        if !chunk.is_empty() && size + len > max {
+            publish(shared, &reply, std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += len;
+        chunk.push(node);
+    }
+    publish(shared, &reply, chunk);
+}
+
+fn publish(shared: &Shared, reply: &Subject, nodes: Vec<NodeInfo>) {
+    let info = ProcessInfo {
+        replica: shared.replica.clone(),
+        name: shared.config.name.clone(),
+        nodes,
+    };
+    let Ok(body) = serde_json::to_vec(&info) else {
+        return;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(header::REPLICA, shared.replica.as_str());
+    shared.publish_answer(Outgoing {
+        subject: reply.clone(),
+        reply: None,
+        headers: Headers::Custom(h),
+        payload: Bytes::from(body),
+    });
+}
+
+impl NatsTransport {
+    /// Asks every process connected to the server which nodes it serves (see the
+    /// [`discover`](crate::discover) module). Waits at most `wait` for the first answer, and
+    /// after each answer `quiet` for more ([`QUIET`] is a good default), never longer than
+    /// `wait` in all. Answers of one process are merged; processes are sorted by replica id,
+    /// their nodes by id. Processes that do not implement discovery (the TypeScript
+    /// reference, a happen before it) do not answer, and neither do processes without nodes.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be
+    /// published.
+    pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
+        let client = &self.shared.client;
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
+        client
+            .publish_with_reply(subject(&self.shared.config.prefix), inbox, Bytes::new())
+            .await
+            .map_err(|e| transport_error("cannot publish the discovery request", e))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| transport_error("cannot reach the nats server", e))?;
+        let end = tokio::time::Instant::now() + wait;
+        let mut deadline = end;
+        let mut found: Vec<ProcessInfo> = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                break;
+            }
+            let info: ProcessInfo = match serde_json::from_slice(&msg.payload) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!(target: "happen_nats", error = %e, "ignored a malformed discovery answer");
+                    continue;
+                }
+            };
+            match found.iter_mut().find(|p| p.replica == info.replica) {
+                Some(p) => p.nodes.extend(info.nodes),
+                None => found.push(info),
+            }
+            deadline = end.min(tokio::time::Instant::now() + quiet);
+        }
+        let _ = answers.unsubscribe().await;
+        found.sort_by(|a, b| a.replica.cmp(&b.replica));
+        for p in &mut found {
+            p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(found)
+    }
+}
