@@ -72,6 +72,7 @@
 //! - [`wire`]: subjects, headers, encoders and decoders.
 
 mod bstream;
+pub mod durable;
 mod pacing;
 mod replies;
 mod serve;
@@ -83,6 +84,7 @@ pub mod config;
 pub mod wire;
 
 pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
+pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode, DurableStats};
 pub use crate::stats::NatsStats;
 pub use crate::transport::NatsTransport;
 

@@ -1,0 +1,288 @@
+//! Durable delivery on JetStream: stored before delivery, retried, dead-lettered, paced by
+//! the node's admission limits. Real nats-server processes with JetStream.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{instance_with, within};
+use futures::StreamExt;
+use happen::{Context, Error, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen_nats::NatsConfig;
+use happen_nats::durable::{DeliveryMode, DurableNode};
+use parking_lot::Mutex;
+use serde_json::json;
+use test_support::{NatsServer, NatsServerOptions};
+
+fn config(url: &str, mode: DeliveryMode) -> NatsConfig {
+    NatsConfig::with_server(url).with_durable(
+        "worker*",
+        DurableNode::new(mode)
+            .with_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .with_ack_wait(Duration::from_secs(3)),
+    )
+}
+
+/// Polls `cond` until it holds or `secs` pass.
+async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_returns_the_value_and_events_wait_for_a_node_that_is_not_there_yet() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (sender_h, sender_t) =
+        instance_with(config(&server.url(), DeliveryMode::AtLeastOnce)).await;
+    let client = sender_h.node("client").await.unwrap();
+
+    // nobody hosts `worker-1` yet: over core NATS these would be lost
+    for i in 0..100 {
+        client
+            .tell("worker-1", Event::new("job", json!({ "n": i })))
+            .unwrap();
+    }
+    eventually(20, "100 tells stored", || {
+        sender_t.durable_stats().published == 100
+    })
+    .await;
+
+    let (worker_h, worker_t) =
+        instance_with(config(&server.url(), DeliveryMode::AtLeastOnce)).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = worker_h.node("worker-1").await.unwrap();
+    let s = seen.clone();
+    worker
+        .on("job", move |e: Event, _c: Context| {
+            let s = s.clone();
+            async move {
+                let n = e.payload()["n"].as_u64().unwrap();
+                s.lock().push(n);
+                json!({ "double": n * 2 })
+            }
+        })
+        .unwrap();
+    eventually(20, "the 100 stored tells processed", || {
+        seen.lock().len() >= 100
+    })
+    .await;
+
+    // a send to a durable node answers with the flow's value
+    let v = within(
+        20,
+        "durable send",
+        client.send("worker-1", Event::new("job", json!({ "n": 1000 }))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, json!({ "double": 2000 }));
+    let mut seen = seen.lock().clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 101, "every event processed once");
+    eventually(20, "all acked", || worker_t.durable_stats().acked == 101).await;
+    // a non-durable node is untouched: plain request/reply
+    let plain = worker_h.node("plain").await.unwrap();
+    plain
+        .on("ping", |_e: Event, _c: Context| async { "pong" })
+        .unwrap();
+    let v = within(
+        10,
+        "plain send",
+        client.send("plain", Event::new("ping", ())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, json!("pong"));
+    assert_eq!(worker_t.durable_stats().acked, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_flow_is_retried_and_one_that_always_fails_is_dead_lettered() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let cfg = NatsConfig::with_server(server.url()).with_durable(
+        "worker-*",
+        DurableNode::new(DeliveryMode::AtLeastOnce)
+            .with_max_deliveries(5)
+            .with_backoff(Duration::from_millis(20), Duration::from_millis(100)),
+    );
+    let (h, t) = instance_with(cfg).await;
+    // the dead-letter subject, read from its stream
+    let js = async_nats::jetstream::new(t.client().clone());
+    let (_, dlq) = t.durable_streams().unwrap();
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let worker = h.node("worker-r").await.unwrap();
+    let a = attempts.clone();
+    worker
+        .on("flaky", move |e: Event, _c: Context| {
+            let a = a.clone();
+            async move {
+                let key = e.payload()["key"].as_str().unwrap().to_owned();
+                let n = {
+                    let mut a = a.lock();
+                    let n = a.entry(key.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if key == "always" || n <= 3 {
+                    Err(Error::new(
+                        ErrorKind::Handler,
+                        format!("attempt {n} of {key} failed"),
+                    ))
+                } else {
+                    Ok(json!({ "ok": n }))
+                }
+            }
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+
+    // fails 3 times, then succeeds: the requester gets the value of the 4th run
+    let v = within(
+        30,
+        "flaky send",
+        client.send("worker-r", Event::new("flaky", json!({ "key": "thrice" }))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, json!({ "ok": 4 }));
+    assert_eq!(attempts.lock()["thrice"], 4);
+
+    // always fails: after 5 deliveries the requester gets the error and it is dead-lettered
+    let err = within(
+        30,
+        "always failing send",
+        client.send("worker-r", Event::new("flaky", json!({ "key": "always" }))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
+    assert!(err.message().contains("attempt 5 of always"), "{err}");
+    assert_eq!(attempts.lock()["always"], 5);
+
+    // a tell that always fails ends there too (nobody would see its error otherwise)
+    client
+        .tell("worker-r", Event::new("flaky", json!({ "key": "always" })))
+        .unwrap();
+    eventually(30, "two dead letters", || {
+        t.durable_stats().dead_lettered == 2
+    })
+    .await;
+
+    let stream = js.get_stream(dlq).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.fetch().max_messages(10).messages().await.unwrap();
+    let mut letters = Vec::new();
+    while let Some(m) = within(10, "dead letter", msgs.next()).await {
+        letters.push(m.unwrap());
+    }
+    assert_eq!(letters.len(), 2);
+    for m in &letters {
+        assert_eq!(m.subject.as_str(), "happen.dlq.worker-r");
+        let h = m.headers.as_ref().unwrap();
+        assert_eq!(h.get("Happen-Error-Kind").unwrap().as_str(), "handler");
+        assert!(
+            h.get("Happen-Error-Message")
+                .unwrap()
+                .as_str()
+                .contains("of always failed")
+        );
+        assert_eq!(h.get("Happen-Deliveries").unwrap().as_str(), "5");
+        let event = happen_nats::wire::decode_event(&m.payload, 1 << 20).unwrap();
+        assert_eq!(event.payload()["key"], "always");
+    }
+    let s = t.durable_stats();
+    assert_eq!(s.retried, 3 + 4 + 4, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
+    const EVENTS: u64 = 20_000;
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, t) = instance_with(config(&server.url(), DeliveryMode::AtLeastOnce)).await;
+    let done = Arc::new(AtomicU64::new(0));
+    let worker = h
+        .node_with(
+            "worker-slow",
+            NodeOptions::new().limits(
+                PartialLimits::default()
+                    .with_max_concurrent(8)
+                    .with_queue_limit(64),
+            ),
+        )
+        .await
+        .unwrap();
+    let d = done.clone();
+    worker
+        .on("job", move |_e: Event, _c: Context| {
+            let d = d.clone();
+            async move {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    let rss_before = test_rss_kib();
+    let mut sent = 0;
+    while sent < EVENTS {
+        match client.tell(
+            "worker-slow",
+            Event::new("job", json!({ "n": sent, "pad": "x".repeat(512) })),
+        ) {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind() == ErrorKind::Transport => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut max_queued = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while done.load(Ordering::Relaxed) < EVENTS {
+        let st = worker.stats();
+        max_queued = max_queued.max(st.queued);
+        assert!(st.active <= 8 && st.queued <= 64, "{st:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {EVENTS} processed: {:?} {:?}",
+            done.load(Ordering::Relaxed),
+            t.durable_stats(),
+            worker.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = t.durable_stats();
+    assert!(
+        s.max_held <= 72,
+        "held at most max_concurrent + queue_limit: {s:?}"
+    );
+    assert_eq!(worker.stats().rejected, 0);
+    assert!(max_queued > 0, "the node was kept busy");
+    if let (Some(before), Some(after)) = (rss_before, test_rss_kib()) {
+        // 20k events of ~600 bytes held in memory at once would be >12 MB plus overhead
+        assert!(
+            after < before + 64 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+    }
+    let _ = h;
+}
+
+fn test_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
