@@ -38,7 +38,7 @@
 //!   redelivered after a back-off until `max_deliveries`, then published to
 //!   `<prefix>.dlq.<node-id>` (stored in the dead-letter stream) with its error, and terminated.
 //! - **Exactly-once effects** (`mode = "exactly-once"`): completed event ids are recorded in a
-//!   key-value bucket for the dedup window; a redelivered event already completed is
+//!   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already completed is
 //!   acknowledged (and its requester answered with the recorded value) without running again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_nats::{HeaderMap, Message, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -86,12 +86,12 @@ pub mod headers {
 pub struct DurableConfig {
     /// The JetStream stream holding durable events (default: the prefix in capitals, dots as
     /// `_`, plus `_DURABLE`: `HAPPEN_DURABLE`). The dead-letter stream is `<stream>_DLQ`, the
-    /// exactly-once record bucket `<stream>_DONE`.
+    /// exactly-once record stream `<stream>_DONE`.
     pub stream: Option<String>,
     /// The dedup window in milliseconds (default 300,000 = 5 min): the server drops a
     /// re-published event id within it; exactly-once nodes remember completed ids this long.
     pub dedup_window_ms: u64,
-    /// Replicas of the streams and the bucket in a JetStream cluster (default 1).
+    /// Replicas of the streams in a JetStream cluster (default 1).
     pub replicas: usize,
     /// Durable publishes awaiting the server's acknowledgement at once (default 4096).
     pub publish_window: usize,
@@ -427,7 +427,7 @@ pub(crate) struct Durable {
     subject_prefix: String,
     /// `<prefix>.dlq.`
     dlq_prefix: String,
-    done: Option<kv::Store>,
+    done: Option<Records>,
     tx: mpsc::Sender<Publish>,
     rx: Mutex<Option<mpsc::Receiver<Publish>>>,
     consumers: Mutex<HashMap<NodeId, Consumer>>,
@@ -455,7 +455,7 @@ fn js_error(what: &str, e: impl fmt::Display) -> Error {
 }
 
 impl Durable {
-    /// Creates (or finds) the streams and the bucket. `None` when no node is durable.
+    /// Creates (or finds) the streams. `None` when no node is durable.
     pub(crate) async fn start(
         client: &async_nats::Client,
         config: &NatsConfig,
@@ -499,22 +499,28 @@ impl Durable {
             .values()
             .any(|n| n.mode == DeliveryMode::ExactlyOnce)
         {
-            let bucket = format!("{stream}_DONE");
-            let store = match js.get_key_value(&bucket).await {
-                Ok(s) => s,
-                Err(_) => js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.clone(),
-                        history: 1,
-                        max_age: d.dedup_window(),
-                        storage: stream::StorageType::File,
-                        num_replicas: d.replicas,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| js_error(&format!("cannot create bucket `{bucket}`"), e))?,
-            };
-            Some(store)
+            // a key-value bucket by hand (one subject per record, its last message kept for
+            // the window): async-nats' bucket API needs a newer server than 2.9
+            let name = format!("{stream}_DONE");
+            let records = js
+                .get_or_create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{}.done.>", config.prefix)],
+                    retention: stream::RetentionPolicy::Limits,
+                    storage: stream::StorageType::File,
+                    max_age: d.dedup_window(),
+                    max_messages_per_subject: 1,
+                    allow_direct: true,
+                    duplicate_window: d.dedup_window().min(Duration::from_secs(120)),
+                    num_replicas: d.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_error(&format!("cannot create stream `{name}`"), e))?;
+            Some(Records {
+                stream: records,
+                prefix: format!("{}.done.", config.prefix),
+            })
         } else {
             None
         };
@@ -711,7 +717,42 @@ fn escape_token(s: &str, out: &mut String) {
     }
 }
 
-/// The exactly-once record key of `event` at `node`.
+/// The exactly-once records: the outcome of each completed event, for the dedup window.
+struct Records {
+    stream: stream::Stream,
+    /// `<prefix>.done.`
+    prefix: String,
+}
+
+impl Records {
+    async fn get(&self, key: &str) -> std::result::Result<Option<Bytes>, String> {
+        match self
+            .stream
+            .direct_get_last_for_subject(format!("{}{key}", self.prefix))
+            .await
+        {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn put(
+        &self,
+        js: &jetstream::Context,
+        key: &str,
+        value: Bytes,
+    ) -> std::result::Result<(), String> {
+        js.publish(format!("{}{key}", self.prefix), value)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The exactly-once record key of `event` at `node` (the last two tokens of its subject).
 fn record_key(node: &str, event: &str) -> String {
     let mut k = String::with_capacity(node.len() + event.len() + 1);
     escape_token(node, &mut k);
@@ -996,7 +1037,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
     let key = (node.settings.mode == DeliveryMode::ExactlyOnce)
         .then(|| record_key(node.inbox.id(), &event.id().to_string()));
     if let (Some(key), Some(done)) = (&key, &d.done) {
-        match done.get(key.as_str()).await {
+        match done.get(key).await {
             Ok(Some(record)) => {
                 inc(&d.counters.duplicates_skipped);
                 if let Some(r) = reply_to {
@@ -1020,10 +1061,8 @@ async fn run_job(node: Arc<Node>, msg: Message) {
     let outcome = run_flow(&node, &msg, event).await;
     match outcome {
         Ok(value) => {
-            if let (Some(key), Some(done)) = (&key, &d.done)
-                && let Err(e) = done.put(key.as_str(), encode_record(&value)).await
-            {
-                tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot record a completed exactly-once event; a redelivery would run it again");
+            if let (Some(key), Some(done)) = (&key, &d.done) {
+                record(&node, &msg, done, key, encode_record(&value)).await;
             }
             if let Some(r) = reply_to {
                 answer(shared, r, Ok(value));
@@ -1044,7 +1083,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
             tracing::warn!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed on its last delivery; dead-lettered");
             dead_letter(&node, &msg, delivered, &err).await;
             if let (Some(key), Some(done)) = (&key, &d.done) {
-                let _ = done.put(key.as_str(), encode_failure(&err)).await;
+                record(&node, &msg, done, key, encode_failure(&err)).await;
             }
             if let Some(r) = reply_to {
                 answer(shared, r, Err(err));
@@ -1052,6 +1091,34 @@ async fn run_job(node: Arc<Node>, msg: Message) {
         }
     }
     node.working.lock().remove(&seq);
+}
+
+/// Stores the exactly-once record of a finished event, retrying (the server may be restarting)
+/// until stored or the request timeout passes; the message is acknowledged only afterwards, so
+/// a redelivery meanwhile finds the record (or is ignored while this runs).
+async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: Bytes) {
+    let shared = &node.shared;
+    let d = shared.durable.as_ref().expect("durable");
+    let deadline = Instant::now() + shared.config.request_timeout();
+    let mut attempt = 0u32;
+    let mut progress = Instant::now();
+    loop {
+        match done.put(&d.js, key, value.clone()).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline || shared.is_closed() => {
+                tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot record a completed exactly-once event; a redelivery would run it again");
+                return;
+            }
+            Err(_) => {
+                attempt += 1;
+                if progress.elapsed() >= node.settings.ack_wait() / 3 {
+                    settle(shared, msg, AckKind::Progress).await;
+                    progress = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(20u64 << attempt.min(5))).await;
+            }
+        }
+    }
 }
 
 /// Admits `event` into the node (waiting while its queue is full) and waits for its flow,
