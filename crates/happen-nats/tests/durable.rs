@@ -229,7 +229,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
         .on("job", move |_e: Event, _c: Context| {
             let d = d.clone();
             async move {
-                tokio::time::sleep(Duration::from_micros(200)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 d.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -249,6 +249,20 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
             Err(e) => panic!("{e}"),
         }
     }
+    // what is not processed yet is on the server (acknowledged messages leave the work-queue
+    // stream), while this process holds at most the node's room (asserted below)
+    let (stream, _) = t.durable_streams().unwrap();
+    let mut info = async_nats::jetstream::new(t.client().clone())
+        .get_stream(stream)
+        .await
+        .unwrap();
+    let stored = info.info().await.unwrap().state.messages;
+    let processed = done.load(Ordering::Relaxed);
+    println!("after producing: {stored} stored in JetStream, {processed} processed");
+    assert!(
+        stored + processed >= EVENTS,
+        "{stored} stored + {processed} processed: where are the others?"
+    );
     let mut max_queued = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while done.load(Ordering::Relaxed) < EVENTS {
