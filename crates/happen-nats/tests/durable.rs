@@ -251,6 +251,10 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
     }
     // what is not processed yet is on the server (acknowledged messages leave the work-queue
     // stream), while this process holds at most the node's room (asserted below)
+    eventually(60, "every event stored", || {
+        t.durable_stats().published == EVENTS
+    })
+    .await;
     let (stream, _) = t.durable_streams().unwrap();
     let mut info = async_nats::jetstream::new(t.client().clone())
         .get_stream(stream)
@@ -258,7 +262,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
         .unwrap();
     let stored = info.info().await.unwrap().state.messages;
     let processed = done.load(Ordering::Relaxed);
-    println!("after producing: {stored} stored in JetStream, {processed} processed");
+    println!("once stored: {stored} in JetStream, {processed} processed");
     assert!(
         stored + processed >= EVENTS,
         "{stored} stored + {processed} processed: where are the others?"
