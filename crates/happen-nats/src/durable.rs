@@ -989,18 +989,21 @@ async fn settle(shared: &Shared, msg: &Message, kind: AckKind) {
     }
 }
 
-/// What the delivery info in a message's ack subject says.
-fn delivery_info(shared: &Shared, msg: &Message) -> Option<(u32, u64)> {
-    let d = shared.durable.as_ref()?;
-    let m = jetstream::Message {
-        message: msg.clone(),
-        context: d.js.clone(),
+/// (delivery count, stream sequence) from a message's ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or with a domain and
+/// account hash after `$JS.ACK` (11 tokens or more).
+fn delivery_info(msg: &Message) -> Option<(u32, u64)> {
+    let reply = msg.reply.as_ref()?.as_str();
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let at = match tokens.len() {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
     };
-    let info = m.info().ok()?;
-    Some((
-        u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
-        info.stream_sequence,
-    ))
+    let delivered = tokens[at].parse::<u64>().ok()?.max(1);
+    let seq = tokens[at + 1].parse().ok()?;
+    Some((u32::try_from(delivered).unwrap_or(u32::MAX), seq))
 }
 
 /// Processes one durable message: runs its flow (unless already done), answers the requester
@@ -1008,7 +1011,7 @@ fn delivery_info(shared: &Shared, msg: &Message) -> Option<(u32, u64)> {
 async fn run_job(node: Arc<Node>, msg: Message) {
     let shared = &node.shared;
     let d = shared.durable.as_ref().expect("durable job");
-    let Some((delivered, seq)) = delivery_info(shared, &msg) else {
+    let Some((delivered, seq)) = delivery_info(&msg) else {
         shared.counters.bad_input("protocol");
         tracing::warn!(target: "happen_nats", node = %node.inbox.id(), "a durable message without JetStream delivery info; ignored");
         return;
@@ -1372,6 +1375,31 @@ mod tests {
         let cfg = DurableConfig::default();
         assert_eq!(cfg.stream_name("happen"), "HAPPEN_DURABLE");
         assert_eq!(cfg.stream_name("my.app"), "MY_APP_DURABLE");
+    }
+
+    #[test]
+    fn ack_subjects_tell_the_delivery() {
+        let msg = |reply: &str| Message {
+            subject: Subject::from("happen.durable.x"),
+            reply: Some(Subject::from(reply)),
+            payload: Bytes::new(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        };
+        assert_eq!(
+            delivery_info(&msg("$JS.ACK.S.happen_x.3.17.4.1700000000000000000.9")),
+            Some((3, 17))
+        );
+        assert_eq!(
+            delivery_info(&msg(
+                "$JS.ACK.dom.ACCHASH.S.happen_x.2.5.4.1700000000000000000.0.tok"
+            )),
+            Some((2, 5))
+        );
+        assert_eq!(delivery_info(&msg("_INBOX.abc")), None);
+        assert_eq!(delivery_info(&msg("$JS.ACK.S.c.x.y.1.2.3")), None);
     }
 
     #[test]
