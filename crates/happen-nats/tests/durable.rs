@@ -304,3 +304,111 @@ fn test_rss_kib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_that_gave_up_does_not_stop_the_flow() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, t) = instance_with(config(&server.url(), DeliveryMode::AtLeastOnce)).await;
+    let (release, released) = tokio::sync::watch::channel(false);
+    let finished = Arc::new(AtomicU64::new(0));
+    let worker = h.node("worker-slow").await.unwrap();
+    let f = finished.clone();
+    worker
+        .on("job", move |_e: Event, _c: Context| {
+            let (f, mut released) = (f.clone(), released.clone());
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                f.fetch_add(1, Ordering::Relaxed);
+                "late"
+            }
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    let err = client
+        .send("worker-slow", Event::new("job", ()))
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    release.send_replace(true);
+    eventually(20, "the flow finished and was acknowledged", || {
+        finished.load(Ordering::Relaxed) == 1 && t.durable_stats().acked == 1
+    })
+    .await;
+    // a later send is answered as usual
+    let v = within(
+        20,
+        "send",
+        client.send("worker-slow", Event::new("job", ())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, json!("late"));
+    assert_eq!(finished.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_durable_node_share_its_consumer() {
+    const EVENTS: u64 = 5_000;
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let url = server.url();
+    let seen: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let mut replicas = Vec::new();
+    for r in 0..2u32 {
+        let (h, t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+        // small room, so neither replica can pull everything at once
+        let worker = h
+            .node_with(
+                "worker-shared",
+                NodeOptions::new().limits(
+                    PartialLimits::default()
+                        .with_max_concurrent(4)
+                        .with_queue_limit(16),
+                ),
+            )
+            .await
+            .unwrap();
+        let s = seen.clone();
+        worker
+            .on("job", move |e: Event, _c: Context| {
+                let s = s.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                    *s.lock()
+                        .entry(e.payload()["n"].as_u64().unwrap())
+                        .or_insert(0) += 1;
+                    r
+                }
+            })
+            .unwrap();
+        replicas.push((h, t));
+    }
+    let (h, _t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+    let client = h.node("client").await.unwrap();
+    for n in 0..EVENTS {
+        loop {
+            match client.tell("worker-shared", Event::new("job", json!({ "n": n }))) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::Transport => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    eventually(60, "every event processed", || {
+        seen.lock().len() as u64 == EVENTS
+    })
+    .await;
+    let seen = seen.lock();
+    assert!(seen.values().all(|c| *c == 1), "no failure, no duplicate");
+    let acked: Vec<u64> = replicas
+        .iter()
+        .map(|(_, t)| t.durable_stats().acked)
+        .collect();
+    assert_eq!(acked.iter().sum::<u64>(), EVENTS);
+    assert!(
+        acked.iter().all(|a| *a > 0),
+        "both replicas pulled: {acked:?}"
+    );
+}
