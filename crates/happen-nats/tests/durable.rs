@@ -412,3 +412,76 @@ async fn replicas_of_a_durable_node_share_its_consumer() {
         "both replicas pulled: {acked:?}"
     );
 }
+
+/// A graceful shutdown hands what the node did not finish back to JetStream: another instance
+/// processes the rest, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_the_rest_back() {
+    const EVENTS: u64 = 3_000;
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let url = server.url();
+    let seen: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let start_worker = |seen: Arc<Mutex<HashMap<u64, u32>>>| {
+        let url = url.clone();
+        async move {
+            let (h, t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+            let worker = h
+                .node_with(
+                    "worker-handoff",
+                    NodeOptions::new().limits(
+                        PartialLimits::default()
+                            .with_max_concurrent(4)
+                            .with_queue_limit(16),
+                    ),
+                )
+                .await
+                .unwrap();
+            worker
+                .on("job", move |e: Event, _c: Context| {
+                    let seen = seen.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        *seen
+                            .lock()
+                            .entry(e.payload()["n"].as_u64().unwrap())
+                            .or_insert(0) += 1;
+                    }
+                })
+                .unwrap();
+            (h, t)
+        }
+    };
+    let (first, first_t) = start_worker(seen.clone()).await;
+    let (h, t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+    let client = h.node("client").await.unwrap();
+    for n in 0..EVENTS {
+        client
+            .tell("worker-handoff", Event::new("job", json!({ "n": n })))
+            .unwrap();
+    }
+    eventually(30, "all stored", || t.durable_stats().published == EVENTS).await;
+    eventually(60, "some processed", || seen.lock().len() >= 500).await;
+    within(
+        30,
+        "graceful shutdown",
+        first.shutdown(Duration::from_secs(10)),
+    )
+    .await;
+    let handed_over = seen.lock().len();
+    println!(
+        "first instance processed {handed_over}; {:?}",
+        first_t.durable_stats()
+    );
+    assert!(
+        (handed_over as u64) < EVENTS,
+        "the first instance did not finish everything"
+    );
+    let (_second, second_t) = start_worker(seen.clone()).await;
+    eventually(120, "the rest processed by the second instance", || {
+        seen.lock().len() as u64 == EVENTS
+    })
+    .await;
+    let duplicates: u32 = seen.lock().values().map(|c| c - 1).sum();
+    assert_eq!(duplicates, 0, "{:?}", second_t.durable_stats());
+    assert!(second_t.durable_stats().acked > 0);
+}
