@@ -44,7 +44,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
@@ -840,6 +840,8 @@ struct Node {
     settings: DurableNode,
     /// Stream sequences being processed here (a redelivery of one is ignored).
     working: Mutex<HashSet<u64>>,
+    /// The node is being detached: a flow ending in `ShutDown` was cut short by it.
+    stopping: AtomicBool,
 }
 
 /// One pull request in flight.
@@ -866,6 +868,7 @@ async fn consume(
         inbox,
         settings,
         working: Mutex::new(HashSet::new()),
+        stopping: AtomicBool::new(false),
     });
     let pull_inbox = shared.client.new_inbox();
     let mut sub = match shared.client.subscribe(format!("{pull_inbox}.*")).await {
@@ -921,7 +924,10 @@ async fn consume(
         }
         tokio::select! {
             biased;
-            _ = &mut stop, if !stopping => stopping = true,
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                node.stopping.store(true, Ordering::Release);
+            }
             Some(()) = jobs.next(), if !jobs.is_empty() => {}
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
@@ -952,10 +958,16 @@ async fn consume(
                         }
                     }
                     Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
-                    Some(_) => {
-                        // 408 expired, 409 (limits, leadership change), 404: the pull is over
+                    Some(status) => {
+                        // 408: the pull expired; anything else (409: too many pulls waiting,
+                        // leadership change, consumer deleted; 503) ends it too, and the next
+                        // pull waits a little so a persistent refusal is not a hot loop
                         if let Some(id) = pull {
                             pulls.remove(&id);
+                        }
+                        if status != async_nats::StatusCode::TIMEOUT {
+                            last_pull_error = Some(Instant::now());
+                            tracing::debug!(target: "happen_nats", node = %node.inbox.id(), %status, description = ?msg.description, "durable pull refused");
                         }
                     }
                 }
@@ -1029,8 +1041,9 @@ async fn run_job(node: Arc<Node>, msg: Message) {
         Ok(e) => e,
         Err(err) => {
             shared.counters.bad_input("malformed");
-            dead_letter(&node, &msg, delivered, &err).await;
-            if let Some(r) = reply_to {
+            if dead_letter(&node, &msg, delivered, &err).await
+                && let Some(r) = reply_to
+            {
                 answer(shared, r, Err(err));
             }
             node.working.lock().remove(&seq);
@@ -1061,7 +1074,12 @@ async fn run_job(node: Arc<Node>, msg: Message) {
             }
         }
     }
-    let outcome = run_flow(&node, &msg, event).await;
+    let Some(outcome) = run_flow(&node, &msg, event).await else {
+        // not admitted: the node is closing; another replica (or a restart) takes it
+        nak(shared, &msg, None).await;
+        node.working.lock().remove(&seq);
+        return;
+    };
     match outcome {
         Ok(value) => {
             if let (Some(key), Some(done)) = (&key, &d.done) {
@@ -1073,7 +1091,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
             settle(shared, &msg, AckKind::Ack).await;
             inc(&d.counters.acked);
         }
-        Err(err) if err.kind() == ErrorKind::ShutDown => {
+        Err(err) if err.kind() == ErrorKind::ShutDown && node.stopping.load(Ordering::Acquire) => {
             // the node stopped before the flow finished: another replica (or a restart) takes it
             nak(shared, &msg, None).await;
         }
@@ -1084,12 +1102,14 @@ async fn run_job(node: Arc<Node>, msg: Message) {
         }
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed on its last delivery; dead-lettered");
-            dead_letter(&node, &msg, delivered, &err).await;
-            if let (Some(key), Some(done)) = (&key, &d.done) {
-                record(&node, &msg, done, key, encode_failure(&err)).await;
-            }
-            if let Some(r) = reply_to {
-                answer(shared, r, Err(err));
+            // not stored: handed back for redelivery instead (and no record, no answer yet)
+            if dead_letter(&node, &msg, delivered, &err).await {
+                if let (Some(key), Some(done)) = (&key, &d.done) {
+                    record(&node, &msg, done, key, encode_failure(&err)).await;
+                }
+                if let Some(r) = reply_to {
+                    answer(shared, r, Err(err));
+                }
             }
         }
     }
@@ -1125,8 +1145,9 @@ async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: By
 }
 
 /// Admits `event` into the node (waiting while its queue is full) and waits for its flow,
-/// telling the server meanwhile that the message is being worked on.
-async fn run_flow(node: &Node, msg: &Message, event: Event) -> Result<serde_json::Value> {
+/// telling the server meanwhile that the message is being worked on. `None` when the node is
+/// closed and admits nothing.
+async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<serde_json::Value>> {
     let progress_every = node.settings.ack_wait() / 3;
     let rx = loop {
         let (tx, rx): (ReplySender, _) = reply_channel();
@@ -1136,7 +1157,8 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Result<serde_json
                 // room taken by non-durable events: wait a little, the message stays ours
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == ErrorKind::ShutDown => return None,
+            Err(e) => return Some(Err(e)),
         }
     };
     let mut rx = std::pin::pin!(rx);
@@ -1146,7 +1168,7 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Result<serde_json
             () = tokio::time::sleep(progress_every) => settle(&node.shared, msg, AckKind::Progress).await,
         }
     };
-    match response {
+    Some(match response {
         Response::Done(r) => r,
         Response::Stream(items) => {
             let finish = items.finish();
@@ -1158,12 +1180,13 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Result<serde_json
                 }
             }
         }
-    }
+    })
 }
 
 /// Publishes `msg`'s event to the dead-letter subject with `err` (stored in the dead-letter
-/// stream; retried until stored), then terminates the message.
-async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) {
+/// stream; retried until stored), then terminates the message. When it cannot be stored the
+/// message is handed back for redelivery instead, and `false` returned.
+async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) -> bool {
     let shared = &node.shared;
     let d = shared.durable.as_ref().expect("durable");
     let mut h = HeaderMap::new();
@@ -1189,7 +1212,7 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) {
                 // not stored: leave the message to be redelivered rather than lose it
                 tracing::error!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot store a dead letter; the event stays in the stream for redelivery");
                 nak(shared, msg, Some(node.settings.backoff(delivered))).await;
-                return;
+                return false;
             }
             Err(_) => {
                 attempt += 1;
@@ -1199,6 +1222,7 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) {
     }
     inc(&d.counters.dead_lettered);
     settle(shared, msg, AckKind::Term).await;
+    true
 }
 
 fn encode_record(value: &serde_json::Value) -> Bytes {
