@@ -758,6 +758,9 @@ fn record_key(node: &str, event: &str) -> String {
     escape_token(node, &mut k);
     k.push('.');
     escape_token(event, &mut k);
+    if event.is_empty() {
+        k.push('_');
+    }
     k
 }
 

@@ -485,3 +485,71 @@ async fn a_stopping_node_hands_the_rest_back() {
     assert_eq!(duplicates, 0, "{:?}", second_t.durable_stats());
     assert!(second_t.durable_stats().acked > 0);
 }
+
+/// The same event stored twice (as a publisher outside the dedup window would): an
+/// exactly-once node runs it once and answers the second request from its record; an
+/// at-least-once node runs it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_runs_a_redelivered_event_once_and_answers_from_its_record() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let cfg = NatsConfig::with_server(server.url())
+        .with_durable("worker-once", DurableNode::new(DeliveryMode::ExactlyOnce))
+        .with_durable("worker-twice", DurableNode::new(DeliveryMode::AtLeastOnce));
+    let (h, t) = instance_with(cfg).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    for id in ["worker-once", "worker-twice"] {
+        let node = h.node(id).await.unwrap();
+        let r = runs.clone();
+        node.on("charge", move |e: Event, _c: Context| {
+            let r = r.clone();
+            async move {
+                let run = r.fetch_add(1, Ordering::Relaxed) + 1;
+                json!({ "charged": e.payload()["amount"], "run": run })
+            }
+        })
+        .unwrap();
+    }
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    // one event (one id) as a reference publisher would send it
+    let body = bytes::Bytes::from_static(
+        br#"{"type":"charge","payload":{"amount":5},"context":{"causal":{"id":"evt-3b241101-e2bb-4255-8caf-4136c566a962","sender":"billing","correlationId":"txn-0b8f2d6a-1111-4222-8333-444455556666","path":["billing"],"timestamp":1700000000000}}}"#,
+    );
+    let mut inbox = raw.subscribe("answers.>").await.unwrap();
+    raw.flush().await.unwrap();
+    let mut answers = HashMap::new();
+    for (target, copy) in [
+        ("worker-once", "a"),
+        ("worker-once", "b"),
+        ("worker-twice", "a"),
+        ("worker-twice", "b"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        // different message ids: the server stores both copies of the same event
+        headers.insert("Nats-Msg-Id", format!("{target}-{copy}").as_str());
+        headers.insert(
+            "Happen-Reply-To",
+            format!("answers.{target}.{copy}").as_str(),
+        );
+        js.publish_with_headers(format!("happen.durable.{target}"), headers, body.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let m = within(20, "answer", inbox.next()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        answers.insert(m.subject.to_string(), v);
+    }
+    let once_a = &answers["answers.worker-once.a"];
+    assert_eq!(once_a["charged"], 5);
+    assert_eq!(
+        &answers["answers.worker-once.b"], once_a,
+        "the second copy is answered from the record"
+    );
+    assert_ne!(
+        answers["answers.worker-twice.a"]["run"], answers["answers.worker-twice.b"]["run"],
+        "at-least-once runs both copies"
+    );
+    assert_eq!(runs.load(Ordering::Relaxed), 3);
+    assert_eq!(t.durable_stats().duplicates_skipped, 1);
+}
