@@ -635,7 +635,7 @@ impl Durable {
             .await
             .map_err(|e| js_error(&format!("cannot find stream `{}`", self.stream), e))?;
         let name = Durable::consumer_name(id);
-        stream
+        let mut consumer = stream
             .get_or_create_consumer(
                 &name,
                 consumer::pull::Config {
@@ -655,7 +655,14 @@ impl Durable {
                     &format!("cannot create consumer `{name}` of node `{id}`"),
                     e,
                 )
-            })
+            })?;
+        // an existing consumer keeps the settings it was created with
+        if let Ok(info) = consumer.info().await
+            && info.config.ack_wait != settings.ack_wait()
+        {
+            tracing::warn!(target: "happen_nats", node = %id, consumer = %name, configured = ?settings.ack_wait(), in_use = ?info.config.ack_wait, "the durable consumer exists with another ack_wait; delete the consumer (it is recreated with the new setting) to change it");
+        }
+        Ok(consumer)
     }
 
     /// Stops consuming for `node` and waits until what it holds is settled.
