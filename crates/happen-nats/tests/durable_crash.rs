@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -334,4 +335,67 @@ async fn server_restart(mode: DeliveryMode, events: u64) -> u32 {
     assert_eq!(s.publish_failed, 0, "{s:?}");
     assert!(t.stats().disconnects >= 1);
     duplicates
+}
+
+/// A durable `send` waiting for its reply when the connection to the server is lost is not
+/// failed (a core NATS request would be): the reply comes after the reconnect. A second send
+/// made while the server is down is published once it is back, and answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_sends_survive_a_server_outage() {
+    let mut server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let url = server.url();
+    let (h, t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+    let (release, released) = tokio::sync::watch::channel(false);
+    let started = Arc::new(AtomicU64::new(0));
+    let worker = h.node("crash-echo").await.unwrap();
+    let s = started.clone();
+    worker
+        .on("echo", move |e: Event, _c: Context| {
+            let (s, mut released) = (s.clone(), released.clone());
+            async move {
+                s.fetch_add(1, Ordering::Relaxed);
+                let _ = released.wait_for(|r| *r).await;
+                e.payload().clone()
+            }
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    let first = tokio::spawn(
+        client
+            .send("crash-echo", Event::new("echo", 1))
+            .timeout(Duration::from_secs(90))
+            .into_future(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flow did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop();
+    while t.stats().disconnects == 0 {
+        assert!(std::time::Instant::now() < deadline, "no disconnect seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // made while disconnected: buffered and published after the reconnect
+    let second = tokio::spawn(
+        client
+            .send("crash-echo", Event::new("echo", 2))
+            .timeout(Duration::from_secs(90))
+            .into_future(),
+    );
+    server.restart();
+    release.send_replace(true);
+    let v1 = common::within(60, "first answer", first)
+        .await
+        .unwrap()
+        .unwrap();
+    let v2 = common::within(60, "second answer", second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v1, v2), (json!(1), json!(2)));
+    assert_eq!(t.stats().failed_on_disconnect, 0);
 }
