@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
-//! `node-scale`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast` (default: all). Each runs one
-//! warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
+//! `node-scale`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`, `nats-durable` (default:
+//! all; `nats-durable` starts its own `nats-server -js`). Each runs one warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
 //! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
 //! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
 //! `--quick` uses tiny counts: it proves the tool runs (CI); its numbers mean nothing.
@@ -45,7 +45,7 @@ const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
 workloads: tell ask-seq ask-par flow broadcast stream admission node-scale
-           nats-ask-seq nats-ask-par nats-broadcast   (default: all)
+           nats-ask-seq nats-ask-par nats-broadcast nats-durable   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
   --rounds N      measured rounds after the warm-up round (default and minimum 5)
@@ -234,7 +234,7 @@ fn main() -> ExitCode {
         .workloads
         .iter()
         .copied()
-        .filter(|w| NATS.contains(w))
+        .filter(|w| NATS.contains(w) && *w != "nats-durable")
         .collect();
     if !nats.is_empty() {
         rows.extend(workloads::nats::run(
@@ -242,6 +242,11 @@ fn main() -> ExitCode {
             &nats,
             args.nats_url.as_deref(),
         ));
+    }
+
+    if args.workloads.contains(&"nats-durable") {
+        // its own server, with JetStream
+        rows.extend(workloads::durable::run(&bench, args.nats_url.as_deref()));
     }
 
     println!("{}", report::table(&rows));

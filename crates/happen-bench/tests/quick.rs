@@ -72,7 +72,12 @@ fn quick_run_writes_rows_for_every_workload() {
         Some(&serde_json::json!("happen(1 worker)")),
         "node-scale: the 2-worker ratio is taken against the 1-worker row"
     );
-    for w in ["nats-ask-seq", "nats-ask-par", "nats-broadcast"] {
+    for w in [
+        "nats-ask-seq",
+        "nats-ask-par",
+        "nats-broadcast",
+        "nats-durable",
+    ] {
         // Measured when nats-server is installed, marked "not available" otherwise.
         assert!(has(w, "floor") && has(w, "happen"), "rows for {w} missing");
     }

@@ -89,6 +89,9 @@ pub struct NatsConfig {
     /// instance's `streams.broadcast_buffer` with [`from_happen`](NatsConfig::from_happen),
     /// else 256).
     pub broadcast_buffer: Option<usize>,
+    /// Durable delivery on JetStream for some node ids (`[transport.nats.durable]`; see
+    /// [`crate::durable`]). Off by default.
+    pub durable: crate::durable::DurableConfig,
 }
 
 impl Default for NatsConfig {
@@ -111,6 +114,7 @@ impl Default for NatsConfig {
             stream_window: 256,
             stream_types: Vec::new(),
             broadcast_buffer: None,
+            durable: crate::durable::DurableConfig::default(),
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Debug for NatsConfig {
             stream_window,
             stream_types,
             broadcast_buffer,
+            durable,
         } = self;
         f.debug_struct("NatsConfig")
             .field("servers", &redacted_servers(servers))
@@ -194,6 +199,7 @@ impl fmt::Debug for NatsConfig {
             .field("stream_window", stream_window)
             .field("stream_types", stream_types)
             .field("broadcast_buffer", broadcast_buffer)
+            .field("durable", durable)
             .finish()
     }
 }
@@ -411,6 +417,7 @@ impl NatsConfig {
                 "must not exceed `reconnect.max_delay_ms`",
             ));
         }
+        self.durable.validate()?;
         Ok(())
     }
 

@@ -21,8 +21,19 @@
 //! pressure travel in `Happen-*` headers. See [`wire`] (and `WIRE.md`) for every detail.
 //!
 //! # Delivery semantics
-//! - **At most once.** Core NATS does not store messages: an event published while no process
-//!   hosts its target is lost (a `send` then fails fast with
+//! - **Durable nodes** (opt-in, [`durable`]): events to the node ids named in
+//!   `[transport.nats.durable]` are stored in a JetStream stream (message id = event id, server
+//!   dedup window default 5 min) and pulled by the node only as fast as its admission limits
+//!   allow; acknowledged after the flow, redelivered with back-off on failure, dead-lettered to
+//!   `<prefix>.dlq.<node-id>` with the error after `max_deliveries`. **At-least-once** (default)
+//!   or **exactly-once effects** (at-least-once delivery plus a record of completed event ids:
+//!   a redelivered completed event is acknowledged without running again). A `send` to a
+//!   durable node returns the flow's value as usual; while disconnected, durable sends are
+//!   buffered (`outbound_buffer`) and published after the reconnect, and a waiting durable
+//!   request keeps waiting. Every process needs the same `durable` settings. Broadcasts are
+//!   never durable. See `WIRE.md`, "Durable delivery".
+//! - **At most once** for every other node. Core NATS does not store messages: an event
+//!   published while no process hosts its target is lost (a `send` then fails fast with
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) from NATS "no responders"; a
 //!   `tell` or a broadcast is dropped silently by the server).
 //! - **Disconnected.** While the client is disconnected, `send`, `tell` and `broadcast` are
@@ -84,11 +95,13 @@
 //!
 //! # Modules
 //! - [`config`]: `[transport.nats]` settings;
+//! - [`durable`]: `[transport.nats.durable]`, durable delivery on JetStream;
 //! - [`wire`]: subjects, headers, encoders and decoders;
 //! - [`discover`]: which processes serve which nodes, with limits and live counters.
 
 mod bstream;
 mod connection;
+pub mod durable;
 mod pacing;
 mod replies;
 mod serve;
@@ -102,6 +115,7 @@ pub mod wire;
 
 pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
 pub use crate::connection::CONNECTION_STATUS_EVENT;
+pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode, DurableStats};
 pub use crate::stats::NatsStats;
 pub use crate::transport::NatsTransport;
 

@@ -111,6 +111,7 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
             tx,
             target,
             in_flight,
+            ..
         })) => on_reply(shared, token, tx, target, in_flight, msg),
         Ok(Some(Pending::Probe(done))) => {
             let _ = done.send(());

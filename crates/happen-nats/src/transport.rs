@@ -54,6 +54,8 @@ pub(crate) enum Pending {
         tx: ReplySender,
         target: NodeId,
         in_flight: Option<InFlight>,
+        /// A durable send: its reply still comes after a reconnect (see [`crate::durable`]).
+        durable: bool,
     },
     /// A remote stream being consumed: frames go to its consumer task. The request counts
     /// as in flight until the stream ends (its flow holds a slot at the target).
@@ -139,8 +141,10 @@ pub(crate) struct Shared {
     /// Connection state, status events and the buffer of sends while disconnected.
     pub(crate) link: crate::connection::Link,
     broadcast_subject: Subject,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Durable delivery, when `transport.nats.durable` names any node.
+    pub(crate) durable: Option<crate::durable::Durable>,
 }
 
 pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
@@ -310,6 +314,7 @@ impl NatsTransport {
         stream_header.insert(header::STREAM, config.stream_window.to_string().as_str());
         let subjects = Subjects::new(&config.prefix);
         let link = crate::connection::Link::new(&client.server_info());
+        let durable = crate::durable::Durable::start(&client, &config).await?;
         let shared = Arc::new(Shared {
             broadcast_subject: Subject::from(subjects.broadcast()),
             subjects,
@@ -335,8 +340,9 @@ impl NatsTransport {
             link,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            durable,
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::replies::run(shared.clone(), replies)),
             tokio::spawn(publisher(shared.clone(), out_rx, overflow_rx)),
             tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
@@ -346,6 +352,7 @@ impl NatsTransport {
                 discover_sub,
             )),
         ];
+        tasks.extend(crate::durable::Durable::spawn_publisher(&shared));
         shared.tasks.lock().extend(tasks);
         Ok(NatsTransport { shared })
     }
@@ -590,9 +597,26 @@ async fn pressure_reports(shared: std::sync::Weak<Shared>, mut sub: async_nats::
 
 impl Shared {
     pub(crate) fn fail_pending(&self, why: &str) {
-        let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
-        for p in drained {
+        let drained: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
+        for (token, p) in drained {
             match p {
+                Pending::Reply {
+                    tx,
+                    target,
+                    in_flight,
+                    durable: true,
+                } => {
+                    // stored in JetStream: the reply comes after the reconnect
+                    self.pending.lock().insert(
+                        token,
+                        Pending::Reply {
+                            tx,
+                            target,
+                            in_flight,
+                            durable: true,
+                        },
+                    );
+                }
                 Pending::Reply { tx, target, .. } => {
                     inc(&self.counters.failed_on_disconnect);
                     let err =
@@ -610,7 +634,7 @@ impl Shared {
 
     /// Removes the request `token` that could not be published, failing its sender with
     /// `err()`.
-    fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
+    pub(crate) fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
         let removed = self.pending.lock().remove(&token);
         match removed {
             Some(Pending::Reply { tx, .. }) => {
@@ -798,7 +822,7 @@ impl Shared {
         }
     }
 
-    fn encode_checked(&self, event: &Event) -> Result<bytes::Bytes> {
+    pub(crate) fn encode_checked(&self, event: &Event) -> Result<bytes::Bytes> {
         let body = wire::encode_event(event)?;
         if body.len() > self.max_bytes {
             return Err(Error::new(
@@ -1000,7 +1024,22 @@ impl Transport for NatsTransport {
                 disconnects,
                 stop_rx,
             ));
-            s.nodes.lock().insert(id, NodeHandle { stop, task, inbox });
+            s.nodes.lock().insert(
+                id.clone(),
+                NodeHandle {
+                    stop,
+                    task,
+                    inbox: inbox.clone(),
+                },
+            );
+            if let Some(d) = &s.durable
+                && let Err(e) = d.attach(s, &inbox).await
+            {
+                if let Some(h) = s.nodes.lock().remove(&id) {
+                    let _ = h.stop.send(());
+                }
+                return Err(e);
+            }
             Ok(())
         })
     }
@@ -1011,8 +1050,15 @@ impl Transport for NatsTransport {
             let _ = h.stop.send(());
             h.task
         });
+        let durable = self.shared.durable.as_ref().and_then(|d| d.detach(node));
         let node = node.clone();
         Box::pin(async move {
+            if let Some(task) = durable
+                && let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(target: "happen_nats", node = %node, "the node's durable consumer task panicked");
+            }
             if let Some(task) = task
                 && let Err(e) = task.await
                 && e.is_panic()
@@ -1024,6 +1070,11 @@ impl Transport for NatsTransport {
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
         let s = &self.shared;
+        if let Some(d) = &s.durable
+            && d.is_durable(target)
+        {
+            return s.send_durable(d, target, event, reply);
+        }
         s.admit_outbound()?;
         let payload = s.encode_checked(&event)?;
         let subject = Subject::from(s.subjects.node(target));
@@ -1050,6 +1101,7 @@ impl Transport for NatsTransport {
                         tx,
                         target: target.clone(),
                         in_flight,
+                        durable: false,
                     },
                 );
                 let mut reply = String::with_capacity(s.inbox.len() + 21);
@@ -1133,10 +1185,18 @@ impl Transport for NatsTransport {
             s.room.notify_waiters();
             // nodes not detached yet stop now (as `detach`: their answers go out first)
             let nodes: Vec<NodeHandle> = s.nodes.lock().drain().map(|(_, h)| h).collect();
-            let serving = nodes.into_iter().map(|h| {
-                let _ = h.stop.send(());
-                h.task
-            });
+            let durable = s
+                .durable
+                .as_ref()
+                .map(|d| d.detach_all())
+                .unwrap_or_default();
+            let serving = nodes
+                .into_iter()
+                .map(|h| {
+                    let _ = h.stop.send(());
+                    h.task
+                })
+                .chain(durable);
             if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(serving))
                 .await
                 .is_err()

@@ -10,6 +10,7 @@ use tokio::sync::watch::Receiver;
 pub(crate) mod admission;
 pub(crate) mod ask;
 pub(crate) mod broadcast;
+pub(crate) mod durable;
 pub(crate) mod nats;
 pub(crate) mod node_scale;
 pub(crate) mod peers;
@@ -29,7 +30,12 @@ pub(crate) const LOCAL: &[&str] = &[
 ];
 
 /// Workloads that need a `nats-server`.
-pub(crate) const NATS: &[&str] = &["nats-ask-seq", "nats-ask-par", "nats-broadcast"];
+pub(crate) const NATS: &[&str] = &[
+    "nats-ask-seq",
+    "nats-ask-par",
+    "nats-broadcast",
+    "nats-durable",
+];
 
 /// Formats an error for a failed run.
 /// Runs `n` requests through `client(count, record)`: one client recording every latency when
