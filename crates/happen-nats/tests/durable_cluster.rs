@@ -1,5 +1,5 @@
 //! Durable delivery over a 3-server NATS cluster (JetStream streams with 3 replicas): a member
-//! is killed while events flow (the one the worker's client is connected to, so that client
+//! is killed while 100,000 events flow (the one the worker's client is connected to, so that client
 //! also has to move) and later restarted; no event is lost, duplicates stay within what the
 //! worker held unacknowledged (plus acknowledgements lost with the connection), and every
 //! durable publish was acknowledged by the cluster.
@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use test_support::NatsCluster;
 
-const EVENTS: u64 = 20_000;
+const EVENTS: u64 = 100_000;
 const MAX_CONCURRENT: usize = 8;
 const QUEUE_LIMIT: usize = 256;
 
@@ -152,7 +152,7 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
     println!("{duplicates} duplicates; worker {ws:?}; producer {ps:?}");
     // what the worker held unacknowledged when its server died comes again (at most its room),
     // and so may events whose acknowledgements were written into the lost connection (a
-    // socket buffer's worth): twice the room is a generous bound, far below the 20k sent
+    // socket buffer's worth): twice the room is a generous bound, far below the 100k sent
     assert!(
         duplicates as usize <= 2 * (MAX_CONCURRENT + QUEUE_LIMIT),
         "{duplicates} duplicates"
