@@ -28,6 +28,13 @@ impl SharedStr {
             SharedStr::Shared(s) => s,
         }
     }
+
+    /// Equality that skips comparing the bytes when both share one buffer (the usual case
+    /// for an event type: [`SharedStr::copy_of`] hands out the same buffer again).
+    pub(crate) fn same(&self, other: &SharedStr) -> bool {
+        let (a, b) = (self.as_str(), other.as_str());
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    }
 }
 
 impl Deref for SharedStr {
