@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -36,6 +36,10 @@ const RING_UP_TO: usize = 4096;
 struct Ready {
     ring: Option<ArrayQueue<Admitted>>,
     segments: SegQueue<Admitted>,
+    /// Set (for good) before the first event goes into `segments` while a ring exists, so
+    /// the usual pop and emptiness check skip the segmented queue (a failed pop there costs
+    /// more than the ring's).
+    spilled: AtomicBool,
 }
 
 impl Ready {
@@ -47,6 +51,7 @@ impl Ready {
         Ready {
             ring,
             segments: SegQueue::new(),
+            spilled: AtomicBool::new(false),
         }
     }
 
@@ -54,22 +59,38 @@ impl Ready {
         let p = match &self.ring {
             Some(ring) => match ring.push(p) {
                 Ok(()) => return,
-                Err(p) => p,
+                Err(p) => {
+                    // Before the push: whoever sees the event in `segments` sees the flag.
+                    self.spilled.store(true, Ordering::SeqCst);
+                    p
+                }
             },
             None => p,
         };
         self.segments.push(p);
     }
 
+    /// Are there (or may there soon be) events in `segments`?
+    fn segmented(&self) -> bool {
+        self.ring.is_none() || self.spilled.load(Ordering::SeqCst)
+    }
+
     fn pop(&self) -> Option<Admitted> {
         match &self.ring {
-            Some(ring) => ring.pop().or_else(|| self.segments.pop()),
+            Some(ring) => ring.pop().or_else(|| {
+                if self.segmented() {
+                    self.segments.pop()
+                } else {
+                    None
+                }
+            }),
             None => self.segments.pop(),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.ring.as_ref().is_none_or(ArrayQueue::is_empty) && self.segments.is_empty()
+        self.ring.as_ref().is_none_or(ArrayQueue::is_empty)
+            && (!self.segmented() || self.segments.is_empty())
     }
 }
 
