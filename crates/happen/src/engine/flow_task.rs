@@ -84,7 +84,12 @@ pub(crate) struct FlowTask {
 impl FlowTask {
     /// Creates the flow for an admitted event and calls its first step (a closure handler's
     /// synchronous part runs here, inside the panic boundary).
-    pub(crate) fn start(node: &Node, p: Admitted, cache: &mut StepCache) -> FlowTask {
+    pub(crate) fn start(
+        node: &Node,
+        p: Admitted,
+        cache: &mut StepCache,
+        spare: &mut Option<Context>,
+    ) -> FlowTask {
         let event = p.event;
         let source = event.broadcast_source().cloned();
         let span = tracing::debug_span!(
@@ -96,7 +101,7 @@ impl FlowTask {
         );
         let step = cache.lookup(node, event.event_type_shared());
         let stream = FlowStream::new(p.reply, node.stream_buffer(), source);
-        let ctx = Context::new(node.clone(), event, stream, p.items);
+        let ctx = Context::new_reusing(spare, node, event, stream, p.items);
         let mut task = FlowTask {
             ctx,
             step: None,
@@ -117,6 +122,11 @@ impl FlowTask {
             }
         }
         task
+    }
+
+    /// The flow's context (a clone).
+    pub(crate) fn context(&self) -> Context {
+        self.ctx.clone()
     }
 
     /// Tells the sender the answer will not be immediate.
