@@ -73,6 +73,43 @@ impl Context {
         }
     }
 
+    /// [`Context::new`], reusing the allocation of `spare` (a finished flow's context of the
+    /// same node that nothing else holds; see [`Context::into_spare`]) when there is one.
+    #[inline]
+    pub(crate) fn new_reusing(
+        spare: &mut Option<Context>,
+        node: &Node,
+        event: Event,
+        stream: FlowStream,
+        items: Option<broadcast::Receiver<Frame>>,
+    ) -> Context {
+        if let Some(mut ctx) = spare.take()
+            && let Some(st) = Arc::get_mut(&mut ctx.inner)
+            && Arc::ptr_eq(&st.node.shared, &node.shared)
+        {
+            st.event = event;
+            st.stream = stream;
+            *st.items.get_mut() = items;
+            return ctx;
+        }
+        Context::new(node.clone(), event, stream, items)
+    }
+
+    /// A finished flow's context, kept for [`Context::new_reusing`] if nothing else holds it
+    /// (a handler may keep a clone). Its data and broadcast items are dropped now, as they
+    /// would have been; only the event (with its payload) stays until the context is reused
+    /// or dropped. Not kept when the event carries a broadcast stream, whose end its
+    /// subscribers would otherwise see late.
+    pub(crate) fn into_spare(mut self) -> Option<Context> {
+        let st = Arc::get_mut(&mut self.inner)?;
+        if st.event.broadcast_source().is_some() {
+            return None;
+        }
+        *st.data.get_mut() = None;
+        *st.items.get_mut() = None;
+        Some(self)
+    }
+
     /// The items of the broadcast stream this flow's event carries, if any (taken once).
     ///
     /// A broadcast carries a stream when it reaches a node whose matching handler streams

@@ -257,6 +257,11 @@ impl Event {
         &self.inner.event_type
     }
 
+    /// The event type as a shared string (cheap to clone and compare).
+    pub(crate) fn event_type_shared(&self) -> &SharedStr {
+        &self.inner.event_type
+    }
+
     /// The payload as JSON.
     pub fn payload(&self) -> &Value {
         &self.inner.payload

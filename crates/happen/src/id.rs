@@ -28,6 +28,13 @@ impl SharedStr {
             SharedStr::Shared(s) => s,
         }
     }
+
+    /// Equality that skips comparing the bytes when both share one buffer (the usual case
+    /// for an event type: [`SharedStr::copy_of`] hands out the same buffer again).
+    pub(crate) fn same(&self, other: &SharedStr) -> bool {
+        let (a, b) = (self.as_str(), other.as_str());
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    }
 }
 
 impl Deref for SharedStr {
@@ -55,9 +62,12 @@ impl SharedStr {
     pub(crate) fn copy_of(s: &str) -> SharedStr {
         const SLOTS: usize = 4;
         const LONGEST: usize = 64;
+        /// The remembered strings, the slot to overwrite next, and the slot of the last hit
+        /// (checked first: a loop sending one type hits it every time, one comparison).
+        type Recent = ([Option<Arc<str>>; SLOTS], usize, usize);
         thread_local! {
-            static RECENT: std::cell::RefCell<([Option<Arc<str>>; SLOTS], usize)> =
-                const { std::cell::RefCell::new(([const { None }; SLOTS], 0)) };
+            static RECENT: std::cell::RefCell<Recent> =
+                const { std::cell::RefCell::new(([const { None }; SLOTS], 0, 0)) };
         }
         if s.len() > LONGEST {
             return SharedStr::Shared(Arc::from(s));
@@ -65,12 +75,23 @@ impl SharedStr {
         RECENT
             .try_with(|recent| {
                 let mut recent = recent.borrow_mut();
-                let (slots, next) = &mut *recent;
-                if let Some(hit) = slots.iter().flatten().find(|a| &***a == s) {
+                let (slots, next, last) = &mut *recent;
+                if let Some(hit) = &slots[*last]
+                    && &**hit == s
+                {
                     return hit.clone();
+                }
+                let found = slots
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, a)| Some((i, a.as_ref().filter(|a| &***a == s)?.clone())));
+                if let Some((i, hit)) = found {
+                    *last = i;
+                    return hit;
                 }
                 let fresh: Arc<str> = Arc::from(s);
                 slots[*next] = Some(fresh.clone());
+                *last = *next;
                 *next = (*next + 1) % SLOTS;
                 fresh
             })

@@ -253,3 +253,54 @@ async fn context_data_does_not_outlive_its_flow() {
         .await;
     }
 }
+
+/// A driver reuses a finished flow's context allocation for the next flow it starts: no flow
+/// may see an earlier flow's data, and a context a handler kept keeps its own event and data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_contexts_never_leak_between_flows() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const N: u64 = 5_000;
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let stale = Arc::new(AtomicU64::new(0));
+    let kept: Arc<Mutex<Vec<(u64, Context)>>> = Arc::default();
+    let (s, st, k) = (seen.clone(), stale.clone(), kept.clone());
+    node.on("job", move |event: Event, ctx: Context| {
+        let (s, st, k) = (s.clone(), st.clone(), k.clone());
+        async move {
+            let i = event.payload().as_u64().unwrap();
+            if ctx.get::<Validated>().is_some() || ctx.event().payload() != &json!(i) {
+                st.fetch_add(1, Ordering::Relaxed);
+            }
+            ctx.insert(Validated(i));
+            if i.is_multiple_of(7) {
+                k.lock().push((i, ctx.clone()));
+            }
+            s.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    for i in 0..N {
+        node.tell(&node, Event::new("job", i)).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::Relaxed) < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flows did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        stale.load(Ordering::Relaxed),
+        0,
+        "a flow saw another flow's context"
+    );
+    let kept = kept.lock();
+    assert_eq!(kept.len() as u64, N.div_ceil(7));
+    for (i, ctx) in kept.iter() {
+        assert_eq!(ctx.event().payload(), &json!(i));
+        assert_eq!(ctx.get::<Validated>(), Some(Validated(*i)));
+    }
+}

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -36,6 +36,10 @@ const RING_UP_TO: usize = 4096;
 struct Ready {
     ring: Option<ArrayQueue<Admitted>>,
     segments: SegQueue<Admitted>,
+    /// Set (for good) before the first event goes into `segments` while a ring exists, so
+    /// the usual pop and emptiness check skip the segmented queue (a failed pop there costs
+    /// more than the ring's).
+    spilled: AtomicBool,
 }
 
 impl Ready {
@@ -47,29 +51,48 @@ impl Ready {
         Ready {
             ring,
             segments: SegQueue::new(),
+            spilled: AtomicBool::new(false),
         }
     }
 
+    #[inline]
     fn push(&self, p: Admitted) {
         let p = match &self.ring {
             Some(ring) => match ring.push(p) {
                 Ok(()) => return,
-                Err(p) => p,
+                Err(p) => {
+                    // Before the push: whoever sees the event in `segments` sees the flag.
+                    self.spilled.store(true, Ordering::SeqCst);
+                    p
+                }
             },
             None => p,
         };
         self.segments.push(p);
     }
 
+    /// Are there (or may there soon be) events in `segments`?
+    fn segmented(&self) -> bool {
+        self.ring.is_none() || self.spilled.load(Ordering::SeqCst)
+    }
+
+    #[inline]
     fn pop(&self) -> Option<Admitted> {
         match &self.ring {
-            Some(ring) => ring.pop().or_else(|| self.segments.pop()),
+            Some(ring) => ring.pop().or_else(|| {
+                if self.segmented() {
+                    self.segments.pop()
+                } else {
+                    None
+                }
+            }),
             None => self.segments.pop(),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.ring.as_ref().is_none_or(ArrayQueue::is_empty) && self.segments.is_empty()
+        self.ring.as_ref().is_none_or(ArrayQueue::is_empty)
+            && (!self.segmented() || self.segments.is_empty())
     }
 }
 
@@ -275,10 +298,16 @@ fn drive_once(
     let run = &engine.run;
     let bit = 1u64 << index;
     let mut started = 0;
+    // The context of the last flow that finished on its first poll, for the next flow to
+    // reuse (saves an allocation and a free per event in a burst). Dropped when this poll
+    // returns, so a parked driver holds nothing of its node.
+    let mut spare = None;
     loop {
         let task = {
             let _g = run.start.lock();
-            run.ready.pop().map(|p| FlowTask::start(node, p, cache))
+            run.ready
+                .pop()
+                .map(|p| FlowTask::start(node, p, cache, &mut spare))
         };
         let Some(mut task) = task else {
             if engine.is_drained() {
@@ -295,6 +324,13 @@ fn drive_once(
             continue;
         };
         match Pin::new(&mut task).poll(cx) {
+            // Keep the context only when another event is already waiting: a driver that is
+            // about to park would just drop it (a parked driver keeps nothing of its node).
+            Poll::Ready(()) if !run.ready.is_empty() => {
+                let ctx = task.context();
+                drop(task);
+                spare = ctx.into_spare();
+            }
             Poll::Ready(()) => {}
             Poll::Pending if !run.cancelled.load(Ordering::Acquire) => {
                 task.nudge(); // the flow waits: its sender arms its timeout now

@@ -14,6 +14,7 @@ use super::queue::{Admitted, LaneKey};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::{ErasedStep, Flow};
+use crate::id::SharedStr;
 use crate::node::Node;
 use crate::stream::{Delivered, FlowStream};
 
@@ -28,11 +29,22 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Runs `f` inside `span`. A span no subscriber wants (the usual case in production) is not
+/// entered at all: entering even a disabled span costs a few dozen instructions per call,
+/// twice per event.
+fn in_span<R>(span: &tracing::Span, f: impl FnOnce() -> R) -> R {
+    if span.is_disabled() {
+        f()
+    } else {
+        span.in_scope(f)
+    }
+}
+
 /// A driver's memory of the last handler lookup: consecutive events of one type (the common
 /// case) skip the registry's lock and hash. Invalidated by any new registration.
 #[derive(Default)]
 pub(crate) struct StepCache {
-    last: Option<(String, u64, Arc<dyn ErasedStep>)>,
+    last: Option<(SharedStr, u64, Arc<dyn ErasedStep>)>,
 }
 
 impl StepCache {
@@ -40,19 +52,19 @@ impl StepCache {
     fn lookup(
         &mut self,
         node: &Node,
-        event_type: &str,
+        event_type: &SharedStr,
     ) -> std::result::Result<Option<Arc<dyn ErasedStep>>, String> {
         let version = node.registry_version();
         if let Some((ty, v, step)) = &self.last
             && *v == version
-            && ty == event_type
+            && ty.same(event_type)
         {
             return Ok(Some(step.clone()));
         }
         // Pattern predicates are user code: a panic fails this event only.
         let step = node.try_lookup(event_type)?;
         if let Some(step) = &step {
-            self.last = Some((event_type.to_owned(), version, step.clone()));
+            self.last = Some((event_type.clone(), version, step.clone()));
         }
         Ok(step)
     }
@@ -72,7 +84,12 @@ pub(crate) struct FlowTask {
 impl FlowTask {
     /// Creates the flow for an admitted event and calls its first step (a closure handler's
     /// synchronous part runs here, inside the panic boundary).
-    pub(crate) fn start(node: &Node, p: Admitted, cache: &mut StepCache) -> FlowTask {
+    pub(crate) fn start(
+        node: &Node,
+        p: Admitted,
+        cache: &mut StepCache,
+        spare: &mut Option<Context>,
+    ) -> FlowTask {
         let event = p.event;
         let source = event.broadcast_source().cloned();
         let span = tracing::debug_span!(
@@ -82,9 +99,9 @@ impl FlowTask {
             event_id = %event.id(),
             correlation_id = %event.correlation_id(),
         );
-        let step = cache.lookup(node, event.event_type());
+        let step = cache.lookup(node, event.event_type_shared());
         let stream = FlowStream::new(p.reply, node.stream_buffer(), source);
-        let ctx = Context::new(node.clone(), event, stream, p.items);
+        let ctx = Context::new_reusing(spare, node, event, stream, p.items);
         let mut task = FlowTask {
             ctx,
             step: None,
@@ -107,6 +124,11 @@ impl FlowTask {
         task
     }
 
+    /// The flow's context (a clone).
+    pub(crate) fn context(&self) -> Context {
+        self.ctx.clone()
+    }
+
     /// Tells the sender the answer will not be immediate.
     pub(crate) fn nudge(&self) {
         self.ctx.inner.stream.nudge(self.ctx.node_id());
@@ -115,9 +137,9 @@ impl FlowTask {
     fn call(&mut self, step: &dyn ErasedStep) {
         let event = self.ctx.event().clone();
         let ctx = self.ctx.clone();
-        let fut = self
-            .span
-            .in_scope(|| catch_unwind(AssertUnwindSafe(|| step.call(event, ctx))));
+        let fut = in_span(&self.span, || {
+            catch_unwind(AssertUnwindSafe(|| step.call(event, ctx)))
+        });
         self.step = Some(match fut {
             Ok(f) => f,
             Err(panic) => {
@@ -185,7 +207,9 @@ impl Future for FlowTask {
                 return Poll::Ready(());
             };
             let span = &this.span;
-            let polled = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))));
+            let polled = in_span(span, || {
+                catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            });
             match polled {
                 Err(panic) => {
                     let msg = panic_message(&*panic);
