@@ -1,5 +1,5 @@
 //! Durable delivery survives crashes: the worker process is killed (SIGKILL) at random points
-//! and restarted, or the nats-server itself is killed and restarted; every event is processed,
+//! and restarted, or the nats-server itself is stopped and restarted; every event is processed,
 //! duplicates only as the delivery mode allows (counted by event).
 //!
 //! The worker is this test binary run again as a child process (the ignored test
@@ -261,7 +261,7 @@ async fn exactly_once_survives_worker_kills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_least_once_loses_nothing_when_the_server_is_killed_and_restarted() {
+async fn at_least_once_loses_nothing_when_the_server_restarts() {
     let duplicates = server_restart(DeliveryMode::AtLeastOnce, 100_000).await;
     println!("at-least-once: {duplicates} duplicates");
 }
@@ -269,13 +269,18 @@ async fn at_least_once_loses_nothing_when_the_server_is_killed_and_restarted() {
 /// The worker process survives: the events whose acknowledgements were lost with the server
 /// come again, and are recognised by their record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_runs_each_event_once_when_the_server_is_killed_and_restarted() {
+async fn exactly_once_runs_each_event_once_when_the_server_restarts() {
     let duplicates = server_restart(DeliveryMode::ExactlyOnce, 20_000).await;
     assert_eq!(duplicates, 0);
 }
 
-/// Kills and restarts the server (with its store) while `events` tells flow to a worker of
-/// this process; every event is processed; returns how many were processed twice.
+/// Stops the server (SIGTERM) and restarts it with its store while `events` tells flow to a
+/// worker of this process; every event is processed; returns how many were processed twice.
+///
+/// Not SIGKILL: a single nats-server (2.9) acknowledges a publish before its store reaches the
+/// file, and a SIGKILL lost ~2% of 100k acknowledged events in one CI run. That is the
+/// server's guarantee, not ours (WIRE.md, "Durable delivery"); with 3 replicas a SIGKILLed
+/// member loses nothing (`durable_cluster.rs`).
 async fn server_restart(mode: DeliveryMode, events: u64) -> u32 {
     let mut server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
     let url = server.url();
@@ -309,9 +314,9 @@ async fn server_restart(mode: DeliveryMode, events: u64) -> u32 {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    server.stop();
+    server.terminate();
     println!(
-        "server killed after {} events",
+        "server stopped after {} events",
         processed.load(Ordering::Relaxed)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

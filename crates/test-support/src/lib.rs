@@ -536,6 +536,35 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server gracefully (SIGTERM, sent with `nats-server --signal term=<pid>`) and
+    /// waits for it to exit; kills it if it has not exited after 10 seconds.
+    ///
+    /// Unlike [`stop`](Self::stop), the server writes out its JetStream store first: nats-server
+    /// acknowledges a publish before its store reaches the file, so a SIGKILL can lose what a
+    /// single server acknowledged in its last moments. Idempotent; keeps the port and the store
+    /// for [`restart`](Self::restart).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let signalled = Command::new(nats_server_binary())
+            .arg("--signal")
+            .arg(format!("term={}", child.id()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while signalled && Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Stops the server (if running) and starts it again on the same port
     /// with the same options, waiting until it is ready.
     ///
