@@ -221,39 +221,16 @@ fn invalid(key: &str, problem: impl fmt::Display) -> Error {
     )
 }
 
-/// `*` matches any run of characters (including none).
-fn glob_matches(glob: &str, s: &str) -> bool {
-    let parts: Vec<&str> = glob.split('*').collect();
-    if parts.len() == 1 {
-        return glob == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 impl DurableConfig {
     /// The settings of `node_id` if it is durable.
     pub fn node(&self, node_id: &str) -> Option<&DurableNode> {
-        if let Some(n) = self.nodes.get(node_id) {
-            return Some(n);
-        }
+        // ties: the alphabetically first pattern (the map's order)
         let mut best: Option<(&DurableNode, usize)> = None;
         for (glob, n) in &self.nodes {
-            if glob.contains('*') && glob_matches(glob, node_id) {
-                let literal = glob.chars().filter(|c| *c != '*').count();
-                if best.is_none_or(|(_, b)| literal > b) {
-                    best = Some((n, literal));
-                }
+            if let Some(rank) = happen::config::pattern_rank(glob, node_id)
+                && best.is_none_or(|(_, b)| rank > b)
+            {
+                best = Some((n, rank));
             }
         }
         best.map(|(n, _)| n)

@@ -265,20 +265,12 @@ impl PatternOverrides {
 
     /// The entry that applies to `node_id` (see the [module docs](self) for precedence).
     pub fn select(&self, node_id: &str) -> Option<(&str, &PartialLimits)> {
-        if let Some((p, l)) = self
-            .0
-            .iter()
-            .find(|(p, _)| !p.contains('*') && p == node_id)
-        {
-            return Some((p, l));
-        }
         let mut best: Option<(&(String, PartialLimits), usize)> = None;
         for entry in &self.0 {
-            if entry.0.contains('*') && glob_matches(&entry.0, node_id) {
-                let literal = entry.0.chars().filter(|c| *c != '*').count();
-                if best.is_none_or(|(_, b)| literal > b) {
-                    best = Some((entry, literal));
-                }
+            if let Some(rank) = pattern_rank(&entry.0, node_id)
+                && best.is_none_or(|(_, b)| rank > b)
+            {
+                best = Some((entry, rank));
             }
         }
         best.map(|((p, l), _)| (p.as_str(), l))
@@ -317,6 +309,24 @@ impl<'de> Deserialize<'de> for PatternOverrides {
         }
         d.deserialize_map(V)
     }
+}
+
+/// How well the node-id pattern `pattern` fits `node_id`, for choosing among patterns as the
+/// concurrency overrides do (and other per-node settings may): `None` if it does not match;
+/// the highest rank for an exact id (a pattern without `*`); otherwise the number of literal
+/// characters, so `api-gw-*` outranks `api-*`. `*` matches any run of characters.
+///
+/// ```
+/// use happen::config::pattern_rank;
+/// assert_eq!(pattern_rank("api-gw", "api-gw"), Some(usize::MAX));
+/// assert!(pattern_rank("api-gw-*", "api-gw-1") > pattern_rank("api-*", "api-gw-1"));
+/// assert_eq!(pattern_rank("api-*", "web-1"), None);
+/// ```
+pub fn pattern_rank(pattern: &str, node_id: &str) -> Option<usize> {
+    if !pattern.contains('*') {
+        return (pattern == node_id).then_some(usize::MAX);
+    }
+    glob_matches(pattern, node_id).then(|| pattern.chars().filter(|c| *c != '*').count())
 }
 
 /// `*` matches any run of characters (including none).
