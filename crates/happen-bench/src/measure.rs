@@ -320,6 +320,26 @@ impl Countdown {
             let _ = tokio::time::timeout(Duration::from_millis(5), self.notify.notified()).await;
         }
     }
+
+    /// Waits for the target, giving up once the count has not moved for `idle` (lost
+    /// messages); returns when the last hit came (the target, or the last count change).
+    pub(crate) async fn wait_or_idle(&self, idle: std::time::Duration) -> std::time::Instant {
+        let mut last = (self.count(), std::time::Instant::now());
+        loop {
+            if tokio::time::timeout(std::time::Duration::from_millis(100), self.wait())
+                .await
+                .is_ok()
+            {
+                return std::time::Instant::now();
+            }
+            let c = self.count();
+            if c != last.0 {
+                last = (c, std::time::Instant::now());
+            } else if last.1.elapsed() >= idle {
+                return last.1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -334,21 +334,7 @@ async fn happen_broadcast(url: String, n: u64) -> RunResult {
         }
     }
     // Wait for the last delivery; give up once nothing arrived for `IDLE`.
-    let mut last = (done.count(), Instant::now());
-    let end = loop {
-        if tokio::time::timeout(Duration::from_millis(100), done.wait())
-            .await
-            .is_ok()
-        {
-            break Instant::now();
-        }
-        let c = done.count();
-        if c != last.0 {
-            last = (c, Instant::now());
-        } else if last.1.elapsed() >= IDLE {
-            break last.1;
-        }
-    };
+    let end = done.wait_or_idle(IDLE).await;
     let elapsed = end.duration_since(start);
     let got = done.count();
     let rejected = sub.stats().rejected;
