@@ -3,18 +3,18 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::admission::Pressure;
 use crate::config::Config;
-use crate::engine::Pressure;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::id::NodeId;
-use crate::node::{Node, NodeOptions, Target, validate_node_id};
+use crate::node::{Instance, Node, NodeOptions, Scope, Target, validate_node_id};
 use crate::stream::ReplySender;
 use crate::transport::{Inbox, LocalTransport, Transport};
 
@@ -60,8 +60,8 @@ pub(crate) struct HappenShared {
     config: Config,
     dispatch: Dispatch,
     nodes: Mutex<HashMap<NodeId, Node>>,
-    closed: AtomicBool,
-    cpu: std::sync::OnceLock<Arc<rayon::ThreadPool>>,
+    /// Closed flag, CPU pool and routing facts shared with every node.
+    scope: Arc<Scope>,
 }
 
 enum Dispatch {
@@ -117,12 +117,16 @@ impl HappenBuilder {
             None => Dispatch::Local(Arc::new(LocalTransport::new())),
             Some(t) => Dispatch::Custom(t),
         };
+        let scope = Arc::new(Scope::new(
+            matches!(dispatch, Dispatch::Local(_)),
+            self.config.streams.broadcast_buffer,
+            self.config.cpu.threads,
+        ));
         let shared = Arc::new(HappenShared {
             config: self.config,
             dispatch,
             nodes: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-            cpu: std::sync::OnceLock::new(),
+            scope,
         });
         Ok(Happen {
             _owner: Arc::new(Owner(Arc::downgrade(&shared))),
@@ -193,13 +197,19 @@ impl Happen {
     pub async fn node_with(&self, id: impl Into<NodeId>, options: NodeOptions) -> Result<Node> {
         let id = id.into();
         validate_node_id(&id)?;
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.scope.is_closed() {
             return Err(Error::new(
                 ErrorKind::ShutDown,
                 "this happen instance is shut down; create a new one",
             ));
         }
-        let node = Node::create(id.clone(), self.shared.clone(), options)?;
+        let node = Node::create(
+            id.clone(),
+            self.shared.clone(),
+            self.shared.scope.clone(),
+            &self.shared.config,
+            options,
+        )?;
         {
             let mut nodes = self.shared.nodes.lock();
             if nodes.contains_key(&id) {
@@ -243,7 +253,7 @@ impl Happen {
     /// Sends from this instance are refused from the first poll; dropping the future early
     /// skips the waiting and leaves remaining flows running until they finish.
     pub async fn shutdown(&self, deadline: Duration) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.scope.close();
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
         let until = tokio::time::Instant::now() + deadline;
         if let Dispatch::Custom(t) = &self.shared.dispatch {
@@ -259,13 +269,13 @@ impl Happen {
                 .is_err()
             {
                 for n in &nodes {
-                    n.engine().close(n, true);
+                    n.close_now(true);
                 }
                 detached.await;
             }
         }
         for n in &nodes {
-            n.engine().close(n, false);
+            n.close_now(false);
         }
         let all_drained =
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
@@ -275,7 +285,7 @@ impl Happen {
                 "shutdown deadline passed; cancelling the remaining flows"
             );
             for n in &nodes {
-                n.engine().close(n, true);
+                n.close_now(true);
             }
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained())).await;
         }
@@ -303,30 +313,12 @@ impl Drop for Creating<'_> {
             if self.shared.unregister(&node) {
                 self.shared.detach_later(vec![node.id().clone()], false);
             }
-            node.engine().close(&node, true);
+            node.close_now(true);
         }
     }
 }
 
 impl HappenShared {
-    /// Removes `node` from the registry, if it is still the node of its id.
-    pub(crate) fn unregister(&self, node: &Node) -> bool {
-        let mut nodes = self.nodes.lock();
-        match nodes.get(node.id()) {
-            Some(n) if Arc::ptr_eq(&n.shared, &node.shared) => nodes.remove(node.id()).is_some(),
-            _ => false,
-        }
-    }
-
-    /// Detaches `node` from the transport (the node stays open meanwhile, so what reached it
-    /// is answered).
-    pub(crate) async fn detach(&self, node: &Node) {
-        match &self.dispatch {
-            Dispatch::Local(t) => t.detach(node.id()).await,
-            Dispatch::Custom(t) => t.detach(node.id()).await,
-        }
-    }
-
     /// Detaches `ids` in the background (from `Drop`, which cannot wait), then stops the
     /// transport if `then_shutdown`.
     fn detach_later(&self, ids: Vec<NodeId>, then_shutdown: bool) {
@@ -362,12 +354,12 @@ impl HappenShared {
 
     /// Shuts down at once: the last `Happen` handle was dropped (without `shutdown`).
     fn close_now(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) && self.nodes.lock().is_empty() {
+        if self.scope.close() && self.nodes.lock().is_empty() {
             return; // shut down already
         }
         let nodes: Vec<Node> = self.nodes.lock().drain().map(|(_, n)| n).collect();
         for n in &nodes {
-            n.engine().close(n, true);
+            n.close_now(true);
         }
         if let Dispatch::Local(t) = &self.dispatch {
             t.clear();
@@ -375,76 +367,49 @@ impl HappenShared {
         self.detach_later(nodes.iter().map(|n| n.id().clone()).collect(), true);
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
     pub(crate) fn local_node(&self, id: &str) -> Option<Node> {
         self.nodes.lock().get(id).cloned()
     }
+}
 
-    /// The CPU pool, started on first use.
-    pub(crate) fn cpu_pool(&self) -> Result<Arc<rayon::ThreadPool>> {
-        if let Some(p) = self.cpu.get() {
-            return Ok(p.clone());
-        }
-        let pool = Arc::new(crate::cpu::build_pool(self.config.cpu.threads)?);
-        Ok(self.cpu.get_or_init(|| pool).clone())
-    }
-
-    pub(crate) fn dispatch(
-        &self,
-        target: Target<'_>,
-        event: Event,
-        reply: Option<ReplySender>,
-    ) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            // The transport forgets its nodes at shutdown; say why instead of `UnknownNode`.
-            return Err(Error::new(
-                ErrorKind::ShutDown,
-                format!(
-                    "this happen instance is shut down; nothing was sent to `{}`",
-                    target.id()
-                ),
-            )
-            .with_node(target.id()));
-        }
+impl Instance for HappenShared {
+    fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
         match &self.dispatch {
-            Dispatch::Local(t) => match target {
-                Target::Node(node) if std::ptr::eq(&*node.shared.happen, self) => {
-                    node.admit(event, reply.map(|r| r.0), None)
-                }
-                target => t.send(target.id(), event, reply),
-            },
+            Dispatch::Local(t) => t.send(target.id(), event, reply),
             Dispatch::Custom(t) => t.send(target.id(), event, reply),
         }
     }
 
-    /// Does this instance use the in-process transport (whose engine nudges replies)?
-    pub(crate) fn is_local(&self) -> bool {
-        matches!(self.dispatch, Dispatch::Local(_))
-    }
-
-    pub(crate) fn broadcast(&self, event: Event) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::ShutDown,
-                "this happen instance is shut down; nothing was broadcast",
-            ));
-        }
+    fn broadcast(&self, event: Event) -> Result<()> {
         match &self.dispatch {
             Dispatch::Local(t) => t.broadcast(event),
             Dispatch::Custom(t) => t.broadcast(event),
         }
     }
 
-    pub(crate) fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
-        match (&self.dispatch, target) {
-            (Dispatch::Local(_), Target::Node(n)) if std::ptr::eq(&*n.shared.happen, self) => {
-                Some(n.watch_pressure())
-            }
-            (Dispatch::Local(t), target) => t.pressure(target.id()),
-            (Dispatch::Custom(t), target) => t.pressure(target.id()),
+    fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
+        match &self.dispatch {
+            Dispatch::Local(t) => t.pressure(target.id()),
+            Dispatch::Custom(t) => t.pressure(target.id()),
+        }
+    }
+
+    fn local_node(&self, id: &str) -> Option<Node> {
+        HappenShared::local_node(self, id)
+    }
+
+    fn unregister(&self, node: &Node) -> bool {
+        let mut nodes = self.nodes.lock();
+        match nodes.get(node.id()) {
+            Some(n) if Arc::ptr_eq(&n.shared, &node.shared) => nodes.remove(node.id()).is_some(),
+            _ => false,
+        }
+    }
+
+    fn detach<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
+        match &self.dispatch {
+            Dispatch::Local(t) => t.detach(node.id()),
+            Dispatch::Custom(t) => t.detach(node.id()),
         }
     }
 }

@@ -9,39 +9,32 @@
 //! - [`config`]: configuration (concurrency defaults and node-id pattern overrides);
 //! - [`transport`]: the `Transport` trait and the in-process transport.
 
-mod context;
-pub mod cpu;
-mod engine;
+// The layers, bottom up; each module uses only those above it in this list (checked in CI
+// by `module-cycles.py`). See DESIGN.md, "Where things live".
+mod admission;
+pub mod config;
 mod error;
-mod handler;
+pub mod event;
 mod happen;
 mod id;
 mod node;
 mod reply;
-mod reply_stream;
-mod slot;
-mod state;
-
-pub mod config;
-pub mod event;
-pub mod flow;
-pub mod pattern;
 pub mod stream;
 pub mod transport;
 
+pub use crate::event::pattern;
+pub use crate::node::{cpu, flow};
+
+pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
-pub use crate::context::Context;
-pub use crate::engine::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
 pub use crate::event::{Causal, Event, EventType};
-pub use crate::flow::{Flow, IntoFlow, Json, Step};
-pub use crate::handler::Handler;
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
-pub use crate::node::{Node, NodeOptions, SequentialKey, Target};
-pub use crate::reply::Reply;
-pub use crate::reply_stream::{Outcome, ReplyStream, TypedStream};
-pub use crate::stream::Emitter;
+pub use crate::node::{
+    Context, Emitter, Flow, Handler, IntoFlow, Json, Node, NodeOptions, SequentialKey, Step, Target,
+};
+pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 pub use crate::transport::{Inbox, LocalTransport, Transport};
 
 /// The names most programs need: `use happen::prelude::*;`.

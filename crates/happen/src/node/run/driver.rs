@@ -11,103 +11,28 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 
-use crossbeam_queue::{ArrayQueue, SegQueue};
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
-use super::flow_task::{FlowTask, StepCache, panic_message};
-use super::queue::Admitted;
+use super::flow_task::{FlowTask, StepCache};
+use crate::admission::Engine;
+use crate::error::panic_message;
 use crate::node::{Node, NodeShared};
 
 /// Flows a driver starts per poll before it yields to other tasks.
 const BUDGET: usize = 128;
 
-/// Up to this `max_concurrent`, the ready queue is a preallocated ring (no allocation per
-/// block of events); above it, an unbounded segmented queue.
-const RING_UP_TO: usize = 4096;
-
-/// Admitted events holding a slot, waiting for a driver. Only slot holders enter it, so it
-/// never holds more than `max_concurrent` events: up to [`RING_UP_TO`] that is a preallocated
-/// ring; above it (or, never expected, when the ring is full) the segmented queue.
-struct Ready {
-    ring: Option<ArrayQueue<Admitted>>,
-    segments: SegQueue<Admitted>,
-    /// Set (for good) before the first event goes into `segments` while a ring exists, so
-    /// the usual pop and emptiness check skip the segmented queue (a failed pop there costs
-    /// more than the ring's).
-    spilled: AtomicBool,
-}
-
-impl Ready {
-    fn new(max_running: u64) -> Ready {
-        let ring = match usize::try_from(max_running) {
-            Ok(n) if n <= RING_UP_TO => Some(ArrayQueue::new(n.max(1))),
-            _ => None,
-        };
-        Ready {
-            ring,
-            segments: SegQueue::new(),
-            spilled: AtomicBool::new(false),
-        }
-    }
-
-    #[inline]
-    fn push(&self, p: Admitted) {
-        let p = match &self.ring {
-            Some(ring) => match ring.push(p) {
-                Ok(()) => return,
-                Err(p) => {
-                    // Before the push: whoever sees the event in `segments` sees the flag.
-                    self.spilled.store(true, Ordering::SeqCst);
-                    p
-                }
-            },
-            None => p,
-        };
-        self.segments.push(p);
-    }
-
-    /// Are there (or may there soon be) events in `segments`?
-    fn segmented(&self) -> bool {
-        self.ring.is_none() || self.spilled.load(Ordering::SeqCst)
-    }
-
-    #[inline]
-    fn pop(&self) -> Option<Admitted> {
-        match &self.ring {
-            Some(ring) => ring.pop().or_else(|| {
-                if self.segmented() {
-                    self.segments.pop()
-                } else {
-                    None
-                }
-            }),
-            None => self.segments.pop(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ring.as_ref().is_none_or(ArrayQueue::is_empty)
-            && (!self.segmented() || self.segments.is_empty())
-    }
-}
-
 /// The running side of one node.
 pub(crate) struct Runner {
-    /// Admitted events holding a slot, waiting for a driver.
-    ready: Ready,
     /// Held while taking an event from `ready` and calling its first step, so flows start in
     /// the order they were admitted even when several drivers run.
     start: Mutex<()>,
     /// Bit `i` set: driver `i` is parked and may be woken.
     idle: AtomicU64,
-    /// Set by a cancelling close: events still found in `ready` are answered `ShutDown`
-    /// instead of started, and waiting flows are not moved to a task any more.
-    cancelled: std::sync::atomic::AtomicBool,
     /// Drivers started so far (they live as long as the node).
     drivers: AtomicUsize,
     max_drivers: usize,
@@ -125,7 +50,7 @@ struct Waiting {
 }
 
 impl Runner {
-    pub(crate) fn new(max_running: u64) -> crate::Result<Runner> {
+    pub(crate) fn new() -> crate::Result<Runner> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             crate::Error::new(
                 crate::ErrorKind::InvalidConfig,
@@ -134,10 +59,8 @@ impl Runner {
         })?;
         let max_drivers = runtime.metrics().num_workers().clamp(1, 64);
         Ok(Runner {
-            ready: Ready::new(max_running),
             start: Mutex::new(()),
             idle: AtomicU64::new(0),
-            cancelled: std::sync::atomic::AtomicBool::new(false),
             drivers: AtomicUsize::new(0),
             max_drivers,
             wakers: (0..max_drivers).map(|_| AtomicWaker::new()).collect(),
@@ -147,22 +70,6 @@ impl Runner {
             }),
             runtime,
         })
-    }
-
-    /// Queues an event that holds a slot (callers wake a driver with [`Runner::notify`]).
-    pub(crate) fn push(&self, p: Admitted) {
-        self.ready.push(p);
-    }
-
-    /// Takes every event still waiting for a driver, and makes drivers cancel what they find
-    /// from now on (for cancellation).
-    pub(crate) fn drain(&self) -> Vec<Admitted> {
-        // Not under the start lock: the closing thread may be inside a handler's synchronous
-        // part, which runs under it (dropping the last `Happen` handle there closes
-        // everything). A driver that took an event just before is fine: once `cancelled` is
-        // set, its flow is cancelled if it waits, and answers normally if it does not.
-        self.cancelled.store(true, Ordering::Release);
-        std::iter::from_fn(|| self.ready.pop()).collect()
     }
 
     /// Makes sure a driver will see the ready queue: wakes a parked one, or starts one more
@@ -202,12 +109,12 @@ impl Runner {
     }
 
     /// Moves a flow that is waiting into its own task.
-    fn spawn(&self, task: FlowTask) {
+    fn spawn(&self, task: FlowTask, engine: &Engine) {
         let handle = self.runtime.spawn(task).abort_handle();
         let mut w = self.waiting.lock();
         // A cancelling close sets `cancelled` before it takes the handles under this lock:
         // a flow moved to its task after that is cancelled here instead of being missed.
-        if self.cancelled.load(Ordering::Acquire) {
+        if engine.is_cancelled() {
             handle.abort();
             return;
         }
@@ -251,7 +158,7 @@ fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Sen
             })) {
                 Ok(poll) => poll,
                 Err(panic) => {
-                    node.engine().fault(&node, &panic_message(&*panic));
+                    node.engine().fault(&panic_message(&*panic));
                     cache = StepCache::default();
                     cx.waker().wake_by_ref();
                     Poll::Pending
@@ -278,11 +185,8 @@ impl Drop for DriverGuard {
         if engine.is_drained() {
             return;
         }
-        engine.fault(
-            &node,
-            "a driver of this node ended (its runtime shut down?)",
-        );
-        engine.close(&node, true);
+        engine.fault("a driver of this node ended (its runtime shut down?)");
+        node.close_now(true);
     }
 }
 
@@ -295,7 +199,7 @@ fn drive_once(
     cx: &mut std::task::Context<'_>,
 ) -> Poll<()> {
     let engine = node.engine();
-    let run = &engine.run;
+    let run = node.runner();
     let bit = 1u64 << index;
     let mut started = 0;
     // The context of the last flow that finished on its first poll, for the next flow to
@@ -305,8 +209,8 @@ fn drive_once(
     loop {
         let task = {
             let _g = run.start.lock();
-            run.ready
-                .pop()
+            engine
+                .pop_ready()
                 .map(|p| FlowTask::start(node, p, cache, &mut spare))
         };
         let Some(mut task) = task else {
@@ -315,7 +219,7 @@ fn drive_once(
             }
             run.wakers[index].register(cx.waker());
             run.idle.fetch_or(bit, Ordering::AcqRel);
-            if run.ready.is_empty() && !engine.is_drained() {
+            if engine.ready_is_empty() && !engine.is_drained() {
                 return Poll::Pending;
             }
             // Work arrived (or the node drained) while parking: take the bit back. If a
@@ -326,15 +230,15 @@ fn drive_once(
         match Pin::new(&mut task).poll(cx) {
             // Keep the context only when another event is already waiting: a driver that is
             // about to park would just drop it (a parked driver keeps nothing of its node).
-            Poll::Ready(()) if !run.ready.is_empty() => {
+            Poll::Ready(()) if !engine.ready_is_empty() => {
                 let ctx = task.context();
                 drop(task);
                 spare = ctx.into_spare();
             }
             Poll::Ready(()) => {}
-            Poll::Pending if !run.cancelled.load(Ordering::Acquire) => {
+            Poll::Pending if !engine.is_cancelled() => {
                 task.nudge(); // the flow waits: its sender arms its timeout now
-                run.spawn(task);
+                run.spawn(task, engine);
             }
             Poll::Pending => drop(task), // cancelled: answers `ShutDown`
         }

@@ -9,7 +9,11 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{CorrelationId, EventId, NodeId, SharedStr};
-use crate::stream::BroadcastSource;
+
+mod clock;
+pub mod pattern;
+
+pub(crate) use clock::now_ms;
 
 /// An event: a type (`order.created`), a payload, a priority and its causal context.
 ///
@@ -41,8 +45,6 @@ struct EventInner {
     causal: Causal,
     /// A correlation id the user asked for on a root event.
     explicit_correlation: Option<CorrelationId>,
-    /// For a broadcast reaching a streaming handler: where its items go to subscribers.
-    broadcast: Option<Arc<BroadcastSource>>,
 }
 
 /// The causal context of an event (Happen's `context.causal`).
@@ -129,33 +131,6 @@ fn empty_node() -> NodeId {
     NodeId::from_static("")
 }
 
-/// Milliseconds since the Unix epoch, cheaply: the coarse monotonic clock (a few ms of
-/// resolution, no hardware counter read) plus an offset to the real-time clock that is
-/// re-read at most once a second. Reading the precise real-time clock for every event was
-/// 8% of a request/reply round trip on the benchmark machines. A real-time clock set before
-/// 1970 reads as 0 instead of panicking.
-pub(crate) fn now_ms() -> u64 {
-    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-    static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-    static SYNCED_AT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
-
-    // coarsetime ticks are seconds in fixed point with 32 fractional bits.
-    let ticks = coarsetime::Instant::now_without_cache_update().as_ticks();
-    let mono_ms = ((ticks as u128 * 1000) >> 32) as u64;
-    let synced = SYNCED_AT_MS.load(Ordering::Relaxed);
-    if synced == u64::MAX || mono_ms.saturating_sub(synced) >= 1000 {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        // Racing threads store offsets read a moment apart: either is right to the clock's
-        // resolution.
-        OFFSET_MS.store(wall_ms as i64 - mono_ms as i64, Ordering::Relaxed);
-        SYNCED_AT_MS.store(mono_ms, Ordering::Relaxed);
-        return wall_ms;
-    }
-    (mono_ms as i64 + OFFSET_MS.load(Ordering::Relaxed)).max(0) as u64
-}
-
 impl Causal {
     /// This event's id (`evt-<uuid>`).
     pub fn id(&self) -> &EventId {
@@ -206,7 +181,6 @@ impl Event {
                     timestamp: 0,
                 },
                 explicit_correlation: None,
-                broadcast: None,
             }),
         }
     }
@@ -322,15 +296,6 @@ impl Event {
         self.inner.causal.path.as_slice()
     }
 
-    pub(crate) fn with_broadcast_source(mut self, source: Arc<BroadcastSource>) -> Event {
-        Arc::make_mut(&mut self.inner).broadcast = Some(source);
-        self
-    }
-
-    pub(crate) fn broadcast_source(&self) -> Option<&Arc<BroadcastSource>> {
-        self.inner.broadcast.as_ref()
-    }
-
     /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
     pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
         if self.inner.event_type.is_empty() {
@@ -339,7 +304,6 @@ impl Event {
             ));
         }
         let inner = Arc::make_mut(&mut self.inner);
-        inner.broadcast = None;
         let c = &mut inner.causal;
         c.id = EventId::new();
         c.sender = sender.clone();
@@ -548,7 +512,6 @@ impl<'de> Deserialize<'de> for Event {
                 priority,
                 causal,
                 explicit_correlation: None,
-                broadcast: None,
             }),
         })
     }
@@ -608,22 +571,5 @@ mod tests {
         assert!(serde_json::from_value::<Event>(bad).is_err());
         let minimal: Event = serde_json::from_value(json!({"type": "x"})).unwrap();
         assert_eq!(minimal.payload(), &Value::Null);
-    }
-}
-
-#[cfg(test)]
-mod clock_tests {
-    #[test]
-    fn now_ms_follows_the_real_time_clock() {
-        for _ in 0..3 {
-            let wall = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
-            let ours = super::now_ms() as i64;
-            // Coarse clock resolution (a few ms) plus scheduling slack.
-            assert!((ours - wall).abs() < 50, "now_ms {ours} vs wall {wall}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
     }
 }

@@ -10,24 +10,14 @@ use std::task::{Context as TaskContext, Poll};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::queue::{Admitted, LaneKey};
-use crate::context::Context;
-use crate::error::{Error, ErrorKind, Result};
-use crate::flow::{ErasedStep, Flow};
+use crate::admission::{Admitted, LaneKey};
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::id::SharedStr;
 use crate::node::Node;
-use crate::stream::{Delivered, FlowStream};
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
+use crate::node::context::Context;
+use crate::node::emitter::{Delivered, FlowStream};
+use crate::node::flow::{ErasedStep, Flow};
+use crate::stream::BroadcastRole;
 
 /// Runs `f` inside `span`. A span no subscriber wants (the usual case in production) is not
 /// entered at all: entering even a disabled span costs a few dozen instructions per call,
@@ -91,7 +81,11 @@ impl FlowTask {
         spare: &mut Option<Context>,
     ) -> FlowTask {
         let event = p.event;
-        let source = event.broadcast_source().cloned();
+        let (source, items) = match p.broadcast {
+            Some(BroadcastRole::Producer(source)) => (Some(source), None),
+            Some(BroadcastRole::Subscriber(items)) => (None, Some(items)),
+            None => (None, None),
+        };
         let span = tracing::debug_span!(
             "happen.flow",
             node = %node.id(),
@@ -101,7 +95,7 @@ impl FlowTask {
         );
         let step = cache.lookup(node, event.event_type_shared());
         let stream = FlowStream::new(p.reply, node.stream_buffer(), source);
-        let ctx = Context::new_reusing(spare, node, event, stream, p.items);
+        let ctx = Context::new_reusing(spare, node, event, stream, items);
         let mut task = FlowTask {
             ctx,
             step: None,
@@ -157,7 +151,7 @@ impl FlowTask {
         self.finished = true;
         let lane = self.lane.take();
         let node = self.ctx.node();
-        node.engine().release(node, lane);
+        node.release(lane);
         // A stream stopped because its consumer went away is what the consumer asked for.
         let consumer_gone = outcome.is_err()
             && self
@@ -255,7 +249,7 @@ impl Drop for FlowTask {
         self.step = None;
         self.finished = true;
         let node = self.ctx.node().clone();
-        node.engine().release(&node, self.lane.take());
+        node.release(self.lane.take());
         node.engine().count_finished(true);
         let e = Error::shut_down(self.ctx.node_id());
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {

@@ -5,42 +5,40 @@
 //!   While a slot is free and nothing waits, a sender takes a slot with one compare-and-swap
 //!   and no lock. Otherwise it takes the node's short admission lock to queue the event (or
 //!   park it behind its sequential lane, or reject it with `QueueFull`).
-//! - [`driver`]: events holding a slot are started by the node's drivers; flows that wait move
-//!   to their own task (see that module for why).
-//! - [`flow_task`]: one flow, the Event Continuum runner, inside its panic boundary.
+//! - Events holding a slot wait in the [`ready`] queue for the node's drivers (`node::run`).
 //! - [`queue`], [`pressure`], [`stats`]: what waits, the backpressure hysteresis, the counters.
+//!
+//! The engine knows nothing of nodes, flows or transports: calls that change what runs return
+//! [`Effects`] (start a driver, wake drivers, announce a pressure change) for the node to apply.
 
-mod driver;
-mod flow_task;
 mod pressure;
 mod queue;
+mod ready;
 mod stats;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::event::Event;
-use crate::id::SharedStr;
-use crate::node::{Node, SequentialKey};
-use crate::slot::SlotSender;
-use crate::stream::{Frame, Response};
+use crate::id::NodeId;
+use crate::stream::{Response, SlotSender};
 
-pub(crate) use flow_task::panic_message;
 pub(crate) use pressure::PressureChange;
 pub use pressure::{PRESSURE_EVENT, Pressure};
+pub(crate) use queue::{Admitted, LaneKey};
 pub use stats::NodeStats;
+pub(crate) use stats::Unobserved;
 
-use driver::Runner;
 use pressure::Levels;
-use queue::{Admitted, LaneKey, Lanes, Queue};
+use queue::{Lanes, Queue};
+use ready::Ready;
 use stats::{Metrics, WaitHistogram};
 
 // The admission word: running flows in the low 32 bits, queued events in bits 32..63, and
@@ -90,12 +88,40 @@ struct Slow {
     aborted: bool,
 }
 
-/// Admission state and the running side of one node.
+/// What a change of the admission state asks of the node (see [`Engine`]).
+#[must_use = "the node applies these: a started event needs a driver"]
+#[derive(Default)]
+pub(crate) struct Effects {
+    /// An event now holds a slot in the ready queue: make sure a driver will take it.
+    pub(crate) start: bool,
+    /// The node closed (and may have drained): wake parked drivers so they notice.
+    pub(crate) wake_all: bool,
+    /// A pressure transition to announce.
+    pub(crate) pressure: PressureChange,
+}
+
+impl Effects {
+    fn merge(&mut self, other: Effects) {
+        self.start |= other.start;
+        self.wake_all |= other.wake_all;
+        if other.pressure.is_some() {
+            self.pressure = other.pressure;
+        }
+    }
+}
+
+/// Admission state of one node, and its ready queue.
 pub(crate) struct Engine {
     hot: CachePadded<Hot>,
     done: CachePadded<Done>,
     slow: Mutex<Slow>,
-    pub(crate) run: Runner,
+    /// Events holding a slot, waiting for a driver.
+    ready: Ready,
+    /// Set by a cancelling close: events still found in `ready` are answered `ShutDown`
+    /// instead of started, and waiting flows are not moved to a task any more.
+    cancelled: AtomicBool,
+    id: NodeId,
+    unobserved: Arc<Unobserved>,
     limits: Limits,
     max_running: u64,
     queue_limit: u64,
@@ -109,8 +135,9 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(node: &str, limits: Limits, lanes: bool) -> Result<Engine> {
-        Ok(Engine {
+    pub(crate) fn new(node: &NodeId, limits: Limits, lanes: bool) -> Engine {
+        let max_running = (limits.max_concurrent as u64).min(MAX_COUNT);
+        Engine {
             hot: CachePadded::new(Hot {
                 word: AtomicU64::new(0),
                 accepted: AtomicU64::new(0),
@@ -133,8 +160,11 @@ impl Engine {
                 waits: WaitHistogram::default(),
                 aborted: false,
             }),
-            run: Runner::new((limits.max_concurrent as u64).min(MAX_COUNT))?,
-            max_running: (limits.max_concurrent as u64).min(MAX_COUNT),
+            ready: Ready::new(max_running),
+            cancelled: AtomicBool::new(false),
+            id: node.clone(),
+            unobserved: Arc::new(Unobserved::new(node.clone())),
+            max_running,
             queue_limit: (limits.queue_limit as u64).min(MAX_COUNT),
             lanes,
             levels: Levels::new(limits.backpressure_threshold, limits.queue_limit),
@@ -142,7 +172,12 @@ impl Engine {
             metrics: Metrics::new(node),
             limits,
             drained: Notify::new(),
-        })
+        }
+    }
+
+    /// The node's counter of failures nobody observed (shared with failed replies).
+    pub(crate) fn unobserved(&self) -> &Arc<Unobserved> {
+        &self.unobserved
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -152,28 +187,13 @@ impl Engine {
     // ---- admission -----------------------------------------------------------------------
 
     /// Admits an event: starts it, queues it, or rejects it with `QueueFull` (a displaced
-    /// event's sender is answered here).
+    /// event's sender is answered here). The event's lane (for a node with sequential lanes)
+    /// is computed by the caller.
     ///
     /// # Errors
-    /// `QueueFull`, `ShutDown`, or `Panic` if the node's lane-key function panicked.
-    pub(crate) fn admit(
-        &self,
-        node: &Node,
-        event: Event,
-        reply: Option<SlotSender>,
-        items: Option<broadcast::Receiver<Frame>>,
-    ) -> Result<()> {
-        let lane = match node.sequential_key() {
-            Some(key) => Some(self.lane_key(node, key, &event)?),
-            None => None,
-        };
-        let p = Admitted {
-            event,
-            reply,
-            enqueued: None,
-            items,
-            lane,
-        };
+    /// `QueueFull` or `ShutDown`.
+    #[inline]
+    pub(crate) fn admit(&self, p: Admitted) -> Result<Effects> {
         if !self.lanes {
             // The fast path: a free slot and nobody waiting — one CAS, no lock.
             let word = &self.hot.word;
@@ -184,40 +204,26 @@ impl Engine {
                         self.hot.accepted.fetch_add(1, Ordering::Relaxed);
                         self.metrics.accepted.increment(1);
                         self.metrics.active.set((running(w) + 1) as f64);
-                        self.run.push(p);
-                        self.run.notify(node);
-                        return Ok(());
+                        self.ready.push(p);
+                        return Ok(Effects {
+                            start: true,
+                            ..Effects::default()
+                        });
                     }
                     Err(now) => w = now,
                 }
             }
         }
-        self.admit_slow(node, p)
+        self.admit_slow(p)
     }
 
-    /// Computes the event's lane key; the key function is user code, so a panic fails only
-    /// this event.
-    fn lane_key(&self, node: &Node, key: &SequentialKey, event: &Event) -> Result<LaneKey> {
-        catch_unwind(AssertUnwindSafe(|| match key {
-            SequentialKey::EventType => SharedStr::from(event.event_type().to_owned()),
-            SequentialKey::CorrelationId => SharedStr::from(event.correlation_id().to_string()),
-            SequentialKey::Custom(f) => SharedStr::from(f(event)),
-        }))
-        .map_err(|panic| {
-            // Refused at admission (never accepted), like a full queue.
-            self.hot.rejected.fetch_add(1, Ordering::Relaxed);
-            self.metrics.rejected.increment(1);
-            Error::panic(
-                node.id(),
-                &format!(
-                    "in the node's sequential key function: {}",
-                    panic_message(&*panic)
-                ),
-            )
-        })
+    /// Counts an event refused before admission (its lane key function panicked).
+    pub(crate) fn count_rejected(&self) {
+        self.hot.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected.increment(1);
     }
 
-    fn admit_slow(&self, node: &Node, p: Admitted) -> Result<()> {
+    fn admit_slow(&self, p: Admitted) -> Result<Effects> {
         enum Outcome {
             Started,
             Parked,
@@ -231,7 +237,7 @@ impl Engine {
             let admitted = loop {
                 if w & CLOSED != 0 || slow.aborted {
                     drop(slow);
-                    return Err(Error::shut_down(node.id()));
+                    return Err(Error::shut_down(&self.id));
                 }
                 let free = self.max_running.saturating_sub(running(w));
                 let waiting = queued(w) + slow.lanes.parked as u64;
@@ -241,13 +247,13 @@ impl Engine {
                         if !slow.lanes.is_busy(p.lane.as_ref()) {
                             if let Ok(started) = slow.lanes.claim(p) {
                                 word.fetch_add(RUN, Ordering::AcqRel);
-                                self.run.push(started);
+                                self.ready.push(started);
                             }
                             break Outcome::Started;
                         }
                         if waiting < self.queue_limit + free {
                             if let Some(tx) = &p.reply {
-                                tx.nudge(node.id()); // parked: the answer will not be immediate
+                                tx.nudge(&self.id); // parked: the answer will not be immediate
                             }
                             let _parked = slow.lanes.claim(p);
                             break Outcome::Parked;
@@ -260,7 +266,7 @@ impl Engine {
                             Ordering::Acquire,
                         ) {
                             Ok(_) => {
-                                self.run.push(p);
+                                self.ready.push(p);
                                 break Outcome::Started;
                             }
                             Err(now) => {
@@ -295,7 +301,7 @@ impl Engine {
                         self.metrics.rejected.increment(1);
                         drop(slow);
                         return Err(Error::queue_full(
-                            node.id(),
+                            &self.id,
                             self.limits.queue_limit,
                             p.event.id(),
                         ));
@@ -305,7 +311,7 @@ impl Engine {
             let admitted = match admitted {
                 Outcome::Queued(mut p) => {
                     if let Some(tx) = &p.reply {
-                        tx.nudge(node.id()); // queued: the answer will not be immediate
+                        tx.nudge(&self.id); // queued: the answer will not be immediate
                     }
                     slow.seq += 1;
                     let seq = slow.seq;
@@ -325,17 +331,15 @@ impl Engine {
         };
         self.hot.accepted.fetch_add(1, Ordering::Relaxed);
         self.metrics.accepted.increment(1);
-        if admitted.is_some() {
-            self.run.notify(node);
-        }
         if let Some(d) = displaced {
-            let err = Error::displaced(node.id(), self.limits.queue_limit, d.event.id());
-            answer(node, d.reply, Err(err));
+            let err = Error::displaced(&self.id, self.limits.queue_limit, d.event.id());
+            self.answer(d.reply, Err(err));
         }
-        if change.is_some() {
-            node.announce_pressure(change);
-        }
-        Ok(())
+        Ok(Effects {
+            start: admitted.is_some(),
+            wake_all: false,
+            pressure: change,
+        })
     }
 }
 
@@ -360,9 +364,9 @@ impl Engine {
 
     /// A flow gave its slot back: the next waiting event takes the slot over, or the slot is
     /// freed.
-    pub(crate) fn release(&self, node: &Node, lane: Option<LaneKey>) {
+    pub(crate) fn release(&self, lane: Option<LaneKey>) -> Effects {
         if self.lanes {
-            return self.release_lane(node, lane);
+            return self.release_lane(lane);
         }
         let word = &self.hot.word;
         let mut w = word.load(Ordering::Acquire);
@@ -375,13 +379,15 @@ impl Engine {
                     self.record_wait(&mut slow, &p);
                     // Pushed before the queued count drops, under the lock: a sender that
                     // finds the queue empty and takes the fast path is then behind it (FIFO).
-                    self.run.push(p);
+                    self.ready.push(p);
                     word.fetch_sub(QUEUED, Ordering::AcqRel);
                     let change = self.check_pressure(&mut slow);
                     drop(slow);
-                    self.run.notify(node);
-                    node.announce_pressure(change);
-                    return;
+                    return Effects {
+                        start: true,
+                        wake_all: false,
+                        pressure: change,
+                    };
                 }
                 drop(slow);
                 w = word.load(Ordering::Acquire);
@@ -395,11 +401,14 @@ impl Engine {
             match word.compare_exchange_weak(w, w - RUN, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.metrics.active.set((running(w) - 1) as f64);
-                    if w & CLOSED != 0 && running(w) == 1 && queued(w) == 0 {
+                    let drained = w & CLOSED != 0 && running(w) == 1 && queued(w) == 0;
+                    if drained {
                         self.drained.notify_waiters();
-                        self.run.wake_all();
                     }
-                    return;
+                    return Effects {
+                        wake_all: drained,
+                        ..Effects::default()
+                    };
                 }
                 Err(now) => w = now,
             }
@@ -407,7 +416,7 @@ impl Engine {
     }
 
     /// `release` for a node with sequential lanes (everything under the lock).
-    fn release_lane(&self, node: &Node, lane: Option<LaneKey>) {
+    fn release_lane(&self, lane: Option<LaneKey>) -> Effects {
         let word = &self.hot.word;
         let mut slow = self.slow.lock();
         let mut next = None;
@@ -424,20 +433,22 @@ impl Engine {
         }
         let w = match next {
             Some(p) => {
-                self.run.push(p);
+                self.ready.push(p);
                 word.load(Ordering::Acquire)
             }
             None => word.fetch_sub(RUN, Ordering::AcqRel) - RUN,
         };
         let change = self.check_pressure(&mut slow);
         drop(slow);
-        if w == CLOSED {
+        let drained = w == CLOSED;
+        if drained {
             self.drained.notify_waiters();
-            self.run.wake_all();
-        } else {
-            self.run.notify(node);
         }
-        node.announce_pressure(change);
+        Effects {
+            start: !drained,
+            wake_all: drained,
+            pressure: change,
+        }
     }
 
     fn record_wait(&self, slow: &mut Slow, p: &Admitted) {
@@ -450,10 +461,10 @@ impl Engine {
 
     /// Something in the engine itself (not user code) panicked while running a flow: the
     /// flow fails, the fault is logged and counted, the node keeps running.
-    pub(crate) fn fault(&self, node: &Node, message: &str) {
+    pub(crate) fn fault(&self, message: &str) {
         self.metrics.faults.increment(1);
         self.done.faults.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(node = %node.id(), message, "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)");
+        tracing::error!(node = %self.id, message, "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)");
     }
 
     // ---- pressure ------------------------------------------------------------------------
@@ -500,9 +511,9 @@ impl Engine {
 
     // ---- closing -------------------------------------------------------------------------
 
-    /// Closes admission. With `cancel`, also cancels everything waiting or running: their
-    /// senders get `ShutDown`.
-    pub(crate) fn close(&self, node: &Node, cancel: bool) {
+    /// Closes admission. With `cancel`, also cancels everything waiting for a slot or a
+    /// driver: their senders get `ShutDown` (flows already running are the node's to cancel).
+    pub(crate) fn close(&self, cancel: bool) -> Effects {
         let mut dropped = Vec::new();
         {
             let mut slow = self.slow.lock();
@@ -520,21 +531,43 @@ impl Engine {
         }
         for p in dropped {
             self.count_finished(true);
-            answer(node, p.reply, Err(Error::shut_down(node.id())));
+            self.answer(p.reply, Err(Error::shut_down(&self.id)));
         }
+        let mut effects = Effects::default();
         if cancel {
-            // Events that hold a slot but never started, then flows waiting in their task.
-            for p in self.run.drain() {
+            // Events that hold a slot but never started. Not under the drivers' start lock:
+            // the closing thread may be inside a handler's synchronous part, which runs under
+            // it. A driver that took an event just before is fine: once `cancelled` is set,
+            // its flow is cancelled if it waits, and answers normally if it does not.
+            self.cancelled.store(true, Ordering::Release);
+            while let Some(p) = self.ready.pop() {
                 self.count_finished(true);
-                answer(node, p.reply, Err(Error::shut_down(node.id())));
-                self.release(node, None);
+                self.answer(p.reply, Err(Error::shut_down(&self.id)));
+                effects.merge(self.release(None));
             }
-            self.run.abort_waiting();
         }
         if self.is_drained() {
             self.drained.notify_waiters();
         }
-        self.run.wake_all();
+        effects.wake_all = true;
+        effects
+    }
+
+    /// Has a cancelling close happened?
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// The next event holding a slot, in admission order.
+    #[inline]
+    pub(crate) fn pop_ready(&self) -> Option<Admitted> {
+        self.ready.pop()
+    }
+
+    /// Is nothing waiting for a driver?
+    #[inline]
+    pub(crate) fn ready_is_empty(&self) -> bool {
+        self.ready.is_empty()
     }
 
     /// Closed, with nothing running or waiting.
@@ -555,7 +588,7 @@ impl Engine {
 
     // ---- reading -------------------------------------------------------------------------
 
-    pub(crate) fn stats(&self, unobserved_failures: u64) -> NodeStats {
+    pub(crate) fn stats(&self) -> NodeStats {
         let slow = self.slow.lock();
         let w = self.hot.word.load(Ordering::Acquire);
         NodeStats {
@@ -568,7 +601,7 @@ impl Engine {
             completed: self.done.completed.load(Ordering::Relaxed),
             failed: self.done.failed.load(Ordering::Relaxed),
             cancelled: self.done.cancelled.load(Ordering::Relaxed),
-            unobserved_failures,
+            unobserved_failures: self.unobserved.count(),
             engine_faults: self.done.faults.load(Ordering::Relaxed),
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),
@@ -576,17 +609,19 @@ impl Engine {
     }
 }
 
-/// Sends an outcome to a reply path; logs and counts failures nobody will see.
-fn answer(node: &Node, reply: Option<SlotSender>, outcome: Result<Value>) {
-    let unobserved = match reply {
-        Some(tx) => match tx.send(Response::Done(outcome)) {
-            Ok(()) => None,
-            Err(Response::Done(o)) => Some(o),
-            Err(Response::Stream(_)) => None,
-        },
-        None => Some(outcome),
-    };
-    if let Some(Err(e)) = unobserved {
-        node.unobserved_failure(&e);
+impl Engine {
+    /// Sends an outcome to a reply path; logs and counts failures nobody will see.
+    fn answer(&self, reply: Option<SlotSender>, outcome: Result<Value>) {
+        let unobserved = match reply {
+            Some(tx) => match tx.send(Response::Done(outcome)) {
+                Ok(()) => None,
+                Err(Response::Done(o)) => Some(o),
+                Err(Response::Stream(_)) => None,
+            },
+            None => Some(outcome),
+        };
+        if let Some(Err(e)) = unobserved {
+            self.unobserved.record(&e);
+        }
     }
 }

@@ -9,11 +9,17 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+mod stream;
+
+use std::sync::Arc;
+
+use crate::admission::Unobserved;
 use crate::error::{Error, Result};
 use crate::event::decode_value;
-use crate::node::Node;
-use crate::reply_stream::{ReplyStream, StreamState};
-use crate::slot::SlotReceiver;
+use crate::stream::SlotReceiver;
+
+use stream::StreamState;
+pub use stream::{Outcome, ReplyStream, TypedStream};
 
 /// The handle returned by [`Node::send`](crate::Node::send): a [`Future`] of the flow's
 /// final value.
@@ -71,8 +77,8 @@ use crate::slot::SlotReceiver;
 #[must_use = "a Reply does nothing more when dropped: the event was sent; await it to get the final value"]
 pub struct Reply {
     stream: ReplyStream,
-    /// The sending node, to count a failure nobody observed.
-    sender: Option<Node>,
+    /// The sending node's counter of failures nobody observed.
+    sender: Option<Arc<Unobserved>>,
 }
 
 impl Reply {
@@ -86,7 +92,7 @@ impl Reply {
         }
     }
 
-    pub(crate) fn failed(err: Error, timeout: Duration, sender: Node) -> Reply {
+    pub(crate) fn failed(err: Error, timeout: Duration, sender: Arc<Unobserved>) -> Reply {
         Reply {
             stream: ReplyStream::new(StreamState::Failed(Some(err)), timeout),
             sender: Some(sender),
@@ -136,7 +142,7 @@ impl Future for Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let (StreamState::Failed(Some(err)), Some(sender)) = (&self.stream.state, &self.sender) {
-            sender.unobserved_failure(err);
+            sender.record(err);
         }
     }
 }

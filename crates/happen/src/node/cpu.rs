@@ -41,11 +41,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::context::Context;
-use crate::error::{Error, ErrorKind, Result};
+use super::context::Context;
+use super::flow::{Flow, IntoFlow};
+use super::handler::Handler;
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::event::Event;
-use crate::flow::{Flow, IntoFlow};
-use crate::handler::Handler;
 
 /// Builds the CPU pool.
 pub(crate) fn build_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
@@ -89,7 +89,7 @@ impl Context {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.inner.node.shared.happen.cpu_pool()?;
+        let pool = self.node().shared.scope.cpu_pool()?;
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(cancelled.clone());
         let (tx, rx) = oneshot::channel();
@@ -102,7 +102,7 @@ impl Context {
         match rx.await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(panic)) => {
-                let msg = crate::engine::panic_message(&*panic);
+                let msg = panic_message(&*panic);
                 Err(Error::panic(self.node_id(), &format!("in CPU work: {msg}")))
             }
             Err(_) => Err(Error::new(

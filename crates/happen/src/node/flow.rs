@@ -33,10 +33,10 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context::Context;
+use super::context::Context;
+use super::handler::Handler;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::handler::Handler;
 
 /// What a step returns: run another step, or finish with a value.
 ///

@@ -10,10 +10,17 @@
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
 use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::channel::ItemStream;
+use crate::error::{Error, ErrorKind, Result};
 
 use crate::id::NodeId;
-use crate::stream::Response;
 
 struct State {
     value: Option<Response>,
@@ -155,5 +162,85 @@ impl Drop for SlotReceiver {
         let value = st.value.take();
         drop(st);
         drop(value);
+    }
+}
+
+/// What a flow answers to its sender: a final outcome, or a stream of items that ends with one.
+///
+/// Transports pass this between a node's flow and a (possibly remote) sender.
+pub enum Response {
+    /// The flow finished without streaming.
+    Done(Result<Value>),
+    /// The flow streams items; the stream ends with the final outcome.
+    Stream(ItemStream),
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Response::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// The sending half of a reply path: the engine (or a transport) answers through it once.
+pub struct ReplySender(pub(crate) SlotSender);
+
+/// The receiving half of a reply path: resolves to the [`Response`], or to
+/// [`ErrorKind::ShutDown`] if the answering side went away without answering.
+pub struct ReplyReceiver(pub(crate) SlotReceiver);
+
+impl fmt::Debug for ReplySender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplySender").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ReplyReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyReceiver").finish_non_exhaustive()
+    }
+}
+
+/// A fresh reply path. Transports use it to receive the outcome of a local flow (to forward it
+/// over the wire) or to hand a remote outcome to a local sender.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use happen::stream::{reply_channel, Response};
+/// let (tx, rx) = reply_channel();
+/// tx.send(Response::Done(Ok(serde_json::json!(1))));
+/// assert!(matches!(rx.await, Response::Done(Ok(v)) if v == 1));
+/// # }
+/// ```
+pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
+    let (tx, rx) = slot();
+    (ReplySender(tx), ReplyReceiver(rx))
+}
+
+impl ReplySender {
+    /// Answers. Returns the response back if the receiver is gone.
+    pub fn send(self, response: Response) -> std::result::Result<(), Response> {
+        self.0.send(response)
+    }
+
+    /// Is the receiving side gone?
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl Future for ReplyReceiver {
+    type Output = Response;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        self.0.poll_value(cx).map(|r| {
+            r.unwrap_or_else(|| {
+                Response::Done(Err(Error::new(
+                    ErrorKind::ShutDown,
+                    "the answering side went away without answering (node or transport shut down)",
+                )))
+            })
+        })
     }
 }

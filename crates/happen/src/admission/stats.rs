@@ -1,6 +1,10 @@
 //! A node's counters: the public snapshot, the queue-wait histogram and the metric handles.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::error::Error;
+use crate::id::NodeId;
 
 /// A snapshot of a node's counters (see [`Node::stats`](crate::Node::stats)).
 ///
@@ -48,6 +52,34 @@ pub struct NodeStats {
     pub queue_wait_p50: Duration,
     /// 99th percentile of the queue wait.
     pub queue_wait_p99: Duration,
+}
+
+/// Failures nobody observed (a fire-and-forget send whose flow failed, a rejected broadcast):
+/// logged and counted at the node. Shared by the node and its failed replies.
+pub(crate) struct Unobserved {
+    node: NodeId,
+    count: AtomicU64,
+}
+
+impl Unobserved {
+    pub(crate) fn new(node: NodeId) -> Unobserved {
+        Unobserved {
+            node,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs and counts `err`.
+    pub(crate) fn record(&self, err: &Error) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("happen_unobserved_failures_total", "node" => self.node.to_string())
+            .increment(1);
+        tracing::warn!(target: "happen::reply", node = %self.node, kind = %err.kind(), error = %err, "a flow failed and nobody awaited its reply");
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 /// Log2 histogram of queue waits in microseconds (bucket i holds waits < 2^i µs).

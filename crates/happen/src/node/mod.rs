@@ -1,27 +1,44 @@
 //! [`Node`]: registers handlers, sends, broadcasts; and its options.
 
+mod context;
+pub mod cpu;
+mod emitter;
+pub mod flow;
+mod handler;
+mod instance;
+mod run;
+mod state;
+
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-use crate::config::{Limits, PartialLimits};
-use crate::engine::{Engine, NodeStats, PRESSURE_EVENT, Pressure, PressureChange};
-use crate::error::{Error, ErrorKind, Result};
+use crate::admission::{
+    Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure, PressureChange,
+};
+use crate::config::{Config, Limits, PartialLimits};
+use crate::error::{Error, ErrorKind, Result, panic_message};
+use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
-use crate::flow::{ErasedStep, Step};
-use crate::handler::Handler;
-use crate::happen::HappenShared;
-use crate::id::NodeId;
-use crate::pattern::{Class, IntoPattern, Pattern};
+use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
-use crate::slot::SlotSender;
-use crate::state::StateMap;
-use crate::stream::{Frame, ReplySender};
+use crate::stream::{BroadcastRole, ReplySender, SlotSender};
+
+pub use context::Context;
+pub use emitter::Emitter;
+pub use flow::{Flow, IntoFlow, Json, Step};
+pub use handler::Handler;
+pub(crate) use instance::{Instance, Scope};
+
+use flow::ErasedStep;
+use run::Runner;
+use state::StateMap;
 
 /// A node: an autonomous component that receives events through handlers and emits events.
 ///
@@ -51,15 +68,18 @@ pub struct Node {
 
 pub(crate) struct NodeShared {
     pub(crate) id: NodeId,
-    pub(crate) happen: Arc<HappenShared>,
+    /// The instance that created the node (routing through its transport).
+    instance: Arc<dyn Instance>,
+    /// What every node of that instance shares.
+    pub(crate) scope: Arc<Scope>,
     registry: RwLock<Registry>,
     pub(crate) engine: Engine,
+    runner: Runner,
     request_timeout: Duration,
     max_chain_depth: usize,
     stream_buffer: usize,
     sequential: Option<SequentialKey>,
     state: StateMap,
-    unobserved: AtomicU64,
     /// Bumped by every registration (invalidates the driver's lookup cache).
     registry_version: AtomicU64,
 }
@@ -67,7 +87,7 @@ pub(crate) struct NodeShared {
 impl Drop for NodeShared {
     fn drop(&mut self) {
         // Parked drivers hold only a weak reference: wake them so they see the node is gone.
-        self.engine.run.wake_all();
+        self.runner.wake_all();
     }
 }
 
@@ -296,24 +316,12 @@ pub(crate) fn validate_node_id(id: &str) -> Result<()> {
 impl Node {
     pub(crate) fn create(
         id: NodeId,
-        happen: Arc<HappenShared>,
+        instance: Arc<dyn Instance>,
+        scope: Arc<Scope>,
+        config: &Config,
         options: NodeOptions,
     ) -> Result<Node> {
-        let config = happen.config();
-        let mut limits: Limits = config.concurrency.limits_for(&id);
-        let p = options.limits;
-        if let Some(v) = p.max_concurrent {
-            limits.max_concurrent = v;
-        }
-        if let Some(v) = p.queue_limit {
-            limits.queue_limit = v;
-        }
-        if let Some(v) = p.queue_strategy {
-            limits.queue_strategy = v;
-        }
-        if let Some(v) = p.backpressure_threshold {
-            limits.backpressure_threshold = v;
-        }
+        let limits: Limits = config.concurrency.limits_for(&id).merged(&options.limits);
         limits.validate("node options")?;
         if options.stream_buffer == Some(0) {
             return Err(Error::config(
@@ -322,7 +330,8 @@ impl Node {
             ));
         }
         let shared = NodeShared {
-            engine: Engine::new(&id, limits, options.sequential.is_some())?,
+            runner: Runner::new()?,
+            engine: Engine::new(&id, limits, options.sequential.is_some()),
             request_timeout: options
                 .request_timeout
                 .unwrap_or_else(|| config.flow.request_timeout()),
@@ -331,10 +340,10 @@ impl Node {
             sequential: options.sequential,
             state: options.state,
             registry: RwLock::new(Registry::default()),
-            unobserved: AtomicU64::new(0),
             registry_version: AtomicU64::new(0),
             id,
-            happen,
+            instance,
+            scope,
         };
         Ok(Node {
             shared: Arc::new(shared),
@@ -471,7 +480,7 @@ impl Node {
         wait: Duration,
     ) -> Result<Reply> {
         let target = target.into();
-        if let Some(mut rx) = self.shared.happen.pressure_of(&target) {
+        if let Some(mut rx) = self.pressure_of(&target) {
             match tokio::time::timeout(wait, rx.wait_for(|p| !p.under_pressure)).await {
                 Ok(_) => {}
                 Err(_) => {
@@ -526,36 +535,34 @@ impl Node {
     /// resolves, its remaining flows keep running until they finish.
     pub async fn close(&self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
-        let happen = &self.shared.happen;
-        let engine = self.engine();
-        if happen.unregister(self) {
+        let instance = &self.shared.instance;
+        if instance.unregister(self) {
             // The transport stops routing here first; the node stays open meanwhile, so
             // what reached it is still answered.
-            let mut detached = std::pin::pin!(happen.detach(self));
+            let mut detached = std::pin::pin!(instance.detach(self));
             if tokio::time::timeout_at(until, detached.as_mut())
                 .await
                 .is_err()
             {
-                engine.close(self, true);
+                self.close_now(true);
                 detached.await;
             }
         }
-        engine.close(self, false);
+        self.close_now(false);
+        let engine = self.engine();
         if tokio::time::timeout_at(until, engine.wait_drained())
             .await
             .is_err()
         {
             tracing::warn!(node = %self.id(), ?deadline, "close deadline passed; cancelling the remaining flows");
-            engine.close(self, true);
+            self.close_now(true);
             engine.wait_drained().await;
         }
     }
 
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
-        self.shared
-            .engine
-            .stats(self.shared.unobserved.load(Ordering::Relaxed))
+        self.shared.engine.stats()
     }
 
     /// The node's current backpressure state.
@@ -574,12 +581,15 @@ impl Node {
         &self.shared.engine
     }
 
+    pub(crate) fn runner(&self) -> &Runner {
+        &self.shared.runner
+    }
+
     /// Runs `f` on the registry inside a panic boundary: pattern predicates are user code.
     /// `Err` with the panic message if one panicked.
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> std::result::Result<T, String> {
         let registry = self.shared.registry.read();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&registry)))
-            .map_err(|p| crate::engine::panic_message(&*p))
+        catch_unwind(AssertUnwindSafe(|| f(&registry))).map_err(|p| panic_message(&*p))
     }
 
     /// For callers that only route (broadcasts): a panicking predicate is logged and treated
@@ -618,38 +628,99 @@ impl Node {
     }
 
     pub(crate) fn broadcast_buffer(&self) -> usize {
-        self.shared.happen.config().streams.broadcast_buffer
+        self.shared.scope.broadcast_buffer
     }
 
     pub(crate) fn max_chain_depth(&self) -> usize {
         self.shared.max_chain_depth
     }
 
-    pub(crate) fn sequential_key(&self) -> Option<&SequentialKey> {
-        self.shared.sequential.as_ref()
-    }
-
     /// Admits an event into this node (the in-process delivery path).
+    #[inline]
     pub(crate) fn admit(
         &self,
         event: Event,
         reply: Option<SlotSender>,
-        items: Option<broadcast::Receiver<Frame>>,
+        broadcast: Option<BroadcastRole>,
     ) -> Result<(), Error> {
-        self.shared.engine.admit(self, event, reply, items)
+        let engine = &self.shared.engine;
+        let lane = match &self.shared.sequential {
+            Some(key) => Some(self.lane_key(key, &event)?),
+            None => None,
+        };
+        let effects = engine.admit(Admitted {
+            event,
+            reply,
+            enqueued: None,
+            broadcast,
+            lane,
+        })?;
+        self.apply(effects);
+        Ok(())
+    }
+
+    /// Computes the event's lane key; the key function is user code, so a panic fails only
+    /// this event.
+    fn lane_key(&self, key: &SequentialKey, event: &Event) -> Result<LaneKey> {
+        catch_unwind(AssertUnwindSafe(|| match key {
+            SequentialKey::EventType => SharedStr::from(event.event_type().to_owned()),
+            SequentialKey::CorrelationId => SharedStr::from(event.correlation_id().to_string()),
+            SequentialKey::Custom(f) => SharedStr::from(f(event)),
+        }))
+        .map_err(|panic| {
+            // Refused at admission (never accepted), like a full queue.
+            self.shared.engine.count_rejected();
+            Error::panic(
+                self.id(),
+                &format!(
+                    "in the node's sequential key function: {}",
+                    panic_message(&*panic)
+                ),
+            )
+        })
+    }
+
+    /// Does what a change of the admission state asks for.
+    #[inline]
+    pub(crate) fn apply(&self, effects: Effects) {
+        if effects.start {
+            self.shared.runner.notify(self);
+        }
+        if effects.wake_all {
+            self.shared.runner.wake_all();
+        }
+        if effects.pressure.is_some() {
+            self.announce_pressure(effects.pressure);
+        }
+    }
+
+    /// A flow gave its slot back.
+    pub(crate) fn release(&self, lane: Option<LaneKey>) {
+        let effects = self.shared.engine.release(lane);
+        self.apply(effects);
+    }
+
+    /// Closes admission; with `cancel`, everything queued, ready or waiting in its own task
+    /// is cancelled (its senders get `ShutDown`).
+    pub(crate) fn close_now(&self, cancel: bool) {
+        let effects = self.shared.engine.close(cancel);
+        if cancel {
+            self.shared.runner.abort_waiting();
+        }
+        self.apply(effects);
     }
 
     /// A flow for `event` failed and nobody awaited its reply: counted at the sending node
     /// when it lives in this instance (it made the fire-and-forget send), else here.
     pub(crate) fn flow_failure_unobserved(&self, event: &Event, err: &Error) {
-        match self.shared.happen.local_node(event.sender()) {
+        match self.shared.instance.local_node(event.sender()) {
             Some(sender) => sender.unobserved_failure(err),
             None => self.unobserved_failure(err),
         }
     }
 
     pub(crate) fn unobserved_failure(&self, err: &Error) {
-        count_unobserved(&self.shared.id, &self.shared.unobserved, err);
+        self.shared.engine.unobserved().record(err);
     }
 
     fn prepare(&self, event: Event, parent: Option<&Event>) -> Result<Event> {
@@ -665,8 +736,30 @@ impl Node {
         Ok(event)
     }
 
+    /// Sends through the instance: a node handle of the same in-process instance is admitted
+    /// directly (no dynamic call); everything else goes through the transport.
+    #[inline]
     fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
-        self.shared.happen.dispatch(target, event, reply)
+        let scope = &self.shared.scope;
+        scope.check_open(|| instance::closed_send(&target))?;
+        match target {
+            Target::Node(node) if scope.direct && Arc::ptr_eq(&node.shared.scope, scope) => {
+                node.admit(event, reply.map(|r| r.0), None)
+            }
+            target => self.shared.instance.dispatch(target, event, reply),
+        }
+    }
+
+    /// The backpressure state of `target`, if known.
+    fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
+        match target {
+            Target::Node(n)
+                if self.shared.scope.direct && Arc::ptr_eq(&n.shared.scope, &self.shared.scope) =>
+            {
+                Some(n.watch_pressure())
+            }
+            target => self.shared.instance.pressure_of(target),
+        }
     }
 
     pub(crate) fn send_inner(
@@ -678,23 +771,28 @@ impl Node {
         let timeout = self.shared.request_timeout;
         let event = match self.prepare(event, parent) {
             Ok(e) => e,
-            Err(e) => return Reply::failed(e, timeout, self.clone()),
+            Err(e) => return Reply::failed(e, timeout, self.unobserved()),
         };
-        let (tx, rx) = crate::slot::slot();
-        if !self.shared.happen.is_local() {
+        let (tx, rx) = crate::stream::slot();
+        if !self.shared.scope.direct {
             // Through another transport the answer is never immediate; the target is named
             // if it times out.
             tx.nudge(target.id());
         }
         match self.dispatch(target, event, Some(ReplySender(tx))) {
             Ok(()) => Reply::waiting(rx, timeout),
-            Err(e) => Reply::failed(e, timeout, self.clone()),
+            Err(e) => Reply::failed(e, timeout, self.unobserved()),
         }
     }
 
     pub(crate) fn broadcast_inner(&self, event: Event, parent: Option<&Event>) -> Result<()> {
         let event = self.prepare(event, parent)?;
-        self.shared.happen.broadcast(event)
+        self.shared.scope.check_open(instance::closed_broadcast)?;
+        self.shared.instance.broadcast(event)
+    }
+
+    fn unobserved(&self) -> Arc<crate::admission::Unobserved> {
+        self.shared.engine.unobserved().clone()
     }
 
     /// Announces a pressure change as a `node.pressure` broadcast (watchers were told under
@@ -713,16 +811,12 @@ impl Node {
                 "seq": seq,
             }),
         );
-        if let Ok(event) = event.stamp(self.id(), None) {
-            let _ = self.shared.happen.broadcast(event);
+        if let Ok(event) = event.stamp(self.id(), None)
+            && !self.shared.scope.is_closed()
+        {
+            let _ = self.shared.instance.broadcast(event);
         }
     }
-}
-
-fn count_unobserved(id: &NodeId, counter: &AtomicU64, err: &Error) {
-    counter.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("happen_unobserved_failures_total", "node" => id.to_string()).increment(1);
-    tracing::warn!(target: "happen::reply", node = %id, kind = %err.kind(), error = %err, "a flow failed and nobody awaited its reply");
 }
 
 impl fmt::Debug for Node {

@@ -4,13 +4,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use tokio::sync::broadcast;
-
 use crate::config::QueueStrategy;
 use crate::event::Event;
 use crate::id::SharedStr;
-use crate::slot::SlotSender;
-use crate::stream::Frame;
+use crate::stream::{BroadcastRole, SlotSender};
 
 /// The key of a sequential lane.
 pub(crate) type LaneKey = SharedStr;
@@ -21,8 +18,8 @@ pub(crate) struct Admitted {
     pub(crate) reply: Option<SlotSender>,
     /// Set when the event had to wait (sampled; see `Engine::admit`).
     pub(crate) enqueued: Option<Instant>,
-    /// The subscription to a broadcast stream the event carries.
-    pub(crate) items: Option<broadcast::Receiver<Frame>>,
+    /// The event's part in a broadcast stream, if it carries one.
+    pub(crate) broadcast: Option<BroadcastRole>,
     /// The event's sequential lane, when the node has lanes.
     pub(crate) lane: Option<LaneKey>,
 }

@@ -17,8 +17,7 @@ use tokio::time::Sleep;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{decode_owned, decode_value};
-use crate::slot::{Received, SlotReceiver};
-use crate::stream::{ItemStream, Response};
+use crate::stream::{ItemStream, Received, Response, SlotReceiver};
 
 /// A reply read as a stream (from [`Reply::into_stream`](crate::Reply::into_stream)):
 /// `Ok(item)`s in order; one `Err` if the flow failed; then `None`.

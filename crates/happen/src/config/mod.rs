@@ -140,7 +140,7 @@ impl Limits {
         }
     }
 
-    fn merged(mut self, p: &PartialLimits) -> Limits {
+    pub(crate) fn merged(mut self, p: &PartialLimits) -> Limits {
         if let Some(v) = p.max_concurrent {
             self.max_concurrent = v;
         }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::emitter::FlowStream;
+use super::{Node, Target};
 use crate::event::Event;
 use crate::id::NodeId;
-use crate::node::{Node, Target};
 use crate::reply::Reply;
-use crate::stream::{BroadcastItems, FlowStream, Frame};
+use crate::stream::{BroadcastItems, Frame};
 use tokio::sync::broadcast;
 
 type DataMap = HashMap<TypeId, Box<dyn Any + Send + Sync>>;
@@ -102,7 +103,7 @@ impl Context {
     /// subscribers would otherwise see late.
     pub(crate) fn into_spare(mut self) -> Option<Context> {
         let st = Arc::get_mut(&mut self.inner)?;
-        if st.event.broadcast_source().is_some() {
+        if st.stream.has_broadcast() {
             return None;
         }
         *st.data.get_mut() = None;

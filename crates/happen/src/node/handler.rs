@@ -6,11 +6,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::context::Context;
+use super::context::Context;
+use super::emitter::Emitter;
+use super::flow::{Flow, IntoFlow, Json};
 use crate::error::Result;
 use crate::event::Event;
-use crate::flow::{Flow, IntoFlow, Json};
-use crate::stream::Emitter;
 
 /// A function usable as a handler or a flow step.
 ///

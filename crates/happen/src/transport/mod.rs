@@ -1,0 +1,72 @@
+//! The [`Transport`] trait: how events reach nodes, and the in-process implementation.
+//!
+//! # Contract
+//! - **Attach.** When a node is created, the instance calls [`Transport::attach`] with the
+//!   node's [`Inbox`]. From the moment `attach` resolves, events addressed to the node (direct
+//!   and broadcast) must reach [`Inbox::deliver`].
+//! - **Delivery.** [`Transport::send`] delivers one event to the node with the target id,
+//!   wherever it lives. Errors known at once (no such node, queue full in-process, disconnected)
+//!   are returned; the event was then not delivered. Otherwise exactly what the target's flow
+//!   answers must reach `reply` (if given) as a [`Response`](crate::stream::Response) — including
+//!   errors detected later (a remote `QueueFull`, a remote panic). A transport that cannot
+//!   deliver a reply must answer with an error rather than drop it; a `reply` dropped without an
+//!   answer surfaces to the sender as [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown).
+//! - **Detach.** [`Transport::detach`] stops routing to the node before anything else: once
+//!   it has taken effect, new events for the node go elsewhere (another replica) or fail as
+//!   for an unknown node. Events that reached the node before are still delivered to it, and
+//!   the returned future resolves when every answer to them has been handed on (the instance
+//!   keeps the node running meanwhile, within its shutdown deadline).
+//! - **Broadcast.** [`Transport::broadcast`] reaches every node (in every process) whose
+//!   [`Inbox::accepts`] the event type, once per node id.
+//! - **Pressure.** [`Transport::pressure`] exposes the backpressure state of a target, if known.
+//! - `send` and `broadcast` must not block: they are called from inside flows and from the
+//!   engine. Asynchronous work (network I/O) is spawned.
+
+mod inbox;
+mod local;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::admission::Pressure;
+use crate::error::Result;
+use crate::event::Event;
+use crate::id::NodeId;
+use crate::stream::ReplySender;
+
+pub use inbox::Inbox;
+pub use local::LocalTransport;
+
+/// Moves events between nodes. See the [module docs](self) for the contract.
+pub trait Transport: Send + Sync + 'static {
+    /// A node was created at this instance; route its events to `inbox`.
+    fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>>;
+
+    /// The node is being removed: stop routing to it, and resolve once the answers to what
+    /// reached it before have been delivered (see the [module docs](self)).
+    fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()>;
+
+    /// Delivers `event` to the node `target`, answering through `reply` if given.
+    ///
+    /// # Errors
+    /// Errors known at once; the event was then not delivered.
+    fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()>;
+
+    /// Delivers `event` to every node that accepts its type.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`](crate::ErrorKind::Transport) when it cannot be published.
+    fn broadcast(&self, event: Event) -> Result<()>;
+
+    /// The backpressure state of `target`, if the transport knows it.
+    fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
+        let _ = target;
+        None
+    }
+
+    /// Stops the transport (called by [`Happen::shutdown`](crate::Happen::shutdown) after the
+    /// nodes have drained).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
