@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeOptions};
 use happen_nats::{NatsConfig, NatsTransport};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -35,11 +35,7 @@ async fn main() -> happen::Result<()> {
     let orders = happen
         .node_with(
             "orders",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(50),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(50),
         )
         .await?;
     orders.on("order.place", |event: Event, ctx: Context| async move {

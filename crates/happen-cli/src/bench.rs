@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use happen::{Error, ErrorKind, Event, NodeId, Pressure, Result, Transport};
+use happen::transport::Transport;
+use happen::{Error, ErrorKind, Event, NodeId, Pressure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
@@ -137,8 +138,8 @@ pub(crate) async fn send(conn: &ConnArgs, a: BenchSendArgs) -> Result<()> {
                 let event = Event::new(event_type.as_str(), value.clone());
                 let t0 = Instant::now();
                 let result = if paced {
-                    match node.send_paced_timeout(&target, event, timeout).await {
-                        Ok(reply) => reply.timeout(timeout).await,
+                    match node.ready(&target).timeout(timeout).await {
+                        Ok(()) => node.send(&target, event).timeout(timeout).await,
                         Err(e) => Err(e),
                     }
                 } else {

@@ -5,7 +5,7 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeOptions};
 use happen_nats::{NatsConfig, NatsTransport};
 use serde_json::{Value, json};
 use test_support::{NatsServer, NatsServerOptions};
@@ -305,11 +305,7 @@ async fn nodes_lists_a_node_with_its_limits_and_live_queue() {
     let billing = h
         .node_with(
             "billing",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(10),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(10),
         )
         .await
         .unwrap();

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use happen::PartialLimits;
 use happen::prelude::*;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
@@ -66,11 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders = happen
         .node_with(
             "orders",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(20),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(20),
         )
         .await?;
     orders.on("order.place", |event: Event, _ctx: Context| async move {

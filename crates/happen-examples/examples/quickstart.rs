@@ -11,8 +11,8 @@
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
+use happen::NodeStats;
 use happen::prelude::*;
-use happen::{NodeStats, PartialLimits};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -197,11 +197,7 @@ async fn main() -> happen::Result<()> {
     let worker = happen
         .node_with(
             "worker",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(5),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(5),
         )
         .await?;
     worker.on("job", |event: Event, _ctx: Context| async move {

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use happen::Reply;
 use happen::prelude::*;
-use happen::{PartialLimits, Reply};
 use serde_json::json;
 
 /// Awaits `reply` and prints either the value or the error, classified by its kind.
@@ -130,14 +130,7 @@ async fn main() -> happen::Result<()> {
     // QueueFull: a node admitting 1 running + 1 queued event rejects a third at once.
     println!("\n--- admission ---");
     let tiny = happen
-        .node_with(
-            "tiny",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(1),
-            ),
-        )
+        .node_with("tiny", NodeOptions::new().max_concurrent(1).queue_limit(1))
         .await?;
     tiny.on("work", |_event: Event, _ctx: Context| async move {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use happen::stream::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::transport::Inbox;
+use happen::transport::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
@@ -236,7 +236,7 @@ async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItem
 async fn feed_from(shared: Arc<Shared>, mut sub: Subscriber, feed: BroadcastFeed) {
     let idle = shared.config.request_timeout();
     let outcome = read(&shared, &mut sub, &feed, idle).await;
-    feed.finish(outcome);
+    feed.end(outcome);
     let _ = sub.unsubscribe().await;
 }
 

@@ -304,12 +304,12 @@ impl NatsConfig {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key (`transport.nats.<key>`).
     pub fn from_happen(config: &happen::Config) -> Result<NatsConfig> {
-        let mut nats = match &config.transport.nats {
+        let mut nats = match config.transport.section("nats") {
             Some(v) => NatsConfig::from_value(v)?,
             None => NatsConfig::default(),
         };
         if nats.request_timeout_ms.is_none() {
-            nats.request_timeout_ms = Some(config.flow.request_timeout_ms);
+            nats.request_timeout_ms = Some(config.flow.request_timeout.as_millis() as u64);
         }
         if nats.broadcast_buffer.is_none() {
             nats.broadcast_buffer = Some(config.streams.broadcast_buffer);

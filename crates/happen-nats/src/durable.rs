@@ -41,7 +41,7 @@
 //!   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already completed is
 //!   acknowledged (and its requester answered with the recorded value) without running again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,8 +53,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use happen::stream::{ReplySender, Response, reply_channel};
+use happen::config::NodePatterns;
 use happen::transport::Inbox;
+use happen::transport::{ReplySender, Response, reply_channel};
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -97,8 +98,8 @@ pub struct DurableConfig {
     pub publish_window: usize,
     /// Node-id patterns (`*` matches any run of characters, as in `concurrency.patterns`) and
     /// their settings. An exact id wins over patterns; among patterns the one with the most
-    /// literal characters (ties: the alphabetically first).
-    pub nodes: BTreeMap<String, DurableNode>,
+    /// literal characters (ties: the one declared first).
+    pub nodes: NodePatterns<DurableNode>,
 }
 
 impl Default for DurableConfig {
@@ -108,7 +109,7 @@ impl Default for DurableConfig {
             dedup_window_ms: 300_000,
             replicas: 1,
             publish_window: 4096,
-            nodes: BTreeMap::new(),
+            nodes: NodePatterns::new(),
         }
     }
 }
@@ -224,16 +225,7 @@ fn invalid(key: &str, problem: impl fmt::Display) -> Error {
 impl DurableConfig {
     /// The settings of `node_id` if it is durable.
     pub fn node(&self, node_id: &str) -> Option<&DurableNode> {
-        // ties: the alphabetically first pattern (the map's order)
-        let mut best: Option<(&DurableNode, usize)> = None;
-        for (glob, n) in &self.nodes {
-            if let Some(rank) = happen::config::pattern_rank(glob, node_id)
-                && best.is_none_or(|(_, b)| rank > b)
-            {
-                best = Some((n, rank));
-            }
-        }
-        best.map(|(n, _)| n)
+        self.nodes.select(node_id).map(|(_, n)| n)
     }
 
     /// Is any node durable?
@@ -280,23 +272,9 @@ impl DurableConfig {
         if self.publish_window == 0 {
             return Err(invalid("publish_window", "must be at least 1"));
         }
-        for (glob, n) in &self.nodes {
+        self.nodes.validate("transport.nats.durable.nodes")?;
+        for (glob, n) in self.nodes.iter() {
             let key = format!("nodes.\"{glob}\"");
-            if glob.is_empty() || glob.contains("**") {
-                return Err(invalid(
-                    &key,
-                    "a node-id pattern is not empty and has no `**`",
-                ));
-            }
-            if let Some(c) = glob
-                .chars()
-                .find(|c| c.is_whitespace() || matches!(c, '?' | '[' | ']' | '{' | '}' | ',' | '>'))
-            {
-                return Err(invalid(
-                    &key,
-                    format!("character `{c}` is not allowed; only `*` is a wildcard"),
-                ));
-            }
             if n.max_deliveries == 0 {
                 return Err(invalid(
                     &format!("{key}.max_deliveries"),
@@ -473,8 +451,8 @@ impl Durable {
         .map_err(|e| js_error(&format!("cannot create stream `{dlq_stream}`"), e))?;
         let done = if d
             .nodes
-            .values()
-            .any(|n| n.mode == DeliveryMode::ExactlyOnce)
+            .iter()
+            .any(|(_, n)| n.mode == DeliveryMode::ExactlyOnce)
         {
             // a key-value bucket by hand (one subject per record, its last message kept for
             // the window): async-nats' bucket API needs a newer server than 2.9
@@ -800,7 +778,7 @@ async fn publish_one(shared: Arc<Shared>, p: Publish, deadline: Instant) {
         Ok(()) => inc(&d.counters.published),
         Err(e) => {
             inc(&d.counters.publish_failed);
-            let err = Error::from_parts(
+            let err = crate::wire::error_from_parts(
                 ErrorKind::Transport,
                 format!(
                     "the durable event could not be stored in JetStream (stream `{}`) within the request timeout: {e}; is JetStream up?",
@@ -1158,7 +1136,7 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<ser
     Some(match response {
         Response::Done(r) => r,
         Response::Stream(items) => {
-            let finish = items.finish();
+            let finish = items.skip_to_final();
             let mut finish = std::pin::pin!(finish);
             loop {
                 tokio::select! {

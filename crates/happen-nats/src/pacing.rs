@@ -65,7 +65,7 @@ impl Remote {
                 limits: Limits::Unknown,
                 replicas: HashMap::new(),
             }),
-            tx: watch::Sender::new(Pressure::new(false, 0, 0)),
+            tx: watch::Sender::new(happen::transport::pressure(false, 0, 0)),
         })
     }
 
@@ -157,16 +157,20 @@ impl Remote {
         let next = match st.limits {
             Limits::Known(l) => {
                 let own_queued = st.own.saturating_sub(l.max_concurrent);
-                Pressure::new(
+                happen::transport::pressure(
                     reported_high || own_queued >= l.high_water,
                     own_queued.max(reported_queued),
                     l.queue_limit,
                 )
             }
-            Limits::Querying => Pressure::new(true, reported_queued, reported_limit.unwrap_or(0)),
-            Limits::Unknown | Limits::Unreported => {
-                Pressure::new(reported_high, reported_queued, reported_limit.unwrap_or(0))
+            Limits::Querying => {
+                happen::transport::pressure(true, reported_queued, reported_limit.unwrap_or(0))
             }
+            Limits::Unknown | Limits::Unreported => happen::transport::pressure(
+                reported_high,
+                reported_queued,
+                reported_limit.unwrap_or(0),
+            ),
         };
         self.tx.send_if_modified(|cur| {
             let flips = cur.under_pressure != next.under_pressure;
@@ -230,18 +234,18 @@ mod tests {
         let r = Remote::new();
         let rx = r.subscribe();
         r.set_limits(Some(limits()));
-        r.report("a", Some(3), Pressure::new(true, 80, 100));
+        r.report("a", Some(3), happen::transport::pressure(true, 80, 100));
         assert!(rx.borrow().under_pressure);
-        r.report("a", Some(2), Pressure::new(false, 0, 100)); // late: ignored
+        r.report("a", Some(2), happen::transport::pressure(false, 0, 100)); // late: ignored
         assert!(rx.borrow().under_pressure);
-        r.report("b", Some(1), Pressure::new(false, 0, 100));
+        r.report("b", Some(1), happen::transport::pressure(false, 0, 100));
         assert!(
             rx.borrow().under_pressure,
             "one replica under pressure holds sends"
         );
-        r.report("a", Some(4), Pressure::new(false, 60, 100));
+        r.report("a", Some(4), happen::transport::pressure(false, 60, 100));
         assert!(!rx.borrow().under_pressure);
-        r.report("b", Some(5), Pressure::new(true, 80, 100));
+        r.report("b", Some(5), happen::transport::pressure(true, 80, 100));
         r.replica_closed("b");
         assert!(!rx.borrow().under_pressure);
     }

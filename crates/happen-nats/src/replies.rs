@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{Message, StatusCode, Subscriber};
 use futures::StreamExt;
-use happen::stream::{Response, StreamSender};
+use happen::transport::{Response, StreamSender};
 use happen::{Error, ErrorKind, NodeId};
 
 use crate::pacing::InFlight;
@@ -148,7 +148,7 @@ fn relay_continues(msg: &Message) -> bool {
 /// `unknown_node` error.
 fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Message) {
     let (headers, payload) = if msg.status == Some(StatusCode::NO_RESPONDERS) {
-        let err = Error::from_parts(
+        let err = crate::wire::error_from_parts(
             ErrorKind::UnknownNode,
             format!(
                 "node `{node}` stopped and no other process serves it (no responders on `{}`); start one or check the id",
@@ -184,13 +184,13 @@ fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Mess
 fn on_reply(
     shared: &Arc<Shared>,
     token: u64,
-    tx: happen::stream::ReplySender,
+    tx: happen::transport::ReplySender,
     target: NodeId,
     in_flight: Option<InFlight>,
     msg: Message,
 ) {
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
-        let err = Error::from_parts(
+        let err = crate::wire::error_from_parts(
             ErrorKind::UnknownNode,
             format!(
                 "no process hosts node `{target}` (no responders on `{}`); start one or check the id",
@@ -219,7 +219,7 @@ fn on_reply(
         }
         Ok(ReplyFrame::Stream { control }) => {
             let window = shared.config.stream_window;
-            let (sender, items) = happen::stream::channel((window / 4).max(1));
+            let (sender, items) = happen::transport::stream_channel((window / 4).max(1));
             let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(window + 4);
             shared.pending.lock().insert(
                 token,
@@ -304,7 +304,7 @@ async fn consume(
             msg = frames.recv() => msg,
         };
         let Some(msg) = msg else {
-            sender.finish(Err(Error::new(
+            sender.end(Err(Error::new(
                 ErrorKind::Transport,
                 "the remote stream was interrupted (connection lost or a protocol violation); the producer may have stopped",
             )));
@@ -326,17 +326,17 @@ async fn consume(
                 }
             }
             Ok(Frame::End(v)) => {
-                sender.finish(Ok(v));
+                sender.end(Ok(v));
                 break;
             }
             Ok(Frame::Error(e)) => {
-                sender.finish(Err(e));
+                sender.end(Err(e));
                 break;
             }
             Ok(other) => {
                 shared.counters.bad_input("protocol");
                 send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                sender.finish(Err(Error::new(
+                sender.end(Err(Error::new(
                     ErrorKind::Transport,
                     format!(
                         "unexpected `{}` frame from a remote stream producer",
@@ -348,7 +348,7 @@ async fn consume(
             Err(e) => {
                 shared.counters.bad_input("protocol");
                 send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                sender.finish(Err(e));
+                sender.end(Err(e));
                 break;
             }
         }

@@ -33,8 +33,8 @@ use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use happen::stream::{ReplyReceiver, Response, reply_channel};
 use happen::transport::Inbox;
+use happen::transport::{ReplyReceiver, Response, reply_channel};
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
@@ -687,7 +687,7 @@ fn answer(
                 let pressure = pressure.clone();
                 let node = node.clone();
                 tokio::spawn(async move {
-                    match items.finish().await {
+                    match items.skip_to_final().await {
                         Ok(v) => publish(&shared, reply, None, value_body(&v)),
                         Err(e) => publish_error(&shared, reply, &e, &pressure, &node),
                     }

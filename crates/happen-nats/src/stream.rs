@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
-use happen::stream::ItemStream;
+use happen::transport::ItemStream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 

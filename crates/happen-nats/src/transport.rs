@@ -13,9 +13,10 @@ use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
-use happen::stream::ReplySender;
 use happen::transport::Inbox;
-use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result, Transport};
+use happen::transport::ReplySender;
+use happen::transport::Transport;
+use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -619,9 +620,14 @@ impl Shared {
                 }
                 Pending::Reply { tx, target, .. } => {
                     inc(&self.counters.failed_on_disconnect);
-                    let err =
-                        Error::from_parts(ErrorKind::Transport, why, Some(target), None, None);
-                    let _ = tx.send(happen::stream::Response::Done(Err(err)));
+                    let err = crate::wire::error_from_parts(
+                        ErrorKind::Transport,
+                        why,
+                        Some(target),
+                        None,
+                        None,
+                    );
+                    let _ = tx.send(happen::transport::Response::Done(Err(err)));
                 }
                 Pending::Limits { remote, .. } => remote.query_failed(),
                 // a stream consumer sees its frame channel close and ends with a transport
@@ -638,7 +644,7 @@ impl Shared {
         let removed = self.pending.lock().remove(&token);
         match removed {
             Some(Pending::Reply { tx, .. }) => {
-                let _ = tx.send(happen::stream::Response::Done(Err(err())));
+                let _ = tx.send(happen::transport::Response::Done(Err(err())));
             }
             Some(Pending::Limits { remote, .. }) => remote.query_failed(),
             _ => {}
@@ -783,7 +789,7 @@ impl Shared {
         let Some(seq) = p.get("seq").and_then(|v| v.as_u64()) else {
             return;
         };
-        let pressure = Pressure::new(
+        let pressure = happen::transport::pressure(
             p.get("underPressure")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
@@ -918,7 +924,11 @@ impl Shared {
         let queued = p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let limit = p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let seq = p.get("seq").and_then(|v| v.as_u64());
-        remote.report(replica, seq, Pressure::new(under, queued, limit));
+        remote.report(
+            replica,
+            seq,
+            happen::transport::pressure(under, queued, limit),
+        );
     }
 
     /// Sends a `Happen-Query: limits` request to `target` for its pacing view.
@@ -1216,7 +1226,7 @@ impl Transport for NatsTransport {
             let drained: Vec<Pending> = s.pending.lock().drain().map(|(_, p)| p).collect();
             for p in drained {
                 if let Pending::Reply { tx, .. } = p {
-                    let _ = tx.send(happen::stream::Response::Done(Err(Error::new(
+                    let _ = tx.send(happen::transport::Response::Done(Err(Error::new(
                         ErrorKind::ShutDown,
                         "the nats transport shut down before the reply arrived",
                     ))));

@@ -245,8 +245,8 @@ fn rebuild(
     let node = node.map(NodeId::from);
     let event = event.map(|e| happen::EventId::parse(&e));
     let e = match ErrorKind::parse(kind_name.trim()) {
-        Some(kind) => Error::from_parts(kind, message, node, event, limit),
-        None => Error::from_parts(
+        Some(kind) => crate::wire::error_from_parts(kind, message, node, event, limit),
+        None => crate::wire::error_from_parts(
             ErrorKind::Transport,
             format!("remote error of unknown kind `{kind_name}`: {message}"),
             node,
@@ -373,7 +373,7 @@ impl WireError {
             self.code,
         );
         match below {
-            Some(d) => e.with_downstream(d),
+            Some(d) => with_downstream(e, d),
             None => e,
         }
     }
@@ -479,7 +479,7 @@ pub fn pressure_report_header(p: &Pressure, seq: u64, replica: &str) -> Option<S
 
 /// Parses a `Happen-Pressure` header (absent means normal).
 pub fn parse_pressure(value: Option<&str>) -> Pressure {
-    value.map_or(Pressure::new(false, 0, 0), |v| {
+    value.map_or(happen::transport::pressure(false, 0, 0), |v| {
         parse_pressure_report(v).pressure
     })
 }
@@ -519,7 +519,7 @@ pub fn parse_pressure_report(value: &str) -> PressureReport {
         }
     }
     PressureReport {
-        pressure: Pressure::new(high, queued, limit),
+        pressure: happen::transport::pressure(high, queued, limit),
         seq,
         replica,
     }
@@ -726,6 +726,28 @@ pub fn frame_headers(frame: &Frame) -> HeaderMap {
     h
 }
 
+/// An error rebuilt from the parts that crossed the wire.
+pub(crate) fn error_from_parts(
+    kind: ErrorKind,
+    message: impl Into<String>,
+    node: Option<NodeId>,
+    event_id: Option<happen::EventId>,
+    limit: Option<usize>,
+) -> Error {
+    let mut parts = happen::transport::ErrorParts::new(kind, message);
+    parts.node = node;
+    parts.event_id = event_id;
+    parts.limit = limit;
+    parts.into_error()
+}
+
+/// `outer` with `inner` as the downstream error it wraps.
+pub(crate) fn with_downstream(outer: Error, inner: Error) -> Error {
+    let mut parts = happen::transport::ErrorParts::of(&outer);
+    parts.downstream = Some(inner);
+    parts.into_error()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,16 +778,16 @@ mod tests {
 
     #[test]
     fn pressure_header_round_trips() {
-        let p = Pressure::new(true, 80, 100);
+        let p = happen::transport::pressure(true, 80, 100);
         let h = pressure_header(&p).unwrap();
         assert_eq!(parse_pressure(Some(&h)), p);
         assert!(!parse_pressure(None).under_pressure);
-        assert!(pressure_header(&Pressure::new(false, 1, 2)).is_none());
+        assert!(pressure_header(&happen::transport::pressure(false, 1, 2)).is_none());
     }
 
     #[test]
     fn errors_round_trip_through_headers() {
-        let e = Error::from_parts(
+        let e = crate::wire::error_from_parts(
             ErrorKind::QueueFull,
             "full\nreally",
             Some(NodeId::from("n")),
@@ -810,7 +832,7 @@ mod tests {
 
     /// `depth` errors: each `Downstream` at node `n<i>`, the last a coded handler error.
     fn chain(depth: usize) -> Error {
-        let mut e = Error::from_parts(
+        let mut e = crate::wire::error_from_parts(
             ErrorKind::Handler,
             "refund window closed\n100% sure",
             Some(NodeId::from("payments")),
@@ -819,14 +841,16 @@ mod tests {
         )
         .with_code("refund_closed");
         for i in (0..depth - 1).rev() {
-            e = Error::from_parts(
-                ErrorKind::Downstream,
-                format!("hop {i} failed"),
-                Some(NodeId::from(format!("n{i}"))),
-                Some(happen::EventId::parse(&format!("evt-{i}"))),
-                None,
-            )
-            .with_downstream(e);
+            e = with_downstream(
+                crate::wire::error_from_parts(
+                    ErrorKind::Downstream,
+                    format!("hop {i} failed"),
+                    Some(NodeId::from(format!("n{i}"))),
+                    Some(happen::EventId::parse(&format!("evt-{i}"))),
+                    None,
+                ),
+                e,
+            );
         }
         e
     }
@@ -849,7 +873,7 @@ mod tests {
             let json: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["error"]["kind"], err.kind().as_str());
         }
-        let full = Error::from_parts(
+        let full = crate::wire::error_from_parts(
             ErrorKind::QueueFull,
             "full",
             Some(NodeId::from("busy")),
@@ -933,8 +957,10 @@ mod tests {
     #[test]
     fn an_error_too_big_for_one_message_is_cut_to_fit() {
         let huge = "x".repeat(100_000);
-        let err = Error::new(ErrorKind::Handler, huge.clone())
-            .with_downstream(Error::new(ErrorKind::Timeout, huge));
+        let err = with_downstream(
+            Error::new(ErrorKind::Handler, huge.clone()),
+            Error::new(ErrorKind::Timeout, huge),
+        );
         let max = 8 * 1024;
         let (h, body, back) = round_trip(&err, max);
         assert!(headers_len(&h) + body.len() <= max);

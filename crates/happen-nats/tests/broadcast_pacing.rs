@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{instance, within};
-use happen::{Context, ErrorKind, Event, Node, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Node, NodeOptions};
 use happen_nats::NatsTransport;
 use test_support::NatsServer;
 use tokio::sync::{Notify, Semaphore};
@@ -69,11 +69,7 @@ async fn a_broadcast_burst_larger_than_the_queue_is_handled_completely() {
     let sink = sink_h
         .node_with(
             "sink",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(20)
-                    .with_queue_limit(100),
-            ),
+            NodeOptions::new().max_concurrent(20).queue_limit(100),
         )
         .await
         .unwrap();
@@ -115,12 +111,10 @@ async fn requests_are_admitted_or_rejected_at_once_while_broadcasts_wait() {
     let sink = sink_h
         .node_with(
             "sink",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(10)
-                    .with_backpressure_threshold(0.8),
-            ),
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(10)
+                .backpressure_threshold(0.8),
         )
         .await
         .unwrap();

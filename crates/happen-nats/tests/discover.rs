@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{instance, within};
 use futures::StreamExt;
-use happen::{Context, Event, NodeOptions, PartialLimits};
+use happen::{Context, Event, NodeOptions};
 use happen_nats::discover::{self, ProcessInfo};
 use test_support::{NatsServer, NatsServerOptions};
 
@@ -38,11 +38,7 @@ async fn every_process_answers_with_limits_and_live_queue() {
     let billing = b
         .node_with(
             "billing",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(10),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(10),
         )
         .await
         .unwrap();
@@ -116,12 +112,9 @@ async fn a_process_without_nodes_does_not_answer() {
 async fn the_answer_on_the_wire() {
     let server = NatsServer::start();
     let (h, _) = instance(&server.url()).await;
-    h.node_with(
-        "orders",
-        NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(3)),
-    )
-    .await
-    .unwrap();
+    h.node_with("orders", NodeOptions::new().max_concurrent(3))
+        .await
+        .unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let msg = within(
         10,
@@ -206,14 +199,7 @@ async fn a_node_with_thousands_queued_is_described_promptly() {
     let (asking, t) = instance(&server.url()).await;
     let gate = Arc::new(Semaphore::new(0));
     let busy = serving
-        .node_with(
-            "busy",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(N),
-            ),
-        )
+        .node_with("busy", NodeOptions::new().max_concurrent(1).queue_limit(N))
         .await
         .unwrap();
     let g = gate.clone();

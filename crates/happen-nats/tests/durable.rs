@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{instance_with, within};
 use futures::StreamExt;
-use happen::{Context, Error, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, Error, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
 use happen_nats::durable::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
@@ -254,11 +254,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
     let worker = h
         .node_with(
             "worker-slow",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(8)
-                    .with_queue_limit(64),
-            ),
+            NodeOptions::new().max_concurrent(8).queue_limit(64),
         )
         .await
         .unwrap();
@@ -377,11 +373,7 @@ async fn replicas_of_a_durable_node_share_its_consumer() {
         let worker = h
             .node_with(
                 "worker-shared",
-                NodeOptions::new().limits(
-                    PartialLimits::default()
-                        .with_max_concurrent(4)
-                        .with_queue_limit(16),
-                ),
+                NodeOptions::new().max_concurrent(4).queue_limit(16),
             )
             .await
             .unwrap();
@@ -445,11 +437,7 @@ async fn a_stopping_node_hands_the_rest_back() {
             let worker = h
                 .node_with(
                     "worker-handoff",
-                    NodeOptions::new().limits(
-                        PartialLimits::default()
-                            .with_max_concurrent(4)
-                            .with_queue_limit(16),
-                    ),
+                    NodeOptions::new().max_concurrent(4).queue_limit(16),
                 )
                 .await
                 .unwrap();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::instance_with;
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
 use happen_nats::durable::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
@@ -61,11 +61,9 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
     let ledger = w
         .node_with(
             "ledger",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(MAX_CONCURRENT)
-                    .with_queue_limit(QUEUE_LIMIT),
-            ),
+            NodeOptions::new()
+                .max_concurrent(MAX_CONCURRENT)
+                .queue_limit(QUEUE_LIMIT),
         )
         .await
         .unwrap();

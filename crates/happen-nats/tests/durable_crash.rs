@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::instance_with;
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
 use happen_nats::durable::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
@@ -87,11 +87,9 @@ async fn worker_process() {
 }
 
 fn limits() -> NodeOptions {
-    NodeOptions::new().limits(
-        PartialLimits::default()
-            .with_max_concurrent(MAX_CONCURRENT)
-            .with_queue_limit(QUEUE_LIMIT),
-    )
+    NodeOptions::new()
+        .max_concurrent(MAX_CONCURRENT)
+        .queue_limit(QUEUE_LIMIT)
 }
 
 /// A worker child process, killed when dropped.

@@ -6,7 +6,7 @@ use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use common::{instance, within};
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use test_support::NatsServer;
 use tokio::sync::Notify;
 
@@ -108,14 +108,7 @@ async fn remote_queue_full_carries_node_and_limit() {
     let (b, _) = instance(&server.url()).await;
     let gate = std::sync::Arc::new(Notify::new());
     let busy = b
-        .node_with(
-            "busy",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(2),
-            ),
-        )
+        .node_with("busy", NodeOptions::new().max_concurrent(1).queue_limit(2))
         .await
         .unwrap();
     let g = gate.clone();

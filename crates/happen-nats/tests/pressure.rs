@@ -1,6 +1,6 @@
 //! Backpressure across the wire: a remote node's pressure, caused by a third process, is
 //! visible to producers in another process (through the node's `node.pressure` reports), so
-//! `send_paced` waits for it to drain.
+//! `Node::ready` waits for it to drain.
 
 mod common;
 
@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{instance, within};
-use happen::{Context, Event, NodeId, NodeOptions, PartialLimits, Transport};
+use happen::transport::Transport;
+use happen::{Context, Event, NodeId, NodeOptions};
 use test_support::NatsServer;
 use tokio::sync::Semaphore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_paced_honours_remote_pressure() {
+async fn ready_honours_remote_pressure() {
     let server = NatsServer::start();
     let (producer_h, producer_t) = instance(&server.url()).await;
     let (loader_h, _) = instance(&server.url()).await;
@@ -22,12 +23,10 @@ async fn send_paced_honours_remote_pressure() {
     let sink = sink_h
         .node_with(
             "sink",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(10)
-                    .with_backpressure_threshold(0.5),
-            ),
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(10)
+                .backpressure_threshold(0.5),
         )
         .await
         .unwrap();
@@ -69,8 +68,10 @@ async fn send_paced_honours_remote_pressure() {
         let producer = producer.clone();
         async move {
             producer
-                .send_paced_timeout("sink", Event::new("work", ()), Duration::from_secs(20))
+                .ready("sink")
+                .timeout(Duration::from_secs(20))
                 .await
+                .map(|()| producer.send("sink", Event::new("work", ())))
         }
     });
     // still under pressure: the paced send waits

@@ -1,4 +1,4 @@
-//! `send_paced` to a node in another process paces itself: producers firing as fast as pacing
+//! `Node::ready` before each send to a node in another process paces itself: producers firing as fast as pacing
 //! lets them never overrun the remote queue.
 
 mod common;
@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{instance, within};
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use test_support::NatsServer;
 
 const PRODUCERS: u64 = 4;
@@ -19,11 +19,7 @@ async fn paced_producers_never_overrun_a_remote_queue() {
     let target = target_h
         .node_with(
             "target",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(4)
-                    .with_queue_limit(100),
-            ),
+            NodeOptions::new().max_concurrent(4).queue_limit(100),
         )
         .await
         .unwrap();
@@ -49,14 +45,12 @@ async fn paced_producers_never_overrun_a_remote_queue() {
             tokio::spawn(async move {
                 let mut replies = Vec::new();
                 for i in 0..PER_PRODUCER {
-                    let reply = producer
-                        .send_paced_timeout(
-                            "target",
-                            Event::new("work", p * PER_PRODUCER + i),
-                            Duration::from_secs(30),
-                        )
+                    producer
+                        .ready("target")
+                        .timeout(Duration::from_secs(30))
                         .await
                         .expect("pacing waits less than 30 s");
+                    let reply = producer.send("target", Event::new("work", p * PER_PRODUCER + i));
                     replies.push(reply);
                 }
                 futures::future::join_all(

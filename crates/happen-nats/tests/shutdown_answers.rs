@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{instance, within};
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use serde_json::json;
 use test_support::NatsServer;
 use tokio::sync::Notify;
@@ -34,11 +34,7 @@ async fn shutdown_answers_every_remote_request() {
         let worker = worker_h
             .node_with(
                 "worker",
-                NodeOptions::new().limits(
-                    PartialLimits::default()
-                        .with_max_concurrent(4)
-                        .with_queue_limit(100),
-                ),
+                NodeOptions::new().max_concurrent(4).queue_limit(100),
             )
             .await
             .unwrap();

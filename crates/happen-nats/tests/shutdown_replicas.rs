@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{instance, within};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, NodeOptions};
 use serde_json::json;
 use test_support::NatsServer;
 
@@ -31,10 +31,7 @@ async fn rolling_shutdown_of_a_replica_loses_no_request() {
         let (h, t) = instance(&server.url()).await;
         transports.push(t);
         let worker = h
-            .node_with(
-                "worker",
-                NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(16)),
-            )
+            .node_with("worker", NodeOptions::new().max_concurrent(16))
             .await
             .unwrap();
         let count = count.clone();

@@ -97,17 +97,14 @@ proptest! {
         node in proptest::option::of("[a-z]{1,8}(\\.[a-z]{1,4})?"),
         depth in 1usize..24,
     ) {
-        let mut err = happen::Error::from_parts(
-            happen::ErrorKind::Handler,
-            message.clone(),
-            node.clone().map(happen::NodeId::from),
-            None,
-            None,
-        );
-        if let Some(c) = &code { err = err.with_code(c.clone()); }
+        let mut parts = happen::transport::ErrorParts::new(happen::ErrorKind::Handler, message.clone());
+        parts.node = node.clone().map(happen::NodeId::from);
+        parts.code = code.clone();
+        let mut err = parts.into_error();
         for i in 1..depth {
-            err = happen::Error::new(happen::ErrorKind::Downstream, format!("hop {i}"))
-                .with_downstream(err);
+            let mut hop = happen::transport::ErrorParts::new(happen::ErrorKind::Downstream, format!("hop {i}"));
+            hop.downstream = Some(err);
+            err = hop.into_error();
         }
         let mut h = HeaderMap::new();
         let body = wire::encode_error(&err, &mut h, 1 << 20, 0);
@@ -136,7 +133,7 @@ proptest! {
     ) {
         let l = wire::RemoteLimits::new(c, q, q / 2 + 1);
         prop_assert_eq!(wire::parse_limits(&wire::limits_header(&l)), Some(l));
-        let p = happen::Pressure::new(true, queued, q);
+        let p = happen::transport::pressure(true, queued, q);
         let r = wire::parse_pressure_report(&wire::pressure_report_header(&p, seq, "r1").unwrap());
         prop_assert_eq!(r.pressure, p);
         prop_assert_eq!(r.seq, Some(seq));

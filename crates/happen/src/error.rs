@@ -270,13 +270,6 @@ impl Error {
         self
     }
 
-    /// Makes this a [`ErrorKind::Downstream`]-style wrapper of `inner` (transports use this to
-    /// rebuild a chain received over the wire; flows get it automatically).
-    pub fn with_downstream(mut self, inner: Error) -> Error {
-        self.inner_mut().downstream = Some(inner);
-        self
-    }
-
     /// `true` for [`ErrorKind::Timeout`].
     pub fn is_timeout(&self) -> bool {
         self.kind() == ErrorKind::Timeout
@@ -313,21 +306,32 @@ impl Error {
         self
     }
 
-    /// Rebuilds an error received from elsewhere (for example a remote node) with all details.
-    /// Transports use this to preserve kinds across the wire.
-    pub fn from_parts(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        node: Option<NodeId>,
-        event_id: Option<EventId>,
-        limit: Option<usize>,
-    ) -> Error {
-        let mut e = Error::new(kind, message);
-        let inner = e.inner_mut();
-        inner.node = node;
-        inner.event_id = event_id;
-        inner.limit = limit;
-        e
+    /// An error of kind [`ErrorKind::Handler`]: what a handler returns when it fails for a
+    /// reason of its own. Add a stable code for callers to match with
+    /// [`with_code`](Error::with_code).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let payments = happen.node("payments").await?;
+    /// payments.on("charge", |event: Event, _ctx: Context| async move {
+    ///     if event.payload()["amount"].as_u64() > Some(100) {
+    ///         return Err(Error::handler("the card was declined").with_code("card_declined"));
+    ///     }
+    ///     Ok("charged")
+    /// })?;
+    /// let err = payments
+    ///     .send(&payments, Event::new("charge", serde_json::json!({"amount": 500})))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Handler);
+    /// assert_eq!(err.code(), Some("card_declined"));
+    /// # Ok(()) }
+    /// ```
+    pub fn handler(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Handler, message)
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -376,7 +380,9 @@ impl Error {
         .with_node(node)
     }
 
-    pub(crate) fn handler(err: BoxError) -> Error {
+    /// The error of a handler that returned `Err(e)`: a happen `Error` passes through, any
+    /// other error becomes [`ErrorKind::Handler`] with its message (and itself as the source).
+    pub(crate) fn from_handler(err: BoxError) -> Error {
         let message = err.to_string();
         match err.downcast::<Error>() {
             Ok(inner) => *inner,
@@ -550,6 +556,81 @@ impl std::error::Error for Error {
     }
 }
 
+/// The parts of an [`Error`] that cross a process boundary, for transports that carry errors
+/// over the wire and rebuild them on the other side (re-exported as
+/// [`happen::transport::ErrorParts`](crate::transport::ErrorParts)).
+///
+/// ```
+/// use happen::transport::ErrorParts;
+/// use happen::{ErrorKind, NodeId};
+///
+/// let mut parts = ErrorParts::new(ErrorKind::QueueFull, "queue of `orders` is full");
+/// parts.node = Some(NodeId::from("orders"));
+/// parts.limit = Some(100);
+/// let err = parts.into_error();
+/// assert_eq!(err.kind(), ErrorKind::QueueFull);
+/// assert_eq!(err.limit(), Some(100));
+/// assert_eq!(ErrorParts::of(&err).node.as_deref(), Some("orders"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ErrorParts {
+    /// The error's kind.
+    pub kind: ErrorKind,
+    /// Its message.
+    pub message: String,
+    /// The node it names.
+    pub node: Option<NodeId>,
+    /// The event it names.
+    pub event_id: Option<EventId>,
+    /// The limit it names (a queue limit, a chain depth).
+    pub limit: Option<usize>,
+    /// The application's error code.
+    pub code: Option<String>,
+    /// For [`ErrorKind::Downstream`]: the error the failed call got.
+    pub downstream: Option<Error>,
+}
+
+impl ErrorParts {
+    /// Parts with a kind and a message, nothing else.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorParts {
+        ErrorParts {
+            kind,
+            message: message.into(),
+            node: None,
+            event_id: None,
+            limit: None,
+            code: None,
+            downstream: None,
+        }
+    }
+
+    /// The parts of `err` (its source, which does not cross a process, is left out).
+    pub fn of(err: &Error) -> ErrorParts {
+        ErrorParts {
+            kind: err.kind(),
+            message: err.message().to_owned(),
+            node: err.node().cloned(),
+            event_id: err.event_id().cloned(),
+            limit: err.limit(),
+            code: err.code().map(str::to_owned),
+            downstream: err.downstream().cloned(),
+        }
+    }
+
+    /// The error made of these parts.
+    pub fn into_error(self) -> Error {
+        let mut e = Error::new(self.kind, self.message);
+        let inner = e.inner_mut();
+        inner.node = self.node;
+        inner.event_id = self.event_id;
+        inner.limit = self.limit;
+        inner.code = self.code.map(Arc::from);
+        inner.downstream = self.downstream;
+        e
+    }
+}
+
 /// The text of a panic payload.
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -574,12 +655,12 @@ mod tests {
 
     #[test]
     fn handler_errors_keep_message_and_unwrap_happen_errors() {
-        let e = Error::handler("card declined".into());
+        let e = Error::from_handler("card declined".into());
         assert_eq!(e.kind(), ErrorKind::Handler);
         assert_eq!(e.message(), "card declined");
         assert!(std::error::Error::source(&e).is_some());
         let inner = Error::new(ErrorKind::Timeout, "t");
-        let e = Error::handler(Box::new(inner));
+        let e = Error::from_handler(Box::new(inner));
         assert_eq!(e.kind(), ErrorKind::Timeout);
     }
 

@@ -20,21 +20,26 @@ use crate::transport::{Inbox, LocalTransport, Transport};
 
 /// A Happen instance: creates nodes and connects them through a transport.
 ///
-/// Cheap to clone (a handle). The in-process transport is the default; build with
-/// [`Happen::builder`] to use another (such as `happen-nats`). Nodes must be created inside a
-/// Tokio runtime (each node runs a driver task).
+/// Cheap to clone (a handle). Three ways to make one, all the same type:
+/// - [`Happen::new`]: defaults, in-process transport;
+/// - [`Happen::with_config`]: a [`Config`] (from code or a file), in-process transport;
+/// - [`Happen::builder`]: a config and another transport, such as `happen-nats`:
+///   `Happen::builder().config(config).transport(NatsTransport::from_config(&config).await?).build()?`.
+///
+/// Nodes must be created inside a Tokio runtime (each node runs on it).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use std::time::Duration;
 /// use happen::{Config, Happen};
 ///
 /// let mut config = Config::default();
 /// config.concurrency.default.max_concurrent = 16;
-/// let happen = Happen::init(config)?;
+/// let happen = Happen::with_config(config)?;
 /// let node = happen.node("order-service").await?;
 /// assert_eq!(node.limits().max_concurrent, 16);
 /// assert!(happen.node("order-service").await.is_err()); // ids are unique
-/// happen.shutdown(std::time::Duration::from_secs(5)).await;
+/// happen.shutdown(Duration::from_secs(5)).await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -74,12 +79,16 @@ enum Dispatch {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-/// use happen::{Config, Happen, LocalTransport};
+/// use happen::transport::LocalTransport;
+/// use happen::{Config, Happen};
+///
+/// let config = Config::from_toml_str("[flow]\nrequest_timeout_ms = 5000")?;
 /// let happen = Happen::builder()
-///     .config(Config::default())
-///     .transport(LocalTransport::new())
+///     .config(config)
+///     .transport(LocalTransport::new()) // or `happen_nats::NatsTransport`
 ///     .build()?;
-/// # let _ = happen; Ok(()) }
+/// assert_eq!(happen.config().flow.request_timeout.as_secs(), 5);
+/// # Ok(()) }
 /// ```
 #[derive(Default)]
 #[must_use]
@@ -98,12 +107,6 @@ impl HappenBuilder {
     /// Uses `transport` instead of the in-process default.
     pub fn transport(mut self, transport: impl Transport) -> Self {
         self.transport = Some(Arc::new(transport));
-        self
-    }
-
-    /// Uses a shared transport.
-    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(transport);
         self
     }
 
@@ -151,6 +154,17 @@ impl Default for Happen {
 
 impl Happen {
     /// An instance with the default configuration and the in-process transport.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let echo = happen.node("echo").await?;
+    /// echo.on("say", |event: Event, _ctx: Context| async move { event.payload().clone() })?;
+    /// assert_eq!(echo.send(&echo, Event::new("say", "hi")).await?, "hi");
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Happen {
         HappenBuilder::default()
             .build()
@@ -159,13 +173,30 @@ impl Happen {
 
     /// An instance with `config` and the in-process transport.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Config, ErrorKind, Happen};
+    ///
+    /// let config = Config::from_toml_str(r#"
+    ///     [concurrency.patterns."api-*"]
+    ///     max_concurrent = 8
+    /// "#)?;
+    /// let happen = Happen::with_config(config)?;
+    /// assert_eq!(happen.node("api-orders").await?.limits().max_concurrent, 8);
+    ///
+    /// let mut bad = Config::default();
+    /// bad.streams.buffer = 0;
+    /// assert_eq!(Happen::with_config(bad).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
-    pub fn init(config: Config) -> Result<Happen> {
+    pub fn with_config(config: Config) -> Result<Happen> {
         HappenBuilder::default().config(config).build()
     }
 
-    /// A builder (to choose the transport).
+    /// A builder (to choose the transport); see [`HappenBuilder`].
     pub fn builder() -> HappenBuilder {
         HappenBuilder::default()
     }
@@ -236,26 +267,55 @@ impl Happen {
         Ok(node)
     }
 
-    /// The node `id` of this instance, if it exists.
-    pub fn get_node(&self, id: &str) -> Option<Node> {
+    /// The node `id` of this instance, if it exists (nodes of other processes are not
+    /// found here: a send by id reaches them).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// let orders = happen.node("orders").await?;
+    /// assert_eq!(happen.find_node("orders").map(|n| n.id().clone()), Some(orders.id().clone()));
+    /// assert!(happen.find_node("nobody").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn find_node(&self, id: &str) -> Option<Node> {
         self.shared.local_node(id)
     }
 
     /// Stops accepting events (senders get [`ErrorKind::ShutDown`]), lets running and queued
-    /// flows finish for up to `deadline`, then cancels what is left (their senders get
+    /// flows finish for up to `grace`, then cancels what is left (their senders get
     /// `ShutDown`), stops the transport and returns.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let worker = happen.node("worker").await?;
+    /// worker.on("work", |_e: Event, _c: Context| async {
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     "done"
+    /// })?;
+    /// let reply = worker.send(&worker, Event::new("work", ()));
+    /// happen.shutdown(Duration::from_secs(5)).await; // the running flow finishes first
+    /// assert_eq!(reply.await?, "done");
+    /// let err = worker.send(&worker, Event::new("work", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::ShutDown);
+    /// # Ok(()) }
+    /// ```
     ///
     /// With a transport other than the in-process one, the transport first stops routing to
     /// the nodes ([`Transport::detach`]); events that reached a node before that still run
-    /// (within `deadline`) and are answered.
+    /// (within `grace`) and are answered.
     ///
     /// # Cancel safety
     /// Sends from this instance are refused from the first poll; dropping the future early
     /// skips the waiting and leaves remaining flows running until they finish.
-    pub async fn shutdown(&self, deadline: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         self.shared.scope.close();
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
-        let until = tokio::time::Instant::now() + deadline;
+        let until = tokio::time::Instant::now() + grace;
         if let Dispatch::Custom(t) = &self.shared.dispatch {
             // The transport stops routing to the nodes first (so new events go to replicas
             // elsewhere or fail fast) and delivers the answers to what already reached them;
@@ -281,8 +341,8 @@ impl Happen {
             futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
         if tokio::time::timeout_at(until, all_drained).await.is_err() {
             tracing::warn!(
-                ?deadline,
-                "shutdown deadline passed; cancelling the remaining flows"
+                ?grace,
+                "shutdown grace period passed; cancelling the remaining flows"
             );
             for n in &nodes {
                 n.close_now(true);

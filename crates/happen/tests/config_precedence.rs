@@ -124,7 +124,7 @@ async fn nodes_get_config_limits_and_node_options_override_them() {
             .with_max_concurrent(7)
             .with_backpressure_threshold(0.5),
     );
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
     let api = happen.node("api-1").await.unwrap();
     assert_eq!(
         *api.limits(),
@@ -136,11 +136,9 @@ async fn nodes_get_config_limits_and_node_options_override_them() {
     let tuned = happen
         .node_with(
             "api-2",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_queue_limit(20)
-                    .with_queue_strategy(QueueStrategy::Priority),
-            ),
+            NodeOptions::new()
+                .queue_limit(20)
+                .queue_strategy(QueueStrategy::Priority),
         )
         .await
         .unwrap();

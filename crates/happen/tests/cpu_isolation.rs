@@ -83,7 +83,7 @@ impl Load {
 async fn cpu_isolation_pool_keeps_pings_fast_while_inline_work_stalls_them() {
     let mut config = Config::default();
     config.cpu.threads = Some(1);
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
     let client = happen.node("client").await.unwrap();
     let pinger = happen.node("pinger").await.unwrap();
     pinger

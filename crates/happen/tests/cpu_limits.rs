@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use futures::FutureExt;
-use happen::{Config, Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Config, Context, ErrorKind, Event, Happen, NodeOptions};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(10);
 fn happen_with_cpu_threads(n: usize) -> Happen {
     let mut config = Config::default();
     config.cpu.threads = Some(n);
-    Happen::init(config).unwrap()
+    Happen::with_config(config).unwrap()
 }
 
 #[tokio::test]
@@ -29,11 +29,7 @@ async fn cpu_flows_obey_max_concurrent_and_queue_limit() {
     let node = happen
         .node_with(
             "cruncher",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(5),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(5),
         )
         .await
         .unwrap();

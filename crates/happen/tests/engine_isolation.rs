@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use happen::pattern::Pattern;
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits, SequentialKey};
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions, SequentialKey};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
@@ -195,10 +195,7 @@ async fn eight_producers_never_see_more_than_max_concurrent_and_lose_nothing() {
     const EACH: u64 = 100_000;
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "four",
-            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(4)),
-        )
+        .node_with("four", NodeOptions::new().max_concurrent(4))
         .await
         .unwrap();
     let gauge = Arc::new(Gauge::default());
@@ -278,10 +275,7 @@ fn a_node_whose_runtime_shuts_down_answers_its_senders() {
     let (happen, node, replies) = rt.block_on(async {
         let happen = Happen::new();
         let node = happen
-            .node_with(
-                "doomed",
-                NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(1)),
-            )
+            .node_with("doomed", NodeOptions::new().max_concurrent(1))
             .await
             .unwrap();
         node.on("hang", |_e: Event, _c: Context| async {

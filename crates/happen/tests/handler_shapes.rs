@@ -45,7 +45,7 @@ async fn typed_streaming(
     emit: Emitter,
 ) -> happen::Result<Json<Summary>> {
     for i in 0..job.records {
-        emit.emit_json(&json!({ "done": i + 1, "of": job.records }))
+        emit.emit(&json!({ "done": i + 1, "of": job.records }))
             .await?;
     }
     Ok(Json(Summary {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -44,11 +44,7 @@ async fn max_concurrent_four_is_never_exceeded_and_all_complete() {
     let node = happen
         .node_with(
             "four",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(4)
-                    .with_queue_limit(10_000),
-            ),
+            NodeOptions::new().max_concurrent(4).queue_limit(10_000),
         )
         .await
         .unwrap();
@@ -111,11 +107,7 @@ async fn max_concurrent_holds_under_ten_thousand_short_events() {
     let node = happen
         .node_with(
             "three",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(3)
-                    .with_queue_limit(20_000),
-            ),
+            NodeOptions::new().max_concurrent(3).queue_limit(20_000),
         )
         .await
         .unwrap();
@@ -153,11 +145,7 @@ async fn burst_of_a_thousand_accepts_exactly_one_hundred_ten() {
     let node = happen
         .node_with(
             "burst",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(10)
-                    .with_queue_limit(100),
-            ),
+            NodeOptions::new().max_concurrent(10).queue_limit(100),
         )
         .await
         .unwrap();
@@ -245,14 +233,7 @@ async fn burst_of_a_thousand_accepts_exactly_one_hundred_ten() {
 async fn tell_reports_queue_full_at_once() {
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "small",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(2),
-            ),
-        )
+        .node_with("small", NodeOptions::new().max_concurrent(1).queue_limit(2))
         .await
         .unwrap();
     node.on("hang", |_e: Event, _c: Context| {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, Node, NodeOptions, PRESSURE_EVENT, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, Node, NodeOptions, PRESSURE_EVENT};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -27,12 +27,10 @@ async fn held_node(happen: &Happen) -> (Node, Arc<Semaphore>) {
     let node = happen
         .node_with(
             "busy",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(100)
-                    .with_backpressure_threshold(0.5),
-            ),
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(100)
+                .backpressure_threshold(0.5),
         )
         .await
         .unwrap();
@@ -160,33 +158,28 @@ async fn paced_send_times_out_while_the_target_stays_under_pressure() {
     let accepted = node.stats().accepted;
 
     let start = tokio::time::Instant::now();
-    let err = timeout(
-        T,
-        client.send_paced_timeout(&node, Event::new("work", ()), Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let err = timeout(T, client.ready(&node).timeout(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert_eq!(err.node().map(|n| n.as_str()), Some("busy"));
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert_eq!(node.stats().accepted, accepted, "nothing was sent");
 
     // By id too.
-    let err = timeout(
-        T,
-        client.send_paced_timeout("busy", Event::new("work", ()), Duration::from_secs(1)),
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let err = timeout(T, client.ready("busy").timeout(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
 
-    // A paced send waiting for relief goes through once the node drains.
-    let mut paced = Box::pin(client.send_paced(&node, Event::new("work", ())));
-    assert!(matches!(futures::poll!(paced.as_mut()), Poll::Pending));
+    // A producer waiting for relief is let through once the node drains.
+    let mut ready = client.ready(&node);
+    assert!(matches!(futures::poll!(&mut ready), Poll::Pending));
     gate.add_permits(1_000);
-    let reply = timeout(T, paced).await.unwrap().unwrap();
+    timeout(T, ready).await.unwrap().unwrap();
+    let reply = client.send(&node, Event::new("work", ()));
     timeout(T, reply).await.unwrap().unwrap();
 }
 
@@ -197,11 +190,7 @@ async fn paced_producer_never_hits_queue_full_in_a_hundred_thousand_events() {
     let node = happen
         .node_with(
             "slow",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(2)
-                    .with_queue_limit(100),
-            ),
+            NodeOptions::new().max_concurrent(2).queue_limit(100),
         )
         .await
         .unwrap();
@@ -239,10 +228,11 @@ async fn paced_producer_never_hits_queue_full_in_a_hundred_thousand_events() {
     });
     let producer = async {
         for i in 0..N {
-            let reply = client
-                .send_paced(&node, Event::new("work", i))
+            client
+                .ready(&node)
                 .await
-                .expect("paced send waited too long");
+                .expect("the node stayed under pressure too long");
+            let reply = client.send(&node, Event::new("work", i));
             tx.send(reply.into_future()).unwrap();
         }
         drop(tx);

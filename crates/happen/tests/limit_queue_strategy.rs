@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, Node, NodeOptions, PartialLimits, QueueStrategy};
+use happen::{Context, ErrorKind, Event, Happen, Node, NodeOptions, QueueStrategy};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -20,12 +20,9 @@ const T: Duration = Duration::from_secs(30);
 async fn recording_node(
     happen: &Happen,
     id: &str,
-    limits: PartialLimits,
+    options: NodeOptions,
 ) -> (Node, Arc<Mutex<Vec<String>>>, Arc<Semaphore>) {
-    let node = happen
-        .node_with(id.to_string(), NodeOptions::new().limits(limits))
-        .await
-        .unwrap();
+    let node = happen.node_with(id.to_string(), options).await.unwrap();
     let started: Arc<Mutex<Vec<String>>> = Arc::default();
     let gate = Arc::new(Semaphore::new(0));
     let (s, g) = (started.clone(), gate.clone());
@@ -50,9 +47,7 @@ async fn fifo_start_order_per_type_under_contention() {
     let (node, started, gate) = recording_node(
         &happen,
         "fifo",
-        PartialLimits::default()
-            .with_max_concurrent(4)
-            .with_queue_limit(10_000),
+        NodeOptions::new().max_concurrent(4).queue_limit(10_000),
     )
     .await;
     let client = happen.node("client").await.unwrap();
@@ -103,10 +98,10 @@ async fn priority_order_is_stable_within_a_priority() {
     let (node, started, gate) = recording_node(
         &happen,
         "prio",
-        PartialLimits::default()
-            .with_max_concurrent(1)
-            .with_queue_limit(1_000)
-            .with_queue_strategy(QueueStrategy::Priority),
+        NodeOptions::new()
+            .max_concurrent(1)
+            .queue_limit(1_000)
+            .queue_strategy(QueueStrategy::Priority),
     )
     .await;
     assert_eq!(node.limits().queue_strategy, QueueStrategy::Priority);
@@ -143,10 +138,10 @@ async fn full_priority_queue_displaces_the_newest_lowest() {
     let (node, started, gate) = recording_node(
         &happen,
         "disp",
-        PartialLimits::default()
-            .with_max_concurrent(1)
-            .with_queue_limit(3)
-            .with_queue_strategy(QueueStrategy::Priority),
+        NodeOptions::new()
+            .max_concurrent(1)
+            .queue_limit(3)
+            .queue_strategy(QueueStrategy::Priority),
     )
     .await;
     let send = |tag: &str, p: i32| {
@@ -214,9 +209,7 @@ async fn fifo_queue_never_displaces() {
     let (node, started, gate) = recording_node(
         &happen,
         "fifo-full",
-        PartialLimits::default()
-            .with_max_concurrent(1)
-            .with_queue_limit(2),
+        NodeOptions::new().max_concurrent(1).queue_limit(2),
     )
     .await;
     let h = node.send(&node, Event::new("x", json!({"tag": "H"})));

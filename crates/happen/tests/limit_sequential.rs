@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use happen::{Context, CorrelationId, Event, Happen, NodeOptions, PartialLimits, SequentialKey};
+use happen::{Context, CorrelationId, Event, Happen, NodeOptions, SequentialKey};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::time::timeout;
@@ -73,11 +73,8 @@ async fn hundred_keys_by_hundred_events_keep_per_key_order() {
         .node_with(
             "ledger",
             NodeOptions::new()
-                .limits(
-                    PartialLimits::default()
-                        .with_max_concurrent(16)
-                        .with_queue_limit(20_000),
-                )
+                .max_concurrent(16)
+                .queue_limit(20_000)
                 .sequential(SequentialKey::by(|e: &Event| {
                     e.payload()["key"].to_string()
                 })),
@@ -123,7 +120,7 @@ async fn correlation_id_lanes() {
         .node_with(
             "txn",
             NodeOptions::new()
-                .limits(PartialLimits::default().with_max_concurrent(8))
+                .max_concurrent(8)
                 .sequential(SequentialKey::CorrelationId),
         )
         .await

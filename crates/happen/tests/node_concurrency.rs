@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
 use serde_json::json;
 use tokio::sync::{Barrier, oneshot};
 use tokio::time::timeout;
@@ -20,10 +20,7 @@ async fn ten_thousand_events_with_panics_and_errors_isolated() {
     quiet_intentional_panics();
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "worker",
-            NodeOptions::new().limits(PartialLimits::default().with_queue_limit(20_000)),
-        )
+        .node_with("worker", NodeOptions::new().queue_limit(20_000))
         .await
         .unwrap();
     node.on("job", |event: Event, _ctx: Context| async move {

@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use happen::stream::ReplySender;
-use happen::{
-    Context, ErrorKind, Event, Happen, Inbox, LocalTransport, NodeId, NodeOptions, PartialLimits,
-    Transport,
-};
+use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+use happen::{Context, ErrorKind, Event, Happen, NodeId, NodeOptions};
 use tokio::time::timeout;
 
 mod support;
@@ -63,7 +60,7 @@ async fn dropping_node_creation_mid_attach_leaves_nothing_behind() {
         "attach hangs, so creation cannot finish"
     );
     // The dropped future took its half-made node with it.
-    assert!(happen.get_node("slow").is_none());
+    assert!(happen.find_node("slow").is_none());
 
     transport.hold.store(false, Ordering::SeqCst);
     let node = timeout(T, happen.node("slow")).await.unwrap().unwrap();
@@ -81,10 +78,7 @@ async fn dropping_node_creation_mid_attach_leaves_nothing_behind() {
 async fn close_removes_one_node_and_answers_everything_it_held() {
     let happen = Happen::new();
     let worker = happen
-        .node_with(
-            "worker",
-            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(2)),
-        )
+        .node_with("worker", NodeOptions::new().max_concurrent(2))
         .await
         .unwrap();
     worker
@@ -117,7 +111,7 @@ async fn close_removes_one_node_and_answers_everything_it_held() {
     for r in timeout(T, futures::future::join_all(held)).await.unwrap() {
         assert_eq!(r.unwrap_err().kind(), ErrorKind::ShutDown);
     }
-    assert!(happen.get_node("worker").is_none());
+    assert!(happen.find_node("worker").is_none());
     let by_id = timeout(T, client.send("worker", Event::new("quick", ())))
         .await
         .unwrap()

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use happen::{Context, Emitter, Event, Flow, Happen, Json, NodeOptions, PartialLimits, Reply};
+use happen::{Context, Emitter, Event, Flow, Happen, Json, NodeOptions, Reply};
 use serde_json::json;
 use tokio::time::timeout;
 
@@ -43,7 +43,7 @@ async fn leave(_e: Event, ctx: Context) -> u64 {
 async fn every_flow_and_step_shares_one_value_under_load() {
     let happen = Happen::new();
     let options = NodeOptions::new()
-        .limits(PartialLimits::default().with_max_concurrent(16))
+        .max_concurrent(16)
         .state(Meter::default())
         .state(Label("first"))
         .state(Label("meter")); // replaces the earlier value of the same type

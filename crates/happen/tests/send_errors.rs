@@ -188,8 +188,7 @@ async fn queued_and_waiting_events_time_out_from_the_senders_clock() {
     let server = happen
         .node_with(
             "one-at-a-time",
-            happen::NodeOptions::new()
-                .limits(happen::PartialLimits::default().with_max_concurrent(1)),
+            happen::NodeOptions::new().max_concurrent(1),
         )
         .await
         .unwrap();
@@ -232,8 +231,8 @@ async fn queued_and_waiting_events_time_out_from_the_senders_clock() {
 #[tokio::test(start_paused = true)]
 async fn default_request_timeout_comes_from_config() {
     let mut config = Config::default();
-    config.flow.request_timeout_ms = 1_500;
-    let happen = Happen::init(config).unwrap();
+    config.flow.request_timeout = Duration::from_millis(1_500);
+    let happen = Happen::with_config(config).unwrap();
     let client = happen.node("client").await.unwrap();
     let server = happen.node("server").await.unwrap();
     server
@@ -306,7 +305,7 @@ async fn shut_down_after_shutdown_by_handle_and_by_id() {
 async fn chain_too_deep_for_a_step_that_returns_itself() {
     let mut config = Config::default();
     config.flow.max_chain_depth = 5;
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
     let server = happen.node("server").await.unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     fn looping(runs: Arc<AtomicUsize>) -> Flow {
@@ -342,7 +341,7 @@ async fn chain_too_deep_for_a_step_that_returns_itself() {
 async fn chain_too_deep_across_nodes_via_ctx_send() {
     let mut config = Config::default();
     config.flow.max_chain_depth = 4;
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
     let a = happen.node("a").await.unwrap();
     let b = happen.node("b").await.unwrap();
     // a and b ping each other forever through ctx.send, awaiting each reply.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -19,10 +19,7 @@ const T: Duration = Duration::from_secs(30);
 async fn running_and_queued_flows_finish_within_the_deadline() {
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "n",
-            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(1)),
-        )
+        .node_with("n", NodeOptions::new().max_concurrent(1))
         .await
         .unwrap();
     let gate = Arc::new(Semaphore::new(0));
@@ -44,7 +41,7 @@ async fn running_and_queued_flows_finish_within_the_deadline() {
     let h = happen.clone();
     let shutdown = tokio::spawn(async move { h.shutdown(Duration::from_secs(10)).await });
     wait_until("admission to close", || {
-        happen.get_node("n").is_some() && node.tell(&node, Event::new("work", 99)).is_err()
+        happen.find_node("n").is_some() && node.tell(&node, Event::new("work", 99)).is_err()
     })
     .await;
     let err = node.tell(&node, Event::new("work", 100)).unwrap_err();
@@ -59,17 +56,14 @@ async fn running_and_queued_flows_finish_within_the_deadline() {
         assert_eq!(r.unwrap(), json!(i), "flow {i} drained");
     }
     timeout(T, shutdown).await.unwrap().unwrap();
-    assert!(happen.get_node("n").is_none());
+    assert!(happen.find_node("n").is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn after_the_deadline_flows_are_cancelled_and_senders_told() {
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "n",
-            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(2)),
-        )
+        .node_with("n", NodeOptions::new().max_concurrent(2))
         .await
         .unwrap();
     let cleaned_up = Arc::new(AtomicBool::new(false));

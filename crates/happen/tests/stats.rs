@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use happen::{Context, ErrorKind, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -126,14 +126,7 @@ async fn dropped_reply_of_a_failed_send_is_counted_at_the_sender() {
 async fn broadcast_rejections_are_counted_at_the_receiver() {
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "tiny",
-            NodeOptions::new().limits(
-                PartialLimits::default()
-                    .with_max_concurrent(1)
-                    .with_queue_limit(1),
-            ),
-        )
+        .node_with("tiny", NodeOptions::new().max_concurrent(1).queue_limit(1))
         .await
         .unwrap();
     let gate = Arc::new(Semaphore::new(0));
@@ -158,10 +151,7 @@ async fn broadcast_rejections_are_counted_at_the_receiver() {
 async fn queue_wait_is_measured() {
     let happen = Happen::new();
     let node = happen
-        .node_with(
-            "w",
-            NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(1)),
-        )
+        .node_with("w", NodeOptions::new().max_concurrent(1))
         .await
         .unwrap();
     node.on("x", |_e: Event, _c: Context| async move {

@@ -97,7 +97,7 @@ async fn awaiting_a_streaming_reply_yields_its_final_value() {
         .into_stream();
     let first = timeout(T, stream.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(first, 0);
-    let v = timeout(T, stream.finish()).await.unwrap().unwrap();
+    let v = timeout(T, stream.skip_to_final()).await.unwrap().unwrap();
     assert_eq!(v, json!({ "done": 10 }));
     assert_eq!(producer.stats().completed, 2);
 }

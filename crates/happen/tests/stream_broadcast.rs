@@ -32,7 +32,7 @@ type Seen = (
 async fn a_slow_subscriber_lags_without_blocking_the_producer_or_the_others() {
     let mut config = Config::default();
     config.streams.broadcast_buffer = BUFFER;
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
 
     let source = happen.node("source").await.unwrap();
     source
@@ -139,7 +139,7 @@ async fn a_slow_subscriber_lags_without_blocking_the_producer_or_the_others() {
 async fn a_producer_error_reaches_every_subscriber_after_the_items() {
     let mut config = Config::default();
     config.streams.broadcast_buffer = BUFFER;
-    let happen = Happen::init(config).unwrap();
+    let happen = Happen::with_config(config).unwrap();
     let source = happen.node("source").await.unwrap();
     source
         .on(

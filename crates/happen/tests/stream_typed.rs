@@ -39,7 +39,7 @@ async fn job(Json(job): Json<Job>, _c: Context, emit: Emitter) -> Result<Value, 
             emit.emit(json!({ "done": "lots", "of": job.records }))
                 .await?;
         } else {
-            emit.emit_json(&Progress {
+            emit.emit(&Progress {
                 done: i + 1,
                 of: job.records,
             })

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use happen::stream::{BroadcastFeed, ReplySender, StreamItem};
-use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, Inbox, NodeId, Transport};
+use happen::transport::{BroadcastFeed, Inbox, ReplySender, StreamItem, Transport};
+use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeId};
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
@@ -127,7 +127,7 @@ async fn a_stream_produced_elsewhere_reaches_a_local_subscriber() {
     feed.item(json!(1));
     feed.lagged(3);
     feed.item(json!(5));
-    feed.finish(Ok(json!("end")));
+    feed.end(Ok(json!("end")));
     let (seen, end) = timeout(T, rx).await.unwrap().unwrap();
     assert_eq!(
         seen,

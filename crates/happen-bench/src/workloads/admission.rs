@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use happen::{Context, ErrorKind, Event, Happen, Limits, NodeOptions, PartialLimits};
+use happen::{Context, ErrorKind, Event, Happen, Limits, NodeOptions};
 
 use super::{err, tell_paced};
 use crate::measure::{Bench, Countdown, RunResult, Sample, summarize, system};
@@ -62,11 +62,9 @@ async fn limited_tell(n: u64, limits: bool) -> RunResult {
         NodeOptions::new()
     } else {
         let u = Limits::unlimited();
-        NodeOptions::new().limits(
-            PartialLimits::default()
-                .with_max_concurrent(u.max_concurrent)
-                .with_queue_limit(u.queue_limit),
-        )
+        NodeOptions::new()
+            .max_concurrent(u.max_concurrent)
+            .queue_limit(u.queue_limit)
     };
     let sink = happen.node_with("sink", options).await.map_err(err)?;
     let src = happen.node("src").await.map_err(err)?;

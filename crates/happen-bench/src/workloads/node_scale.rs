@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use happen::{Context, Event, Happen, NodeOptions, PartialLimits};
+use happen::{Context, Event, Happen, NodeOptions};
 use tokio::runtime::Runtime;
 
 use super::{PACE_EVERY, err, tell_paced};
@@ -127,8 +127,7 @@ fn calibrate() -> (u64, Duration) {
 
 async fn happen_scale(n: u64, rounds: u64) -> RunResult {
     let happen = Happen::new();
-    let options =
-        NodeOptions::new().limits(PartialLimits::default().with_max_concurrent(CONCURRENT));
+    let options = NodeOptions::new().max_concurrent(CONCURRENT);
     let worker = happen.node_with("worker", options).await.map_err(err)?;
     let src = happen.node("src").await.map_err(err)?;
     let done = Countdown::leaked(n);

@@ -22,15 +22,8 @@ pub struct Pressure {
 }
 
 impl Pressure {
-    /// A pressure state built from its parts. Transports use this to mirror the state of a
-    /// remote node (for [`Transport::pressure`](crate::Transport::pressure)).
-    ///
-    /// ```
-    /// let p = happen::Pressure::new(true, 80, 100);
-    /// assert!(p.under_pressure);
-    /// assert_eq!((p.queued, p.queue_limit), (80, 100));
-    /// ```
-    pub fn new(under_pressure: bool, queued: usize, queue_limit: usize) -> Pressure {
+    /// A pressure state built from its parts.
+    pub(crate) fn new(under_pressure: bool, queued: usize, queue_limit: usize) -> Pressure {
         Pressure {
             under_pressure,
             queued,

@@ -39,14 +39,20 @@
 //! # Ok::<(), happen::Error>(())
 //! ```
 
+mod limits;
+mod patterns;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+
+pub use limits::{Limits, PartialLimits, QueueStrategy};
+pub use patterns::NodePatterns;
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,10 +67,9 @@ pub struct Config {
     pub streams: StreamConfig,
     /// CPU-bound work settings.
     pub cpu: CpuConfig,
-    /// Transport settings. The in-process transport needs none; `nats` is read by `happen-nats`.
+    /// Transport settings: one table per transport (`[transport.nats]`), read by the crate
+    /// of that transport. The in-process transport needs none.
     pub transport: TransportConfig,
-    /// Reserved for security settings; no keys are defined yet, so any key is an error.
-    pub security: SecurityConfig,
 }
 
 /// `concurrency`: the default limits and node-id pattern overrides.
@@ -75,294 +80,7 @@ pub struct ConcurrencyConfig {
     /// Limits for every node no pattern overrides.
     pub default: Limits,
     /// Node-id patterns (`api-*`) with partial overrides, in declaration order.
-    pub patterns: PatternOverrides,
-}
-
-/// Admission limits of one node.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Limits {
-    /// Flows executing at once (default 100).
-    #[serde(alias = "maxConcurrent")]
-    pub max_concurrent: usize,
-    /// Events waiting beyond `max_concurrent` (default 10,000); more are rejected with
-    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull).
-    #[serde(alias = "queueLimit")]
-    pub queue_limit: usize,
-    /// Which waiting event starts next (default FIFO).
-    #[serde(alias = "queueStrategy")]
-    pub queue_strategy: QueueStrategy,
-    /// Fraction of `queue_limit` (0 < t ≤ 1, default 0.8) at which the node is under pressure.
-    #[serde(alias = "backpressureThreshold")]
-    pub backpressure_threshold: f64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent: 100,
-            queue_limit: 10_000,
-            queue_strategy: QueueStrategy::Fifo,
-            backpressure_threshold: 0.8,
-        }
-    }
-}
-
-impl Limits {
-    /// Sets `max_concurrent`.
-    pub fn with_max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = n;
-        self
-    }
-    /// Sets `queue_limit`.
-    pub fn with_queue_limit(mut self, n: usize) -> Self {
-        self.queue_limit = n;
-        self
-    }
-    /// Sets `queue_strategy`.
-    pub fn with_queue_strategy(mut self, s: QueueStrategy) -> Self {
-        self.queue_strategy = s;
-        self
-    }
-    /// Sets `backpressure_threshold`.
-    pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
-        self.backpressure_threshold = t;
-        self
-    }
-
-    /// Limits so high they never apply (for comparison runs).
-    pub fn unlimited() -> Self {
-        Limits {
-            max_concurrent: usize::MAX / 4,
-            queue_limit: usize::MAX / 4,
-            ..Limits::default()
-        }
-    }
-
-    pub(crate) fn merged(mut self, p: &PartialLimits) -> Limits {
-        if let Some(v) = p.max_concurrent {
-            self.max_concurrent = v;
-        }
-        if let Some(v) = p.queue_limit {
-            self.queue_limit = v;
-        }
-        if let Some(v) = p.queue_strategy {
-            self.queue_strategy = v;
-        }
-        if let Some(v) = p.backpressure_threshold {
-            self.backpressure_threshold = v;
-        }
-        self
-    }
-
-    pub(crate) fn validate(&self, key: &str) -> Result<()> {
-        if self.max_concurrent == 0 {
-            return Err(Error::config(
-                &format!("{key}.max_concurrent"),
-                "must be at least 1",
-            ));
-        }
-        if self.queue_limit == 0 {
-            return Err(Error::config(
-                &format!("{key}.queue_limit"),
-                "must be at least 1",
-            ));
-        }
-        validate_threshold(
-            &format!("{key}.backpressure_threshold"),
-            self.backpressure_threshold,
-        )
-    }
-}
-
-fn validate_threshold(key: &str, t: f64) -> Result<()> {
-    if !(t > 0.0 && t <= 1.0) {
-        return Err(Error::config(
-            key,
-            format!("{t} is outside (0, 1]; it is a fraction of queue_limit such as 0.8"),
-        ));
-    }
-    Ok(())
-}
-
-/// A partial [`Limits`]: only the keys that are set override the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct PartialLimits {
-    /// Overrides `max_concurrent`.
-    #[serde(alias = "maxConcurrent", skip_serializing_if = "Option::is_none")]
-    pub max_concurrent: Option<usize>,
-    /// Overrides `queue_limit`.
-    #[serde(alias = "queueLimit", skip_serializing_if = "Option::is_none")]
-    pub queue_limit: Option<usize>,
-    /// Overrides `queue_strategy`.
-    #[serde(alias = "queueStrategy", skip_serializing_if = "Option::is_none")]
-    pub queue_strategy: Option<QueueStrategy>,
-    /// Overrides `backpressure_threshold`.
-    #[serde(
-        alias = "backpressureThreshold",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backpressure_threshold: Option<f64>,
-}
-
-impl PartialLimits {
-    /// Sets `max_concurrent`.
-    pub fn with_max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = Some(n);
-        self
-    }
-    /// Sets `queue_limit`.
-    pub fn with_queue_limit(mut self, n: usize) -> Self {
-        self.queue_limit = Some(n);
-        self
-    }
-    /// Sets `queue_strategy`.
-    pub fn with_queue_strategy(mut self, s: QueueStrategy) -> Self {
-        self.queue_strategy = Some(s);
-        self
-    }
-    /// Sets `backpressure_threshold`.
-    pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
-        self.backpressure_threshold = Some(t);
-        self
-    }
-}
-
-/// Which waiting event starts next.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueStrategy {
-    /// Arrival order (`"fifo"`).
-    #[default]
-    Fifo,
-    /// Highest [`Event::priority`](crate::Event::priority) first, arrival order within a
-    /// priority (`"priority"`). A full queue admits a higher-priority event by displacing the
-    /// newest event of the lowest queued priority.
-    Priority,
-}
-
-/// Node-id patterns with partial overrides, in declaration order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PatternOverrides(Vec<(String, PartialLimits)>);
-
-impl PatternOverrides {
-    /// Adds (or replaces) the override for `pattern`, keeping declaration order.
-    pub fn insert(&mut self, pattern: impl Into<String>, limits: PartialLimits) {
-        let pattern = pattern.into();
-        match self.0.iter_mut().find(|(p, _)| *p == pattern) {
-            Some(entry) => entry.1 = limits,
-            None => self.0.push((pattern, limits)),
-        }
-    }
-
-    /// The entries in declaration order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &PartialLimits)> {
-        self.0.iter().map(|(p, l)| (p.as_str(), l))
-    }
-
-    /// The entry that applies to `node_id` (see the [module docs](self) for precedence).
-    pub fn select(&self, node_id: &str) -> Option<(&str, &PartialLimits)> {
-        let mut best: Option<(&(String, PartialLimits), usize)> = None;
-        for entry in &self.0 {
-            if let Some(rank) = pattern_rank(&entry.0, node_id)
-                && best.is_none_or(|(_, b)| rank > b)
-            {
-                best = Some((entry, rank));
-            }
-        }
-        best.map(|((p, l), _)| (p.as_str(), l))
-    }
-}
-
-impl Serialize for PatternOverrides {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-impl<'de> Deserialize<'de> for PatternOverrides {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = PatternOverrides;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map from node-id patterns to partial limits")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = PatternOverrides::default();
-                while let Some((k, v)) = map.next_entry::<String, PartialLimits>()? {
-                    if out.0.iter().any(|(p, _)| *p == k) {
-                        return Err(serde::de::Error::custom(format!(
-                            "pattern `{k}` appears twice"
-                        )));
-                    }
-                    out.0.push((k, v));
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// How well the node-id pattern `pattern` fits `node_id`, for choosing among patterns as the
-/// concurrency overrides do (and other per-node settings may): `None` if it does not match;
-/// the highest rank for an exact id (a pattern without `*`); otherwise the number of literal
-/// characters, so `api-gw-*` outranks `api-*`. `*` matches any run of characters.
-///
-/// ```
-/// use happen::config::pattern_rank;
-/// assert_eq!(pattern_rank("api-gw", "api-gw"), Some(usize::MAX));
-/// assert!(pattern_rank("api-gw-*", "api-gw-1") > pattern_rank("api-*", "api-gw-1"));
-/// assert_eq!(pattern_rank("api-*", "web-1"), None);
-/// ```
-pub fn pattern_rank(pattern: &str, node_id: &str) -> Option<usize> {
-    if !pattern.contains('*') {
-        return (pattern == node_id).then_some(usize::MAX);
-    }
-    glob_matches(pattern, node_id).then(|| pattern.chars().filter(|c| *c != '*').count())
-}
-
-/// `*` matches any run of characters (including none).
-pub(crate) fn glob_matches(glob: &str, s: &str) -> bool {
-    let parts: Vec<&str> = glob.split('*').collect();
-    if parts.len() == 1 {
-        return glob == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-fn validate_glob(key: &str, glob: &str) -> Result<()> {
-    let problem = if glob.is_empty() {
-        Some("a node-id pattern must not be empty".to_string())
-    } else if glob.contains("**") {
-        Some("`**` is not supported; one `*` already matches any run of characters".to_string())
-    } else {
-        glob.chars()
-            .find(|c| c.is_whitespace() || matches!(c, '?' | '[' | ']' | '{' | '}' | ','))
-            .map(|c| format!("character `{c}` is not allowed; only `*` is a wildcard"))
-    };
-    match problem {
-        Some(p) => Err(Error::config(&format!("{key}.\"{glob}\""), p)),
-        None => Ok(()),
-    }
+    pub patterns: NodePatterns<PartialLimits>,
 }
 
 impl ConcurrencyConfig {
@@ -389,24 +107,47 @@ pub struct FlowConfig {
     /// Most steps one flow may run, and most hops one causal chain may take (default 1000).
     #[serde(alias = "maxChainDepth")]
     pub max_chain_depth: usize,
-    /// Default time a sender waits for a reply, in milliseconds (default 30,000).
-    #[serde(alias = "requestTimeoutMs")]
-    pub request_timeout_ms: u64,
+    /// Default time a sender waits for a reply (default 30 s). In a file:
+    /// `request_timeout_ms`, in milliseconds.
+    #[serde(
+        rename = "request_timeout_ms",
+        alias = "requestTimeoutMs",
+        with = "millis"
+    )]
+    pub request_timeout: Duration,
 }
 
 impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
             max_chain_depth: 1000,
-            request_timeout_ms: 30_000,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
 
-impl FlowConfig {
-    /// The default request timeout as a `Duration`.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+/// A `Duration` written in a configuration file as whole milliseconds (`request_timeout_ms =
+/// 5000`), the file format the reference uses. For fields of other crates' sections too:
+/// `#[serde(with = "happen::config::millis")]`.
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as whole milliseconds (rounded down).
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Reads whole milliseconds.
+    ///
+    /// # Errors
+    /// The deserializer's, for anything but a non-negative integer.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -440,21 +181,67 @@ pub struct CpuConfig {
     pub threads: Option<usize>,
 }
 
-/// `transport`: settings of the transport in use.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
+/// `transport`: settings of the transport in use, one table per transport
+/// (`[transport.nats]`). The core keeps each table as it was read and hands it to the crate of
+/// that transport, which validates it (`happen_nats::NatsConfig::from_happen` reads `nats`).
+///
+/// `{:?}` shows the table names only: transport tables hold credentials.
+///
+/// ```
+/// use happen::Config;
+///
+/// let config = Config::from_toml_str(r#"
+///     [transport.nats]
+///     servers = ["nats://127.0.0.1:4222"]
+///     auth = { user = "app", password = "s3cret" }
+/// "#)?;
+/// let nats = config.transport.section("nats").expect("the table is there");
+/// assert_eq!(nats["servers"][0], "nats://127.0.0.1:4222");
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), happen::Error>(())
+/// ```
+#[derive(Clone, Default, PartialEq)]
 pub struct TransportConfig {
-    /// Settings for the NATS transport (`happen-nats` validates them).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nats: Option<serde_json::Value>,
+    sections: BTreeMap<String, serde_json::Value>,
 }
 
-/// `security`: reserved; no keys are defined yet.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct SecurityConfig {}
+impl TransportConfig {
+    /// The table `[transport.<name>]`, if the configuration has one.
+    pub fn section(&self, name: &str) -> Option<&serde_json::Value> {
+        self.sections.get(name)
+    }
+
+    /// Sets the table `[transport.<name>]` (for configurations built in code).
+    pub fn set_section(&mut self, name: impl Into<String>, table: serde_json::Value) {
+        self.sections.insert(name.into(), table);
+    }
+
+    /// The names of the tables present.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sections.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The tables may hold passwords, tokens and key seeds: names only.
+        f.debug_map()
+            .entries(self.sections.keys().map(|k| (k, "..")))
+            .finish()
+    }
+}
+
+impl Serialize for TransportConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.sections.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TransportConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        BTreeMap::deserialize(d).map(|sections| TransportConfig { sections })
+    }
+}
 
 impl Config {
     /// Parses TOML and validates.
@@ -508,29 +295,14 @@ impl Config {
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the offending key.
     pub fn validate(&self) -> Result<()> {
         self.concurrency.default.validate("concurrency.default")?;
+        self.concurrency.patterns.validate("concurrency.patterns")?;
         for (glob, p) in self.concurrency.patterns.iter() {
-            validate_glob("concurrency.patterns", glob)?;
-            let key = format!("concurrency.patterns.\"{glob}\"");
-            if p.max_concurrent == Some(0) {
-                return Err(Error::config(
-                    &format!("{key}.max_concurrent"),
-                    "must be at least 1",
-                ));
-            }
-            if p.queue_limit == Some(0) {
-                return Err(Error::config(
-                    &format!("{key}.queue_limit"),
-                    "must be at least 1",
-                ));
-            }
-            if let Some(t) = p.backpressure_threshold {
-                validate_threshold(&format!("{key}.backpressure_threshold"), t)?;
-            }
+            p.validate(&format!("concurrency.patterns.\"{glob}\""))?;
         }
         if self.flow.max_chain_depth == 0 {
             return Err(Error::config("flow.max_chain_depth", "must be at least 1"));
         }
-        if self.flow.request_timeout_ms == 0 {
+        if self.flow.request_timeout.is_zero() {
             return Err(Error::config(
                 "flow.request_timeout_ms",
                 "must be at least 1",
@@ -557,22 +329,4 @@ fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Error {
     let inner = e.into_inner().to_string();
     let inner = inner.trim_end().replace('\n', " ");
     Error::config(&path, inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_globs() {
-        assert!(glob_matches("api-*", "api-gateway"));
-        assert!(glob_matches("api-*", "api-"));
-        assert!(!glob_matches("api-*", "xapi-1"));
-        assert!(glob_matches("*-db", "orders-db"));
-        assert!(glob_matches("a*b*c", "aXXbYYc"));
-        assert!(!glob_matches("a*b*c", "aXXcYYb"));
-        assert!(glob_matches("*", ""));
-        assert!(glob_matches("exact", "exact"));
-        assert!(!glob_matches("ab*ba", "aba"));
-    }
 }

@@ -162,7 +162,7 @@ impl Causal {
 impl Event {
     /// A new event of `event_type` with a JSON payload (anything convertible into
     /// [`serde_json::Value`]: `json!(..)`, strings, numbers, `()` for none).
-    /// For a typed payload use [`Event::serialize`].
+    /// For a typed payload use [`Event::json`].
     ///
     /// The type may be any `&str`, `String` or [`EventType`]; a `&str` is copied (one small
     /// allocation), an [`EventType::from_static`] is not.
@@ -194,11 +194,11 @@ impl Event {
     /// ```
     /// #[derive(serde::Serialize)]
     /// struct Order { id: u32 }
-    /// let event = happen::Event::serialize("order.created", &Order { id: 7 })?;
+    /// let event = happen::Event::json("order.created", &Order { id: 7 })?;
     /// assert_eq!(event.payload()["id"], 7);
     /// # Ok::<(), happen::Error>(())
     /// ```
-    pub fn serialize<T: Serialize + ?Sized>(
+    pub fn json<T: Serialize + ?Sized>(
         event_type: impl Into<EventType>,
         payload: &T,
     ) -> Result<Event> {

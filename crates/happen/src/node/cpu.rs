@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 
 use super::context::Context;
 use super::flow::{Flow, IntoFlow};
-use super::handler::Handler;
+use super::handler::sealed::HandlerFn;
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::event::Event;
 
@@ -126,7 +126,7 @@ where
 #[derive(Clone, Debug)]
 pub struct CpuBound<F>(F);
 
-impl<F, R> Handler<(CpuBound<F>,)> for CpuBound<F>
+impl<F, R> HandlerFn<(CpuBound<F>,)> for CpuBound<F>
 where
     F: Fn(Event) -> R + Clone + Send + Sync + 'static,
     R: IntoFlow + Send + 'static,

@@ -147,7 +147,7 @@ impl FlowStream {
             FlowReply::Streaming(s) => {
                 let observed = !s.tx.is_closed();
                 if observed {
-                    s.finish(outcome);
+                    s.end(outcome);
                     Delivered::Yes
                 } else {
                     Delivered::Unobserved(outcome)
@@ -159,8 +159,10 @@ impl FlowStream {
 
 /// Emits the intermediate items of a streaming step (the third handler argument).
 ///
-/// The first emit turns the flow's reply into a stream. Items are JSON values; use
-/// [`emit_json`](Emitter::emit_json) for any `Serialize` type. [`emit`](Emitter::emit) waits
+/// The first emit turns the flow's reply into a stream. Items are anything `Serialize` (a
+/// `serde_json::Value`, a number, a string, your own types); the consumer reads them as JSON
+/// values or decodes them with [`ReplyStream::typed`](crate::ReplyStream::typed).
+/// [`emit`](Emitter::emit) waits
 /// while the consumer's buffer is full (nothing is lost, the producer goes at the reader's
 /// pace); [`try_emit`](Emitter::try_emit) never waits and drops the item instead (for
 /// progress updates, where only the latest matters).
@@ -194,11 +196,41 @@ impl Emitter {
     /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
     /// cancelled; return the error with `?`).
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen};
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Row { id: u32 }
+    ///
+    /// async fn export(_e: Event, _c: Context, rows: Emitter) -> happen::Result<u32> {
+    ///     for id in 0..3 {
+    ///         rows.emit(Row { id }).await?; // waits while the reader's buffer is full
+    ///     }
+    ///     Ok(3)
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let db = happen.node("db").await?;
+    /// db.on("export", export)?;
+    /// let rows: Vec<_> = db.send(&db, Event::new("export", ())).into_stream().collect().await;
+    /// assert_eq!(rows.len(), 3);
+    /// assert_eq!(rows[2].as_ref().unwrap()["id"], 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
+    /// cancelled; return the error with `?`); [`ErrorKind::InvalidPayload`] if `item` cannot be
+    /// represented as JSON.
+    ///
     /// # Cancel safety
     /// If the future is dropped before completing, the item was not emitted.
-    pub async fn emit(&self, item: impl Into<Value>) -> Result<()> {
+    pub async fn emit(&self, item: impl Serialize) -> Result<()> {
+        let item = to_item(item)?;
         match self.sink() {
-            Sink::Channel(tx, shared) => match tx.send(item.into()).await {
+            Sink::Channel(tx, shared) => match tx.send(item).await {
                 Ok(()) => Ok(()),
                 Err(_) if shared.is_cancelled() => Err(Error::cancelled()),
                 // The reply was dropped without being read: fire-and-forget, discard.
@@ -206,20 +238,12 @@ impl Emitter {
             },
             Sink::Broadcast(tx) => {
                 // Never blocks: subscribers that fall behind skip items (they are told).
-                let _ = tx.send(Frame::Item(item.into()));
+                let _ = tx.send(Frame::Item(item));
                 Ok(())
             }
             Sink::Discard => Ok(()),
             Sink::Ended => Err(ended()),
         }
-    }
-
-    /// Emits a `Serialize` item.
-    ///
-    /// # Errors
-    /// As [`emit`](Emitter::emit), plus [`ErrorKind::InvalidPayload`] if `item` is not JSON-able.
-    pub async fn emit_json<T: Serialize>(&self, item: &T) -> Result<()> {
-        self.emit(to_item(item)?).await
     }
 
     /// Emits one item if the consumer's buffer has room, without waiting: `Ok(true)` when the
@@ -269,10 +293,12 @@ impl Emitter {
     ///
     /// # Errors
     /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
-    /// cancelled; return the error with `?`).
-    pub fn try_emit(&self, item: impl Into<Value>) -> Result<bool> {
+    /// cancelled; return the error with `?`); [`ErrorKind::InvalidPayload`] if `item` cannot be
+    /// represented as JSON.
+    pub fn try_emit(&self, item: impl Serialize) -> Result<bool> {
+        let item = to_item(item)?;
         match self.sink() {
-            Sink::Channel(tx, shared) => match tx.try_send(item.into()) {
+            Sink::Channel(tx, shared) => match tx.try_send(item) {
                 Ok(()) => Ok(true),
                 Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
                 Err(mpsc::error::TrySendError::Closed(_)) if shared.is_cancelled() => {
@@ -282,21 +308,12 @@ impl Emitter {
                 Err(mpsc::error::TrySendError::Closed(_)) => Ok(true),
             },
             Sink::Broadcast(tx) => {
-                let _ = tx.send(Frame::Item(item.into()));
+                let _ = tx.send(Frame::Item(item));
                 Ok(true)
             }
             Sink::Discard => Ok(true),
             Sink::Ended => Err(ended()),
         }
-    }
-
-    /// [`try_emit`](Emitter::try_emit) for a `Serialize` item.
-    ///
-    /// # Errors
-    /// As [`try_emit`](Emitter::try_emit), plus [`ErrorKind::InvalidPayload`] if `item` is not
-    /// JSON-able.
-    pub fn try_emit_json<T: Serialize>(&self, item: &T) -> Result<bool> {
-        self.try_emit(to_item(item)?)
     }
 
     /// Where items go, looked up at the first emit (which turns the reply into a stream).
@@ -309,7 +326,7 @@ impl Emitter {
     }
 }
 
-fn to_item<T: Serialize>(item: &T) -> Result<Value> {
+fn to_item(item: impl Serialize) -> Result<Value> {
     serde_json::to_value(item).map_err(|e| {
         Error::new(
             ErrorKind::InvalidPayload,

@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use super::context::Context;
 use super::handler::Handler;
+use super::handler::sealed::HandlerFn;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::event::Event;
 
@@ -96,16 +97,16 @@ where
     Args: 'static,
 {
     fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>> {
-        self.handler.call(event, ctx)
+        HandlerFn::call(&self.handler, event, ctx)
     }
     fn is_streaming(&self) -> bool {
-        self.handler.is_streaming()
+        HandlerFn::is_streaming(&self.handler)
     }
 }
 
 impl Step {
     /// Wraps a handler as a step.
-    pub fn new<H, Args>(handler: H) -> Step
+    pub(crate) fn new<H, Args>(handler: H) -> Step
     where
         H: Handler<Args>,
         Args: 'static,
@@ -114,13 +115,6 @@ impl Step {
             handler,
             _args: std::marker::PhantomData,
         }))
-    }
-}
-
-impl Step {
-    /// Does this step stream (take an [`Emitter`](crate::Emitter))?
-    pub fn is_streaming(&self) -> bool {
-        self.0.is_streaming()
     }
 }
 
@@ -187,7 +181,7 @@ impl<T: IntoFlow, E: Into<BoxError>> IntoFlow for std::result::Result<T, E> {
     fn into_flow(self) -> Result<Flow> {
         match self {
             Ok(v) => v.into_flow(),
-            Err(e) => Err(Error::handler(e.into())),
+            Err(e) => Err(Error::from_handler(e.into())),
         }
     }
 }

@@ -30,24 +30,47 @@ use crate::event::Event;
 /// Closures need their argument types written out (`|event: Event, ctx: Context| async move { .. }`)
 /// because several shapes exist. Captured state must be `Send + Sync + 'static` (wrap shared
 /// state in an `Arc`).
+///
+/// The trait is sealed: the shapes above (and [`cpu::cpu_bound`](crate::cpu::cpu_bound)) are
+/// all there is, so happen can tell a streaming step from a plain one without asking.
+///
+/// ```compile_fail
+/// // A handler cannot be written by hand: the trait is sealed.
+/// struct Mine;
+/// impl happen::Handler<()> for Mine {}
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a happen handler",
     label = "not a handler",
     note = "a handler is an `async fn(Event, Context) -> R` (or `Json<T>` instead of `Event`, and/or an extra `Emitter` argument) where `R: IntoFlow`",
     note = "closures need annotated arguments: `|event: Event, ctx: Context| async move {{ .. }}`"
 )]
-pub trait Handler<Args>: Send + Sync + 'static {
-    /// Runs the handler for one event.
-    fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+pub trait Handler<Args>: sealed::HandlerFn<Args> {}
 
-    /// Does this handler stream (take an [`Emitter`])?
-    #[doc(hidden)]
-    fn is_streaming(&self) -> bool {
-        false
+impl<H: sealed::HandlerFn<Args>, Args> Handler<Args> for H {}
+
+pub(crate) mod sealed {
+    use super::{BoxFuture, Context, Event, Flow, Result};
+
+    /// What a handler does; not nameable outside happen (see [`Handler`](super::Handler)).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a happen handler",
+        label = "not a handler",
+        note = "a handler is an `async fn(Event, Context) -> R` (or `Json<T>` instead of `Event`, and/or an extra `Emitter` argument) where `R: IntoFlow`",
+        note = "closures need annotated arguments: `|event: Event, ctx: Context| async move {{ .. }}`"
+    )]
+    pub trait HandlerFn<Args>: Send + Sync + 'static {
+        /// Runs the handler for one event.
+        fn call(&self, event: Event, ctx: Context) -> BoxFuture<'static, Result<Flow>>;
+
+        /// Does this handler stream (take an `Emitter`)?
+        fn is_streaming(&self) -> bool {
+            false
+        }
     }
 }
 
-impl<F, Fut, R> Handler<(Event, Context)> for F
+impl<F, Fut, R> sealed::HandlerFn<(Event, Context)> for F
 where
     F: Fn(Event, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
@@ -58,7 +81,7 @@ where
     }
 }
 
-impl<F, Fut, R, T> Handler<(Json<T>, Context)> for F
+impl<F, Fut, R, T> sealed::HandlerFn<(Json<T>, Context)> for F
 where
     F: Fn(Json<T>, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
@@ -73,7 +96,7 @@ where
     }
 }
 
-impl<F, Fut, R> Handler<(Event, Context, Emitter)> for F
+impl<F, Fut, R> sealed::HandlerFn<(Event, Context, Emitter)> for F
 where
     F: Fn(Event, Context, Emitter) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
@@ -92,7 +115,7 @@ where
     }
 }
 
-impl<F, Fut, R, T> Handler<(Json<T>, Context, Emitter)> for F
+impl<F, Fut, R, T> sealed::HandlerFn<(Json<T>, Context, Emitter)> for F
 where
     F: Fn(Json<T>, Context, Emitter) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,

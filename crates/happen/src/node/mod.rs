@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::admission::{
     Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure, PressureChange,
 };
-use crate::config::{Config, Limits, PartialLimits};
+use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
@@ -32,7 +32,8 @@ use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
 pub use context::Context;
 pub use emitter::Emitter;
-pub use flow::{Flow, IntoFlow, Json, Step};
+use flow::Step;
+pub use flow::{Flow, IntoFlow, Json};
 pub use handler::Handler;
 pub(crate) use instance::{Instance, Scope};
 
@@ -127,14 +128,14 @@ impl fmt::Debug for SequentialKey {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
 /// use std::time::Duration;
-/// use happen::{Happen, NodeOptions, PartialLimits, SequentialKey};
+/// use happen::{Happen, NodeOptions, SequentialKey};
 ///
 /// let happen = Happen::new();
 /// let node = happen
 ///     .node_with(
 ///         "ledger",
 ///         NodeOptions::new()
-///             .limits(PartialLimits::default().with_max_concurrent(8))
+///             .max_concurrent(8)
 ///             .sequential(SequentialKey::CorrelationId)
 ///             .request_timeout(Duration::from_secs(5)),
 ///     )
@@ -157,9 +158,26 @@ impl NodeOptions {
     pub fn new() -> NodeOptions {
         NodeOptions::default()
     }
-    /// Overrides admission limits (over the config's default and pattern entries).
-    pub fn limits(mut self, limits: PartialLimits) -> Self {
-        self.limits = limits;
+    /// Flows of this node that run at once (over the configuration's default and pattern
+    /// entries).
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.limits.max_concurrent = Some(n);
+        self
+    }
+    /// Events that may wait beyond `max_concurrent`; more are rejected with
+    /// [`ErrorKind::QueueFull`].
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.limits.queue_limit = Some(n);
+        self
+    }
+    /// Which waiting event starts next.
+    pub fn queue_strategy(mut self, strategy: QueueStrategy) -> Self {
+        self.limits.queue_strategy = Some(strategy);
+        self
+    }
+    /// Fraction of `queue_limit` (0 < t ≤ 1) at which the node is under pressure.
+    pub fn backpressure_threshold(mut self, threshold: f64) -> Self {
+        self.limits.backpressure_threshold = Some(threshold);
         self
     }
     /// Default reply timeout for sends from this node.
@@ -221,8 +239,24 @@ impl NodeOptions {
 }
 
 /// Where a send goes: a [`Node`] handle or a node id (`&str`, `String`, [`NodeId`]).
+/// Sending takes `impl Into<Target>`, so this type is rarely named.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Event, Happen, Target};
+///
+/// let happen = Happen::new();
+/// let a = happen.node("a").await?;
+/// assert_eq!(Target::from(&a).id(), "a");
+/// assert_eq!(Target::from("b").id(), "b");
+/// a.tell("a", Event::new("ping", ())).ok(); // by id
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
-pub enum Target<'a> {
+pub struct Target<'a>(To<'a>);
+
+#[derive(Clone, Debug)]
+enum To<'a> {
     /// A node handle.
     Node(&'a Node),
     /// A node id, resolved by the transport.
@@ -232,36 +266,44 @@ pub enum Target<'a> {
 impl Target<'_> {
     /// The target's node id.
     pub fn id(&self) -> &NodeId {
-        match self {
-            Target::Node(n) => n.id(),
-            Target::Id(id) => id,
+        match &self.0 {
+            To::Node(n) => n.id(),
+            To::Id(id) => id,
+        }
+    }
+
+    /// The node handle, if the target is one.
+    fn node(&self) -> Option<&Node> {
+        match &self.0 {
+            To::Node(n) => Some(n),
+            To::Id(_) => None,
         }
     }
 }
 
 impl<'a> From<&'a Node> for Target<'a> {
     fn from(n: &'a Node) -> Self {
-        Target::Node(n)
+        Target(To::Node(n))
     }
 }
 impl From<&str> for Target<'_> {
     fn from(s: &str) -> Self {
-        Target::Id(NodeId::from(s))
+        Target(To::Id(NodeId::from(s)))
     }
 }
 impl From<String> for Target<'_> {
     fn from(s: String) -> Self {
-        Target::Id(NodeId::from(s))
+        Target(To::Id(NodeId::from(s)))
     }
 }
 impl From<NodeId> for Target<'_> {
     fn from(id: NodeId) -> Self {
-        Target::Id(id)
+        Target(To::Id(id))
     }
 }
 impl From<&NodeId> for Target<'_> {
     fn from(id: &NodeId) -> Self {
-        Target::Id(id.clone())
+        Target(To::Id(id.clone()))
     }
 }
 
@@ -334,7 +376,7 @@ impl Node {
             engine: Engine::new(&id, limits, options.sequential.is_some()),
             request_timeout: options
                 .request_timeout
-                .unwrap_or_else(|| config.flow.request_timeout()),
+                .unwrap_or(config.flow.request_timeout),
             max_chain_depth: config.flow.max_chain_depth,
             stream_buffer: options.stream_buffer.unwrap_or(config.streams.buffer),
             sequential: options.sequential,
@@ -451,51 +493,44 @@ impl Node {
         self.dispatch(target.into(), event, None)
     }
 
-    /// Waits until `target` is not under backpressure, then sends (a well-behaved producer
-    /// never hits `QueueFull` this way). Waits at most the node's request timeout.
+    /// Resolves once `target` is not under backpressure, so that a producer that awaits it
+    /// before each send never hits `QueueFull` (the seed's "observe and honour"). Waits at most
+    /// the node's request timeout; set another limit with [`Ready::timeout`]. Resolves at
+    /// once for a target whose pressure nobody knows (a remote node the transport cannot
+    /// watch).
     ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`] if the target stays under pressure for the whole timeout; then
-    /// nothing was sent.
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Context, Event, Happen, NodeOptions};
     ///
-    /// # Cancel safety
-    /// Cancel-safe: if the future is dropped while waiting, nothing was sent.
-    pub async fn send_paced<'t>(
-        &self,
-        target: impl Into<Target<'t>>,
-        event: Event,
-    ) -> Result<Reply> {
-        self.send_paced_timeout(target, event, self.shared.request_timeout)
-            .await
-    }
-
-    /// [`send_paced`](Node::send_paced) with an explicit limit on the wait.
-    ///
-    /// # Errors
-    /// As [`send_paced`](Node::send_paced).
-    pub async fn send_paced_timeout<'t>(
-        &self,
-        target: impl Into<Target<'t>>,
-        event: Event,
-        wait: Duration,
-    ) -> Result<Reply> {
+    /// let happen = Happen::new();
+    /// let slow = happen
+    ///     .node_with("slow", NodeOptions::new().max_concurrent(1).queue_limit(10))
+    ///     .await?;
+    /// slow.on("job", |_e: Event, _c: Context| async {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await;
+    /// })?;
+    /// let producer = happen.node("producer").await?;
+    /// let mut replies = Vec::new();
+    /// for i in 0..50 {
+    ///     producer.ready(&slow).await?; // honour the backpressure: never `QueueFull`
+    ///     replies.push(producer.send(&slow, Event::new("job", i)));
+    /// }
+    /// for reply in replies {
+    ///     reply.await?;
+    /// }
+    /// assert_eq!(slow.stats().rejected, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn ready<'t>(&self, target: impl Into<Target<'t>>) -> Ready {
         let target = target.into();
-        if let Some(mut rx) = self.pressure_of(&target) {
-            match tokio::time::timeout(wait, rx.wait_for(|p| !p.under_pressure)).await {
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "node `{}` stayed under backpressure for {wait:?}; nothing was sent",
-                            target.id()
-                        ),
-                    )
-                    .with_node(target.id()));
-                }
-            }
+        Ready {
+            pressure: self.pressure_of(&target),
+            target: target.id().clone(),
+            wait: self.shared.request_timeout,
+            waiting: None,
         }
-        Ok(self.send_inner(target, event, None))
     }
 
     /// Broadcasts `event` to every node with a matching handler (this node included if it
@@ -511,7 +546,7 @@ impl Node {
 
     /// Removes this node from its instance: it stops taking events at once (sends by id then
     /// fail with [`ErrorKind::UnknownNode`], sends through a handle with
-    /// [`ErrorKind::ShutDown`]), running and queued flows may finish for up to `deadline`,
+    /// [`ErrorKind::ShutDown`]), running and queued flows may finish for up to `grace`,
     /// then what is left is cancelled (its senders get `ShutDown`). The id can be used for a
     /// new node afterwards.
     ///
@@ -523,7 +558,7 @@ impl Node {
     /// let happen = Happen::new();
     /// let worker = happen.node("worker").await?;
     /// worker.close(Duration::from_secs(5)).await;
-    /// assert!(happen.get_node("worker").is_none());
+    /// assert!(happen.find_node("worker").is_none());
     /// let err = worker.send("worker", Event::new("ping", ())).await.unwrap_err();
     /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
     /// let again = happen.node("worker").await?; // the id is free again
@@ -533,8 +568,8 @@ impl Node {
     /// # Cancel safety
     /// The node stops taking events at the first poll; if the future is dropped before it
     /// resolves, its remaining flows keep running until they finish.
-    pub async fn close(&self, deadline: Duration) {
-        let until = tokio::time::Instant::now() + deadline;
+    pub async fn close(&self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
         let instance = &self.shared.instance;
         if instance.unregister(self) {
             // The transport stops routing here first; the node stays open meanwhile, so
@@ -554,7 +589,7 @@ impl Node {
             .await
             .is_err()
         {
-            tracing::warn!(node = %self.id(), ?deadline, "close deadline passed; cancelling the remaining flows");
+            tracing::warn!(node = %self.id(), ?grace, "close grace period passed; cancelling the remaining flows");
             self.close_now(true);
             engine.wait_drained().await;
         }
@@ -742,23 +777,22 @@ impl Node {
     fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
         let scope = &self.shared.scope;
         scope.check_open(|| instance::closed_send(&target))?;
-        match target {
-            Target::Node(node) if scope.direct && Arc::ptr_eq(&node.shared.scope, scope) => {
+        match target.node() {
+            Some(node) if scope.direct && Arc::ptr_eq(&node.shared.scope, scope) => {
                 node.admit(event, reply.map(|r| r.0), None)
             }
-            target => self.shared.instance.dispatch(target, event, reply),
+            _ => self.shared.instance.dispatch(target, event, reply),
         }
     }
 
     /// The backpressure state of `target`, if known.
     fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
-        match target {
-            Target::Node(n)
-                if self.shared.scope.direct && Arc::ptr_eq(&n.shared.scope, &self.shared.scope) =>
-            {
+        let scope = &self.shared.scope;
+        match target.node() {
+            Some(n) if scope.direct && Arc::ptr_eq(&n.shared.scope, scope) => {
                 Some(n.watch_pressure())
             }
-            target => self.shared.instance.pressure_of(target),
+            _ => self.shared.instance.pressure_of(target),
         }
     }
 
@@ -816,6 +850,71 @@ impl Node {
         {
             let _ = self.shared.instance.broadcast(event);
         }
+    }
+}
+
+/// A future that resolves once a target is not under backpressure (see [`Node::ready`]).
+#[must_use = "futures do nothing unless awaited"]
+pub struct Ready {
+    pressure: Option<watch::Receiver<Pressure>>,
+    target: NodeId,
+    wait: Duration,
+    waiting: Option<futures::future::BoxFuture<'static, Result<()>>>,
+}
+
+impl Ready {
+    /// Waits at most `wait` (instead of the node's request timeout).
+    ///
+    /// # Errors
+    /// The future fails with [`ErrorKind::Timeout`] if the target stays under pressure for
+    /// the whole wait.
+    pub fn timeout(mut self, wait: Duration) -> Ready {
+        self.wait = wait;
+        self
+    }
+}
+
+impl std::future::Future for Ready {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        let this = &mut *self;
+        if this.waiting.is_none() {
+            let Some(mut rx) = this.pressure.take() else {
+                return std::task::Poll::Ready(Ok(()));
+            };
+            if !rx.borrow().under_pressure {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let (target, wait) = (this.target.clone(), this.wait);
+            this.waiting = Some(Box::pin(async move {
+                match tokio::time::timeout(wait, rx.wait_for(|p| !p.under_pressure)).await {
+                    // A closed watch: the target went away; a send says how.
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("node `{target}` stayed under backpressure for {wait:?}"),
+                    )
+                    .with_node(&target)),
+                }
+            }));
+        }
+        match this.waiting.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready")
+            .field("target", &self.target)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
     }
 }
 

@@ -28,7 +28,7 @@ use crate::stream::{ItemStream, Received, Response, SlotReceiver};
 /// - [`outcome`](ReplyStream::outcome): a future taken *before* handing the stream to a
 ///   combinator (`collect`, `try_for_each`, `forward`...) that consumes it; it resolves once
 ///   the stream has been read to its end;
-/// - [`finish`](ReplyStream::finish): skip the remaining items.
+/// - [`skip_to_final`](ReplyStream::skip_to_final): skip the remaining items.
 ///
 /// Items are JSON values; [`typed`](ReplyStream::typed) reads them as any `Deserialize` type.
 ///
@@ -47,7 +47,7 @@ use crate::stream::{ItemStream, Received, Response, SlotReceiver};
 ///
 /// async fn job(Json(n): Json<u64>, _ctx: Context, emit: Emitter) -> happen::Result<String> {
 ///     for done in 1..=n {
-///         emit.emit_json(&Progress { done }).await?;
+///         emit.emit(Progress { done }).await?;
 ///     }
 ///     Ok(format!("{n} records"))
 /// }
@@ -105,7 +105,7 @@ impl ReplyStream {
     ///
     /// # Cancel safety
     /// Dropping the future drops the stream, which cancels a streaming producer.
-    pub async fn finish(mut self) -> Result<Value> {
+    pub async fn skip_to_final(mut self) -> Result<Value> {
         std::future::poll_fn(|cx| self.poll_final(cx)).await
     }
 
@@ -429,7 +429,7 @@ impl fmt::Debug for Outcome {
 /// stream goes on (stop reading it to cancel the producer). The flow's own error, if it fails,
 /// is one `Err` as in [`ReplyStream`]; then `None`. The final value stays JSON:
 /// [`final_value`](TypedStream::final_value), [`outcome`](TypedStream::outcome) (with
-/// [`Outcome::decode`]) or [`finish`](TypedStream::finish).
+/// [`Outcome::decode`]) or [`skip_to_final`](TypedStream::skip_to_final).
 pub struct TypedStream<T> {
     inner: ReplyStream,
     /// Index of the next item, for error messages.
@@ -455,8 +455,8 @@ impl<T> TypedStream<T> {
     ///
     /// # Cancel safety
     /// Dropping the future drops the stream, which cancels a streaming producer.
-    pub async fn finish(self) -> Result<Value> {
-        self.inner.finish().await
+    pub async fn skip_to_final(self) -> Result<Value> {
+        self.inner.skip_to_final().await
     }
 
     /// The untyped stream back.

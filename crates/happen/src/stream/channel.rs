@@ -33,7 +33,7 @@ pub(crate) struct StreamShared {
 /// let (tx, mut rx) = happen::stream::channel(4);
 /// tokio::spawn(async move {
 ///     tx.send(serde_json::json!(1)).await.unwrap();
-///     tx.finish(Ok(serde_json::json!("end")));
+///     tx.end(Ok(serde_json::json!("end")));
 /// });
 /// assert_eq!(rx.next().await.unwrap().unwrap(), 1);
 /// assert!(rx.next().await.is_none());
@@ -81,7 +81,7 @@ impl StreamSender {
     }
 
     /// Ends the stream with its final outcome.
-    pub fn finish(self, outcome: Result<Value>) {
+    pub fn end(self, outcome: Result<Value>) {
         *self.shared.end.lock() = Some(outcome);
         // The consumer reads the end after the items: when the channel closes (dropping
         // `tx`), or when woken here while an emitter handle still holds a sender.
@@ -150,7 +150,7 @@ impl ItemStream {
     ///
     /// # Cancel safety
     /// Dropping the future drops the stream, which cancels the producer.
-    pub async fn finish(mut self) -> Result<Value> {
+    pub async fn skip_to_final(mut self) -> Result<Value> {
         use futures::StreamExt;
         while let Some(item) = self.next().await {
             item?;

@@ -72,7 +72,7 @@ pub(crate) enum BroadcastRole {
 /// let mut items = feed.subscribe().into_items();
 /// feed.item(serde_json::json!(1));
 /// feed.lagged(2); // two items were lost on the way
-/// feed.finish(Ok(serde_json::json!("done")));
+/// feed.end(Ok(serde_json::json!("done")));
 /// assert_eq!(items.next().await.unwrap().unwrap(), StreamItem::Item(serde_json::json!(1)));
 /// assert_eq!(items.next().await.unwrap().unwrap(), StreamItem::Lagged(2));
 /// assert!(items.next().await.is_none());
@@ -110,7 +110,7 @@ impl BroadcastFeed {
     }
 
     /// Ends the stream with the producer's outcome.
-    pub fn finish(self, outcome: Result<Value>) {
+    pub fn end(self, outcome: Result<Value>) {
         let _ = self.tx.send(Frame::End(outcome));
     }
 }

@@ -42,13 +42,15 @@
 //! # Ok(()) }
 //! ```
 
-mod channel;
-mod feed;
-mod oneshot;
+// The transport-side pieces (reply paths, item channels, broadcast feeds) are public through
+// `happen::transport`; an application reads streams through `ReplyStream` and the two types
+// below.
+pub(crate) mod channel;
+pub(crate) mod feed;
+pub(crate) mod oneshot;
 
-pub(crate) use channel::StreamShared;
-pub use channel::{ItemStream, StreamSender, channel};
-pub use feed::{BroadcastFeed, BroadcastItems, FeedSubscription, StreamItem};
-pub(crate) use feed::{BroadcastRole, BroadcastSource, Frame};
-pub(crate) use oneshot::{Received, SlotReceiver, SlotSender, slot};
-pub use oneshot::{ReplyReceiver, ReplySender, Response, reply_channel};
+pub use feed::{BroadcastItems, StreamItem};
+
+pub(crate) use channel::{ItemStream, StreamSender, StreamShared, channel};
+pub(crate) use feed::{BroadcastRole, BroadcastSource, FeedSubscription, Frame};
+pub(crate) use oneshot::{Received, ReplySender, Response, SlotReceiver, SlotSender, slot};

@@ -32,7 +32,6 @@ use crate::admission::Pressure;
 use crate::error::Result;
 use crate::event::Event;
 use crate::id::NodeId;
-use crate::stream::ReplySender;
 
 pub use inbox::Inbox;
 pub use local::LocalTransport;
@@ -69,4 +68,21 @@ pub trait Transport: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+pub use crate::error::ErrorParts;
+pub use crate::stream::channel::{ItemStream, StreamSender, channel as stream_channel};
+pub use crate::stream::feed::{BroadcastFeed, BroadcastItems, FeedSubscription, StreamItem};
+pub use crate::stream::oneshot::{ReplyReceiver, ReplySender, Response, reply_channel};
+
+/// A [`Pressure`] built from its parts, for a transport that mirrors the state of a remote
+/// node (see [`Transport::pressure`]).
+///
+/// ```
+/// let p = happen::transport::pressure(true, 80, 100);
+/// assert!(p.under_pressure);
+/// assert_eq!((p.queued, p.queue_limit), (80, 100));
+/// ```
+pub fn pressure(under_pressure: bool, queued: usize, queue_limit: usize) -> Pressure {
+    Pressure::new(under_pressure, queued, queue_limit)
 }

@@ -1,0 +1,192 @@
+//! [`Limits`]: a node's admission limits, and [`PartialLimits`], an override of some of them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Admission limits of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Flows executing at once (default 100).
+    #[serde(alias = "maxConcurrent")]
+    pub max_concurrent: usize,
+    /// Events waiting beyond `max_concurrent` (default 10,000); more are rejected with
+    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull).
+    #[serde(alias = "queueLimit")]
+    pub queue_limit: usize,
+    /// Which waiting event starts next (default FIFO).
+    #[serde(alias = "queueStrategy")]
+    pub queue_strategy: QueueStrategy,
+    /// Fraction of `queue_limit` (0 < t ≤ 1, default 0.8) at which the node is under pressure.
+    #[serde(alias = "backpressureThreshold")]
+    pub backpressure_threshold: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent: 100,
+            queue_limit: 10_000,
+            queue_strategy: QueueStrategy::Fifo,
+            backpressure_threshold: 0.8,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets `max_concurrent`.
+    pub fn with_max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+    /// Sets `queue_limit`.
+    pub fn with_queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = n;
+        self
+    }
+    /// Sets `queue_strategy`.
+    pub fn with_queue_strategy(mut self, s: QueueStrategy) -> Self {
+        self.queue_strategy = s;
+        self
+    }
+    /// Sets `backpressure_threshold`.
+    pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
+        self.backpressure_threshold = t;
+        self
+    }
+
+    /// Limits so high they never apply (for comparison runs).
+    pub fn unlimited() -> Self {
+        Limits {
+            max_concurrent: usize::MAX / 4,
+            queue_limit: usize::MAX / 4,
+            ..Limits::default()
+        }
+    }
+
+    pub(crate) fn merged(mut self, p: &PartialLimits) -> Limits {
+        if let Some(v) = p.max_concurrent {
+            self.max_concurrent = v;
+        }
+        if let Some(v) = p.queue_limit {
+            self.queue_limit = v;
+        }
+        if let Some(v) = p.queue_strategy {
+            self.queue_strategy = v;
+        }
+        if let Some(v) = p.backpressure_threshold {
+            self.backpressure_threshold = v;
+        }
+        self
+    }
+
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        if self.max_concurrent == 0 {
+            return Err(Error::config(
+                &format!("{key}.max_concurrent"),
+                "must be at least 1",
+            ));
+        }
+        if self.queue_limit == 0 {
+            return Err(Error::config(
+                &format!("{key}.queue_limit"),
+                "must be at least 1",
+            ));
+        }
+        validate_threshold(
+            &format!("{key}.backpressure_threshold"),
+            self.backpressure_threshold,
+        )
+    }
+}
+
+fn validate_threshold(key: &str, t: f64) -> Result<()> {
+    if !(t > 0.0 && t <= 1.0) {
+        return Err(Error::config(
+            key,
+            format!("{t} is outside (0, 1]; it is a fraction of queue_limit such as 0.8"),
+        ));
+    }
+    Ok(())
+}
+
+/// A partial [`Limits`]: only the keys that are set override the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PartialLimits {
+    /// Overrides `max_concurrent`.
+    #[serde(alias = "maxConcurrent", skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// Overrides `queue_limit`.
+    #[serde(alias = "queueLimit", skip_serializing_if = "Option::is_none")]
+    pub queue_limit: Option<usize>,
+    /// Overrides `queue_strategy`.
+    #[serde(alias = "queueStrategy", skip_serializing_if = "Option::is_none")]
+    pub queue_strategy: Option<QueueStrategy>,
+    /// Overrides `backpressure_threshold`.
+    #[serde(
+        alias = "backpressureThreshold",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backpressure_threshold: Option<f64>,
+}
+
+impl PartialLimits {
+    /// Sets `max_concurrent`.
+    pub fn with_max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = Some(n);
+        self
+    }
+    /// Sets `queue_limit`.
+    pub fn with_queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = Some(n);
+        self
+    }
+    /// Sets `queue_strategy`.
+    pub fn with_queue_strategy(mut self, s: QueueStrategy) -> Self {
+        self.queue_strategy = Some(s);
+        self
+    }
+    /// Sets `backpressure_threshold`.
+    pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
+        self.backpressure_threshold = Some(t);
+        self
+    }
+}
+
+impl PartialLimits {
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        if self.max_concurrent == Some(0) {
+            return Err(Error::config(
+                &format!("{key}.max_concurrent"),
+                "must be at least 1",
+            ));
+        }
+        if self.queue_limit == Some(0) {
+            return Err(Error::config(
+                &format!("{key}.queue_limit"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(t) = self.backpressure_threshold {
+            validate_threshold(&format!("{key}.backpressure_threshold"), t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which waiting event starts next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueStrategy {
+    /// Arrival order (`"fifo"`).
+    #[default]
+    Fifo,
+    /// Highest [`Event::priority`](crate::Event::priority) first, arrival order within a
+    /// priority (`"priority"`). A full queue admits a higher-priority event by displacing the
+    /// newest event of the lowest queued priority.
+    Priority,
+}
