@@ -285,7 +285,10 @@ fn unknown_keys() {
     invalid_config(Config::from_toml_str("[concurency]\n"), "concurency");
     invalid_config(Config::from_json_str(r#"{"flow":{"depth":3}}"#), "depth");
     // No security settings exist yet: the section itself is unknown.
-    invalid_config(Config::from_toml_str("[security]\ntls = true\n"), "security");
+    invalid_config(
+        Config::from_toml_str("[security]\ntls = true\n"),
+        "security",
+    );
 }
 
 #[test]

@@ -304,3 +304,42 @@ async fn reused_contexts_never_leak_between_flows() {
         assert_eq!(ctx.get::<Validated>(), Some(Validated(*i)));
     }
 }
+
+/// `Context::with` holds no lock while its closure runs: the closure may read and write the
+/// context's other values (it used to deadlock).
+#[tokio::test]
+async fn with_lets_its_closure_use_the_context() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Other(u32);
+    struct Counter(u32);
+
+    let happen = Happen::new();
+    let node = happen.node("reentrant").await.unwrap();
+    node.on("go", |_e: Event, ctx: Context| async move {
+        ctx.insert(Other(7));
+        ctx.insert(Counter(1));
+        let seen = ctx
+            .with(|c: &mut Counter| {
+                c.0 += 1;
+                // other data methods work in here; the value being worked on is out
+                assert!(ctx.with(|_: &mut Counter| ()).is_none());
+                ctx.insert(Other(ctx.get::<Other>().unwrap().0 + c.0));
+                c.0
+            })
+            .unwrap();
+        json!([
+            seen,
+            ctx.get::<Other>().unwrap().0,
+            ctx.with(|c: &mut Counter| c.0)
+        ])
+    })
+    .unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.send(&node, Event::new("go", ())),
+    )
+    .await
+    .expect("no deadlock")
+    .unwrap();
+    assert_eq!(reply, json!([2, 9, 2]));
+}

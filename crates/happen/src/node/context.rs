@@ -157,7 +157,30 @@ impl Context {
         self.inner.items.lock().take().map(BroadcastItems::new)
     }
 
-    /// Stores `value`, returning the previous value of the same type.
+    /// Stores `value`, returning the previous value of the same type. One value per type:
+    /// wrap values in newtypes to keep two of one type apart.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Flow, Happen};
+    ///
+    /// #[derive(Clone)]
+    /// struct UserId(u64);
+    ///
+    /// async fn authenticate(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.insert(UserId(42));
+    ///     Flow::next(greet)
+    /// }
+    /// async fn greet(_e: Event, ctx: Context) -> String {
+    ///     format!("hello, user {}", ctx.get::<UserId>().map_or(0, |u| u.0))
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let web = happen.node("web").await?;
+    /// web.on("visit", authenticate)?;
+    /// assert_eq!(web.send(&web, Event::new("visit", ())).await?, "hello, user 42");
+    /// # Ok(()) }
+    /// ```
     pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
         let mut data = self.inner.data.lock();
         data.get_or_insert_with(HashMap::new)
@@ -165,7 +188,7 @@ impl Context {
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
-    /// A clone of the stored value of type `T`.
+    /// A clone of the stored value of type `T` (see [`insert`](Context::insert)).
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         let data = self.inner.data.lock();
         data.as_ref()?
@@ -175,16 +198,44 @@ impl Context {
     }
 
     /// Runs `f` on the stored value of type `T` in place (no clone); `None` if there is none.
-    /// Do not call other `Context` data methods from inside `f`.
+    ///
+    /// While `f` runs, the value is out of the context: `f` may call the other data methods
+    /// (they see no value of type `T`), and a value of type `T` that `f` inserts is replaced by
+    /// the one `f` worked on when it returns.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Flow, Happen};
+    ///
+    /// struct Attempts(u32);
+    ///
+    /// async fn start(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.insert(Attempts(1));
+    ///     Flow::next(retry)
+    /// }
+    /// async fn retry(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.with(|a: &mut Attempts| a.0 += 2); // in place, no clone
+    ///     Flow::next(report)
+    /// }
+    /// async fn report(_e: Event, ctx: Context) -> u32 {
+    ///     ctx.with(|a: &mut Attempts| a.0).unwrap_or(0)
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let retry = happen.node("retry").await?;
+    /// retry.on("go", start)?;
+    /// assert_eq!(retry.send(&retry, Event::new("go", ())).await?, 3);
+    /// # Ok(()) }
+    /// ```
     pub fn with<T: Send + Sync + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let mut data = self.inner.data.lock();
-        data.as_mut()?
-            .get_mut(&TypeId::of::<T>())?
-            .downcast_mut::<T>()
-            .map(f)
+        // Taken out for the call, so `f` may use the context (no lock is held while it runs).
+        let mut value = self.remove::<T>()?;
+        let out = f(&mut value);
+        self.insert(value);
+        Some(out)
     }
 
-    /// Removes and returns the stored value of type `T`.
+    /// Takes the stored value of type `T` out of the context.
     pub fn remove<T: Send + Sync + 'static>(&self) -> Option<T> {
         let mut data = self.inner.data.lock();
         data.as_mut()?

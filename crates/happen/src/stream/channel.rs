@@ -30,7 +30,7 @@ pub(crate) struct StreamShared {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use futures::StreamExt;
-/// let (tx, mut rx) = happen::stream::channel(4);
+/// let (tx, mut rx) = happen::transport::stream_channel(4);
 /// tokio::spawn(async move {
 ///     tx.send(serde_json::json!(1)).await.unwrap();
 ///     tx.end(Ok(serde_json::json!("end")));

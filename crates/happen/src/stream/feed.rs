@@ -66,7 +66,7 @@ pub(crate) enum BroadcastRole {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use futures::StreamExt;
-/// use happen::stream::{BroadcastFeed, StreamItem};
+/// use happen::transport::{BroadcastFeed, StreamItem};
 ///
 /// let feed = BroadcastFeed::new(16);
 /// let mut items = feed.subscribe().into_items();

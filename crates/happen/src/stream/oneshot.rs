@@ -208,7 +208,7 @@ impl fmt::Debug for ReplyReceiver {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use happen::stream::{reply_channel, Response};
+/// use happen::transport::{reply_channel, Response};
 /// let (tx, rx) = reply_channel();
 /// tx.send(Response::Done(Ok(serde_json::json!(1))));
 /// assert!(matches!(rx.await, Response::Done(Ok(v)) if v == 1));

@@ -21,6 +21,76 @@
 //! - **Pressure.** [`Transport::pressure`] exposes the backpressure state of a target, if known.
 //! - `send` and `broadcast` must not block: they are called from inside flows and from the
 //!   engine. Asynchronous work (network I/O) is spawned.
+//!
+//! # A transport, end to end
+//! A transport that hands every event to the in-process transport, counting what it carries:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! use futures::future::BoxFuture;
+//! use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+//! use happen::{Context, Event, Happen, NodeId};
+//!
+//! #[derive(Default)]
+//! struct Counting {
+//!     inner: LocalTransport,
+//!     carried: Arc<AtomicU64>,
+//! }
+//!
+//! impl Transport for Counting {
+//!     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+//!         self.inner.attach(inbox)
+//!     }
+//!     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
+//!         self.inner.detach(node)
+//!     }
+//!     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> happen::Result<()> {
+//!         self.carried.fetch_add(1, Ordering::Relaxed);
+//!         self.inner.send(target, event, reply)
+//!     }
+//!     fn broadcast(&self, event: Event) -> happen::Result<()> {
+//!         self.carried.fetch_add(1, Ordering::Relaxed);
+//!         self.inner.broadcast(event)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+//! let transport = Counting::default();
+//! let carried = transport.carried.clone();
+//! let happen = Happen::builder().transport(transport).build()?;
+//! let echo = happen.node("echo").await?;
+//! echo.on("say", |event: Event, _ctx: Context| async move { event.payload().clone() })?;
+//! assert_eq!(echo.send(&echo, Event::new("say", "hi")).await?, "hi");
+//! assert_eq!(carried.load(Ordering::Relaxed), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Only here
+//! None of this module is part of an application's API, so none of it is at the crate root:
+//!
+//! ```compile_fail,E0432
+//! use happen::Transport; // `happen::transport::Transport`
+//! ```
+//! ```compile_fail,E0432
+//! use happen::{Inbox, LocalTransport};
+//! ```
+//! ```compile_fail,E0603
+//! use happen::stream::Response; // `happen::transport::Response`
+//! ```
+//! ```compile_fail,E0603
+//! let (tx, rx) = happen::stream::reply_channel();
+//! ```
+//! ```compile_fail,E0599
+//! let e = happen::Error::from_parts(happen::ErrorKind::Timeout, "t", None, None, None);
+//! ```
+//! ```compile_fail,E0624
+//! let p = happen::Pressure::new(true, 1, 2); // `happen::transport::pressure`
+//! ```
+//! ```compile_fail,E0432
+//! use happen::Step; // made by `Flow::next` only
+//! ```
 
 mod inbox;
 mod local;
