@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Poke, watch and measure a live happen system over NATS.
 #[derive(Parser, Debug)]
-#[command(name = "happen", version, about, after_help = exit::HELP)]
+#[command(name = "happen", version, about, after_help = exit::help())]
 struct Cli {
     #[command(flatten)]
     conn: conn::ConnArgs,
