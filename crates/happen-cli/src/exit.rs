@@ -5,37 +5,17 @@ use happen::{Error, ErrorKind};
 /// Any failure without a code of its own.
 pub(crate) const OTHER: u8 = 1;
 
-/// The exit codes, as `happen --help` shows them.
-pub(crate) const HELP: &str = "\
-Exit codes:
-   0  success
-   1  any other failure
-   2  bad usage (unknown flag, missing argument)
-  10  unknown_node     no process serves the node
-  11  no_handler       the node has no handler for the event type
-  12  handler          the handler returned an error
-  13  panic            the handler panicked
-  14  timeout          no reply within --timeout
-  15  queue_full       the node's queue is full
-  16  shut_down        the node or its process is shutting down
-  17  cancelled        the flow was cancelled
-  18  chain_too_deep   the flow went deeper than flow.max_chain_depth
-  19  invalid_event    the event was refused as invalid
-  20  invalid_payload  a payload is not valid JSON or not what the handler takes
-  21  downstream       a call the flow made failed (the message names where)
-  22  invalid_pattern  the tap pattern cannot be parsed
-  23  invalid_config   a flag or file is not usable
-  30  transport        the nats server is unreachable or the connection was lost
-  31  auth             the nats server refused the credentials
-  32  tls              the TLS connection could not be set up
+/// The codes that are not an error kind's.
+const GENERAL: [(u8, &str); 3] = [
+    (0, "success"),
+    (OTHER, "any other failure"),
+    (2, "bad usage (unknown flag, missing argument)"),
+];
 
-Environment: HAPPEN_NATS_URL, HAPPEN_NATS_PREFIX, HAPPEN_NATS_USER, HAPPEN_NATS_PASSWORD,
-HAPPEN_NATS_TOKEN, HAPPEN_NATS_NKEY, HAPPEN_NATS_CREDS, HAPPEN_NATS_CA, HAPPEN_NATS_CERT,
-HAPPEN_NATS_KEY stand for the flags of the same name.";
-
-/// The exit code of an error's kind.
-pub(crate) fn code(e: &Error) -> u8 {
-    match e.kind() {
+/// The exit code of an error kind. The numbers are stable: scripts test them. A kind the
+/// library adds gets the next free number here (the test below fails until it has one).
+pub(crate) fn code_of(kind: ErrorKind) -> u8 {
+    match kind {
         ErrorKind::UnknownNode => 10,
         ErrorKind::NoHandler => 11,
         ErrorKind::Handler => 12,
@@ -50,11 +30,43 @@ pub(crate) fn code(e: &Error) -> u8 {
         ErrorKind::Downstream => 21,
         ErrorKind::InvalidPattern => 22,
         ErrorKind::InvalidConfig => 23,
+        ErrorKind::DuplicateNode => 24,
+        ErrorKind::DuplicateHandler => 25,
         ErrorKind::Transport => 30,
         ErrorKind::Auth => 31,
         ErrorKind::Tls => 32,
         _ => OTHER,
     }
+}
+
+/// The exit code of an error.
+pub(crate) fn code(e: &Error) -> u8 {
+    code_of(e.kind())
+}
+
+/// The exit codes, as `happen --help` shows them after the options: one line per code, the kinds' names and meanings from [`ErrorKind::ALL`].
+pub(crate) fn help() -> String {
+    let width = ErrorKind::ALL
+        .iter()
+        .map(|k| k.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let mut kinds: Vec<ErrorKind> = ErrorKind::ALL.to_vec();
+    kinds.sort_by_key(|&k| code_of(k));
+    let mut text = String::from("Exit codes:\n");
+    for (c, meaning) in GENERAL {
+        text.push_str(&format!("{c:>4}  {meaning}\n"));
+    }
+    for k in kinds {
+        text.push_str(&format!(
+            "{:>4}  {:<width$}  {}\n",
+            code_of(k),
+            k.as_str(),
+            k.description()
+        ));
+    }
+    text.pop(); // the last line's break
+    text
 }
 
 /// `error: <kind>: <message>` on one line (line breaks in the message become spaces); a
@@ -88,34 +100,73 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_documented_code_is_distinct_and_matches_its_kind() {
-        let kinds = [
-            ErrorKind::UnknownNode,
-            ErrorKind::NoHandler,
-            ErrorKind::Handler,
-            ErrorKind::Panic,
-            ErrorKind::Timeout,
-            ErrorKind::QueueFull,
-            ErrorKind::ShutDown,
-            ErrorKind::Cancelled,
-            ErrorKind::ChainTooDeep,
-            ErrorKind::InvalidEvent,
-            ErrorKind::InvalidPayload,
-            ErrorKind::Downstream,
-            ErrorKind::InvalidPattern,
-            ErrorKind::InvalidConfig,
-            ErrorKind::Transport,
-            ErrorKind::Auth,
-            ErrorKind::Tls,
-        ];
+    fn every_kind_of_the_library_has_its_own_code_and_help_line() {
+        let help = help();
         let mut seen = std::collections::HashSet::new();
-        for kind in kinds {
+        for &kind in ErrorKind::ALL {
             let c = code(&Error::new(kind, "x"));
-            assert!(c >= 10, "{kind:?} has a code of its own");
+            assert!(
+                c >= 10,
+                "{kind:?} has no exit code of its own; give it the next free one"
+            );
             assert!(seen.insert(c), "{kind:?}: code {c} used twice");
             let line = format!("{c:>4}  {}", kind.as_str());
-            assert!(HELP.contains(&line), "help lacks `{line}`");
+            assert!(help.contains(&line), "help lacks `{line}`:\n{help}");
+            assert!(
+                help.contains(kind.description()),
+                "help lacks {kind:?}'s meaning"
+            );
         }
+        for (c, _) in GENERAL {
+            assert!(seen.insert(c), "code {c} is both general and a kind's");
+        }
+    }
+
+    #[test]
+    fn the_numbering_is_stable() {
+        // scripts test these numbers: never renumber, only add
+        let fixed = [
+            ("unknown_node", 10),
+            ("no_handler", 11),
+            ("handler", 12),
+            ("panic", 13),
+            ("timeout", 14),
+            ("queue_full", 15),
+            ("shut_down", 16),
+            ("cancelled", 17),
+            ("chain_too_deep", 18),
+            ("invalid_event", 19),
+            ("invalid_payload", 20),
+            ("downstream", 21),
+            ("invalid_pattern", 22),
+            ("invalid_config", 23),
+            ("duplicate_node", 24),
+            ("duplicate_handler", 25),
+            ("transport", 30),
+            ("auth", 31),
+            ("tls", 32),
+        ];
+        for (name, c) in fixed {
+            let kind = ErrorKind::parse(name).expect("a kind of the library");
+            assert_eq!(code_of(kind), c, "{name}");
+        }
+    }
+
+    #[test]
+    fn help_lists_the_codes_in_order() {
+        let help = help();
+        let codes: Vec<u8> = help
+            .lines()
+            .skip(1)
+            .map_while(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert!(codes.is_sorted(), "{help}");
+        assert_eq!(codes.len(), GENERAL.len() + ErrorKind::ALL.len(), "{help}");
+        assert!(help.contains("  14  timeout  "), "{help}");
+        assert!(
+            help.ends_with("the TLS connection could not be set up"),
+            "{help}"
+        );
     }
 
     #[test]

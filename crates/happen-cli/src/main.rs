@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Poke, watch and measure a live happen system over NATS.
 #[derive(Parser, Debug)]
-#[command(name = "happen", version, about, after_help = exit::HELP)]
+#[command(name = "happen", version, about, after_help = after_help())]
 struct Cli {
     #[command(flatten)]
     conn: conn::ConnArgs,
@@ -78,7 +78,7 @@ struct SendArgs {
     /// final value.
     #[arg(long)]
     stream: bool,
-    /// How long to wait for the reply (for a stream: for each item), e.g. `500ms`, `10s`.
+    /// How long to wait for the reply (for a stream: for each item), e.g. `500ms`, `10s`, `1m30s`.
     #[arg(long, default_value = "10s", value_parser = time::parse_duration)]
     timeout: Duration,
     /// Print the reply indented over several lines.
@@ -120,7 +120,7 @@ struct TapArgs {
     /// Stop after this many matching events.
     #[arg(long, short = 'n')]
     count: Option<u64>,
-    /// Stop after this long (e.g. `30s`); default: until Ctrl-C.
+    /// Stop after this long (e.g. `30s`, `5m`); default: until Ctrl-C.
     #[arg(long = "for", value_name = "DURATION", value_parser = time::parse_duration)]
     duration: Option<Duration>,
 }
@@ -208,6 +208,18 @@ struct BenchBroadcastArgs {
     sender: SenderArgs,
 }
 
+/// The variables that stand for flags, as `happen --help` lists them.
+const ENVIRONMENT: &str = "\
+Environment: HAPPEN_NATS_URL, HAPPEN_NATS_PREFIX, HAPPEN_NATS_USER, HAPPEN_NATS_PASSWORD,
+HAPPEN_NATS_TOKEN, HAPPEN_NATS_NKEY, HAPPEN_NATS_CREDS, HAPPEN_NATS_CA, HAPPEN_NATS_CERT,
+HAPPEN_NATS_KEY stand for the flags of the same name.";
+
+/// What `happen --help` shows after the options: the exit codes, the duration forms, the
+/// environment.
+fn after_help() -> String {
+    format!("{}\n\n{}\n\n{}", exit::help(), time::HELP, ENVIRONMENT)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -239,5 +251,56 @@ async fn run(cli: Cli) -> happen::Result<()> {
         Command::Trace(a) => trace::trace(&conn, a).await,
         Command::Bench(BenchCommand::Send(a)) => bench::send(&conn, a).await,
         Command::Bench(BenchCommand::Broadcast(a)) => bench::broadcast(&conn, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn send_timeout(value: &str) -> Result<Duration, clap::Error> {
+        let cli = Cli::try_parse_from(["happen", "send", "n", "t", "--timeout", value])?;
+        match cli.command {
+            Command::Send(a) => Ok(a.timeout),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_flags_take_units_and_plain_seconds() {
+        assert_eq!(send_timeout("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(send_timeout("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(send_timeout("1.5").unwrap(), Duration::from_millis(1500));
+        let cli = Cli::try_parse_from(["happen", "send", "n", "t"]).unwrap();
+        let Command::Send(a) = cli.command else {
+            panic!("not a send")
+        };
+        assert_eq!(a.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_bad_duration_is_a_usage_error_that_says_what_to_write() {
+        let e = send_timeout("5x").unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(text.contains("unknown time unit \"x\""), "{text}");
+        assert!(text.contains("`1m30s`"), "{text}");
+    }
+
+    #[test]
+    fn help_shows_the_exit_codes_and_the_duration_forms() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("  14  timeout  "), "{help}");
+        assert!(help.contains("  25  duplicate_handler  "), "{help}");
+        assert!(help.contains("Durations"), "{help}");
+        assert!(help.contains("HAPPEN_NATS_URL"), "{help}");
     }
 }

@@ -110,6 +110,56 @@ impl ErrorKind {
     pub fn parse(name: &str) -> Option<ErrorKind> {
         ALL_KINDS.iter().copied().find(|k| k.as_str() == name)
     }
+
+    /// Every kind, in declaration order, for tools that list or map them all (a CLI's exit
+    /// codes, a metrics exporter's labels). A kind added in a minor release is added here, so
+    /// a table built from this list and tested against it notices the new kind.
+    ///
+    /// ```
+    /// use happen::ErrorKind;
+    ///
+    /// assert!(ErrorKind::ALL.contains(&ErrorKind::Timeout));
+    /// for kind in ErrorKind::ALL {
+    ///     assert_eq!(ErrorKind::parse(kind.as_str()), Some(*kind));
+    ///     println!("{:<18} {}", kind.as_str(), kind.description());
+    /// }
+    /// ```
+    pub const ALL: &'static [ErrorKind] = &ALL_KINDS;
+
+    /// What the kind means, in one lowercase line without a trailing period (for help texts
+    /// and tables; [`Error::message`] says what happened in a given case).
+    ///
+    /// ```
+    /// use happen::ErrorKind;
+    ///
+    /// assert_eq!(
+    ///     ErrorKind::QueueFull.description(),
+    ///     "the target node's queue was full"
+    /// );
+    /// ```
+    pub fn description(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownNode => "no node has the target id, or no process serves it",
+            ErrorKind::NoHandler => "the target node has no handler for the event type",
+            ErrorKind::Handler => "a handler or step returned an error",
+            ErrorKind::Panic => "a handler or step panicked",
+            ErrorKind::Timeout => "the reply did not arrive within the timeout",
+            ErrorKind::QueueFull => "the target node's queue was full",
+            ErrorKind::ShutDown => "the node or the whole instance is shutting down",
+            ErrorKind::Cancelled => "the flow was cancelled before it finished",
+            ErrorKind::ChainTooDeep => "the flow went deeper than the maximum chain depth",
+            ErrorKind::InvalidPattern => "a pattern could not be parsed",
+            ErrorKind::InvalidConfig => "the configuration is invalid",
+            ErrorKind::InvalidEvent => "the event itself is invalid",
+            ErrorKind::InvalidPayload => "a payload or final value does not fit the requested type",
+            ErrorKind::DuplicateNode => "a node with this id already exists",
+            ErrorKind::DuplicateHandler => "the node already has a handler for this pattern",
+            ErrorKind::Transport => "the transport failed (connection lost, protocol error)",
+            ErrorKind::Auth => "the server refused the credentials",
+            ErrorKind::Tls => "the TLS connection could not be set up",
+            ErrorKind::Downstream => "a call the flow made failed and it passed the error on",
+        }
+    }
 }
 
 const ALL_KINDS: [ErrorKind; 19] = [
