@@ -68,6 +68,9 @@ pub enum ErrorKind {
     /// [`Error::downstream`] is the error its call got, and [`Error::origin`] the first
     /// error of the chain — so a caller can tell its own timeout from one deeper down.
     Downstream,
+    /// A node was created outside a Tokio runtime (its flows run on one): create it from
+    /// inside `#[tokio::main]`, a `#[tokio::test]` or `Runtime::block_on`.
+    NoRuntime,
 }
 
 impl ErrorKind {
@@ -97,6 +100,7 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::Tls => "tls",
             ErrorKind::Downstream => "downstream",
+            ErrorKind::NoRuntime => "no_runtime",
         }
     }
 
@@ -158,11 +162,12 @@ impl ErrorKind {
             ErrorKind::Auth => "the server refused the credentials",
             ErrorKind::Tls => "the TLS connection could not be set up",
             ErrorKind::Downstream => "a call the flow made failed and it passed the error on",
+            ErrorKind::NoRuntime => "a node was created outside a Tokio runtime",
         }
     }
 }
 
-const ALL_KINDS: [ErrorKind; 19] = [
+const ALL_KINDS: [ErrorKind; 20] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -182,6 +187,7 @@ const ALL_KINDS: [ErrorKind; 19] = [
     ErrorKind::Auth,
     ErrorKind::Tls,
     ErrorKind::Downstream,
+    ErrorKind::NoRuntime,
 ];
 
 impl fmt::Display for ErrorKind {

@@ -227,3 +227,18 @@ async fn dropping_the_last_handle_inside_a_handler_does_not_deadlock() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ShutDown);
 }
+
+/// A node runs on a Tokio runtime; creating one elsewhere is a `NoRuntime` error that says what
+/// to do (not a configuration error, not a panic).
+#[test]
+fn creating_a_node_outside_a_runtime_is_a_no_runtime_error() {
+    let happen = Happen::new();
+    let err = futures::executor::block_on(happen.node("outside")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoRuntime, "{err}");
+    assert!(err.message().contains("tokio::main"), "{err}");
+    // Nothing half-made is left behind: inside a runtime, the id is free.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { happen.node("outside").await.map(|_| ()) })
+        .unwrap();
+}

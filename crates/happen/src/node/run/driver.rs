@@ -53,8 +53,8 @@ impl Runner {
     pub(crate) fn new() -> crate::Result<Runner> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             crate::Error::new(
-                crate::ErrorKind::InvalidConfig,
-                "a happen node must be created inside a Tokio runtime (its flows run on it)",
+                crate::ErrorKind::NoRuntime,
+                "a happen node must be created inside a Tokio runtime (its flows run on it): call `node` from `#[tokio::main]`, a `#[tokio::test]` or `Runtime::block_on`",
             )
         })?;
         let max_drivers = runtime.metrics().num_workers().clamp(1, 64);
