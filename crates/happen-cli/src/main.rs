@@ -181,7 +181,7 @@ struct BenchSendArgs {
     /// How many requests in flight at once.
     #[arg(long, short = 'c', default_value_t = 16)]
     concurrency: usize,
-    /// Wait while the target reports backpressure before each send (`send_paced`).
+    /// Wait while the target reports backpressure before each send (`Node::ready`).
     #[arg(long)]
     paced: bool,
     /// How long each request may take.

@@ -68,7 +68,7 @@ pub(crate) fn err(e: impl Display) -> String {
 /// How often producers look at the target's backpressure state.
 pub(crate) const PACE_EVERY: u64 = 256;
 
-/// Waits while the watched node is under backpressure (what `Node::send_paced` does, checked
+/// Waits while the watched node is under backpressure (what `Node::ready` does, checked
 /// once every [`PACE_EVERY`] events instead of per event).
 pub(crate) async fn pace(rx: &mut Receiver<Pressure>) {
     let under = rx.borrow().under_pressure;

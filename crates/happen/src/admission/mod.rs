@@ -30,7 +30,6 @@ use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::stream::{Response, SlotSender};
 
-pub(crate) use pressure::PressureChange;
 pub use pressure::{PRESSURE_EVENT, Pressure};
 pub(crate) use queue::{Admitted, LaneKey};
 pub use stats::NodeStats;
@@ -82,31 +81,53 @@ struct Slow {
     under_pressure: bool,
     /// Counts pressure transitions (orders the `node.pressure` events).
     pressure_seq: u64,
+    /// Transitions not yet announced (taken by the node after an `Effects::announce`).
+    announce: Vec<(u64, Pressure)>,
     peak_queued: usize,
     waits: WaitHistogram,
     /// Set by a cancelling close: nothing starts any more.
     aborted: bool,
 }
 
-/// What a change of the admission state asks of the node (see [`Engine`]).
+/// What a change of the admission state asks of the node (see [`Engine`]): a few bits, so the
+/// hot admission path returns it in a register.
 #[must_use = "the node applies these: a started event needs a driver"]
-#[derive(Default)]
-pub(crate) struct Effects {
-    /// An event now holds a slot in the ready queue: make sure a driver will take it.
-    pub(crate) start: bool,
-    /// The node closed (and may have drained): wake parked drivers so they notice.
-    pub(crate) wake_all: bool,
-    /// A pressure transition to announce.
-    pub(crate) pressure: PressureChange,
-}
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Effects(u8);
 
 impl Effects {
+    const START: u8 = 1;
+    const WAKE_ALL: u8 = 2;
+    const ANNOUNCE: u8 = 4;
+
+    fn new(start: bool, wake_all: bool, announce: bool) -> Effects {
+        Effects(
+            (u8::from(start) * Effects::START)
+                | (u8::from(wake_all) * Effects::WAKE_ALL)
+                | (u8::from(announce) * Effects::ANNOUNCE),
+        )
+    }
+
+    /// An event now holds a slot in the ready queue: make sure a driver will take it.
+    #[inline]
+    pub(crate) fn start(self) -> bool {
+        self.0 & Effects::START != 0
+    }
+
+    /// The node closed (and may have drained): wake parked drivers so they notice.
+    #[inline]
+    pub(crate) fn wake_all(self) -> bool {
+        self.0 & Effects::WAKE_ALL != 0
+    }
+
+    /// The pressure state changed: announce it ([`Engine::take_announcements`]).
+    #[inline]
+    pub(crate) fn announce(self) -> bool {
+        self.0 & Effects::ANNOUNCE != 0
+    }
+
     fn merge(&mut self, other: Effects) {
-        self.start |= other.start;
-        self.wake_all |= other.wake_all;
-        if other.pressure.is_some() {
-            self.pressure = other.pressure;
-        }
+        self.0 |= other.0;
     }
 }
 
@@ -156,6 +177,7 @@ impl Engine {
                 seq: 0,
                 under_pressure: false,
                 pressure_seq: 0,
+                announce: Vec::new(),
                 peak_queued: 0,
                 waits: WaitHistogram::default(),
                 aborted: false,
@@ -205,10 +227,7 @@ impl Engine {
                         self.metrics.accepted.increment(1);
                         self.metrics.active.set((running(w) + 1) as f64);
                         self.ready.push(p);
-                        return Ok(Effects {
-                            start: true,
-                            ..Effects::default()
-                        });
+                        return Ok(Effects(Effects::START));
                     }
                     Err(now) => w = now,
                 }
@@ -335,11 +354,7 @@ impl Engine {
             let err = Error::displaced(&self.id, self.limits.queue_limit, d.event.id());
             self.answer(d.reply, Err(err));
         }
-        Ok(Effects {
-            start: admitted.is_some(),
-            wake_all: false,
-            pressure: change,
-        })
+        Ok(Effects::new(admitted.is_some(), false, change))
     }
 }
 
@@ -383,11 +398,7 @@ impl Engine {
                     word.fetch_sub(QUEUED, Ordering::AcqRel);
                     let change = self.check_pressure(&mut slow);
                     drop(slow);
-                    return Effects {
-                        start: true,
-                        wake_all: false,
-                        pressure: change,
-                    };
+                    return Effects::new(true, false, change);
                 }
                 drop(slow);
                 w = word.load(Ordering::Acquire);
@@ -405,10 +416,7 @@ impl Engine {
                     if drained {
                         self.drained.notify_waiters();
                     }
-                    return Effects {
-                        wake_all: drained,
-                        ..Effects::default()
-                    };
+                    return Effects::new(false, drained, false);
                 }
                 Err(now) => w = now,
             }
@@ -444,11 +452,7 @@ impl Engine {
         if drained {
             self.drained.notify_waiters();
         }
-        Effects {
-            start: !drained,
-            wake_all: drained,
-            pressure: change,
-        }
+        Effects::new(!drained, drained, change)
     }
 
     fn record_wait(&self, slow: &mut Slow, p: &Admitted) {
@@ -473,7 +477,10 @@ impl Engine {
         queued(self.hot.word.load(Ordering::Acquire)) as usize + slow.lanes.parked
     }
 
-    fn check_pressure(&self, slow: &mut Slow) -> PressureChange {
+    /// Recomputes the pressure state; `true` if it changed (the transition is queued for
+    /// announcement).
+    #[inline(always)]
+    fn check_pressure(&self, slow: &mut Slow) -> bool {
         let depth = self.depth(slow);
         self.metrics.queued.set(depth as f64);
         self.metrics
@@ -484,7 +491,7 @@ impl Engine {
         }
         let next = self.levels.next(slow.under_pressure, depth);
         if next == slow.under_pressure {
-            return None;
+            return false;
         }
         slow.under_pressure = next;
         slow.pressure_seq += 1;
@@ -493,7 +500,14 @@ impl Engine {
         // finishing flows) must reach watchers in the order they happened, or a stale "under
         // pressure" could be left standing.
         self.pressure.send_replace(p);
-        Some((slow.pressure_seq, p))
+        let seq = slow.pressure_seq;
+        slow.announce.push((seq, p));
+        true
+    }
+
+    /// The pressure transitions not yet announced, oldest first.
+    pub(crate) fn take_announcements(&self) -> Vec<(u64, Pressure)> {
+        std::mem::take(&mut self.slow.lock().announce)
     }
 
     pub(crate) fn pressure_now(&self) -> Pressure {
@@ -549,7 +563,7 @@ impl Engine {
         if self.is_drained() {
             self.drained.notify_waiters();
         }
-        effects.wake_all = true;
+        effects.merge(Effects(Effects::WAKE_ALL));
         effects
     }
 

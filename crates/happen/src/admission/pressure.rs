@@ -32,10 +32,6 @@ impl Pressure {
     }
 }
 
-/// A pressure transition (its sequence number and the new state) to announce as an event
-/// after the admission lock is released.
-pub(crate) type PressureChange = Option<(u64, Pressure)>;
-
 /// The hysteresis: on at `high` waiting events, off again at `low`.
 pub(crate) struct Levels {
     pub(crate) high: usize,

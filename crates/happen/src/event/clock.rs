@@ -5,6 +5,7 @@
 /// re-read at most once a second. Reading the precise real-time clock for every event was
 /// 8% of a request/reply round trip on the benchmark machines. A real-time clock set before
 /// 1970 reads as 0 instead of panicking.
+#[inline]
 pub(crate) fn now_ms() -> u64 {
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
     static OFFSET_MS: AtomicI64 = AtomicI64::new(0);

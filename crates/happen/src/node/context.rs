@@ -101,6 +101,7 @@ impl Context {
     /// would have been; only the event (with its payload) stays until the context is reused
     /// or dropped. Not kept when the event carries a broadcast stream, whose end its
     /// subscribers would otherwise see late.
+    #[inline]
     pub(crate) fn into_spare(mut self) -> Option<Context> {
         let st = Arc::get_mut(&mut self.inner)?;
         if st.stream.has_broadcast() {

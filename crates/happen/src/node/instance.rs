@@ -75,6 +75,7 @@ impl Scope {
 
     /// Fails a send or broadcast after shutdown (the transport forgets its nodes then, so
     /// say why instead of `UnknownNode`).
+    #[inline]
     pub(crate) fn check_open(&self, what: impl FnOnce() -> Error) -> Result<()> {
         if self.is_closed() {
             Err(what())

@@ -19,9 +19,7 @@ use parking_lot::RwLock;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::admission::{
-    Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure, PressureChange,
-};
+use crate::admission::{Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure};
 use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::event::pattern::{Class, IntoPattern, Pattern};
@@ -716,20 +714,23 @@ impl Node {
     }
 
     /// Does what a change of the admission state asks for.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn apply(&self, effects: Effects) {
-        if effects.start {
+        if effects.start() {
             self.shared.runner.notify(self);
         }
-        if effects.wake_all {
+        if effects.wake_all() {
             self.shared.runner.wake_all();
         }
-        if effects.pressure.is_some() {
-            self.announce_pressure(effects.pressure);
+        if effects.announce() {
+            for (seq, p) in self.shared.engine.take_announcements() {
+                self.announce_pressure(seq, p);
+            }
         }
     }
 
     /// A flow gave its slot back.
+    #[inline]
     pub(crate) fn release(&self, lane: Option<LaneKey>) {
         let effects = self.shared.engine.release(lane);
         self.apply(effects);
@@ -831,8 +832,7 @@ impl Node {
 
     /// Announces a pressure change as a `node.pressure` broadcast (watchers were told under
     /// the engine lock). Events from different threads may arrive out of order; `seq` orders them.
-    pub(crate) fn announce_pressure(&self, change: PressureChange) {
-        let Some((seq, p)) = change else { return };
+    pub(crate) fn announce_pressure(&self, seq: u64, p: Pressure) {
         tracing::debug!(node = %self.id(), under_pressure = p.under_pressure, queued = p.queued, "pressure changed");
         let event = Event::new(
             EventType::from_static(PRESSURE_EVENT),
