@@ -387,6 +387,7 @@ impl Error {
     /// client.tell(&slow, Event::new("job", 2))?; // waits in the queue
     /// let err = client.tell(&slow, Event::new("job", 3)).unwrap_err(); // no room
     /// assert_eq!(err.kind(), ErrorKind::QueueFull);
+    /// assert!(err.is_queue_full());
     /// assert_eq!(err.limit(), Some(1));
     /// assert_eq!(err.node().unwrap(), "slow");
     /// assert!(err.event_id().is_some()); // the rejected event

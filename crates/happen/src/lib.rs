@@ -45,6 +45,21 @@ pub use crate::node::{
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 
 /// The names most programs need: `use happen::prelude::*;`.
+///
+/// ```
+/// use happen::prelude::*;
+///
+/// async fn hello(event: Event, _ctx: Context) -> Result<Flow> {
+///     Ok(Flow::done(format!("hello, {}", event.payload())))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = Happen::new();
+/// let node = happen.node_with("greeter", NodeOptions::new()).await?;
+/// node.on("hello", hello)?;
+/// assert_eq!(node.send(&node, Event::new("hello", "ada")).await?, r#"hello, "ada""#);
+/// # Ok(()) }
+/// ```
 pub mod prelude {
     pub use crate::{
         Context, Emitter, Error, ErrorKind, Event, Flow, Happen, Json, Node, NodeOptions, Result,

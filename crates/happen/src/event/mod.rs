@@ -388,7 +388,28 @@ impl Event {
         &self.inner.causal
     }
 
-    /// Shorthand for `causal().id()`.
+    /// Shorthand for `causal().id()`. The shorthands below read the other parts of the
+    /// [`Causal`] context the same way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("look", |event: Event, _c: Context| async move {
+    ///     let c = event.causal();
+    ///     assert_eq!(event.id(), c.id());
+    ///     assert_eq!(event.sender(), c.sender());
+    ///     assert_eq!(event.correlation_id(), c.correlation_id());
+    ///     assert_eq!(event.causation_id(), c.causation_id());
+    ///     assert_eq!(event.path(), c.path());
+    ///     event.id().to_string()
+    /// })?;
+    /// let id = node.send(&node, Event::new("look", ())).await?;
+    /// assert!(id.as_str().unwrap().starts_with("evt-"));
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &EventId {
         &self.inner.causal.id
     }

@@ -41,7 +41,21 @@ use crate::error::{Error, ErrorKind, Result};
 const MAX_EXPANSIONS: usize = 256;
 
 /// A compiled event-type pattern. Build one with [`Pattern::parse`], the helpers in this module,
-/// or pass a `&str` wherever an [`IntoPattern`] is expected.
+/// or pass a `&str` wherever an [`IntoPattern`] is expected. Cheap to clone; `Display` shows
+/// its source.
+///
+/// ```
+/// use happen::pattern::{self, Pattern};
+///
+/// let patterns = [Pattern::parse("order.*")?, pattern::domain("billing"), pattern::exact("ping")];
+/// let matching: Vec<String> = patterns
+///     .iter()
+///     .filter(|p| p.matches("billing.invoice.sent"))
+///     .map(|p| p.to_string())
+///     .collect();
+/// assert_eq!(matching, ["billing.**"]);
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Pattern {
     kind: Kind,
@@ -147,6 +161,10 @@ impl Pattern {
     /// pattern at the node wins over it). The closure runs on every routing decision, so keep
     /// it cheap. If it panics, a send to the node fails with [`ErrorKind::Panic`] and a
     /// broadcast treats the node as not matching; the node keeps serving.
+    ///
+    /// # Deadlocks
+    /// The closure runs while the node's handler table is read: registering a handler on the
+    /// same node from inside it ([`Node::on`](crate::Node::on)) never returns.
     ///
     /// ```
     /// use happen::pattern::Pattern;

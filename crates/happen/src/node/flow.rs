@@ -49,7 +49,24 @@ use crate::event::Event;
 /// What a step returns: run another step, or finish with a value.
 ///
 /// Steps usually return plain values or `Result`s, which convert through [`IntoFlow`];
-/// return a `Flow` when the step decides what runs next.
+/// return a `Flow` when the step decides what runs next. Build one with [`Flow::next`] or
+/// [`Flow::done`] (examples there, and in the [module docs](self)).
+///
+/// ```
+/// use happen::{Context, Event, Flow};
+///
+/// async fn route(event: Event, _ctx: Context) -> Flow {
+///     match event.payload()["express"].as_bool() {
+///         Some(true) => Flow::next(express),
+///         _ => Flow::done("standard shipping"),
+///     }
+/// }
+/// async fn express(_e: Event, _c: Context) -> &'static str {
+///     "express shipping"
+/// }
+/// # let _ = route;
+/// assert!(matches!(Flow::done(1), Flow::Done(v) if v == 1));
+/// ```
 pub enum Flow {
     /// Run this step next, with the same event and context.
     Next(Step),

@@ -852,6 +852,12 @@ impl Node {
     /// pressure.wait_for(|p| !p.under_pressure).await.unwrap(); // the flows ran: relief
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Deadlocks
+    /// A pressure change is published while the node's admission lock is held. Do not keep a
+    /// `borrow()` of the receiver alive while sending to this node: a send that changes the
+    /// pressure then waits for the borrow to end (forever, on the same thread), and the node
+    /// admits nothing meanwhile. Copy the value out (`*rx.borrow()`; `Pressure` is `Copy`).
     pub fn watch_pressure(&self) -> watch::Receiver<Pressure> {
         self.shared.engine.watch_pressure()
     }

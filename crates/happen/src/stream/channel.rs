@@ -41,6 +41,10 @@ pub(crate) struct StreamShared {
 /// assert_eq!(rx.final_value(), Some(&serde_json::json!("end")));
 /// # }
 /// ```
+///
+/// # Panics
+/// Panics if `capacity` is larger than Tokio's channels allow (`usize::MAX >> 3`). A
+/// `capacity` of 0 is taken as 1.
 pub fn channel(capacity: usize) -> (StreamSender, ItemStream) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(StreamShared {

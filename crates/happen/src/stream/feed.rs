@@ -92,6 +92,9 @@ impl BroadcastFeed {
     /// A feed buffering up to `capacity` frames per subscriber (at least 1; rounded up to a
     /// power of two; the end takes one frame). A subscriber further behind skips the oldest
     /// frames and sees [`StreamItem::Lagged`].
+    ///
+    /// # Panics
+    /// Panics if `capacity` is larger than `usize::MAX / 2` (Tokio's broadcast limit).
     pub fn new(capacity: usize) -> BroadcastFeed {
         BroadcastFeed {
             tx: broadcast::channel(capacity.max(1)).0,
