@@ -96,7 +96,7 @@ impl FlowStream {
         }
     }
 
-    /// Tells a waiting sender that the answer will not be immediate (see [`crate::slot`]).
+    /// Tells a waiting sender that the answer will not be immediate (see the `stream::oneshot` module).
     pub(crate) fn nudge(&self, node: &NodeId) {
         if let FlowReply::Pending(Some(tx)) = &*self.state.lock() {
             tx.nudge(node);

@@ -87,8 +87,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see
-    /// [`crate::slot`]): by the engine when the answer cannot be immediate, or at once for a
+    /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see the
+    /// `stream::oneshot` module): by the engine when the answer cannot be immediate, or at once for a
     /// send through another transport.
     pub(crate) fn waiting(rx: SlotReceiver, timeout: Duration) -> Reply {
         Reply {

@@ -137,6 +137,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The node is being removed: stop routing to it, and resolve once the answers to what
     /// reached it before have been delivered (see the [module docs](self)).
+    ///
+    /// # Cancel safety
+    /// Stop routing before returning the future (as [`LocalTransport`] does): happen drops
+    /// the future unfinished when the [`close`](crate::Node::close) or
+    /// [`shutdown`](crate::Happen::shutdown) awaiting it is cancelled.
     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()>;
 
     /// Delivers `event` to the node `target`, answering through `reply` if given.
