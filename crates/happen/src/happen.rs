@@ -28,8 +28,9 @@ use crate::transport::{Inbox, LocalTransport, Transport};
 ///
 /// Nodes must be created inside a Tokio runtime (each node runs on it); creating one outside
 /// fails with [`ErrorKind::NoRuntime`]. Call [`shutdown`](Happen::shutdown) to stop
-/// gracefully; dropping the last handle shuts the instance down at once (queued and waiting
-/// flows are cancelled and their senders get [`ErrorKind::ShutDown`]).
+/// gracefully; dropping the last `Happen` handle shuts the instance down at once (queued and
+/// waiting flows are cancelled and their senders get [`ErrorKind::ShutDown`]). [`Node`]
+/// handles do not keep the instance alive: keep a `Happen` handle as long as its nodes work.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {

@@ -111,7 +111,8 @@ impl Reply {
     /// Set it before the first poll: a timer already armed keeps its deadline.
     ///
     /// A reply that times out fails with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
-    /// naming the node that did not answer; the flow itself is not stopped by that.
+    /// naming the node that did not answer where it is known. A plain flow is not stopped by that (it runs to
+    /// its end, unobserved); a streaming flow is cancelled, as when its stream is dropped.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
