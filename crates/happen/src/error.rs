@@ -6,9 +6,41 @@ use std::sync::Arc;
 use crate::id::{EventId, NodeId};
 
 /// A boxed error, the type handler code may return (anything convertible into it works).
+///
+/// A handler's `Err` does not have to be a happen [`Error`]: any error that converts into a
+/// `BoxError` (a `std::io::Error`, a `String`, your own error type) ends the flow with
+/// [`ErrorKind::Handler`], its `Display` text as the message and itself as the
+/// [`source`](std::error::Error::source). A happen [`Error`] keeps its own kind.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, ErrorKind, Event, Happen};
+///
+/// let happen = Happen::new();
+/// let files = happen.node("files").await?;
+/// files.on("read", |_e: Event, _c: Context| async {
+///     let text = std::fs::read_to_string("/no/such/file")?; // a std::io::Error
+///     Ok::<_, happen::BoxError>(text)
+/// })?;
+/// let err = files.send(&files, Event::new("read", ())).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Handler);
+/// assert!(std::error::Error::source(&err).is_some());
+/// # Ok(()) }
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A `Result` whose error is [`happen::Error`](Error).
+/// A `Result` whose error is [`happen::Error`](Error). The second parameter lets a handler
+/// written against it still return another error type: `happen::Result<T, MyError>`.
+///
+/// ```
+/// fn parse_qty(text: &str) -> happen::Result<u32> {
+///     text.parse()
+///         .map_err(|e| happen::Error::handler(format!("`{text}` is not a quantity: {e}")))
+/// }
+/// assert_eq!(parse_qty("3")?, 3);
+/// assert!(parse_qty("three").is_err());
+/// # Ok::<(), happen::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, for matching. New kinds may be added in minor releases.
@@ -230,7 +262,17 @@ struct Inner {
 }
 
 impl Error {
-    /// An error of `kind` with a human-readable `message`.
+    /// An error of `kind` with a human-readable `message` (lowercase, no trailing period, by
+    /// the crate's convention). For a handler's own failures, [`Error::handler`] is shorter.
+    ///
+    /// ```
+    /// use happen::{Error, ErrorKind};
+    ///
+    /// let err = Error::new(ErrorKind::InvalidEvent, "the order has no id");
+    /// assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    /// assert_eq!(err.to_string(), "the order has no id");
+    /// assert!(err.node().is_none()); // set by happen where a node is known
+    /// ```
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error {
             inner: Arc::new(Inner {
@@ -248,39 +290,152 @@ impl Error {
     }
 
     /// What went wrong, for matching.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let client = happen.node("client").await?;
+    /// match client.send("nobody", Event::new("ping", ())).await {
+    ///     Err(e) if e.kind() == ErrorKind::UnknownNode => {} // no node `nobody`
+    ///     other => panic!("unexpected: {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
     }
 
-    /// The human-readable message (for handler errors: the handler's own message).
+    /// The human-readable message (for handler errors: the handler's own message). The same
+    /// text as the error's `Display`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let bank = happen.node("bank").await?;
+    /// bank.on("withdraw", |_e: Event, _c: Context| async {
+    ///     Err::<(), _>(Error::handler("insufficient funds"))
+    /// })?;
+    /// let err = bank.send(&bank, Event::new("withdraw", 10)).await.unwrap_err();
+    /// assert_eq!(err.message(), "insufficient funds");
+    /// assert_eq!(err.to_string(), err.message());
+    /// # Ok(()) }
+    /// ```
     pub fn message(&self) -> &str {
         &self.inner.message
     }
 
-    /// The node the error concerns, where one is known (the target of a send, the full node).
+    /// The node the error concerns, where one is known (the target of a send, the full node,
+    /// the node whose handler failed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let client = happen.node("client").await?;
+    /// let err = client.send("billing", Event::new("charge", ())).await.unwrap_err();
+    /// assert_eq!(err.node().map(|n| n.as_str()), Some("billing")); // no such node
+    ///
+    /// let billing = happen.node("billing").await?;
+    /// billing.on("charge", |_e: Event, _c: Context| async { Err::<(), _>(Error::handler("down")) })?;
+    /// let err = client.send(&billing, Event::new("charge", ())).await.unwrap_err();
+    /// assert_eq!(err.node().unwrap(), "billing"); // the node whose handler failed
+    /// # Ok(()) }
+    /// ```
     pub fn node(&self) -> Option<&NodeId> {
         self.inner.node.as_ref()
     }
 
-    /// The event the error concerns, where one is known (for example the rejected event).
+    /// The event the error concerns, where one is known (for example the rejected event, or
+    /// the event whose flow failed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("check", |event: Event, _c: Context| async move {
+    ///     Err::<(), _>(Error::handler(format!("rejected {}", event.id())))
+    /// })?;
+    /// let err = node.send(&node, Event::new("check", ())).await.unwrap_err();
+    /// let id = err.event_id().expect("the failed flow's event");
+    /// assert_eq!(err.message(), format!("rejected {id}"));
+    /// # Ok(()) }
+    /// ```
     pub fn event_id(&self) -> Option<&EventId> {
         self.inner.event_id.as_ref()
     }
 
     /// The limit that was hit, for [`ErrorKind::QueueFull`] (the queue limit) and
     /// [`ErrorKind::ChainTooDeep`] (the maximum depth).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let options = NodeOptions::new().max_concurrent(1).queue_limit(1);
+    /// let slow = happen.node_with("slow", options).await?;
+    /// slow.on("job", |_e: Event, _c: Context| async {})?;
+    /// let client = happen.node("client").await?;
+    /// client.tell(&slow, Event::new("job", 1))?; // runs
+    /// client.tell(&slow, Event::new("job", 2))?; // waits in the queue
+    /// let err = client.tell(&slow, Event::new("job", 3)).unwrap_err(); // no room
+    /// assert_eq!(err.kind(), ErrorKind::QueueFull);
+    /// assert!(err.is_queue_full());
+    /// assert_eq!(err.limit(), Some(1));
+    /// assert_eq!(err.node().unwrap(), "slow");
+    /// assert!(err.event_id().is_some()); // the rejected event
+    /// # Ok(()) }
+    /// ```
     pub fn limit(&self) -> Option<usize> {
         self.inner.limit
     }
 
     /// The application's error code, if the handler set one with
     /// [`with_code`](Error::with_code). Codes cross transports unchanged.
+    ///
+    /// ```
+    /// use happen::Error;
+    ///
+    /// let err = Error::handler("the card was declined").with_code("card_declined");
+    /// assert_eq!(err.code(), Some("card_declined"));
+    /// assert_eq!(Error::handler("no code").code(), None);
+    /// ```
     pub fn code(&self) -> Option<&str> {
         self.inner.code.as_deref()
     }
 
     /// For [`ErrorKind::Downstream`]: the error the failed downstream call got (which may be
-    /// `Downstream` itself, one hop further).
+    /// `Downstream` itself, one hop further). [`origin`](Error::origin) follows the chain to
+    /// its first error. It is also the error's [`source`](std::error::Error::source).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let stock = happen.node("stock").await?;
+    /// stock.on("reserve", |_e: Event, _c: Context| async {
+    ///     Err::<(), _>(Error::handler("out of stock"))
+    /// })?;
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("order", |_e: Event, ctx: Context| async move {
+    ///     ctx.send("stock", Event::new("reserve", ())).await?; // passes the failure on
+    ///     Ok::<_, happen::Error>("reserved")
+    /// })?;
+    /// let err = orders.send(&orders, Event::new("order", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Downstream);
+    /// let inner = err.downstream().unwrap();
+    /// assert_eq!((inner.kind(), inner.message()), (ErrorKind::Handler, "out of stock"));
+    /// assert!(Error::handler("x").downstream().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn downstream(&self) -> Option<&Error> {
         self.inner.downstream.as_ref()
     }
@@ -320,23 +475,63 @@ impl Error {
     }
 
     /// Sets an application error code: a short stable string (such as `card_declined`) that
-    /// callers can match on, on this process or across a transport.
+    /// callers can match on, on this process or across a transport. The kind and message are
+    /// kept. See [`Error::handler`] for a handler that sets one.
+    ///
+    /// ```
+    /// use happen::{Error, ErrorKind};
+    ///
+    /// let err = Error::new(ErrorKind::InvalidEvent, "no sku").with_code("missing_sku");
+    /// assert_eq!(err.code(), Some("missing_sku"));
+    /// assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    /// ```
     pub fn with_code(mut self, code: impl Into<String>) -> Error {
         self.inner_mut().code = Some(Arc::from(code.into()));
         self
     }
 
     /// `true` for [`ErrorKind::Timeout`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let stuck = happen.node("stuck").await?;
+    /// stuck.on("ask", |_e: Event, _c: Context| std::future::pending::<()>())?;
+    /// let err = stuck
+    ///     .send(&stuck, Event::new("ask", ()))
+    ///     .timeout(Duration::from_millis(100))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// assert!(!err.is_queue_full() && !err.is_shut_down());
+    /// # Ok(()) }
+    /// ```
     pub fn is_timeout(&self) -> bool {
         self.kind() == ErrorKind::Timeout
     }
 
-    /// `true` for [`ErrorKind::QueueFull`].
+    /// `true` for [`ErrorKind::QueueFull`] (see [`limit`](Error::limit) for an example).
     pub fn is_queue_full(&self) -> bool {
         self.kind() == ErrorKind::QueueFull
     }
 
     /// `true` for [`ErrorKind::ShutDown`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// happen.shutdown(Duration::from_secs(1)).await;
+    /// assert!(node.tell("n", Event::new("ping", ())).unwrap_err().is_shut_down());
+    /// # Ok(()) }
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.kind() == ErrorKind::ShutDown
     }
@@ -356,7 +551,18 @@ impl Error {
         self
     }
 
-    /// Attaches an underlying cause, reported by [`source`](std::error::Error::source).
+    /// Attaches an underlying cause, reported by [`source`](std::error::Error::source). The
+    /// source stays in this process: a transport carries the kind, message, code and the
+    /// other [`ErrorParts`], not the source.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use happen::Error;
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "prices.csv");
+    /// let err = Error::handler("cannot load the price list").with_source(io);
+    /// assert_eq!(err.source().unwrap().to_string(), "prices.csv");
+    /// ```
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         self.inner_mut().source = Some(Arc::new(source));
         self

@@ -26,7 +26,11 @@ use crate::transport::{Inbox, LocalTransport, Transport};
 /// - [`Happen::builder`]: a config and another transport, such as `happen-nats`:
 ///   `Happen::builder().config(config).transport(NatsTransport::from_config(&config).await?).build()?`.
 ///
-/// Nodes must be created inside a Tokio runtime (each node runs on it).
+/// Nodes must be created inside a Tokio runtime (each node runs on it); creating one outside
+/// fails with [`ErrorKind::NoRuntime`]. Call [`shutdown`](Happen::shutdown) to stop
+/// gracefully; dropping the last `Happen` handle shuts the instance down at once (queued and
+/// waiting flows are cancelled and their senders get [`ErrorKind::ShutDown`]). [`Node`]
+/// handles do not keep the instance alive: keep a `Happen` handle as long as its nodes work.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
@@ -98,13 +102,15 @@ pub struct HappenBuilder {
 }
 
 impl HappenBuilder {
-    /// Uses `config` (validated by [`build`](HappenBuilder::build)).
+    /// Uses `config` (validated by [`build`](HappenBuilder::build)); without it, the default
+    /// configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
     }
 
-    /// Uses `transport` instead of the in-process default.
+    /// Uses `transport` instead of the in-process default (see
+    /// [`happen::transport`](crate::transport) for writing one).
     pub fn transport(mut self, transport: impl Transport) -> Self {
         self.transport = Some(Arc::new(transport));
         self
@@ -197,29 +203,87 @@ impl Happen {
     }
 
     /// A builder (to choose the transport); see [`HappenBuilder`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::transport::LocalTransport;
+    /// use happen::{Config, Happen};
+    ///
+    /// let happen = Happen::builder()
+    ///     .config(Config::default())
+    ///     .transport(LocalTransport::new())
+    ///     .build()?;
+    /// let node = happen.node("n").await?;
+    /// assert_eq!(node.limits().max_concurrent, 100); // the default configuration
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> HappenBuilder {
         HappenBuilder::default()
     }
 
     /// The configuration in use.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen::{Config, Happen};
+    ///
+    /// let mut config = Config::default();
+    /// config.flow.request_timeout = Duration::from_secs(3);
+    /// let happen = Happen::with_config(config)?;
+    /// assert_eq!(happen.config().flow.request_timeout, Duration::from_secs(3));
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
-    /// Creates the node `id` with limits from the configuration.
+    /// Creates the node `id` with limits from the configuration. The node takes events as
+    /// soon as this resolves; register its handlers with [`Node::on`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{ErrorKind, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let orders = happen.node("orders").await?;
+    /// assert_eq!(orders.id(), "orders");
+    ///
+    /// let err = happen.node("orders").await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::DuplicateNode);
+    /// let err = happen.node("has space").await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::DuplicateNode`] if this instance already has a node `id`;
     /// [`ErrorKind::InvalidConfig`] for an invalid id (empty, whitespace, `*`, `>`);
+    /// [`ErrorKind::NoRuntime`] outside a Tokio runtime;
     /// [`ErrorKind::ShutDown`] after shutdown; transport errors from attaching.
+    ///
+    /// # Cancel safety
+    /// As [`node_with`](Happen::node_with).
     pub async fn node(&self, id: impl Into<NodeId>) -> Result<Node> {
         self.node_with(id, NodeOptions::default()).await
     }
 
-    /// Creates the node `id` with per-node options over the configuration.
+    /// Creates the node `id` with per-node options over the configuration (see
+    /// [`NodeOptions`] for an example).
     ///
     /// # Errors
-    /// As [`node`](Happen::node), plus invalid option values.
+    /// As [`node`](Happen::node), plus [`ErrorKind::InvalidConfig`] for invalid option values
+    /// (a zero `max_concurrent`, `queue_limit` or `stream_buffer`, a threshold outside (0, 1]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{ErrorKind, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let err = happen.node_with("n", NodeOptions::new().max_concurrent(0)).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// assert!(happen.find_node("n").is_none()); // nothing was created
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancel-safe: if the future is dropped before it resolves (for example while a slow
@@ -309,9 +373,14 @@ impl Happen {
     /// the nodes ([`Transport::detach`]); events that reached a node before that still run
     /// (within `grace`) and are answered.
     ///
+    /// # Panics
+    /// Panics if polled outside a Tokio runtime with timers enabled (the grace period is a
+    /// Tokio timer).
+    ///
     /// # Cancel safety
     /// Sends from this instance are refused from the first poll; dropping the future early
-    /// skips the waiting and leaves remaining flows running until they finish.
+    /// skips the waiting and leaves remaining flows running until they finish, and the
+    /// transport is not stopped.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.scope.close();
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();

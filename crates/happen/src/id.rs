@@ -349,7 +349,12 @@ id_type!(
     /// use happen::CorrelationId;
     /// let id = CorrelationId::new();
     /// assert!(id.to_string().starts_with("txn-"));
+    /// // An id from elsewhere (an HTTP header, another system) is kept verbatim:
+    /// assert_eq!(CorrelationId::parse("req-42").to_string(), "req-42");
     /// ```
+    ///
+    /// A root event gets a fresh one unless it joins a transaction with
+    /// [`Event::with_correlation_id`](crate::Event::with_correlation_id).
     CorrelationId,
     "txn-"
 );

@@ -1,13 +1,21 @@
 #![doc = include_str!("../README.md")]
 //!
 //! # Modules
-//! - [`event`]: events and their causal context;
-//! - [`pattern`]: event-type patterns;
-//! - [`flow`]: the Event Continuum (`Flow`, `IntoFlow`, `Json`);
-//! - [`stream`]: streaming results;
-//! - [`cpu`]: CPU-bound work off the async workers;
-//! - [`config`]: configuration (concurrency defaults and node-id pattern overrides);
-//! - [`transport`]: the `Transport` trait and the in-process transport.
+//! The crate root holds what most programs use (also in the [`prelude`]). The modules:
+//! - [`event`]: events and their causal context ([`Event`], [`Causal`], [`EventType`]);
+//! - [`pattern`]: event-type patterns ([`Pattern`](pattern::Pattern), [`domain`](pattern::domain),
+//!   [`one_of`](pattern::one_of), ...) for [`Node::on`];
+//! - [`flow`]: the Event Continuum ([`Flow`], [`IntoFlow`], [`Json`], [`Step`](flow::Step));
+//! - [`stream`]: how streaming replies and broadcast streams behave, and the items a broadcast
+//!   subscriber reads ([`BroadcastItems`](stream::BroadcastItems),
+//!   [`StreamItem`](stream::StreamItem));
+//! - [`cpu`]: CPU-bound work off the async workers ([`cpu_bound`](cpu::cpu_bound));
+//! - [`config`]: configuration ([`Config`] and its sections, [`Limits`],
+//!   [`NodePatterns`](config::NodePatterns), [`millis`](config::millis));
+//! - [`transport`]: the implementor API — the [`Transport`](transport::Transport) trait, the
+//!   in-process [`LocalTransport`](transport::LocalTransport), [`Inbox`](transport::Inbox),
+//!   reply and stream channels;
+//! - [`prelude`]: `use happen::prelude::*;`.
 
 // The layers, bottom up: each module uses only the modules listed before it (CI checks that
 // no import circle exists with `module-cycles.py`). See DESIGN.md, "Where things live".
@@ -45,6 +53,21 @@ pub use crate::node::{
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 
 /// The names most programs need: `use happen::prelude::*;`.
+///
+/// ```
+/// use happen::prelude::*;
+///
+/// async fn hello(event: Event, _ctx: Context) -> Result<Flow> {
+///     Ok(Flow::done(format!("hello, {}", event.payload())))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = Happen::new();
+/// let node = happen.node_with("greeter", NodeOptions::new()).await?;
+/// node.on("hello", hello)?;
+/// assert_eq!(node.send(&node, Event::new("hello", "ada")).await?, r#"hello, "ada""#);
+/// # Ok(()) }
+/// ```
 pub mod prelude {
     pub use crate::{
         Context, Emitter, Error, ErrorKind, Event, Flow, Happen, Json, Node, NodeOptions, Result,

@@ -4,12 +4,54 @@
 /// `{"nodeId", "level": "high"|"normal", "underPressure", "queued", "queueLimit", "seq"}`, where
 /// `seq` numbers the node's transitions (events may arrive out of order; the highest `seq` is the
 /// current state; [`Node::watch_pressure`](crate::Node::watch_pressure) is always in order).
+///
+/// Any node can listen: register a handler for it like for any other event type.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen, NodeOptions, PRESSURE_EVENT};
+///
+/// let happen = Happen::new();
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let monitor = happen.node("monitor").await?;
+/// monitor.on(PRESSURE_EVENT, move |event: Event, _c: Context| {
+///     let tx = tx.clone();
+///     async move { tx.send(event.payload().clone()).ok(); }
+/// })?;
+///
+/// let options = NodeOptions::new().max_concurrent(1).queue_limit(4).backpressure_threshold(0.5);
+/// let busy = happen.node_with("busy", options).await?;
+/// busy.on("job", |_e: Event, _c: Context| async {})?;
+/// for i in 0..3 {
+///     busy.tell(&busy, Event::new("job", i))?; // 2 queued: the threshold
+/// }
+/// let high = rx.recv().await.unwrap();
+/// assert_eq!((high["nodeId"].as_str(), high["level"].as_str()), (Some("busy"), Some("high")));
+/// assert_eq!((high["queued"].as_u64(), high["queueLimit"].as_u64()), (Some(2), Some(4)));
+/// let normal = rx.recv().await.unwrap(); // the queue drained
+/// assert_eq!(normal["level"], "normal");
+/// assert!(normal["seq"].as_u64() > high["seq"].as_u64());
+/// # Ok(()) }
+/// ```
 pub const PRESSURE_EVENT: &str = "node.pressure";
 
 /// The backpressure state of a node.
 ///
 /// A node is under pressure from the moment its queue holds `threshold × queue_limit` events
 /// until it drains to three quarters of that (hysteresis, so the state does not flap).
+/// Read it with [`Node::pressure`](crate::Node::pressure) (an example is there), follow it
+/// with [`Node::watch_pressure`](crate::Node::watch_pressure), or wait for relief with
+/// [`Node::ready`](crate::Node::ready).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = happen::Happen::new();
+/// let node = happen.node("n").await?;
+/// let p = node.pressure();
+/// assert!(!p.under_pressure);
+/// assert_eq!((p.queued, p.queue_limit), (0, 10_000));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Pressure {

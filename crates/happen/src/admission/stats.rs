@@ -12,6 +12,29 @@ use crate::id::NodeId;
 /// queued, completed, failed, cancelled or displaced —
 /// `accepted == active + queued + completed + failed + cancelled + displaced` once nothing is
 /// in motion. Events refused at admission are `rejected` and never accepted.
+///
+/// The same counters are exported as `metrics` (`happen_events_accepted_total`,
+/// `happen_flows_failed_total`, ... labelled by node) when a recorder is installed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen, NodeOptions};
+///
+/// let happen = Happen::new();
+/// let node = happen.node_with("n", NodeOptions::new().max_concurrent(1).queue_limit(1)).await?;
+/// node.on("job", |_e: Event, _c: Context| async {})?;
+/// let first = node.send(&node, Event::new("job", 1)); // runs
+/// let second = node.send(&node, Event::new("job", 2)); // queued
+/// let third = node.send(&node, Event::new("job", 3)); // rejected: the queue is full
+/// assert!(third.await.unwrap_err().is_queue_full());
+/// first.await?;
+/// second.await?;
+///
+/// let s = node.stats();
+/// assert_eq!((s.accepted, s.rejected, s.completed, s.peak_queued), (2, 1, 2, 1));
+/// assert_eq!(s.accepted, s.completed + s.failed + s.cancelled + s.displaced);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct NodeStats {

@@ -4,7 +4,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Admission limits of one node.
+/// Admission limits of one node: `concurrency.default` in the configuration, and what
+/// [`Node::limits`](crate::Node::limits) reports for a node.
+///
+/// Complete: every value is set (a default, or what the file says). An override of some of
+/// them is a [`PartialLimits`].
+///
+/// ```
+/// use happen::{Config, Limits, QueueStrategy};
+///
+/// let limits = Limits::default()
+///     .with_max_concurrent(8)
+///     .with_queue_limit(1_000)
+///     .with_queue_strategy(QueueStrategy::Priority)
+///     .with_backpressure_threshold(0.5);
+/// assert_eq!(limits.max_concurrent, 8);
+///
+/// let mut config = Config::default();
+/// config.concurrency.default = limits;
+/// config.validate()?;
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -57,7 +77,13 @@ impl Limits {
         self
     }
 
-    /// Limits so high they never apply (for comparison runs).
+    /// Limits so high they never apply (for comparison runs): no flow waits and no event is
+    /// rejected, so nothing protects the node from overload.
+    ///
+    /// ```
+    /// let limits = happen::Limits::unlimited();
+    /// assert!(limits.max_concurrent > 1 << 40 && limits.queue_limit > 1 << 40);
+    /// ```
     pub fn unlimited() -> Self {
         Limits {
             max_concurrent: usize::MAX / 4,
@@ -112,7 +138,18 @@ fn validate_threshold(key: &str, t: f64) -> Result<()> {
     Ok(())
 }
 
-/// A partial [`Limits`]: only the keys that are set override the default.
+/// A partial [`Limits`]: only the keys that are set override the default. The values of
+/// `concurrency.patterns` in the configuration.
+///
+/// ```
+/// use happen::config::{ConcurrencyConfig, PartialLimits};
+///
+/// let concurrency = ConcurrencyConfig::default()
+///     .with_pattern("api-*", PartialLimits::default().with_max_concurrent(200));
+/// let api = concurrency.limits_for("api-gateway");
+/// assert_eq!(api.max_concurrent, 200); // overridden
+/// assert_eq!(api.queue_limit, 10_000); // the default's
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -179,6 +216,30 @@ impl PartialLimits {
 }
 
 /// Which waiting event starts next.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use std::sync::{Arc, Mutex};
+/// use happen::{Context, Event, Happen, NodeOptions, QueueStrategy};
+///
+/// let happen = Happen::new();
+/// let options = NodeOptions::new().max_concurrent(1).queue_strategy(QueueStrategy::Priority);
+/// let jobs = happen.node_with("jobs", options).await?;
+/// let ran = Arc::new(Mutex::new(Vec::new()));
+/// let log = ran.clone();
+/// jobs.on("job", move |event: Event, _c: Context| {
+///     let log = log.clone();
+///     async move { log.lock().unwrap().push(event.payload().as_str().unwrap().to_owned()) }
+/// })?;
+/// let replies = [
+///     jobs.send(&jobs, Event::new("job", "first")), // takes the one slot
+///     jobs.send(&jobs, Event::new("job", "low")),   // these two wait
+///     jobs.send(&jobs, Event::new("job", "high").with_priority(9)),
+/// ];
+/// futures::future::try_join_all(replies).await?;
+/// assert_eq!(*ran.lock().unwrap(), ["first", "high", "low"]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueStrategy {

@@ -4,6 +4,20 @@
 //! Keys are `snake_case`; the seed's `camelCase` spellings (`maxConcurrent`, `queueLimit`,
 //! `queueStrategy`, `backpressureThreshold`) are accepted too. Unknown keys are errors.
 //!
+//! | section | type | holds |
+//! |---|---|---|
+//! | `[concurrency]` | [`ConcurrencyConfig`] | `default` [`Limits`], `patterns` ([`NodePatterns`] of [`PartialLimits`]) |
+//! | `[flow]` | [`FlowConfig`] | `max_chain_depth`, `request_timeout_ms` |
+//! | `[streams]` | [`StreamConfig`] | `buffer`, `broadcast_buffer` |
+//! | `[cpu]` | [`CpuConfig`] | `threads` |
+//! | `[transport.<name>]` | [`TransportConfig`] | one table per transport, read by its crate |
+//!
+//! Durations are `Duration`s in Rust and whole milliseconds in a file (`request_timeout_ms =
+//! 5000`; see [`millis`]). A [`Config`] reaches an instance through
+//! [`Happen::with_config`](crate::Happen::with_config) or
+//! [`HappenBuilder::config`](crate::HappenBuilder::config), which validate it; per node,
+//! [`NodeOptions`](crate::NodeOptions) override it.
+//!
 //! # Choosing a node's limits
 //! A node's limits are `concurrency.default` with at most one entry of `concurrency.patterns`
 //! merged over it (only the keys the entry sets). The entry is chosen by:
@@ -55,6 +69,28 @@ pub use limits::{Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.
+///
+/// Built in code from [`Config::default`] (the struct is `#[non_exhaustive]`: set its public
+/// fields), or read with [`from_toml_str`](Config::from_toml_str),
+/// [`from_json_str`](Config::from_json_str) or [`from_file`](Config::from_file).
+///
+/// ```
+/// use std::time::Duration;
+/// use happen::config::{Config, PartialLimits};
+///
+/// let mut config = Config::default();
+/// config.concurrency.default.max_concurrent = 32;
+/// config.concurrency = config
+///     .concurrency
+///     .with_pattern("worker-*", PartialLimits::default().with_max_concurrent(4));
+/// config.flow.request_timeout = Duration::from_secs(5);
+/// config.streams.buffer = 16;
+/// config.cpu.threads = Some(2);
+/// config.validate()?;
+/// assert_eq!(config.concurrency.limits_for("worker-1").max_concurrent, 4);
+/// assert_eq!(config.concurrency.limits_for("api").max_concurrent, 32);
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -72,7 +108,8 @@ pub struct Config {
     pub transport: TransportConfig,
 }
 
-/// `concurrency`: the default limits and node-id pattern overrides.
+/// `concurrency`: the default limits and node-id pattern overrides (the
+/// [module docs](self) say which entry applies to a node).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -84,7 +121,26 @@ pub struct ConcurrencyConfig {
 }
 
 impl ConcurrencyConfig {
-    /// The effective limits of the node `node_id`.
+    /// The effective limits of the node `node_id`: the default with the best-matching pattern
+    /// entry merged over it.
+    ///
+    /// ```
+    /// use happen::Config;
+    ///
+    /// let config = Config::from_toml_str(r#"
+    ///     [concurrency.default]
+    ///     max_concurrent = 10
+    ///     [concurrency.patterns."db-*"]
+    ///     max_concurrent = 2
+    ///     [concurrency.patterns."db-primary"]
+    ///     queue_limit = 50
+    /// "#)?;
+    /// assert_eq!(config.concurrency.limits_for("db-replica").max_concurrent, 2);
+    /// let primary = config.concurrency.limits_for("db-primary"); // the exact entry only
+    /// assert_eq!((primary.max_concurrent, primary.queue_limit), (10, 50));
+    /// assert_eq!(config.concurrency.limits_for("web").max_concurrent, 10);
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn limits_for(&self, node_id: &str) -> Limits {
         match self.patterns.select(node_id) {
             Some((_, p)) => self.default.merged(p),
@@ -92,7 +148,17 @@ impl ConcurrencyConfig {
         }
     }
 
-    /// Adds a node-id pattern override (builder style).
+    /// Adds a node-id pattern override (builder style); a second override for the same
+    /// pattern replaces the first.
+    ///
+    /// ```
+    /// use happen::config::{ConcurrencyConfig, PartialLimits, QueueStrategy};
+    ///
+    /// let concurrency = ConcurrencyConfig::default()
+    ///     .with_pattern("jobs-*", PartialLimits::default().with_queue_strategy(QueueStrategy::Priority));
+    /// assert_eq!(concurrency.limits_for("jobs-1").queue_strategy, QueueStrategy::Priority);
+    /// assert_eq!(concurrency.limits_for("web").queue_strategy, QueueStrategy::Fifo);
+    /// ```
     pub fn with_pattern(mut self, pattern: impl Into<String>, limits: PartialLimits) -> Self {
         self.patterns.insert(pattern, limits);
         self
@@ -100,6 +166,16 @@ impl ConcurrencyConfig {
 }
 
 /// `flow`: Event Continuum settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use happen::Config;
+///
+/// let config = Config::from_toml_str("[flow]\nmax_chain_depth = 20\nrequest_timeout_ms = 2500")?;
+/// assert_eq!(config.flow.max_chain_depth, 20);
+/// assert_eq!(config.flow.request_timeout, Duration::from_millis(2500));
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -129,6 +205,21 @@ impl Default for FlowConfig {
 /// A `Duration` written in a configuration file as whole milliseconds (`request_timeout_ms =
 /// 5000`), the file format the reference uses. For fields of other crates' sections too:
 /// `#[serde(with = "happen::config::millis")]`.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Retry {
+///     #[serde(rename = "backoff_ms", with = "happen::config::millis")]
+///     backoff: Duration,
+/// }
+///
+/// let retry: Retry = serde_json::from_str(r#"{"backoff_ms": 250}"#).unwrap();
+/// assert_eq!(retry.backoff, Duration::from_millis(250));
+/// assert_eq!(serde_json::to_string(&retry).unwrap(), r#"{"backoff_ms":250}"#);
+/// assert!(serde_json::from_str::<Retry>(r#"{"backoff_ms": -1}"#).is_err());
+/// ```
 pub mod millis {
     use std::time::Duration;
 
@@ -151,7 +242,17 @@ pub mod millis {
     }
 }
 
-/// `streams`: streaming settings.
+/// `streams`: streaming settings. A node may set its own buffer with
+/// [`NodeOptions::stream_buffer`](crate::NodeOptions::stream_buffer).
+///
+/// ```
+/// use happen::Config;
+///
+/// let config = Config::from_toml_str("[streams]\nbuffer = 8")?;
+/// assert_eq!(config.streams.buffer, 8);
+/// assert_eq!(config.streams.broadcast_buffer, 256); // the default
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -172,7 +273,17 @@ impl Default for StreamConfig {
     }
 }
 
-/// `cpu`: the pool for CPU-bound work.
+/// `cpu`: the pool for CPU-bound work (see [`cpu`](crate::cpu)). The pool starts on the
+/// first CPU job, not with the instance.
+///
+/// ```
+/// use happen::Config;
+///
+/// assert_eq!(Config::default().cpu.threads, None); // one per core
+/// let config = Config::from_json_str(r#"{"cpu": {"threads": 2}}"#)?;
+/// assert_eq!(config.cpu.threads, Some(2));
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -211,7 +322,18 @@ impl TransportConfig {
         self.sections.get(name)
     }
 
-    /// Sets the table `[transport.<name>]` (for configurations built in code).
+    /// Sets the table `[transport.<name>]` (for configurations built in code), replacing one
+    /// of the same name.
+    ///
+    /// ```
+    /// use happen::Config;
+    /// use serde_json::json;
+    ///
+    /// let mut config = Config::default();
+    /// config.transport.set_section("nats", json!({"servers": ["nats://10.0.0.1:4222"]}));
+    /// assert_eq!(config.transport.names().collect::<Vec<_>>(), ["nats"]);
+    /// assert_eq!(config.transport.section("nats").unwrap()["servers"][0], "nats://10.0.0.1:4222");
+    /// ```
     pub fn set_section(&mut self, name: impl Into<String>, table: serde_json::Value) {
         self.sections.insert(name.into(), table);
     }
@@ -244,10 +366,24 @@ impl<'de> Deserialize<'de> for TransportConfig {
 }
 
 impl Config {
-    /// Parses TOML and validates.
+    /// Parses TOML and validates. Keys left out keep their defaults.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the offending key.
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the offending key
+    /// (a syntax error, an unknown key, a value of the wrong type or out of range).
+    ///
+    /// ```
+    /// use happen::{Config, ErrorKind};
+    ///
+    /// let config = Config::from_toml_str("[concurrency.default]\nmax_concurrent = 8")?;
+    /// assert_eq!(config.concurrency.default.max_concurrent, 8);
+    /// assert_eq!(config.concurrency.default.queue_limit, 10_000); // the default
+    ///
+    /// let err = Config::from_toml_str("[concurrency.default]\nmax_concurent = 8").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// assert!(err.message().contains("max_concurent"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn from_toml_str(s: &str) -> Result<Config> {
         let de = toml::Deserializer::new(s);
         let config: Config = serde_path_to_error::deserialize(de).map_err(path_error)?;
@@ -255,10 +391,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses JSON and validates.
+    /// Parses JSON and validates (the same keys as TOML).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the offending key.
+    ///
+    /// ```
+    /// use happen::{Config, ErrorKind, QueueStrategy};
+    ///
+    /// let config = Config::from_json_str(r#"{
+    ///     "concurrency": {"default": {"maxConcurrent": 4, "queueStrategy": "priority"}}
+    /// }"#)?;
+    /// assert_eq!(config.concurrency.default.max_concurrent, 4);
+    /// assert_eq!(config.concurrency.default.queue_strategy, QueueStrategy::Priority);
+    ///
+    /// let err = Config::from_json_str(r#"{"flow": {"max_chain_depth": 0}}"#).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// assert!(err.message().contains("flow.max_chain_depth"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn from_json_str(s: &str) -> Result<Config> {
         let mut de = serde_json::Deserializer::from_str(s);
         let config: Config = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
@@ -266,11 +417,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads a `.toml` or `.json` file and validates.
+    /// Reads a `.toml` or `.json` file (chosen by the extension) and validates.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) for an unreadable file, an
     /// unknown extension, or an invalid value (naming the key).
+    ///
+    /// ```
+    /// use happen::{Config, ErrorKind};
+    ///
+    /// let path = std::env::temp_dir().join(format!("happen-doc-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "[streams]\nbuffer = 4\n").unwrap();
+    /// let config = Config::from_file(&path)?;
+    /// assert_eq!(config.streams.buffer, 4);
+    /// # std::fs::remove_file(&path).ok();
+    ///
+    /// let err = Config::from_file("/no/such/happen.toml").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -289,10 +454,24 @@ impl Config {
         }
     }
 
-    /// Checks every value; [`Happen::init`](crate::Happen::init) calls this.
+    /// Checks every value. The parsers call it, and so do
+    /// [`Happen::with_config`](crate::Happen::with_config) and
+    /// [`HappenBuilder::build`](crate::HappenBuilder::build); call it yourself to check a
+    /// configuration built in code early.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the offending key.
+    ///
+    /// ```
+    /// use happen::{Config, ErrorKind};
+    ///
+    /// let mut config = Config::default();
+    /// assert!(config.validate().is_ok());
+    /// config.concurrency.default.backpressure_threshold = 1.5;
+    /// let err = config.validate().unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// assert!(err.message().contains("concurrency.default.backpressure_threshold"), "{err}");
+    /// ```
     pub fn validate(&self) -> Result<()> {
         self.concurrency.default.validate("concurrency.default")?;
         self.concurrency.patterns.validate("concurrency.patterns")?;

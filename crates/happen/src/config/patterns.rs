@@ -47,7 +47,20 @@ impl<T> NodePatterns<T> {
         NodePatterns::default()
     }
 
-    /// Adds (or replaces) the entry for `pattern`, keeping declaration order.
+    /// Adds (or replaces) the entry for `pattern`, keeping declaration order (a replaced
+    /// entry keeps its place).
+    ///
+    /// ```
+    /// use happen::config::NodePatterns;
+    ///
+    /// let mut p = NodePatterns::new();
+    /// p.insert("a-*", 1);
+    /// p.insert("b-*", 2);
+    /// p.insert("a-*", 3);
+    /// assert_eq!(p.iter().collect::<Vec<_>>(), [("a-*", &3), ("b-*", &2)]);
+    /// assert_eq!(p.len(), 2);
+    /// assert!(!p.is_empty());
+    /// ```
     pub fn insert(&mut self, pattern: impl Into<String>, value: T) {
         let pattern = pattern.into();
         match self.0.iter_mut().find(|(p, _)| *p == pattern) {
@@ -85,11 +98,25 @@ impl<T> NodePatterns<T> {
         best.map(|((p, v), _)| (p.as_str(), v))
     }
 
-    /// Checks every pattern (`key` names the section in errors).
+    /// Checks every pattern (`key` names the section in errors). A transport crate calls it
+    /// from its own validation for a per-node section of its own.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the first bad
     /// pattern.
+    ///
+    /// ```
+    /// use happen::ErrorKind;
+    /// use happen::config::NodePatterns;
+    ///
+    /// let mut p = NodePatterns::new();
+    /// p.insert("api-*", 1);
+    /// assert!(p.validate("my.section").is_ok());
+    /// p.insert("api-?", 2);
+    /// let err = p.validate("my.section").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    /// assert!(err.message().contains(r#"my.section."api-?""#), "{err}");
+    /// ```
     pub fn validate(&self, key: &str) -> Result<()> {
         self.0.iter().try_for_each(|(p, _)| validate_glob(key, p))
     }

@@ -1,4 +1,5 @@
-//! Events: a type, a JSON payload and the causal context.
+//! Events: a type, a JSON payload and the causal context ([`Event`], [`Causal`],
+//! [`EventType`]), and event-type [`pattern`]s. The types are also at the crate root.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +33,33 @@ pub(crate) use clock::now_ms;
 /// assert_eq!(event.payload()["id"], 42);
 /// assert_eq!(event.priority(), 5);
 /// ```
+///
+/// # Wire form
+/// `Event` implements `Serialize` and `Deserialize` in Happen's reference JSON shape, which
+/// transports put on the wire:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen};
+/// use serde_json::json;
+///
+/// let happen = Happen::new();
+/// let node = happen.node("svc").await?;
+/// node.on("order.created", |event: Event, _c: Context| async move {
+///     serde_json::to_value(&event).unwrap() // the event as it arrived, stamped
+/// })?;
+/// let wire = node.send(&node, Event::new("order.created", json!({"id": 1}))).await?;
+/// assert_eq!(wire["type"], "order.created");
+/// assert_eq!(wire["payload"], json!({"id": 1}));
+/// assert_eq!(wire["context"]["causal"]["sender"], "svc");
+/// assert!(wire["context"]["causal"]["correlationId"].as_str().unwrap().starts_with("txn-"));
+///
+/// // Reading it back; missing causal fields of a foreign producer are filled in.
+/// let back: Event = serde_json::from_value(json!({"type": "ping"})).unwrap();
+/// assert_eq!(back.event_type(), "ping");
+/// assert!(back.id().to_string().starts_with("evt-"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Event {
     inner: Arc<EventInner>,
@@ -47,7 +75,13 @@ struct EventInner {
     explicit_correlation: Option<CorrelationId>,
 }
 
-/// The causal context of an event (Happen's `context.causal`).
+/// The causal context of an event (Happen's `context.causal`), read with
+/// [`Event::causal`] (or the shorthands [`Event::id`], [`Event::sender`], ...).
+///
+/// It is filled in when the event is sent: a root event (sent from a [`Node`](crate::Node))
+/// has no causation and a new correlation id; an event sent from a flow's
+/// [`Context`](crate::Context) names the event that caused it and keeps its correlation id
+/// (see [`Event::causal`] for a chain).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
@@ -136,7 +170,7 @@ impl Causal {
     pub fn id(&self) -> &EventId {
         &self.id
     }
-    /// The node that sent the event.
+    /// The node that sent the event (the empty id for an event not sent yet).
     pub fn sender(&self) -> &NodeId {
         &self.sender
     }
@@ -165,7 +199,22 @@ impl Event {
     /// For a typed payload use [`Event::json`].
     ///
     /// The type may be any `&str`, `String` or [`EventType`]; a `&str` is copied (one small
-    /// allocation), an [`EventType::from_static`] is not.
+    /// allocation), an [`EventType::from_static`] is not. The type is checked when the event
+    /// is sent (an empty type fails with [`ErrorKind::InvalidEvent`]); the causal context is
+    /// filled in then too.
+    ///
+    /// ```
+    /// use happen::Event;
+    /// use serde_json::json;
+    ///
+    /// let order = Event::new("order.created", json!({"id": 42, "total": 9.5}));
+    /// assert_eq!(order.payload()["total"], 9.5);
+    ///
+    /// let tick = Event::new("clock.tick", ()); // no payload: null
+    /// assert!(tick.payload().is_null());
+    /// assert_eq!(Event::new("greet", "ada").payload(), "ada");
+    /// assert!(tick.id().to_string().is_empty()); // not sent yet: no id
+    /// ```
     pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
         Event {
             inner: Arc::new(EventInner {
@@ -212,8 +261,17 @@ impl Event {
         Ok(Event::new(event_type, value))
     }
 
-    /// Sets the priority (default 0). Nodes with the `priority` queue strategy start higher
-    /// priorities first.
+    /// Sets the priority (default 0; negative values are lower). Nodes with the
+    /// [`priority`](crate::QueueStrategy::Priority) queue strategy start higher priorities
+    /// first; FIFO nodes ignore it.
+    ///
+    /// ```
+    /// use happen::Event;
+    ///
+    /// let urgent = Event::new("alert", "disk full").with_priority(10);
+    /// assert_eq!(urgent.priority(), 10);
+    /// assert_eq!(Event::new("alert", ()).priority(), 0);
+    /// ```
     pub fn with_priority(mut self, priority: i32) -> Event {
         Arc::make_mut(&mut self.inner).priority = priority;
         self
@@ -221,12 +279,31 @@ impl Event {
 
     /// Makes a root event join an existing transaction instead of starting a new one.
     /// Ignored for events sent from inside a flow, which always inherit the flow's correlation id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, CorrelationId, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("step", |event: Event, _c: Context| async move {
+    ///     event.correlation_id().to_string()
+    /// })?;
+    /// let txn = CorrelationId::parse("txn-from-the-http-request");
+    /// let event = Event::new("step", ()).with_correlation_id(txn.clone());
+    /// assert_eq!(node.send(&node, event).await?, txn.to_string());
+    /// # Ok(()) }
+    /// ```
     pub fn with_correlation_id(mut self, id: CorrelationId) -> Event {
         Arc::make_mut(&mut self.inner).explicit_correlation = Some(id);
         self
     }
 
     /// The event type, e.g. `order.created`.
+    ///
+    /// ```
+    /// assert_eq!(happen::Event::new("order.created", ()).event_type(), "order.created");
+    /// ```
     pub fn event_type(&self) -> &str {
         &self.inner.event_type
     }
@@ -236,7 +313,17 @@ impl Event {
         &self.inner.event_type
     }
 
-    /// The payload as JSON.
+    /// The payload as JSON. To read it as a Rust type, use [`decode`](Event::decode), or take
+    /// a [`Json<T>`](crate::Json) handler argument.
+    ///
+    /// ```
+    /// use happen::Event;
+    /// use serde_json::json;
+    ///
+    /// let event = Event::new("order", json!({"items": [{"sku": "a-1", "qty": 2}]}));
+    /// assert_eq!(event.payload()["items"][0]["qty"], 2);
+    /// assert!(event.payload()["missing"].is_null());
+    /// ```
     pub fn payload(&self) -> &Value {
         &self.inner.payload
     }
@@ -252,26 +339,77 @@ impl Event {
     ///
     /// #[derive(Debug, serde::Deserialize)]
     /// struct Order { qty: u32 }
+    /// let order: Order = Event::new("order", json!({"qty": 3})).decode()?;
+    /// assert_eq!(order.qty, 3);
+    ///
     /// let event = Event::new("order", json!({"qty": "three"}));
     /// let err = event.decode::<Order>().unwrap_err();
     /// assert_eq!(err.kind(), ErrorKind::InvalidPayload);
     /// assert!(err.message().contains("qty"), "{err}");
+    /// # Ok::<(), happen::Error>(())
     /// ```
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         decode_value(self.event_type(), &self.inner.payload)
     }
 
-    /// The priority (default 0).
+    /// The priority (default 0); see [`with_priority`](Event::with_priority).
     pub fn priority(&self) -> i32 {
         self.inner.priority
     }
 
-    /// The causal context.
+    /// The causal context: who sent the event, which event caused it, the transaction it
+    /// belongs to and the path of nodes so far. Filled in when the event is sent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    /// use serde_json::json;
+    ///
+    /// let happen = Happen::new();
+    /// let web = happen.node("web").await?;
+    /// let orders = happen.node("orders").await?;
+    /// let billing = happen.node("billing").await?;
+    /// orders.on("order.placed", |event: Event, ctx: Context| async move {
+    ///     let invoice = ctx.send("billing", Event::new("invoice", ())).await?; // continues the chain
+    ///     Ok::<_, happen::Error>(json!({"order": event.causal(), "invoice": invoice}))
+    /// })?;
+    /// billing.on("invoice", |event: Event, _ctx: Context| async move {
+    ///     serde_json::to_value(event.causal()).unwrap()
+    /// })?;
+    /// let seen = web.send(&orders, Event::new("order.placed", ())).await?;
+    /// let (order, invoice) = (&seen["order"], &seen["invoice"]);
+    /// assert_eq!(invoice["sender"], "orders");
+    /// assert_eq!(invoice["path"], json!(["web", "orders"]));
+    /// assert_eq!(invoice["causationId"], order["id"]); // caused by the order event
+    /// assert_eq!(invoice["correlationId"], order["correlationId"]); // one transaction
+    /// # Ok(()) }
+    /// ```
     pub fn causal(&self) -> &Causal {
         &self.inner.causal
     }
 
-    /// Shorthand for `causal().id()`.
+    /// Shorthand for `causal().id()`. The shorthands below read the other parts of the
+    /// [`Causal`] context the same way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("look", |event: Event, _c: Context| async move {
+    ///     let c = event.causal();
+    ///     assert_eq!(event.id(), c.id());
+    ///     assert_eq!(event.sender(), c.sender());
+    ///     assert_eq!(event.correlation_id(), c.correlation_id());
+    ///     assert_eq!(event.causation_id(), c.causation_id());
+    ///     assert_eq!(event.path(), c.path());
+    ///     event.id().to_string()
+    /// })?;
+    /// let id = node.send(&node, Event::new("look", ())).await?;
+    /// assert!(id.as_str().unwrap().starts_with("evt-"));
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &EventId {
         &self.inner.causal.id
     }
@@ -404,6 +542,10 @@ impl EventType {
     }
 
     /// The type as a string slice.
+    ///
+    /// ```
+    /// assert_eq!(happen::EventType::from("order.created").as_str(), "order.created");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -17,6 +17,9 @@
 //! literal characters win; predicates (including [`not`]) are least specific; ties go to the
 //! earliest registration.
 //!
+//! [`Node::on`](crate::Node::on) takes a pattern string or a [`Pattern`] built here (see
+//! [`IntoPattern`]).
+//!
 //! ```
 //! use happen::pattern::{self, Pattern};
 //!
@@ -38,7 +41,21 @@ use crate::error::{Error, ErrorKind, Result};
 const MAX_EXPANSIONS: usize = 256;
 
 /// A compiled event-type pattern. Build one with [`Pattern::parse`], the helpers in this module,
-/// or pass a `&str` wherever an [`IntoPattern`] is expected.
+/// or pass a `&str` wherever an [`IntoPattern`] is expected. Cheap to clone; `Display` shows
+/// its source.
+///
+/// ```
+/// use happen::pattern::{self, Pattern};
+///
+/// let patterns = [Pattern::parse("order.*")?, pattern::domain("billing"), pattern::exact("ping")];
+/// let matching: Vec<String> = patterns
+///     .iter()
+///     .filter(|p| p.matches("billing.invoice.sent"))
+///     .map(|p| p.to_string())
+///     .collect();
+/// assert_eq!(matching, ["billing.**"]);
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Pattern {
     kind: Kind,
@@ -76,6 +93,20 @@ impl Pattern {
     /// [`ErrorKind::InvalidPattern`] for an empty pattern, an empty segment (`a..b`, `.a`),
     /// unbalanced or nested braces, an empty alternative, `*` inside a segment (`ord*`), or
     /// whitespace.
+    ///
+    /// ```
+    /// use happen::ErrorKind;
+    /// use happen::pattern::Pattern;
+    ///
+    /// let p = Pattern::parse("order.*")?;
+    /// assert!(p.matches("order.created"));
+    /// assert!(!p.matches("order.item.added")); // `*` is exactly one segment
+    ///
+    /// let err = Pattern::parse("order.cre*").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidPattern);
+    /// assert!(err.message().contains("order.cre*"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn parse(pattern: &str) -> Result<Pattern> {
         let bad = |why: &str| {
             Error::new(
@@ -126,7 +157,22 @@ impl Pattern {
         })
     }
 
-    /// A pattern defined by a closure over the event type (least specific).
+    /// A pattern defined by a closure over the event type (least specific: any other matching
+    /// pattern at the node wins over it). The closure runs on every routing decision, so keep
+    /// it cheap. If it panics, a send to the node fails with [`ErrorKind::Panic`] and a
+    /// broadcast treats the node as not matching; the node keeps serving.
+    ///
+    /// # Deadlocks
+    /// The closure runs while the node's handler table is read: registering a handler on the
+    /// same node from inside it ([`Node::on`](crate::Node::on)) never returns.
+    ///
+    /// ```
+    /// use happen::pattern::Pattern;
+    ///
+    /// let audit = Pattern::predicate(|t| t.ends_with(".deleted"));
+    /// assert!(audit.matches("user.deleted"));
+    /// assert!(!audit.matches("user.created"));
+    /// ```
     pub fn predicate(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Pattern {
         Pattern {
             kind: Kind::Predicate(Arc::new(f)),
@@ -135,6 +181,13 @@ impl Pattern {
     }
 
     /// Does `event_type` match?
+    ///
+    /// ```
+    /// let p = happen::pattern::Pattern::parse("{order,payment}.failed")?;
+    /// assert!(p.matches("payment.failed"));
+    /// assert!(!p.matches("user.failed"));
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     pub fn matches(&self, event_type: &str) -> bool {
         match &self.kind {
             Kind::Exact(s) => **s == *event_type,
@@ -278,6 +331,21 @@ impl fmt::Display for Pattern {
 }
 
 /// Anything usable as a pattern in [`Node::on`](crate::Node::on): `&str`, `String`, [`Pattern`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Context, Event, Happen, pattern};
+///
+/// let happen = Happen::new();
+/// let audit = happen.node("audit").await?;
+/// audit.on("user.deleted", |_e: Event, _c: Context| async { "exact" })?; // a &str
+/// audit.on(String::from("user.*"), |_e: Event, _c: Context| async { "glob" })?; // a String
+/// audit.on(pattern::domain("billing"), |_e: Event, _c: Context| async { "domain" })?; // a Pattern
+/// assert_eq!(audit.send(&audit, Event::new("user.deleted", ())).await?, "exact");
+/// assert_eq!(audit.send(&audit, Event::new("user.created", ())).await?, "glob");
+/// assert_eq!(audit.send(&audit, Event::new("billing.invoice.sent", ())).await?, "domain");
+/// # Ok(()) }
+/// ```
 pub trait IntoPattern {
     /// Converts into a compiled pattern.
     ///

@@ -189,7 +189,32 @@ impl Context {
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
-    /// A clone of the stored value of type `T` (see [`insert`](Context::insert)).
+    /// A clone of the stored value of type `T` (see [`insert`](Context::insert)); `None` if
+    /// this flow stored none. For a value that is not `Clone`, or to avoid the clone, use
+    /// [`with`](Context::with) or [`remove`](Context::remove).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Flow, Happen};
+    ///
+    /// #[derive(Clone)]
+    /// struct Cart(Vec<&'static str>);
+    ///
+    /// async fn fill(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.insert(Cart(vec!["tea", "milk"]));
+    ///     Flow::next(count)
+    /// }
+    /// async fn count(_e: Event, ctx: Context) -> usize {
+    ///     assert!(ctx.get::<String>().is_none()); // nothing of that type
+    ///     ctx.get::<Cart>().map_or(0, |cart| cart.0.len())
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let shop = happen.node("shop").await?;
+    /// shop.on("checkout", fill)?;
+    /// assert_eq!(shop.send(&shop, Event::new("checkout", ())).await?, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         let data = self.inner.data.lock();
         data.as_ref()?
@@ -236,7 +261,30 @@ impl Context {
         Some(out)
     }
 
-    /// Takes the stored value of type `T` out of the context.
+    /// Takes the stored value of type `T` out of the context; later steps no longer see it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Flow, Happen};
+    ///
+    /// struct Token(String); // not Clone: moved out at the end
+    ///
+    /// async fn login(_e: Event, ctx: Context) -> Flow {
+    ///     ctx.insert(Token("secret".into()));
+    ///     Flow::next(finish)
+    /// }
+    /// async fn finish(_e: Event, ctx: Context) -> String {
+    ///     let token = ctx.remove::<Token>().expect("login stored it");
+    ///     assert!(ctx.remove::<Token>().is_none()); // gone now
+    ///     token.0
+    /// }
+    ///
+    /// let happen = Happen::new();
+    /// let auth = happen.node("auth").await?;
+    /// auth.on("login", login)?;
+    /// assert_eq!(auth.send(&auth, Event::new("login", ())).await?, "secret");
+    /// # Ok(()) }
+    /// ```
     pub fn remove<T: Send + Sync + 'static>(&self) -> Option<T> {
         let mut data = self.inner.data.lock();
         data.as_mut()?
@@ -277,31 +325,120 @@ impl Context {
         self.inner.node.state::<T>()
     }
 
-    /// The node running this flow.
+    /// The node running this flow (a handle: clone it to keep it).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("worker").await?;
+    /// node.on("load", |_e: Event, ctx: Context| async move {
+    ///     ctx.node().stats().active // the flows of this node running now: this one
+    /// })?;
+    /// assert_eq!(node.send(&node, Event::new("load", ())).await?, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn node(&self) -> &Node {
         &self.inner.node
     }
 
-    /// The node id running this flow.
+    /// The id of the node running this flow (shorthand for `ctx.node().id()`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("worker-7").await?;
+    /// node.on("whoami", |_e: Event, ctx: Context| async move { ctx.node_id().to_string() })?;
+    /// assert_eq!(node.send(&node, Event::new("whoami", ())).await?, "worker-7");
+    /// # Ok(()) }
+    /// ```
     pub fn node_id(&self) -> &NodeId {
         self.inner.node.id()
     }
 
-    /// The event that started this flow.
+    /// The event that started this flow. Every step gets it as its first argument too; a
+    /// step that took a [`Json<T>`](crate::Json) reads the rest of the event here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, Json};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("order", |Json(qty): Json<u32>, ctx: Context| async move {
+    ///     format!("{qty} from {}", ctx.event().sender())
+    /// })?;
+    /// let web = happen.node("web").await?;
+    /// assert_eq!(web.send(&node, Event::new("order", 3)).await?, "3 from web");
+    /// # Ok(()) }
+    /// ```
     pub fn event(&self) -> &Event {
         &self.inner.event
     }
 
     /// Sends `event` to `target` as a consequence of this flow's event: causation is this
     /// flow's event, the correlation id is inherited and the path extended with this node.
-    /// Otherwise identical to [`Node::send`].
+    /// Otherwise identical to [`Node::send`]: await the [`Reply`], stream it, or drop it.
+    ///
+    /// A chain longer than `flow.max_chain_depth` nodes fails with
+    /// [`ErrorKind::ChainTooDeep`](crate::ErrorKind::ChainTooDeep) (an event loop between
+    /// nodes). An error the reply returns and the step passes on (with `?`) ends this flow
+    /// with [`ErrorKind::Downstream`](crate::ErrorKind::Downstream).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    /// use serde_json::json;
+    ///
+    /// let happen = Happen::new();
+    /// let inventory = happen.node("inventory").await?;
+    /// inventory.on("reserve", |event: Event, _c: Context| async move {
+    ///     json!({"reserved": event.payload()["qty"], "txn": event.correlation_id()})
+    /// })?;
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("order", |event: Event, ctx: Context| async move {
+    ///     let qty = event.payload()["qty"].clone();
+    ///     let reserved = ctx.send("inventory", Event::new("reserve", json!({"qty": qty}))).await?;
+    ///     Ok::<_, happen::Error>(json!({"reservation": reserved, "txn": event.correlation_id()}))
+    /// })?;
+    /// let out = orders.send(&orders, Event::new("order", json!({"qty": 2}))).await?;
+    /// assert_eq!(out["reservation"]["reserved"], 2);
+    /// assert_eq!(out["reservation"]["txn"], out["txn"]); // one transaction
+    /// # Ok(()) }
+    /// ```
     pub fn send<'t>(&self, target: impl Into<Target<'t>>, event: Event) -> Reply {
         self.inner
             .node
             .send_inner(target.into(), event, Some(&self.inner.event))
     }
 
-    /// Broadcasts `event` as a consequence of this flow's event (see [`Context::send`]).
+    /// Broadcasts `event` as a consequence of this flow's event (see [`Context::send`] for
+    /// the causal context, [`Node::broadcast`] for the delivery).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let mailer = happen.node("mailer").await?;
+    /// mailer.on("order.shipped", move |event: Event, _c: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.causation_id().cloned()).ok(); }
+    /// })?;
+    /// let warehouse = happen.node("warehouse").await?;
+    /// warehouse.on("ship", |event: Event, ctx: Context| async move {
+    ///     ctx.broadcast(Event::new("order.shipped", ()))?;
+    ///     Ok::<_, happen::Error>(event.id().to_string())
+    /// })?;
+    /// let ship_id = warehouse.send(&warehouse, Event::new("ship", ())).await?;
+    /// let caused_by = rx.recv().await.unwrap().expect("a caused event");
+    /// assert_eq!(caused_by.to_string(), ship_id); // the shipping event caused it
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Node::broadcast`].

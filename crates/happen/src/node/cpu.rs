@@ -76,10 +76,36 @@ impl Drop for CancelOnDrop {
 }
 
 impl Context {
-    /// Runs `work` on the CPU pool and waits for its result (see [`cpu`](crate::cpu)).
+    /// Runs `work` on the CPU pool and waits for its result (see [`cpu`](crate::cpu)). The
+    /// pool starts on the first call (`cpu.threads` threads).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let primes = happen.node("primes").await?;
+    /// primes.on("count", |event: Event, ctx: Context| async move {
+    ///     let below = event.payload().as_u64().unwrap_or(0);
+    ///     let count = ctx
+    ///         .cpu(move || (2..below).filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0)).count())
+    ///         .await?;
+    ///     Ok::<_, happen::Error>(count)
+    /// })?;
+    /// assert_eq!(primes.send(&primes, Event::new("count", 100)).await?, 25);
+    ///
+    /// primes.on("crash", |_e: Event, ctx: Context| async move {
+    ///     ctx.cpu(|| -> u32 { panic!("bad input") }).await
+    /// })?;
+    /// let err = primes.send(&primes, Event::new("crash", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Panic); // the pool and the node keep serving
+    /// assert_eq!(primes.send(&primes, Event::new("count", 10)).await?, 4);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`ErrorKind::Panic`] if `work` panicked; [`ErrorKind::ShutDown`] if the pool is gone.
+    /// [`ErrorKind::Panic`] if `work` panicked; [`ErrorKind::ShutDown`] if the pool is gone;
+    /// [`ErrorKind::InvalidConfig`] if the pool cannot be started (the first call).
     ///
     /// # Cancel safety
     /// Dropping the future before `work` started means it never runs; after it started, it
@@ -113,7 +139,24 @@ impl Context {
     }
 }
 
-/// Makes a synchronous function a handler whose whole body runs on the CPU pool.
+/// Makes a synchronous function a handler whose whole body runs on the CPU pool: a
+/// `Fn(Event) -> R` where `R` is any [`IntoFlow`] (a value, a `Result`, a [`Flow`]). A panic
+/// in it fails the flow with [`ErrorKind::Panic`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{Event, Happen, cpu::cpu_bound};
+///
+/// fn checksum(event: Event) -> u64 {
+///     event.payload().as_str().unwrap_or("").bytes().map(u64::from).sum()
+/// }
+///
+/// let happen = Happen::new();
+/// let hasher = happen.node("hasher").await?;
+/// hasher.on("checksum", cpu_bound(checksum))?;
+/// assert_eq!(hasher.send(&hasher, Event::new("checksum", "ab")).await?, 97 + 98);
+/// # Ok(()) }
+/// ```
 pub fn cpu_bound<F, R>(f: F) -> CpuBound<F>
 where
     F: Fn(Event) -> R + Clone + Send + Sync + 'static,
@@ -122,7 +165,8 @@ where
     CpuBound(f)
 }
 
-/// A handler running a synchronous function on the CPU pool (see [`cpu_bound`]).
+/// A handler running a synchronous function on the CPU pool, made by [`cpu_bound`]; pass it
+/// to [`Node::on`](crate::Node::on) or [`Flow::next`].
 #[derive(Clone, Debug)]
 pub struct CpuBound<F>(F);
 

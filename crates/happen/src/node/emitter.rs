@@ -96,7 +96,7 @@ impl FlowStream {
         }
     }
 
-    /// Tells a waiting sender that the answer will not be immediate (see [`crate::slot`]).
+    /// Tells a waiting sender that the answer will not be immediate (see the `stream::oneshot` module).
     pub(crate) fn nudge(&self, node: &NodeId) {
         if let FlowReply::Pending(Some(tx)) = &*self.state.lock() {
             tx.nudge(node);
@@ -166,6 +166,34 @@ impl FlowStream {
 /// while the consumer's buffer is full (nothing is lost, the producer goes at the reader's
 /// pace); [`try_emit`](Emitter::try_emit) never waits and drops the item instead (for
 /// progress updates, where only the latest matters).
+///
+/// An emitter is handed to a streaming step as its third argument (see
+/// [`Handler`](crate::Handler)); it is cheap to clone (to emit from a task the step spawns
+/// and awaits).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use futures::TryStreamExt;
+/// use happen::{Context, Emitter, Event, Happen};
+///
+/// async fn words(event: Event, _ctx: Context, emit: Emitter) -> happen::Result<usize> {
+///     let text = event.payload().as_str().unwrap_or_default().to_owned();
+///     for word in text.split_whitespace() {
+///         emit.emit(word).await?;
+///     }
+///     Ok(text.split_whitespace().count())
+/// }
+///
+/// let happen = Happen::new();
+/// let node = happen.node("splitter").await?;
+/// node.on("split", words)?;
+/// let mut stream = node.send(&node, Event::new("split", "to be or not")).into_stream();
+/// let outcome = stream.outcome();
+/// let items: Vec<_> = stream.try_collect().await?;
+/// assert_eq!(items, ["to", "be", "or", "not"]);
+/// assert_eq!(outcome.await?, 4);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Emitter {
     ctx: Context,
@@ -192,9 +220,9 @@ impl Emitter {
 
     /// Emits one item, waiting while the consumer's buffer is full.
     ///
-    /// # Errors
-    /// [`ErrorKind::Cancelled`] when the consumer dropped the stream (the flow is being
-    /// cancelled; return the error with `?`).
+    /// With nobody reading (a fire-and-forget send), the item is discarded. In a broadcast
+    /// stream it never waits: subscribers that fall behind skip items (see
+    /// [`BroadcastItems`](crate::stream::BroadcastItems)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {

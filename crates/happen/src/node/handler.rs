@@ -34,6 +34,49 @@ use crate::event::Event;
 /// The trait is sealed: the shapes above (and [`cpu::cpu_bound`](crate::cpu::cpu_bound)) are
 /// all there is, so happen can tell a streaming step from a plain one without asking.
 ///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use futures::StreamExt;
+/// use happen::{Context, Emitter, Event, Happen, Json};
+///
+/// async fn plain(event: Event, _ctx: Context) -> String {
+///     format!("got {}", event.payload())
+/// }
+/// async fn typed(Json(n): Json<u32>, _ctx: Context) -> u32 {
+///     n * 2
+/// }
+/// async fn streaming(_e: Event, _ctx: Context, emit: Emitter) -> happen::Result<&'static str> {
+///     emit.emit(1).await?;
+///     Ok("end")
+/// }
+/// async fn typed_streaming(Json(n): Json<u32>, _ctx: Context, emit: Emitter) -> happen::Result<()> {
+///     for i in 0..n {
+///         emit.emit(i).await?;
+///     }
+///     Ok(())
+/// }
+///
+/// let happen = Happen::new();
+/// let node = happen.node("n").await?;
+/// node.on("plain", plain)?;
+/// node.on("typed", typed)?;
+/// node.on("streaming", streaming)?;
+/// node.on("typed_streaming", typed_streaming)?;
+/// let shared = std::sync::Arc::new(String::from("state")); // closures capture what they need
+/// node.on("closure", move |_e: Event, _c: Context| {
+///     let shared = shared.clone();
+///     async move { shared.len() }
+/// })?;
+///
+/// assert_eq!(node.send(&node, Event::new("plain", 1)).await?, "got 1");
+/// assert_eq!(node.send(&node, Event::new("typed", 21)).await?, 42);
+/// assert_eq!(node.send(&node, Event::new("streaming", ())).await?, "end");
+/// let items: Vec<_> = node.send(&node, Event::new("typed_streaming", 3)).into_stream().collect().await;
+/// assert_eq!(items.len(), 3);
+/// assert_eq!(node.send(&node, Event::new("closure", ())).await?, 5);
+/// # Ok(()) }
+/// ```
+///
 /// ```compile_fail
 /// // A handler cannot be written by hand: the trait is sealed.
 /// struct Mine;

@@ -91,7 +91,40 @@ impl Drop for NodeShared {
 }
 
 /// Makes a node process events with the same key one at a time, in arrival order, while
-/// events with different keys run concurrently (all within `max_concurrent`).
+/// events with different keys run concurrently (all within `max_concurrent`). Set it with
+/// [`NodeOptions::sequential`].
+///
+/// An event waiting behind another of its key counts as queued (against `queue_limit`). If a
+/// [`Custom`](SequentialKey::Custom) key function panics, that event is rejected with
+/// [`ErrorKind::Panic`] and the node keeps serving.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+/// use happen::{Context, Event, Happen, NodeOptions, SequentialKey};
+/// use serde_json::json;
+///
+/// #[derive(Default)]
+/// struct InFlight { now: AtomicUsize, peak: AtomicUsize }
+///
+/// async fn post(_e: Event, ctx: Context) {
+///     let f = ctx.state::<InFlight>().unwrap();
+///     let now = f.now.fetch_add(1, SeqCst) + 1;
+///     f.peak.fetch_max(now, SeqCst);
+///     tokio::task::yield_now().await; // other flows may run meanwhile
+///     f.now.fetch_sub(1, SeqCst);
+/// }
+///
+/// let happen = Happen::new();
+/// let by_account = SequentialKey::by(|e: &Event| e.payload()["account"].to_string());
+/// let options = NodeOptions::new().sequential(by_account).state(InFlight::default());
+/// let ledger = happen.node_with("ledger", options).await?;
+/// ledger.on("post", post)?;
+/// let postings = (0..10).map(|_| ledger.send(&ledger, Event::new("post", json!({"account": "a-1"}))));
+/// futures::future::try_join_all(postings).await?;
+/// assert_eq!(ledger.state::<InFlight>().unwrap().peak.load(SeqCst), 1); // one at a time
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum SequentialKey {
@@ -104,7 +137,7 @@ pub enum SequentialKey {
 }
 
 impl SequentialKey {
-    /// A lane per key computed by `f`.
+    /// A lane per key computed by `f` (see the [type docs](SequentialKey) for an example).
     pub fn by(f: impl Fn(&Event) -> String + Send + Sync + 'static) -> SequentialKey {
         SequentialKey::Custom(Arc::new(f))
     }
@@ -152,7 +185,7 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// No overrides.
+    /// No overrides: the node gets what the configuration says for its id.
     pub fn new() -> NodeOptions {
         NodeOptions::default()
     }
@@ -163,32 +196,54 @@ impl NodeOptions {
         self
     }
     /// Events that may wait beyond `max_concurrent`; more are rejected with
-    /// [`ErrorKind::QueueFull`].
+    /// [`ErrorKind::QueueFull`] (see [`Error::limit`] for an example).
     pub fn queue_limit(mut self, n: usize) -> Self {
         self.limits.queue_limit = Some(n);
         self
     }
-    /// Which waiting event starts next.
+    /// Which waiting event starts next (see [`QueueStrategy`] for an example).
     pub fn queue_strategy(mut self, strategy: QueueStrategy) -> Self {
         self.limits.queue_strategy = Some(strategy);
         self
     }
-    /// Fraction of `queue_limit` (0 < t ≤ 1) at which the node is under pressure.
+    /// Fraction of `queue_limit` (0 < t ≤ 1) at which the node is under pressure (see
+    /// [`Node::pressure`] for an example).
     pub fn backpressure_threshold(mut self, threshold: f64) -> Self {
         self.limits.backpressure_threshold = Some(threshold);
         self
     }
-    /// Default reply timeout for sends from this node.
+    /// Default reply timeout for sends from this node (over `flow.request_timeout_ms`); one
+    /// send may set its own with [`Reply::timeout`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let stuck = happen.node("stuck").await?;
+    /// stuck.on("ask", |_e: Event, _c: Context| std::future::pending::<()>())?;
+    /// let impatient = happen
+    ///     .node_with("impatient", NodeOptions::new().request_timeout(Duration::from_millis(50)))
+    ///     .await?;
+    /// let err = impatient.send(&stuck, Event::new("ask", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Timeout);
+    /// assert_eq!(err.node().unwrap(), "stuck"); // the node that did not answer
+    /// # Ok(()) }
+    /// ```
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self
     }
-    /// Sequential processing per key.
+    /// Sequential processing per key (see [`SequentialKey`] for an example).
     pub fn sequential(mut self, key: SequentialKey) -> Self {
         self.sequential = Some(key);
         self
     }
-    /// Buffer between this node's streaming flows and their consumers.
+    /// Buffer between this node's streaming flows and their consumers, in items (over
+    /// `streams.buffer`; at least 1). [`Emitter::emit`] waits while it is full,
+    /// [`Emitter::try_emit`] drops the item (see there for an example).
     pub fn stream_buffer(mut self, items: usize) -> Self {
         self.stream_buffer = Some(items);
         self
@@ -391,17 +446,56 @@ impl Node {
     }
 
     /// The node's id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// let node = happen.node("order-service").await?;
+    /// assert_eq!(node.id(), "order-service");
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &NodeId {
         &self.shared.id
     }
 
     /// The value of type `T` the node was given with
-    /// [`NodeOptions::state`]; `None` if it has none of that type.
+    /// [`NodeOptions::state`]; `None` if it has none of that type. Flows read it with
+    /// [`Context::state`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Happen, NodeOptions};
+    ///
+    /// struct BaseUrl(&'static str);
+    ///
+    /// let happen = Happen::new();
+    /// let api = happen.node_with("api", NodeOptions::new().state(BaseUrl("https://example.org"))).await?;
+    /// assert_eq!(api.state::<BaseUrl>().unwrap().0, "https://example.org");
+    /// assert!(api.state::<String>().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.shared.state.get::<T>()
     }
 
-    /// The node's effective admission limits.
+    /// The node's effective admission limits: the configuration's default, its node-id
+    /// pattern entry, then the node's [`NodeOptions`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Config, Happen, NodeOptions};
+    ///
+    /// let config = Config::from_toml_str(r#"
+    ///     [concurrency.patterns."worker-*"]
+    ///     max_concurrent = 4
+    ///     queue_limit = 100
+    /// "#)?;
+    /// let happen = Happen::with_config(config)?;
+    /// let worker = happen.node_with("worker-1", NodeOptions::new().queue_limit(10)).await?;
+    /// assert_eq!(worker.limits().max_concurrent, 4); // from the pattern
+    /// assert_eq!(worker.limits().queue_limit, 10); // from the options
+    /// # Ok(()) }
+    /// ```
     pub fn limits(&self) -> &Limits {
         self.shared.engine.limits()
     }
@@ -473,15 +567,69 @@ impl Node {
 
     /// Sends `event` to `target` and returns a [`Reply`] for the outcome.
     ///
+    /// The event is dispatched at once (the call does not wait); await the [`Reply`] for the
+    /// flow's final value, read it as a stream with [`Reply::into_stream`], or drop it to fire
+    /// and forget. `target` is a [`Node`] handle or a node id (`&str`, `String`, [`NodeId`]).
+    ///
     /// The event starts a new transaction (fresh correlation id); to continue the transaction
     /// of the event being handled, send through the flow's [`Context::send`](crate::Context::send).
     /// Errors (unknown node, full queue, handler error, ...) arrive through the [`Reply`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen, Json};
+    /// use serde_json::json;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Quote { price: f64 }
+    ///
+    /// let happen = Happen::new();
+    /// let pricing = happen.node("pricing").await?;
+    /// pricing.on("quote", |Json(qty): Json<u32>, _ctx: Context| async move {
+    ///     json!({"price": f64::from(qty) * 2.5})
+    /// })?;
+    /// let shop = happen.node("shop").await?;
+    ///
+    /// let quote: Quote = shop.send(&pricing, Event::new("quote", 4)).decode().await?; // by handle
+    /// assert_eq!(quote.price, 10.0);
+    /// let value = shop.send("pricing", Event::new("quote", 2)).await?; // by id
+    /// assert_eq!(value["price"], 5.0);
+    ///
+    /// let err = shop.send("nobody", Event::new("quote", 1)).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    /// # Ok(()) }
+    /// ```
     pub fn send<'t>(&self, target: impl Into<Target<'t>>, event: Event) -> Reply {
         self.send_inner(target.into(), event, None)
     }
 
     /// Sends without a reply path: admission errors are returned at once; failures of the
     /// flow itself are logged and counted at the target. The cheapest way to fire and forget.
+    ///
+    /// Like [`send`](Node::send), the event starts a new transaction. Over a transport other
+    /// than the in-process one, only errors known locally come back (a remote node's full
+    /// queue does not).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let audit = happen.node("audit").await?;
+    /// audit.on("log", move |event: Event, _c: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.payload().clone()).ok(); }
+    /// })?;
+    /// let web = happen.node("web").await?;
+    ///
+    /// web.tell(&audit, Event::new("log", "signed in"))?; // returns at once
+    /// assert_eq!(rx.recv().await.unwrap(), "signed in"); // the handler ran
+    ///
+    /// let err = web.tell("nobody", Event::new("log", ())).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::UnknownNode`], [`ErrorKind::QueueFull`], [`ErrorKind::ShutDown`],
@@ -492,10 +640,11 @@ impl Node {
     }
 
     /// Resolves once `target` is not under backpressure, so that a producer that awaits it
-    /// before each send never hits `QueueFull` (the seed's "observe and honour"). Waits at most
-    /// the node's request timeout; set another limit with [`Ready::timeout`]. Resolves at
-    /// once for a target whose pressure nobody knows (a remote node the transport cannot
-    /// watch).
+    /// before each send never hits `QueueFull` (the seed's "observe and honour"). Waits at
+    /// most the node's request timeout; set another limit with `.timeout(duration)` on the
+    /// returned future. Resolves at once for a target that is not under pressure, and for a
+    /// target whose pressure nobody knows (an unknown id, a remote node the transport cannot
+    /// watch): the send that follows says what is wrong.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
@@ -506,21 +655,29 @@ impl Node {
     /// let slow = happen
     ///     .node_with("slow", NodeOptions::new().max_concurrent(1).queue_limit(10))
     ///     .await?;
-    /// slow.on("job", |_e: Event, _c: Context| async {
-    ///     tokio::time::sleep(Duration::from_millis(1)).await;
-    /// })?;
+    /// slow.on("job", |_e: Event, _c: Context| async {})?;
     /// let producer = happen.node("producer").await?;
-    /// let mut replies = Vec::new();
-    /// for i in 0..50 {
-    ///     producer.ready(&slow).await?; // honour the backpressure: never `QueueFull`
-    ///     replies.push(producer.send(&slow, Event::new("job", i)));
+    /// for i in 0..100 {
+    ///     // Honour the backpressure: wait while 8 (0.8 × 10) or more events are queued.
+    ///     producer.ready(&slow).timeout(Duration::from_secs(5)).await?;
+    ///     producer.tell(&slow, Event::new("job", i))?; // never `QueueFull`
     /// }
-    /// for reply in replies {
-    ///     reply.await?;
-    /// }
-    /// assert_eq!(slow.stats().rejected, 0);
+    /// let stats = slow.stats();
+    /// assert_eq!((stats.accepted, stats.rejected), (100, 0));
+    /// assert!(stats.peak_queued <= 8);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    /// The future fails with [`ErrorKind::Timeout`] (naming the target) if the target stays
+    /// under pressure for the whole wait.
+    ///
+    /// # Panics
+    /// Awaiting it panics outside a Tokio runtime with timers enabled, if it has to wait.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the future only watches the target's state and sends nothing, so dropping
+    /// it (for example when another `select!` branch wins) has no effect.
     pub fn ready<'t>(&self, target: impl Into<Target<'t>>) -> Ready {
         let target = target.into();
         Ready {
@@ -534,6 +691,34 @@ impl Node {
     /// Broadcasts `event` to every node with a matching handler (this node included if it
     /// has one). Each receiver runs its own flow; a receiver whose queue is full rejects the
     /// event (logged and counted at that receiver), which never blocks the broadcaster.
+    /// Nobody answers a broadcast: results go nowhere, failures are logged and counted at the
+    /// receiver. If one receiver's handler streams (takes an [`Emitter`]), the others read its
+    /// items with [`Context::items`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// for id in ["email", "sms"] {
+    ///     let node = happen.node(id).await?;
+    ///     let tx = tx.clone();
+    ///     node.on("user.signed_up", move |_e: Event, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.node_id().to_string()).ok(); }
+    ///     })?;
+    /// }
+    /// let billing = happen.node("billing").await?; // no handler for the type
+    /// let accounts = happen.node("accounts").await?;
+    ///
+    /// accounts.broadcast(Event::new("user.signed_up", "ada"))?;
+    /// let mut notified = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    /// notified.sort();
+    /// assert_eq!(notified, ["email", "sms"]);
+    /// assert_eq!(billing.stats().accepted, 0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidEvent`] for an invalid event, [`ErrorKind::ShutDown`] after shutdown,
@@ -562,6 +747,10 @@ impl Node {
     /// let again = happen.node("worker").await?; // the id is free again
     /// # let _ = again; Ok(()) }
     /// ```
+    ///
+    /// # Panics
+    /// Panics if polled outside a Tokio runtime with timers enabled (the grace period is a
+    /// Tokio timer).
     ///
     /// # Cancel safety
     /// The node stops taking events at the first poll; if the future is dropped before it
@@ -593,17 +782,80 @@ impl Node {
         }
     }
 
-    /// The node's counters.
+    /// A snapshot of the node's counters (see [`NodeStats`] for what each one counts).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Error, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("ok", |_e: Event, _c: Context| async {})?;
+    /// node.on("fail", |_e: Event, _c: Context| async { Err::<(), _>(Error::handler("no")) })?;
+    /// node.send(&node, Event::new("ok", ())).await?;
+    /// node.send(&node, Event::new("ok", ())).await?;
+    /// node.send(&node, Event::new("fail", ())).await.unwrap_err();
+    ///
+    /// let stats = node.stats();
+    /// assert_eq!((stats.accepted, stats.completed, stats.failed), (3, 2, 1));
+    /// assert_eq!((stats.rejected, stats.queued), (0, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> NodeStats {
         self.shared.engine.stats()
     }
 
-    /// The node's current backpressure state.
+    /// The node's current backpressure state (with the number of events queued now).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let options = NodeOptions::new().max_concurrent(1).queue_limit(4).backpressure_threshold(0.5);
+    /// let node = happen.node_with("n", options).await?;
+    /// node.on("job", |_e: Event, _c: Context| async {})?;
+    /// assert!(!node.pressure().under_pressure);
+    ///
+    /// for i in 0..3 {
+    ///     node.tell(&node, Event::new("job", i))?; // one runs, two wait: 0.5 × 4 = 2 queued
+    /// }
+    /// let p = node.pressure();
+    /// assert!(p.under_pressure);
+    /// assert_eq!((p.queued, p.queue_limit), (2, 4));
+    /// # Ok(()) }
+    /// ```
     pub fn pressure(&self) -> Pressure {
         self.shared.engine.pressure_now()
     }
 
-    /// A receiver of this node's pressure changes (also broadcast as `node.pressure` events).
+    /// A receiver of this node's pressure changes, in order (they are also broadcast as
+    /// [`PRESSURE_EVENT`](crate::PRESSURE_EVENT) events). Its value's `queued` is the count
+    /// when the state last changed; [`pressure`](Node::pressure) reads the count now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let options = NodeOptions::new().max_concurrent(1).queue_limit(4).backpressure_threshold(0.5);
+    /// let node = happen.node_with("n", options).await?;
+    /// node.on("job", |_e: Event, _c: Context| async {})?;
+    /// let mut pressure = node.watch_pressure();
+    /// for i in 0..3 {
+    ///     node.tell(&node, Event::new("job", i))?;
+    /// }
+    /// assert!(pressure.has_changed().unwrap());
+    /// assert!(pressure.borrow_and_update().under_pressure);
+    /// pressure.wait_for(|p| !p.under_pressure).await.unwrap(); // the flows ran: relief
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Deadlocks
+    /// A pressure change is published while the node's admission lock is held. Do not keep a
+    /// `borrow()` of the receiver alive while sending to this node: a send that changes the
+    /// pressure then waits for the borrow to end (forever, on the same thread), and the node
+    /// admits nothing meanwhile. Copy the value out (`*rx.borrow()`; `Pressure` is `Copy`).
     pub fn watch_pressure(&self) -> watch::Receiver<Pressure> {
         self.shared.engine.watch_pressure()
     }
@@ -854,6 +1106,9 @@ impl Node {
 }
 
 /// A future that resolves once a target is not under backpressure (see [`Node::ready`]).
+///
+/// # Cancel safety
+/// Cancel-safe: it only watches the target's state, so dropping it has no effect.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Ready {
     pressure: Option<watch::Receiver<Pressure>>,

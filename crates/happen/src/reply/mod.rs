@@ -74,6 +74,11 @@ pub use stream::{Outcome, ReplyStream, TypedStream};
 /// no answer is lost. Dropping the `Reply` itself abandons the answer: a plain flow still runs
 /// to its end (its outcome is discarded; a failure is logged and counted as unobserved), and a
 /// streaming flow is cancelled once the reply had started receiving its items.
+///
+/// # Panics
+/// Polling it panics outside a Tokio runtime with timers enabled once the answer is not
+/// immediate (the timeout is a Tokio timer). `#[tokio::main]` and `#[tokio::test]` enable
+/// timers; a hand-built runtime needs `enable_time()` (or `enable_all()`).
 #[must_use = "a Reply does nothing more when dropped: the event was sent; await it to get the final value"]
 pub struct Reply {
     stream: ReplyStream,
@@ -82,8 +87,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see
-    /// [`crate::slot`]): by the engine when the answer cannot be immediate, or at once for a
+    /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see the
+    /// `stream::oneshot` module): by the engine when the answer cannot be immediate, or at once for a
     /// send through another transport.
     pub(crate) fn waiting(rx: SlotReceiver, timeout: Duration) -> Reply {
         Reply {
@@ -104,6 +109,29 @@ impl Reply {
     /// once the answer is known not to be immediate (the event was queued, or its flow
     /// waits), so a flow that completes at once costs no timer; the deadline is the same.
     /// Set it before the first poll: a timer already armed keeps its deadline.
+    ///
+    /// A reply that times out fails with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
+    /// naming the node that did not answer where it is known. A plain flow is not stopped by that (it runs to
+    /// its end, unobserved); a streaming flow is cancelled, as when its stream is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> happen::Result<()> {
+    /// use std::time::Duration;
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let report = happen.node("report").await?;
+    /// report.on("build", |_e: Event, _c: Context| async {
+    ///     tokio::time::sleep(Duration::from_secs(1)).await; // a slow report
+    ///     "report.pdf"
+    /// })?;
+    /// let quick = report.send(&report, Event::new("build", ())).timeout(Duration::from_millis(100));
+    /// assert!(quick.await.unwrap_err().is_timeout());
+    /// let patient = report.send(&report, Event::new("build", ())).timeout(Duration::from_secs(5));
+    /// assert_eq!(patient.await?, "report.pdf");
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Reply {
         self.stream.timeout = timeout;
         self
@@ -115,6 +143,26 @@ impl Reply {
     /// Every error of awaiting the reply, plus [`ErrorKind::InvalidPayload`](crate::ErrorKind::InvalidPayload) naming the field
     /// when the value does not fit `T`.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen, Json};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct User { id: u32, name: String }
+    ///
+    /// let happen = Happen::new();
+    /// let users = happen.node("users").await?;
+    /// users.on("get", |Json(id): Json<u32>, _c: Context| async move {
+    ///     Json(User { id, name: "ada".into() })
+    /// })?;
+    /// let user: User = users.send(&users, Event::new("get", 7)).decode().await?;
+    /// assert_eq!(user, User { id: 7, name: "ada".into() });
+    ///
+    /// let err = users.send(&users, Event::new("get", 7)).decode::<u32>().await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidPayload);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Cancel safety
     /// Dropping the returned future drops the reply (see [`Reply`]'s cancel safety).
     pub async fn decode<T: DeserializeOwned>(self) -> Result<T> {
@@ -125,6 +173,32 @@ impl Reply {
     /// Turns the reply into a stream of the flow's intermediate items, followed (through
     /// [`ReplyStream::final_value`]) by its final value. A flow that does not stream yields no
     /// items, then its value. Dropping the stream before its end cancels a streaming producer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("tail", |_e: Event, _c: Context, lines: Emitter| async move {
+    ///     lines.emit("line 1").await?;
+    ///     lines.emit("line 2").await?;
+    ///     Ok::<_, happen::Error>("eof")
+    /// })?;
+    /// node.on("plain", |_e: Event, _c: Context| async { 42 })?;
+    ///
+    /// let mut stream = node.send(&node, Event::new("tail", ())).into_stream();
+    /// assert_eq!(stream.next().await.unwrap()?, "line 1");
+    /// assert_eq!(stream.next().await.unwrap()?, "line 2");
+    /// assert!(stream.next().await.is_none());
+    /// assert_eq!(stream.final_value().unwrap(), "eof");
+    ///
+    /// let mut plain = node.send(&node, Event::new("plain", ())).into_stream();
+    /// assert!(plain.next().await.is_none()); // no items
+    /// assert_eq!(plain.final_value().unwrap(), 42);
+    /// # Ok(()) }
+    /// ```
     pub fn into_stream(mut self) -> ReplyStream {
         let done = ReplyStream::new(StreamState::Done(None), self.stream.timeout);
         std::mem::replace(&mut self.stream, done)

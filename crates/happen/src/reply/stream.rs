@@ -36,6 +36,16 @@ use crate::stream::{ItemStream, Received, Response, SlotReceiver};
 /// with [`ErrorKind::Timeout`] after between one and two timeouts without an item (the timer
 /// is re-armed lazily, to keep the clock off the per-item path).
 ///
+/// # Cancel safety
+/// Dropping the stream before its end cancels a streaming producer (its flow is dropped at its
+/// current await point and counted as cancelled, not failed); dropping it before reading
+/// anything is fire-and-forget, as for a [`Reply`](crate::Reply). `next()` is cancel-safe: an
+/// item not yet returned stays in the stream.
+///
+/// # Panics
+/// As [`Reply`](crate::Reply): polling it outside a Tokio runtime with timers enabled panics
+/// once it has to wait.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
 /// use futures::TryStreamExt;
@@ -90,7 +100,9 @@ pub(crate) enum StreamState {
 }
 
 impl ReplyStream {
-    /// The flow's final value once the stream has ended successfully.
+    /// The flow's final value once the stream has ended successfully (`None` before the end,
+    /// and after a failure). See [`Reply::into_stream`](crate::Reply::into_stream) for an
+    /// example.
     pub fn final_value(&self) -> Option<&Value> {
         match &self.state {
             StreamState::Done(v) => v.as_ref(),
@@ -99,6 +111,25 @@ impl ReplyStream {
     }
 
     /// Skips remaining items and resolves to the final value.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("scan", |_e: Event, _c: Context, hits: Emitter| async move {
+    ///     for i in 0..10 {
+    ///         hits.emit(i).await?;
+    ///     }
+    ///     Ok::<_, happen::Error>("10 hits")
+    /// })?;
+    /// let mut stream = node.send(&node, Event::new("scan", ())).into_stream();
+    /// assert_eq!(stream.next().await.unwrap()?, 0); // look at the first item only
+    /// assert_eq!(stream.skip_to_final().await?, "10 hits");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// The flow's error, or a timeout waiting for an item.
@@ -381,6 +412,13 @@ fn send_outcome(slot: &mut OutcomeSlot, result: Result<Value>) {
 /// The outcome of a [`ReplyStream`], from [`ReplyStream::outcome`]: resolves to the flow's
 /// final value, or its error, once the stream has been read to its end.
 ///
+/// It does not read the stream itself: await it after (or while) the stream is read. See
+/// [`ReplyStream::outcome`] for an example.
+///
+/// # Errors
+/// Resolves to the flow's error if it failed, a timeout if the stream timed out, and
+/// [`ErrorKind::Cancelled`] if the stream was dropped before its end.
+///
 /// # Cancel safety
 /// Cancel-safe: it only observes the stream; dropping it changes nothing, and another handle
 /// (or the same one, awaited by reference) still resolves.
@@ -392,9 +430,35 @@ pub struct Outcome {
 impl Outcome {
     /// Waits for the final value and deserializes it into `T`.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen};
+    /// use serde_json::json;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Summary { rows: u32 }
+    ///
+    /// let happen = Happen::new();
+    /// let db = happen.node("db").await?;
+    /// db.on("export", |_e: Event, _c: Context, rows: Emitter| async move {
+    ///     rows.emit(json!({"id": 1})).await?;
+    ///     Ok::<_, happen::Error>(json!({"rows": 1}))
+    /// })?;
+    /// let mut stream = db.send(&db, Event::new("export", ())).into_stream();
+    /// let outcome = stream.outcome();
+    /// assert_eq!(stream.count().await, 1);
+    /// let summary: Summary = outcome.decode().await?;
+    /// assert_eq!(summary.rows, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As awaiting the outcome, plus [`ErrorKind::InvalidPayload`] naming the field when the
     /// value does not fit `T`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as the [`Outcome`] itself.
     pub async fn decode<T: DeserializeOwned>(self) -> Result<T> {
         let v = self.await?;
         decode_value("reply", &v)
@@ -430,6 +494,32 @@ impl fmt::Debug for Outcome {
 /// is one `Err` as in [`ReplyStream`]; then `None`. The final value stays JSON:
 /// [`final_value`](TypedStream::final_value), [`outcome`](TypedStream::outcome) (with
 /// [`Outcome::decode`]) or [`skip_to_final`](TypedStream::skip_to_final).
+///
+/// Dropping it before the end cancels the producer, as for [`ReplyStream`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use futures::StreamExt;
+/// use happen::{Context, Emitter, Event, Happen, Json};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Temp { celsius: f64 }
+///
+/// let happen = Happen::new();
+/// let sensor = happen.node("sensor").await?;
+/// sensor.on("read", |_e: Event, _c: Context, out: Emitter| async move {
+///     for celsius in [20.5, 21.0] {
+///         out.emit(Temp { celsius }).await?;
+///     }
+///     Ok::<_, happen::Error>(Json(Temp { celsius: 20.75 })) // the average
+/// })?;
+/// let mut temps = sensor.send(&sensor, Event::new("read", ())).into_stream().typed::<Temp>();
+/// let first: Temp = temps.next().await.unwrap()?;
+/// assert_eq!(first.celsius, 20.5);
+/// let average = temps.skip_to_final().await?;
+/// assert_eq!(average["celsius"], 20.75);
+/// # Ok(()) }
+/// ```
 pub struct TypedStream<T> {
     inner: ReplyStream,
     /// Index of the next item, for error messages.
@@ -438,7 +528,8 @@ pub struct TypedStream<T> {
 }
 
 impl<T> TypedStream<T> {
-    /// The flow's final value once the stream has ended successfully.
+    /// The flow's final value once the stream has ended successfully (see
+    /// [`ReplyStream::final_value`]).
     pub fn final_value(&self) -> Option<&Value> {
         self.inner.final_value()
     }
@@ -459,7 +550,7 @@ impl<T> TypedStream<T> {
         self.inner.skip_to_final().await
     }
 
-    /// The untyped stream back.
+    /// The untyped stream back (the items not read yet, as JSON values).
     pub fn into_inner(self) -> ReplyStream {
         self.inner
     }

@@ -25,7 +25,8 @@ pub(crate) struct StreamShared {
 
 /// Creates a bounded stream: items sent through the [`StreamSender`] are received from the
 /// [`ItemStream`] in order, then the final outcome. Transports use this to bridge remote
-/// streams; handlers use an [`Emitter`] instead.
+/// streams; handlers use an [`Emitter`](crate::Emitter) instead. Re-exported as
+/// [`happen::transport::stream_channel`](crate::transport::stream_channel).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -40,6 +41,10 @@ pub(crate) struct StreamShared {
 /// assert_eq!(rx.final_value(), Some(&serde_json::json!("end")));
 /// # }
 /// ```
+///
+/// # Panics
+/// Panics if `capacity` is larger than Tokio's channels allow (`usize::MAX >> 3`). A
+/// `capacity` of 0 is taken as 1.
 pub fn channel(capacity: usize) -> (StreamSender, ItemStream) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(StreamShared {
@@ -63,6 +68,25 @@ pub fn channel(capacity: usize) -> (StreamSender, ItemStream) {
 }
 
 /// The producing end of a stream (see [`channel`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use futures::StreamExt;
+/// use happen::ErrorKind;
+/// use serde_json::json;
+///
+/// let (tx, mut rx) = happen::transport::stream_channel(2);
+/// assert_eq!(tx.capacity(), 2);
+/// tx.send(json!(1)).await?;
+/// assert_eq!(tx.capacity(), 1);
+///
+/// assert_eq!(rx.next().await.unwrap()?, 1);
+/// drop(rx); // the consumer goes away before the end
+/// tx.cancelled().await; // resolves at once now
+/// assert!(tx.is_cancelled());
+/// assert_eq!(tx.send(json!(2)).await.unwrap_err().kind(), ErrorKind::Cancelled);
+/// # Ok(()) }
+/// ```
 pub struct StreamSender {
     pub(crate) tx: mpsc::Sender<Value>,
     pub(crate) shared: Arc<StreamShared>,
@@ -80,7 +104,9 @@ impl StreamSender {
         self.tx.send(item).await.map_err(|_| Error::cancelled())
     }
 
-    /// Ends the stream with its final outcome.
+    /// Ends the stream with its final outcome: the consumer reads the items sent before, then
+    /// the end (`None` after an `Ok`, one `Err` then `None` after an `Err`). A sender dropped
+    /// without `end` ends the stream with [`ErrorKind::ShutDown`].
     pub fn end(self, outcome: Result<Value>) {
         *self.shared.end.lock() = Some(outcome);
         // The consumer reads the end after the items: when the channel closes (dropping
@@ -88,12 +114,17 @@ impl StreamSender {
         self.shared.consumer.wake();
     }
 
-    /// Did the consumer drop the stream?
+    /// Did the consumer drop the stream (after it had started reading)?
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancelled.load(Ordering::Acquire)
     }
 
-    /// Resolves when the consumer drops the stream before its end.
+    /// Resolves when the consumer drops the stream before its end (after it had started
+    /// reading): a transport forwarding a remote stream selects on it to stop the remote
+    /// producer.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only watches; call it again to keep waiting.
     pub async fn cancelled(&self) {
         futures::future::poll_fn(|cx| {
             self.shared.producer.register(cx.waker());
@@ -106,7 +137,7 @@ impl StreamSender {
         .await
     }
 
-    /// Number of items that may be sent without waiting.
+    /// Number of items that may be sent now without waiting.
     pub fn capacity(&self) -> usize {
         self.tx.capacity()
     }
@@ -127,7 +158,8 @@ enum EndState {
 ///
 /// Yields `Ok(item)` for each item in order; if the producer failed, yields one `Err` after the
 /// items it produced; then `None`. After the end, [`final_value`](ItemStream::final_value) holds
-/// the flow's final value. Dropping it before the end cancels the producer.
+/// the flow's final value. Dropping it before the end cancels the producer, if it had started
+/// reading (an unread stream is fire-and-forget). See [`channel`] for an example.
 pub struct ItemStream {
     rx: mpsc::Receiver<Value>,
     shared: Arc<StreamShared>,
@@ -138,7 +170,8 @@ pub struct ItemStream {
 }
 
 impl ItemStream {
-    /// The final value, once the stream has ended successfully.
+    /// The final value, once the stream has ended successfully (`None` before the end and
+    /// after a failure).
     pub fn final_value(&self) -> Option<&Value> {
         match &self.state {
             EndState::Ended(v) => v.as_ref(),
@@ -147,6 +180,21 @@ impl ItemStream {
     }
 
     /// Skips the remaining items and resolves to the final value (or the producer's error).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use serde_json::json;
+    ///
+    /// let (tx, rx) = happen::transport::stream_channel(4);
+    /// tx.send(json!("skipped")).await?;
+    /// tx.end(Ok(json!("final")));
+    /// assert_eq!(rx.skip_to_final().await?, "final");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The producer's error; [`ErrorKind::ShutDown`] if the producer went away without
+    /// ending the stream.
     ///
     /// # Cancel safety
     /// Dropping the future drops the stream, which cancels the producer.

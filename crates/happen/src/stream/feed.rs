@@ -60,7 +60,7 @@ pub(crate) enum BroadcastRole {
 
 /// The feeding end of a broadcast stream whose producer runs elsewhere: a transport creates one
 /// per remote broadcast stream, delivers the broadcast event to each local subscribing node
-/// with [`Inbox::deliver_with_items`](crate::Inbox::deliver_with_items), and feeds it the frames
+/// with [`Inbox::deliver_with_items`](crate::transport::Inbox::deliver_with_items), and feeds it the frames
 /// that arrive. Never blocks; local subscribers lag per the [`BroadcastItems`] policy.
 ///
 /// ```
@@ -83,11 +83,18 @@ pub struct BroadcastFeed {
     tx: broadcast::Sender<Frame>,
 }
 
-/// One subscriber's receiving end of a [`BroadcastFeed`].
+/// One subscriber's receiving end of a [`BroadcastFeed`]: hand it to a node with
+/// [`Inbox::deliver_with_items`](crate::transport::Inbox::deliver_with_items), or read it
+/// with [`into_items`](FeedSubscription::into_items).
 pub struct FeedSubscription(pub(crate) broadcast::Receiver<Frame>);
 
 impl BroadcastFeed {
-    /// A feed buffering up to `capacity` frames per subscriber.
+    /// A feed buffering up to `capacity` frames per subscriber (at least 1; rounded up to a
+    /// power of two; the end takes one frame). A subscriber further behind skips the oldest
+    /// frames and sees [`StreamItem::Lagged`].
+    ///
+    /// # Panics
+    /// Panics if `capacity` is larger than `usize::MAX / 2` (Tokio's broadcast limit).
     pub fn new(capacity: usize) -> BroadcastFeed {
         BroadcastFeed {
             tx: broadcast::channel(capacity.max(1)).0,
@@ -99,7 +106,7 @@ impl BroadcastFeed {
         FeedSubscription(self.tx.subscribe())
     }
 
-    /// Feeds one item.
+    /// Feeds one item. Never waits; with no subscriber left, the item is dropped.
     pub fn item(&self, item: Value) {
         let _ = self.tx.send(Frame::Item(item));
     }
@@ -134,7 +141,8 @@ impl fmt::Debug for FeedSubscription {
     }
 }
 
-/// One item of a broadcast stream as a subscriber sees it.
+/// One item of a broadcast stream as a subscriber sees it (see [`BroadcastItems`] for an
+/// example).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     /// The next item.
@@ -154,7 +162,49 @@ pub enum StreamItem {
 /// then continues with the oldest item still buffered. Other subscribers are not affected.
 ///
 /// Yields `Ok(StreamItem)`s; if the producer failed, one `Err`; then `None`. After the end,
-/// [`final_value`](BroadcastItems::final_value) holds the producer's final value.
+/// [`final_value`](BroadcastItems::final_value) holds the producer's final value. If the
+/// producer goes away without ending the stream, one `Err` of kind
+/// [`ErrorKind::ShutDown`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use futures::StreamExt;
+/// use happen::stream::StreamItem;
+/// use happen::{Config, Context, Emitter, Event, Happen};
+///
+/// let mut config = Config::default();
+/// config.streams.broadcast_buffer = 4; // frames each subscriber may fall behind
+/// let happen = Happen::with_config(config)?;
+/// let ticker = happen.node("ticker").await?;
+/// ticker.on("prices", |_e: Event, _c: Context, out: Emitter| async move {
+///     for price in 0..10 {
+///         out.emit(price).await?; // never waits for subscribers
+///     }
+///     Ok::<_, happen::Error>("closed")
+/// })?;
+/// let (tx, rx) = tokio::sync::oneshot::channel();
+/// let tx = std::sync::Mutex::new(Some(tx));
+/// let chart = happen.node("chart").await?;
+/// chart.on("prices", move |_e: Event, ctx: Context| {
+///     let tx = tx.lock().unwrap().take();
+///     async move {
+///         let mut items = ctx.items().expect("the broadcast carries a stream");
+///         let mut seen = Vec::new();
+///         while let Some(item) = items.next().await {
+///             seen.push(item?);
+///         }
+///         tx.unwrap().send((seen, items.final_value().cloned())).unwrap();
+///         Ok::<_, happen::Error>(())
+///     }
+/// })?;
+/// ticker.broadcast(Event::new("prices", ()))?;
+/// let (seen, end) = rx.await.unwrap();
+/// // The chart started after the ticker had produced everything: it skipped the oldest items.
+/// assert_eq!(seen[0], StreamItem::Lagged(7));
+/// assert_eq!(seen[1..], [7, 8, 9].map(|p| StreamItem::Item(p.into())));
+/// assert_eq!(end, Some("closed".into()));
+/// # Ok(()) }
+/// ```
 pub struct BroadcastItems {
     inner: BroadcastStream<Frame>,
     end: Option<Option<Value>>,

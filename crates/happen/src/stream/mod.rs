@@ -1,9 +1,10 @@
 //! Streaming results: a step emits items, then the flow's final value ends the stream.
 //!
-//! A streaming step takes an [`Emitter`] as its third argument. Items go through a bounded
-//! channel (the node's `stream_buffer`, default 64): when the consumer is slower than the
-//! producer, [`Emitter::emit`] waits, so memory stays constant however long the stream;
-//! [`Emitter::try_emit`] does not wait and drops the item instead (for progress updates).
+//! A streaming step takes an [`Emitter`](crate::Emitter) as its third argument. Items go
+//! through a bounded channel (the node's `stream_buffer`, default 64): when the consumer is
+//! slower than the producer, [`Emitter::emit`](crate::Emitter::emit) waits, so memory stays
+//! constant however long the stream; [`Emitter::try_emit`](crate::Emitter::try_emit) does not
+//! wait and drops the item instead (for progress updates).
 //! The consumer reads items as JSON values, or as any `Deserialize` type with
 //! [`ReplyStream::typed`](crate::ReplyStream::typed); the final value stays reachable after a
 //! combinator consumed the stream through [`ReplyStream::outcome`](crate::ReplyStream::outcome).
@@ -11,6 +12,14 @@
 //! future is dropped at its current await point, so `Drop` guards (the seed's `finally`) run.
 //! When nobody consumes (the sender dropped its [`Reply`](crate::Reply) without awaiting it,
 //! i.e. fire-and-forget), items are discarded and the flow runs to its end.
+//!
+//! A broadcast whose receiving node streams carries its items to every other receiving node:
+//! they read them with [`Context::items`](crate::Context::items) as [`BroadcastItems`], each
+//! at its own pace (the producer never waits; see its lag policy).
+//!
+//! This module holds what an application reads ([`BroadcastItems`], [`StreamItem`]); the
+//! pieces a transport uses to carry streams (item channels, broadcast feeds) are in
+//! [`happen::transport`](crate::transport).
 //!
 //! ```
 //! use futures::StreamExt;

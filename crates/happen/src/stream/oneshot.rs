@@ -167,7 +167,60 @@ impl Drop for SlotReceiver {
 
 /// What a flow answers to its sender: a final outcome, or a stream of items that ends with one.
 ///
-/// Transports pass this between a node's flow and a (possibly remote) sender.
+/// Transports pass this between a node's flow and a (possibly remote) sender: a transport
+/// serving a remote send delivers the event with a [`reply_channel`] of its own, awaits the
+/// receiver, and forwards what arrives.
+///
+/// ```
+/// # use std::sync::{Arc, Mutex};
+/// # use futures::future::BoxFuture;
+/// # use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+/// # use happen::NodeId;
+/// # #[derive(Default, Clone)]
+/// # struct Capture { local: Arc<LocalTransport>, inboxes: Arc<Mutex<Vec<Inbox>>> }
+/// # impl Capture {
+/// #     fn inbox(&self, id: &str) -> Inbox {
+/// #         self.inboxes.lock().unwrap().iter().find(|i| i.id() == id).unwrap().clone()
+/// #     }
+/// # }
+/// # impl Transport for Capture {
+/// #     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+/// #         self.inboxes.lock().unwrap().push(inbox.clone());
+/// #         self.local.attach(inbox)
+/// #     }
+/// #     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> { self.local.detach(node) }
+/// #     fn send(&self, t: &NodeId, e: happen::Event, r: Option<ReplySender>) -> happen::Result<()> {
+/// #         self.local.send(t, e, r)
+/// #     }
+/// #     fn broadcast(&self, e: happen::Event) -> happen::Result<()> { self.local.broadcast(e) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let transport = Capture::default();
+/// # let happen = happen::Happen::builder().transport(transport.clone()).build()?;
+/// use futures::StreamExt;
+/// use happen::transport::{reply_channel, Response};
+/// use happen::{Context, Emitter, Event};
+///
+/// let node = happen.node("lines").await?;
+/// node.on("read", |_e: Event, _c: Context, out: Emitter| async move {
+///     out.emit("first line").await?;
+///     Ok::<_, happen::Error>("eof")
+/// })?;
+///
+/// let inbox = transport.inbox("lines"); // as `attach` received it
+/// let (tx, rx) = reply_channel();
+/// inbox.deliver(Event::new("read", ()), Some(tx))?;
+/// match rx.await {
+///     Response::Done(outcome) => panic!("a streaming flow streams: {outcome:?}"),
+///     Response::Stream(mut items) => {
+///         // Forward each item to the remote sender, then the end.
+///         assert_eq!(items.next().await.unwrap()?, "first line");
+///         assert!(items.next().await.is_none());
+///         assert_eq!(items.final_value().unwrap(), "eof");
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 pub enum Response {
     /// The flow finished without streaming.
     Done(Result<Value>),
@@ -185,10 +238,17 @@ impl fmt::Debug for Response {
 }
 
 /// The sending half of a reply path: the engine (or a transport) answers through it once.
+/// Dropping it unanswered answers [`ErrorKind::ShutDown`] (see [`ReplyReceiver`]).
 pub struct ReplySender(pub(crate) SlotSender);
 
-/// The receiving half of a reply path: resolves to the [`Response`], or to
-/// [`ErrorKind::ShutDown`] if the answering side went away without answering.
+/// The receiving half of a reply path: a future that resolves to the [`Response`], or to
+/// `Response::Done(Err(_))` of kind [`ErrorKind::ShutDown`] if the answering side went away
+/// without answering. It has no timeout of its own: wrap it in `tokio::time::timeout`.
+///
+/// # Cancel safety
+/// Dropping it tells the answering side nobody listens: [`ReplySender::is_closed`] turns
+/// true, [`ReplySender::send`] hands the response back, and a local flow that streams
+/// discards its items (a plain flow still runs to its end).
 pub struct ReplyReceiver(pub(crate) SlotReceiver);
 
 impl fmt::Debug for ReplySender {
@@ -204,7 +264,7 @@ impl fmt::Debug for ReplyReceiver {
 }
 
 /// A fresh reply path. Transports use it to receive the outcome of a local flow (to forward it
-/// over the wire) or to hand a remote outcome to a local sender.
+/// over the wire; see [`Response`]) or to hand a remote outcome to a local sender.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -221,11 +281,25 @@ pub fn reply_channel() -> (ReplySender, ReplyReceiver) {
 
 impl ReplySender {
     /// Answers. Returns the response back if the receiver is gone.
+    ///
+    /// # Errors
+    /// `Err(response)` when the receiver was dropped: nobody will read it.
     pub fn send(self, response: Response) -> std::result::Result<(), Response> {
         self.0.send(response)
     }
 
-    /// Is the receiving side gone?
+    /// Is the receiving side gone? A transport forwarding a remote answer may stop early.
+    ///
+    /// ```
+    /// use happen::transport::{reply_channel, Response};
+    ///
+    /// let (tx, rx) = reply_channel();
+    /// assert!(!tx.is_closed());
+    /// drop(rx);
+    /// assert!(tx.is_closed());
+    /// let back = tx.send(Response::Done(Ok(serde_json::json!(1)))).unwrap_err();
+    /// assert!(matches!(back, Response::Done(Ok(_))));
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.0.is_closed()
     }

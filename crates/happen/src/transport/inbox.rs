@@ -14,7 +14,73 @@ use crate::stream::{
     BroadcastItems, BroadcastRole, BroadcastSource, FeedSubscription, ReplySender,
 };
 
-/// A node's entrance, handed to a [`Transport`] by [`Transport::attach`].
+/// A node's entrance, handed to a [`Transport`](super::Transport) by
+/// [`Transport::attach`](super::Transport::attach). Cheap to clone; it keeps the node alive,
+/// so drop it when the node is detached.
+///
+/// A transport from scratch, routing by node id to the inboxes it was given:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+///
+/// use futures::future::BoxFuture;
+/// use happen::transport::{ErrorParts, Inbox, ReplySender, Transport};
+/// use happen::{Context, ErrorKind, Event, Happen, NodeId};
+///
+/// #[derive(Default, Clone)]
+/// struct Routes(Arc<Mutex<HashMap<NodeId, Inbox>>>);
+///
+/// impl Transport for Routes {
+///     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+///         self.0.lock().unwrap().insert(inbox.id().clone(), inbox);
+///         Box::pin(async { Ok(()) })
+///     }
+///     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
+///         self.0.lock().unwrap().remove(node);
+///         Box::pin(async {})
+///     }
+///     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> happen::Result<()> {
+///         let inbox = self.0.lock().unwrap().get(target).cloned();
+///         match inbox {
+///             Some(inbox) => inbox.deliver(event, reply),
+///             None => {
+///                 let mut parts = ErrorParts::new(ErrorKind::UnknownNode, format!("no node `{target}`"));
+///                 parts.node = Some(target.clone());
+///                 Err(parts.into_error())
+///             }
+///         }
+///     }
+///     fn broadcast(&self, event: Event) -> happen::Result<()> {
+///         // (A complete transport also gives a streaming receiver's items to the others:
+///         // see `streams`, `deliver_producer` and `deliver_with_items`.)
+///         let inboxes: Vec<Inbox> = self.0.lock().unwrap().values().cloned().collect();
+///         for inbox in inboxes.iter().filter(|i| i.accepts(event.event_type())) {
+///             if let Err(e) = inbox.deliver(event.clone(), None) {
+///                 inbox.report_unobserved(&e); // nobody awaits a broadcast
+///             }
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let routes = Routes::default();
+/// let happen = Happen::builder().transport(routes.clone()).build()?;
+/// let echo = happen.node("echo").await?;
+/// echo.on("say", |event: Event, _c: Context| async move { event.payload().clone() })?;
+/// assert_eq!(echo.send("echo", Event::new("say", "hi")).await?, "hi");
+/// let err = echo.send("nobody", Event::new("say", "hi")).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+///
+/// let inbox = routes.0.lock().unwrap()["echo"].clone();
+/// assert_eq!(inbox.id(), "echo");
+/// assert!(inbox.accepts("say") && !inbox.streams("say"));
+/// assert_eq!(inbox.limits().max_concurrent, 100);
+/// assert_eq!(inbox.stats().completed, 1);
+/// assert!(!inbox.pressure().under_pressure);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Inbox {
     pub(super) node: Node,
@@ -30,7 +96,9 @@ impl Inbox {
         self.node.id()
     }
 
-    /// Admits `event` into the node (start now, queue, or reject), answering through `reply`.
+    /// Admits `event` into the node (start now, queue, or reject), answering through `reply`
+    /// (see the [type docs](Inbox) for an example, and [`Response`](super::Response) for what
+    /// arrives through `reply`).
     ///
     /// # Errors
     /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull) or
@@ -57,6 +125,60 @@ impl Inbox {
     /// Admits a broadcast `event` whose stream is produced elsewhere: the node's flow reads
     /// the items of `items` through [`Context::items`](crate::Context::items).
     ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # use futures::future::BoxFuture;
+    /// # use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+    /// # use happen::NodeId;
+    /// # /// The in-process transport, keeping a copy of every inbox it is given.
+    /// # #[derive(Default, Clone)]
+    /// # struct Capture { local: Arc<LocalTransport>, inboxes: Arc<Mutex<Vec<Inbox>>> }
+    /// # impl Capture {
+    /// #     fn inbox(&self, id: &str) -> Inbox {
+    /// #         self.inboxes.lock().unwrap().iter().find(|i| i.id() == id).unwrap().clone()
+    /// #     }
+    /// # }
+    /// # impl Transport for Capture {
+    /// #     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+    /// #         self.inboxes.lock().unwrap().push(inbox.clone());
+    /// #         self.local.attach(inbox)
+    /// #     }
+    /// #     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> { self.local.detach(node) }
+    /// #     fn send(&self, t: &NodeId, e: happen::Event, r: Option<ReplySender>) -> happen::Result<()> {
+    /// #         self.local.send(t, e, r)
+    /// #     }
+    /// #     fn broadcast(&self, e: happen::Event) -> happen::Result<()> { self.local.broadcast(e) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let transport = Capture::default();
+    /// # let happen = happen::Happen::builder().transport(transport.clone()).build()?;
+    /// use futures::StreamExt;
+    /// use happen::transport::BroadcastFeed;
+    /// use happen::{Context, Event};
+    ///
+    /// let dashboard = happen.node("dashboard").await?;
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// let tx = std::sync::Mutex::new(Some(tx));
+    /// dashboard.on("metrics", move |_e: Event, ctx: Context| {
+    ///     let tx = tx.lock().unwrap().take();
+    ///     async move {
+    ///         let items: Vec<_> = ctx.items().unwrap().collect().await;
+    ///         tx.unwrap().send(items.len()).unwrap();
+    ///     }
+    /// })?;
+    ///
+    /// // A broadcast stream arrives from another process: feed it to the local subscriber.
+    /// let inbox = transport.inbox("dashboard"); // as `attach` received it
+    /// let feed = BroadcastFeed::new(64);
+    /// let event: Event = serde_json::from_str(r#"{"type": "metrics"}"#).unwrap();
+    /// inbox.deliver_with_items(event, feed.subscribe())?;
+    /// feed.item(serde_json::json!(0.5));
+    /// feed.item(serde_json::json!(0.7));
+    /// feed.end(Ok(serde_json::Value::Null));
+    /// assert_eq!(rx.await.unwrap(), 2);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`deliver`](Inbox::deliver).
     pub fn deliver_with_items(&self, event: Event, items: FeedSubscription) -> Result<()> {
@@ -68,6 +190,53 @@ impl Inbox {
     /// and returns the items it produces (to forward to subscribers elsewhere). If the
     /// transport reads them slower than they are produced it sees
     /// [`StreamItem::Lagged`](crate::stream::StreamItem::Lagged), never blocks the producer.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # use futures::future::BoxFuture;
+    /// # use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+    /// # use happen::NodeId;
+    /// # /// The in-process transport, keeping a copy of every inbox it is given.
+    /// # #[derive(Default, Clone)]
+    /// # struct Capture { local: Arc<LocalTransport>, inboxes: Arc<Mutex<Vec<Inbox>>> }
+    /// # impl Capture {
+    /// #     fn inbox(&self, id: &str) -> Inbox {
+    /// #         self.inboxes.lock().unwrap().iter().find(|i| i.id() == id).unwrap().clone()
+    /// #     }
+    /// # }
+    /// # impl Transport for Capture {
+    /// #     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+    /// #         self.inboxes.lock().unwrap().push(inbox.clone());
+    /// #         self.local.attach(inbox)
+    /// #     }
+    /// #     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> { self.local.detach(node) }
+    /// #     fn send(&self, t: &NodeId, e: happen::Event, r: Option<ReplySender>) -> happen::Result<()> {
+    /// #         self.local.send(t, e, r)
+    /// #     }
+    /// #     fn broadcast(&self, e: happen::Event) -> happen::Result<()> { self.local.broadcast(e) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let transport = Capture::default();
+    /// # let happen = happen::Happen::builder().transport(transport.clone()).build()?;
+    /// use futures::StreamExt;
+    /// use happen::transport::StreamItem;
+    /// use happen::{Context, Emitter, Event};
+    ///
+    /// let ticker = happen.node("ticker").await?;
+    /// ticker.on("prices", |_e: Event, _c: Context, out: Emitter| async move {
+    ///     out.emit(101).await?;
+    ///     Ok::<_, happen::Error>("closed")
+    /// })?;
+    ///
+    /// // A broadcast from another process reaches the local streaming node: forward its items.
+    /// let inbox = transport.inbox("ticker"); // as `attach` received it
+    /// assert!(inbox.streams("prices"));
+    /// let mut items = inbox.deliver_producer(Event::new("prices", ()))?;
+    /// assert_eq!(items.next().await.unwrap()?, StreamItem::Item(101.into()));
+    /// assert!(items.next().await.is_none());
+    /// assert_eq!(items.final_value().unwrap(), "closed");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`deliver`](Inbox::deliver).
@@ -98,12 +267,15 @@ impl Inbox {
         self.node.pressure()
     }
 
-    /// The node's backpressure changes.
+    /// The node's backpressure changes (see [`Node::watch_pressure`] for an example): what
+    /// a transport returns from [`Transport::pressure`](super::Transport::pressure), or
+    /// forwards to remote senders.
     pub fn watch_pressure(&self) -> watch::Receiver<Pressure> {
         self.node.watch_pressure()
     }
 
-    /// Records a failure that nobody will observe (logged and counted at the node).
+    /// Records a failure that nobody will observe (logged at warn level and counted in the
+    /// node's [`NodeStats::unobserved_failures`]), such as a broadcast the node rejected.
     pub fn report_unobserved(&self, err: &Error) {
         self.node.unobserved_failure(err);
     }

@@ -16,6 +16,24 @@ use crate::node::Node;
 use crate::stream::{BroadcastRole, BroadcastSource, ReplySender};
 
 /// The embedded default: delivers between nodes of one process without serialization.
+///
+/// [`Happen::new`](crate::Happen::new) and [`Happen::with_config`](crate::Happen::with_config)
+/// use it without being asked, and call it directly (no dynamic dispatch, sends to a node
+/// handle admitted at once). Given to [`HappenBuilder::transport`](crate::HappenBuilder::transport)
+/// it works the same, but as any transport: every send goes through the trait. Its use there
+/// is as the inner transport of your own (see the [module docs](super) for an example).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::transport::LocalTransport;
+/// use happen::{Context, Event, Happen};
+///
+/// let happen = Happen::builder().transport(LocalTransport::new()).build()?;
+/// let echo = happen.node("echo").await?;
+/// echo.on("say", |event: Event, _c: Context| async move { event.payload().clone() })?;
+/// assert_eq!(echo.send("echo", Event::new("say", "hi")).await?, "hi");
+/// # Ok(()) }
+/// ```
 #[derive(Default)]
 pub struct LocalTransport {
     nodes: RwLock<HashMap<NodeId, Inbox>>,

@@ -7,7 +7,7 @@
 //! - **Delivery.** [`Transport::send`] delivers one event to the node with the target id,
 //!   wherever it lives. Errors known at once (no such node, queue full in-process, disconnected)
 //!   are returned; the event was then not delivered. Otherwise exactly what the target's flow
-//!   answers must reach `reply` (if given) as a [`Response`](crate::stream::Response) — including
+//!   answers must reach `reply` (if given) as a [`Response`] — including
 //!   errors detected later (a remote `QueueFull`, a remote panic). A transport that cannot
 //!   deliver a reply must answer with an error rather than drop it; a `reply` dropped without an
 //!   answer surfaces to the sender as [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown).
@@ -21,6 +21,17 @@
 //! - **Pressure.** [`Transport::pressure`] exposes the backpressure state of a target, if known.
 //! - `send` and `broadcast` must not block: they are called from inside flows and from the
 //!   engine. Asynchronous work (network I/O) is spawned.
+//!
+//! # The pieces
+//! | item | for |
+//! |---|---|
+//! | [`Transport`] | the trait; [`LocalTransport`] is the in-process implementation (wrap it, or see [`Inbox`] for one from scratch) |
+//! | [`Inbox`] | a node's entrance: deliver events, ask what it accepts, read its limits, stats and pressure |
+//! | [`reply_channel`], [`ReplySender`], [`ReplyReceiver`], [`Response`] | the reply path of one send |
+//! | [`stream_channel`], [`StreamSender`], [`ItemStream`] | a streaming reply's items (to forward a remote stream) |
+//! | [`BroadcastFeed`], [`FeedSubscription`], [`BroadcastItems`], [`StreamItem`] | broadcast streams produced elsewhere |
+//! | [`ErrorParts`] | an [`Error`](crate::Error) taken apart and rebuilt across a process boundary |
+//! | [`pressure()`] | a [`Pressure`] mirrored from a remote node |
 //!
 //! # A transport, end to end
 //! A transport that hands every event to the in-process transport, counting what it carries:
@@ -106,13 +117,31 @@ use crate::id::NodeId;
 pub use inbox::Inbox;
 pub use local::LocalTransport;
 
-/// Moves events between nodes. See the [module docs](self) for the contract.
+/// Moves events between nodes. See the [module docs](self) for the contract and an example;
+/// give one to an instance with [`HappenBuilder::transport`](crate::HappenBuilder::transport).
+///
+/// Happen calls these methods (an application never does): `attach` when a node is created,
+/// `send`/`broadcast` for every send, `detach` when a node closes, `shutdown` last.
 pub trait Transport: Send + Sync + 'static {
-    /// A node was created at this instance; route its events to `inbox`.
+    /// A node was created at this instance; route its events to `inbox` from the moment the
+    /// future resolves.
+    ///
+    /// # Errors
+    /// An error (for example [`ErrorKind::Transport`](crate::ErrorKind::Transport)) fails the
+    /// node's creation; happen then removes the half-made node.
+    ///
+    /// # Cancel safety
+    /// Happen may drop the future before it resolves (when the `node` call is cancelled); it
+    /// then calls [`detach`](Transport::detach) for the node.
     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>>;
 
     /// The node is being removed: stop routing to it, and resolve once the answers to what
     /// reached it before have been delivered (see the [module docs](self)).
+    ///
+    /// # Cancel safety
+    /// Stop routing before returning the future (as [`LocalTransport`] does): happen drops
+    /// the future unfinished when the [`close`](crate::Node::close) or
+    /// [`shutdown`](crate::Happen::shutdown) awaiting it is cancelled.
     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()>;
 
     /// Delivers `event` to the node `target`, answering through `reply` if given.
@@ -127,14 +156,53 @@ pub trait Transport: Send + Sync + 'static {
     /// [`ErrorKind::Transport`](crate::ErrorKind::Transport) when it cannot be published.
     fn broadcast(&self, event: Event) -> Result<()>;
 
-    /// The backpressure state of `target`, if the transport knows it.
+    /// The backpressure state of `target`, if the transport knows it: what
+    /// [`Node::ready`](crate::Node::ready) waits on. The default knows nothing (`None`), so
+    /// `ready` resolves at once; a transport that can watch its targets (locally, or mirrored
+    /// with [`pressure()`]) returns a receiver.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # use futures::future::BoxFuture;
+    /// # use happen::NodeId;
+    /// use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+    /// use happen::{Context, Event, Happen, NodeOptions, Pressure};
+    /// use tokio::sync::watch;
+    ///
+    /// #[derive(Default)]
+    /// struct Wrapped(LocalTransport);
+    ///
+    /// impl Transport for Wrapped {
+    ///     // ... attach, detach, send and broadcast forward to `self.0` ...
+    /// #     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> { self.0.attach(inbox) }
+    /// #     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> { self.0.detach(node) }
+    /// #     fn send(&self, t: &NodeId, e: Event, r: Option<ReplySender>) -> happen::Result<()> { self.0.send(t, e, r) }
+    /// #     fn broadcast(&self, e: Event) -> happen::Result<()> { self.0.broadcast(e) }
+    ///     fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
+    ///         self.0.pressure(target) // without this, `ready` could not pace senders
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = Happen::builder().transport(Wrapped::default()).build()?;
+    /// let slow = happen.node_with("slow", NodeOptions::new().max_concurrent(1).queue_limit(10)).await?;
+    /// slow.on("job", |_e: Event, _c: Context| async {})?;
+    /// let producer = happen.node("producer").await?;
+    /// for i in 0..100 {
+    ///     producer.ready(&slow).await?;
+    ///     producer.tell(&slow, Event::new("job", i))?;
+    /// }
+    /// assert_eq!(slow.stats().rejected, 0);
+    /// # Ok(()) }
+    /// ```
     fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
         let _ = target;
         None
     }
 
     /// Stops the transport (called by [`Happen::shutdown`](crate::Happen::shutdown) after the
-    /// nodes have drained).
+    /// nodes have drained; also spawned when the last `Happen` handle is dropped without a
+    /// shutdown). The default does nothing.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
@@ -146,7 +214,8 @@ pub use crate::stream::feed::{BroadcastFeed, BroadcastItems, FeedSubscription, S
 pub use crate::stream::oneshot::{ReplyReceiver, ReplySender, Response, reply_channel};
 
 /// A [`Pressure`] built from its parts, for a transport that mirrors the state of a remote
-/// node (see [`Transport::pressure`]).
+/// node (see [`Transport::pressure`]): publish it through a `tokio::sync::watch` channel
+/// whose receivers `pressure` hands out.
 ///
 /// ```
 /// let p = happen::transport::pressure(true, 80, 100);
