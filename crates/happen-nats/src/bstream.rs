@@ -20,9 +20,9 @@ use happen::transport::Inbox;
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
-use crate::serve::value_body;
 use crate::stats::inc;
 use crate::transport::{Headers, Shared};
+use crate::wire::value_body;
 use crate::wire::{self, Frame, header};
 
 /// The `Happen-Stream` value marking a broadcast that carries a stream.

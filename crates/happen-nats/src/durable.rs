@@ -41,7 +41,7 @@
 //!   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already completed is
 //!   acknowledged (and its requester answered with the recorded value) without running again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,284 +57,15 @@ use happen::stream::{ReplySender, Response, reply_channel};
 use happen::transport::Inbox;
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::NatsConfig;
+use crate::config::{Backoff, NatsConfig};
 use crate::transport::{Headers, Outgoing, Pending, Shared};
 use crate::wire::{self, header};
 
-/// Headers of durable messages (see `WIRE.md`, "Durable delivery").
-pub mod headers {
-    /// The requester's reply subject of a durable `send` (absent for a `tell`).
-    pub const REPLY_TO: &str = "Happen-Reply-To";
-    /// On a dead letter: the node id that gave up on the event.
-    pub const DEAD_NODE: &str = "Happen-Dead-Node";
-    /// On a dead letter: how many times the event was delivered.
-    pub const DELIVERIES: &str = "Happen-Deliveries";
-    /// JetStream's message id header (the event id).
-    pub const MSG_ID: &str = "Nats-Msg-Id";
-}
-
-/// `[transport.nats.durable]`: which node ids get durable delivery and how. The same settings
-/// must be given to every process (senders decide from them whether a target is durable).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct DurableConfig {
-    /// The JetStream stream holding durable events (default: the prefix in capitals, dots as
-    /// `_`, plus `_DURABLE`: `HAPPEN_DURABLE`). The dead-letter stream is `<stream>_DLQ`, the
-    /// exactly-once record stream `<stream>_DONE`.
-    pub stream: Option<String>,
-    /// The dedup window in milliseconds (default 300,000 = 5 min): the server drops a
-    /// re-published event id within it; exactly-once nodes remember completed ids this long.
-    pub dedup_window_ms: u64,
-    /// Replicas of the streams in a JetStream cluster (default 1).
-    pub replicas: usize,
-    /// Durable publishes awaiting the server's acknowledgement at once (default 4096).
-    pub publish_window: usize,
-    /// Node-id patterns (`*` matches any run of characters, as in `concurrency.patterns`) and
-    /// their settings. An exact id wins over patterns; among patterns the one with the most
-    /// literal characters (ties: the alphabetically first).
-    pub nodes: BTreeMap<String, DurableNode>,
-}
-
-impl Default for DurableConfig {
-    fn default() -> Self {
-        DurableConfig {
-            stream: None,
-            dedup_window_ms: 300_000,
-            replicas: 1,
-            publish_window: 4096,
-            nodes: BTreeMap::new(),
-        }
-    }
-}
-
-impl fmt::Debug for DurableConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DurableConfig")
-            .field("stream", &self.stream)
-            .field("dedup_window_ms", &self.dedup_window_ms)
-            .field("replicas", &self.replicas)
-            .field("publish_window", &self.publish_window)
-            .field("nodes", &self.nodes)
-            .finish()
-    }
-}
-
-/// The delivery mode of a durable node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum DeliveryMode {
-    /// Acknowledged after the flow finished: every event is processed at least once; after a
-    /// crash (or a lost acknowledgement) an event may be processed again.
-    #[default]
-    AtLeastOnce,
-    /// At-least-once delivery plus idempotent processing: completed event ids are recorded
-    /// (for the dedup window) and a redelivered completed event is acknowledged without
-    /// running its flow again. An event is processed twice only if the process dies (or loses
-    /// the server) between the end of its flow and the record of its completion.
-    ExactlyOnce,
-}
-
-/// The settings of one durable node-id pattern (`[transport.nats.durable.nodes."<pattern>"]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct DurableNode {
-    /// `at-least-once` (default) or `exactly-once`.
-    pub mode: DeliveryMode,
-    /// Deliveries of an event whose flow fails before it goes to the dead-letter subject
-    /// (default 5; 1 = no retry).
-    pub max_deliveries: u32,
-    /// The redelivery delay after the first failure, in milliseconds (default 100); doubled per
-    /// further failure up to `max_backoff_ms`.
-    pub backoff_ms: u64,
-    /// The longest redelivery delay, in milliseconds (default 10,000).
-    pub max_backoff_ms: u64,
-    /// How long the server waits for an acknowledgement before redelivering, in milliseconds
-    /// (default 30,000). A running flow keeps extending it; it only matters when the process
-    /// holding the event died.
-    pub ack_wait_ms: u64,
-}
-
-impl Default for DurableNode {
-    fn default() -> Self {
-        DurableNode::new(DeliveryMode::AtLeastOnce)
-    }
-}
-
-impl DurableNode {
-    /// Default settings with `mode`.
-    pub fn new(mode: DeliveryMode) -> DurableNode {
-        DurableNode {
-            mode,
-            max_deliveries: 5,
-            backoff_ms: 100,
-            max_backoff_ms: 10_000,
-            ack_wait_ms: 30_000,
-        }
-    }
-
-    /// Sets `max_deliveries`.
-    pub fn with_max_deliveries(mut self, n: u32) -> DurableNode {
-        self.max_deliveries = n;
-        self
-    }
-
-    /// Sets the back-off: first delay and largest delay.
-    pub fn with_backoff(mut self, first: Duration, max: Duration) -> DurableNode {
-        self.backoff_ms = first.as_millis() as u64;
-        self.max_backoff_ms = max.as_millis() as u64;
-        self
-    }
-
-    /// Sets the acknowledgement wait.
-    pub fn with_ack_wait(mut self, wait: Duration) -> DurableNode {
-        self.ack_wait_ms = wait.as_millis() as u64;
-        self
-    }
-
-    /// The delay before delivery `delivered + 1`, after `delivered` deliveries failed.
-    fn backoff(&self, delivered: u32) -> Duration {
-        let shift = delivered.saturating_sub(1).min(20);
-        Duration::from_millis(
-            self.backoff_ms
-                .saturating_mul(1u64 << shift)
-                .min(self.max_backoff_ms),
-        )
-    }
-
-    fn ack_wait(&self) -> Duration {
-        Duration::from_millis(self.ack_wait_ms)
-    }
-}
-
-fn invalid(key: &str, problem: impl fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::InvalidConfig,
-        format!("invalid config `transport.nats.durable.{key}`: {problem}"),
-    )
-}
-
-impl DurableConfig {
-    /// The settings of `node_id` if it is durable.
-    pub fn node(&self, node_id: &str) -> Option<&DurableNode> {
-        // ties: the alphabetically first pattern (the map's order)
-        let mut best: Option<(&DurableNode, usize)> = None;
-        for (glob, n) in &self.nodes {
-            if let Some(rank) = happen::config::pattern_rank(glob, node_id)
-                && best.is_none_or(|(_, b)| rank > b)
-            {
-                best = Some((n, rank));
-            }
-        }
-        best.map(|(n, _)| n)
-    }
-
-    /// Is any node durable?
-    pub fn is_enabled(&self) -> bool {
-        !self.nodes.is_empty()
-    }
-
-    /// The dedup window.
-    pub fn dedup_window(&self) -> Duration {
-        Duration::from_millis(self.dedup_window_ms)
-    }
-
-    /// The stream's name for subject `prefix` (see [`stream`](DurableConfig::stream)).
-    pub fn stream_name(&self, prefix: &str) -> String {
-        match &self.stream {
-            Some(s) => s.clone(),
-            None => format!("{}_DURABLE", prefix.replace('.', "_").to_ascii_uppercase()),
-        }
-    }
-
-    /// Checks every value.
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidConfig`] naming the offending key.
-    pub fn validate(&self) -> Result<()> {
-        if let Some(s) = &self.stream
-            && (s.is_empty()
-                || s.len() > 200
-                || !s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        {
-            return Err(invalid(
-                "stream",
-                format!("`{s}` is not a valid stream name (letters, digits, `_` and `-`)"),
-            ));
-        }
-        if self.dedup_window_ms == 0 {
-            return Err(invalid("dedup_window_ms", "must be at least 1"));
-        }
-        if self.replicas == 0 || self.replicas > 5 {
-            return Err(invalid("replicas", "must be between 1 and 5"));
-        }
-        if self.publish_window == 0 {
-            return Err(invalid("publish_window", "must be at least 1"));
-        }
-        for (glob, n) in &self.nodes {
-            let key = format!("nodes.\"{glob}\"");
-            if glob.is_empty() || glob.contains("**") {
-                return Err(invalid(
-                    &key,
-                    "a node-id pattern is not empty and has no `**`",
-                ));
-            }
-            if let Some(c) = glob
-                .chars()
-                .find(|c| c.is_whitespace() || matches!(c, '?' | '[' | ']' | '{' | '}' | ',' | '>'))
-            {
-                return Err(invalid(
-                    &key,
-                    format!("character `{c}` is not allowed; only `*` is a wildcard"),
-                ));
-            }
-            if n.max_deliveries == 0 {
-                return Err(invalid(
-                    &format!("{key}.max_deliveries"),
-                    "must be at least 1",
-                ));
-            }
-            if n.backoff_ms > n.max_backoff_ms {
-                return Err(invalid(
-                    &format!("{key}.backoff_ms"),
-                    "must not exceed `max_backoff_ms`",
-                ));
-            }
-            if n.ack_wait_ms < 100 {
-                return Err(invalid(
-                    &format!("{key}.ack_wait_ms"),
-                    "must be at least 100",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl NatsConfig {
-    /// Makes the node ids matching `pattern` durable with `node`'s settings (see
-    /// [`DurableConfig`]; every process must be configured alike).
-    ///
-    /// ```
-    /// use happen_nats::durable::{DeliveryMode, DurableNode};
-    /// let nats = happen_nats::NatsConfig::with_server("nats://127.0.0.1:4222")
-    ///     .with_durable("orders", DurableNode::new(DeliveryMode::AtLeastOnce));
-    /// assert!(nats.durable.node("orders").is_some());
-    /// ```
-    pub fn with_durable(mut self, pattern: impl Into<String>, node: DurableNode) -> NatsConfig {
-        self.durable.nodes.insert(pattern.into(), node);
-        self
-    }
-}
+pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 
 /// A snapshot of the durable-delivery counters (see
 /// [`NatsTransport::durable_stats`](crate::NatsTransport::durable_stats)).
@@ -421,6 +152,12 @@ const MAX_PULLS: usize = 4;
 const MAX_HELD: usize = 16_384;
 /// The JetStream API and publish-ack timeout.
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pauses between attempts to store a durable event.
+const PUBLISH_RETRY: Backoff = Backoff::new(50, 800);
+/// Pauses between attempts to store an exactly-once record.
+const RECORD_RETRY: Backoff = Backoff::new(20, 640);
+/// Pauses between attempts to store a dead letter.
+const DEAD_LETTER_RETRY: Backoff = Backoff::new(100, 1600);
 
 fn js_error(what: &str, e: impl fmt::Display) -> Error {
     Error::new(
@@ -539,9 +276,9 @@ impl Durable {
         reply: Option<(Subject, u64)>,
     ) -> Result<()> {
         let mut headers = HeaderMap::new();
-        headers.insert(headers::MSG_ID, event.id().to_string().as_str());
+        headers.insert(header::MSG_ID, event.id().to_string().as_str());
         let token = reply.map(|(subject, token)| {
-            headers.insert(headers::REPLY_TO, subject.as_str());
+            headers.insert(header::REPLY_TO, subject.as_str());
             token
         });
         let p = Publish {
@@ -785,7 +522,7 @@ async fn publish_one(shared: Arc<Shared>, p: Publish, deadline: Instant) {
         match r {
             Ok(()) => break Ok(()),
             Err(e) => {
-                let pause = Duration::from_millis(50u64 << attempt.min(4));
+                let pause = PUBLISH_RETRY.delay(attempt as usize);
                 if Instant::now() + pause >= deadline || shared.is_closed() {
                     break Err(e);
                 }
@@ -1022,7 +759,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
     let reply_to = msg
         .headers
         .as_ref()
-        .and_then(|h| h.get(headers::REPLY_TO))
+        .and_then(|h| h.get(header::REPLY_TO))
         .map(|v| Subject::from(v.as_str()));
     let event = match wire::decode_event(&msg.payload, shared.max_bytes) {
         Ok(e) => e,
@@ -1125,7 +862,7 @@ async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: By
                     settle(shared, msg, AckKind::Progress).await;
                     progress = Instant::now();
                 }
-                tokio::time::sleep(Duration::from_millis(20u64 << attempt.min(5))).await;
+                tokio::time::sleep(RECORD_RETRY.delay(attempt as usize)).await;
             }
         }
     }
@@ -1178,10 +915,10 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) ->
     let d = shared.durable.as_ref().expect("durable");
     let mut h = HeaderMap::new();
     wire::error_headers(err, &mut h);
-    h.insert(headers::DEAD_NODE, node.inbox.id().as_str());
-    h.insert(headers::DELIVERIES, delivered.to_string().as_str());
-    if let Some(id) = msg.headers.as_ref().and_then(|m| m.get(headers::MSG_ID)) {
-        h.insert(headers::MSG_ID, id.as_str());
+    h.insert(header::DEAD_NODE, node.inbox.id().as_str());
+    h.insert(header::DELIVERIES, delivered.to_string().as_str());
+    if let Some(id) = msg.headers.as_ref().and_then(|m| m.get(header::MSG_ID)) {
+        h.insert(header::MSG_ID, id.as_str());
     }
     let subject = format!("{}{}", d.dlq_prefix, node.inbox.id());
     let mut attempt = 0u32;
@@ -1203,7 +940,7 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) ->
             }
             Err(_) => {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(4))).await;
+                tokio::time::sleep(DEAD_LETTER_RETRY.delay(attempt as usize)).await;
             }
         }
     }
@@ -1244,7 +981,7 @@ fn decode_record(bytes: &[u8]) -> Result<serde_json::Value> {
 /// Sends the flow's outcome to the requester's reply subject (ignored if it gave up).
 fn answer(shared: &Shared, reply: Subject, outcome: Result<serde_json::Value>) {
     let (headers, payload) = match outcome {
-        Ok(v) => (Headers::None, crate::serve::value_body(&v)),
+        Ok(v) => (Headers::None, wire::value_body(&v)),
         Err(e) => {
             let mut h = HeaderMap::new();
             h.insert(header::STATUS, "error");
@@ -1326,66 +1063,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patterns_select_the_most_specific() {
-        let c = DurableConfig::default();
-        assert!(c.node("x").is_none());
-        let n = NatsConfig::default()
-            .with_durable("api-*", DurableNode::new(DeliveryMode::AtLeastOnce))
-            .with_durable("api-pay*", DurableNode::new(DeliveryMode::ExactlyOnce))
-            .with_durable("api-x", DurableNode::default().with_max_deliveries(9));
-        let d = &n.durable;
-        assert_eq!(d.node("api-a").unwrap().mode, DeliveryMode::AtLeastOnce);
-        assert_eq!(
-            d.node("api-payments").unwrap().mode,
-            DeliveryMode::ExactlyOnce
-        );
-        assert_eq!(d.node("api-x").unwrap().max_deliveries, 9);
-        assert!(d.node("web").is_none());
-        d.validate().unwrap();
-    }
-
-    #[test]
-    fn bad_settings_are_named() {
-        let err = NatsConfig::from_value(&serde_json::json!({
-            "durable": {"nodes": {"a": {"mode": "twice"}}}
-        }))
-        .unwrap_err();
-        assert!(err.message().contains("durable"), "{err}");
-        let err = NatsConfig::from_value(&serde_json::json!({
-            "durable": {"nodes": {"a": {"max_deliveries": 0}}}
-        }))
-        .unwrap_err();
-        assert!(err.message().contains("max_deliveries"), "{err}");
-        let err = NatsConfig::from_value(&serde_json::json!({
-            "durable": {"dedup_windw_ms": 5}
-        }))
-        .unwrap_err();
-        assert!(err.message().contains("dedup_windw_ms"), "{err}");
-        let err = NatsConfig::from_value(&serde_json::json!({
-            "durable": {"stream": "a.b"}
-        }))
-        .unwrap_err();
-        assert!(err.message().contains("stream"), "{err}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let n = DurableNode::default()
-            .with_backoff(Duration::from_millis(100), Duration::from_millis(350));
-        assert_eq!(n.backoff(1), Duration::from_millis(100));
-        assert_eq!(n.backoff(2), Duration::from_millis(200));
-        assert_eq!(n.backoff(3), Duration::from_millis(350));
-        assert_eq!(n.backoff(60), Duration::from_millis(350));
-    }
-
-    #[test]
     fn names_and_keys_are_escaped() {
         assert_eq!(Durable::consumer_name("orders"), "happen_orders");
         assert_eq!(Durable::consumer_name("a.b c"), "happen_a=2Eb=20c");
         assert_eq!(record_key("n.1", "evt-1"), "n=2E1.evt-1");
-        let cfg = DurableConfig::default();
-        assert_eq!(cfg.stream_name("happen"), "HAPPEN_DURABLE");
-        assert_eq!(cfg.stream_name("my.app"), "MY_APP_DURABLE");
     }
 
     #[test]

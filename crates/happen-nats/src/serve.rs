@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, watch};
 use crate::bstream::{Incoming, Prepared};
 use crate::stats::inc;
 use crate::transport::{Headers, Outgoing, Shared};
-use crate::wire::{self, header};
+use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
 
 /// A reply being computed by the local node.
@@ -655,10 +655,6 @@ pub(crate) fn publish_error(
     let mut h = Some(h);
     pressure_headers(shared, node, pressure, &mut h);
     publish(shared, reply, h, body);
-}
-
-pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
 }
 
 fn answer(

@@ -12,9 +12,9 @@ use happen::stream::ItemStream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::serve::value_body;
 use crate::stats::inc;
 use crate::transport::Shared;
+use crate::wire::value_body;
 use crate::wire::{self, Frame, header};
 
 pub(crate) async fn produce(shared: Arc<Shared>, reply: Subject, items: ItemStream, credit: u64) {

@@ -823,19 +823,7 @@ impl Shared {
     }
 
     pub(crate) fn encode_checked(&self, event: &Event) -> Result<bytes::Bytes> {
-        let body = wire::encode_event(event)?;
-        if body.len() > self.max_bytes {
-            return Err(Error::new(
-                ErrorKind::InvalidEvent,
-                format!(
-                    "event `{}` is {} bytes on the wire, over the limit of {} bytes (server max_payload / transport.nats.max_message_bytes); send less data per event",
-                    event.event_type(),
-                    body.len(),
-                    self.max_bytes
-                ),
-            ));
-        }
-        Ok(body)
+        wire::encode_checked(event, self.max_bytes)
     }
 
     /// Queues a message for the publisher task; hands it back when the buffer is full or
