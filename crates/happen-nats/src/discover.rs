@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, StatusCode, Subject, Subscriber};
@@ -30,9 +30,19 @@ use happen::Result;
 use happen::transport::Inbox;
 use serde::{Deserialize, Serialize};
 
-use crate::NatsTransport;
-use crate::transport::{Headers, Outgoing, Shared, transport_error};
+use crate::core::nodes::LocalNodes;
+use crate::core::outbox::{Headers, Outbox, Outgoing};
+use crate::core::{Endpoint, transport_error};
 use crate::wire::{RemoteLimits, header};
+
+/// What answering discovery requests uses.
+pub(crate) struct Discover {
+    pub(crate) ep: Arc<Endpoint>,
+    /// The nodes to describe.
+    pub(crate) nodes: Arc<LocalNodes>,
+    /// Answers are published through it.
+    pub(crate) outbox: Arc<Outbox>,
+}
 
 /// The discovery subject of a prefix: `<prefix>.discover`.
 ///
@@ -141,13 +151,10 @@ pub(crate) async fn subscribe(client: &async_nats::Client, prefix: &str) -> Resu
 }
 
 /// Answers discovery requests with this process's nodes, until the transport is gone.
-pub(crate) async fn serve(shared: Weak<Shared>, mut sub: Subscriber) {
+pub(crate) async fn serve(d: Arc<Discover>, mut sub: Subscriber) {
     while let Some(msg) = sub.next().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         if let Some(reply) = msg.reply {
-            answer(&shared, reply);
+            answer(&d, reply);
         }
     }
 }
@@ -155,43 +162,39 @@ pub(crate) async fn serve(shared: Weak<Shared>, mut sub: Subscriber) {
 /// Room for the headers and the JSON around the nodes in one answer.
 const ENVELOPE: usize = 1024;
 
-fn answer(shared: &Arc<Shared>, reply: Subject) {
-    let nodes: Vec<NodeInfo> = shared.local_inboxes().iter().map(NodeInfo::of).collect();
+fn answer(d: &Discover, reply: Subject) {
+    let nodes: Vec<NodeInfo> = d.nodes.inboxes().iter().map(NodeInfo::of).collect();
     if nodes.is_empty() {
         // a process without nodes has nothing to tell (and a requester needs no answer)
         return;
     }
-    let max = shared
-        .client
-        .max_payload()
-        .saturating_sub(ENVELOPE)
-        .max(1024);
+    let max = d.ep.client.max_payload().saturating_sub(ENVELOPE).max(1024);
     let mut chunk: Vec<NodeInfo> = Vec::new();
     let mut size = 0;
     for node in nodes {
         let len = serde_json::to_vec(&node).map_or(0, |v| v.len()) + 1;
         if !chunk.is_empty() && size + len > max {
-            publish(shared, &reply, std::mem::take(&mut chunk));
+            publish(d, &reply, std::mem::take(&mut chunk));
             size = 0;
         }
         size += len;
         chunk.push(node);
     }
-    publish(shared, &reply, chunk);
+    publish(d, &reply, chunk);
 }
 
-fn publish(shared: &Shared, reply: &Subject, nodes: Vec<NodeInfo>) {
+fn publish(d: &Discover, reply: &Subject, nodes: Vec<NodeInfo>) {
     let info = ProcessInfo {
-        replica: shared.replica.clone(),
-        name: shared.config.name.clone(),
+        replica: d.ep.replica.clone(),
+        name: d.ep.config.name.clone(),
         nodes,
     };
     let Ok(body) = serde_json::to_vec(&info) else {
         return;
     };
     let mut h = HeaderMap::new();
-    h.insert(header::REPLICA, shared.replica.as_str());
-    shared.publish_answer(Outgoing {
+    h.insert(header::REPLICA, d.ep.replica.as_str());
+    d.outbox.publish_answer(Outgoing {
         subject: reply.clone(),
         reply: None,
         headers: Headers::Custom(h),
@@ -199,57 +202,55 @@ fn publish(shared: &Shared, reply: &Subject, nodes: Vec<NodeInfo>) {
     });
 }
 
-impl NatsTransport {
-    /// Asks every process connected to the server which nodes it serves (see the
-    /// [`discover`](crate::discover) module). Waits at most `wait` for the first answer, and
-    /// after each answer `quiet` for more ([`QUIET`] is a good default), never longer than
-    /// `wait` in all. Answers of one process are merged; processes are sorted by replica id,
-    /// their nodes by id. Processes that do not implement discovery (the TypeScript
-    /// reference, a happen before it) do not answer, and neither do processes without nodes.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be
-    /// published.
-    pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
-        let client = &self.shared.client;
-        let inbox = client.new_inbox();
-        let mut answers = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
-        client
-            .publish_with_reply(subject(&self.shared.config.prefix), inbox, Bytes::new())
-            .await
-            .map_err(|e| transport_error("cannot publish the discovery request", e))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| transport_error("cannot reach the nats server", e))?;
-        let end = tokio::time::Instant::now() + wait;
-        let mut deadline = end;
-        let mut found: Vec<ProcessInfo> = Vec::new();
-        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
-            if msg.status == Some(StatusCode::NO_RESPONDERS) {
-                break;
-            }
-            let info: ProcessInfo = match serde_json::from_slice(&msg.payload) {
-                Ok(info) => info,
-                Err(e) => {
-                    tracing::warn!(target: "happen_nats", error = %e, "ignored a malformed discovery answer");
-                    continue;
-                }
-            };
-            match found.iter_mut().find(|p| p.replica == info.replica) {
-                Some(p) => p.nodes.extend(info.nodes),
-                None => found.push(info),
-            }
-            deadline = end.min(tokio::time::Instant::now() + quiet);
+/// Asks every process connected to the server which nodes it serves (see
+/// [`NatsTransport::discover`](crate::NatsTransport::discover)).
+///
+/// # Errors
+/// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be
+/// published.
+pub(crate) async fn request(
+    client: &async_nats::Client,
+    prefix: &str,
+    wait: Duration,
+    quiet: Duration,
+) -> Result<Vec<ProcessInfo>> {
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
+    client
+        .publish_with_reply(subject(prefix), inbox, Bytes::new())
+        .await
+        .map_err(|e| transport_error("cannot publish the discovery request", e))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| transport_error("cannot reach the nats server", e))?;
+    let end = tokio::time::Instant::now() + wait;
+    let mut deadline = end;
+    let mut found: Vec<ProcessInfo> = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        if msg.status == Some(StatusCode::NO_RESPONDERS) {
+            break;
         }
-        let _ = answers.unsubscribe().await;
-        found.sort_by(|a, b| a.replica.cmp(&b.replica));
-        for p in &mut found {
-            p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let info: ProcessInfo = match serde_json::from_slice(&msg.payload) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(target: "happen_nats", error = %e, "ignored a malformed discovery answer");
+                continue;
+            }
+        };
+        match found.iter_mut().find(|p| p.replica == info.replica) {
+            Some(p) => p.nodes.extend(info.nodes),
+            None => found.push(info),
         }
-        Ok(found)
+        deadline = end.min(tokio::time::Instant::now() + quiet);
     }
+    let _ = answers.unsubscribe().await;
+    found.sort_by(|a, b| a.replica.cmp(&b.replica));
+    for p in &mut found {
+        p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(found)
 }

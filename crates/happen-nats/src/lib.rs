@@ -101,11 +101,11 @@
 
 mod bstream;
 mod connection;
+mod core;
 pub mod durable;
 mod pacing;
 mod replies;
 mod serve;
-mod stats;
 mod stream;
 mod transport;
 
@@ -115,8 +115,8 @@ pub mod wire;
 
 pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
 pub use crate::connection::CONNECTION_STATUS_EVENT;
-pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode, DurableStats};
-pub use crate::stats::NatsStats;
+pub use crate::core::stats::NatsStats;
+pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode};
 pub use crate::transport::NatsTransport;
 
 /// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS

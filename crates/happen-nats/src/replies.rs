@@ -7,116 +7,92 @@ use std::time::Duration;
 
 use async_nats::{Message, StatusCode, Subscriber};
 use futures::StreamExt;
-use happen::stream::{Response, StreamSender};
+use happen::stream::Response;
 use happen::{Error, ErrorKind, NodeId};
 
-use crate::pacing::InFlight;
-use crate::stats::inc;
-use crate::transport::{Headers, Outgoing, Pending, Shared};
+use crate::core::Endpoint;
+use crate::core::outbox::{Headers, Outbox, Outgoing};
+use crate::core::requests::{Arrival, Pending, Requests};
+use crate::core::stats::{BadInput, Counters, inc};
+use crate::pacing::{InFlight, Remotes};
+use crate::stream::{Streams, consume_remote};
 use crate::wire::{self, Frame, ReplyFrame, header};
+
+/// What the reply inbox task uses.
+pub(crate) struct Replies {
+    pub(crate) ep: Arc<Endpoint>,
+    pub(crate) requests: Arc<Requests>,
+    /// Answers to relayed requests are passed back through it.
+    pub(crate) outbox: Arc<Outbox>,
+    /// Replies carry the target's pressure.
+    pub(crate) remotes: Arc<Remotes>,
+    pub(crate) counters: Arc<Counters>,
+    /// Remote streams are consumed by the stream worker.
+    pub(crate) streams: Arc<Streams>,
+}
 
 /// How often waiting entries whose caller went away are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(shared: Arc<Shared>, mut sub: Subscriber) {
+pub(crate) async fn run(r: Arc<Replies>, mut sub: Subscriber) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = sub.next() => match msg {
-                Some(msg) => on_message(&shared, msg),
+                Some(msg) => on_message(&r, msg),
                 None => return,
             },
-            _ = sweep.tick() => sweep_pending(&shared),
-        }
-    }
-}
-
-/// Removes entries nobody will read: callers that timed out or dropped their reply (a
-/// request counted for pacing stays counted until its reply arrives or the request timeout
-/// passes: the target may still be working on it), and limits queries that got no answer.
-fn sweep_pending(shared: &Shared) {
-    let now = tokio::time::Instant::now();
-    let mut unanswered = Vec::new();
-    shared.pending.lock().retain(|_, p| match p {
-        Pending::Reply { tx, in_flight, .. } => {
-            !tx.is_closed() || in_flight.as_ref().is_some_and(|f| !f.expired(now))
-        }
-        Pending::Stream { frames, .. } => !frames.is_closed(),
-        Pending::Limits { remote, expires } => {
-            let keep = *expires > now;
-            if !keep {
-                unanswered.push(remote.clone());
+            _ = sweep.tick() => {
+                for remote in r.requests.sweep(tokio::time::Instant::now()) {
+                    // no answer (a reference node, say): pace by its reports only
+                    remote.set_limits(None);
+                }
             }
-            keep
         }
-        Pending::Relay { expires, .. } => *expires > now,
-        Pending::Probe(done) => !done.is_closed(),
-    });
-    for remote in unanswered {
-        // no answer (a reference node, say): pace by its reports only
-        remote.set_limits(None);
     }
 }
 
-fn on_message(shared: &Arc<Shared>, msg: Message) {
+fn on_message(r: &Arc<Replies>, msg: Message) {
     let token = msg
         .subject
         .as_str()
-        .strip_prefix(shared.inbox.as_str())
+        .strip_prefix(r.requests.inbox())
         .and_then(|t| t.strip_prefix('.'))
         .unwrap_or("");
     if let Some(ctl) = token.strip_prefix('c') {
-        on_control(shared, ctl.parse().ok(), &msg);
+        on_control(r, ctl.parse().ok(), &msg);
         return;
     }
     let Ok(token) = token.parse::<u64>() else {
-        shared.counters.bad_input("protocol");
+        r.counters.bad_input(BadInput::Protocol);
         return;
     };
-    let entry = {
-        let mut pending = shared.pending.lock();
-        match pending.get_mut(&token) {
-            Some(Pending::Relay {
-                to, node, first, ..
-            }) => {
-                let (to, node, first) = (to.clone(), node.clone(), first.take());
-                if !relay_continues(&msg) {
-                    pending.remove(&token);
-                }
-                drop(pending);
-                relay(shared, to, &node, msg);
-                if let Some(first) = first {
-                    let _ = first.send(());
-                }
-                return;
+    match r.requests.arrived(token, || relay_continues(&msg)) {
+        Arrival::Relay { to, node, first } => {
+            relay(r, to, &node, msg);
+            if let Some(first) = first {
+                let _ = first.send(());
             }
-            Some(Pending::Stream { frames, .. }) => Err(frames.clone()),
-            Some(Pending::Reply { .. } | Pending::Limits { .. } | Pending::Probe(_)) => {
-                Ok(pending.remove(&token))
-            }
-            None => Ok(None),
         }
-    };
-    match entry {
-        Err(frames) => {
+        Arrival::Stream(frames) => {
             // the producer never sends more than the granted credit, so this never blocks
             if frames.try_send(msg).is_err() {
-                shared.counters.bad_input("protocol");
+                r.counters.bad_input(BadInput::Protocol);
                 tracing::warn!(target: "happen_nats", "a remote stream producer exceeded its credit; ending the stream");
-                shared.pending.lock().remove(&token);
+                r.requests.remove(token);
             }
         }
-        Ok(Some(Pending::Reply {
+        Arrival::Taken(Pending::Reply {
             tx,
             target,
             in_flight,
             ..
-        })) => on_reply(shared, token, tx, target, in_flight, msg),
-        Ok(Some(Pending::Probe(done))) => {
+        }) => on_reply(r, token, tx, target, in_flight, msg),
+        Arrival::Taken(Pending::Probe(done)) => {
             let _ = done.send(());
         }
-        Ok(Some(Pending::Limits { remote, .. })) => {
+        Arrival::Taken(Pending::Limits { remote, .. }) => {
             if msg.status == Some(StatusCode::NO_RESPONDERS) {
                 remote.query_failed();
             } else {
@@ -128,7 +104,7 @@ fn on_message(shared: &Arc<Shared>, msg: Message) {
                 remote.set_limits(limits);
             }
         }
-        Ok(_) => inc(&shared.counters.unmatched),
+        Arrival::Taken(_) | Arrival::Unmatched => inc(&r.counters.unmatched),
     }
 }
 
@@ -146,13 +122,13 @@ fn relay_continues(msg: &Message) -> bool {
 /// Passes an answer to a relayed request back to its sender: as it is, or, when the server
 /// found no process serving the node ("no responders", sent to us as the publisher), as an
 /// `unknown_node` error.
-fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Message) {
+fn relay(r: &Replies, to: async_nats::Subject, node: &NodeId, msg: Message) {
     let (headers, payload) = if msg.status == Some(StatusCode::NO_RESPONDERS) {
         let err = Error::from_parts(
             ErrorKind::UnknownNode,
             format!(
                 "node `{node}` stopped and no other process serves it (no responders on `{}`); start one or check the id",
-                shared.subjects.node(node)
+                r.ep.subjects.node(node)
             ),
             Some(node.clone()),
             None,
@@ -160,7 +136,7 @@ fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Mess
         );
         let mut h = async_nats::HeaderMap::new();
         h.insert(header::STATUS, "error");
-        let body = wire::encode_error(&err, &mut h, shared.client.max_payload(), 0);
+        let body = wire::encode_error(&err, &mut h, r.ep.client.max_payload(), 0);
         (Some(h), body)
     } else {
         (msg.headers, msg.payload)
@@ -168,13 +144,13 @@ fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Mess
     let out = Outgoing {
         subject: to,
         reply: None,
-        headers: headers.map_or(Headers::None, Headers::Custom),
+        headers: Headers::from(headers),
         payload,
     };
-    if let Some(out) = shared.try_enqueue(out) {
-        let shared = shared.clone();
+    if let Some(out) = r.outbox.try_enqueue(out) {
+        let outbox = r.outbox.clone();
         tokio::spawn(async move {
-            if let Err(e) = shared.publish_now(out).await {
+            if let Err(e) = outbox.publish_now(out).await {
                 tracing::warn!(target: "happen_nats", error = %e, "cannot pass back a relayed answer");
             }
         });
@@ -182,7 +158,7 @@ fn relay(shared: &Arc<Shared>, to: async_nats::Subject, node: &NodeId, msg: Mess
 }
 
 fn on_reply(
-    shared: &Arc<Shared>,
+    r: &Arc<Replies>,
     token: u64,
     tx: happen::stream::ReplySender,
     target: NodeId,
@@ -194,7 +170,7 @@ fn on_reply(
             ErrorKind::UnknownNode,
             format!(
                 "no process hosts node `{target}` (no responders on `{}`); start one or check the id",
-                shared.subjects.node(&target)
+                r.ep.subjects.node(&target)
             ),
             Some(target),
             None,
@@ -204,7 +180,7 @@ fn on_reply(
         return;
     }
     let headers = msg.headers.as_ref();
-    shared.observe_pressure(
+    r.remotes.observe_header(
         &target,
         headers
             .and_then(|h| h.get(header::PRESSURE))
@@ -218,140 +194,30 @@ fn on_reply(
             let _ = tx.send(Response::Done(Err(e)));
         }
         Ok(ReplyFrame::Stream { control }) => {
-            let window = shared.config.stream_window;
-            let (sender, items) = happen::stream::channel((window / 4).max(1));
-            let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(window + 4);
-            shared.pending.lock().insert(
-                token,
-                Pending::Stream {
-                    frames: frames_tx,
-                    _in_flight: in_flight,
-                },
-            );
-            if tx.send(Response::Stream(items)).is_err() {
-                // the caller is gone: release the producer
-                shared.pending.lock().remove(&token);
-                tokio::spawn(send_control(shared.clone(), control, Frame::Cancel));
-                return;
-            }
-            tokio::spawn(consume(
-                shared.clone(),
-                token,
-                control,
-                sender,
-                frames_rx,
-                window,
-            ));
+            consume_remote(&r.streams, token, tx, in_flight, control);
         }
         Err(e) => {
-            shared.counters.bad_input("malformed");
+            r.counters.bad_input(BadInput::Malformed);
             let _ = tx.send(Response::Done(Err(e)));
         }
     }
 }
 
-fn on_control(shared: &Arc<Shared>, token: Option<u64>, msg: &Message) {
+fn on_control(r: &Replies, token: Option<u64>, msg: &Message) {
     let frame = match wire::decode_frame(msg.headers.as_ref(), &msg.payload) {
         Ok(f @ (Frame::Credit(_) | Frame::Cancel)) => f,
         Ok(_) | Err(_) => {
-            shared.counters.bad_input("protocol");
+            r.counters.bad_input(BadInput::Protocol);
             return;
         }
     };
-    let producer = token.and_then(|t| shared.controls.lock().get(&t).cloned());
+    let producer = token.and_then(|t| r.requests.control(t));
     match producer {
         Some(p) => {
             if p.try_send(frame).is_err() {
-                shared.counters.bad_input("protocol");
+                r.counters.bad_input(BadInput::Protocol);
             }
         }
-        None => inc(&shared.counters.unmatched),
+        None => inc(&r.counters.unmatched),
     }
-}
-
-pub(crate) async fn send_control(shared: Arc<Shared>, control: String, frame: Frame) {
-    let headers = wire::frame_headers(&frame);
-    if let Err(e) = shared
-        .client
-        .publish_with_headers(control, headers, bytes::Bytes::new())
-        .await
-    {
-        tracing::debug!(target: "happen_nats", error = %e, "cannot send a stream control frame");
-    }
-}
-
-/// Feeds a remote stream to the local consumer, granting credit as items are handed over.
-async fn consume(
-    shared: Arc<Shared>,
-    token: u64,
-    control: String,
-    sender: StreamSender,
-    mut frames: tokio::sync::mpsc::Receiver<Message>,
-    window: usize,
-) {
-    let grant_every = (window / 2).max(1) as u64;
-    let mut ungranted = 0u64;
-    // set when the local reply was dropped without being consumed (fire-and-forget): items
-    // are discarded but the remote flow runs to its end, as in process
-    let mut discarding = false;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = sender.cancelled(), if !discarding => {
-                send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                break;
-            }
-            msg = frames.recv() => msg,
-        };
-        let Some(msg) = msg else {
-            sender.finish(Err(Error::new(
-                ErrorKind::Transport,
-                "the remote stream was interrupted (connection lost or a protocol violation); the producer may have stopped",
-            )));
-            break;
-        };
-        match wire::decode_frame(msg.headers.as_ref(), &msg.payload) {
-            Ok(Frame::Item(v)) => {
-                if !discarding && sender.send(v).await.is_err() {
-                    if sender.is_cancelled() {
-                        send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                        break;
-                    }
-                    discarding = true;
-                }
-                ungranted += 1;
-                if ungranted >= grant_every {
-                    send_control(shared.clone(), control.clone(), Frame::Credit(ungranted)).await;
-                    ungranted = 0;
-                }
-            }
-            Ok(Frame::End(v)) => {
-                sender.finish(Ok(v));
-                break;
-            }
-            Ok(Frame::Error(e)) => {
-                sender.finish(Err(e));
-                break;
-            }
-            Ok(other) => {
-                shared.counters.bad_input("protocol");
-                send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                sender.finish(Err(Error::new(
-                    ErrorKind::Transport,
-                    format!(
-                        "unexpected `{}` frame from a remote stream producer",
-                        other.name()
-                    ),
-                )));
-                break;
-            }
-            Err(e) => {
-                shared.counters.bad_input("protocol");
-                send_control(shared.clone(), control.clone(), Frame::Cancel).await;
-                sender.finish(Err(e));
-                break;
-            }
-        }
-    }
-    shared.pending.lock().remove(&token);
 }

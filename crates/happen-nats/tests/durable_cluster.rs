@@ -137,8 +137,8 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
             format!(
                 "only {} of {EVENTS} events processed; worker {:?}, producer {:?}",
                 seen.lock().len(),
-                tw.durable_stats(),
-                ta.durable_stats()
+                tw.stats(),
+                ta.stats()
             )
         },
         || seen.lock().len() as u64 == EVENTS,
@@ -148,7 +148,7 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
     let seen = seen.lock();
     assert!((0..EVENTS).all(|n| seen.contains_key(&n)));
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
-    let (ws, ps) = (tw.durable_stats(), ta.durable_stats());
+    let (ws, ps) = (tw.stats(), ta.stats());
     println!("{duplicates} duplicates; worker {ws:?}; producer {ps:?}");
     // what the worker held unacknowledged when its server died comes again (at most its room),
     // and so may events whose acknowledgements were written into the lost connection (a
@@ -157,10 +157,10 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
         duplicates as usize <= 2 * (MAX_CONCURRENT + QUEUE_LIMIT),
         "{duplicates} duplicates"
     );
-    assert_eq!(ps.publish_failed, 0, "{ps:?}");
-    assert_eq!(ps.published, EVENTS, "{ps:?}");
+    assert_eq!(ps.durable_publish_failed, 0, "{ps:?}");
+    assert_eq!(ps.durable_published, EVENTS, "{ps:?}");
     assert!(
-        ws.max_held as usize <= MAX_CONCURRENT + QUEUE_LIMIT,
+        ws.durable_max_held as usize <= MAX_CONCURRENT + QUEUE_LIMIT,
         "{ws:?}"
     );
     drop(cluster);

@@ -218,7 +218,7 @@ async fn happen_durable(url: String, n: u64) -> RunResult {
     let end = done.wait_or_idle(IDLE).await;
     let elapsed = end.duration_since(start);
     let got = done.count();
-    let stats = server_t.durable_stats();
+    let stats = server_t.stats();
 
     client_side.shutdown(Duration::from_secs(5)).await;
     server_side.shutdown(Duration::from_secs(5)).await;

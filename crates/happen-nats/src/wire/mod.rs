@@ -19,7 +19,7 @@ pub use event::{decode_event, encode_checked, encode_event, peek_type, value_bod
 pub use frame::{Frame, ReplyFrame, decode_frame, decode_reply, error_frame, frame_headers};
 pub use header::{escape, unescape};
 pub use pressure::{
-    PressureReport, RemoteLimits, limits_header, parse_limits, parse_pressure,
+    PressureEvent, PressureReport, RemoteLimits, limits_header, parse_limits, parse_pressure,
     parse_pressure_report, pressure_header, pressure_report_header,
 };
 pub use subjects::Subjects;

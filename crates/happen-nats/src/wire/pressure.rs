@@ -122,6 +122,35 @@ pub fn parse_limits(value: &str) -> Option<RemoteLimits> {
     Some(RemoteLimits::new(c?, q?, h?))
 }
 
+/// A `node.pressure` event's payload as the transport reads it (published on
+/// `<prefix>.pressure.<id>` and broadcast; see `WIRE.md`, "Backpressure and pacing").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PressureEvent {
+    /// `nodeId`: the node that reports.
+    pub node: Option<String>,
+    /// `underPressure`, `queued` and `queueLimit`.
+    pub pressure: Pressure,
+    /// `seq`: the node's transition counter.
+    pub seq: Option<u64>,
+    /// `closed`: this replica no longer serves the node.
+    pub closed: bool,
+}
+
+impl PressureEvent {
+    /// Reads a `node.pressure` payload; missing or wrongly typed fields read as absent,
+    /// `false` or 0.
+    pub fn parse(p: &serde_json::Value) -> PressureEvent {
+        let count = |key| p.get(key).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        let flag = |key| p.get(key).and_then(|v| v.as_bool()) == Some(true);
+        PressureEvent {
+            node: p.get("nodeId").and_then(|v| v.as_str()).map(str::to_owned),
+            pressure: Pressure::new(flag("underPressure"), count("queued"), count("queueLimit")),
+            seq: p.get("seq").and_then(|v| v.as_u64()),
+            closed: flag("closed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +162,20 @@ mod tests {
         assert_eq!(parse_pressure(Some(&h)), p);
         assert!(!parse_pressure(None).under_pressure);
         assert!(pressure_header(&Pressure::new(false, 1, 2)).is_none());
+    }
+
+    #[test]
+    fn pressure_events_are_read_leniently() {
+        let e = PressureEvent::parse(&serde_json::json!({
+            "nodeId": "n", "underPressure": true, "queued": 80, "queueLimit": 100, "seq": 3
+        }));
+        assert_eq!(e.node.as_deref(), Some("n"));
+        assert_eq!(e.pressure, Pressure::new(true, 80, 100));
+        assert_eq!((e.seq, e.closed), (Some(3), false));
+        let e = PressureEvent::parse(&serde_json::json!({"queued": "x", "closed": true}));
+        assert_eq!(
+            (e.node, e.pressure, e.seq, e.closed),
+            (None, Pressure::new(false, 0, 0), None, true)
+        );
     }
 }
