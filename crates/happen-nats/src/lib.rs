@@ -99,25 +99,45 @@
 //! - [`wire`]: subjects, headers, encoders and decoders;
 //! - [`discover`]: which processes serve which nodes, with limits and live counters.
 
-mod bstream;
-mod connection;
 mod core;
-pub mod durable;
 mod pacing;
-mod replies;
-mod serve;
-mod stream;
 mod transport;
+mod workers;
 
 pub mod config;
-pub mod discover;
 pub mod wire;
 
+/// Discovery: which processes serve which nodes, with their limits and live counters (what
+/// `happen nodes` shows); see [`NatsTransport::discover`] and `WIRE.md`, "Discovery".
+///
+/// ```no_run
+/// # async fn demo(transport: happen_nats::NatsTransport) -> happen::Result<()> {
+/// use std::time::Duration;
+///
+/// let (wait, quiet) = (Duration::from_secs(1), happen_nats::discover::QUIET);
+/// for process in transport.discover(wait, quiet).await? {
+///     for node in &process.nodes {
+///         println!("{} at {}: {} active, {} queued", node.id, process.replica, node.active, node.queued);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub mod discover {
+    pub use crate::wire::discover::{NodeInfo, ProcessInfo, subject};
+    pub use crate::workers::discover::QUIET;
+}
+
+/// Durable delivery on JetStream (`[transport.nats.durable]`): its settings (see
+/// [`DurableConfig`](crate::DurableConfig)).
+pub mod durable {
+    pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
+}
+
 pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
-pub use crate::connection::CONNECTION_STATUS_EVENT;
+pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 pub use crate::core::stats::NatsStats;
-pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode};
 pub use crate::transport::NatsTransport;
+pub use crate::workers::connection::CONNECTION_STATUS_EVENT;
 
 /// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS
 /// transport.

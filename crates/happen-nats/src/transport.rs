@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use happen::stream::ReplySender;
 use happen::transport::Inbox;
@@ -18,22 +17,24 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::bstream::broadcast_headers;
 use crate::config::{NatsConfig, redacted_servers};
-use crate::connection::Connection;
 use crate::core::link::Link;
 use crate::core::nodes::{LocalNodes, NodeHandle};
 use crate::core::outbox::{self, Headers, Outbox, Outgoing};
 use crate::core::requests::{Pending, Requests};
-use crate::core::stats::{BadInput, Counters, NatsStats, inc};
+use crate::core::stats::{Counters, NatsStats, inc};
 use crate::core::{Endpoint, connect, transport_error};
-use crate::discover::{Discover, ProcessInfo};
-use crate::durable::Durable;
 use crate::pacing::{Remote, Remotes};
-use crate::replies::Replies;
-use crate::serve::Serve;
-use crate::stream::Streams;
+use crate::wire::discover::ProcessInfo;
 use crate::wire::{self, PressureEvent, Subjects, header};
+use crate::workers;
+use crate::workers::connection::Connection;
+use crate::workers::discover::Discover;
+use crate::workers::durable::Durable;
+use crate::workers::replies::Replies;
+use crate::workers::serve::Serve;
+use crate::workers::streams::Streams;
+use crate::workers::streams::broadcast::broadcast_headers;
 
 /// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it:
 ///
@@ -125,7 +126,7 @@ impl NatsTransport {
             .subscribe(format!("{}.pressure.>", config.prefix))
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
-        let discover_sub = crate::discover::subscribe(&client, &config.prefix).await?;
+        let discover_sub = workers::discover::subscribe(&client, &config.prefix).await?;
         client
             .flush()
             .await
@@ -206,16 +207,16 @@ impl NatsTransport {
             outbox: outbox.clone(),
         });
         let mut tasks = vec![
-            tokio::spawn(crate::replies::run(replies, replies_sub)),
+            tokio::spawn(workers::replies::run(replies, replies_sub)),
             tokio::spawn(outbox::run(outbox.clone(), drain)),
-            tokio::spawn(crate::connection::run(connection, events)),
-            tokio::spawn(pressure_reports(
+            tokio::spawn(workers::connection::run(connection, events)),
+            tokio::spawn(workers::pressure::run(
                 ep.clone(),
                 remotes.clone(),
                 counters.clone(),
                 pressure_sub,
             )),
-            tokio::spawn(crate::discover::serve(discover, discover_sub)),
+            tokio::spawn(workers::discover::serve(discover, discover_sub)),
         ];
         let durable = durable.map(|(durable, publisher)| {
             tasks.push(publisher);
@@ -324,7 +325,7 @@ impl NatsTransport {
     /// # Errors
     /// [`ErrorKind::Transport`] when the request cannot be published.
     pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
-        crate::discover::request(
+        workers::discover::request(
             &self.inner.ep.client,
             &self.inner.ep.config.prefix,
             wait,
@@ -358,28 +359,6 @@ impl fmt::Debug for NatsTransport {
             .field("prefix", &self.inner.ep.config.prefix)
             .field("nodes", &self.inner.nodes.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// Mirrors the pressure of remote nodes from their `node.pressure` reports.
-async fn pressure_reports(
-    ep: Arc<Endpoint>,
-    remotes: Arc<Remotes>,
-    counters: Arc<Counters>,
-    mut sub: async_nats::Subscriber,
-) {
-    while let Some(msg) = sub.next().await {
-        match wire::decode_event(&msg.payload, ep.max_bytes) {
-            Ok(event) if event.event_type() == PRESSURE_EVENT => {
-                let replica = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(header::REPLICA))
-                    .map_or("", |v| v.as_str());
-                remotes.observe_report(&PressureEvent::parse(event.payload()), replica);
-            }
-            _ => counters.bad_input(BadInput::Malformed),
-        }
     }
 }
 
@@ -465,7 +444,7 @@ impl Transport for NatsTransport {
                     )
                 })?;
             let (stop, stop_rx) = oneshot::channel();
-            let task = tokio::spawn(crate::serve::run(
+            let task = tokio::spawn(workers::serve::run(
                 s.serve.clone(),
                 inbox.clone(),
                 direct,

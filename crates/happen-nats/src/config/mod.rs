@@ -101,7 +101,7 @@ pub struct NatsConfig {
     /// else 256).
     pub broadcast_buffer: Option<usize>,
     /// Durable delivery on JetStream for some node ids (`[transport.nats.durable]`; see
-    /// [`crate::durable`]). Off by default.
+    /// [`DurableConfig`]). Off by default.
     pub durable: DurableConfig,
 }
 

@@ -8,6 +8,8 @@
 
 pub mod header;
 
+pub(crate) mod discover;
+
 mod error;
 mod event;
 mod frame;

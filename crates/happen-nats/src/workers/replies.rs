@@ -10,12 +10,12 @@ use futures::StreamExt;
 use happen::stream::Response;
 use happen::{Error, ErrorKind, NodeId};
 
+use super::streams::{Streams, consume};
 use crate::core::Endpoint;
 use crate::core::outbox::{Headers, Outbox, Outgoing};
 use crate::core::requests::{Arrival, Pending, Requests};
 use crate::core::stats::{BadInput, Counters, inc};
 use crate::pacing::{InFlight, Remotes};
-use crate::stream::{Streams, consume_remote};
 use crate::wire::{self, Frame, ReplyFrame, header};
 
 /// What the reply inbox task uses.
@@ -194,7 +194,7 @@ fn on_reply(
             let _ = tx.send(Response::Done(Err(e)));
         }
         Ok(ReplyFrame::Stream { control }) => {
-            consume_remote(&r.streams, token, tx, in_flight, control);
+            consume::start(&r.streams, token, tx, in_flight, control);
         }
         Err(e) => {
             r.counters.bad_input(BadInput::Malformed);

@@ -63,6 +63,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 use crate::core::Endpoint;
 use crate::core::link::Link;
 use crate::core::outbox::{Outbox, refused};
@@ -72,8 +73,6 @@ use crate::core::stats::{Counters, inc};
 use crate::wire::{self, header};
 
 use records::Records;
-
-pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 
 /// A durable message waiting for the publisher task.
 struct Publish {

@@ -20,9 +20,9 @@ use happen::transport::Inbox;
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
+use super::Streams;
 use crate::core::outbox::Headers;
 use crate::core::stats::{BadInput, inc};
-use crate::stream::Streams;
 use crate::wire::{self, Frame, header, value_body};
 
 /// The `Happen-Stream` value marking a broadcast that carries a stream.

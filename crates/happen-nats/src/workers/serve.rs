@@ -38,13 +38,13 @@ use happen::transport::Inbox;
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
-use crate::bstream::{Incoming, Prepared};
+use super::streams::broadcast::{Incoming, Prepared};
+use super::streams::{Streams, produce};
 use crate::core::Endpoint;
 use crate::core::nodes::LocalNodes;
 use crate::core::outbox::{Headers, Outbox, Outgoing};
 use crate::core::requests::Requests;
 use crate::core::stats::{BadInput, Counters, inc};
-use crate::stream::{Streams, produce};
 use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
 
@@ -572,7 +572,7 @@ fn on_direct(
 }
 
 /// Decodes a broadcast; `None` when it is bad or the node has no handler for it. A broadcast
-/// carrying a stream is prepared for it (see [`crate::bstream`]).
+/// carrying a stream is prepared for it (see [`broadcast`](super::streams::broadcast)).
 fn on_broadcast(ctx: &Arc<Serve>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
     // the type at the start of the body says whether the node wants it, without decoding
     // (see `WIRE.md`, "Broadcasts")
@@ -688,7 +688,7 @@ fn answer(
         Response::Done(Err(e)) => publish_error(ctx, reply, &e, pressure, node),
         Response::Stream(items) => match credit {
             Some(credit) => {
-                tokio::spawn(produce(ctx.streams.clone(), reply, items, credit));
+                tokio::spawn(produce::run(ctx.streams.clone(), reply, items, credit));
             }
             None => {
                 // a requester that cannot consume streams (e.g. the reference implementation)
