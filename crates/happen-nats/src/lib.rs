@@ -18,10 +18,10 @@
 //! # What goes over the wire
 //! Events are the reference implementation's JSON on `<prefix>.node.<id>` (direct) and
 //! `<prefix>.broadcast`; replies carry the raw JSON final value, and status, errors, streams and
-//! pressure travel in `Happen-*` headers. See [`wire`] (and `WIRE.md`) for every detail.
+//! pressure travel in `Happen-*` headers. See [`wire_format`] (`WIRE.md`) for every detail.
 //!
 //! # Delivery semantics
-//! - **Durable nodes** (opt-in, [`durable`]): events to the node ids named in
+//! - **Durable nodes** (opt-in, [`DurableConfig`]): events to the node ids named in
 //!   `[transport.nats.durable]` are stored in a JetStream stream (message id = event id, server
 //!   dedup window default 5 min) and pulled by the node only as fast as its admission limits
 //!   allow; acknowledged after the flow, redelivered with back-off on failure, dead-lettered to
@@ -94,21 +94,28 @@
 //!   producer never waits. See `WIRE.md`, "Broadcast streams".
 //!
 //! # Modules
-//! - [`config`]: `[transport.nats]` settings;
-//! - [`durable`]: `[transport.nats.durable]`, durable delivery on JetStream;
-//! - [`wire`]: subjects, headers, encoders and decoders;
-//! - [`discover`]: which processes serve which nodes, with limits and live counters.
+//! - [`config`]: `[transport.nats]` settings, durable delivery's included
+//!   ([`NatsConfig`], [`DurableConfig`]);
+//! - [`discover`]: which processes serve which nodes, with limits and live counters;
+//! - [`tap`]: every event under a prefix, decoded, for tools;
+//! - [`wire_format`]: the wire format (`WIRE.md`).
+//!
+//! Inside the crate the layers run one way: `config` (settings) → `wire` (the codec) →
+//! `pacing` → `core` (the outgoing buffer, requests, link, local nodes, counters) →
+//! `workers` (serve, replies, streams, discovery, connection, pressure, durable, tap) →
+//! `transport` ([`NatsTransport`], which builds the parts and hands each worker what it
+//! needs).
 
 mod core;
 mod pacing;
 mod transport;
+mod wire;
 mod workers;
 
 pub mod config;
-pub mod wire;
 
 /// Discovery: which processes serve which nodes, with their limits and live counters (what
-/// `happen nodes` shows); see [`NatsTransport::discover`] and `WIRE.md`, "Discovery".
+/// `happen nodes` shows); ask with [`NatsTransport::discover`]. See `WIRE.md`, "Discovery".
 ///
 /// ```no_run
 /// # async fn demo(transport: happen_nats::NatsTransport) -> happen::Result<()> {
@@ -123,18 +130,26 @@ pub mod wire;
 /// # Ok(()) }
 /// ```
 pub mod discover {
-    pub use crate::wire::discover::{NodeInfo, ProcessInfo, subject};
+    pub use crate::wire::discover::{NodeInfo, ProcessInfo};
     pub use crate::workers::discover::QUIET;
 }
 
-/// Durable delivery on JetStream (`[transport.nats.durable]`): its settings (see
-/// [`DurableConfig`](crate::DurableConfig)).
-pub mod durable {
-    pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
+/// Watching a happen system's traffic: every event sent, told or broadcast under the
+/// transport's prefix, decoded (what `happen tap` and `happen trace` show). For tools and
+/// tests; start one with [`NatsTransport::tap`] or [`NatsTransport::tap_broadcasts`].
+pub mod tap {
+    pub use crate::workers::tap::{Tap, TapKind, Tapped, Undecodable};
 }
 
-pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
-pub use crate::config::{DeliveryMode, DurableConfig, DurableNode};
+/// The wire format on NATS, for writing a compatible client in another language: subjects,
+/// the event JSON, the `Happen-*` headers, error bodies, streams, pressure, discovery and
+/// durable delivery. This module holds no items; it is `WIRE.md`.
+#[doc = include_str!("../WIRE.md")]
+pub mod wire_format {}
+
+pub use crate::config::{
+    AuthConfig, DeliveryMode, DurableConfig, DurableNode, NatsConfig, ReconnectConfig, TlsConfig,
+};
 pub use crate::core::stats::NatsStats;
 pub use crate::transport::NatsTransport;
 pub use crate::workers::connection::CONNECTION_STATUS_EVENT;

@@ -35,6 +35,7 @@ use crate::workers::replies::Replies;
 use crate::workers::serve::Serve;
 use crate::workers::streams::Streams;
 use crate::workers::streams::broadcast::broadcast_headers;
+use crate::workers::tap::Tap;
 
 /// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it:
 ///
@@ -309,9 +310,32 @@ impl NatsTransport {
         &self.inner.ep.config
     }
 
-    /// The subjects in use (`<prefix>.node.<id>`, `<prefix>.broadcast`).
-    pub fn subjects(&self) -> &Subjects {
-        &self.inner.ep.subjects
+    /// Starts watching every event sent, told or broadcast under this transport's prefix
+    /// (`<prefix>.node.*` and `<prefix>.broadcast`), decoded; see [`Tap`]. Only listens: the
+    /// nodes still get every event. Resolves once the server confirmed the subscription, so
+    /// every event published after it is seen.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the subscription cannot be made or the server does not
+    /// confirm it within 10 s.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves unsubscribes; nothing else is left behind.
+    pub async fn tap(&self) -> Result<Tap> {
+        let ep = &self.inner.ep;
+        Tap::start(&ep.client, &ep.subjects, &self.inner.requests, false).await
+    }
+
+    /// As [`tap`](NatsTransport::tap), for broadcasts only (`<prefix>.broadcast`).
+    ///
+    /// # Errors
+    /// As [`tap`](NatsTransport::tap).
+    ///
+    /// # Cancel safety
+    /// As [`tap`](NatsTransport::tap).
+    pub async fn tap_broadcasts(&self) -> Result<Tap> {
+        let ep = &self.inner.ep;
+        Tap::start(&ep.client, &ep.subjects, &self.inner.requests, true).await
     }
 
     /// Asks every process connected to the server which nodes it serves (see the

@@ -12,7 +12,7 @@ use common::{instance_with, within};
 use futures::StreamExt;
 use happen::{Context, Error, ErrorKind, Event, NodeOptions, PartialLimits};
 use happen_nats::NatsConfig;
-use happen_nats::durable::{DeliveryMode, DurableNode};
+use happen_nats::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
 use serde_json::json;
 use test_support::{NatsServer, NatsServerOptions};
@@ -200,7 +200,7 @@ async fn a_failing_flow_is_retried_and_one_that_always_fails_is_dead_lettered() 
                 .contains("of always failed")
         );
         assert_eq!(h.get("Happen-Deliveries").unwrap().as_str(), "5");
-        let event = happen_nats::wire::decode_event(&m.payload, 1 << 20).unwrap();
+        let event: Event = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(event.payload()["key"], "always");
     }
     let s = t.stats();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::instance_with;
 use happen::{Context, ErrorKind, Event, NodeOptions, PartialLimits};
 use happen_nats::NatsConfig;
-use happen_nats::durable::{DeliveryMode, DurableNode};
+use happen_nats::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
 use serde_json::json;
 use test_support::{NatsServer, NatsServerOptions};

@@ -25,8 +25,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use happen::{Context, ErrorKind, Event, Happen};
-use happen_nats::durable::{DeliveryMode, DurableNode};
-use happen_nats::{NatsConfig, NatsTransport};
+use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
 use serde_json::Value;
 
 use super::err;

@@ -9,8 +9,52 @@ use serde::{Deserialize, Serialize};
 
 use super::Backoff;
 
-/// `[transport.nats.durable]`: which node ids get durable delivery and how. The same settings
-/// must be given to every process (senders decide from them whether a target is durable).
+/// `[transport.nats.durable]`: which node ids get durable delivery on JetStream, and how.
+/// The same settings must be given to every process (senders decide from them whether a
+/// target is durable), and the server needs JetStream (`nats-server -js`).
+///
+/// ```
+/// use happen_nats::{DeliveryMode, DurableNode, NatsConfig};
+///
+/// let config = happen::Config::from_toml_str(r#"
+/// [transport.nats.durable]
+/// dedup_window_ms = 120000
+/// [transport.nats.durable.nodes."billing-*"]
+/// mode = "exactly-once"
+/// max_deliveries = 3
+/// "#)?;
+/// let nats = NatsConfig::from_happen(&config)?;
+/// assert_eq!(nats.durable.node("billing-eu").unwrap().mode, DeliveryMode::ExactlyOnce);
+/// assert!(nats.durable.node("orders").is_none());
+///
+/// // the same with the builder
+/// let nats = NatsConfig::default()
+///     .with_durable("billing-*", DurableNode::new(DeliveryMode::ExactlyOnce).with_max_deliveries(3));
+/// assert!(nats.durable.node("billing-us").is_some());
+/// # Ok::<(), happen::Error>(())
+/// ```
+///
+/// # How it works
+/// - **Sending.** `send` and `tell` to a durable node id publish the event to
+///   `<prefix>.durable.<node-id>` with `Nats-Msg-Id` = the event id, from a background task
+///   that keeps many publishes in flight and retries each (same id: the server drops a
+///   duplicate within the dedup window) until the server acknowledges it or the request
+///   timeout passes. A request's reply subject travels in the `Happen-Reply-To` header.
+///   Broadcasts are not durable (they go over core NATS to every node id, as before).
+/// - **Consuming.** Each process hosting a durable node pulls from the node id's durable
+///   consumer (replicas share it) only as many messages as the node has room for
+///   (`max_concurrent + queue_limit` minus what it holds), so the backlog stays in JetStream.
+/// - **Settling.** A message is acknowledged after its flow finished; a failed flow is
+///   redelivered after a back-off until `max_deliveries`, then published to
+///   `<prefix>.dlq.<node-id>` (stored in the dead-letter stream) with its error, and
+///   terminated.
+/// - **Exactly-once effects** (`mode = "exactly-once"`): completed event ids are recorded in a
+///   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already
+///   completed is acknowledged (and its requester answered with the recorded value) without
+///   running again.
+///
+/// The counters are [`NatsStats`](crate::NatsStats)' `durable_*` fields; the streams'
+/// names, [`NatsTransport::durable_streams`](crate::NatsTransport::durable_streams).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -182,7 +226,7 @@ impl DurableConfig {
     /// Checks every value.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`] naming the offending key.
+    /// [`ErrorKind::InvalidConfig`](happen::ErrorKind::InvalidConfig) naming the offending key.
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.stream
             && (s.is_empty()

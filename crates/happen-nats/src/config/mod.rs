@@ -343,7 +343,7 @@ impl NatsConfig {
     /// [`DurableConfig`]; every process must be configured alike).
     ///
     /// ```
-    /// use happen_nats::durable::{DeliveryMode, DurableNode};
+    /// use happen_nats::{DeliveryMode, DurableNode};
     /// let nats = happen_nats::NatsConfig::with_server("nats://127.0.0.1:4222")
     ///     .with_durable("orders", DurableNode::new(DeliveryMode::AtLeastOnce));
     /// assert!(nats.durable.node("orders").is_some());

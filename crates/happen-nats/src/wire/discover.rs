@@ -9,11 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::RemoteLimits;
 
 /// The discovery subject of a prefix: `<prefix>.discover`.
-///
-/// ```
-/// assert_eq!(happen_nats::discover::subject("happen"), "happen.discover");
-/// ```
-pub fn subject(prefix: &str) -> String {
+pub(crate) fn subject(prefix: &str) -> String {
     format!("{prefix}.discover")
 }
 
@@ -99,5 +95,13 @@ impl NodeInfo {
             queue_wait_p50_us: micros(stats.queue_wait_p50),
             queue_wait_p99_us: micros(stats.queue_wait_p99),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_subject_is_under_the_prefix() {
+        assert_eq!(super::subject("happen"), "happen.discover");
     }
 }

@@ -11,14 +11,14 @@ use super::header::{self, get, unescape, value};
 
 /// The headers of an error reply or error frame: the error itself, not its downstream chain
 /// (that is in the body, see [`encode_error`]).
-pub fn error_headers(err: &Error, headers: &mut HeaderMap) {
+pub(crate) fn error_headers(err: &Error, headers: &mut HeaderMap) {
     WireError::one(err).headers(headers);
 }
 
 /// Rebuilds an error from the `Happen-Error-*` headers (without a downstream chain: that is
 /// only in the body). An unknown or missing kind becomes [`ErrorKind::Transport`] (the message
 /// says so).
-pub fn error_from_headers(headers: &HeaderMap) -> Error {
+pub(crate) fn error_from_headers(headers: &HeaderMap) -> Error {
     let kind = get(headers, header::ERROR_KIND).unwrap_or("");
     let message = get(headers, header::ERROR_MESSAGE)
         .map(unescape)
@@ -60,7 +60,7 @@ fn rebuild(
 /// ([`Error::downstream`]). A longer chain keeps its first 15 and its origin
 /// ([`Error::origin`]); the errors between are left out, and the last kept one before the
 /// gap says how many (`omitted`, and a note in its message when decoded).
-pub const MAX_ERROR_DEPTH: usize = 16;
+pub(crate) const MAX_ERROR_DEPTH: usize = 16;
 
 /// The longest message an error reply keeps per error when the whole error does not fit in
 /// one NATS message.
@@ -217,20 +217,12 @@ fn headers_len(headers: &HeaderMap) -> usize {
 /// The message is kept within `max_bytes` (the server's `max_payload`) with `room` bytes to
 /// spare for headers added later: if it would not fit, every message is cut to 1 KiB (saying
 /// so); if it still does not fit, the body is left empty.
-///
-/// ```
-/// use happen::{Error, ErrorKind};
-/// use happen_nats::wire;
-///
-/// let err = Error::new(ErrorKind::Handler, "card declined").with_code("card_declined");
-/// let mut headers = async_nats::HeaderMap::new();
-/// let body = wire::encode_error(&err, &mut headers, 1 << 20, 0);
-/// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-/// assert_eq!(json["error"]["code"], "card_declined");
-/// let back = wire::decode_error(&headers, &body);
-/// assert_eq!((back.kind(), back.code()), (ErrorKind::Handler, Some("card_declined")));
-/// ```
-pub fn encode_error(err: &Error, headers: &mut HeaderMap, max_bytes: usize, room: usize) -> Bytes {
+pub(crate) fn encode_error(
+    err: &Error,
+    headers: &mut HeaderMap,
+    max_bytes: usize,
+    room: usize,
+) -> Bytes {
     let mut w = WireError::of(err);
     let base = headers.clone();
     w.headers(headers);
@@ -252,7 +244,7 @@ pub fn encode_error(err: &Error, headers: &mut HeaderMap, max_bytes: usize, room
 /// downstream chain) when it has one, else (an empty body, or one that is not an error body:
 /// an older happen) from the `Happen-Error-*` headers. Whether the message is an error at all
 /// is decided by its headers (`Happen-Status` / `Happen-Frame`), never by the body.
-pub fn decode_error(headers: &HeaderMap, body: &[u8]) -> Error {
+pub(crate) fn decode_error(headers: &HeaderMap, body: &[u8]) -> Error {
     if !body.is_empty()
         && let Ok(b) = serde_json::from_slice::<ErrorBody>(body)
     {
@@ -425,5 +417,19 @@ mod tests {
         h.insert(header::ERROR_KIND, "handler");
         // "NATS/1.0\r\n" + "Happen-Status: error\r\n" + "Happen-Error-Kind: handler\r\n" + "\r\n"
         assert_eq!(headers_len(&h), 10 + 22 + 28 + 2);
+    }
+
+    #[test]
+    fn an_error_code_travels_in_the_body() {
+        let err = Error::new(ErrorKind::Handler, "card declined").with_code("card_declined");
+        let mut headers = HeaderMap::new();
+        let body = encode_error(&err, &mut headers, 1 << 20, 0);
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "card_declined");
+        let back = decode_error(&headers, &body);
+        assert_eq!(
+            (back.kind(), back.code()),
+            (ErrorKind::Handler, Some("card_declined"))
+        );
     }
 }

@@ -7,7 +7,7 @@ use happen::{Error, ErrorKind, Event};
 ///
 /// # Errors
 /// [`ErrorKind::InvalidPayload`] if the payload cannot be serialized (it always can: it is JSON).
-pub fn encode_event(event: &Event) -> happen::Result<Bytes> {
+pub(crate) fn encode_event(event: &Event) -> happen::Result<Bytes> {
     // an event's context alone is ~250 bytes: start there instead of growing from empty
     let mut buf = Vec::with_capacity(512);
     serde_json::to_writer(&mut buf, event)
@@ -24,13 +24,7 @@ pub fn encode_event(event: &Event) -> happen::Result<Bytes> {
 /// with `{"type":"` and the type must have no escapes (as [`encode_event`] writes it). `None`
 /// otherwise (then only decoding tells). Used to skip broadcasts a node has no handler for
 /// (see `WIRE.md`, "Broadcasts").
-///
-/// ```
-/// use happen_nats::wire::peek_type;
-/// assert_eq!(peek_type(br#"{"type":"tick","payload":1}"#), Some("tick"));
-/// assert_eq!(peek_type(br#"{"payload":1,"type":"tick"}"#), None);
-/// ```
-pub fn peek_type(body: &[u8]) -> Option<&str> {
+pub(crate) fn peek_type(body: &[u8]) -> Option<&str> {
     let rest = body.strip_prefix(br#"{"type":""#)?;
     let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
     if rest[end] != b'"' {
@@ -44,13 +38,7 @@ pub fn peek_type(body: &[u8]) -> Option<&str> {
 /// # Errors
 /// [`ErrorKind::InvalidEvent`] for a message larger than `max_bytes`, malformed JSON, missing
 /// `type`, or fields of the wrong type (the message says which).
-///
-/// ```
-/// let e = happen_nats::wire::decode_event(br#"{"type":"ping","payload":1}"#, 1024).unwrap();
-/// assert_eq!(e.event_type(), "ping");
-/// assert!(happen_nats::wire::decode_event(b"{", 1024).is_err());
-/// ```
-pub fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
+pub(crate) fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
     if payload.len() > max_bytes {
         return Err(Error::new(
             ErrorKind::InvalidEvent,
@@ -75,7 +63,7 @@ pub fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
 ///
 /// # Errors
 /// [`ErrorKind::InvalidEvent`] when the event is larger than `max_bytes` on the wire.
-pub fn encode_checked(event: &Event, max_bytes: usize) -> happen::Result<Bytes> {
+pub(crate) fn encode_checked(event: &Event, max_bytes: usize) -> happen::Result<Bytes> {
     let body = encode_event(event)?;
     if body.len() > max_bytes {
         return Err(Error::new(
@@ -92,7 +80,7 @@ pub fn encode_checked(event: &Event, max_bytes: usize) -> happen::Result<Bytes> 
 }
 
 /// A JSON value as a message body (a reply's final value, a stream item).
-pub fn value_body(v: &serde_json::Value) -> Bytes {
+pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
 }
 
@@ -114,5 +102,31 @@ mod tests {
         assert_eq!(peek_type(br#"{"type": "a"}"#), None);
         assert_eq!(peek_type(br#"{"type":"","payload":1}"#), Some(""));
         assert_eq!(peek_type("{\"type\":\"ünï\"}".as_bytes()), Some("ünï"));
+    }
+
+    #[test]
+    fn events_decode_or_say_why_not() {
+        let e = decode_event(br#"{"type":"ping","payload":1}"#, 1024).unwrap();
+        assert_eq!(e.event_type(), "ping");
+        assert_eq!(
+            decode_event(b"{", 1024).unwrap_err().kind(),
+            ErrorKind::InvalidEvent
+        );
+        let big = decode_event(br#"{"type":"ping","payload":1}"#, 8).unwrap_err();
+        assert!(big.message().contains("max_message_bytes"), "{big}");
+        assert_eq!(peek_type(br#"{"type":"tick","payload":1}"#), Some("tick"));
+        assert_eq!(peek_type(br#"{"payload":1,"type":"tick"}"#), None);
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_not_encoded() {
+        let e = Event::new("big", "x".repeat(1000));
+        assert!(encode_checked(&e, 1 << 20).is_ok());
+        let err = encode_checked(&e, 100).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+        assert!(
+            err.message().contains("over the limit of 100 bytes"),
+            "{err}"
+        );
     }
 }

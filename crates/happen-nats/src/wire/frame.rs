@@ -11,7 +11,7 @@ use super::header::{self, get};
 
 /// A decoded reply message (the first message on a request's reply subject).
 #[derive(Debug)]
-pub enum ReplyFrame {
+pub(crate) enum ReplyFrame {
     /// The flow's final value.
     Value(Value),
     /// The flow (or the admission) failed.
@@ -40,7 +40,10 @@ fn parse_json(payload: &[u8], what: &str) -> happen::Result<Value> {
 /// # Errors
 /// [`ErrorKind::Transport`] for an unknown status, a stream start without a control subject, or
 /// a body that is not JSON.
-pub fn decode_reply(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Result<ReplyFrame> {
+pub(crate) fn decode_reply(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> happen::Result<ReplyFrame> {
     let status = headers.and_then(|h| get(h, header::STATUS));
     match status.map(str::trim) {
         None | Some("ok") => parse_json(payload, "reply").map(ReplyFrame::Value),
@@ -66,7 +69,7 @@ pub fn decode_reply(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Resu
 
 /// A frame of a stream, in either direction.
 #[derive(Debug)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// One item (producer to consumer).
     Item(Value),
     /// The end with the final value (producer to consumer).
@@ -81,7 +84,7 @@ pub enum Frame {
 
 impl Frame {
     /// The `Happen-Frame` name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Frame::Item(_) => "item",
             Frame::End(_) => "end",
@@ -97,7 +100,7 @@ impl Frame {
 /// # Errors
 /// [`ErrorKind::Transport`] for a missing or unknown frame kind, bad credit, or a body that is
 /// not JSON.
-pub fn decode_frame(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Result<Frame> {
+pub(crate) fn decode_frame(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Result<Frame> {
     let kind = headers.and_then(|h| get(h, header::FRAME)).map(str::trim);
     match kind {
         Some("item") => parse_json(payload, "stream item").map(Frame::Item),
@@ -130,7 +133,7 @@ pub fn decode_frame(headers: Option<&HeaderMap>, payload: &[u8]) -> happen::Resu
 
 /// The headers and body of an `error` frame (see [`encode_error`]), kept within `max_bytes`
 /// with `room` bytes to spare for headers added later.
-pub fn error_frame(err: &Error, max_bytes: usize, room: usize) -> (HeaderMap, Bytes) {
+pub(crate) fn error_frame(err: &Error, max_bytes: usize, room: usize) -> (HeaderMap, Bytes) {
     let mut h = HeaderMap::new();
     h.insert(header::FRAME, "error");
     let body = encode_error(err, &mut h, max_bytes, room);
@@ -139,7 +142,7 @@ pub fn error_frame(err: &Error, max_bytes: usize, room: usize) -> (HeaderMap, By
 
 /// Headers of a frame (the body is the JSON value for `item` and `end`, the JSON error body
 /// for `error` (see [`error_frame`], which also makes that body), empty otherwise).
-pub fn frame_headers(frame: &Frame) -> HeaderMap {
+pub(crate) fn frame_headers(frame: &Frame) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::FRAME, frame.name());
     match frame {

@@ -8,55 +8,55 @@ use async_nats::header::HeaderValue;
 /// On replies: `error` (details in the `Happen-Error-*` headers and the JSON error body,
 /// see [`encode_error`](super::encode_error)) or `stream` (a stream starts; see
 /// [`CONTROL`]). Absent: the body is the raw JSON final value.
-pub const STATUS: &str = "Happen-Status";
+pub(crate) const STATUS: &str = "Happen-Status";
 /// The [`ErrorKind`](happen::ErrorKind) name, e.g. `queue_full`.
-pub const ERROR_KIND: &str = "Happen-Error-Kind";
+pub(crate) const ERROR_KIND: &str = "Happen-Error-Kind";
 /// The error message (percent-escaped: `%`, CR and LF).
-pub const ERROR_MESSAGE: &str = "Happen-Error-Message";
+pub(crate) const ERROR_MESSAGE: &str = "Happen-Error-Message";
 /// The node the error concerns.
-pub const ERROR_NODE: &str = "Happen-Error-Node";
+pub(crate) const ERROR_NODE: &str = "Happen-Error-Node";
 /// The event the error concerns.
-pub const ERROR_EVENT: &str = "Happen-Error-Event";
+pub(crate) const ERROR_EVENT: &str = "Happen-Error-Event";
 /// The limit that was hit (`queue_full`, `chain_too_deep`).
-pub const ERROR_LIMIT: &str = "Happen-Error-Limit";
+pub(crate) const ERROR_LIMIT: &str = "Happen-Error-Limit";
 /// The application's error code ([`happen::Error::code`]), percent-escaped.
-pub const ERROR_CODE: &str = "Happen-Error-Code";
+pub(crate) const ERROR_CODE: &str = "Happen-Error-Code";
 /// On requests: the requester understands streams and grants this initial credit.
-pub const STREAM: &str = "Happen-Stream";
+pub(crate) const STREAM: &str = "Happen-Stream";
 /// On a stream start: the subject to which the consumer sends `credit` and `cancel`.
-pub const CONTROL: &str = "Happen-Control";
+pub(crate) const CONTROL: &str = "Happen-Control";
 /// The kind of a stream frame: `item`, `end`, `error` (producer to consumer) or `credit`,
 /// `cancel` (consumer to producer).
-pub const FRAME: &str = "Happen-Frame";
+pub(crate) const FRAME: &str = "Happen-Frame";
 /// On `credit` frames: how many more items the producer may send.
-pub const CREDIT: &str = "Happen-Credit";
+pub(crate) const CREDIT: &str = "Happen-Credit";
 /// On replies from a node under backpressure:
 /// `high;queued=<n>;limit=<n>[;seq=<n>;replica=<id>]`. Absent: says nothing (see
 /// `WIRE.md`, "Pacing").
-pub const PRESSURE: &str = "Happen-Pressure";
+pub(crate) const PRESSURE: &str = "Happen-Pressure";
 /// On a request with an empty body: a question to the serving process instead of an event.
 /// `limits` asks for the node's admission limits, answered with [`LIMITS`].
-pub const QUERY: &str = "Happen-Query";
+pub(crate) const QUERY: &str = "Happen-Query";
 /// The answer to `Happen-Query: limits`: `concurrent=<n>;queue=<n>;high=<n>`.
-pub const LIMITS: &str = "Happen-Limits";
+pub(crate) const LIMITS: &str = "Happen-Limits";
 /// On the `node.pressure` reports published on `<prefix>.pressure.<id>`: which process
 /// (replica) sent it, so reports of one replica are ordered by their `seq`.
-pub const REPLICA: &str = "Happen-Replica";
+pub(crate) const REPLICA: &str = "Happen-Replica";
 /// On broadcast stream frames: the frame's sequence number (items from 1; the `end` or
 /// `error` frame takes the next number). A jump is reported to subscribers as lag.
-pub const SEQ: &str = "Happen-Seq";
+pub(crate) const SEQ: &str = "Happen-Seq";
 
 /// The requester's reply subject of a durable `send` (absent for a `tell`).
-pub const REPLY_TO: &str = "Happen-Reply-To";
+pub(crate) const REPLY_TO: &str = "Happen-Reply-To";
 /// On a dead letter: the node id that gave up on the event.
-pub const DEAD_NODE: &str = "Happen-Dead-Node";
+pub(crate) const DEAD_NODE: &str = "Happen-Dead-Node";
 /// On a dead letter: how many times the event was delivered.
-pub const DELIVERIES: &str = "Happen-Deliveries";
+pub(crate) const DELIVERIES: &str = "Happen-Deliveries";
 /// JetStream's message id header (the event id).
-pub const MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Escapes a header value: `%`, CR and LF become `%25`, `%0D`, `%0A`.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     if !s.contains(['%', '\r', '\n']) {
         return s.to_owned();
     }
@@ -73,7 +73,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Reverses [`escape`]; unknown escapes are kept as they are.
-pub fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     if !s.contains('%') {
         return s.to_owned();
     }

@@ -1,14 +1,14 @@
 //! The wire format: subjects, header names, and the encoders and decoders of every message this
-//! transport publishes or accepts. `WIRE.md` (included below) is the normative description.
+//! transport publishes or accepts. `WIRE.md` (public as [`crate::wire_format`]) is the
+//! normative description.
 //!
 //! Everything here is pure (no I/O) and total: decoders return errors for any input, they never
-//! panic, which a property test checks. One file per kind of message: [`header`] (names and
-//! value escaping), subjects, events, errors, replies and stream frames, pressure and limits.
-#![doc = include_str!("../../WIRE.md")]
-
-pub mod header;
+//! panic, which property tests check. One file per kind of message: [`header`] (names and
+//! value escaping), subjects, events, errors, replies and stream frames, pressure and limits,
+//! and discovery answers ([`discover`]: its types are public, as `happen_nats::discover`).
 
 pub(crate) mod discover;
+pub(crate) mod header;
 
 mod error;
 mod event;
@@ -16,12 +16,14 @@ mod frame;
 mod pressure;
 mod subjects;
 
-pub use error::{MAX_ERROR_DEPTH, decode_error, encode_error, error_from_headers, error_headers};
-pub use event::{decode_event, encode_checked, encode_event, peek_type, value_body};
-pub use frame::{Frame, ReplyFrame, decode_frame, decode_reply, error_frame, frame_headers};
-pub use header::{escape, unescape};
-pub use pressure::{
-    PressureEvent, PressureReport, RemoteLimits, limits_header, parse_limits, parse_pressure,
-    parse_pressure_report, pressure_header, pressure_report_header,
+pub(crate) use error::{encode_error, error_headers};
+pub(crate) use event::{decode_event, encode_checked, encode_event, peek_type, value_body};
+pub(crate) use frame::{Frame, ReplyFrame, decode_frame, decode_reply, error_frame, frame_headers};
+pub(crate) use pressure::{
+    PressureEvent, RemoteLimits, limits_header, parse_limits, parse_pressure_report,
+    pressure_report_header,
 };
-pub use subjects::Subjects;
+pub(crate) use subjects::Subjects;
+
+#[cfg(test)]
+mod tests;

@@ -3,46 +3,33 @@
 use happen::Pressure;
 
 /// The `Happen-Pressure` header value for a state, or `None` when not under pressure.
-pub fn pressure_header(p: &Pressure) -> Option<String> {
+pub(crate) fn pressure_header(p: &Pressure) -> Option<String> {
     p.under_pressure
         .then(|| format!("high;queued={};limit={}", p.queued, p.queue_limit))
 }
 
 /// The `Happen-Pressure` header value of a report with its sequence number and replica id
 /// (see [`PressureReport`]), or `None` when not under pressure.
-pub fn pressure_report_header(p: &Pressure, seq: u64, replica: &str) -> Option<String> {
+pub(crate) fn pressure_report_header(p: &Pressure, seq: u64, replica: &str) -> Option<String> {
     pressure_header(p).map(|h| format!("{h};seq={seq};replica={replica}"))
-}
-
-/// Parses a `Happen-Pressure` header (absent means normal).
-pub fn parse_pressure(value: Option<&str>) -> Pressure {
-    value.map_or(Pressure::new(false, 0, 0), |v| {
-        parse_pressure_report(v).pressure
-    })
 }
 
 /// A pressure state as reported by a node: the `node.pressure` payload or a
 /// `Happen-Pressure` header.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct PressureReport {
+pub(crate) struct PressureReport {
     /// The state.
-    pub pressure: Pressure,
+    pub(crate) pressure: Pressure,
     /// The node's transition counter (`seq`); a lower one than already seen from the same
     /// replica is an older report.
-    pub seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
     /// The process (replica) that reported, if it said.
-    pub replica: Option<String>,
+    pub(crate) replica: Option<String>,
 }
 
 /// Parses a `Happen-Pressure` header value, with its optional `seq` and `replica` parts.
-///
-/// ```
-/// let r = happen_nats::wire::parse_pressure_report("high;queued=80;limit=100;seq=3;replica=x");
-/// assert!(r.pressure.under_pressure);
-/// assert_eq!((r.pressure.queued, r.seq, r.replica.as_deref()), (80, Some(3), Some("x")));
-/// ```
-pub fn parse_pressure_report(value: &str) -> PressureReport {
+pub(crate) fn parse_pressure_report(value: &str) -> PressureReport {
     let mut parts = value.split(';');
     let high = parts.next().map(str::trim) == Some("high");
     let (mut queued, mut limit, mut seq, mut replica) = (0, 0, None, None);
@@ -65,18 +52,22 @@ pub fn parse_pressure_report(value: &str) -> PressureReport {
 /// A node's admission limits as it tells them to remote senders (`Happen-Limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct RemoteLimits {
+pub(crate) struct RemoteLimits {
     /// Flows the node runs at once.
-    pub max_concurrent: usize,
+    pub(crate) max_concurrent: usize,
     /// Events that may wait beyond `max_concurrent`.
-    pub queue_limit: usize,
+    pub(crate) queue_limit: usize,
     /// Waiting events at which the node turns "under pressure".
-    pub high_water: usize,
+    pub(crate) high_water: usize,
 }
 
 impl RemoteLimits {
     /// Limits from their parts.
-    pub fn new(max_concurrent: usize, queue_limit: usize, high_water: usize) -> RemoteLimits {
+    pub(crate) fn new(
+        max_concurrent: usize,
+        queue_limit: usize,
+        high_water: usize,
+    ) -> RemoteLimits {
         RemoteLimits {
             max_concurrent,
             queue_limit,
@@ -87,7 +78,7 @@ impl RemoteLimits {
     /// The limits of a node: its high-water mark is `backpressure_threshold × queue_limit`
     /// rounded up, at least 1 and at most `queue_limit` (as documented for
     /// [`happen::Pressure`]).
-    pub fn of(limits: &happen::Limits) -> RemoteLimits {
+    pub(crate) fn of(limits: &happen::Limits) -> RemoteLimits {
         let q = limits.queue_limit;
         let high = (limits.backpressure_threshold * q as f64).ceil() as usize;
         RemoteLimits::new(limits.max_concurrent, q, high.min(q).max(1))
@@ -95,7 +86,7 @@ impl RemoteLimits {
 }
 
 /// The `Happen-Limits` header value.
-pub fn limits_header(l: &RemoteLimits) -> String {
+pub(crate) fn limits_header(l: &RemoteLimits) -> String {
     format!(
         "concurrent={};queue={};high={}",
         l.max_concurrent, l.queue_limit, l.high_water
@@ -103,13 +94,7 @@ pub fn limits_header(l: &RemoteLimits) -> String {
 }
 
 /// Parses a `Happen-Limits` header value; `None` unless all three parts are present.
-///
-/// ```
-/// use happen_nats::wire::{RemoteLimits, parse_limits};
-/// assert_eq!(parse_limits("concurrent=4;queue=100;high=80"), Some(RemoteLimits::new(4, 100, 80)));
-/// assert_eq!(parse_limits("concurrent=4"), None);
-/// ```
-pub fn parse_limits(value: &str) -> Option<RemoteLimits> {
+pub(crate) fn parse_limits(value: &str) -> Option<RemoteLimits> {
     let (mut c, mut q, mut h) = (None, None, None);
     for part in value.split(';') {
         match part.trim().split_once('=') {
@@ -125,21 +110,21 @@ pub fn parse_limits(value: &str) -> Option<RemoteLimits> {
 /// A `node.pressure` event's payload as the transport reads it (published on
 /// `<prefix>.pressure.<id>` and broadcast; see `WIRE.md`, "Backpressure and pacing").
 #[derive(Debug, Clone, PartialEq)]
-pub struct PressureEvent {
+pub(crate) struct PressureEvent {
     /// `nodeId`: the node that reports.
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
     /// `underPressure`, `queued` and `queueLimit`.
-    pub pressure: Pressure,
+    pub(crate) pressure: Pressure,
     /// `seq`: the node's transition counter.
-    pub seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
     /// `closed`: this replica no longer serves the node.
-    pub closed: bool,
+    pub(crate) closed: bool,
 }
 
 impl PressureEvent {
     /// Reads a `node.pressure` payload; missing or wrongly typed fields read as absent,
     /// `false` or 0.
-    pub fn parse(p: &serde_json::Value) -> PressureEvent {
+    pub(crate) fn parse(p: &serde_json::Value) -> PressureEvent {
         let count = |key| p.get(key).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let flag = |key| p.get(key).and_then(|v| v.as_bool()) == Some(true);
         PressureEvent {
@@ -159,8 +144,7 @@ mod tests {
     fn pressure_header_round_trips() {
         let p = Pressure::new(true, 80, 100);
         let h = pressure_header(&p).unwrap();
-        assert_eq!(parse_pressure(Some(&h)), p);
-        assert!(!parse_pressure(None).under_pressure);
+        assert_eq!(parse_pressure_report(&h).pressure, p);
         assert!(pressure_header(&Pressure::new(false, 1, 2)).is_none());
     }
 
@@ -177,5 +161,20 @@ mod tests {
             (e.node, e.pressure, e.seq, e.closed),
             (None, Pressure::new(false, 0, 0), None, true)
         );
+    }
+
+    #[test]
+    fn reports_and_limits_parse() {
+        let r = parse_pressure_report("high;queued=80;limit=100;seq=3;replica=x");
+        assert!(r.pressure.under_pressure);
+        assert_eq!(
+            (r.pressure.queued, r.seq, r.replica.as_deref()),
+            (80, Some(3), Some("x"))
+        );
+        assert_eq!(
+            parse_limits("concurrent=4;queue=100;high=80"),
+            Some(RemoteLimits::new(4, 100, 80))
+        );
+        assert_eq!(parse_limits("concurrent=4"), None);
     }
 }

@@ -7,7 +7,8 @@
 //! - [`discover`]: answering and asking discovery requests;
 //! - [`connection`]: following the client's connection events;
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
-//! - [`durable`]: durable delivery on JetStream (publish, consume, records).
+//! - [`durable`]: durable delivery on JetStream (publish, consume, records);
+//! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]).
 
 pub(crate) mod connection;
 pub(crate) mod discover;
@@ -16,3 +17,4 @@ pub(crate) mod pressure;
 pub(crate) mod replies;
 pub(crate) mod serve;
 pub(crate) mod streams;
+pub(crate) mod tap;

@@ -1,45 +1,9 @@
-//! Durable delivery on JetStream (`[transport.nats.durable]`): events to the node ids it names
-//! are stored in a JetStream stream before delivery and consumed by a durable pull consumer
-//! per node id. See `WIRE.md`, "Durable delivery", for the subjects, headers and guarantees.
+//! The durable-delivery worker (`[transport.nats.durable]`, see
+//! [`DurableConfig`](crate::DurableConfig)): events to the node ids it names are stored in a
+//! JetStream stream before delivery and consumed by a durable pull consumer per node id. See
+//! `WIRE.md`, "Durable delivery", for the subjects, headers and guarantees.
 //!
-//! ```
-//! use happen_nats::durable::{DeliveryMode, DurableNode};
-//! use happen_nats::NatsConfig;
-//!
-//! let config = happen::Config::from_toml_str(r#"
-//! [transport.nats.durable]
-//! dedup_window_ms = 120000
-//! [transport.nats.durable.nodes."billing-*"]
-//! mode = "exactly-once"
-//! max_deliveries = 3
-//! "#)?;
-//! let nats = NatsConfig::from_happen(&config)?;
-//! assert_eq!(nats.durable.node("billing-eu").unwrap().mode, DeliveryMode::ExactlyOnce);
-//! assert!(nats.durable.node("orders").is_none());
-//!
-//! // the same with the builder
-//! let nats = NatsConfig::default()
-//!     .with_durable("billing-*", DurableNode::new(DeliveryMode::ExactlyOnce).with_max_deliveries(3));
-//! assert!(nats.durable.node("billing-us").is_some());
-//! # Ok::<(), happen::Error>(())
-//! ```
-//!
-//! # How it works
-//! - **Sending.** `send` and `tell` to a durable node id publish the event to
-//!   `<prefix>.durable.<node-id>` with `Nats-Msg-Id` = the event id, from a background task
-//!   that keeps many publishes in flight and retries each (same id: the server drops a
-//!   duplicate within the dedup window) until the server acknowledges it or the request
-//!   timeout passes. A request's reply subject travels in the `Happen-Reply-To` header.
-//!   Broadcasts are not durable (they go over core NATS to every node id, as before).
-//! - **Consuming.** Each process hosting a durable node pulls from the node id's durable
-//!   consumer (replicas share it) only as many messages as the node has room for
-//!   (`max_concurrent + queue_limit` minus what it holds), so the backlog stays in JetStream.
-//! - **Settling.** A message is acknowledged after its flow finished; a failed flow is
-//!   redelivered after a back-off until `max_deliveries`, then published to
-//!   `<prefix>.dlq.<node-id>` (stored in the dead-letter stream) with its error, and terminated.
-//! - **Exactly-once effects** (`mode = "exactly-once"`): completed event ids are recorded in a
-//!   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already completed is
-//!   acknowledged (and its requester answered with the recorded value) without running again.
+//! How it works, for a user, is on [`DurableConfig`](crate::DurableConfig).
 //!
 //! Files: this one sets up the streams and hands sends and nodes to the [`publish`] and
 //! [`consume`] tasks; [`records`] keeps the exactly-once records.
