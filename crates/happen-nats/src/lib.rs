@@ -1,18 +1,26 @@
 //! The NATS transport for [`happen`]: the same application code, nodes in many processes.
 //!
-//! ```no_run
-//! use happen::{Config, Event};
+//! ```
+//! use happen::{Config, Context, Event};
 //!
-//! # #[tokio::main] async fn main() -> happen::Result<()> {
-//! let config = Config::from_toml_str(r#"
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+//! # let server = test_support::NatsServer::start();
+//! # let url = server.url();
+//! let config = Config::from_toml_str(&format!(r#"
 //! [transport.nats]
-//! servers = ["nats://127.0.0.1:4222"]
-//! "#)?;
+//! servers = ["{url}"]
+//! "#))?;
 //! let happen = happen_nats::init(config).await?;
+//! // "greeter" may live in any process connected to the same server; here, in this one
+//! let greeter = happen.node("greeter").await?;
+//! greeter.on("greet", |e: Event, _ctx: Context| async move {
+//!     format!("hello, {}", e.payload().as_str().unwrap_or("stranger"))
+//! })?;
 //! let client = happen.node("client").await?;
-//! // "greeter" may live in any process connected to the same server
 //! let greeting = client.send("greeter", Event::new("greet", "ada")).await?;
-//! # let _ = greeting; Ok(()) }
+//! assert_eq!(greeting, "hello, ada");
+//! # happen.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(()) }
 //! ```
 //!
 //! # What goes over the wire
@@ -117,16 +125,28 @@ pub mod config;
 /// Discovery: which processes serve which nodes, with their limits and live counters (what
 /// `happen nodes` shows); ask with [`NatsTransport::discover`]. See `WIRE.md`, "Discovery".
 ///
-/// ```no_run
-/// # async fn demo(transport: happen_nats::NatsTransport) -> happen::Result<()> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
 /// use std::time::Duration;
+/// use happen::Happen;
+/// use happen_nats::{NatsConfig, NatsTransport};
 ///
-/// let (wait, quiet) = (Duration::from_secs(1), happen_nats::discover::QUIET);
+/// // a process serving a node (usually another one)
+/// let worker = NatsTransport::connect(NatsConfig::with_server(url.clone())).await?;
+/// let happen = Happen::builder().transport(worker).build()?;
+/// let _billing = happen.node("billing").await?;
+///
+/// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
+/// let (wait, quiet) = (Duration::from_secs(2), happen_nats::discover::QUIET);
 /// for process in transport.discover(wait, quiet).await? {
 ///     for node in &process.nodes {
 ///         println!("{} at {}: {} active, {} queued", node.id, process.replica, node.active, node.queued);
+///         assert_eq!(node.id, "billing");
 ///     }
 /// }
+/// # happen.shutdown(Duration::from_secs(1)).await;
 /// # Ok(()) }
 /// ```
 pub mod discover {
@@ -136,7 +156,8 @@ pub mod discover {
 
 /// Watching a happen system's traffic: every event sent, told or broadcast under the
 /// transport's prefix, decoded (what `happen tap` and `happen trace` show). For tools and
-/// tests; start one with [`NatsTransport::tap`] or [`NatsTransport::tap_broadcasts`].
+/// tests; start one with [`NatsTransport::tap`] or [`NatsTransport::tap_broadcasts`], whose
+/// docs have examples.
 pub mod tap {
     pub use crate::workers::tap::{Tap, TapKind, Tapped, Undecodable};
 }
@@ -155,10 +176,34 @@ pub use crate::transport::NatsTransport;
 pub use crate::workers::connection::CONNECTION_STATUS_EVENT;
 
 /// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS
-/// transport.
+/// transport: [`NatsTransport::from_config`] and [`happen::Happen::builder`] in one call.
+/// Build the instance yourself to keep a handle of the transport (for its
+/// [`stats`](NatsTransport::stats), say).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// let config = happen::Config::from_toml_str(&format!(r#"
+/// [transport.nats]
+/// servers = ["{url}"]
+/// name = "orders-service"
+/// "#))?;
+/// let happen = happen_nats::init(config).await?;
+/// let orders = happen.node("orders").await?;
+/// # let _ = orders;
+/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
 ///
 /// # Errors
-/// As [`NatsTransport::from_config`], plus invalid configuration.
+/// As [`NatsTransport::from_config`], plus invalid configuration of the instance.
+///
+/// # Panics
+/// When not polled inside a Tokio runtime.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt; nothing is left running.
 pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
     let transport = NatsTransport::from_config(&config).await?;
     happen::Happen::builder()

@@ -37,17 +37,26 @@ use crate::workers::streams::Streams;
 use crate::workers::streams::broadcast::broadcast_headers;
 use crate::workers::tap::Tap;
 
-/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it:
+/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it (or let
+/// [`happen_nats::init`](crate::init) do both from a configuration):
 ///
-/// ```no_run
-/// # async fn demo() -> happen::Result<()> {
-/// use happen::{Config, Happen};
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// use happen::{Context, Event, Happen};
 /// use happen_nats::{NatsConfig, NatsTransport};
 ///
-/// let transport = NatsTransport::connect(NatsConfig::with_server("nats://127.0.0.1:4222")).await?;
+/// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
 /// let happen = Happen::builder().transport(transport.clone()).build()?;
-/// let node = happen.node("orders").await?; // reachable from every connected process
-/// # let _ = node; Ok(()) }
+/// let orders = happen.node("orders").await?; // reachable from every connected process
+/// orders.on("order.placed", |e: Event, _ctx: Context| async move { e.payload().clone() })?;
+/// let client = happen.node("client").await?;
+/// let reply = client.send("orders", Event::new("order.placed", 42)).await?;
+/// assert_eq!(reply, 42);
+/// assert_eq!(transport.stats().sent, 1);
+/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
 /// ```
 ///
 /// Every send goes through the server, also between nodes of one process, so replicas of a
@@ -89,25 +98,72 @@ const ATTACH_CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 impl NatsTransport {
     /// Connects with `config`.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen_nats::{NatsConfig, NatsTransport};
+    ///
+    /// let mut config = NatsConfig::with_server(url);
+    /// config.name = "orders-service".to_owned();
+    /// let transport = NatsTransport::connect(config).await?;
+    /// assert_eq!(transport.config().name, "orders-service");
+    ///
+    /// // nobody listens on this port: an error saying which setting to check
+    /// let err = NatsTransport::connect(NatsConfig::with_server("nats://127.0.0.1:1"))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), happen::ErrorKind::Transport);
+    /// assert!(err.message().contains("transport.nats.servers"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Transport`] when no
-    /// server can be reached (unless `retry_on_initial_connect`), when the server refuses the
-    /// credentials (the message starts with "authentication failed"), or when TLS fails (the
-    /// message names TLS, the certificate problem and `transport.nats.tls.ca_file`). A refused
-    /// login or a TLS failure is not retried, also not with `retry_on_initial_connect`.
+    /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Auth`] when the server
+    /// refuses the credentials (the message starts with "authentication failed" and names
+    /// `transport.nats.auth`); [`ErrorKind::Tls`] when TLS fails (the message names the
+    /// certificate problem and `transport.nats.tls.ca_file`); [`ErrorKind::Transport`] when no
+    /// server can be reached (unless `retry_on_initial_connect`). A refused login or a TLS
+    /// failure is not retried, also not with `retry_on_initial_connect`.
+    ///
+    /// # Panics
+    /// When not polled inside a Tokio runtime (the transport spawns its tasks on it).
     ///
     /// # Cancel safety
-    /// Dropping the future abandons the connection attempt.
+    /// Dropping the future abandons the connection attempt; nothing is left running.
     pub async fn connect(config: NatsConfig) -> Result<NatsTransport> {
         config.validate()?;
         let (client, events) = connect::connect(&config).await?;
         NatsTransport::with_client(client, config, events).await
     }
 
-    /// Connects with the `[transport.nats]` section of a happen configuration.
+    /// Connects with the `[transport.nats]` section of a happen configuration (see
+    /// [`NatsConfig::from_happen`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let config = happen::Config::from_toml_str(&format!(r#"
+    /// [flow]
+    /// request_timeout_ms = 5000
+    /// [transport.nats]
+    /// servers = ["{url}"]
+    /// "#))?;
+    /// let transport = happen_nats::NatsTransport::from_config(&config).await?;
+    /// // the instance's request timeout is the transport's default
+    /// assert_eq!(transport.config().request_timeout(), std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`connect`](NatsTransport::connect); unknown keys are errors naming the key.
+    ///
+    /// # Panics
+    /// As [`connect`](NatsTransport::connect).
+    ///
+    /// # Cancel safety
+    /// As [`connect`](NatsTransport::connect).
     pub async fn from_config(config: &happen::Config) -> Result<NatsTransport> {
         NatsTransport::connect(NatsConfig::from_happen(config)?).await
     }
@@ -241,12 +297,39 @@ impl NatsTransport {
         })
     }
 
-    /// The transport's counters.
+    /// A snapshot of the transport's counters: what was sent, what was dropped or rejected
+    /// and why, durable delivery (see [`NatsStats`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen::{Event, Happen};
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// happen.node("ticker").await?.broadcast(Event::new("tick", 1))?;
+    /// assert_eq!(transport.stats().broadcasts, 1);
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> NatsStats {
         self.inner.counters.snapshot()
     }
 
-    /// The underlying async-nats client (for example to publish raw messages).
+    /// The underlying async-nats client, for what happen does not do (publishing raw
+    /// messages, JetStream administration).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let client = transport.client();
+    /// client.publish("audit.raw", "hello".into()).await.expect("published");
+    /// assert!(client.server_info().max_payload > 0);
+    /// # Ok(()) }
+    /// ```
     pub fn client(&self) -> &Client {
         &self.inner.ep.client
     }
@@ -257,10 +340,19 @@ impl NatsTransport {
     /// connection drains (a burst of a million broadcasts) can pace itself with this instead
     /// of failing or spinning:
     ///
-    /// ```no_run
-    /// # async fn demo(node: happen::Node, transport: happen_nats::NatsTransport) -> happen::Result<()> {
-    /// use happen::{ErrorKind, Event};
-    /// for i in 0..1_000_000 {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen::{ErrorKind, Event, Happen};
+    /// use happen_nats::{NatsConfig, NatsTransport};
+    ///
+    /// let mut config = NatsConfig::with_server(url);
+    /// config.outbound_buffer = 64; // small, to need the pacing
+    /// let transport = NatsTransport::connect(config).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let node = happen.node("ticker").await?;
+    /// for i in 0..10_000 {
     ///     let event = Event::new("tick", i);
     ///     loop {
     ///         match node.broadcast(event.clone()) {
@@ -272,6 +364,8 @@ impl NatsTransport {
     ///         }
     ///     }
     /// }
+    /// assert_eq!(transport.stats().broadcasts, 10_000);
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
     /// # Ok(()) }
     /// ```
     ///
@@ -289,23 +383,56 @@ impl NatsTransport {
     /// `transport.nats.disconnected_buffer` messages already wait for it can wait here before
     /// retrying.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use std::time::Duration;
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// // connected: at once; while a reconnect takes long, bound the wait
+    /// tokio::time::timeout(Duration::from_secs(5), transport.wait_connected())
+    ///     .await
+    ///     .expect("connected within 5 s")?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::Transport`] when the client gave up reconnecting
     /// (`transport.nats.reconnect.max_attempts`).
     ///
     /// # Cancel safety
-    /// Cancel safe.
+    /// Cancel safe: it only watches the connection state.
     pub async fn wait_connected(&self) -> Result<()> {
         self.inner.link.wait_up().await
     }
 
     /// Is the outgoing buffer more than half full? (Then a send that failed with
-    /// [`ErrorKind::Transport`] most likely found it full; see [`ready`](NatsTransport::ready).)
+    /// [`ErrorKind::Transport`] most likely found it full; see [`ready`](NatsTransport::ready),
+    /// whose example uses both.)
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// assert!(!transport.is_backlogged()); // nothing sent yet
+    /// # Ok(()) }
+    /// ```
     pub fn is_backlogged(&self) -> bool {
         self.inner.outbox.is_backlogged()
     }
 
     /// The settings in use.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// assert_eq!(transport.config().prefix, "happen");
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> &NatsConfig {
         &self.inner.ep.config
     }
@@ -314,6 +441,27 @@ impl NatsTransport {
     /// (`<prefix>.node.*` and `<prefix>.broadcast`), decoded; see [`Tap`]. Only listens: the
     /// nodes still get every event. Resolves once the server confirmed the subscription, so
     /// every event published after it is seen.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use futures::StreamExt;
+    /// use happen::{Event, Happen};
+    /// use happen_nats::tap::TapKind;
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let mut tap = transport.tap().await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// happen.node("billing").await?.tell("mailer", Event::new("invoice.sent", 7))?;
+    ///
+    /// let seen = tap.next().await.expect("the tap is open").expect("an event");
+    /// assert_eq!(seen.kind, TapKind::Tell);
+    /// assert_eq!(seen.target.as_ref().map(|n| n.as_str()), Some("mailer"));
+    /// assert_eq!((seen.event.event_type(), seen.event.sender().as_str()), ("invoice.sent", "billing"));
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Transport`] when the subscription cannot be made or the server does not
@@ -327,6 +475,26 @@ impl NatsTransport {
     }
 
     /// As [`tap`](NatsTransport::tap), for broadcasts only (`<prefix>.broadcast`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use futures::StreamExt;
+    /// use happen::{Event, Happen};
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let mut broadcasts = transport.tap_broadcasts().await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let node = happen.node("sensor").await?;
+    /// node.tell("store", Event::new("reading", 1))?; // direct: not seen
+    /// node.broadcast(Event::new("alarm", 2))?;
+    /// let seen = broadcasts.next().await.expect("the tap is open").expect("an event");
+    /// assert_eq!(seen.event.event_type(), "alarm");
+    /// assert!(seen.target.is_none());
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`tap`](NatsTransport::tap).
@@ -344,10 +512,32 @@ impl NatsTransport {
     /// default), never longer than `wait` in all. Answers of one process are merged;
     /// processes are sorted by replica id, their nodes by id. Processes that do not implement
     /// discovery (the TypeScript reference, a happen before it) do not answer, and neither do
-    /// processes without nodes.
+    /// processes without nodes (this one included).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use std::time::Duration;
+    /// use happen::Happen;
+    /// use happen_nats::{NatsConfig, NatsTransport, discover::QUIET};
+    ///
+    /// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let _orders = happen.node("orders").await?;
+    ///
+    /// let processes = transport.discover(Duration::from_secs(2), QUIET).await?;
+    /// assert_eq!(processes.len(), 1);
+    /// assert_eq!(processes[0].nodes[0].id, "orders");
+    /// # happen.shutdown(Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Transport`] when the request cannot be published.
+    ///
+    /// # Cancel safety
+    /// Dropping the future ends the request (its answers are dropped by the server).
     pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
         workers::discover::request(
             &self.inner.ep.client,
@@ -360,6 +550,24 @@ impl NatsTransport {
 
     /// The JetStream stream holding durable events and the dead-letter stream, when durable
     /// delivery is configured (see [`DurableConfig::stream`](crate::DurableConfig::stream)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start_with(
+    /// #     test_support::NatsServerOptions::new().with_jetstream(),
+    /// # );
+    /// # let url = server.url();
+    /// use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+    ///
+    /// let plain = NatsTransport::connect(NatsConfig::with_server(url.clone())).await?;
+    /// assert_eq!(plain.durable_streams(), None);
+    ///
+    /// let config = NatsConfig::with_server(url)
+    ///     .with_durable("billing", DurableNode::new(DeliveryMode::AtLeastOnce));
+    /// let durable = NatsTransport::connect(config).await?;
+    /// assert_eq!(durable.durable_streams(), Some(("HAPPEN_DURABLE", "HAPPEN_DURABLE_DLQ")));
+    /// # Ok(()) }
+    /// ```
     pub fn durable_streams(&self) -> Option<(&str, &str)> {
         self.inner
             .durable

@@ -10,6 +10,15 @@ use super::NatsConfig;
 
 /// `[transport.nats.auth]`: user and password, a token, an nkey seed, or a credentials file.
 ///
+/// ```
+/// let mut nats = happen_nats::NatsConfig::with_server("tls://nats.example.com:4222");
+/// nats.auth.user = Some("orders".to_owned());
+/// nats.auth.password = Some("s3cret".to_owned());
+/// nats.validate()?;
+/// assert!(format!("{:?}", nats.auth).contains(r#"password: Some("***")"#));
+/// # Ok::<(), happen::Error>(())
+/// ```
+///
 /// `Debug` prints the password, the token and the seed as `"***"` (the user name and the
 /// credentials file's path are shown: they are not secret).
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,7 +78,21 @@ pub(crate) fn redacted_servers(servers: &[String]) -> Vec<String> {
     servers.iter().map(|s| redact_url(s)).collect()
 }
 
-/// `[transport.nats.tls]`.
+/// `[transport.nats.tls]`: TLS to the server (required, or as the URL's `tls://` scheme
+/// asks), the CA to trust, a client certificate.
+///
+/// ```
+/// let config = happen::Config::from_toml_str(r#"
+/// [transport.nats]
+/// servers = ["tls://nats.example.com:4222"]
+/// [transport.nats.tls]
+/// required = true
+/// ca_file = "/etc/nats/ca.pem"
+/// "#)?;
+/// let nats = happen_nats::NatsConfig::from_happen(&config)?;
+/// assert!(nats.tls.required);
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

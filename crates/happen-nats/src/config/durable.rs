@@ -144,7 +144,14 @@ impl Default for DurableNode {
 }
 
 impl DurableNode {
-    /// Default settings with `mode`.
+    /// Default settings with `mode`: 5 deliveries, back-off from 100 ms to 10 s, an
+    /// acknowledgement wait of 30 s.
+    ///
+    /// ```
+    /// use happen_nats::{DeliveryMode, DurableNode};
+    /// let node = DurableNode::new(DeliveryMode::ExactlyOnce);
+    /// assert_eq!((node.mode, node.max_deliveries), (DeliveryMode::ExactlyOnce, 5));
+    /// ```
     pub fn new(mode: DeliveryMode) -> DurableNode {
         DurableNode {
             mode,
@@ -155,20 +162,41 @@ impl DurableNode {
         }
     }
 
-    /// Sets `max_deliveries`.
+    /// Sets `max_deliveries`: after this many failed runs the event is dead-lettered.
+    ///
+    /// ```
+    /// use happen_nats::DurableNode;
+    /// let node = DurableNode::default().with_max_deliveries(1); // no retry
+    /// assert_eq!(node.max_deliveries, 1);
+    /// ```
     pub fn with_max_deliveries(mut self, n: u32) -> DurableNode {
         self.max_deliveries = n;
         self
     }
 
-    /// Sets the back-off: first delay and largest delay.
+    /// Sets the back-off: first delay and largest delay (whole milliseconds).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen_nats::DurableNode;
+    /// let node = DurableNode::default()
+    ///     .with_backoff(Duration::from_millis(250), Duration::from_secs(60));
+    /// assert_eq!((node.backoff_ms, node.max_backoff_ms), (250, 60_000));
+    /// ```
     pub fn with_backoff(mut self, first: Duration, max: Duration) -> DurableNode {
         self.backoff_ms = first.as_millis() as u64;
         self.max_backoff_ms = max.as_millis() as u64;
         self
     }
 
-    /// Sets the acknowledgement wait.
+    /// Sets the acknowledgement wait (whole milliseconds; at least 100 ms to validate).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen_nats::DurableNode;
+    /// let node = DurableNode::default().with_ack_wait(Duration::from_secs(5));
+    /// assert_eq!(node.ack_wait_ms, 5_000);
+    /// ```
     pub fn with_ack_wait(mut self, wait: Duration) -> DurableNode {
         self.ack_wait_ms = wait.as_millis() as u64;
         self
@@ -191,7 +219,18 @@ fn invalid(key: &str, problem: impl fmt::Display) -> Error {
 }
 
 impl DurableConfig {
-    /// The settings of `node_id` if it is durable.
+    /// The settings of `node_id` if it is durable: an exact id wins over patterns, among
+    /// patterns the one with the most literal characters.
+    ///
+    /// ```
+    /// use happen_nats::{DeliveryMode, DurableNode, NatsConfig};
+    /// let nats = NatsConfig::default()
+    ///     .with_durable("pay-*", DurableNode::new(DeliveryMode::AtLeastOnce))
+    ///     .with_durable("pay-eu", DurableNode::new(DeliveryMode::ExactlyOnce));
+    /// assert_eq!(nats.durable.node("pay-eu").unwrap().mode, DeliveryMode::ExactlyOnce);
+    /// assert_eq!(nats.durable.node("pay-us").unwrap().mode, DeliveryMode::AtLeastOnce);
+    /// assert!(nats.durable.node("orders").is_none());
+    /// ```
     pub fn node(&self, node_id: &str) -> Option<&DurableNode> {
         // ties: the alphabetically first pattern (the map's order)
         let mut best: Option<(&DurableNode, usize)> = None;
@@ -206,16 +245,35 @@ impl DurableConfig {
     }
 
     /// Is any node durable?
+    ///
+    /// ```
+    /// use happen_nats::{DurableNode, NatsConfig};
+    /// assert!(!NatsConfig::default().durable.is_enabled());
+    /// let nats = NatsConfig::default().with_durable("orders", DurableNode::default());
+    /// assert!(nats.durable.is_enabled());
+    /// ```
     pub fn is_enabled(&self) -> bool {
         !self.nodes.is_empty()
     }
 
-    /// The dedup window.
+    /// The dedup window (`dedup_window_ms`).
+    ///
+    /// ```
+    /// let durable = happen_nats::DurableConfig::default();
+    /// assert_eq!(durable.dedup_window(), std::time::Duration::from_secs(300));
+    /// ```
     pub fn dedup_window(&self) -> Duration {
         Duration::from_millis(self.dedup_window_ms)
     }
 
     /// The stream's name for subject `prefix` (see [`stream`](DurableConfig::stream)).
+    ///
+    /// ```
+    /// let mut durable = happen_nats::DurableConfig::default();
+    /// assert_eq!(durable.stream_name("my.app"), "MY_APP_DURABLE");
+    /// durable.stream = Some("ORDERS".to_owned());
+    /// assert_eq!(durable.stream_name("my.app"), "ORDERS");
+    /// ```
     pub fn stream_name(&self, prefix: &str) -> String {
         match &self.stream {
             Some(s) => s.clone(),
@@ -223,7 +281,14 @@ impl DurableConfig {
         }
     }
 
-    /// Checks every value.
+    /// Checks every value ([`NatsConfig::validate`](crate::NatsConfig::validate) does it too).
+    ///
+    /// ```
+    /// use happen_nats::{DurableNode, NatsConfig};
+    /// let nats = NatsConfig::default().with_durable("orders", DurableNode::default().with_max_deliveries(0));
+    /// let err = nats.durable.validate().unwrap_err();
+    /// assert!(err.message().contains("max_deliveries"), "{err}");
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](happen::ErrorKind::InvalidConfig) naming the offending key.

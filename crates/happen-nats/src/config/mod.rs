@@ -40,7 +40,22 @@ pub(crate) use backoff::Backoff;
 pub use durable::{DeliveryMode, DurableConfig, DurableNode};
 pub use reconnect::ReconnectConfig;
 
-/// Settings of the NATS transport (`[transport.nats]`). Every key is optional.
+/// Settings of the NATS transport (`[transport.nats]`). Every key is optional: read them
+/// from a happen configuration ([`from_happen`](NatsConfig::from_happen)), or start from
+/// [`with_server`](NatsConfig::with_server) (or `default()`) and set fields.
+///
+/// ```
+/// use happen_nats::NatsConfig;
+///
+/// let mut config = NatsConfig::with_server("nats://127.0.0.1:4222");
+/// config.servers.push("nats://127.0.0.1:4223".to_owned()); // another member of a cluster
+/// config.prefix = "shop".to_owned();
+/// config.auth.token = Some("s3cret".to_owned());
+/// config.reconnect.max_attempts = Some(10);
+/// config.validate()?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), happen::Error>(())
+/// ```
 ///
 /// `Debug` does not show secrets: passwords, tokens and nkey seeds print as `"***"`, and so
 /// does a password inside a server URL (`nats://user:***@host`).
@@ -188,6 +203,12 @@ fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
 
 impl NatsConfig {
     /// Settings for one server URL, everything else default.
+    ///
+    /// ```
+    /// let config = happen_nats::NatsConfig::with_server("nats://127.0.0.1:4333");
+    /// assert_eq!(config.servers, ["nats://127.0.0.1:4333"]);
+    /// assert_eq!(config.prefix, "happen");
+    /// ```
     pub fn with_server(url: impl Into<String>) -> NatsConfig {
         NatsConfig {
             servers: vec![url.into()],
@@ -196,7 +217,26 @@ impl NatsConfig {
     }
 
     /// Reads `[transport.nats]` of a happen configuration (defaults when absent); the request
-    /// timeout defaults to the instance's `flow.request_timeout_ms`.
+    /// timeout defaults to the instance's `flow.request_timeout_ms`, the broadcast-stream
+    /// buffer to its `streams.broadcast_buffer`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = happen::Config::from_toml_str(r#"
+    /// [flow]
+    /// request_timeout_ms = 2000
+    /// [transport.nats]
+    /// servers = ["nats://127.0.0.1:4333"]
+    /// "#)?;
+    /// let nats = happen_nats::NatsConfig::from_happen(&config)?;
+    /// assert_eq!(nats.request_timeout(), Duration::from_secs(2));
+    ///
+    /// // no `[transport.nats]`: the defaults
+    /// let nats = happen_nats::NatsConfig::from_happen(&happen::Config::default())?;
+    /// assert_eq!(nats.servers, ["nats://127.0.0.1:4222"]);
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key (`transport.nats.<key>`).
@@ -216,6 +256,16 @@ impl NatsConfig {
 
     /// Parses the JSON form of `[transport.nats]` and validates it.
     ///
+    /// ```
+    /// use serde_json::json;
+    ///
+    /// let nats = happen_nats::NatsConfig::from_value(&json!({"prefix": "shop"}))?;
+    /// assert_eq!(nats.prefix, "shop");
+    /// let err = happen_nats::NatsConfig::from_value(&json!({"prefx": "shop"})).unwrap_err();
+    /// assert!(err.message().contains("prefx"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
     pub fn from_value(value: &serde_json::Value) -> Result<NatsConfig> {
@@ -230,7 +280,17 @@ impl NatsConfig {
         Ok(config)
     }
 
-    /// Checks every value.
+    /// Checks every value ([`NatsTransport::connect`](crate::NatsTransport::connect) does it
+    /// too).
+    ///
+    /// ```
+    /// let mut nats = happen_nats::NatsConfig::default();
+    /// nats.validate()?;
+    /// nats.auth.user = Some("app".to_owned()); // without a password
+    /// let err = nats.validate().unwrap_err();
+    /// assert!(err.message().contains("transport.nats.auth"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
@@ -334,7 +394,17 @@ impl NatsConfig {
             .unwrap_or(DEFAULT_DISCONNECTED_BUFFER.min(self.outbound_buffer))
     }
 
-    /// The request timeout (default 30 s).
+    /// The request timeout: `request_timeout_ms`, by default 30 s (or the instance's
+    /// `flow.request_timeout_ms` with [`from_happen`](NatsConfig::from_happen)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut nats = happen_nats::NatsConfig::default();
+    /// assert_eq!(nats.request_timeout(), Duration::from_secs(30));
+    /// nats.request_timeout_ms = Some(500);
+    /// assert_eq!(nats.request_timeout(), Duration::from_millis(500));
+    /// ```
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.unwrap_or(30_000))
     }

@@ -6,7 +6,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Backoff;
 
-/// `[transport.nats.reconnect]`: exponential back-off between `delay_ms` and `max_delay_ms`.
+/// `[transport.nats.reconnect]`: exponential back-off between `delay_ms` and `max_delay_ms`,
+/// for reconnects and (with `retry_on_initial_connect`) the first connection.
+///
+/// ```
+/// let mut nats = happen_nats::NatsConfig::default();
+/// nats.reconnect.max_attempts = Some(20); // then give up: `system.connection-status` "closed"
+/// nats.reconnect.max_delay_ms = 5_000;
+/// nats.validate()?;
+/// # Ok::<(), happen::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

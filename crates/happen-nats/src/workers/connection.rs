@@ -17,9 +17,26 @@ use crate::core::stats::{Counters, inc};
 /// The type of the event this process's nodes receive when the connection to NATS changes:
 /// `{"status": "disconnected" | "reconnected" | "closed", "reason": "...", "server": "..."}`.
 ///
-/// A node subscribes to it like to any event (`node.on("system.connection-status", ...)`);
-/// it is delivered by the transport to the nodes of this process only (it is not sent over
-/// NATS). See `WIRE.md`, "Connection status".
+/// A node subscribes to it like to any event; it is delivered by the transport to the nodes
+/// of this process only (it is not sent over NATS). See `WIRE.md`, "Connection status".
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// use happen::{Context, Event, Happen};
+/// use happen_nats::{CONNECTION_STATUS_EVENT, NatsConfig, NatsTransport};
+///
+/// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
+/// let happen = Happen::builder().transport(transport).build()?;
+/// let monitor = happen.node("monitor").await?;
+/// monitor.on(CONNECTION_STATUS_EVENT, |e: Event, _ctx: Context| async move {
+///     let status = e.payload()["status"].as_str().unwrap_or("?").to_owned();
+///     eprintln!("nats: {status}: {}", e.payload()["reason"]);
+/// })?;
+/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
 pub const CONNECTION_STATUS_EVENT: &str = "system.connection-status";
 
 /// What the connection task uses.
