@@ -179,11 +179,12 @@ impl NatsTransport {
             .subscribe(format!("{inbox}.*"))
             .await
             .map_err(|e| transport_error("cannot subscribe to the reply inbox", e))?;
+        let subjects = Subjects::new(&config.prefix);
         let pressure_sub = client
-            .subscribe(format!("{}.pressure.>", config.prefix))
+            .subscribe(subjects.pressure_all())
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
-        let discover_sub = workers::discover::subscribe(&client, &config.prefix).await?;
+        let discover_sub = workers::discover::subscribe(&client, &subjects).await?;
         client
             .flush()
             .await
@@ -191,7 +192,6 @@ impl NatsTransport {
         let max_bytes = config
             .max_message_bytes
             .unwrap_or_else(|| client.server_info().max_payload.max(1));
-        let subjects = Subjects::new(&config.prefix);
         let broadcast_subject = Subject::from(subjects.broadcast());
         let counters = Arc::new(Counters::default());
         let requests = Arc::new(Requests::new(
@@ -539,13 +539,8 @@ impl NatsTransport {
     /// # Cancel safety
     /// Dropping the future ends the request (its answers are dropped by the server).
     pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
-        workers::discover::request(
-            &self.inner.ep.client,
-            &self.inner.ep.config.prefix,
-            wait,
-            quiet,
-        )
-        .await
+        workers::discover::request(&self.inner.ep.client, &self.inner.ep.subjects, wait, quiet)
+            .await
     }
 
     /// The JetStream stream holding durable events and the dead-letter stream, when durable

@@ -1,4 +1,4 @@
-//! Discovery on the wire: the subject, and the JSON answer of a process (see `WIRE.md`,
+//! Discovery on the wire: the JSON answer of a process (see `WIRE.md`,
 //! "Discovery").
 
 use std::time::Duration;
@@ -7,11 +7,6 @@ use happen::transport::Inbox;
 use serde::{Deserialize, Serialize};
 
 use super::RemoteLimits;
-
-/// The discovery subject of a prefix: `<prefix>.discover`.
-pub(crate) fn subject(prefix: &str) -> String {
-    format!("{prefix}.discover")
-}
 
 /// One process's answer to a discovery request: the nodes it serves.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -95,13 +90,5 @@ impl NodeInfo {
             queue_wait_p50_us: micros(stats.queue_wait_p50),
             queue_wait_p99_us: micros(stats.queue_wait_p99),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_subject_is_under_the_prefix() {
-        assert_eq!(super::subject("happen"), "happen.discover");
     }
 }

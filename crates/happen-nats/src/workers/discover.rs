@@ -20,7 +20,8 @@ use happen::Result;
 use crate::core::nodes::LocalNodes;
 use crate::core::outbox::{Headers, Outbox, Outgoing};
 use crate::core::{Endpoint, transport_error};
-use crate::wire::discover::{NodeInfo, ProcessInfo, subject};
+use crate::wire::Subjects;
+use crate::wire::discover::{NodeInfo, ProcessInfo};
 use crate::wire::header;
 
 /// What answering discovery requests uses.
@@ -37,9 +38,12 @@ pub(crate) struct Discover {
 pub const QUIET: Duration = Duration::from_millis(250);
 
 /// Subscribes this process to discovery requests (done once at connect).
-pub(crate) async fn subscribe(client: &async_nats::Client, prefix: &str) -> Result<Subscriber> {
+pub(crate) async fn subscribe(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<Subscriber> {
     client
-        .subscribe(subject(prefix))
+        .subscribe(subjects.discover())
         .await
         .map_err(|e| transport_error("cannot subscribe to discovery requests", e))
 }
@@ -104,7 +108,7 @@ fn publish(d: &Discover, reply: &Subject, nodes: Vec<NodeInfo>) {
 /// published.
 pub(crate) async fn request(
     client: &async_nats::Client,
-    prefix: &str,
+    subjects: &Subjects,
     wait: Duration,
     quiet: Duration,
 ) -> Result<Vec<ProcessInfo>> {
@@ -114,7 +118,7 @@ pub(crate) async fn request(
         .await
         .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
     client
-        .publish_with_reply(subject(prefix), inbox, Bytes::new())
+        .publish_with_reply(subjects.discover(), inbox, Bytes::new())
         .await
         .map_err(|e| transport_error("cannot publish the discovery request", e))?;
     client

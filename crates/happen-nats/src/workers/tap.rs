@@ -104,7 +104,7 @@ impl Tap {
         let subject = if broadcasts_only {
             subjects.broadcast().to_owned()
         } else {
-            format!("{}.>", subjects.prefix())
+            subjects.all()
         };
         let sub = client.subscribe(subject.clone()).await.map_err(|e| {
             Error::new(

@@ -114,8 +114,8 @@ impl Durable {
             .build(client.clone());
         let stream = d.stream_name(&config.prefix);
         let dlq_stream = format!("{stream}_DLQ");
-        let subject_prefix = format!("{}.durable.", config.prefix);
-        let dlq_prefix = format!("{}.dlq.", config.prefix);
+        let subject_prefix = ep.subjects.durable_prefix();
+        let dlq_prefix = ep.subjects.dead_letter_prefix();
         js.get_or_create_stream(stream::Config {
             name: stream.clone(),
             subjects: vec![format!("{subject_prefix}>")],
@@ -149,7 +149,7 @@ impl Durable {
             let records = js
                 .get_or_create_stream(stream::Config {
                     name: name.clone(),
-                    subjects: vec![format!("{}.done.>", config.prefix)],
+                    subjects: vec![format!("{}>", ep.subjects.records_prefix())],
                     retention: stream::RetentionPolicy::Limits,
                     storage: stream::StorageType::File,
                     max_age: d.dedup_window(),
@@ -161,7 +161,7 @@ impl Durable {
                 })
                 .await
                 .map_err(|e| js_error(&format!("cannot create stream `{name}`"), e))?;
-            Some(Records::new(records, format!("{}.done.", config.prefix)))
+            Some(Records::new(records, ep.subjects.records_prefix()))
         } else {
             None
         };

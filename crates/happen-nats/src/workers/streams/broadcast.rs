@@ -49,22 +49,6 @@ fn marked(msg: &Message) -> bool {
         .is_some_and(|v| v.as_str().trim() == BROADCAST)
 }
 
-/// `<prefix>.bstream.<event-id>`; characters that are not valid in a subject token become `_`.
-fn subject(s: &Streams, event: &Event) -> String {
-    let id = event.id().to_string();
-    let token: String = id
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || matches!(c, '.' | '*' | '>') || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    format!("{}.bstream.{token}", s.ep.config.prefix)
-}
-
 /// How a broadcast is admitted into a node.
 enum Mode {
     /// A plain broadcast.
@@ -105,7 +89,7 @@ impl Incoming {
                 mode: Mode::Plain,
             });
         }
-        let subject = subject(s, &event);
+        let subject = s.ep.subjects.broadcast_stream(&event.id().to_string());
         if inbox.streams(event.event_type()) {
             return Prepared::Ready(Incoming {
                 event,
