@@ -212,6 +212,44 @@ pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
         .build()
 }
 
+/// What an application cannot name: the codec, the discovery subject, the durable headers
+/// and the round-trip test hooks are the transport's own (compile-fail doctests; issue 18).
+///
+/// ```compile_fail
+/// use happen_nats::wire::decode_event; // private: use `happen_nats::tap`
+/// ```
+///
+/// ```compile_fail
+/// let _ = happen_nats::discover::subject("happen"); // private
+/// ```
+///
+/// ```compile_fail
+/// let _ = happen_nats::durable::headers::REPLY_TO; // private (and `durable` is gone)
+/// ```
+///
+/// ```compile_fail
+/// async fn hold(t: happen_nats::NatsTransport) {
+///     t.hold_round_trips(true); // a cfg(test) hook of the crate's own unit tests
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn subjects(t: &happen_nats::NatsTransport) {
+///     let _ = t.subjects(); // private: the subjects are the wire format's (see `wire_format`)
+/// }
+/// ```
+///
+/// The public paths compile:
+///
+/// ```
+/// use happen_nats::discover::{NodeInfo, ProcessInfo, QUIET};
+/// use happen_nats::tap::{Tap, TapKind, Tapped, Undecodable};
+/// use happen_nats::{DeliveryMode, DurableConfig, DurableNode, NatsConfig, NatsStats};
+/// use happen_nats::config::{AuthConfig, ReconnectConfig, TlsConfig};
+/// ```
+#[cfg(doctest)]
+pub struct PrivateSurface;
+
 #[cfg(test)]
 mod assertions {
     fn send_sync<T: Send + Sync + Clone + 'static>() {}
