@@ -203,26 +203,17 @@ pub(crate) async fn broadcast(conn: &ConnArgs, a: BenchBroadcastArgs) -> Result<
     let sender = conn.sender(a.sender.sender.as_deref()).await?;
     let me = sender.node.id().to_string();
     // our own broadcasts come back through the server: the latency a subscriber sees
-    let client = sender.transport.client().clone();
-    let mut echo = client
-        .subscribe(sender.transport.subjects().broadcast().to_owned())
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Transport,
-                format!("cannot subscribe to broadcasts: {e}"),
-            )
-        })?;
-    crate::tap::confirm(&client).await?;
+    let mut echo = sender.transport.tap_broadcasts().await?;
     let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let count = a.count;
     let queue = sent_at.clone();
     let receiver = tokio::spawn(async move {
         let mut latencies = Vec::new();
         while latencies.len() < count as usize {
-            let Some(msg) = echo.next().await else { break };
-            let ours = happen_nats::wire::decode_event(&msg.payload, usize::MAX)
-                .is_ok_and(|e| e.sender().as_str() == me);
+            let Some(tapped) = echo.next().await else {
+                break;
+            };
+            let ours = tapped.is_ok_and(|t| t.event.sender().as_str() == me);
             if !ours {
                 continue;
             }

@@ -1,19 +1,19 @@
-//! `happen tap`: every event on the happen subjects, one line each. Only listens: a plain
-//! subscription to `<prefix>.>` beside the nodes' queue groups, so the nodes still get every
-//! event. (One side effect: while a tap runs, a request to a node nobody serves has a
-//! subscriber, the tap, so the server does not answer "no responders" and the sender waits
-//! for its timeout instead of failing at once with `unknown_node`.)
+//! `happen tap`: every event on the happen subjects, one line each, from a
+//! [`happen_nats::tap::Tap`]. Only listens: a plain subscription to `<prefix>.>` beside the
+//! nodes' queue groups, so the nodes still get every event. (One side effect: while a tap
+//! runs, a request to a node nobody serves has a subscriber, the tap, so the server does not
+//! answer "no responders" and the sender waits for its timeout instead of failing at once
+//! with `unknown_node`.)
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::Message;
 use futures::{Stream, StreamExt};
 use happen::pattern::Pattern;
 use happen::{Error, ErrorKind, Result};
 use happen_nats::NatsTransport;
-use happen_nats::wire::{self, header};
+use happen_nats::tap::{TapKind, Tapped};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -80,102 +80,35 @@ impl Seen {
     }
 }
 
-/// The events on the happen subjects, decoded, as they arrive (with their payloads).
-///
-/// One subscription to `<prefix>.>` (so events come in the order the server delivers them);
-/// only `<prefix>.node.*` and `<prefix>.broadcast` messages are events.
-pub(crate) async fn listen(
-    transport: &NatsTransport,
-    prefix: &str,
-) -> Result<impl Stream<Item = Seen> + use<>> {
-    let client = transport.client();
-    let subject = format!("{prefix}.>");
-    let sub = client.subscribe(subject.clone()).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Transport,
-            format!("cannot subscribe to `{subject}`: {e}"),
-        )
-    })?;
-    // the server has the subscription before we say we listen
-    confirm(client).await?;
-    let node_prefix = format!("{prefix}.node.");
-    let broadcast_subject = transport.subjects().broadcast().to_owned();
-    Ok(
-        sub.filter_map(move |msg| {
-            std::future::ready(decode(msg, &node_prefix, &broadcast_subject))
-        }),
-    )
+/// The events on the happen subjects, decoded, as they arrive (with their payloads), from a
+/// [`happen_nats::tap::Tap`] of the transport's prefix: events come in the order the server
+/// delivers them; a message that is not an event is reported on stderr and skipped.
+pub(crate) async fn listen(transport: &NatsTransport) -> Result<impl Stream<Item = Seen> + use<>> {
+    let tap = transport.tap().await?;
+    Ok(tap.filter_map(|tapped| {
+        std::future::ready(match tapped {
+            Ok(t) => Some(seen(t)),
+            Err(undecodable) => {
+                eprintln!("warning: {undecodable}");
+                None
+            }
+        })
+    }))
 }
 
-/// Waits for a message to ourselves to come back through the server: it handles one
-/// connection's commands in order, so every subscription made before is then in place.
-/// (`Client::flush` only writes our buffer to the socket.)
-pub(crate) async fn confirm(client: &async_nats::Client) -> Result<()> {
-    let failed = |e: String| {
-        Error::new(
-            ErrorKind::Transport,
-            format!("the nats server did not confirm the subscription: {e}"),
-        )
-    };
-    let inbox = client.new_inbox();
-    let mut probe = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    client
-        .publish(inbox, bytes::Bytes::new())
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(failed("the connection closed".to_owned())),
-        Err(_) => Err(failed("no answer within 10 s".to_owned())),
-    }
-}
-
-fn decode(msg: Message, node_prefix: &str, broadcast_subject: &str) -> Option<Seen> {
+fn seen(t: Tapped) -> Seen {
     let received_us = time::now_us();
-    let subject = msg.subject.as_str();
-    if subject != broadcast_subject && !subject.starts_with(node_prefix) {
-        // pressure copies, broadcast stream frames, discovery: not events
-        return None;
-    }
-    // queries (`Happen-Query: limits`) and stray frames are not events
-    if msg
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(header::QUERY).is_some() || h.get(header::FRAME).is_some())
-    {
-        return None;
-    }
-    let event = match wire::decode_event(&msg.payload, usize::MAX) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!(
-                "warning: an undecodable message on `{}` ({} bytes): {}",
-                msg.subject,
-                msg.payload.len(),
-                e.message()
-            );
-            return None;
-        }
+    let kind = match t.kind {
+        TapKind::Send => "send",
+        TapKind::Tell => "tell",
+        _ => "broadcast",
     };
-    let (kind, target) = if msg.subject.as_str() == broadcast_subject {
-        ("broadcast", None)
-    } else {
-        let target = msg
-            .subject
-            .as_str()
-            .strip_prefix(node_prefix)
-            .unwrap_or(msg.subject.as_str());
-        let kind = if msg.reply.is_some() { "send" } else { "tell" };
-        (kind, Some(target.to_owned()))
-    };
-    Some(Seen {
+    let event = t.event;
+    Seen {
         time: time::rfc3339(received_us),
         received_us,
         kind: kind.to_owned(),
-        target,
+        target: t.target.map(|n| n.to_string()),
         event_type: event.event_type().to_owned(),
         id: event.id().to_string(),
         sender: event.sender().to_string(),
@@ -184,7 +117,7 @@ fn decode(msg: Message, node_prefix: &str, broadcast_subject: &str) -> Option<Se
         path: event.path().iter().map(|p| p.to_string()).collect(),
         timestamp: event.causal().timestamp(),
         payload: Some(event.payload().clone()),
-    })
+    }
 }
 
 /// Opens `path` to append JSON lines to.
@@ -221,7 +154,7 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
     let pattern = a.pattern.as_deref().map(Pattern::parse).transpose()?;
     let mut record = a.record.as_deref().map(open_record).transpose()?;
     let transport = conn.connect().await?;
-    let events = listen(&transport, &conn.prefix).await?;
+    let events = listen(&transport).await?;
     tokio::pin!(events);
     eprintln!(
         "listening on {p}.node.* and {p}.broadcast{} (Ctrl-C to stop)",

@@ -131,7 +131,7 @@ pub(crate) async fn trace(conn: &ConnArgs, a: TraceArgs) -> Result<()> {
         Some(path) => read_file(path, &a.correlation_id)?,
         None => {
             let transport = conn.connect().await?;
-            let stream = listen(&transport, &conn.prefix).await?;
+            let stream = listen(&transport).await?;
             tokio::pin!(stream);
             eprintln!(
                 "listening for transaction {} (stops {:?} after its last event, or Ctrl-C)",

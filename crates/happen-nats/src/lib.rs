@@ -1,27 +1,35 @@
 //! The NATS transport for [`happen`]: the same application code, nodes in many processes.
 //!
-//! ```no_run
-//! use happen::{Config, Event};
+//! ```
+//! use happen::{Config, Context, Event};
 //!
-//! # #[tokio::main] async fn main() -> happen::Result<()> {
-//! let config = Config::from_toml_str(r#"
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+//! # let server = test_support::NatsServer::start();
+//! # let url = server.url();
+//! let config = Config::from_toml_str(&format!(r#"
 //! [transport.nats]
-//! servers = ["nats://127.0.0.1:4222"]
-//! "#)?;
+//! servers = ["{url}"]
+//! "#))?;
 //! let happen = happen_nats::init(config).await?;
+//! // "greeter" may live in any process connected to the same server; here, in this one
+//! let greeter = happen.node("greeter").await?;
+//! greeter.on("greet", |e: Event, _ctx: Context| async move {
+//!     format!("hello, {}", e.payload().as_str().unwrap_or("stranger"))
+//! })?;
 //! let client = happen.node("client").await?;
-//! // "greeter" may live in any process connected to the same server
 //! let greeting = client.send("greeter", Event::new("greet", "ada")).await?;
-//! # let _ = greeting; Ok(()) }
+//! assert_eq!(greeting, "hello, ada");
+//! # happen.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(()) }
 //! ```
 //!
 //! # What goes over the wire
 //! Events are the reference implementation's JSON on `<prefix>.node.<id>` (direct) and
 //! `<prefix>.broadcast`; replies carry the raw JSON final value, and status, errors, streams and
-//! pressure travel in `Happen-*` headers. See [`wire`] (and `WIRE.md`) for every detail.
+//! pressure travel in `Happen-*` headers. See [`wire_format`] (`WIRE.md`) for every detail.
 //!
 //! # Delivery semantics
-//! - **Durable nodes** (opt-in, [`durable`]): events to the node ids named in
+//! - **Durable nodes** (opt-in, [`DurableConfig`]): events to the node ids named in
 //!   `[transport.nats.durable]` are stored in a JetStream stream (message id = event id, server
 //!   dedup window default 5 min) and pulled by the node only as fast as its admission limits
 //!   allow; acknowledged after the flow, redelivered with back-off on failure, dead-lettered to
@@ -94,36 +102,108 @@
 //!   producer never waits. See `WIRE.md`, "Broadcast streams".
 //!
 //! # Modules
-//! - [`config`]: `[transport.nats]` settings;
-//! - [`durable`]: `[transport.nats.durable]`, durable delivery on JetStream;
-//! - [`wire`]: subjects, headers, encoders and decoders;
-//! - [`discover`]: which processes serve which nodes, with limits and live counters.
+//! - [`config`]: `[transport.nats]` settings, durable delivery's included
+//!   ([`NatsConfig`], [`DurableConfig`]);
+//! - [`discover`]: which processes serve which nodes, with limits and live counters;
+//! - [`tap`]: every event under a prefix, decoded, for tools;
+//! - [`wire_format`]: the wire format (`WIRE.md`).
+//!
+//! Inside the crate the layers run one way: `config` (settings) → `wire` (the codec) →
+//! `pacing` → `core` (the outgoing buffer, requests, link, local nodes, counters) →
+//! `workers` (serve, replies, streams, discovery, connection, pressure, durable, tap) →
+//! `transport` ([`NatsTransport`], which builds the parts and hands each worker what it
+//! needs).
 
-mod bstream;
-mod connection;
-pub mod durable;
+mod core;
 mod pacing;
-mod replies;
-mod serve;
-mod stats;
-mod stream;
 mod transport;
+mod wire;
+mod workers;
 
 pub mod config;
-pub mod discover;
-pub mod wire;
 
-pub use crate::config::{AuthConfig, NatsConfig, ReconnectConfig, TlsConfig};
-pub use crate::connection::CONNECTION_STATUS_EVENT;
-pub use crate::durable::{DeliveryMode, DurableConfig, DurableNode, DurableStats};
-pub use crate::stats::NatsStats;
+/// Discovery: which processes serve which nodes, with their limits and live counters (what
+/// `happen nodes` shows); ask with [`NatsTransport::discover`]. See `WIRE.md`, "Discovery".
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// use std::time::Duration;
+/// use happen::Happen;
+/// use happen_nats::{NatsConfig, NatsTransport};
+///
+/// // a process serving a node (usually another one)
+/// let worker = NatsTransport::connect(NatsConfig::with_server(url.clone())).await?;
+/// let happen = Happen::builder().transport(worker).build()?;
+/// let _billing = happen.node("billing").await?;
+///
+/// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
+/// let (wait, quiet) = (Duration::from_secs(2), happen_nats::discover::QUIET);
+/// for process in transport.discover(wait, quiet).await? {
+///     for node in &process.nodes {
+///         println!("{} at {}: {} active, {} queued", node.id, process.replica, node.active, node.queued);
+///         assert_eq!(node.id, "billing");
+///     }
+/// }
+/// # happen.shutdown(Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+pub mod discover {
+    pub use crate::wire::discover::{NodeInfo, ProcessInfo};
+    pub use crate::workers::discover::QUIET;
+}
+
+/// Watching a happen system's traffic: every event sent, told or broadcast under the
+/// transport's prefix, decoded (what `happen tap` and `happen trace` show). For tools and
+/// tests; start one with [`NatsTransport::tap`] or [`NatsTransport::tap_broadcasts`], whose
+/// docs have examples.
+pub mod tap {
+    pub use crate::workers::tap::{Tap, TapKind, Tapped, Undecodable};
+}
+
+/// The wire format on NATS, for writing a compatible client in another language: subjects,
+/// the event JSON, the `Happen-*` headers, error bodies, streams, pressure, discovery and
+/// durable delivery. This module holds no items; it is `WIRE.md`.
+#[doc = include_str!("../WIRE.md")]
+pub mod wire_format {}
+
+pub use crate::config::{
+    AuthConfig, DeliveryMode, DurableConfig, DurableNode, NatsConfig, ReconnectConfig, TlsConfig,
+};
+pub use crate::core::stats::NatsStats;
 pub use crate::transport::NatsTransport;
+pub use crate::workers::connection::CONNECTION_STATUS_EVENT;
 
 /// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS
-/// transport.
+/// transport: [`NatsTransport::from_config`] and [`happen::Happen::builder`] in one call.
+/// Build the instance yourself to keep a handle of the transport (for its
+/// [`stats`](NatsTransport::stats), say).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// let config = happen::Config::from_toml_str(&format!(r#"
+/// [transport.nats]
+/// servers = ["{url}"]
+/// name = "orders-service"
+/// "#))?;
+/// let happen = happen_nats::init(config).await?;
+/// let orders = happen.node("orders").await?;
+/// # let _ = orders;
+/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
 ///
 /// # Errors
-/// As [`NatsTransport::from_config`], plus invalid configuration.
+/// As [`NatsTransport::from_config`], plus invalid configuration of the instance.
+///
+/// # Panics
+/// When not polled inside a Tokio runtime.
+///
+/// # Cancel safety
+/// Dropping the future abandons the connection attempt; nothing is left running.
 pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
     let transport = NatsTransport::from_config(&config).await?;
     happen::Happen::builder()
@@ -131,6 +211,44 @@ pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
         .transport(transport)
         .build()
 }
+
+/// What an application cannot name: the codec, the discovery subject, the durable headers
+/// and the round-trip test hooks are the transport's own (compile-fail doctests; issue 18).
+///
+/// ```compile_fail
+/// use happen_nats::wire::decode_event; // private: use `happen_nats::tap`
+/// ```
+///
+/// ```compile_fail
+/// let _ = happen_nats::discover::subject("happen"); // private
+/// ```
+///
+/// ```compile_fail
+/// let _ = happen_nats::durable::headers::REPLY_TO; // private (and `durable` is gone)
+/// ```
+///
+/// ```compile_fail
+/// async fn hold(t: happen_nats::NatsTransport) {
+///     t.hold_round_trips(true); // a cfg(test) hook of the crate's own unit tests
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn subjects(t: &happen_nats::NatsTransport) {
+///     let _ = t.subjects(); // private: the subjects are the wire format's (see `wire_format`)
+/// }
+/// ```
+///
+/// The public paths compile:
+///
+/// ```
+/// use happen_nats::discover::{NodeInfo, ProcessInfo, QUIET};
+/// use happen_nats::tap::{Tap, TapKind, Tapped, Undecodable};
+/// use happen_nats::{DeliveryMode, DurableConfig, DurableNode, NatsConfig, NatsStats};
+/// use happen_nats::config::{AuthConfig, ReconnectConfig, TlsConfig};
+/// ```
+#[cfg(doctest)]
+pub struct PrivateSurface;
 
 #[cfg(test)]
 mod assertions {

@@ -20,7 +20,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::wire::RemoteLimits;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use happen::NodeId;
+
+use crate::wire::{self, PressureEvent, RemoteLimits};
 
 /// The pacing view of one remote node id.
 pub(crate) struct Remote {
@@ -199,6 +203,57 @@ impl Drop for InFlight {
         let mut st = self.remote.state.lock();
         st.own -= 1;
         self.remote.update(&st);
+    }
+}
+
+/// The pacing views of remote targets, one per node id, created by the first
+/// [`Transport::pressure`](happen::Transport::pressure) for it.
+#[derive(Default)]
+pub(crate) struct Remotes {
+    views: Mutex<HashMap<NodeId, Arc<Remote>>>,
+    /// Set once any view exists: until then sends skip the in-flight bookkeeping.
+    watching: AtomicBool,
+}
+
+impl Remotes {
+    /// The view of `target`, if one was asked for.
+    pub(crate) fn get(&self, target: &str) -> Option<Arc<Remote>> {
+        if !self.watching.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.views.lock().get(target).cloned()
+    }
+
+    /// The view of `target`, created if needed.
+    pub(crate) fn view(&self, target: &NodeId) -> Arc<Remote> {
+        self.watching.store(true, Ordering::Relaxed);
+        self.views
+            .lock()
+            .entry(target.clone())
+            .or_insert_with(Remote::new)
+            .clone()
+    }
+
+    /// Updates the view of `target` from a reply's `Happen-Pressure` header. A reply
+    /// without the header says nothing (it may have been answered before a later report).
+    pub(crate) fn observe_header(&self, target: &NodeId, value: Option<&str>) {
+        let Some(value) = value else { return };
+        if let Some(remote) = self.get(target) {
+            let r = wire::parse_pressure_report(value);
+            remote.report(r.replica.as_deref().unwrap_or(""), r.seq, r.pressure);
+        }
+    }
+
+    /// A `node.pressure` report from `<prefix>.pressure.<id>`, sent by `replica`.
+    pub(crate) fn observe_report(&self, report: &PressureEvent, replica: &str) {
+        let Some(remote) = report.node.as_deref().and_then(|id| self.get(id)) else {
+            return;
+        };
+        if report.closed {
+            remote.replica_closed(replica);
+            return;
+        }
+        remote.report(replica, report.seq, report.pressure);
     }
 }
 

@@ -1,18 +1,14 @@
-//! [`NatsTransport`]: the [`happen::Transport`] over NATS. Owns the connection, the shared reply
-//! inbox and the per-node subscriptions.
+//! [`NatsTransport`]: the [`happen::Transport`] over NATS. Builds the parts (the outgoing
+//! buffer, the requests, the link, the local nodes, the counters) and the workers, and hands
+//! each worker the parts it needs.
 
-use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_nats::connection::State;
-use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{SinkExt, StreamExt};
 use happen::transport::Inbox;
 use happen::transport::ReplySender;
 use happen::transport::Transport;
@@ -22,67 +18,73 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::NatsConfig;
-use crate::pacing::{InFlight, Remote};
-use crate::stats::{Counters, NatsStats, inc};
-use crate::wire::{self, Frame, Subjects, header};
+use crate::config::{NatsConfig, redacted_servers};
+use crate::core::link::Link;
+use crate::core::nodes::{LocalNodes, NodeHandle};
+use crate::core::outbox::{self, Headers, Outbox, Outgoing};
+use crate::core::requests::{Pending, Requests};
+use crate::core::stats::{Counters, NatsStats, inc};
+use crate::core::{Endpoint, connect, transport_error};
+use crate::pacing::{Remote, Remotes};
+use crate::wire::discover::ProcessInfo;
+use crate::wire::{self, PressureEvent, Subjects, header};
+use crate::workers;
+use crate::workers::connection::Connection;
+use crate::workers::discover::Discover;
+use crate::workers::durable::Durable;
+use crate::workers::replies::Replies;
+use crate::workers::serve::Serve;
+use crate::workers::streams::Streams;
+use crate::workers::streams::broadcast::broadcast_headers;
+use crate::workers::tap::Tap;
 
-/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it:
+/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it (or let
+/// [`happen_nats::init`](crate::init) do both from a configuration):
 ///
-/// ```no_run
-/// # async fn demo() -> happen::Result<()> {
-/// use happen::{Config, Happen};
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// # let server = test_support::NatsServer::start();
+/// # let url = server.url();
+/// use happen::{Context, Event, Happen};
 /// use happen_nats::{NatsConfig, NatsTransport};
 ///
-/// let transport = NatsTransport::connect(NatsConfig::with_server("nats://127.0.0.1:4222")).await?;
+/// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
 /// let happen = Happen::builder().transport(transport.clone()).build()?;
-/// let node = happen.node("orders").await?; // reachable from every connected process
-/// # let _ = node; Ok(()) }
+/// let orders = happen.node("orders").await?; // reachable from every connected process
+/// orders.on("order.placed", |e: Event, _ctx: Context| async move { e.payload().clone() })?;
+/// let client = happen.node("client").await?;
+/// let reply = client.send("orders", Event::new("order.placed", 42)).await?;
+/// assert_eq!(reply, 42);
+/// assert_eq!(transport.stats().sent, 1);
+/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
 /// ```
 ///
 /// Every send goes through the server, also between nodes of one process, so replicas of a
 /// node id in other processes share the load. See the crate docs for delivery semantics.
 #[derive(Clone)]
 pub struct NatsTransport {
-    pub(crate) shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
-/// Where a reply on the shared inbox goes.
-pub(crate) enum Pending {
-    /// Waiting for the first reply message. `in_flight` counts the request for pacing when
-    /// a producer of this process paces sends to `target` (see [`crate::pacing`]).
-    Reply {
-        tx: ReplySender,
-        target: NodeId,
-        in_flight: Option<InFlight>,
-        /// A durable send: its reply still comes after a reconnect (see [`crate::durable`]).
-        durable: bool,
-    },
-    /// A remote stream being consumed: frames go to its consumer task. The request counts
-    /// as in flight until the stream ends (its flow holds a slot at the target).
-    Stream {
-        frames: mpsc::Sender<async_nats::Message>,
-        /// Held for its `Drop`.
-        _in_flight: Option<InFlight>,
-    },
-    /// A `Happen-Query: limits` request for the pacing view of a target.
-    Limits {
-        remote: Arc<Remote>,
-        expires: Instant,
-    },
-    /// A round trip through the server ([`Shared::round_trip`]): signalled when its probe
-    /// comes back.
-    Probe(oneshot::Sender<()>),
-    /// A request that reached a stopped node of this process and was relayed to another
-    /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
-    Relay {
-        to: Subject,
-        node: NodeId,
-        /// Signalled when the first answer was passed back.
-        first: Option<oneshot::Sender<()>>,
-        /// Forgotten after the request timeout.
-        expires: Instant,
-    },
+/// The parts and workers of one transport.
+struct Inner {
+    ep: Arc<Endpoint>,
+    counters: Arc<Counters>,
+    requests: Arc<Requests>,
+    outbox: Arc<Outbox>,
+    link: Arc<Link>,
+    nodes: Arc<LocalNodes>,
+    remotes: Arc<Remotes>,
+    /// Broadcasts are marked as streams by it.
+    streams: Arc<Streams>,
+    /// Handed to each attached node's serve task.
+    serve: Arc<Serve>,
+    /// Durable delivery, when `transport.nats.durable` names any node.
+    durable: Option<Arc<Durable>>,
+    broadcast_subject: Subject,
+    /// The transport-wide tasks, aborted at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// How long a limits query may take before the target counts as not telling its limits.
@@ -91,197 +93,78 @@ const LIMITS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `shutdown` waits for the nodes' serve tasks and for the outgoing buffer to drain.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
-/// An entry of the outgoing buffer.
-pub(crate) enum Queued {
-    /// A message, and the token of the request it is (to fail it if publishing fails).
-    Message(Outgoing, Option<u64>),
-    /// Hand everything queued before to the client, flush the client, then signal.
-    Flush(oneshot::Sender<()>),
-}
-
-struct NodeHandle {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    inbox: Inbox,
-}
-
-pub(crate) struct Shared {
-    pub(crate) client: Client,
-    pub(crate) config: NatsConfig,
-    pub(crate) subjects: Subjects,
-    /// `_INBOX.<nuid>`: replies arrive on `<inbox>.<token>`, stream control on `<inbox>.c<token>`.
-    pub(crate) inbox: String,
-    pub(crate) next_token: AtomicU64,
-    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
-    pub(crate) controls: Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
-    /// Outgoing messages, handed to the client in order by the `publisher` task.
-    outbound: mpsc::Sender<Queued>,
-    /// Messages in `outbound` or being handed to the client by `publisher`.
-    queued: AtomicUsize,
-    /// Answers (replies, errors) of this process's nodes that found `outbound` full: handed to
-    /// the client by `publisher` before anything else, so a serve task never waits for room
-    /// (see [`Shared::publish_answer`]).
-    overflow: mpsc::UnboundedSender<Outgoing>,
-    /// A test hook: round trips wait while it is held (see [`NatsTransport::hold_round_trips`]).
-    hold: RoundTripHold,
-    /// Signalled when `queued` falls to half of `outbound_buffer` (for [`NatsTransport::ready`]).
-    room: tokio::sync::Notify,
-    nodes: Mutex<HashMap<NodeId, NodeHandle>>,
-    /// The pacing views of remote targets (created by [`Transport::pressure`]).
-    remotes: Mutex<HashMap<NodeId, Arc<Remote>>>,
-    /// Set once any view exists: until then `send` skips the in-flight bookkeeping.
-    pub(crate) watching_pressure: AtomicBool,
-    /// This process's id in pressure reports (`Happen-Replica`): the reply inbox's unique part.
-    pub(crate) replica: String,
-    /// The last `node.pressure` report (seq, state) of each local node, for the
-    /// `Happen-Pressure` header of its replies.
-    pub(crate) local_reports: Mutex<HashMap<NodeId, (u64, Pressure)>>,
-    pub(crate) max_bytes: usize,
-    pub(crate) counters: Counters,
-    pub(crate) stream_header: HeaderMap,
-    /// Connection state, status events and the buffer of sends while disconnected.
-    pub(crate) link: crate::connection::Link,
-    broadcast_subject: Subject,
-    pub(crate) closed: AtomicBool,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Durable delivery, when `transport.nats.durable` names any node.
-    pub(crate) durable: Option<crate::durable::Durable>,
-}
-
-pub(crate) fn transport_error(what: &str, e: impl fmt::Display) -> Error {
-    Error::new(ErrorKind::Transport, format!("{what}: {e}"))
-}
-
-/// Explains a failed connection: what went wrong and which setting to check, as
-/// [`ErrorKind::Auth`] (credentials refused), [`ErrorKind::Tls`] (TLS set-up failed) or
-/// [`ErrorKind::Transport`] (anything else, such as an unreachable server).
-fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
-    use async_nats::ConnectErrorKind as Kind;
-    let servers = crate::config::redacted_servers(&config.servers);
-    let a = &config.auth;
-    let method = if a.user.is_some() {
-        "user and password"
-    } else if a.token.is_some() {
-        "token"
-    } else if a.nkey.is_some() {
-        "nkey"
-    } else if a.credentials_file.is_some() {
-        "credentials file"
-    } else if config.url_credentials().is_some() {
-        "credentials in the server URL"
-    } else {
-        "none configured"
-    };
-    let (kind, message) = match e.kind() {
-        _ if is_tls_failure(&e) => (
-            ErrorKind::Tls,
-            format!(
-                "TLS connection to nats at {servers:?} failed: {e}; if the server's certificate is not trusted, set transport.nats.tls.ca_file to the CA that signed it (and check that the certificate names the host in transport.nats.servers); check transport.nats.tls.cert_file/key_file if the server requires a client certificate"
-            ),
-        ),
-        Kind::AuthorizationViolation | Kind::Authentication => (
-            ErrorKind::Auth,
-            format!(
-                "authentication failed: the nats server at {servers:?} rejected this client's credentials (method: {method}); check transport.nats.auth (user/password, token, nkey seed or credentials_file) against the server's authorization settings: {e}"
-            ),
-        ),
-        _ => (
-            ErrorKind::Transport,
-            format!(
-                "cannot connect to nats at {servers:?}; is nats-server running? check transport.nats.servers: {e}"
-            ),
-        ),
-    };
-    Error::new(kind, message).with_source(e)
-}
-
-/// Is `e` a TLS failure? async-nats reports a certificate the client does not trust as an IO
-/// error (rustls' error inside), not as `Tls`.
-fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
-    use async_nats::ConnectErrorKind as Kind;
-    e.kind() == Kind::Tls || (e.kind() == Kind::Io && mentions_tls(e))
-}
-
-/// Is `e` worth another attempt? A refused login or a TLS failure will not change by itself.
-fn is_retryable(e: &async_nats::ConnectError) -> bool {
-    use async_nats::ConnectErrorKind as Kind;
-    !matches!(
-        e.kind(),
-        Kind::AuthorizationViolation | Kind::Authentication | Kind::ServerParse
-    ) && !is_tls_failure(e)
-}
-
-/// Does `e` or an error it wraps talk about certificates or TLS?
-fn mentions_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let text = e.to_string().to_ascii_lowercase();
-        if ["certificate", "tls", "handshake"]
-            .iter()
-            .any(|w| text.contains(w))
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
-}
+/// How long `attach` waits for the server to confirm a node's subscriptions.
+const ATTACH_CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 impl NatsTransport {
     /// Connects with `config`.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen_nats::{NatsConfig, NatsTransport};
+    ///
+    /// let mut config = NatsConfig::with_server(url);
+    /// config.name = "orders-service".to_owned();
+    /// let transport = NatsTransport::connect(config).await?;
+    /// assert_eq!(transport.config().name, "orders-service");
+    ///
+    /// // nobody listens on this port: an error saying which setting to check
+    /// let err = NatsTransport::connect(NatsConfig::with_server("nats://127.0.0.1:1"))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), happen::ErrorKind::Transport);
+    /// assert!(err.message().contains("transport.nats.servers"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
-    /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Transport`] when no
-    /// server can be reached (unless `retry_on_initial_connect`), when the server refuses the
-    /// credentials (the message starts with "authentication failed"), or when TLS fails (the
-    /// message names TLS, the certificate problem and `transport.nats.tls.ca_file`). A refused
-    /// login or a TLS failure is not retried, also not with `retry_on_initial_connect`.
+    /// [`ErrorKind::InvalidConfig`] for invalid settings; [`ErrorKind::Auth`] when the server
+    /// refuses the credentials (the message starts with "authentication failed" and names
+    /// `transport.nats.auth`); [`ErrorKind::Tls`] when TLS fails (the message names the
+    /// certificate problem and `transport.nats.tls.ca_file`); [`ErrorKind::Transport`] when no
+    /// server can be reached (unless `retry_on_initial_connect`). A refused login or a TLS
+    /// failure is not retried, also not with `retry_on_initial_connect`.
+    ///
+    /// # Panics
+    /// When not polled inside a Tokio runtime (the transport spawns its tasks on it).
     ///
     /// # Cancel safety
-    /// Dropping the future abandons the connection attempt.
+    /// Dropping the future abandons the connection attempt; nothing is left running.
     pub async fn connect(config: NatsConfig) -> Result<NatsTransport> {
         config.validate()?;
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        // `retry_on_initial_connect` is ours, not async-nats' (whose background loop retries
-        // a refused login forever, also after the caller gave up): one pass over the servers
-        // per attempt, paced like reconnects and bounded by `reconnect.max_attempts`; a
-        // refused login or a TLS failure ends it at once.
-        let mut attempts = 0;
-        let client = loop {
-            let ev_tx = ev_tx.clone();
-            let options = config
-                .connect_options()
-                .await?
-                .event_callback(move |event| {
-                    let ev_tx = ev_tx.clone();
-                    async move {
-                        let _ = ev_tx.send(event);
-                    }
-                });
-            match options.connect(config.servers.clone()).await {
-                Ok(client) => break client,
-                Err(e)
-                    if config.retry_on_initial_connect
-                        && is_retryable(&e)
-                        && config
-                            .reconnect
-                            .max_attempts
-                            .is_none_or(|max| attempts < max) =>
-                {
-                    attempts += 1;
-                    tracing::info!(target: "happen_nats", attempts, error = %e, "cannot reach nats yet; retrying (retry_on_initial_connect)");
-                    tokio::time::sleep(config.reconnect.delay(attempts)).await;
-                }
-                Err(e) => return Err(connect_error(&config, e)),
-            }
-        };
-        NatsTransport::with_client(client, config, ev_rx).await
+        let (client, events) = connect::connect(&config).await?;
+        NatsTransport::with_client(client, config, events).await
     }
 
-    /// Connects with the `[transport.nats]` section of a happen configuration.
+    /// Connects with the `[transport.nats]` section of a happen configuration (see
+    /// [`NatsConfig::from_happen`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let config = happen::Config::from_toml_str(&format!(r#"
+    /// [flow]
+    /// request_timeout_ms = 5000
+    /// [transport.nats]
+    /// servers = ["{url}"]
+    /// "#))?;
+    /// let transport = happen_nats::NatsTransport::from_config(&config).await?;
+    /// // the instance's request timeout is the transport's default
+    /// assert_eq!(transport.config().request_timeout(), std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`connect`](NatsTransport::connect); unknown keys are errors naming the key.
+    ///
+    /// # Panics
+    /// As [`connect`](NatsTransport::connect).
+    ///
+    /// # Cancel safety
+    /// As [`connect`](NatsTransport::connect).
     pub async fn from_config(config: &happen::Config) -> Result<NatsTransport> {
         NatsTransport::connect(NatsConfig::from_happen(config)?).await
     }
@@ -293,79 +176,163 @@ impl NatsTransport {
     ) -> Result<NatsTransport> {
         let inbox = client.new_inbox();
         let replica = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
-        let replies = client
+        let replies_sub = client
             .subscribe(format!("{inbox}.*"))
             .await
             .map_err(|e| transport_error("cannot subscribe to the reply inbox", e))?;
+        let subjects = Subjects::new(&config.prefix);
         let pressure_sub = client
-            .subscribe(format!("{}.pressure.>", config.prefix))
+            .subscribe(subjects.pressure_all())
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
-        let discover_sub = crate::discover::subscribe(&client, &config.prefix).await?;
+        let discover_sub = workers::discover::subscribe(&client, &subjects).await?;
         client
             .flush()
             .await
             .map_err(|e| transport_error("cannot reach the nats server", e))?;
-        let (out_tx, out_rx) = mpsc::channel(config.outbound_buffer);
-        let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
         let max_bytes = config
             .max_message_bytes
             .unwrap_or_else(|| client.server_info().max_payload.max(1));
-        let mut stream_header = HeaderMap::new();
-        stream_header.insert(header::STREAM, config.stream_window.to_string().as_str());
-        let subjects = Subjects::new(&config.prefix);
-        let link = crate::connection::Link::new(&client.server_info());
-        let durable = crate::durable::Durable::start(&client, &config).await?;
-        let shared = Arc::new(Shared {
-            broadcast_subject: Subject::from(subjects.broadcast()),
-            subjects,
+        let broadcast_subject = Subject::from(subjects.broadcast());
+        let counters = Arc::new(Counters::default());
+        let requests = Arc::new(Requests::new(
+            client.clone(),
+            inbox,
+            config.request_timeout(),
+            counters.clone(),
+        ));
+        let (outbox, drain) = Outbox::new(
+            client.clone(),
+            config.outbound_buffer,
+            config.stream_window,
+            requests.clone(),
+            counters.clone(),
+        );
+        let outbox = Arc::new(outbox);
+        let link = Arc::new(Link::new(
+            client.clone(),
+            config.disconnected_bound(),
+            counters.clone(),
+        ));
+        let nodes = Arc::new(LocalNodes::default());
+        let remotes = Arc::new(Remotes::default());
+        let ep = Arc::new(Endpoint {
             client,
             config,
-            inbox,
-            next_token: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            controls: Mutex::new(HashMap::new()),
-            outbound: out_tx,
-            queued: AtomicUsize::new(0),
-            overflow: overflow_tx,
-            hold: RoundTripHold::default(),
-            room: tokio::sync::Notify::new(),
-            nodes: Mutex::new(HashMap::new()),
-            remotes: Mutex::new(HashMap::new()),
-            watching_pressure: AtomicBool::new(false),
+            subjects,
             replica,
-            local_reports: Mutex::new(HashMap::new()),
             max_bytes,
-            counters: Counters::default(),
-            stream_header,
-            link,
-            closed: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::new()),
-            durable,
+        });
+        let durable = Durable::start(
+            ep.clone(),
+            requests.clone(),
+            outbox.clone(),
+            link.clone(),
+            counters.clone(),
+        )
+        .await?;
+        let streams = Arc::new(Streams {
+            ep: ep.clone(),
+            requests: requests.clone(),
+            nodes: nodes.clone(),
+            counters: counters.clone(),
+        });
+        let serve = Arc::new(Serve {
+            ep: ep.clone(),
+            requests: requests.clone(),
+            outbox: outbox.clone(),
+            nodes: nodes.clone(),
+            counters: counters.clone(),
+            streams: streams.clone(),
+        });
+        let replies = Arc::new(Replies {
+            ep: ep.clone(),
+            requests: requests.clone(),
+            outbox: outbox.clone(),
+            remotes: remotes.clone(),
+            counters: counters.clone(),
+            streams: streams.clone(),
+        });
+        let connection = Arc::new(Connection {
+            link: link.clone(),
+            requests: requests.clone(),
+            nodes: nodes.clone(),
+            counters: counters.clone(),
+        });
+        let discover = Arc::new(Discover {
+            ep: ep.clone(),
+            nodes: nodes.clone(),
+            outbox: outbox.clone(),
         });
         let mut tasks = vec![
-            tokio::spawn(crate::replies::run(shared.clone(), replies)),
-            tokio::spawn(publisher(shared.clone(), out_rx, overflow_rx)),
-            tokio::spawn(connection_events(Arc::downgrade(&shared), events)),
-            tokio::spawn(pressure_reports(Arc::downgrade(&shared), pressure_sub)),
-            tokio::spawn(crate::discover::serve(
-                Arc::downgrade(&shared),
-                discover_sub,
+            tokio::spawn(workers::replies::run(replies, replies_sub)),
+            tokio::spawn(outbox::run(outbox.clone(), drain)),
+            tokio::spawn(workers::connection::run(connection, events)),
+            tokio::spawn(workers::pressure::run(
+                ep.clone(),
+                remotes.clone(),
+                counters.clone(),
+                pressure_sub,
             )),
+            tokio::spawn(workers::discover::serve(discover, discover_sub)),
         ];
-        tasks.extend(crate::durable::Durable::spawn_publisher(&shared));
-        shared.tasks.lock().extend(tasks);
-        Ok(NatsTransport { shared })
+        let durable = durable.map(|(durable, publisher)| {
+            tasks.push(publisher);
+            durable
+        });
+        Ok(NatsTransport {
+            inner: Arc::new(Inner {
+                ep,
+                counters,
+                requests,
+                outbox,
+                link,
+                nodes,
+                remotes,
+                streams,
+                serve,
+                durable,
+                broadcast_subject,
+                tasks: Mutex::new(tasks),
+            }),
+        })
     }
 
-    /// The transport's counters.
+    /// A snapshot of the transport's counters: what was sent, what was dropped or rejected
+    /// and why, durable delivery (see [`NatsStats`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen::{Event, Happen};
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// happen.node("ticker").await?.broadcast(Event::new("tick", 1))?;
+    /// assert_eq!(transport.stats().broadcasts, 1);
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> NatsStats {
-        self.shared.counters.snapshot()
+        self.inner.counters.snapshot()
     }
 
-    /// The underlying async-nats client (for example to publish raw messages).
+    /// The underlying async-nats client, for what happen does not do (publishing raw
+    /// messages, JetStream administration).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let client = transport.client();
+    /// client.publish("audit.raw", "hello".into()).await.expect("published");
+    /// assert!(client.server_info().max_payload > 0);
+    /// # Ok(()) }
+    /// ```
     pub fn client(&self) -> &Client {
-        &self.shared.client
+        &self.inner.ep.client
     }
 
     /// Waits until the outgoing buffer has room again: at most half of `outbound_buffer`
@@ -374,10 +341,19 @@ impl NatsTransport {
     /// connection drains (a burst of a million broadcasts) can pace itself with this instead
     /// of failing or spinning:
     ///
-    /// ```no_run
-    /// # async fn demo(node: happen::Node, transport: happen_nats::NatsTransport) -> happen::Result<()> {
-    /// use happen::{ErrorKind, Event};
-    /// for i in 0..1_000_000 {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use happen::{ErrorKind, Event, Happen};
+    /// use happen_nats::{NatsConfig, NatsTransport};
+    ///
+    /// let mut config = NatsConfig::with_server(url);
+    /// config.outbound_buffer = 64; // small, to need the pacing
+    /// let transport = NatsTransport::connect(config).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let node = happen.node("ticker").await?;
+    /// for i in 0..10_000 {
     ///     let event = Event::new("tick", i);
     ///     loop {
     ///         match node.broadcast(event.clone()) {
@@ -389,6 +365,8 @@ impl NatsTransport {
     ///         }
     ///     }
     /// }
+    /// assert_eq!(transport.stats().broadcasts, 10_000);
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
     /// # Ok(()) }
     /// ```
     ///
@@ -398,22 +376,7 @@ impl NatsTransport {
     /// # Cancel safety
     /// Cancel safe: it reserves nothing.
     pub async fn ready(&self) -> Result<()> {
-        let s = &self.shared;
-        loop {
-            let notified = s.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if s.closed.load(Ordering::Acquire) {
-                return Err(Error::new(
-                    ErrorKind::ShutDown,
-                    "the nats transport is shut down",
-                ));
-            }
-            if s.queued.load(Ordering::Acquire) <= s.room_mark() {
-                return Ok(());
-            }
-            notified.await;
-        }
+        self.inner.outbox.ready(&self.inner.link).await
     }
 
     /// Waits until the client is connected (at once when it is). A producer that got
@@ -421,585 +384,265 @@ impl NatsTransport {
     /// `transport.nats.disconnected_buffer` messages already wait for it can wait here before
     /// retrying.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use std::time::Duration;
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// // connected: at once; while a reconnect takes long, bound the wait
+    /// tokio::time::timeout(Duration::from_secs(5), transport.wait_connected())
+    ///     .await
+    ///     .expect("connected within 5 s")?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::Transport`] when the client gave up reconnecting
     /// (`transport.nats.reconnect.max_attempts`).
     ///
     /// # Cancel safety
-    /// Cancel safe.
+    /// Cancel safe: it only watches the connection state.
     pub async fn wait_connected(&self) -> Result<()> {
-        self.shared.link.wait_up(&self.shared.client).await
+        self.inner.link.wait_up().await
     }
 
     /// Is the outgoing buffer more than half full? (Then a send that failed with
-    /// [`ErrorKind::Transport`] most likely found it full; see [`ready`](NatsTransport::ready).)
+    /// [`ErrorKind::Transport`] most likely found it full; see [`ready`](NatsTransport::ready),
+    /// whose example uses both.)
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// assert!(!transport.is_backlogged()); // nothing sent yet
+    /// # Ok(()) }
+    /// ```
     pub fn is_backlogged(&self) -> bool {
-        self.shared.queued.load(Ordering::Acquire) > self.shared.room_mark()
-    }
-
-    /// Not part of the API (a test hook, hidden from the docs): while `hold` is true, every
-    /// round trip through the server that confirms subscriptions (a broadcast stream's set-up,
-    /// attaching or stopping a node) waits after its probe came back, as if the server were
-    /// slow, until `hold_round_trips(false)`.
-    #[doc(hidden)]
-    pub fn hold_round_trips(&self, hold: bool) {
-        self.shared.hold.hold.send_replace(hold);
-    }
-
-    /// Not part of the API (a test hook, hidden from the docs): waits until at least `n`
-    /// round trips wait in a hold (see [`hold_round_trips`](NatsTransport::hold_round_trips)).
-    #[doc(hidden)]
-    pub async fn round_trips_held(&self, n: usize) {
-        let mut waiting = self.shared.hold.waiting.subscribe();
-        let _ = waiting.wait_for(|w| *w >= n).await;
+        self.inner.outbox.is_backlogged()
     }
 
     /// The settings in use.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// assert_eq!(transport.config().prefix, "happen");
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> &NatsConfig {
-        &self.shared.config
+        &self.inner.ep.config
     }
 
-    /// The subjects in use (`<prefix>.node.<id>`, `<prefix>.broadcast`).
-    pub fn subjects(&self) -> &Subjects {
-        &self.shared.subjects
+    /// Starts watching every event sent, told or broadcast under this transport's prefix
+    /// (`<prefix>.node.*` and `<prefix>.broadcast`), decoded; see [`Tap`]. Only listens: the
+    /// nodes still get every event. Resolves once the server confirmed the subscription, so
+    /// every event published after it is seen.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use futures::StreamExt;
+    /// use happen::{Event, Happen};
+    /// use happen_nats::tap::TapKind;
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let mut tap = transport.tap().await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// happen.node("billing").await?.tell("mailer", Event::new("invoice.sent", 7))?;
+    ///
+    /// let seen = tap.next().await.expect("the tap is open").expect("an event");
+    /// assert_eq!(seen.kind, TapKind::Tell);
+    /// assert_eq!(seen.target.as_ref().map(|n| n.as_str()), Some("mailer"));
+    /// assert_eq!((seen.event.event_type(), seen.event.sender().as_str()), ("invoice.sent", "billing"));
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the subscription cannot be made or the server does not
+    /// confirm it within 10 s.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves unsubscribes; nothing else is left behind.
+    pub async fn tap(&self) -> Result<Tap> {
+        let ep = &self.inner.ep;
+        Tap::start(&ep.client, &ep.subjects, &self.inner.requests, false).await
+    }
+
+    /// As [`tap`](NatsTransport::tap), for broadcasts only (`<prefix>.broadcast`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use futures::StreamExt;
+    /// use happen::{Event, Happen};
+    ///
+    /// let transport = happen_nats::NatsTransport::connect(happen_nats::NatsConfig::with_server(url)).await?;
+    /// let mut broadcasts = transport.tap_broadcasts().await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let node = happen.node("sensor").await?;
+    /// node.tell("store", Event::new("reading", 1))?; // direct: not seen
+    /// node.broadcast(Event::new("alarm", 2))?;
+    /// let seen = broadcasts.next().await.expect("the tap is open").expect("an event");
+    /// assert_eq!(seen.event.event_type(), "alarm");
+    /// assert!(seen.target.is_none());
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`tap`](NatsTransport::tap).
+    ///
+    /// # Cancel safety
+    /// As [`tap`](NatsTransport::tap).
+    pub async fn tap_broadcasts(&self) -> Result<Tap> {
+        let ep = &self.inner.ep;
+        Tap::start(&ep.client, &ep.subjects, &self.inner.requests, true).await
+    }
+
+    /// Asks every process connected to the server which nodes it serves (see the
+    /// [`discover`](crate::discover) module). Waits at most `wait` for the first answer, and
+    /// after each answer `quiet` for more ([`QUIET`](crate::discover::QUIET) is a good
+    /// default), never longer than `wait` in all. Answers of one process are merged;
+    /// processes are sorted by replica id, their nodes by id. Processes that do not implement
+    /// discovery (the TypeScript reference, a happen before it) do not answer, and neither do
+    /// processes without nodes (this one included).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start();
+    /// # let url = server.url();
+    /// use std::time::Duration;
+    /// use happen::Happen;
+    /// use happen_nats::{NatsConfig, NatsTransport, discover::QUIET};
+    ///
+    /// let transport = NatsTransport::connect(NatsConfig::with_server(url)).await?;
+    /// let happen = Happen::builder().transport(transport.clone()).build()?;
+    /// let _orders = happen.node("orders").await?;
+    ///
+    /// let processes = transport.discover(Duration::from_secs(2), QUIET).await?;
+    /// assert_eq!(processes.len(), 1);
+    /// assert_eq!(processes[0].nodes[0].id, "orders");
+    /// # happen.shutdown(Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the request cannot be published.
+    ///
+    /// # Cancel safety
+    /// Dropping the future ends the request (its answers are dropped by the server).
+    pub async fn discover(&self, wait: Duration, quiet: Duration) -> Result<Vec<ProcessInfo>> {
+        workers::discover::request(&self.inner.ep.client, &self.inner.ep.subjects, wait, quiet)
+            .await
+    }
+
+    /// The JetStream stream holding durable events and the dead-letter stream, when durable
+    /// delivery is configured (see [`DurableConfig::stream`](crate::DurableConfig::stream)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// # let server = test_support::NatsServer::start_with(
+    /// #     test_support::NatsServerOptions::new().with_jetstream(),
+    /// # );
+    /// # let url = server.url();
+    /// use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+    ///
+    /// let plain = NatsTransport::connect(NatsConfig::with_server(url.clone())).await?;
+    /// assert_eq!(plain.durable_streams(), None);
+    ///
+    /// let config = NatsConfig::with_server(url)
+    ///     .with_durable("billing", DurableNode::new(DeliveryMode::AtLeastOnce));
+    /// let durable = NatsTransport::connect(config).await?;
+    /// assert_eq!(durable.durable_streams(), Some(("HAPPEN_DURABLE", "HAPPEN_DURABLE_DLQ")));
+    /// # Ok(()) }
+    /// ```
+    pub fn durable_streams(&self) -> Option<(&str, &str)> {
+        self.inner
+            .durable
+            .as_ref()
+            .map(|d| (d.stream(), d.dlq_stream()))
+    }
+}
+
+#[cfg(test)]
+impl NatsTransport {
+    /// The test hook that stalls round trips through the server.
+    pub(crate) fn round_trip_hold(&self) -> &crate::core::requests::RoundTripHold {
+        &self.inner.requests.hold
     }
 }
 
 impl fmt::Debug for NatsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsTransport")
-            .field(
-                "servers",
-                &crate::config::redacted_servers(&self.shared.config.servers),
-            )
-            .field("prefix", &self.shared.config.prefix)
-            .field("nodes", &self.shared.nodes.lock().len())
+            .field("servers", &redacted_servers(&self.inner.ep.config.servers))
+            .field("prefix", &self.inner.ep.config.prefix)
+            .field("nodes", &self.inner.nodes.len())
             .finish_non_exhaustive()
     }
 }
 
-/// An outgoing message (the `Happen-Stream` header is built from the shared template by the
-/// `publisher` task, off the caller's path).
-pub(crate) struct Outgoing {
-    pub(crate) subject: Subject,
-    pub(crate) reply: Option<Subject>,
-    pub(crate) headers: Headers,
-    pub(crate) payload: Bytes,
-}
-
-/// The headers of an [`Outgoing`] message.
-pub(crate) enum Headers {
-    None,
-    /// `Happen-Stream` (requests), from the shared template.
-    Stream,
-    Custom(HeaderMap),
-}
-
-/// Publishes queued outgoing messages in order (`send` and `broadcast` must not block);
-/// answers that found the buffer full first.
-async fn publisher(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Queued>,
-    mut overflow: mpsc::UnboundedReceiver<Outgoing>,
-) {
-    let mut sink = shared.client.clone();
-    loop {
-        let queued = tokio::select! {
-            biased;
-            Some(out) = overflow.recv() => {
-                if let Err(e) = sink.feed(shared.outbound_message(out)).await {
-                    tracing::warn!(target: "happen_nats", error = %e, "cannot publish an answer");
-                }
-                continue;
-            }
-            queued = rx.recv() => match queued {
-                Some(queued) => queued,
-                None => return,
-            },
-        };
-        let (out, token) = match queued {
-            Queued::Message(out, token) => (out, token),
-            Queued::Flush(done) => {
-                // everything before was fed to the client; its flush writes it to the socket
-                let _ = shared.client.flush().await;
-                shared.dequeued();
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let r = sink.feed(shared.outbound_message(out)).await;
-        shared.dequeued();
-        if let Err(e) = r {
-            tracing::warn!(target: "happen_nats", error = %e, "publishing failed");
-            if let Some(token) = token {
-                shared.forget(token, || {
-                    transport_error("the event could not be published to nats", &e)
-                });
-            }
-        }
-    }
-}
-
-/// Counts slow consumers; on disconnect fails the requests whose replies can no longer arrive.
-async fn connection_events(
-    shared: std::sync::Weak<Shared>,
-    mut events: mpsc::UnboundedReceiver<async_nats::Event>,
-) {
-    while let Some(event) = events.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        match event {
-            async_nats::Event::SlowConsumer(sid) => {
-                inc(&shared.counters.slow_consumer);
-                metrics::counter!("happen_nats_slow_consumer_total").increment(1);
-                tracing::warn!(target: "happen_nats", sid, "a subscription overflowed and dropped messages; raise transport.nats.subscription_capacity");
-            }
-            async_nats::Event::Disconnected => {
-                inc(&shared.counters.disconnects);
-                tracing::warn!(target: "happen_nats", "disconnected from nats; reconnecting");
-                shared.fail_pending(
-                    "the connection to nats was lost before the reply arrived; the event may or may not have been handled",
-                );
-                crate::connection::disconnected(&shared);
-            }
-            async_nats::Event::Connected => {
-                tracing::info!(target: "happen_nats", "connected to nats");
-                crate::connection::connected(&shared);
-            }
-            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
-                tracing::error!(target: "happen_nats", "the nats client gave up reconnecting");
-                crate::connection::closed(&shared, "reached transport.nats.reconnect.max_attempts");
-            }
-            other => tracing::info!(target: "happen_nats", event = %other, "nats connection event"),
-        }
-    }
-}
-
-/// Mirrors the pressure of remote nodes from their `node.pressure` reports.
-async fn pressure_reports(shared: std::sync::Weak<Shared>, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        match wire::decode_event(&msg.payload, shared.max_bytes) {
-            Ok(event) if event.event_type() == PRESSURE_EVENT => {
-                let replica = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(header::REPLICA))
-                    .map_or("", |v| v.as_str());
-                shared.observe_pressure_event(&event, replica);
-            }
-            _ => shared.counters.bad_input("malformed"),
-        }
-    }
-}
-
-impl Shared {
-    pub(crate) fn fail_pending(&self, why: &str) {
-        let drained: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
-        for (token, p) in drained {
-            match p {
-                Pending::Reply {
-                    tx,
-                    target,
-                    in_flight,
-                    durable: true,
-                } => {
-                    // stored in JetStream: the reply comes after the reconnect
-                    self.pending.lock().insert(
-                        token,
-                        Pending::Reply {
-                            tx,
-                            target,
-                            in_flight,
-                            durable: true,
-                        },
-                    );
-                }
-                Pending::Reply { tx, target, .. } => {
-                    inc(&self.counters.failed_on_disconnect);
-                    let err = crate::wire::error_from_parts(
-                        ErrorKind::Transport,
-                        why,
-                        Some(target),
-                        None,
-                        None,
-                    );
-                    let _ = tx.send(happen::transport::Response::Done(Err(err)));
-                }
-                Pending::Limits { remote, .. } => remote.query_failed(),
-                // a stream consumer sees its frame channel close and ends with a transport
-                // error; a relayed request's sender sees its own connection's state; a round
-                // trip fails when its probe is dropped
-                Pending::Stream { .. } | Pending::Relay { .. } | Pending::Probe(_) => {}
-            }
-        }
-    }
-
-    /// Removes the request `token` that could not be published, failing its sender with
-    /// `err()`.
-    pub(crate) fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
-        let removed = self.pending.lock().remove(&token);
-        match removed {
-            Some(Pending::Reply { tx, .. }) => {
-                let _ = tx.send(happen::transport::Response::Done(Err(err())));
-            }
-            Some(Pending::Limits { remote, .. }) => remote.query_failed(),
-            _ => {}
-        }
-    }
-
-    /// Registers a relay of a request to `node` whose answer goes back to `to`; returns the
-    /// token of this process's reply subject to publish it with.
-    pub(crate) fn relay(&self, to: Subject, node: NodeId, first: oneshot::Sender<()>) -> u64 {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().insert(
-            token,
-            Pending::Relay {
-                to,
-                node,
-                first: Some(first),
-                expires: Instant::now() + self.config.request_timeout(),
-            },
-        );
-        token
-    }
-
-    /// Builds the client's message (the `Happen-Stream` header from the shared template).
-    pub(crate) fn outbound_message(&self, out: Outgoing) -> OutboundMessage {
-        OutboundMessage {
-            subject: out.subject,
-            reply: out.reply,
-            headers: match out.headers {
-                Headers::None => None,
-                Headers::Stream => Some(self.stream_header.clone()),
-                Headers::Custom(h) => Some(h),
-            },
-            payload: out.payload,
-        }
-    }
-
-    /// One entry left the outgoing buffer.
-    fn dequeued(&self) {
-        if self.queued.fetch_sub(1, Ordering::AcqRel) - 1 == self.room_mark() {
-            self.room.notify_waiters();
-        }
-    }
-
-    /// Publishes an answer of a local node (a reply, an error) without waiting: through the
-    /// outgoing buffer, or, when that is full, through the unbounded overflow queue that the
-    /// publisher task empties first. The overflow holds at most one answer per request the
-    /// node has taken from its subscription, and is only used while the connection drains
-    /// slower than the node answers.
-    pub(crate) fn publish_answer(&self, out: Outgoing) {
-        if let Some(out) = self.try_enqueue(out) {
-            inc(&self.counters.answers_overflowed);
-            if self.overflow.send(out).is_err() {
-                tracing::warn!(target: "happen_nats", "the nats transport is shut down; an answer was not published");
-            }
-        }
-    }
-
-    /// Publishes `out` straight into the client (waiting for room there), bypassing the
-    /// outgoing buffer (used when that is full).
-    pub(crate) async fn publish_now(&self, out: Outgoing) -> Result<()> {
-        let msg = self.outbound_message(out);
-        self.client
-            .clone()
-            .send(msg)
-            .await
-            .map_err(|e| transport_error("cannot publish", e))
-    }
-
-    /// Waits until everything queued for publishing so far has been handed to the client and
-    /// the client has written it to the server.
-    pub(crate) async fn flush_outbound(&self) {
-        let (done, flushed) = oneshot::channel();
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.outbound.send(Queued::Flush(done)).await.is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        let _ = flushed.await;
-    }
-
-    /// Waits (at most `within`) for a message to this process's reply inbox to come back
-    /// through the server: the server handles one connection's commands in order, so every
-    /// subscribe and unsubscribe sent before has then taken effect, and every message the
-    /// server routed to this connection before has arrived. One round trip through the
-    /// shared inbox; no subscription of its own. The one helper for every such confirmation
-    /// (attach, broadcast-stream set-up, stopping a node).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Transport`] when the probe cannot be published, the connection is lost
-    /// meanwhile, or it does not come back within `within`.
-    ///
-    /// # Cancel safety
-    /// Cancel safe; a dropped probe's entry is swept by the reply inbox task.
-    pub(crate) async fn round_trip(&self, within: Duration) -> Result<()> {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let (done, back) = oneshot::channel();
-        self.pending.lock().insert(token, Pending::Probe(done));
-        let probe = format!("{}.{token}", self.inbox);
-        let result = match self.client.publish(probe, Bytes::new()).await {
-            Err(e) => Err(transport_error("cannot reach the nats server", e)),
-            Ok(()) => match tokio::time::timeout(within, back).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Error::new(
-                    ErrorKind::Transport,
-                    "the connection to the nats server was lost during a round trip through it",
-                )),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Transport,
-                    format!(
-                        "the nats server did not answer a round trip within {within:?}; check the connection"
-                    ),
-                )),
-            },
-        };
-        self.pending.lock().remove(&token);
-        if result.is_ok() {
-            self.hold.pass().await;
-        }
-        result
-    }
-
-    /// The inboxes of this process's nodes (for connection status and discovery).
-    pub(crate) fn local_inboxes(&self) -> Vec<Inbox> {
-        self.nodes
-            .lock()
-            .values()
-            .map(|h| h.inbox.clone())
-            .collect()
-    }
-
-    /// Does a node of this process stream broadcasts of `event_type` (see [`crate::bstream`])?
-    pub(crate) fn local_streams(&self, event_type: &str) -> bool {
-        self.nodes
-            .lock()
-            .values()
-            .any(|h| h.inbox.streams(event_type))
-    }
-
-    /// Remembers the last `node.pressure` report of a local node (for reply headers).
-    fn record_local_report(&self, event: &Event) {
-        let p = event.payload();
-        let Some(seq) = p.get("seq").and_then(|v| v.as_u64()) else {
-            return;
-        };
-        let pressure = happen::transport::pressure(
-            p.get("underPressure")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-            p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-        );
-        let mut reports = self.local_reports.lock();
-        let entry = reports
-            .entry(event.sender().clone())
-            .or_insert((seq, pressure));
-        if seq >= entry.0 {
-            *entry = (seq, pressure);
-        }
-    }
-
-    /// `ready` resolves once at most this many messages wait in the outgoing buffer.
-    fn room_mark(&self) -> usize {
-        self.config.outbound_buffer / 2
-    }
-
-    pub(crate) fn check_connected(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::ShutDown,
-                "the nats transport is shut down; nothing was sent",
-            ));
-        }
-        match self.client.connection_state() {
-            State::Connected => Ok(()),
-            state => Err(Error::new(
-                ErrorKind::Transport,
-                format!(
-                    "not connected to nats (state: {state:?}); the client reconnects on its own, retry the send later"
-                ),
-            )),
-        }
-    }
-
-    pub(crate) fn encode_checked(&self, event: &Event) -> Result<bytes::Bytes> {
-        let body = wire::encode_event(event)?;
-        if body.len() > self.max_bytes {
-            return Err(Error::new(
-                ErrorKind::InvalidEvent,
-                format!(
-                    "event `{}` is {} bytes on the wire, over the limit of {} bytes (server max_payload / transport.nats.max_message_bytes); send less data per event",
-                    event.event_type(),
-                    body.len(),
-                    self.max_bytes
-                ),
-            ));
-        }
-        Ok(body)
-    }
-
-    /// Queues a message for the publisher task; hands it back when the buffer is full or
-    /// closed.
-    pub(crate) fn try_enqueue(&self, out: Outgoing) -> Option<Outgoing> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let e = self.outbound.try_send(Queued::Message(out, None)).err()?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        match e.into_inner() {
-            Queued::Message(out, _) => Some(out),
-            Queued::Flush(_) => unreachable!("a message was queued"),
-        }
-    }
-
-    fn enqueue(&self, out: Outgoing, token: Option<u64>) -> Result<()> {
-        let forget = |token: Option<u64>| {
-            if let Some(t) = token {
-                self.forget(t, || Error::new(ErrorKind::Transport, "not published"));
-            }
-        };
-        // Always through the `publisher` task, never straight into the client from here:
-        // measured with 64 requests in flight, publishing from every caller task gave 13% fewer
-        // requests per second than letting one task hand them over (most likely: the client's
-        // connection task then runs and writes once per message instead of in batches);
-        // sequential latency did not measurably change either way.
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.outbound.try_send(Queued::Message(out, token)).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            forget(token);
-            match e {
-                mpsc::error::TrySendError::Full(_) => Error::new(
-                    ErrorKind::Transport,
-                    format!(
-                        "the outgoing buffer of the nats transport is full ({} messages); slow down (`NatsTransport::ready` waits for room) or raise transport.nats.outbound_buffer",
-                        self.config.outbound_buffer
-                    ),
-                ),
-                mpsc::error::TrySendError::Closed(_) => Error::new(
-                    ErrorKind::ShutDown,
-                    "the nats transport is shut down; nothing was sent",
-                ),
-            }
-        })
-    }
-
-    fn remote(&self, target: &str) -> Option<Arc<Remote>> {
-        if !self.watching_pressure.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.remotes.lock().get(target).cloned()
-    }
-
-    /// Updates the pacing view of `target` from a reply's `Happen-Pressure` header. A reply
-    /// without the header says nothing (it may have been answered before a later report).
-    pub(crate) fn observe_pressure(&self, target: &NodeId, value: Option<&str>) {
-        let Some(value) = value else { return };
-        if let Some(remote) = self.remote(target) {
-            let r = wire::parse_pressure_report(value);
-            remote.report(r.replica.as_deref().unwrap_or(""), r.seq, r.pressure);
-        }
-    }
-
-    /// A `node.pressure` report from `<prefix>.pressure.<id>`, sent by `replica`.
-    fn observe_pressure_event(&self, event: &Event, replica: &str) {
-        let p = event.payload();
-        let Some(id) = p.get("nodeId").and_then(|v| v.as_str()) else {
-            return;
-        };
-        let Some(remote) = self.remote(id) else {
-            return;
-        };
-        if p.get("closed").and_then(|v| v.as_bool()) == Some(true) {
-            remote.replica_closed(replica);
-            return;
-        }
-        let under = p
-            .get("underPressure")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let queued = p.get("queued").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        let limit = p.get("queueLimit").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        let seq = p.get("seq").and_then(|v| v.as_u64());
-        remote.report(
-            replica,
-            seq,
-            happen::transport::pressure(under, queued, limit),
-        );
-    }
-
+impl Inner {
     /// Sends a `Happen-Query: limits` request to `target` for its pacing view.
     fn query_limits(&self, target: &NodeId, remote: Arc<Remote>) {
-        if self.check_connected().is_err() {
+        if self.link.check_connected().is_err() {
             remote.query_failed();
             return;
         }
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().insert(
+        let token = self.requests.token();
+        self.requests.insert(
             token,
             Pending::Limits {
                 remote,
-                expires: Instant::now() + LIMITS_QUERY_TIMEOUT.min(self.config.request_timeout()),
+                expires: Instant::now()
+                    + LIMITS_QUERY_TIMEOUT.min(self.ep.config.request_timeout()),
             },
         );
         let mut headers = HeaderMap::new();
         headers.insert(header::QUERY, "limits");
         let out = Outgoing {
-            subject: Subject::from(self.subjects.node(target)),
-            reply: Some(Subject::from(format!("{}.{token}", self.inbox))),
+            subject: Subject::from(self.ep.subjects.node(target)),
+            reply: Some(self.requests.reply_subject(token)),
             headers: Headers::Custom(headers),
             payload: Bytes::new(),
         };
         // on failure `enqueue` fails the query, and the next paced send asks again
-        let _ = self.enqueue(out, Some(token));
+        let _ = self.outbox.enqueue(out, Some(token));
     }
-}
 
-/// How long `attach` waits for the server to confirm a node's subscriptions.
-const ATTACH_CONFIRM_WITHIN: Duration = Duration::from_secs(10);
-
-/// A test hook (see [`NatsTransport::hold_round_trips`]).
-#[derive(Default)]
-struct RoundTripHold {
-    /// Round trips wait while this is `true`.
-    hold: watch::Sender<bool>,
-    /// How many round trips wait.
-    waiting: watch::Sender<usize>,
-}
-
-impl RoundTripHold {
-    /// Waits while the hold is on.
-    async fn pass(&self) {
-        let mut hold = self.hold.subscribe();
-        if !*hold.borrow_and_update() {
-            return;
+    /// Remembers the last `node.pressure` report of a local node (for reply headers).
+    fn record_local_report(&self, event: &Event) {
+        let report = PressureEvent::parse(event.payload());
+        if let Some(seq) = report.seq {
+            self.nodes
+                .record_report(event.sender(), seq, report.pressure);
         }
-        struct Waiting<'a>(&'a watch::Sender<usize>);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.send_modify(|n| *n -= 1);
-            }
-        }
-        self.waiting.send_modify(|n| *n += 1);
-        let _waiting = Waiting(&self.waiting);
-        let _ = hold.wait_for(|held| !held).await;
     }
 }
 
 impl Transport for NatsTransport {
     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let s = &self.shared;
+            let s = &self.inner;
             let id = inbox.id().clone();
             let group = id.to_string();
             // read before subscribing: if it changes, the client has subscribed again since
-            let disconnects = s.counters.disconnects.load(Ordering::Acquire);
+            let disconnects = s
+                .counters
+                .disconnects
+                .load(std::sync::atomic::Ordering::Acquire);
             let direct = s
+                .ep
                 .client
-                .queue_subscribe(s.subjects.node(&id), group.clone())
+                .queue_subscribe(s.ep.subjects.node(&id), group.clone())
                 .await
                 .map_err(|e| {
                     transport_error(
@@ -1007,34 +650,37 @@ impl Transport for NatsTransport {
                         e,
                     )
                 })?;
-            let broadcast = s
-                .client
-                .queue_subscribe(s.subjects.broadcast().to_owned(), group)
-                .await
-                .map_err(|e| transport_error(&format!("cannot subscribe node `{id}`"), e))?;
+            let broadcast =
+                s.ep.client
+                    .queue_subscribe(s.ep.subjects.broadcast().to_owned(), group)
+                    .await
+                    .map_err(|e| transport_error(&format!("cannot subscribe node `{id}`"), e))?;
             // The server must know the subscriptions before `attach` resolves, or a send from
             // another connection right after could find no responder. `flush` only empties our
             // socket buffer; a message to ourselves through the server proves it processed
             // every command before it (the server handles one connection's commands in order).
-            s.round_trip(ATTACH_CONFIRM_WITHIN).await.map_err(|e| {
-                Error::new(
-                    ErrorKind::Transport,
-                    format!(
-                        "the nats server did not confirm the subscriptions of node `{id}`: {}",
-                        e.message()
-                    ),
-                )
-            })?;
+            s.requests
+                .round_trip(ATTACH_CONFIRM_WITHIN)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Transport,
+                        format!(
+                            "the nats server did not confirm the subscriptions of node `{id}`: {}",
+                            e.message()
+                        ),
+                    )
+                })?;
             let (stop, stop_rx) = oneshot::channel();
-            let task = tokio::spawn(crate::serve::run(
-                s.clone(),
+            let task = tokio::spawn(workers::serve::run(
+                s.serve.clone(),
                 inbox.clone(),
                 direct,
                 broadcast,
                 disconnects,
                 stop_rx,
             ));
-            s.nodes.lock().insert(
+            s.nodes.insert(
                 id.clone(),
                 NodeHandle {
                     stop,
@@ -1043,10 +689,10 @@ impl Transport for NatsTransport {
                 },
             );
             if let Some(d) = &s.durable
-                && let Err(e) = d.attach(s, &inbox).await
+                && let Err(e) = d.attach(&inbox).await
             {
-                if let Some(h) = s.nodes.lock().remove(&id) {
-                    let _ = h.stop.send(());
+                if let Some(h) = s.nodes.remove(&id) {
+                    drop(h.stop()); // the serve task ends by itself
                 }
                 return Err(e);
             }
@@ -1056,11 +702,8 @@ impl Transport for NatsTransport {
 
     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> {
         // stopped at once, so dropping the future only skips the waiting
-        let task = self.shared.nodes.lock().remove(node).map(|h| {
-            let _ = h.stop.send(());
-            h.task
-        });
-        let durable = self.shared.durable.as_ref().and_then(|d| d.detach(node));
+        let task = self.inner.nodes.remove(node).map(NodeHandle::stop);
+        let durable = self.inner.durable.as_ref().and_then(|d| d.detach(node));
         let node = node.clone();
         Box::pin(async move {
             if let Some(task) = durable
@@ -1079,15 +722,15 @@ impl Transport for NatsTransport {
     }
 
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
-        let s = &self.shared;
+        let s = &self.inner;
         if let Some(d) = &s.durable
             && d.is_durable(target)
         {
-            return s.send_durable(d, target, event, reply);
+            return d.send(target, event, reply);
         }
-        s.admit_outbound()?;
-        let payload = s.encode_checked(&event)?;
-        let subject = Subject::from(s.subjects.node(target));
+        s.link.admit()?;
+        let payload = wire::encode_checked(&event, s.ep.max_bytes)?;
+        let subject = Subject::from(s.ep.subjects.node(target));
         let (out, token) = match reply {
             None => (
                 Outgoing {
@@ -1099,13 +742,14 @@ impl Transport for NatsTransport {
                 None,
             ),
             Some(tx) => {
-                let token = s.next_token.fetch_add(1, Ordering::Relaxed);
+                let token = s.requests.token();
                 // counted before it is published, so a paced sender never sees it missing
                 let in_flight = s
-                    .remote(target)
-                    .map(|r| r.in_flight(Instant::now() + s.config.request_timeout()));
+                    .remotes
+                    .get(target)
+                    .map(|r| r.in_flight(Instant::now() + s.ep.config.request_timeout()));
                 // the reply path exists before the event is published
-                s.pending.lock().insert(
+                s.requests.insert(
                     token,
                     Pending::Reply {
                         tx,
@@ -1114,14 +758,10 @@ impl Transport for NatsTransport {
                         durable: false,
                     },
                 );
-                let mut reply = String::with_capacity(s.inbox.len() + 21);
-                reply.push_str(&s.inbox);
-                reply.push('.');
-                let _ = write!(reply, "{token}");
                 (
                     Outgoing {
                         subject,
-                        reply: Some(Subject::from(reply)),
+                        reply: Some(s.requests.reply_subject(token)),
                         headers: Headers::Stream,
                         payload,
                     },
@@ -1129,21 +769,21 @@ impl Transport for NatsTransport {
                 )
             }
         };
-        s.enqueue(out, token)?;
+        s.outbox.enqueue(out, token)?;
         inc(&s.counters.sent);
         Ok(())
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        let s = &self.shared;
-        s.admit_outbound()?;
-        let payload = s.encode_checked(&event)?;
+        let s = &self.inner;
+        s.link.admit()?;
+        let payload = wire::encode_checked(&event, s.ep.max_bytes)?;
         let payload_copy = payload.clone(); // `Bytes`: shares the buffer
-        s.enqueue(
+        s.outbox.enqueue(
             Outgoing {
                 subject: s.broadcast_subject.clone(),
                 reply: None,
-                headers: crate::bstream::broadcast_headers(s, event.event_type()),
+                headers: broadcast_headers(&s.streams, event.event_type()),
                 payload,
             },
             None,
@@ -1153,10 +793,10 @@ impl Transport for NatsTransport {
             // with this process's id: reports of one replica are ordered by their `seq`
             s.record_local_report(&event);
             let mut headers = HeaderMap::new();
-            headers.insert(header::REPLICA, s.replica.as_str());
-            s.enqueue(
+            headers.insert(header::REPLICA, s.ep.replica.as_str());
+            s.outbox.enqueue(
                 Outgoing {
-                    subject: Subject::from(s.subjects.pressure(event.sender())),
+                    subject: Subject::from(s.ep.subjects.pressure(event.sender())),
                     reply: None,
                     headers: Headers::Custom(headers),
                     payload: payload_copy,
@@ -1169,17 +809,11 @@ impl Transport for NatsTransport {
     }
 
     fn pressure(&self, target: &NodeId) -> Option<watch::Receiver<Pressure>> {
-        let s = &self.shared;
-        if let Some(h) = s.nodes.lock().get(target) {
-            return Some(h.inbox.watch_pressure());
+        let s = &self.inner;
+        if let Some(inbox) = s.nodes.inbox(target) {
+            return Some(inbox.watch_pressure());
         }
-        s.watching_pressure.store(true, Ordering::Relaxed);
-        let remote = s
-            .remotes
-            .lock()
-            .entry(target.clone())
-            .or_insert_with(Remote::new)
-            .clone();
+        let remote = s.remotes.view(target);
         // subscribed first: a query answered at once must not be missed
         let rx = remote.subscribe();
         if remote.start_query() {
@@ -1190,23 +824,17 @@ impl Transport for NatsTransport {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let s = &self.shared;
-            s.closed.store(true, Ordering::Release);
-            s.room.notify_waiters();
+            let s = &self.inner;
+            s.link.close();
+            s.outbox.wake_all();
             // nodes not detached yet stop now (as `detach`: their answers go out first)
-            let nodes: Vec<NodeHandle> = s.nodes.lock().drain().map(|(_, h)| h).collect();
+            let nodes = s.nodes.drain();
             let durable = s
                 .durable
                 .as_ref()
                 .map(|d| d.detach_all())
                 .unwrap_or_default();
-            let serving = nodes
-                .into_iter()
-                .map(|h| {
-                    let _ = h.stop.send(());
-                    h.task
-                })
-                .chain(durable);
+            let serving = nodes.into_iter().map(NodeHandle::stop).chain(durable);
             if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(serving))
                 .await
                 .is_err()
@@ -1214,7 +842,7 @@ impl Transport for NatsTransport {
                 tracing::warn!(target: "happen_nats", "nodes still busy after {SHUTDOWN_WAIT:?}; shutting the transport down anyway");
             }
             // every answer queued so far reaches the server before the tasks stop
-            if tokio::time::timeout(SHUTDOWN_WAIT, s.flush_outbound())
+            if tokio::time::timeout(SHUTDOWN_WAIT, s.outbox.flush())
                 .await
                 .is_err()
             {
@@ -1223,15 +851,7 @@ impl Transport for NatsTransport {
             for t in s.tasks.lock().drain(..) {
                 t.abort();
             }
-            let drained: Vec<Pending> = s.pending.lock().drain().map(|(_, p)| p).collect();
-            for p in drained {
-                if let Pending::Reply { tx, .. } = p {
-                    let _ = tx.send(happen::transport::Response::Done(Err(Error::new(
-                        ErrorKind::ShutDown,
-                        "the nats transport shut down before the reply arrived",
-                    ))));
-                }
-            }
+            s.requests.fail_all();
         })
     }
 }

@@ -119,7 +119,7 @@ async fn the_answer_on_the_wire() {
     let msg = within(
         10,
         "raw discovery answer",
-        raw.request(discover::subject("happen"), "".into()),
+        raw.request("happen.discover", "".into()),
     )
     .await
     .unwrap();
@@ -167,7 +167,7 @@ async fn many_nodes_are_split_over_messages_and_merged() {
     let raw = async_nats::connect(server.url()).await.unwrap();
     let inbox = raw.new_inbox();
     let mut answers = raw.subscribe(inbox.clone()).await.unwrap();
-    raw.publish_with_reply(discover::subject("happen"), inbox, "".into())
+    raw.publish_with_reply("happen.discover", inbox, "".into())
         .await
         .unwrap();
     let mut messages = 0;

@@ -12,7 +12,7 @@ use common::{instance_with, within};
 use futures::StreamExt;
 use happen::{Context, Error, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
-use happen_nats::durable::{DeliveryMode, DurableNode};
+use happen_nats::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
 use serde_json::json;
 use test_support::{NatsServer, NatsServerOptions};
@@ -52,7 +52,7 @@ async fn send_returns_the_value_and_events_wait_for_a_node_that_is_not_there_yet
             .unwrap();
     }
     eventually(20, "100 tells stored", || {
-        sender_t.durable_stats().published == 100
+        sender_t.stats().durable_published == 100
     })
     .await;
 
@@ -89,7 +89,7 @@ async fn send_returns_the_value_and_events_wait_for_a_node_that_is_not_there_yet
     seen.sort_unstable();
     seen.dedup();
     assert_eq!(seen.len(), 101, "every event processed once");
-    eventually(20, "all acked", || worker_t.durable_stats().acked == 101).await;
+    eventually(20, "all acked", || worker_t.stats().durable_acked == 101).await;
     // a non-durable node is untouched: plain request/reply
     let plain = worker_h.node("plain").await.unwrap();
     plain
@@ -103,7 +103,7 @@ async fn send_returns_the_value_and_events_wait_for_a_node_that_is_not_there_yet
     .await
     .unwrap();
     assert_eq!(v, json!("pong"));
-    assert_eq!(worker_t.durable_stats().acked, 101);
+    assert_eq!(worker_t.stats().durable_acked, 101);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,7 @@ async fn a_failing_flow_is_retried_and_one_that_always_fails_is_dead_lettered() 
         .tell("worker-r", Event::new("flaky", json!({ "key": "always" })))
         .unwrap();
     eventually(30, "two dead letters", || {
-        t.durable_stats().dead_lettered == 2
+        t.stats().durable_dead_lettered == 2
     })
     .await;
 
@@ -200,11 +200,11 @@ async fn a_failing_flow_is_retried_and_one_that_always_fails_is_dead_lettered() 
                 .contains("of always failed")
         );
         assert_eq!(h.get("Happen-Deliveries").unwrap().as_str(), "5");
-        let event = happen_nats::wire::decode_event(&m.payload, 1 << 20).unwrap();
+        let event: Event = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(event.payload()["key"], "always");
     }
-    let s = t.durable_stats();
-    assert_eq!(s.retried, 3 + 4 + 4, "{s:?}");
+    let s = t.stats();
+    assert_eq!(s.durable_retried, 3 + 4 + 4, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +225,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
     let mut sent = 0;
     while sent < EVENTS {
         // the producer paces itself by what the server stored, so its own buffer stays small
-        if sent - t.durable_stats().published >= 500 {
+        if sent - t.stats().durable_published >= 500 {
             sample_rss(&mut rss_peak);
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
@@ -239,7 +239,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
         sent += 1;
     }
     eventually(60, "every event stored", || {
-        t.durable_stats().published == EVENTS
+        t.stats().durable_published == EVENTS
     })
     .await;
     // the whole backlog is on the server before the node exists
@@ -279,7 +279,7 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
             tokio::time::Instant::now() < deadline,
             "only {} of {EVENTS} processed: {:?} {:?}",
             done.load(Ordering::Relaxed),
-            t.durable_stats(),
+            t.stats(),
             worker.stats()
         );
         // acknowledged messages leave the work-queue stream; the rest waits there
@@ -293,9 +293,9 @@ async fn a_slow_node_pulls_only_what_fits_and_jetstream_holds_the_backlog() {
         sample_rss(&mut rss_peak);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let s = t.durable_stats();
+    let s = t.stats();
     assert!(
-        s.max_held <= 72,
+        s.durable_max_held <= 72,
         "held at most max_concurrent + queue_limit: {s:?}"
     );
     assert_eq!(worker.stats().rejected, 0);
@@ -345,7 +345,7 @@ async fn a_requester_that_gave_up_does_not_stop_the_flow() {
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     release.send_replace(true);
     eventually(20, "the flow finished and was acknowledged", || {
-        finished.load(Ordering::Relaxed) == 1 && t.durable_stats().acked == 1
+        finished.load(Ordering::Relaxed) == 1 && t.stats().durable_acked == 1
     })
     .await;
     // a later send is answered as usual
@@ -413,7 +413,7 @@ async fn replicas_of_a_durable_node_share_its_consumer() {
     assert!(seen.values().all(|c| *c == 1), "no failure, no duplicate");
     let acked: Vec<u64> = replicas
         .iter()
-        .map(|(_, t)| t.durable_stats().acked)
+        .map(|(_, t)| t.stats().durable_acked)
         .collect();
     assert_eq!(acked.iter().sum::<u64>(), EVENTS);
     assert!(
@@ -464,7 +464,7 @@ async fn a_stopping_node_hands_the_rest_back() {
             .tell("worker-handoff", Event::new("job", json!({ "n": n })))
             .unwrap();
     }
-    eventually(30, "all stored", || t.durable_stats().published == EVENTS).await;
+    eventually(30, "all stored", || t.stats().durable_published == EVENTS).await;
     eventually(60, "some processed", || seen.lock().len() >= 500).await;
     within(
         30,
@@ -475,7 +475,7 @@ async fn a_stopping_node_hands_the_rest_back() {
     let handed_over = seen.lock().len();
     println!(
         "first instance processed {handed_over}; {:?}",
-        first_t.durable_stats()
+        first_t.stats()
     );
     assert!(
         (handed_over as u64) < EVENTS,
@@ -487,8 +487,8 @@ async fn a_stopping_node_hands_the_rest_back() {
     })
     .await;
     let duplicates: u32 = seen.lock().values().map(|c| c - 1).sum();
-    assert_eq!(duplicates, 0, "{:?}", second_t.durable_stats());
-    assert!(second_t.durable_stats().acked > 0);
+    assert_eq!(duplicates, 0, "{:?}", second_t.stats());
+    assert!(second_t.stats().durable_acked > 0);
 }
 
 /// The same event stored twice (as a publisher outside the dedup window would): an
@@ -556,5 +556,5 @@ async fn exactly_once_runs_a_redelivered_event_once_and_answers_from_its_record(
         "at-least-once runs both copies"
     );
     assert_eq!(runs.load(Ordering::Relaxed), 3);
-    assert_eq!(t.durable_stats().duplicates_skipped, 1);
+    assert_eq!(t.stats().durable_duplicates_skipped, 1);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::instance_with;
 use happen::{Context, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
-use happen_nats::durable::{DeliveryMode, DurableNode};
+use happen_nats::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
 use serde_json::json;
 use test_support::NatsCluster;
@@ -135,8 +135,8 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
             format!(
                 "only {} of {EVENTS} events processed; worker {:?}, producer {:?}",
                 seen.lock().len(),
-                tw.durable_stats(),
-                ta.durable_stats()
+                tw.stats(),
+                ta.stats()
             )
         },
         || seen.lock().len() as u64 == EVENTS,
@@ -146,7 +146,7 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
     let seen = seen.lock();
     assert!((0..EVENTS).all(|n| seen.contains_key(&n)));
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
-    let (ws, ps) = (tw.durable_stats(), ta.durable_stats());
+    let (ws, ps) = (tw.stats(), ta.stats());
     println!("{duplicates} duplicates; worker {ws:?}; producer {ps:?}");
     // what the worker held unacknowledged when its server died comes again (at most its room),
     // and so may events whose acknowledgements were written into the lost connection (a
@@ -155,10 +155,10 @@ async fn no_event_is_lost_when_a_cluster_member_dies() {
         duplicates as usize <= 2 * (MAX_CONCURRENT + QUEUE_LIMIT),
         "{duplicates} duplicates"
     );
-    assert_eq!(ps.publish_failed, 0, "{ps:?}");
-    assert_eq!(ps.published, EVENTS, "{ps:?}");
+    assert_eq!(ps.durable_publish_failed, 0, "{ps:?}");
+    assert_eq!(ps.durable_published, EVENTS, "{ps:?}");
     assert!(
-        ws.max_held as usize <= MAX_CONCURRENT + QUEUE_LIMIT,
+        ws.durable_max_held as usize <= MAX_CONCURRENT + QUEUE_LIMIT,
         "{ws:?}"
     );
     drop(cluster);

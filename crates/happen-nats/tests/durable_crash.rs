@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::instance_with;
 use happen::{Context, ErrorKind, Event, NodeOptions};
 use happen_nats::NatsConfig;
-use happen_nats::durable::{DeliveryMode, DurableNode};
+use happen_nats::{DeliveryMode, DurableNode};
 use parking_lot::Mutex;
 use serde_json::json;
 use test_support::{NatsServer, NatsServerOptions};
@@ -223,7 +223,7 @@ async fn kill_the_worker(mode: DeliveryMode, events: u64, kills: usize) {
             std::time::Instant::now() < deadline,
             "only {} of {events} events processed; {:?}",
             counts.len(),
-            t.durable_stats()
+            t.stats()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -245,7 +245,7 @@ async fn kill_the_worker(mode: DeliveryMode, events: u64, kills: usize) {
         "{duplicates} duplicates > {bound}"
     );
     let _ = std::fs::remove_file(&file);
-    assert_eq!(t.durable_stats().publish_failed, 0);
+    assert_eq!(t.stats().durable_publish_failed, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,16 +326,16 @@ async fn server_restart(mode: DeliveryMode, events: u64) -> u32 {
             std::time::Instant::now() < deadline,
             "only {} of {events} events processed after the restart; {:?}",
             seen.lock().len(),
-            t.durable_stats()
+            t.stats()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = seen.lock();
     assert!((0..events).all(|n| seen.contains_key(&n)));
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
-    let s = t.durable_stats();
+    let s = t.stats();
     println!("{duplicates} duplicates; {s:?}");
-    assert_eq!(s.publish_failed, 0, "{s:?}");
+    assert_eq!(s.durable_publish_failed, 0, "{s:?}");
     assert!(t.stats().disconnects >= 1);
     duplicates
 }

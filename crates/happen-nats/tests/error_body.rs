@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{instance, within};
 use happen::{Context, Error, ErrorKind, Event};
-use happen_nats::wire::header;
 use serde_json::{Value, json};
 use test_support::NatsServer;
 
@@ -31,7 +30,7 @@ async fn ask(raw: &async_nats::Client, subject: &str, body: Bytes) -> (Option<St
     let status = reply
         .headers
         .as_ref()
-        .and_then(|h| h.get(header::STATUS))
+        .and_then(|h| h.get("Happen-Status"))
         .map(|v| v.as_str().to_owned());
     let body = serde_json::from_slice(&reply.payload)
         .unwrap_or_else(|e| panic!("reply body is not JSON ({e}): {:?}", reply.payload));
@@ -148,11 +147,11 @@ async fn an_error_reply_without_a_body_still_decodes() {
     let responder = tokio::spawn(async move {
         let request = requests.next().await.unwrap();
         let mut h = async_nats::HeaderMap::new();
-        h.insert(header::STATUS, "error");
-        h.insert(header::ERROR_KIND, "queue_full");
-        h.insert(header::ERROR_MESSAGE, "queue of node `legacy` is full");
-        h.insert(header::ERROR_NODE, "legacy");
-        h.insert(header::ERROR_LIMIT, "10");
+        h.insert("Happen-Status", "error");
+        h.insert("Happen-Error-Kind", "queue_full");
+        h.insert("Happen-Error-Message", "queue of node `legacy` is full");
+        h.insert("Happen-Error-Node", "legacy");
+        h.insert("Happen-Error-Limit", "10");
         raw.publish_with_headers(request.reply.unwrap(), h, Bytes::new())
             .await
             .unwrap();

@@ -25,8 +25,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use happen::{Context, ErrorKind, Event, Happen};
-use happen_nats::durable::{DeliveryMode, DurableNode};
-use happen_nats::{NatsConfig, NatsTransport};
+use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
 use serde_json::Value;
 
 use super::err;
@@ -218,7 +217,7 @@ async fn happen_durable(url: String, n: u64) -> RunResult {
     let end = done.wait_or_idle(IDLE).await;
     let elapsed = end.duration_since(start);
     let got = done.count();
-    let stats = server_t.durable_stats();
+    let stats = server_t.stats();
 
     client_side.shutdown(Duration::from_secs(5)).await;
     server_side.shutdown(Duration::from_secs(5)).await;

@@ -22,14 +22,40 @@
 //! # Ok::<(), happen::Error>(())
 //! ```
 
+mod auth;
+mod backoff;
+mod durable;
+mod options;
+mod reconnect;
+
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use happen::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the NATS transport (`[transport.nats]`). Every key is optional.
+pub(crate) use auth::redacted_servers;
+pub use auth::{AuthConfig, TlsConfig};
+pub(crate) use backoff::Backoff;
+pub use durable::{DeliveryMode, DurableConfig, DurableNode};
+pub use reconnect::ReconnectConfig;
+
+/// Settings of the NATS transport (`[transport.nats]`). Every key is optional: read them
+/// from a happen configuration ([`from_happen`](NatsConfig::from_happen)), or start from
+/// [`with_server`](NatsConfig::with_server) (or `default()`) and set fields.
+///
+/// ```
+/// use happen_nats::NatsConfig;
+///
+/// let mut config = NatsConfig::with_server("nats://127.0.0.1:4222");
+/// config.servers.push("nats://127.0.0.1:4223".to_owned()); // another member of a cluster
+/// config.prefix = "shop".to_owned();
+/// config.auth.token = Some("s3cret".to_owned());
+/// config.reconnect.max_attempts = Some(10);
+/// config.validate()?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), happen::Error>(())
+/// ```
 ///
 /// `Debug` does not show secrets: passwords, tokens and nkey seeds print as `"***"`, and so
 /// does a password inside a server URL (`nats://user:***@host`).
@@ -90,8 +116,8 @@ pub struct NatsConfig {
     /// else 256).
     pub broadcast_buffer: Option<usize>,
     /// Durable delivery on JetStream for some node ids (`[transport.nats.durable]`; see
-    /// [`crate::durable`]). Off by default.
-    pub durable: crate::durable::DurableConfig,
+    /// [`DurableConfig`]). Off by default.
+    pub durable: DurableConfig,
 }
 
 impl Default for NatsConfig {
@@ -114,49 +140,13 @@ impl Default for NatsConfig {
             stream_window: 256,
             stream_types: Vec::new(),
             broadcast_buffer: None,
-            durable: crate::durable::DurableConfig::default(),
+            durable: DurableConfig::default(),
         }
     }
 }
 
-/// `[transport.nats.auth]`: user and password, a token, an nkey seed, or a credentials file.
-///
-/// `Debug` prints the password, the token and the seed as `"***"` (the user name and the
-/// credentials file's path are shown: they are not secret).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct AuthConfig {
-    /// User name (needs `password`).
-    pub user: Option<String>,
-    /// Password (needs `user`).
-    pub password: Option<String>,
-    /// Token.
-    pub token: Option<String>,
-    /// NKey seed (`SU...`).
-    pub nkey: Option<String>,
-    /// A `.creds` file (JWT + nkey seed).
-    pub credentials_file: Option<PathBuf>,
-}
-
 /// Default of `disconnected_buffer` (when `outbound_buffer` is not smaller).
 const DEFAULT_DISCONNECTED_BUFFER: usize = 8192;
-
-/// Shown instead of a secret by `Debug`.
-const HIDDEN: &str = "***";
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hide = |s: &Option<String>| s.as_ref().map(|_| HIDDEN);
-        f.debug_struct("AuthConfig")
-            .field("user", &self.user)
-            .field("password", &hide(&self.password))
-            .field("token", &hide(&self.token))
-            .field("nkey", &hide(&self.nkey))
-            .field("credentials_file", &self.credentials_file)
-            .finish()
-    }
-}
 
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,84 +194,6 @@ impl fmt::Debug for NatsConfig {
     }
 }
 
-/// `url` with the password of its user info (`scheme://user:password@host`) replaced by
-/// `***`; a user info without a password (a token, `scheme://token@host`) is hidden whole.
-pub(crate) fn redact_url(url: &str) -> String {
-    // async-nats reads a URL without a scheme as `nats://<url>`
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (&url[..scheme.len() + 3], rest),
-        None => ("", url),
-    };
-    // the user info ends at the last `@` before the path
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = (&rest[..at], &rest[at..]);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}{user}:{HIDDEN}{host}"),
-        None => format!("{scheme}{HIDDEN}{host}"),
-    }
-}
-
-/// The server URLs with their passwords hidden (see [`redact_url`]).
-pub(crate) fn redacted_servers(servers: &[String]) -> Vec<String> {
-    servers.iter().map(|s| redact_url(s)).collect()
-}
-
-/// `[transport.nats.tls]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TlsConfig {
-    /// Require TLS.
-    pub required: bool,
-    /// Extra root certificates (PEM).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM; needs `key_file`).
-    pub cert_file: Option<PathBuf>,
-    /// Client key (PEM; needs `cert_file`).
-    pub key_file: Option<PathBuf>,
-    /// TLS handshake before the NATS protocol (server `handshake_first`).
-    pub handshake_first: bool,
-}
-
-/// `[transport.nats.reconnect]`: exponential back-off between `delay_ms` and `max_delay_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ReconnectConfig {
-    /// Give up after this many failed attempts (default: never give up).
-    pub max_attempts: Option<usize>,
-    /// First delay in milliseconds (default 10).
-    pub delay_ms: u64,
-    /// Largest delay in milliseconds (default 2000).
-    pub max_delay_ms: u64,
-}
-
-impl Default for ReconnectConfig {
-    fn default() -> Self {
-        ReconnectConfig {
-            max_attempts: None,
-            delay_ms: 10,
-            max_delay_ms: 2000,
-        }
-    }
-}
-
-impl ReconnectConfig {
-    /// The pause before attempt `attempts`: `delay_ms` doubled per attempt, at most
-    /// `max_delay_ms`.
-    pub(crate) fn delay(&self, attempts: usize) -> Duration {
-        let shift = attempts.min(20) as u32;
-        Duration::from_millis(
-            self.delay_ms
-                .saturating_mul(1u64 << shift)
-                .min(self.max_delay_ms),
-        )
-    }
-}
-
 fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::InvalidConfig,
@@ -291,6 +203,12 @@ fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
 
 impl NatsConfig {
     /// Settings for one server URL, everything else default.
+    ///
+    /// ```
+    /// let config = happen_nats::NatsConfig::with_server("nats://127.0.0.1:4333");
+    /// assert_eq!(config.servers, ["nats://127.0.0.1:4333"]);
+    /// assert_eq!(config.prefix, "happen");
+    /// ```
     pub fn with_server(url: impl Into<String>) -> NatsConfig {
         NatsConfig {
             servers: vec![url.into()],
@@ -299,7 +217,26 @@ impl NatsConfig {
     }
 
     /// Reads `[transport.nats]` of a happen configuration (defaults when absent); the request
-    /// timeout defaults to the instance's `flow.request_timeout_ms`.
+    /// timeout defaults to the instance's `flow.request_timeout_ms`, the broadcast-stream
+    /// buffer to its `streams.broadcast_buffer`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = happen::Config::from_toml_str(r#"
+    /// [flow]
+    /// request_timeout_ms = 2000
+    /// [transport.nats]
+    /// servers = ["nats://127.0.0.1:4333"]
+    /// "#)?;
+    /// let nats = happen_nats::NatsConfig::from_happen(&config)?;
+    /// assert_eq!(nats.request_timeout(), Duration::from_secs(2));
+    ///
+    /// // no `[transport.nats]`: the defaults
+    /// let nats = happen_nats::NatsConfig::from_happen(&happen::Config::default())?;
+    /// assert_eq!(nats.servers, ["nats://127.0.0.1:4222"]);
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key (`transport.nats.<key>`).
@@ -319,6 +256,16 @@ impl NatsConfig {
 
     /// Parses the JSON form of `[transport.nats]` and validates it.
     ///
+    /// ```
+    /// use serde_json::json;
+    ///
+    /// let nats = happen_nats::NatsConfig::from_value(&json!({"prefix": "shop"}))?;
+    /// assert_eq!(nats.prefix, "shop");
+    /// let err = happen_nats::NatsConfig::from_value(&json!({"prefx": "shop"})).unwrap_err();
+    /// assert!(err.message().contains("prefx"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
     pub fn from_value(value: &serde_json::Value) -> Result<NatsConfig> {
@@ -333,7 +280,17 @@ impl NatsConfig {
         Ok(config)
     }
 
-    /// Checks every value.
+    /// Checks every value ([`NatsTransport::connect`](crate::NatsTransport::connect) does it
+    /// too).
+    ///
+    /// ```
+    /// let mut nats = happen_nats::NatsConfig::default();
+    /// nats.validate()?;
+    /// nats.auth.user = Some("app".to_owned()); // without a password
+    /// let err = nats.validate().unwrap_err();
+    /// assert!(err.message().contains("transport.nats.auth"), "{err}");
+    /// # Ok::<(), happen::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
@@ -437,100 +394,34 @@ impl NatsConfig {
             .unwrap_or(DEFAULT_DISCONNECTED_BUFFER.min(self.outbound_buffer))
     }
 
-    /// The request timeout (default 30 s).
+    /// The request timeout: `request_timeout_ms`, by default 30 s (or the instance's
+    /// `flow.request_timeout_ms` with [`from_happen`](NatsConfig::from_happen)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut nats = happen_nats::NatsConfig::default();
+    /// assert_eq!(nats.request_timeout(), Duration::from_secs(30));
+    /// nats.request_timeout_ms = Some(500);
+    /// assert_eq!(nats.request_timeout(), Duration::from_millis(500));
+    /// ```
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.unwrap_or(30_000))
     }
 
-    /// Builds the async-nats connect options (everything but the server list).
-    pub(crate) async fn connect_options(&self) -> Result<async_nats::ConnectOptions> {
-        let mut o = async_nats::ConnectOptions::new()
-            .name(&self.name)
-            .subscription_capacity(self.subscription_capacity)
-            .client_capacity(self.client_capacity)
-            .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
-            .request_timeout(Some(self.request_timeout()))
-            .max_reconnects(self.reconnect.max_attempts);
-        let reconnect = self.reconnect.clone();
-        o = o.reconnect_delay_callback(move |attempts| reconnect.delay(attempts));
-        // `retry_on_initial_connect` is handled by `NatsTransport::connect`
-        let a = &self.auth;
-        if let (Some(u), Some(p)) = (&a.user, &a.password) {
-            o = o.user_and_password(u.clone(), p.clone());
-        }
-        let configured = a.user.is_some()
-            || a.token.is_some()
-            || a.nkey.is_some()
-            || a.credentials_file.is_some();
-        if !configured {
-            match self.url_credentials() {
-                Some((user, Some(password))) => o = o.user_and_password(user, password),
-                Some((token, None)) => o = o.token(token),
-                None => {}
-            }
-        }
-        if let Some(t) = &a.token {
-            o = o.token(t.clone());
-        }
-        if let Some(seed) = &a.nkey {
-            o = o.nkey(seed.clone());
-        }
-        if let Some(path) = &a.credentials_file {
-            o = o.credentials_file(path).await.map_err(|e| {
-                invalid(
-                    "auth.credentials_file",
-                    format!("cannot read `{}`: {e}", path.display()),
-                )
-            })?;
-        }
-        let t = &self.tls;
-        if t.required {
-            o = o.require_tls(true);
-        }
-        if let Some(ca) = &t.ca_file {
-            o = o.add_root_certificates(ca.clone());
-        }
-        if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
-            o = o.add_client_certificate(c.clone(), k.clone());
-        }
-        if t.handshake_first {
-            o = o.tls_first();
-        }
-        Ok(o)
+    /// Makes the node ids matching `pattern` durable with `node`'s settings (see
+    /// [`DurableConfig`]; every process must be configured alike).
+    ///
+    /// ```
+    /// use happen_nats::{DeliveryMode, DurableNode};
+    /// let nats = happen_nats::NatsConfig::with_server("nats://127.0.0.1:4222")
+    ///     .with_durable("orders", DurableNode::new(DeliveryMode::AtLeastOnce));
+    /// assert!(nats.durable.node("orders").is_some());
+    /// ```
+    pub fn with_durable(mut self, pattern: impl Into<String>, node: DurableNode) -> NatsConfig {
+        self.durable.nodes.insert(pattern.into(), node);
+        self
     }
-}
-
-impl NatsConfig {
-    /// The credentials of the first server URL that has some: `(user, Some(password))` or
-    /// `(token, None)`, percent-decoded.
-    pub(crate) fn url_credentials(&self) -> Option<(String, Option<String>)> {
-        self.servers.iter().find_map(|s| {
-            let addr = s.parse::<async_nats::ServerAddr>().ok()?;
-            let user = percent_decode(addr.username()?);
-            Some((user, addr.password().map(percent_decode)))
-        })
-    }
-}
-
-/// Decodes `%XX` escapes (as URLs carry reserved characters of user names and passwords).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 trait KeyHint {
@@ -575,34 +466,6 @@ mod tests {
         assert!(err.message().contains("password"), "{err}");
         let err = NatsConfig::from_value(&json!({"prefix": "a.*"})).unwrap_err();
         assert!(err.message().contains("prefix"), "{err}");
-    }
-
-    #[test]
-    fn urls_lose_their_passwords() {
-        assert_eq!(
-            redact_url("nats://app:pw@127.0.0.1:4222"),
-            "nats://app:***@127.0.0.1:4222"
-        );
-        assert_eq!(redact_url("tls://tok@host:1/x@y"), "tls://***@host:1/x@y");
-        assert_eq!(redact_url("nats://a:b:c@h"), "nats://a:***@h");
-        assert_eq!(redact_url("nats://a:p@ss@h"), "nats://a:***@h");
-        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
-        assert_eq!(redact_url("host:4222"), "host:4222");
-        assert_eq!(redact_url("user:pw@host:4222"), "user:***@host:4222");
-    }
-
-    #[test]
-    fn credentials_come_from_the_url() {
-        let c = NatsConfig::with_server("nats://app:p%40ss@127.0.0.1:4222");
-        assert_eq!(
-            c.url_credentials(),
-            Some(("app".to_owned(), Some("p@ss".to_owned())))
-        );
-        let c = NatsConfig::with_server("nats://t0k3n@127.0.0.1:4222");
-        assert_eq!(c.url_credentials(), Some(("t0k3n".to_owned(), None)));
-        assert_eq!(NatsConfig::default().url_credentials(), None);
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

@@ -20,10 +20,10 @@ use happen::transport::{BroadcastFeed, BroadcastItems, StreamItem};
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
-use crate::serve::value_body;
-use crate::stats::inc;
-use crate::transport::{Headers, Shared};
-use crate::wire::{self, Frame, header};
+use super::Streams;
+use crate::core::outbox::Headers;
+use crate::core::stats::{BadInput, inc};
+use crate::wire::{self, Frame, header, value_body};
 
 /// The `Happen-Stream` value marking a broadcast that carries a stream.
 pub(crate) const BROADCAST: &str = "broadcast";
@@ -31,10 +31,8 @@ pub(crate) const BROADCAST: &str = "broadcast";
 /// The headers of an outgoing broadcast: `Happen-Stream: broadcast` when the event type is
 /// configured as a stream type (`transport.nats.stream_types`) or a node of this process
 /// streams it.
-pub(crate) fn broadcast_headers(shared: &Shared, event_type: &str) -> Headers {
-    if shared.config.stream_types.iter().any(|t| t == event_type)
-        || shared.local_streams(event_type)
-    {
+pub(crate) fn broadcast_headers(s: &Streams, event_type: &str) -> Headers {
+    if s.ep.config.stream_types.iter().any(|t| t == event_type) || s.nodes.streams(event_type) {
         let mut h = HeaderMap::new();
         h.insert(header::STREAM, BROADCAST);
         Headers::Custom(h)
@@ -51,30 +49,14 @@ fn marked(msg: &Message) -> bool {
         .is_some_and(|v| v.as_str().trim() == BROADCAST)
 }
 
-/// `<prefix>.bstream.<event-id>`; characters that are not valid in a subject token become `_`.
-fn subject(shared: &Shared, event: &Event) -> String {
-    let id = event.id().to_string();
-    let token: String = id
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || matches!(c, '.' | '*' | '>') || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    format!("{}.bstream.{token}", shared.config.prefix)
-}
-
 /// How a broadcast is admitted into a node.
 enum Mode {
     /// A plain broadcast.
     Plain,
     /// The node's handler produces the stream: forward its items.
-    Producer(Arc<Shared>, Subject),
+    Producer(Arc<Streams>, Subject),
     /// The node reads the stream produced elsewhere; the subscription was made on arrival.
-    Subscriber(Arc<Shared>, Option<Subscriber>),
+    Subscriber(Arc<Streams>, Option<Subscriber>),
 }
 
 /// A broadcast waiting to be admitted into a node (perhaps held back by its backpressure).
@@ -96,7 +78,7 @@ impl Incoming {
     /// on arrival, so items published while the broadcast is held back are buffered by the
     /// subscription (and reach the node's buffer, lagging per its policy, once admitted).
     pub(crate) fn prepare(
-        shared: &Arc<Shared>,
+        s: &Arc<Streams>,
         inbox: &Inbox,
         msg: &Message,
         event: Event,
@@ -107,36 +89,31 @@ impl Incoming {
                 mode: Mode::Plain,
             });
         }
-        let subject = subject(shared, &event);
+        let subject = s.ep.subjects.broadcast_stream(&event.id().to_string());
         if inbox.streams(event.event_type()) {
             return Prepared::Ready(Incoming {
                 event,
-                mode: Mode::Producer(shared.clone(), Subject::from(subject)),
+                mode: Mode::Producer(s.clone(), Subject::from(subject)),
             });
         }
-        let (shared, node) = (shared.clone(), inbox.id().clone());
+        let (s, node) = (s.clone(), inbox.id().clone());
         Prepared::Subscribing(Box::pin(async move {
-            Incoming::subscribe(shared, node, subject, event).await
+            Incoming::subscribe(s, node, subject, event).await
         }))
     }
 
-    async fn subscribe(
-        shared: Arc<Shared>,
-        node: NodeId,
-        subject: String,
-        event: Event,
-    ) -> Incoming {
-        match shared.client.subscribe(subject).await {
+    async fn subscribe(s: Arc<Streams>, node: NodeId, subject: String, event: Event) -> Incoming {
+        match s.ep.client.subscribe(subject).await {
             Ok(sub) => {
                 // the producer starts publishing as soon as the same broadcast reaches it: make
                 // sure the server knows the subscription before the node starts reading
-                if let Err(e) = shared.round_trip(shared.config.request_timeout()).await {
+                if let Err(e) = s.requests.round_trip(s.ep.config.request_timeout()).await {
                     // admitted anyway: items it missed are reported as lag
                     tracing::warn!(target: "happen_nats", node = %node, error = %e, "a broadcast stream's subscription was not confirmed; its first items may be reported as lag");
                 }
                 Incoming {
                     event,
-                    mode: Mode::Subscriber(shared, Some(sub)),
+                    mode: Mode::Subscriber(s, Some(sub)),
                 }
             }
             Err(e) => {
@@ -156,16 +133,16 @@ impl Incoming {
         // `Event` is a shared handle: a clone is one reference count
         match &mut self.mode {
             Mode::Plain => inbox.deliver(self.event.clone(), None),
-            Mode::Producer(shared, subject) => {
+            Mode::Producer(s, subject) => {
                 let items = inbox.deliver_producer(self.event.clone())?;
-                tokio::spawn(forward(shared.clone(), subject.clone(), items));
+                tokio::spawn(forward(s.clone(), subject.clone(), items));
                 Ok(())
             }
-            Mode::Subscriber(shared, sub) => {
-                let feed = BroadcastFeed::new(shared.config.broadcast_buffer.unwrap_or(256));
+            Mode::Subscriber(s, sub) => {
+                let feed = BroadcastFeed::new(s.ep.config.broadcast_buffer.unwrap_or(256));
                 inbox.deliver_with_items(self.event.clone(), feed.subscribe())?;
                 if let Some(sub) = sub.take() {
-                    tokio::spawn(feed_from(shared.clone(), sub, feed));
+                    tokio::spawn(feed_from(s.clone(), sub, feed));
                 }
                 Ok(())
             }
@@ -185,7 +162,7 @@ fn frame_headers(frame: &Frame, seq: u64) -> HeaderMap {
 /// Publishes the producer's items, numbered from 1; the end (or error) frame takes the next
 /// number. Items the forwarder itself missed (it lagged behind the producer) are skipped
 /// numbers.
-async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItems) {
+async fn forward(s: Arc<Streams>, subject: Subject, mut items: BroadcastItems) {
     let mut seq = 0u64;
     loop {
         let next = items.next().await;
@@ -201,7 +178,7 @@ async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItem
                 value_body(&v),
             ),
             Some(Err(e)) => {
-                let (mut h, body) = wire::error_frame(&e, shared.client.max_payload(), SEQ_ROOM);
+                let (mut h, body) = wire::error_frame(&e, s.ep.client.max_payload(), SEQ_ROOM);
                 h.insert(header::SEQ, seq.to_string().as_str());
                 (h, body)
             }
@@ -213,12 +190,13 @@ async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItem
                 )
             }
         };
-        match shared
+        match s
+            .ep
             .client
             .publish_with_headers(subject.clone(), h, body)
             .await
         {
-            Ok(()) if !last => inc(&shared.counters.stream_items),
+            Ok(()) if !last => inc(&s.counters.stream_items),
             Ok(()) => return,
             Err(e) => {
                 // keep reading: the producer must never wait, and a later frame may get through
@@ -233,15 +211,15 @@ async fn forward(shared: Arc<Shared>, subject: Subject, mut items: BroadcastItem
 
 /// Feeds the frames of one broadcast stream to the local subscribers until the end frame; a
 /// stream silent for the request timeout ends with a `timeout` error.
-async fn feed_from(shared: Arc<Shared>, mut sub: Subscriber, feed: BroadcastFeed) {
-    let idle = shared.config.request_timeout();
-    let outcome = read(&shared, &mut sub, &feed, idle).await;
+async fn feed_from(s: Arc<Streams>, mut sub: Subscriber, feed: BroadcastFeed) {
+    let idle = s.ep.config.request_timeout();
+    let outcome = read(&s, &mut sub, &feed, idle).await;
     feed.end(outcome);
     let _ = sub.unsubscribe().await;
 }
 
 async fn read(
-    shared: &Shared,
+    s: &Streams,
     sub: &mut Subscriber,
     feed: &BroadcastFeed,
     idle: Duration,
@@ -257,7 +235,7 @@ async fn read(
                 ));
             }
             Err(_) => {
-                inc(&shared.counters.stalled_streams);
+                inc(&s.counters.stalled_streams);
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -274,11 +252,11 @@ async fn read(
         let frame = match (seq, wire::decode_frame(msg.headers.as_ref(), &msg.payload)) {
             (Some(seq), Ok(frame)) => (seq, frame),
             (_, Err(e)) => {
-                shared.counters.bad_input("protocol");
+                s.counters.bad_input(BadInput::Protocol);
                 return Err(e);
             }
             (None, Ok(_)) => {
-                shared.counters.bad_input("protocol");
+                s.counters.bad_input(BadInput::Protocol);
                 return Err(Error::new(
                     ErrorKind::Transport,
                     "broadcast stream frame without a valid `Happen-Seq`",
@@ -298,7 +276,7 @@ async fn read(
             Frame::End(v) => return Ok(v),
             Frame::Error(e) => return Err(e),
             Frame::Credit(_) | Frame::Cancel => {
-                shared.counters.bad_input("protocol");
+                s.counters.bad_input(BadInput::Protocol);
                 return Err(Error::new(
                     ErrorKind::Transport,
                     "unexpected `credit`/`cancel` frame in a broadcast stream",

@@ -1,8 +1,15 @@
 //! Property tests: the decoders accept or reject any input, never panic; valid events round-trip.
+//! (Moved from `tests/wire_decoder.rs` when the codec became private.)
 
+use super::error::{decode_error, encode_error, error_from_headers};
+use super::event::{decode_event, encode_event};
+use super::frame::{decode_frame, decode_reply};
+use super::header::{self, escape, unescape};
+use super::pressure::{
+    RemoteLimits, limits_header, parse_limits, parse_pressure_report, pressure_report_header,
+};
 use async_nats::HeaderMap;
 use happen::Event;
-use happen_nats::wire::{self, header};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -22,7 +29,7 @@ fn headers(pairs: &[(u8, String)]) -> HeaderMap {
     ];
     let mut h = HeaderMap::new();
     for (i, v) in pairs {
-        h.insert(names[*i as usize % names.len()], wire::escape(v).as_str());
+        h.insert(names[*i as usize % names.len()], escape(v).as_str());
     }
     h
 }
@@ -30,7 +37,7 @@ fn headers(pairs: &[(u8, String)]) -> HeaderMap {
 proptest! {
     #[test]
     fn decode_event_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..1024) {
-        let _ = wire::decode_event(&bytes, max);
+        let _ = decode_event(&bytes, max);
     }
 
     #[test]
@@ -50,7 +57,7 @@ proptest! {
         if junk { causal["id"] = json!(42); }
         v["context"] = json!({"causal": causal});
         let bytes = serde_json::to_vec(&v).unwrap();
-        let _ = wire::decode_event(&bytes, 1 << 20);
+        let _ = decode_event(&bytes, 1 << 20);
     }
 
     #[test]
@@ -59,13 +66,13 @@ proptest! {
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let h = headers(&pairs);
-        let _ = wire::decode_reply(Some(&h), &body);
-        let _ = wire::decode_reply(None, &body);
-        let _ = wire::decode_frame(Some(&h), &body);
-        let _ = wire::decode_frame(None, &body);
-        let _ = wire::error_from_headers(&h);
-        let _ = wire::decode_error(&h, &body);
-        let _ = wire::parse_pressure(h.get(header::PRESSURE).map(|v| v.as_str()));
+        let _ = decode_reply(Some(&h), &body);
+        let _ = decode_reply(None, &body);
+        let _ = decode_frame(Some(&h), &body);
+        let _ = decode_frame(None, &body);
+        let _ = error_from_headers(&h);
+        let _ = decode_error(&h, &body);
+        let _ = h.get(header::PRESSURE).map(|v| parse_pressure_report(v.as_str()));
     }
 
     #[test]
@@ -87,7 +94,7 @@ proptest! {
         if let Some(o) = omitted { e["omitted"] = json!(o); }
         if wrong { e["code"] = json!(7); }
         let body = serde_json::to_vec(&json!({"error": e})).unwrap();
-        let _ = wire::decode_error(&HeaderMap::new(), &body);
+        let _ = decode_error(&HeaderMap::new(), &body);
     }
 
     #[test]
@@ -107,8 +114,8 @@ proptest! {
             err = hop.into_error();
         }
         let mut h = HeaderMap::new();
-        let body = wire::encode_error(&err, &mut h, 1 << 20, 0);
-        let back = wire::decode_error(&h, &body);
+        let body = encode_error(&err, &mut h, 1 << 20, 0);
+        let back = decode_error(&h, &body);
         prop_assert_eq!(back.kind(), err.kind());
         let origin = back.origin();
         prop_assert_eq!(origin.kind(), happen::ErrorKind::Handler);
@@ -116,25 +123,25 @@ proptest! {
         prop_assert_eq!(origin.code(), code.as_deref());
         prop_assert_eq!(origin.node().map(|n| n.to_string()), node);
         // from the headers alone (an older happen reads only those): the outermost error
-        let top = wire::error_from_headers(&h);
+        let top = error_from_headers(&h);
         prop_assert_eq!(top.kind(), err.kind());
         prop_assert_eq!(top.message(), err.message());
     }
 
     #[test]
     fn pressure_and_limits_parsers_never_panic(value in ".{0,64}") {
-        let _ = wire::parse_pressure_report(&value);
-        let _ = wire::parse_limits(&value);
+        let _ = parse_pressure_report(&value);
+        let _ = parse_limits(&value);
     }
 
     #[test]
     fn limits_and_pressure_reports_round_trip(
         c in 1usize..10_000, q in 1usize..100_000, queued in 0usize..100_000, seq in any::<u64>(),
     ) {
-        let l = wire::RemoteLimits::new(c, q, q / 2 + 1);
-        prop_assert_eq!(wire::parse_limits(&wire::limits_header(&l)), Some(l));
+        let l = RemoteLimits::new(c, q, q / 2 + 1);
+        prop_assert_eq!(parse_limits(&limits_header(&l)), Some(l));
         let p = happen::transport::pressure(true, queued, q);
-        let r = wire::parse_pressure_report(&wire::pressure_report_header(&p, seq, "r1").unwrap());
+        let r = parse_pressure_report(&pressure_report_header(&p, seq, "r1").unwrap());
         prop_assert_eq!(r.pressure, p);
         prop_assert_eq!(r.seq, Some(seq));
         prop_assert_eq!(r.replica.as_deref(), Some("r1"));
@@ -143,16 +150,16 @@ proptest! {
     #[test]
     fn events_round_trip(ty in "[a-z]{1,8}(\\.[a-z]{1,8}){0,2}", n in any::<i64>(), s in ".{0,20}") {
         let e = Event::new(ty.clone(), json!({"n": n, "s": s}));
-        let bytes = wire::encode_event(&e).unwrap();
-        let back = wire::decode_event(&bytes, 1 << 20).unwrap();
+        let bytes = encode_event(&e).unwrap();
+        let back = decode_event(&bytes, 1 << 20).unwrap();
         prop_assert_eq!(back.event_type(), ty.as_str());
         prop_assert_eq!(back.payload(), e.payload());
     }
 
     #[test]
     fn escape_round_trips(s in ".{0,40}") {
-        let esc = wire::escape(&s);
+        let esc = escape(&s);
         prop_assert!(!esc.contains(['\r', '\n']));
-        prop_assert_eq!(wire::unescape(&esc), s);
+        prop_assert_eq!(unescape(&esc), s);
     }
 }

@@ -1,5 +1,5 @@
-//! The producing side of a stream over NATS: forwards a local flow's items to a remote
-//! consumer, never more than the credit it granted; a `cancel` frame (or a consumer that stops
+//! The producing side of a stream to a remote requester: forwards a local flow's items, never
+//! more than the credit the consumer granted; a `cancel` frame (or a consumer that stops
 //! granting credit for the request timeout) drops the local stream, which cancels the flow.
 
 use std::sync::Arc;
@@ -12,22 +12,20 @@ use happen::transport::ItemStream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::serve::value_body;
-use crate::stats::inc;
-use crate::transport::Shared;
-use crate::wire::{self, Frame, header};
+use super::Streams;
+use crate::core::stats::inc;
+use crate::wire::{self, Frame, header, value_body};
 
-pub(crate) async fn produce(shared: Arc<Shared>, reply: Subject, items: ItemStream, credit: u64) {
-    let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
+/// Forwards a local flow's `items` to a remote consumer that granted `credit` on `reply`.
+pub(crate) async fn run(streams: Arc<Streams>, reply: Subject, items: ItemStream, credit: u64) {
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
-    shared.controls.lock().insert(token, ctl_tx);
-    let control = format!("{}.c{token}", shared.inbox);
-    forward(&shared, reply, items, credit, control, ctl_rx).await;
-    shared.controls.lock().remove(&token);
+    let (token, control) = streams.requests.start_control(ctl_tx);
+    forward(&streams, reply, items, credit, control, ctl_rx).await;
+    streams.requests.end_control(token);
 }
 
 async fn forward(
-    shared: &Shared,
+    s: &Streams,
     reply: Subject,
     mut items: ItemStream,
     mut credit: u64,
@@ -37,11 +35,11 @@ async fn forward(
     let mut start = HeaderMap::new();
     start.insert(header::STATUS, "stream");
     start.insert(header::CONTROL, control.as_str());
-    if !publish(shared, &reply, start, Bytes::new()).await {
+    if !publish(s, &reply, start, Bytes::new()).await {
         return; // dropping `items` cancels the flow
     }
     let window = credit;
-    let idle = shared.config.request_timeout();
+    let idle = s.ep.config.request_timeout();
     let item_headers = wire::frame_headers(&Frame::Item(Value::Null));
     loop {
         if credit == 0 {
@@ -49,7 +47,7 @@ async fn forward(
                 Ok(Some(Frame::Credit(n))) => credit = credit.saturating_add(n),
                 Ok(Some(_)) | Ok(None) => return,
                 Err(_) => {
-                    inc(&shared.counters.stalled_streams);
+                    inc(&s.counters.stalled_streams);
                     tracing::warn!(target: "happen_nats", ?idle, "a remote stream consumer granted no credit; cancelling the producer");
                     return;
                 }
@@ -61,25 +59,25 @@ async fn forward(
             biased;
             item = items.next() => match item {
                 Some(Ok(v)) => {
-                    if !publish(shared, &reply, item_headers.clone(), value_body(&v)).await {
+                    if !publish(s, &reply, item_headers.clone(), value_body(&v)).await {
                         return;
                     }
-                    inc(&shared.counters.stream_items);
+                    inc(&s.counters.stream_items);
                     credit -= 1;
-                    shared
+                    s
                         .counters
                         .max_stream_in_flight
                         .fetch_max(window - credit.min(window), Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
-                    let (h, body) = wire::error_frame(&e, shared.client.max_payload(), 0);
-                    publish(shared, &reply, h, body).await;
+                    let (h, body) = wire::error_frame(&e, s.ep.client.max_payload(), 0);
+                    publish(s, &reply, h, body).await;
                     return;
                 }
                 None => {
                     let end = items.final_value().cloned().unwrap_or(Value::Null);
                     let h = wire::frame_headers(&Frame::End(Value::Null));
-                    publish(shared, &reply, h, value_body(&end)).await;
+                    publish(s, &reply, h, value_body(&end)).await;
                     return;
                 }
             },
@@ -91,8 +89,9 @@ async fn forward(
     }
 }
 
-async fn publish(shared: &Shared, reply: &Subject, headers: HeaderMap, body: Bytes) -> bool {
-    match shared
+async fn publish(s: &Streams, reply: &Subject, headers: HeaderMap, body: Bytes) -> bool {
+    match s
+        .ep
         .client
         .publish_with_headers(reply.clone(), headers, body)
         .await

@@ -15,7 +15,7 @@
 //!   and replies keep flowing while a broadcast is held.
 //!
 //! The serve loop never waits for anything slow in line: answers are queued without waiting
-//! ([`Shared::publish_answer`]), and a broadcast stream's set-up (a subscribe and a round trip
+//! ([`Outbox::publish_answer`]), and a broadcast stream's set-up (a subscribe and a round trip
 //! through the server) is polled as one more branch of the loop, which stops reading
 //! broadcasts meanwhile (they stay in order) but keeps reading direct messages and answering.
 //! (While a node stops, broadcasts that still arrive are set up in line.)
@@ -38,11 +38,29 @@ use happen::transport::{ReplyReceiver, Response, reply_channel};
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
-use crate::bstream::{Incoming, Prepared};
-use crate::stats::inc;
-use crate::transport::{Headers, Outgoing, Shared};
-use crate::wire::{self, header};
+use super::streams::broadcast::{Incoming, Prepared};
+use super::streams::{Streams, produce};
+use crate::core::Endpoint;
+use crate::core::nodes::LocalNodes;
+use crate::core::outbox::{Headers, Outbox, Outgoing};
+use crate::core::requests::Requests;
+use crate::core::stats::{BadInput, Counters, inc};
+use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
+
+/// What the serve tasks of this process's nodes use.
+pub(crate) struct Serve {
+    pub(crate) ep: Arc<Endpoint>,
+    /// Round trips, and relays of requests a stopped node passes on.
+    pub(crate) requests: Arc<Requests>,
+    /// Answers are published through it.
+    pub(crate) outbox: Arc<Outbox>,
+    /// The nodes' last pressure reports, for reply headers.
+    pub(crate) nodes: Arc<LocalNodes>,
+    pub(crate) counters: Arc<Counters>,
+    /// Streams produced by the node, and broadcast streams.
+    pub(crate) streams: Arc<Streams>,
+}
 
 /// A reply being computed by the local node.
 struct Waiting {
@@ -78,7 +96,7 @@ const RELAY_WAIT: Duration = Duration::from_secs(5);
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    ctx: Arc<Serve>,
     inbox: Inbox,
     direct: Subscriber,
     broadcast: Subscriber,
@@ -89,7 +107,7 @@ pub(crate) async fn run(
         disconnects,
         pressure: inbox.watch_pressure(),
         drain: inbox.watch_pressure(),
-        shared,
+        ctx,
         inbox,
         direct: Sub::new(direct),
         broadcast: Sub::new(broadcast),
@@ -152,7 +170,7 @@ impl Sub {
 
 /// One node's serve task (see the module docs).
 struct Serving {
-    shared: Arc<Shared>,
+    ctx: Arc<Serve>,
     /// The connection's disconnect count when the subscriptions were made.
     disconnects: u64,
     inbox: Inbox,
@@ -180,7 +198,7 @@ impl Serving {
                 biased;
                 _ = &mut stop => return,
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                    answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                 }
                 Some(msg) = self.direct.next() => self.on_direct(msg),
                 incoming = prepared(&mut self.preparing), if self.preparing.is_some() => {
@@ -192,7 +210,7 @@ impl Serving {
                     self.held = offer(&self.inbox, &self.pressure, h.event);
                 }
                 Some(msg) = self.broadcast.next(), if self.held.is_none() && self.preparing.is_none() => {
-                    match on_broadcast(&self.shared, &self.inbox, msg) {
+                    match on_broadcast(&self.ctx, &self.inbox, msg) {
                         Some(Prepared::Ready(incoming)) => {
                             self.held = offer(&self.inbox, &self.pressure, incoming);
                         }
@@ -220,7 +238,7 @@ impl Serving {
             tokio::select! {
                 biased;
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                    answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                 }
                 Some(msg) = self.direct.next() => self.on_direct(msg),
                 incoming = prepared(&mut self.preparing) => {
@@ -240,7 +258,7 @@ impl Serving {
         // the server from the resubscription, so an allowance would not end both at once:
         // then a plain unsubscribe (what is on its way may be lost).
         let resubscribed =
-            self.shared.counters.disconnects.load(Ordering::Acquire) != self.disconnects;
+            self.ctx.counters.disconnects.load(Ordering::Acquire) != self.disconnects;
         for sub in [&mut self.direct, &mut self.broadcast] {
             if sub.ended {
                 continue;
@@ -253,8 +271,8 @@ impl Serving {
                     .await
             };
         }
-        let shared = self.shared.clone();
-        let confirm = shared.round_trip(CONFIRM_WITHIN);
+        let ctx = self.ctx.clone();
+        let confirm = ctx.requests.round_trip(CONFIRM_WITHIN);
         tokio::pin!(confirm);
         loop {
             tokio::select! {
@@ -266,7 +284,7 @@ impl Serving {
                     break;
                 }
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                    answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                 }
                 Some(msg) = self.direct.next() => self.on_direct(msg),
                 Some(msg) = self.broadcast.next() => self.admit_broadcast(msg).await,
@@ -294,7 +312,7 @@ impl Serving {
                 tokio::select! {
                     biased;
                     Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
-                        answer(&self.shared, reply, credit, response, &self.pressure, self.inbox.id());
+                        answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                     }
                     Some(_) = self.relays.next(), if !self.relays.is_empty() => {}
                     Some(msg) = self.direct.next() => self.pass_on(msg),
@@ -307,9 +325,9 @@ impl Serving {
             if (self.direct.ended && self.broadcast.ended) || Instant::now() >= give_up {
                 break;
             }
-            self.shared.flush_outbound().await;
+            self.ctx.outbox.flush().await;
             // not confirmed (the connection is gone): the loop ends at `give_up`
-            let _ = self.shared.round_trip(CONFIRM_WITHIN).await;
+            let _ = self.ctx.requests.round_trip(CONFIRM_WITHIN).await;
             let mut quiet = true;
             while let Some(msg) = self.direct.try_next() {
                 self.pass_on(msg);
@@ -336,7 +354,7 @@ impl Serving {
             self.admit_broadcast(msg).await;
         }
         self.report_closed();
-        self.shared.flush_outbound().await;
+        self.ctx.outbox.flush().await;
     }
 
     /// Takes in what the client already holds for the node.
@@ -360,33 +378,29 @@ impl Serving {
     /// the sender unchanged by the reply inbox task. A request that comes back here already
     /// carrying this process's inbox (relayed before) is re-sent as it is.
     fn pass_on(&mut self, msg: Message) {
-        let own = |r: &Subject| {
-            r.as_str()
-                .strip_prefix(self.shared.inbox.as_str())
-                .is_some_and(|t| t.starts_with('.'))
-        };
+        let own = |r: &Subject| self.ctx.requests.is_own(r.as_str());
         let reply = match msg.reply {
             Some(r) if !own(&r) => {
                 let (first, answered) = oneshot::channel();
-                let token = self.shared.relay(r, self.inbox.id().clone(), first);
+                let token = self.ctx.requests.relay(r, self.inbox.id().clone(), first);
                 self.relays.push(answered);
-                Some(Subject::from(format!("{}.{token}", self.shared.inbox)))
+                Some(self.ctx.requests.reply_subject(token))
             }
             other => other,
         };
         let out = Outgoing {
             subject: msg.subject,
             reply,
-            headers: msg.headers.map_or(Headers::None, Headers::Custom),
+            headers: Headers::from(msg.headers),
             payload: msg.payload,
         };
-        self.shared.publish_answer(out);
-        inc(&self.shared.counters.forwarded);
+        self.ctx.outbox.publish_answer(out);
+        inc(&self.ctx.counters.forwarded);
     }
 
     fn on_direct(&mut self, msg: Message) {
         on_direct(
-            &self.shared,
+            &self.ctx,
             &self.inbox,
             msg,
             &mut self.waiting,
@@ -397,7 +411,7 @@ impl Serving {
     /// Admits a broadcast without waiting for the node to drain (the node is closing);
     /// counted at the node if it does not fit.
     async fn admit_broadcast(&mut self, msg: Message) {
-        let mut incoming = match on_broadcast(&self.shared, &self.inbox, msg) {
+        let mut incoming = match on_broadcast(&self.ctx, &self.inbox, msg) {
             Some(Prepared::Ready(incoming)) => incoming,
             Some(Prepared::Subscribing(subscribing)) => subscribing.await,
             None => return,
@@ -411,7 +425,7 @@ impl Serving {
     /// last "under pressure" report of it does not hold them back), if it ever reported.
     fn report_closed(&mut self) {
         let id = self.inbox.id().clone();
-        if self.shared.local_reports.lock().remove(&id).is_none() {
+        if !self.ctx.nodes.forget_reports(&id) {
             return;
         }
         let event = happen::Event::new(
@@ -429,10 +443,10 @@ impl Serving {
             return;
         };
         let mut h = HeaderMap::new();
-        h.insert(header::REPLICA, self.shared.replica.as_str());
+        h.insert(header::REPLICA, self.ctx.ep.replica.as_str());
         publish(
-            &self.shared,
-            Subject::from(self.shared.subjects.pressure(&id)),
+            &self.ctx,
+            Subject::from(self.ctx.ep.subjects.pressure(&id)),
             Some(h),
             body,
         );
@@ -491,13 +505,13 @@ fn offer(inbox: &Inbox, pressure: &watch::Receiver<Pressure>, mut event: Incomin
 }
 
 /// Decodes an event, checking size and stray frames; counts and explains what is wrong.
-fn decode(shared: &Shared, msg: &Message) -> Result<happen::Event, Error> {
-    if msg.payload.len() > shared.max_bytes {
-        shared.counters.bad_input("oversized");
-        return wire::decode_event(&msg.payload, shared.max_bytes);
+fn decode(ctx: &Serve, msg: &Message) -> Result<happen::Event, Error> {
+    if msg.payload.len() > ctx.ep.max_bytes {
+        ctx.counters.bad_input(BadInput::Oversized);
+        return wire::decode_event(&msg.payload, ctx.ep.max_bytes);
     }
     if let Some(kind) = msg.headers.as_ref().and_then(|h| h.get(header::FRAME)) {
-        shared.counters.bad_input("protocol");
+        ctx.counters.bad_input(BadInput::Protocol);
         return Err(Error::new(
             happen::ErrorKind::InvalidEvent,
             format!(
@@ -506,13 +520,13 @@ fn decode(shared: &Shared, msg: &Message) -> Result<happen::Event, Error> {
             ),
         ));
     }
-    wire::decode_event(&msg.payload, shared.max_bytes).inspect_err(|_| {
-        shared.counters.bad_input("malformed");
+    wire::decode_event(&msg.payload, ctx.ep.max_bytes).inspect_err(|_| {
+        ctx.counters.bad_input(BadInput::Malformed);
     })
 }
 
 fn on_direct(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Serve>,
     inbox: &Inbox,
     msg: Message,
     waiting: &mut FuturesUnordered<Waiting>,
@@ -521,16 +535,16 @@ fn on_direct(
     let node = inbox.id();
     if let Some(query) = msg.headers.as_ref().and_then(|h| h.get(header::QUERY)) {
         if let Some(reply) = msg.reply {
-            answer_query(shared, inbox, query.as_str(), reply, pressure);
+            answer_query(ctx, inbox, query.as_str(), reply, pressure);
         }
         return;
     }
-    let event = match decode(shared, &msg) {
+    let event = match decode(ctx, &msg) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node, subject = %msg.subject, error = %err, "rejected a bad message");
             if let Some(reply) = msg.reply {
-                publish_error(shared, reply, &err, pressure, node);
+                publish_error(ctx, reply, &err, pressure, node);
             }
             return;
         }
@@ -546,7 +560,7 @@ fn on_direct(
             let (tx, rx) = reply_channel();
             match inbox.deliver(event, Some(tx)) {
                 Ok(()) => waiting.push(Waiting { reply, credit, rx }),
-                Err(err) => publish_error(shared, reply, &err, pressure, node),
+                Err(err) => publish_error(ctx, reply, &err, pressure, node),
             }
         }
         None => {
@@ -558,18 +572,18 @@ fn on_direct(
 }
 
 /// Decodes a broadcast; `None` when it is bad or the node has no handler for it. A broadcast
-/// carrying a stream is prepared for it (see [`crate::bstream`]).
-fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
+/// carrying a stream is prepared for it (see [`broadcast`](super::streams::broadcast)).
+fn on_broadcast(ctx: &Arc<Serve>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
     // the type at the start of the body says whether the node wants it, without decoding
     // (see `WIRE.md`, "Broadcasts")
     if let Some(t) = wire::peek_type(&msg.payload)
         && !inbox.accepts(t)
     {
-        inc(&shared.counters.broadcasts_skipped);
+        inc(&ctx.counters.broadcasts_skipped);
         return None;
     }
-    inc(&shared.counters.broadcasts_decoded);
-    let event = match decode(shared, &msg) {
+    inc(&ctx.counters.broadcasts_decoded);
+    let event = match decode(ctx, &msg) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %inbox.id(), subject = %msg.subject, error = %err, "rejected a bad broadcast");
@@ -579,12 +593,12 @@ fn on_broadcast(shared: &Arc<Shared>, inbox: &Inbox, msg: Message) -> Option<Pre
     if !inbox.accepts(event.event_type()) {
         return None;
     }
-    Some(Incoming::prepare(shared, inbox, &msg, event))
+    Some(Incoming::prepare(&ctx.streams, inbox, &msg, event))
 }
 
 /// Answers a `Happen-Query` (no event is admitted): `limits` with the node's limits.
 fn answer_query(
-    shared: &Shared,
+    ctx: &Serve,
     inbox: &Inbox,
     query: &str,
     reply: Subject,
@@ -595,19 +609,19 @@ fn answer_query(
             ErrorKind::InvalidEvent,
             format!("unknown `Happen-Query` `{query}`; only `limits` is understood"),
         );
-        return publish_error(shared, reply, &err, pressure, inbox.id());
+        return publish_error(ctx, reply, &err, pressure, inbox.id());
     }
     let limits = wire::RemoteLimits::of(inbox.limits());
     let mut h = HeaderMap::new();
     h.insert(header::LIMITS, wire::limits_header(&limits).as_str());
-    h.insert(header::REPLICA, shared.replica.as_str());
-    publish(shared, reply, Some(h), Bytes::new());
+    h.insert(header::REPLICA, ctx.ep.replica.as_str());
+    publish(ctx, reply, Some(h), Bytes::new());
 }
 
 /// Adds `Happen-Pressure` when the node is under pressure, from its last `node.pressure`
 /// report (with that report's `seq`, so a requester can order it against the reports).
 fn pressure_headers(
-    shared: &Shared,
+    ctx: &Serve,
     node: &NodeId,
     pressure: &watch::Receiver<Pressure>,
     into: &mut Option<HeaderMap>,
@@ -615,25 +629,25 @@ fn pressure_headers(
     if !pressure.borrow().under_pressure {
         return;
     }
-    let Some((seq, p)) = shared.local_reports.lock().get(node).copied() else {
+    let Some((seq, p)) = ctx.nodes.report(node) else {
         return;
     };
-    if let Some(v) = wire::pressure_report_header(&p, seq, &shared.replica) {
+    if let Some(v) = wire::pressure_report_header(&p, seq, &ctx.ep.replica) {
         into.get_or_insert_with(HeaderMap::new)
             .insert(header::PRESSURE, v.as_str());
     }
 }
 
-fn publish(shared: &Shared, subject: Subject, headers: Option<HeaderMap>, body: Bytes) {
+fn publish(ctx: &Serve, subject: Subject, headers: Option<HeaderMap>, body: Bytes) {
     // Through the transport's publisher task, like requests (it hands messages to the client
     // in batches); never waiting for room (see `Shared::publish_answer`).
-    shared.publish_answer(Outgoing {
+    ctx.outbox.publish_answer(Outgoing {
         subject,
         reply: None,
-        headers: headers.map_or(Headers::None, Headers::Custom),
+        headers: Headers::from(headers),
         payload: body,
     });
-    inc(&shared.counters.replies);
+    inc(&ctx.counters.replies);
 }
 
 /// Room for the `Happen-Pressure` header (about 100 bytes) added to an error reply after its
@@ -642,8 +656,8 @@ const PRESSURE_ROOM: usize = 256;
 
 /// Publishes an error reply: `Happen-Status: error`, the `Happen-Error-*` headers and the JSON
 /// error body (see `WIRE.md`, "Request / reply").
-pub(crate) fn publish_error(
-    shared: &Shared,
+fn publish_error(
+    ctx: &Serve,
     reply: Subject,
     err: &Error,
     pressure: &watch::Receiver<Pressure>,
@@ -651,18 +665,14 @@ pub(crate) fn publish_error(
 ) {
     let mut h = HeaderMap::new();
     h.insert(header::STATUS, "error");
-    let body = wire::encode_error(err, &mut h, shared.client.max_payload(), PRESSURE_ROOM);
+    let body = wire::encode_error(err, &mut h, ctx.ep.client.max_payload(), PRESSURE_ROOM);
     let mut h = Some(h);
-    pressure_headers(shared, node, pressure, &mut h);
-    publish(shared, reply, h, body);
-}
-
-pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+    pressure_headers(ctx, node, pressure, &mut h);
+    publish(ctx, reply, h, body);
 }
 
 fn answer(
-    shared: &Arc<Shared>,
+    ctx: &Arc<Serve>,
     reply: Subject,
     credit: Option<u64>,
     response: Response,
@@ -672,27 +682,127 @@ fn answer(
     match response {
         Response::Done(Ok(v)) => {
             let mut h = None;
-            pressure_headers(shared, node, pressure, &mut h);
-            publish(shared, reply, h, value_body(&v));
+            pressure_headers(ctx, node, pressure, &mut h);
+            publish(ctx, reply, h, value_body(&v));
         }
-        Response::Done(Err(e)) => publish_error(shared, reply, &e, pressure, node),
+        Response::Done(Err(e)) => publish_error(ctx, reply, &e, pressure, node),
         Response::Stream(items) => match credit {
             Some(credit) => {
-                tokio::spawn(crate::stream::produce(shared.clone(), reply, items, credit));
+                tokio::spawn(produce::run(ctx.streams.clone(), reply, items, credit));
             }
             None => {
                 // a requester that cannot consume streams (e.g. the reference implementation)
                 // gets the final value, as a plain reply
-                let shared = shared.clone();
+                let ctx = ctx.clone();
                 let pressure = pressure.clone();
                 let node = node.clone();
                 tokio::spawn(async move {
                     match items.skip_to_final().await {
-                        Ok(v) => publish(&shared, reply, None, value_body(&v)),
-                        Err(e) => publish_error(&shared, reply, &e, &pressure, &node),
+                        Ok(v) => publish(&ctx, reply, None, value_body(&v)),
+                        Err(e) => publish_error(&ctx, reply, &e, &pressure, &node),
                     }
                 });
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::IntoFuture;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use happen::{Context, Event, Happen};
+    use parking_lot::Mutex;
+    use serde_json::json;
+    use test_support::NatsServer;
+    use tokio::sync::oneshot;
+
+    use crate::{NatsConfig, NatsTransport};
+
+    async fn instance_with(config: NatsConfig) -> (Happen, NatsTransport) {
+        let transport = NatsTransport::connect(config)
+            .await
+            .expect("connect to nats");
+        let happen = Happen::builder()
+            .transport(transport.clone())
+            .build()
+            .expect("build happen");
+        (happen, transport)
+    }
+
+    async fn within<T>(secs: u64, what: &str, f: impl IntoFuture<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(secs), f)
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+    }
+
+    /// While a broadcast stream's set-up (a subscribe and a round trip through the server)
+    /// is stalled, direct requests to the same node are still read and answered, and the
+    /// broadcast is admitted once its set-up completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_broadcast_stream_set_up_does_not_hold_up_direct_requests() {
+        let server = NatsServer::start();
+        let mut config = NatsConfig::with_server(server.url());
+        // a stalled set-up would hold the loop this long (longer than any bound below)
+        config.request_timeout_ms = Some(60_000);
+        // broadcasts of `metrics` carry a stream: receivers subscribe to it before admission
+        config.stream_types = vec!["metrics".to_owned()];
+        let (a, _ta) = instance_with(config.clone()).await;
+        let (b, tb) = instance_with(config).await;
+
+        let dash = b.node("dash").await.unwrap();
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let admitted_tx = Arc::new(Mutex::new(Some(admitted_tx)));
+        dash.on("metrics", move |_e: Event, ctx: Context| {
+            let admitted = admitted_tx.lock().take();
+            async move {
+                if let Some(tx) = admitted {
+                    let _ = tx.send(ctx.items().is_some());
+                }
+            }
+        })
+        .unwrap();
+        dash.on("ping", |e: Event, _c: Context| async move {
+            e.payload().clone()
+        })
+        .unwrap();
+
+        // `dash`'s process: every round trip through the server now waits (a slow server)
+        tb.round_trip_hold().set(true);
+        let source = a.node("source").await.unwrap();
+        source.broadcast(Event::new("metrics", ())).unwrap();
+        within(
+            10,
+            "the stream set-up to reach its round trip",
+            tb.round_trip_hold().waiting(1),
+        )
+        .await;
+
+        // the set-up is stalled; requests to the same node are answered meanwhile
+        let client = a.node("client").await.unwrap();
+        let replies = (0..200).map(|i| {
+            let client = client.clone();
+            async move { client.send("dash", Event::new("ping", i)).await }
+        });
+        let replies = within(
+            10,
+            "200 requests while a set-up is stalled",
+            futures::future::join_all(replies),
+        )
+        .await;
+        for (i, r) in replies.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), json!(i));
+        }
+
+        // released: the broadcast is admitted, with its stream
+        tb.round_trip_hold().set(false);
+        let with_items = within(10, "the broadcast after its set-up", admitted_rx)
+            .await
+            .unwrap();
+        assert!(with_items, "the broadcast was admitted without its stream");
+        within(10, "shutdown", a.shutdown(Duration::from_secs(5))).await;
+        within(10, "shutdown", b.shutdown(Duration::from_secs(5))).await;
     }
 }

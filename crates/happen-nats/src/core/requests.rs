@@ -1,0 +1,395 @@
+//! This process's requests in flight: one reply inbox (`_INBOX.<nuid>`) for the whole process,
+//! a token per request (replies arrive on `<inbox>.<token>`, stream control frames for this
+//! process's producers on `<inbox>.c<token>`), and what waits for each token
+//! ([`Pending`]). Also the one round trip through the server that confirms subscriptions
+//! ([`Requests::round_trip`]).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{Client, Subject};
+use bytes::Bytes;
+use happen::transport::{ReplySender, Response};
+use happen::{Error, ErrorKind, NodeId, Result};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::stats::{Counters, inc};
+use super::transport_error;
+use crate::pacing::{InFlight, Remote};
+use crate::wire::Frame;
+
+/// Where a reply on the shared inbox goes.
+pub(crate) enum Pending {
+    /// Waiting for the first reply message. `in_flight` counts the request for pacing when
+    /// a producer of this process paces sends to `target` (see [`crate::pacing`]).
+    Reply {
+        tx: ReplySender,
+        target: NodeId,
+        in_flight: Option<InFlight>,
+        /// A durable send: its reply still comes after a reconnect.
+        durable: bool,
+    },
+    /// A remote stream being consumed: frames go to its consumer task. The request counts
+    /// as in flight until the stream ends (its flow holds a slot at the target).
+    Stream {
+        frames: mpsc::Sender<async_nats::Message>,
+        /// Held for its `Drop`.
+        _in_flight: Option<InFlight>,
+    },
+    /// A `Happen-Query: limits` request for the pacing view of a target.
+    Limits {
+        remote: Arc<Remote>,
+        expires: Instant,
+    },
+    /// A round trip through the server ([`Requests::round_trip`]): signalled when its probe
+    /// comes back.
+    Probe(oneshot::Sender<()>),
+    /// A request that reached a stopped node of this process and was relayed to another
+    /// replica: its answer (and stream frames) go back to `to`, the original reply subject.
+    Relay {
+        to: Subject,
+        node: NodeId,
+        /// Signalled when the first answer was passed back.
+        first: Option<oneshot::Sender<()>>,
+        /// Forgotten after the request timeout.
+        expires: Instant,
+    },
+}
+
+/// What a message arriving on `<inbox>.<token>` is for (see [`Requests::arrived`]).
+pub(crate) enum Arrival {
+    /// An answer to a relayed request: pass it back to `to`, then signal `first` (if set).
+    Relay {
+        to: Subject,
+        node: NodeId,
+        first: Option<oneshot::Sender<()>>,
+    },
+    /// A frame of a remote stream being consumed.
+    Stream(mpsc::Sender<async_nats::Message>),
+    /// The entry waiting for this message, removed: a reply, a limits answer or a probe.
+    Taken(Pending),
+    /// Nobody waits for it (any more).
+    Unmatched,
+}
+
+/// The requests of this process (see the module docs).
+pub(crate) struct Requests {
+    client: Client,
+    /// `_INBOX.<nuid>`: replies arrive on `<inbox>.<token>`, stream control on `<inbox>.c<token>`.
+    inbox: String,
+    next_token: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// The control channels of this process's stream producers, by token.
+    controls: Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
+    /// How long a relay is remembered.
+    request_timeout: Duration,
+    counters: Arc<Counters>,
+    /// A test hook: round trips wait while it is held.
+    #[cfg(test)]
+    pub(crate) hold: RoundTripHold,
+}
+
+impl Requests {
+    /// Requests with replies on `<inbox>.*`.
+    pub(crate) fn new(
+        client: Client,
+        inbox: String,
+        request_timeout: Duration,
+        counters: Arc<Counters>,
+    ) -> Requests {
+        Requests {
+            client,
+            inbox,
+            next_token: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            controls: Mutex::new(HashMap::new()),
+            request_timeout,
+            counters,
+            #[cfg(test)]
+            hold: RoundTripHold::default(),
+        }
+    }
+
+    /// The reply inbox: `_INBOX.<nuid>`.
+    pub(crate) fn inbox(&self) -> &str {
+        &self.inbox
+    }
+
+    /// Is `subject` a reply subject of this process (`<inbox>.<token>`)?
+    pub(crate) fn is_own(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.inbox.as_str())
+            .is_some_and(|t| t.starts_with('.'))
+    }
+
+    /// A fresh token.
+    pub(crate) fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `<inbox>.<token>`.
+    pub(crate) fn reply_subject(&self, token: u64) -> Subject {
+        let mut reply = String::with_capacity(self.inbox.len() + 21);
+        reply.push_str(&self.inbox);
+        reply.push('.');
+        let _ = write!(reply, "{token}");
+        Subject::from(reply)
+    }
+
+    /// Registers what waits for `token` (before the request is published).
+    pub(crate) fn insert(&self, token: u64, pending: Pending) {
+        self.pending.lock().insert(token, pending);
+    }
+
+    /// Forgets `token` (its caller went away).
+    pub(crate) fn remove(&self, token: u64) {
+        self.pending.lock().remove(&token);
+    }
+
+    /// Takes what waits for a message on `<inbox>.<token>`. A relay stays registered while
+    /// `continues` (a stream start or item: more answers follow).
+    pub(crate) fn arrived(&self, token: u64, continues: impl FnOnce() -> bool) -> Arrival {
+        let mut pending = self.pending.lock();
+        match pending.get_mut(&token) {
+            Some(Pending::Relay {
+                to, node, first, ..
+            }) => {
+                let arrival = Arrival::Relay {
+                    to: to.clone(),
+                    node: node.clone(),
+                    first: first.take(),
+                };
+                if !continues() {
+                    pending.remove(&token);
+                }
+                arrival
+            }
+            Some(Pending::Stream { frames, .. }) => Arrival::Stream(frames.clone()),
+            Some(Pending::Reply { .. } | Pending::Limits { .. } | Pending::Probe(_)) => {
+                match pending.remove(&token) {
+                    Some(p) => Arrival::Taken(p),
+                    None => Arrival::Unmatched,
+                }
+            }
+            None => Arrival::Unmatched,
+        }
+    }
+
+    /// Removes entries nobody will read: callers that timed out or dropped their reply (a
+    /// request counted for pacing stays counted until its reply arrives or the request
+    /// timeout passes: the target may still be working on it), and limits queries that got
+    /// no answer (returned, to be told).
+    pub(crate) fn sweep(&self, now: Instant) -> Vec<Arc<Remote>> {
+        let mut unanswered = Vec::new();
+        self.pending.lock().retain(|_, p| match p {
+            Pending::Reply { tx, in_flight, .. } => {
+                !tx.is_closed() || in_flight.as_ref().is_some_and(|f| !f.expired(now))
+            }
+            Pending::Stream { frames, .. } => !frames.is_closed(),
+            Pending::Limits { remote, expires } => {
+                let keep = *expires > now;
+                if !keep {
+                    unanswered.push(remote.clone());
+                }
+                keep
+            }
+            Pending::Relay { expires, .. } => *expires > now,
+            Pending::Probe(done) => !done.is_closed(),
+        });
+        unanswered
+    }
+
+    /// The connection was lost: fails the requests whose replies can no longer arrive (a
+    /// durable request keeps waiting: it is stored in JetStream, and its reply comes after
+    /// the reconnect).
+    pub(crate) fn fail_pending(&self, why: &str) {
+        let drained: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
+        for (token, p) in drained {
+            match p {
+                Pending::Reply {
+                    tx,
+                    target,
+                    in_flight,
+                    durable: true,
+                } => {
+                    self.pending.lock().insert(
+                        token,
+                        Pending::Reply {
+                            tx,
+                            target,
+                            in_flight,
+                            durable: true,
+                        },
+                    );
+                }
+                Pending::Reply { tx, target, .. } => {
+                    inc(&self.counters.failed_on_disconnect);
+                    let err = crate::wire::error_from_parts(
+                        ErrorKind::Transport,
+                        why,
+                        Some(target),
+                        None,
+                        None,
+                    );
+                    let _ = tx.send(Response::Done(Err(err)));
+                }
+                Pending::Limits { remote, .. } => remote.query_failed(),
+                // a stream consumer sees its frame channel close and ends with a transport
+                // error; a relayed request's sender sees its own connection's state; a round
+                // trip fails when its probe is dropped
+                Pending::Stream { .. } | Pending::Relay { .. } | Pending::Probe(_) => {}
+            }
+        }
+    }
+
+    /// The transport shut down: every request still waiting fails with `ShutDown`.
+    pub(crate) fn fail_all(&self) {
+        let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
+        for p in drained {
+            if let Pending::Reply { tx, .. } = p {
+                let _ = tx.send(Response::Done(Err(Error::new(
+                    ErrorKind::ShutDown,
+                    "the nats transport shut down before the reply arrived",
+                ))));
+            }
+        }
+    }
+
+    /// Removes the request `token` that could not be published, failing its sender with
+    /// `err()`.
+    pub(crate) fn forget(&self, token: u64, err: impl FnOnce() -> Error) {
+        let removed = self.pending.lock().remove(&token);
+        match removed {
+            Some(Pending::Reply { tx, .. }) => {
+                let _ = tx.send(Response::Done(Err(err())));
+            }
+            Some(Pending::Limits { remote, .. }) => remote.query_failed(),
+            _ => {}
+        }
+    }
+
+    /// Registers a relay of a request to `node` whose answer goes back to `to`; returns the
+    /// token of this process's reply subject to publish it with.
+    pub(crate) fn relay(&self, to: Subject, node: NodeId, first: oneshot::Sender<()>) -> u64 {
+        let token = self.token();
+        self.insert(
+            token,
+            Pending::Relay {
+                to,
+                node,
+                first: Some(first),
+                expires: Instant::now() + self.request_timeout,
+            },
+        );
+        token
+    }
+
+    /// Registers a stream producer of this process: its control frames arrive on the
+    /// returned subject (`<inbox>.c<token>`) and go to `frames`. Unregister with
+    /// [`end_control`](Requests::end_control).
+    pub(crate) fn start_control(&self, frames: mpsc::Sender<Frame>) -> (u64, String) {
+        let token = self.token();
+        self.controls.lock().insert(token, frames);
+        (token, format!("{}.c{token}", self.inbox))
+    }
+
+    /// Unregisters the stream producer `token`.
+    pub(crate) fn end_control(&self, token: u64) {
+        self.controls.lock().remove(&token);
+    }
+
+    /// Where a control frame for the producer `token` goes.
+    pub(crate) fn control(&self, token: u64) -> Option<mpsc::Sender<Frame>> {
+        self.controls.lock().get(&token).cloned()
+    }
+
+    /// Waits (at most `within`) for a message to this process's reply inbox to come back
+    /// through the server: the server handles one connection's commands in order, so every
+    /// subscribe and unsubscribe sent before has then taken effect, and every message the
+    /// server routed to this connection before has arrived. One round trip through the
+    /// shared inbox; no subscription of its own. The one helper for every such confirmation
+    /// (attach, broadcast-stream set-up, stopping a node, a tap).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transport`] when the probe cannot be published, the connection is lost
+    /// meanwhile, or it does not come back within `within`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe; a dropped probe's entry is swept by the reply inbox task.
+    pub(crate) async fn round_trip(&self, within: Duration) -> Result<()> {
+        let token = self.token();
+        let (done, back) = oneshot::channel();
+        self.insert(token, Pending::Probe(done));
+        let probe = format!("{}.{token}", self.inbox);
+        let result = match self.client.publish(probe, Bytes::new()).await {
+            Err(e) => Err(transport_error("cannot reach the nats server", e)),
+            Ok(()) => match tokio::time::timeout(within, back).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Error::new(
+                    ErrorKind::Transport,
+                    "the connection to the nats server was lost during a round trip through it",
+                )),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Transport,
+                    format!(
+                        "the nats server did not answer a round trip within {within:?}; check the connection"
+                    ),
+                )),
+            },
+        };
+        self.remove(token);
+        #[cfg(test)]
+        if result.is_ok() {
+            self.hold.pass().await;
+        }
+        result
+    }
+}
+
+/// A test hook: while held, every round trip through the server waits after its probe came
+/// back, as if the server were slow (there is no server-side way to delay one connection's
+/// round trips alone).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct RoundTripHold {
+    /// Round trips wait while this is `true`.
+    hold: tokio::sync::watch::Sender<bool>,
+    /// How many round trips wait.
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+#[cfg(test)]
+impl RoundTripHold {
+    /// Holds (`true`) or releases (`false`) round trips.
+    pub(crate) fn set(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// Waits until at least `n` round trips wait in the hold.
+    pub(crate) async fn waiting(&self, n: usize) {
+        let mut waiting = self.waiting.subscribe();
+        let _ = waiting.wait_for(|w| *w >= n).await;
+    }
+
+    /// Waits while the hold is on.
+    async fn pass(&self) {
+        let mut hold = self.hold.subscribe();
+        if !*hold.borrow_and_update() {
+            return;
+        }
+        struct Waiting<'a>(&'a tokio::sync::watch::Sender<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n -= 1);
+            }
+        }
+        self.waiting.send_modify(|n| *n += 1);
+        let _waiting = Waiting(&self.waiting);
+        let _ = hold.wait_for(|held| !held).await;
+    }
+}

@@ -1,0 +1,132 @@
+//! Events on the wire: the reference JSON form, and JSON values as message bodies.
+
+use bytes::Bytes;
+use happen::{Error, ErrorKind, Event};
+
+/// Serializes an event in the reference JSON form.
+///
+/// # Errors
+/// [`ErrorKind::InvalidPayload`] if the payload cannot be serialized (it always can: it is JSON).
+pub(crate) fn encode_event(event: &Event) -> happen::Result<Bytes> {
+    // an event's context alone is ~250 bytes: start there instead of growing from empty
+    let mut buf = Vec::with_capacity(512);
+    serde_json::to_writer(&mut buf, event)
+        .map(|()| Bytes::from(buf))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPayload,
+                format!("event cannot be serialized: {e}"),
+            )
+        })
+}
+
+/// The event type at the very start of a body, without decoding it: the body must begin
+/// with `{"type":"` and the type must have no escapes (as [`encode_event`] writes it). `None`
+/// otherwise (then only decoding tells). Used to skip broadcasts a node has no handler for
+/// (see `WIRE.md`, "Broadcasts").
+pub(crate) fn peek_type(body: &[u8]) -> Option<&str> {
+    let rest = body.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None; // an escape: let the decoder read it
+    }
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// Decodes an event received on a node or broadcast subject.
+///
+/// # Errors
+/// [`ErrorKind::InvalidEvent`] for a message larger than `max_bytes`, malformed JSON, missing
+/// `type`, or fields of the wrong type (the message says which).
+pub(crate) fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
+    if payload.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidEvent,
+            format!(
+                "message of {} bytes exceeds the limit of {max_bytes} bytes (transport.nats.max_message_bytes)",
+                payload.len()
+            ),
+        ));
+    }
+    serde_json::from_slice::<Event>(payload).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidEvent,
+            format!(
+                "malformed happen event (expected {{\"type\", \"payload\", \"context\"}} JSON): {e}"
+            ),
+        )
+    })
+}
+
+/// Serializes an event as [`encode_event`] and checks it against `max_bytes` (the server's
+/// `max_payload` or `transport.nats.max_message_bytes`).
+///
+/// # Errors
+/// [`ErrorKind::InvalidEvent`] when the event is larger than `max_bytes` on the wire.
+pub(crate) fn encode_checked(event: &Event, max_bytes: usize) -> happen::Result<Bytes> {
+    let body = encode_event(event)?;
+    if body.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidEvent,
+            format!(
+                "event `{}` is {} bytes on the wire, over the limit of {} bytes (server max_payload / transport.nats.max_message_bytes); send less data per event",
+                event.event_type(),
+                body.len(),
+                max_bytes
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+/// A JSON value as a message body (a reply's final value, a stream item).
+pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_type_is_read_from_the_start_of_our_bodies() {
+        let body = encode_event(&Event::new(
+            "order.created",
+            serde_json::json!({"type": "x"}),
+        ))
+        .unwrap();
+        assert_eq!(peek_type(&body), Some("order.created"));
+        assert_eq!(peek_type(br#"{"type":"a\"b","payload":1}"#), None);
+        assert_eq!(peek_type(br#"{"type":"unterminated"#), None);
+        assert_eq!(peek_type(br#" {"type":"a"}"#), None);
+        assert_eq!(peek_type(br#"{"type": "a"}"#), None);
+        assert_eq!(peek_type(br#"{"type":"","payload":1}"#), Some(""));
+        assert_eq!(peek_type("{\"type\":\"ünï\"}".as_bytes()), Some("ünï"));
+    }
+
+    #[test]
+    fn events_decode_or_say_why_not() {
+        let e = decode_event(br#"{"type":"ping","payload":1}"#, 1024).unwrap();
+        assert_eq!(e.event_type(), "ping");
+        assert_eq!(
+            decode_event(b"{", 1024).unwrap_err().kind(),
+            ErrorKind::InvalidEvent
+        );
+        let big = decode_event(br#"{"type":"ping","payload":1}"#, 8).unwrap_err();
+        assert!(big.message().contains("max_message_bytes"), "{big}");
+        assert_eq!(peek_type(br#"{"type":"tick","payload":1}"#), Some("tick"));
+        assert_eq!(peek_type(br#"{"payload":1,"type":"tick"}"#), None);
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_not_encoded() {
+        let e = Event::new("big", "x".repeat(1000));
+        assert!(encode_checked(&e, 1 << 20).is_ok());
+        let err = encode_checked(&e, 100).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+        assert!(
+            err.message().contains("over the limit of 100 bytes"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Names of the NATS headers this transport adds, and how their values are escaped. Absent
+//! headers mean the reference behaviour (a reply without `Happen-Status` is a successful final
+//! value).
+
+use async_nats::HeaderMap;
+use async_nats::header::HeaderValue;
+
+/// On replies: `error` (details in the `Happen-Error-*` headers and the JSON error body,
+/// see [`encode_error`](super::encode_error)) or `stream` (a stream starts; see
+/// [`CONTROL`]). Absent: the body is the raw JSON final value.
+pub(crate) const STATUS: &str = "Happen-Status";
+/// The [`ErrorKind`](happen::ErrorKind) name, e.g. `queue_full`.
+pub(crate) const ERROR_KIND: &str = "Happen-Error-Kind";
+/// The error message (percent-escaped: `%`, CR and LF).
+pub(crate) const ERROR_MESSAGE: &str = "Happen-Error-Message";
+/// The node the error concerns.
+pub(crate) const ERROR_NODE: &str = "Happen-Error-Node";
+/// The event the error concerns.
+pub(crate) const ERROR_EVENT: &str = "Happen-Error-Event";
+/// The limit that was hit (`queue_full`, `chain_too_deep`).
+pub(crate) const ERROR_LIMIT: &str = "Happen-Error-Limit";
+/// The application's error code ([`happen::Error::code`]), percent-escaped.
+pub(crate) const ERROR_CODE: &str = "Happen-Error-Code";
+/// On requests: the requester understands streams and grants this initial credit.
+pub(crate) const STREAM: &str = "Happen-Stream";
+/// On a stream start: the subject to which the consumer sends `credit` and `cancel`.
+pub(crate) const CONTROL: &str = "Happen-Control";
+/// The kind of a stream frame: `item`, `end`, `error` (producer to consumer) or `credit`,
+/// `cancel` (consumer to producer).
+pub(crate) const FRAME: &str = "Happen-Frame";
+/// On `credit` frames: how many more items the producer may send.
+pub(crate) const CREDIT: &str = "Happen-Credit";
+/// On replies from a node under backpressure:
+/// `high;queued=<n>;limit=<n>[;seq=<n>;replica=<id>]`. Absent: says nothing (see
+/// `WIRE.md`, "Pacing").
+pub(crate) const PRESSURE: &str = "Happen-Pressure";
+/// On a request with an empty body: a question to the serving process instead of an event.
+/// `limits` asks for the node's admission limits, answered with [`LIMITS`].
+pub(crate) const QUERY: &str = "Happen-Query";
+/// The answer to `Happen-Query: limits`: `concurrent=<n>;queue=<n>;high=<n>`.
+pub(crate) const LIMITS: &str = "Happen-Limits";
+/// On the `node.pressure` reports published on `<prefix>.pressure.<id>`: which process
+/// (replica) sent it, so reports of one replica are ordered by their `seq`.
+pub(crate) const REPLICA: &str = "Happen-Replica";
+/// On broadcast stream frames: the frame's sequence number (items from 1; the `end` or
+/// `error` frame takes the next number). A jump is reported to subscribers as lag.
+pub(crate) const SEQ: &str = "Happen-Seq";
+
+/// The requester's reply subject of a durable `send` (absent for a `tell`).
+pub(crate) const REPLY_TO: &str = "Happen-Reply-To";
+/// On a dead letter: the node id that gave up on the event.
+pub(crate) const DEAD_NODE: &str = "Happen-Dead-Node";
+/// On a dead letter: how many times the event was delivered.
+pub(crate) const DELIVERIES: &str = "Happen-Deliveries";
+/// JetStream's message id header (the event id).
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+
+/// Escapes a header value: `%`, CR and LF become `%25`, `%0D`, `%0A`.
+pub(crate) fn escape(s: &str) -> String {
+    if !s.contains(['%', '\r', '\n']) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`]; unknown escapes are kept as they are.
+pub(crate) fn unescape(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (rep, n) = if tail.starts_with("%25") {
+            ("%", 3)
+        } else if tail.starts_with("%0D") {
+            ("\r", 3)
+        } else if tail.starts_with("%0A") {
+            ("\n", 3)
+        } else {
+            ("%", 1)
+        };
+        out.push_str(rep);
+        rest = &tail[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub(crate) fn value(s: &str) -> HeaderValue {
+    // `escape` removes the only characters `HeaderValue` rejects
+    HeaderValue::from(escape(s))
+}
+
+/// The value of header `name`, if present.
+pub(crate) fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trips() {
+        for s in ["", "plain", "a%b", "line\nbreak\r\n", "%0A literal", "100%"] {
+            assert_eq!(unescape(&escape(s)), s);
+            assert!(!escape(s).contains(['\r', '\n']));
+        }
+    }
+}

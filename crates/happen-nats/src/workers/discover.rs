@@ -1,0 +1,154 @@
+//! Discovery: which processes serve which nodes, with their limits and live counters (what
+//! `happen nodes` shows). See `WIRE.md`, "Discovery".
+//!
+//! A requester publishes an empty message with a reply subject on `<prefix>.discover`. Every
+//! happen process connected to the server that serves at least one node answers on that reply
+//! subject with one [`ProcessInfo`] as JSON (more than one message when its nodes do not fit
+//! in one). The requester gathers answers until they stop coming:
+//! [`NatsTransport::discover`](crate::NatsTransport::discover) does that ([`request`]);
+//! [`serve`] answers for this process.
+//!
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, StatusCode, Subject, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use happen::Result;
+
+use crate::core::nodes::LocalNodes;
+use crate::core::outbox::{Headers, Outbox, Outgoing};
+use crate::core::{Endpoint, transport_error};
+use crate::wire::Subjects;
+use crate::wire::discover::{NodeInfo, ProcessInfo};
+use crate::wire::header;
+
+/// What answering discovery requests uses.
+pub(crate) struct Discover {
+    pub(crate) ep: Arc<Endpoint>,
+    /// The nodes to describe.
+    pub(crate) nodes: Arc<LocalNodes>,
+    /// Answers are published through it.
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+/// A good quiet time for [`NatsTransport::discover`](crate::NatsTransport::discover): how long after the last answer to wait
+/// for more (processes answer within milliseconds of each other on a healthy system).
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// Subscribes this process to discovery requests (done once at connect).
+pub(crate) async fn subscribe(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<Subscriber> {
+    client
+        .subscribe(subjects.discover())
+        .await
+        .map_err(|e| transport_error("cannot subscribe to discovery requests", e))
+}
+
+/// Answers discovery requests with this process's nodes, until the transport is gone.
+pub(crate) async fn serve(d: Arc<Discover>, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        if let Some(reply) = msg.reply {
+            answer(&d, reply);
+        }
+    }
+}
+
+/// Room for the headers and the JSON around the nodes in one answer.
+const ENVELOPE: usize = 1024;
+
+fn answer(d: &Discover, reply: Subject) {
+    let nodes: Vec<NodeInfo> = d.nodes.inboxes().iter().map(NodeInfo::of).collect();
+    if nodes.is_empty() {
+        // a process without nodes has nothing to tell (and a requester needs no answer)
+        return;
+    }
+    let max = d.ep.client.max_payload().saturating_sub(ENVELOPE).max(1024);
+    let mut chunk: Vec<NodeInfo> = Vec::new();
+    let mut size = 0;
+    for node in nodes {
+        let len = serde_json::to_vec(&node).map_or(0, |v| v.len()) + 1;
+        if !chunk.is_empty() && size + len > max {
+            publish(d, &reply, std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += len;
+        chunk.push(node);
+    }
+    publish(d, &reply, chunk);
+}
+
+fn publish(d: &Discover, reply: &Subject, nodes: Vec<NodeInfo>) {
+    let info = ProcessInfo {
+        replica: d.ep.replica.clone(),
+        name: d.ep.config.name.clone(),
+        nodes,
+    };
+    let Ok(body) = serde_json::to_vec(&info) else {
+        return;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(header::REPLICA, d.ep.replica.as_str());
+    d.outbox.publish_answer(Outgoing {
+        subject: reply.clone(),
+        reply: None,
+        headers: Headers::Custom(h),
+        payload: Bytes::from(body),
+    });
+}
+
+/// Asks every process connected to the server which nodes it serves (see
+/// [`NatsTransport::discover`](crate::NatsTransport::discover)).
+///
+/// # Errors
+/// [`ErrorKind::Transport`](happen::ErrorKind::Transport) when the request cannot be
+/// published.
+pub(crate) async fn request(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    wait: Duration,
+    quiet: Duration,
+) -> Result<Vec<ProcessInfo>> {
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
+    client
+        .publish_with_reply(subjects.discover(), inbox, Bytes::new())
+        .await
+        .map_err(|e| transport_error("cannot publish the discovery request", e))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| transport_error("cannot reach the nats server", e))?;
+    let end = tokio::time::Instant::now() + wait;
+    let mut deadline = end;
+    let mut found: Vec<ProcessInfo> = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        if msg.status == Some(StatusCode::NO_RESPONDERS) {
+            break;
+        }
+        let info: ProcessInfo = match serde_json::from_slice(&msg.payload) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(target: "happen_nats", error = %e, "ignored a malformed discovery answer");
+                continue;
+            }
+        };
+        match found.iter_mut().find(|p| p.replica == info.replica) {
+            Some(p) => p.nodes.extend(info.nodes),
+            None => found.push(info),
+        }
+        deadline = end.min(tokio::time::Instant::now() + quiet);
+    }
+    let _ = answers.unsubscribe().await;
+    found.sort_by(|a, b| a.replica.cmp(&b.replica));
+    for p in &mut found {
+        p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(found)
+}

@@ -1,0 +1,478 @@
+//! A durable node's consumer task: pulls as many messages as the node has room for, runs
+//! each one's flow, answers its requester and settles it (acknowledged, redelivered after a
+//! back-off, or dead-lettered).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::{HeaderMap, Message, Subject};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use happen::transport::Inbox;
+use happen::transport::{ReplySender, Response, reply_channel};
+use happen::{Error, ErrorKind, Event, Result};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::Durable;
+use super::records::{Records, decode_record, encode_failure, encode_record, record_key};
+use crate::config::{Backoff, DeliveryMode, DurableNode};
+use crate::core::outbox::{Headers, Outgoing};
+use crate::core::stats::{BadInput, inc};
+use crate::wire::{self, header};
+
+/// How long a pull request waits at the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Largest pull.
+const MAX_PULL: usize = 2048;
+/// Most pulls outstanding at once per node.
+const MAX_PULLS: usize = 4;
+/// Most durable events one node holds at once, whatever its limits.
+const MAX_HELD: usize = 16_384;
+/// Pauses between attempts to store an exactly-once record.
+const RECORD_RETRY: Backoff = Backoff::new(20, 640);
+/// Pauses between attempts to store a dead letter.
+const DEAD_LETTER_RETRY: Backoff = Backoff::new(100, 1600);
+
+/// The consumer side of one durable node.
+struct Node {
+    d: Arc<Durable>,
+    inbox: Inbox,
+    settings: DurableNode,
+    /// Stream sequences being processed here (a redelivery of one is ignored).
+    working: Mutex<HashSet<u64>>,
+    /// The node is being detached: a flow ending in `ShutDown` was cut short by it.
+    stopping: AtomicBool,
+}
+
+/// One pull request in flight.
+struct Pull {
+    remaining: usize,
+    expires: Instant,
+}
+
+pub(super) async fn run(
+    d: Arc<Durable>,
+    inbox: Inbox,
+    settings: DurableNode,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let limits = inbox.limits();
+    let cap = limits
+        .max_concurrent
+        .saturating_add(limits.queue_limit)
+        .clamp(1, MAX_HELD);
+    let node = Arc::new(Node {
+        d: d.clone(),
+        inbox,
+        settings,
+        working: Mutex::new(HashSet::new()),
+        stopping: AtomicBool::new(false),
+    });
+    let pull_inbox = d.ep.client.new_inbox();
+    let mut sub = match d.ep.client.subscribe(format!("{pull_inbox}.*")).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot subscribe for durable deliveries; the node receives no durable events");
+            return;
+        }
+    };
+    let mut pulls: HashMap<u64, Pull> = HashMap::new();
+    let mut next_pull = 0u64;
+    let mut jobs: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    let mut last_pull_error: Option<Instant> = None;
+    loop {
+        // pull what there is room for
+        let requested: usize = pulls.values().map(|p| p.remaining).sum();
+        let room = cap.saturating_sub(jobs.len() + requested);
+        let worth = room >= (cap / 4).clamp(1, MAX_PULL) || (pulls.is_empty() && room > 0);
+        let backing_off = last_pull_error.is_some_and(|t| t.elapsed() < Duration::from_millis(250));
+        if !stopping && worth && pulls.len() < MAX_PULLS && !backing_off {
+            let n = room.min(MAX_PULL);
+            next_pull += 1;
+            let request = consumer::pull::BatchConfig {
+                batch: n,
+                expires: Some(PULL_EXPIRES),
+                ..Default::default()
+            };
+            match consumer
+                .request_batch(request, Subject::from(format!("{pull_inbox}.{next_pull}")))
+                .await
+            {
+                Ok(()) => {
+                    pulls.insert(
+                        next_pull,
+                        Pull {
+                            remaining: n,
+                            expires: Instant::now() + PULL_EXPIRES + Duration::from_secs(1),
+                        },
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    last_pull_error = Some(Instant::now());
+                    tracing::debug!(target: "happen_nats", node = %node.inbox.id(), error = %e, "durable pull failed; retrying");
+                }
+            }
+        }
+        if stopping && pulls.is_empty() && jobs.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                node.stopping.store(true, Ordering::Release);
+            }
+            Some(()) = jobs.next(), if !jobs.is_empty() => {}
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                // status messages (408 expired, 409, 404) come on the pull's own subject
+                let pull = msg
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                match msg.status {
+                    None | Some(async_nats::StatusCode::OK) => {
+                        // a delivery keeps its own subject: it is counted against the oldest
+                        // pull (the server serves pull requests in order)
+                        if let Some((&id, p)) = pulls.iter_mut().min_by_key(|(id, _)| **id) {
+                            p.remaining = p.remaining.saturating_sub(1);
+                            if p.remaining == 0 {
+                                pulls.remove(&id);
+                            }
+                        }
+                        inc(&d.counters.durable_pulled);
+                        if stopping {
+                            // not started: handed back at once for another replica
+                            nak(&d, &msg, None).await;
+                        } else {
+                            jobs.push(Box::pin(run_job(node.clone(), msg)));
+                            d.counters.durable_max_held.fetch_max(jobs.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
+                    Some(status) => {
+                        // 408: the pull expired; anything else (409: too many pulls waiting,
+                        // leadership change, consumer deleted; 503) ends it too, and the next
+                        // pull waits a little so a persistent refusal is not a hot loop
+                        if let Some(id) = pull {
+                            pulls.remove(&id);
+                        }
+                        if status != async_nats::StatusCode::TIMEOUT {
+                            last_pull_error = Some(Instant::now());
+                            tracing::debug!(target: "happen_nats", node = %node.inbox.id(), %status, description = ?msg.description, "durable pull refused");
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                pulls.retain(|_, p| p.expires > now);
+            }
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    // delivered after the unsubscribe: redelivered after the ack wait
+    while let Some(Some(msg)) = sub.next().now_or_never() {
+        if msg.status.is_none() {
+            nak(&d, &msg, None).await;
+        }
+    }
+    while jobs.next().await.is_some() {}
+    let _ = d.ep.client.flush().await;
+}
+
+async fn nak(d: &Durable, msg: &Message, delay: Option<Duration>) {
+    settle(d, msg, AckKind::Nak(delay)).await;
+}
+
+async fn settle(d: &Durable, msg: &Message, kind: AckKind) {
+    if let Some(reply) = &msg.reply
+        && let Err(e) = d.ep.client.publish(reply.clone(), kind.into()).await
+    {
+        tracing::warn!(target: "happen_nats", error = %e, "cannot acknowledge a durable event; it will be redelivered");
+    }
+}
+
+/// (delivery count, stream sequence) from a message's ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or with a domain and
+/// account hash after `$JS.ACK` (11 tokens or more).
+fn delivery_info(msg: &Message) -> Option<(u32, u64)> {
+    let reply = msg.reply.as_ref()?.as_str();
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let at = match tokens.len() {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
+    };
+    let delivered = tokens[at].parse::<u64>().ok()?.max(1);
+    let seq = tokens[at + 1].parse().ok()?;
+    Some((u32::try_from(delivered).unwrap_or(u32::MAX), seq))
+}
+
+/// Processes one durable message: runs its flow (unless already done), answers the requester
+/// and settles the message.
+async fn run_job(node: Arc<Node>, msg: Message) {
+    let d = &node.d;
+    let Some((delivered, seq)) = delivery_info(&msg) else {
+        d.counters.bad_input(BadInput::Protocol);
+        tracing::warn!(target: "happen_nats", node = %node.inbox.id(), "a durable message without JetStream delivery info; ignored");
+        return;
+    };
+    if !node.working.lock().insert(seq) {
+        // redelivered while still running here (the ack wait passed): the running one settles
+        return;
+    }
+    let reply_to = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::REPLY_TO))
+        .map(|v| Subject::from(v.as_str()));
+    let event = match wire::decode_event(&msg.payload, d.ep.max_bytes) {
+        Ok(e) => e,
+        Err(err) => {
+            d.counters.bad_input(BadInput::Malformed);
+            if dead_letter(&node, &msg, delivered, &err).await
+                && let Some(r) = reply_to
+            {
+                answer(d, r, Err(err));
+            }
+            node.working.lock().remove(&seq);
+            return;
+        }
+    };
+    let key = (node.settings.mode == DeliveryMode::ExactlyOnce)
+        .then(|| record_key(node.inbox.id(), &event.id().to_string()));
+    if let (Some(key), Some(done)) = (&key, &d.done) {
+        match done.get(key).await {
+            Ok(Some(record)) => {
+                inc(&d.counters.durable_duplicates_skipped);
+                if let Some(r) = reply_to {
+                    answer(d, r, decode_record(&record));
+                }
+                settle(d, &msg, AckKind::Ack).await;
+                node.working.lock().remove(&seq);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // cannot tell whether it ran: try again later rather than risk a second run
+                tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot read the exactly-once record; redelivering");
+                inc(&d.counters.durable_retried);
+                nak(d, &msg, Some(node.settings.backoff(1))).await;
+                node.working.lock().remove(&seq);
+                return;
+            }
+        }
+    }
+    let Some(outcome) = run_flow(&node, &msg, event).await else {
+        // not admitted: the node is closing; another replica (or a restart) takes it
+        nak(d, &msg, None).await;
+        node.working.lock().remove(&seq);
+        return;
+    };
+    match outcome {
+        Ok(value) => {
+            if let (Some(key), Some(done)) = (&key, &d.done) {
+                record(&node, &msg, done, key, encode_record(&value)).await;
+            }
+            if let Some(r) = reply_to {
+                answer(d, r, Ok(value));
+            }
+            settle(d, &msg, AckKind::Ack).await;
+            inc(&d.counters.durable_acked);
+        }
+        Err(err) if err.kind() == ErrorKind::ShutDown && node.stopping.load(Ordering::Acquire) => {
+            // the node stopped before the flow finished: another replica (or a restart) takes it
+            nak(d, &msg, None).await;
+        }
+        Err(err) if delivered < node.settings.max_deliveries => {
+            tracing::debug!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed; redelivering");
+            inc(&d.counters.durable_retried);
+            nak(d, &msg, Some(node.settings.backoff(delivered))).await;
+        }
+        Err(err) => {
+            tracing::warn!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed on its last delivery; dead-lettered");
+            // not stored: handed back for redelivery instead (and no record, no answer yet)
+            if dead_letter(&node, &msg, delivered, &err).await {
+                if let (Some(key), Some(done)) = (&key, &d.done) {
+                    record(&node, &msg, done, key, encode_failure(&err)).await;
+                }
+                if let Some(r) = reply_to {
+                    answer(d, r, Err(err));
+                }
+            }
+        }
+    }
+    node.working.lock().remove(&seq);
+}
+
+/// Stores the exactly-once record of a finished event, retrying (the server may be restarting)
+/// until stored or the request timeout passes; the message is acknowledged only afterwards, so
+/// a redelivery meanwhile finds the record (or is ignored while this runs).
+async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: Bytes) {
+    let d = &node.d;
+    let deadline = Instant::now() + d.ep.config.request_timeout();
+    let mut attempt = 0u32;
+    let mut progress = Instant::now();
+    loop {
+        match done.put(&d.js, key, value.clone()).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline || d.link.is_closed() => {
+                tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot record a completed exactly-once event; a redelivery would run it again");
+                return;
+            }
+            Err(_) => {
+                attempt += 1;
+                if progress.elapsed() >= node.settings.ack_wait() / 3 {
+                    settle(d, msg, AckKind::Progress).await;
+                    progress = Instant::now();
+                }
+                tokio::time::sleep(RECORD_RETRY.delay(attempt as usize)).await;
+            }
+        }
+    }
+}
+
+/// Admits `event` into the node (waiting while its queue is full) and waits for its flow,
+/// telling the server meanwhile that the message is being worked on. `None` when the node is
+/// closed and admits nothing.
+async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<serde_json::Value>> {
+    let progress_every = node.settings.ack_wait() / 3;
+    let rx = loop {
+        let (tx, rx): (ReplySender, _) = reply_channel();
+        match node.inbox.deliver(event.clone(), Some(tx)) {
+            Ok(()) => break rx,
+            Err(e) if e.kind() == ErrorKind::QueueFull => {
+                // room taken by non-durable events: wait a little, the message stays ours
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) if e.kind() == ErrorKind::ShutDown => return None,
+            Err(e) => return Some(Err(e)),
+        }
+    };
+    let mut rx = std::pin::pin!(rx);
+    let response = loop {
+        tokio::select! {
+            r = &mut rx => break r,
+            () = tokio::time::sleep(progress_every) => settle(&node.d, msg, AckKind::Progress).await,
+        }
+    };
+    Some(match response {
+        Response::Done(r) => r,
+        Response::Stream(items) => {
+            let finish = items.skip_to_final();
+            let mut finish = std::pin::pin!(finish);
+            loop {
+                tokio::select! {
+                    r = &mut finish => break r,
+                    () = tokio::time::sleep(progress_every) => settle(&node.d, msg, AckKind::Progress).await,
+                }
+            }
+        }
+    })
+}
+
+/// Publishes `msg`'s event to the dead-letter subject with `err` (stored in the dead-letter
+/// stream; retried until stored), then terminates the message. When it cannot be stored the
+/// message is handed back for redelivery instead, and `false` returned.
+async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) -> bool {
+    let d = &node.d;
+    let mut h = HeaderMap::new();
+    wire::error_headers(err, &mut h);
+    h.insert(header::DEAD_NODE, node.inbox.id().as_str());
+    h.insert(header::DELIVERIES, delivered.to_string().as_str());
+    if let Some(id) = msg.headers.as_ref().and_then(|m| m.get(header::MSG_ID)) {
+        h.insert(header::MSG_ID, id.as_str());
+    }
+    let subject = format!("{}{}", d.dlq_prefix, node.inbox.id());
+    let mut attempt = 0u32;
+    loop {
+        let m = jetstream::message::PublishMessage::build()
+            .payload(msg.payload.clone())
+            .headers(h.clone());
+        let r = match d.js.send_publish(subject.clone(), m).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) if d.link.is_closed() || attempt >= 20 => {
+                // not stored: leave the message to be redelivered rather than lose it
+                tracing::error!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot store a dead letter; the event stays in the stream for redelivery");
+                nak(d, msg, Some(node.settings.backoff(delivered))).await;
+                return false;
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(DEAD_LETTER_RETRY.delay(attempt as usize)).await;
+            }
+        }
+    }
+    inc(&d.counters.durable_dead_lettered);
+    settle(d, msg, AckKind::Term).await;
+    true
+}
+
+/// Sends the flow's outcome to the requester's reply subject (ignored if it gave up).
+fn answer(d: &Durable, reply: Subject, outcome: Result<serde_json::Value>) {
+    let (headers, payload) = match outcome {
+        Ok(v) => (Headers::None, wire::value_body(&v)),
+        Err(e) => {
+            let mut h = HeaderMap::new();
+            h.insert(header::STATUS, "error");
+            let body = wire::encode_error(&e, &mut h, d.ep.client.max_payload(), 256);
+            (Headers::Custom(h), body)
+        }
+    };
+    d.outbox.publish_answer(Outgoing {
+        subject: reply,
+        reply: None,
+        headers,
+        payload,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_subjects_tell_the_delivery() {
+        let msg = |reply: &str| Message {
+            subject: Subject::from("happen.durable.x"),
+            reply: Some(Subject::from(reply)),
+            payload: Bytes::new(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        };
+        assert_eq!(
+            delivery_info(&msg("$JS.ACK.S.happen_x.3.17.4.1700000000000000000.9")),
+            Some((3, 17))
+        );
+        assert_eq!(
+            delivery_info(&msg(
+                "$JS.ACK.dom.ACCHASH.S.happen_x.2.5.4.1700000000000000000.0.tok"
+            )),
+            Some((2, 5))
+        );
+        assert_eq!(delivery_info(&msg("_INBOX.abc")), None);
+        assert_eq!(delivery_info(&msg("$JS.ACK.S.c.x.y.1.2.3")), None);
+    }
+}
