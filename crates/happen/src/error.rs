@@ -740,7 +740,7 @@ impl Error {
     pub(crate) fn queue_full(node: &NodeId, limit: usize, event: &EventId) -> Error {
         Error::new(
             ErrorKind::QueueFull,
-            format!("queue of node `{node}` is full (queue_limit = {limit}); event {event} was rejected: slow down, use `send_paced`, or raise the limit"),
+            format!("queue of node `{node}` is full (queue_limit = {limit}); event {event} was rejected: slow down (await `node.ready(target)` before each send), or raise the limit"),
         )
         .with_node(node)
         .with_event(event)

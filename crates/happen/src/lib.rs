@@ -48,7 +48,8 @@ pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
-    Context, Emitter, Flow, Handler, IntoFlow, Json, Node, NodeOptions, SequentialKey, Target,
+    Context, Emitter, Flow, Handler, IntoFlow, Json, Node, NodeOptions, Ready, SequentialKey,
+    Target,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 

@@ -343,3 +343,25 @@ fn camel_case_aliases_from_the_seed() {
     assert_eq!(c.flow.max_chain_depth, 9);
     assert_eq!(c.flow.request_timeout, Duration::from_millis(1234));
 }
+
+/// Stream buffers have an upper bound: a broadcast stream's buffer is allocated whole, so a
+/// huge value would be a memory bound in name only (and panicked deep inside a send before).
+#[tokio::test]
+async fn stream_buffers_are_bounded() {
+    invalid_config(
+        Config::from_toml_str("[streams]\nbroadcast_buffer = 4294967296\n"),
+        "streams.broadcast_buffer",
+    );
+    invalid_config(
+        Config::from_toml_str("[streams]\nbuffer = 2097152\n"),
+        "streams.buffer",
+    );
+    assert!(Config::from_toml_str("[streams]\nbuffer = 1048576\n").is_ok());
+    let happen = Happen::new();
+    let err = happen
+        .node_with("n", NodeOptions::new().stream_buffer(usize::MAX))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.message().contains("stream_buffer"), "{err}");
+}

@@ -487,20 +487,31 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.streams.buffer == 0 {
-            return Err(Error::config("streams.buffer", "must be at least 1"));
-        }
-        if self.streams.broadcast_buffer == 0 {
-            return Err(Error::config(
-                "streams.broadcast_buffer",
-                "must be at least 1",
-            ));
-        }
+        validate_buffer("streams.buffer", self.streams.buffer)?;
+        validate_buffer("streams.broadcast_buffer", self.streams.broadcast_buffer)?;
         if self.cpu.threads == Some(0) {
             return Err(Error::config("cpu.threads", "must be at least 1"));
         }
         Ok(())
     }
+}
+
+/// The most items a stream buffer may hold: a broadcast stream's buffer is allocated whole,
+/// per stream, and a bigger one is a memory bound in name only.
+pub(crate) const MAX_BUFFER: usize = 1 << 20;
+
+/// Checks a stream buffer size (`key` names it in the error).
+pub(crate) fn validate_buffer(key: &str, items: usize) -> Result<()> {
+    if items == 0 {
+        return Err(Error::config(key, "must be at least 1"));
+    }
+    if items > MAX_BUFFER {
+        return Err(Error::config(
+            key,
+            format!("{items} items is more than the {MAX_BUFFER} a buffer may hold"),
+        ));
+    }
+    Ok(())
 }
 
 fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Error {

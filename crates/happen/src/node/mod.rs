@@ -418,11 +418,8 @@ impl Node {
     ) -> Result<Node> {
         let limits: Limits = config.concurrency.limits_for(&id).merged(&options.limits);
         limits.validate("node options")?;
-        if options.stream_buffer == Some(0) {
-            return Err(Error::config(
-                "node options.stream_buffer",
-                "must be at least 1",
-            ));
+        if let Some(items) = options.stream_buffer {
+            crate::config::validate_buffer("node options.stream_buffer", items)?;
         }
         let shared = NodeShared {
             runner: Runner::new()?,
@@ -641,7 +638,7 @@ impl Node {
 
     /// Resolves once `target` is not under backpressure, so that a producer that awaits it
     /// before each send never hits `QueueFull` (the seed's "observe and honour"). Waits at
-    /// most the node's request timeout; set another limit with `.timeout(duration)` on the
+    /// most the node's request timeout; set another limit with [`Ready::timeout`] on the
     /// returned future. Resolves at once for a target that is not under pressure, and for a
     /// target whose pressure nobody knows (an unknown id, a remote node the transport cannot
     /// watch): the send that follows says what is wrong.
