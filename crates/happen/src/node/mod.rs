@@ -6,8 +6,12 @@ mod emitter;
 pub mod flow;
 mod handler;
 mod instance;
+mod options;
+mod ready;
+mod registry;
 mod run;
 mod state;
+mod target;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,9 +24,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::admission::{Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure};
-use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
+use crate::config::{Config, Limits};
 use crate::error::{Error, ErrorKind, Result, panic_message};
-use crate::event::pattern::{Class, IntoPattern, Pattern};
+use crate::event::pattern::{Class, IntoPattern};
 use crate::event::{Event, EventType};
 use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
@@ -34,8 +38,13 @@ use flow::Step;
 pub use flow::{Flow, IntoFlow, Json};
 pub use handler::Handler;
 pub(crate) use instance::{Instance, Scope};
+pub use options::{NodeOptions, SequentialKey};
+pub use ready::Ready;
+pub(crate) use registry::validate_node_id;
+pub use target::Target;
 
 use flow::ErasedStep;
+use registry::{Entry, Registry};
 use run::Runner;
 use state::StateMap;
 
@@ -88,324 +97,6 @@ impl Drop for NodeShared {
         // Parked drivers hold only a weak reference: wake them so they see the node is gone.
         self.runner.wake_all();
     }
-}
-
-/// Makes a node process events with the same key one at a time, in arrival order, while
-/// events with different keys run concurrently (all within `max_concurrent`). Set it with
-/// [`NodeOptions::sequential`].
-///
-/// An event waiting behind another of its key counts as queued (against `queue_limit`). If a
-/// [`Custom`](SequentialKey::Custom) key function panics, that event is rejected with
-/// [`ErrorKind::Panic`] and the node keeps serving.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-/// use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-/// use happen::{Context, Event, Happen, NodeOptions, SequentialKey};
-/// use serde_json::json;
-///
-/// #[derive(Default)]
-/// struct InFlight { now: AtomicUsize, peak: AtomicUsize }
-///
-/// async fn post(_e: Event, ctx: Context) {
-///     let f = ctx.state::<InFlight>().unwrap();
-///     let now = f.now.fetch_add(1, SeqCst) + 1;
-///     f.peak.fetch_max(now, SeqCst);
-///     tokio::task::yield_now().await; // other flows may run meanwhile
-///     f.now.fetch_sub(1, SeqCst);
-/// }
-///
-/// let happen = Happen::new();
-/// let by_account = SequentialKey::by(|e: &Event| e.payload()["account"].to_string());
-/// let options = NodeOptions::new().sequential(by_account).state(InFlight::default());
-/// let ledger = happen.node_with("ledger", options).await?;
-/// ledger.on("post", post)?;
-/// let postings = (0..10).map(|_| ledger.send(&ledger, Event::new("post", json!({"account": "a-1"}))));
-/// futures::future::try_join_all(postings).await?;
-/// assert_eq!(ledger.state::<InFlight>().unwrap().peak.load(SeqCst), 1); // one at a time
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-#[non_exhaustive]
-pub enum SequentialKey {
-    /// One lane per event type.
-    EventType,
-    /// One lane per transaction (correlation id).
-    CorrelationId,
-    /// One lane per key the function returns.
-    Custom(Arc<dyn Fn(&Event) -> String + Send + Sync>),
-}
-
-impl SequentialKey {
-    /// A lane per key computed by `f` (see the [type docs](SequentialKey) for an example).
-    pub fn by(f: impl Fn(&Event) -> String + Send + Sync + 'static) -> SequentialKey {
-        SequentialKey::Custom(Arc::new(f))
-    }
-}
-
-impl fmt::Debug for SequentialKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SequentialKey::EventType => f.write_str("EventType"),
-            SequentialKey::CorrelationId => f.write_str("CorrelationId"),
-            SequentialKey::Custom(_) => f.write_str("Custom(..)"),
-        }
-    }
-}
-
-/// Per-node options for [`Happen::node_with`](crate::Happen::node_with), applied over the
-/// instance configuration.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-/// use std::time::Duration;
-/// use happen::{Happen, NodeOptions, SequentialKey};
-///
-/// let happen = Happen::new();
-/// let node = happen
-///     .node_with(
-///         "ledger",
-///         NodeOptions::new()
-///             .max_concurrent(8)
-///             .sequential(SequentialKey::CorrelationId)
-///             .request_timeout(Duration::from_secs(5)),
-///     )
-///     .await?;
-/// assert_eq!(node.limits().max_concurrent, 8);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct NodeOptions {
-    limits: PartialLimits,
-    request_timeout: Option<Duration>,
-    sequential: Option<SequentialKey>,
-    stream_buffer: Option<usize>,
-    state: StateMap,
-}
-
-impl NodeOptions {
-    /// No overrides: the node gets what the configuration says for its id.
-    pub fn new() -> NodeOptions {
-        NodeOptions::default()
-    }
-    /// Flows of this node that run at once (over the configuration's default and pattern
-    /// entries).
-    pub fn max_concurrent(mut self, n: usize) -> Self {
-        self.limits.max_concurrent = Some(n);
-        self
-    }
-    /// Events that may wait beyond `max_concurrent`; more are rejected with
-    /// [`ErrorKind::QueueFull`] (see [`Error::limit`] for an example).
-    pub fn queue_limit(mut self, n: usize) -> Self {
-        self.limits.queue_limit = Some(n);
-        self
-    }
-    /// Which waiting event starts next (see [`QueueStrategy`] for an example).
-    pub fn queue_strategy(mut self, strategy: QueueStrategy) -> Self {
-        self.limits.queue_strategy = Some(strategy);
-        self
-    }
-    /// Fraction of `queue_limit` (0 < t ≤ 1) at which the node is under pressure (see
-    /// [`Node::pressure`] for an example).
-    pub fn backpressure_threshold(mut self, threshold: f64) -> Self {
-        self.limits.backpressure_threshold = Some(threshold);
-        self
-    }
-    /// Default reply timeout for sends from this node (over `flow.request_timeout_ms`); one
-    /// send may set its own with [`Reply::timeout`].
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> happen::Result<()> {
-    /// use std::time::Duration;
-    /// use happen::{Context, ErrorKind, Event, Happen, NodeOptions};
-    ///
-    /// let happen = Happen::new();
-    /// let stuck = happen.node("stuck").await?;
-    /// stuck.on("ask", |_e: Event, _c: Context| std::future::pending::<()>())?;
-    /// let impatient = happen
-    ///     .node_with("impatient", NodeOptions::new().request_timeout(Duration::from_millis(50)))
-    ///     .await?;
-    /// let err = impatient.send(&stuck, Event::new("ask", ())).await.unwrap_err();
-    /// assert_eq!(err.kind(), ErrorKind::Timeout);
-    /// assert_eq!(err.node().unwrap(), "stuck"); // the node that did not answer
-    /// # Ok(()) }
-    /// ```
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = Some(timeout);
-        self
-    }
-    /// Sequential processing per key (see [`SequentialKey`] for an example).
-    pub fn sequential(mut self, key: SequentialKey) -> Self {
-        self.sequential = Some(key);
-        self
-    }
-    /// Buffer between this node's streaming flows and their consumers, in items (over
-    /// `streams.buffer`; at least 1). [`Emitter::emit`] waits while it is full,
-    /// [`Emitter::try_emit`] drops the item (see there for an example).
-    pub fn stream_buffer(mut self, items: usize) -> Self {
-        self.stream_buffer = Some(items);
-        self
-    }
-
-    /// Gives the node a value every one of its flows can read with
-    /// [`Context::state`](crate::Context::state) (and anyone with [`Node::state`]): a
-    /// database pool, an HTTP client, a cache. One value per type (a later value of the same
-    /// type replaces the earlier one; wrap values in newtypes to keep two of one type apart).
-    /// The node holds the value as long as it exists and never clones it; flows get a shared
-    /// reference, so mutable state needs its own synchronisation (an atomic, a mutex) inside.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-    /// use std::collections::HashMap;
-    /// use std::sync::Mutex;
-    /// use happen::{Context, Event, Happen, Json, NodeOptions};
-    ///
-    /// #[derive(Default)]
-    /// struct Db(Mutex<HashMap<String, u64>>);
-    ///
-    /// #[derive(serde::Deserialize)]
-    /// struct Put { key: String, value: u64 }
-    ///
-    /// async fn put(Json(put): Json<Put>, ctx: Context) -> u64 {
-    ///     let db = ctx.state::<Db>().expect("the store node has a Db");
-    ///     let mut rows = db.0.lock().unwrap();
-    ///     rows.insert(put.key, put.value);
-    ///     rows.len() as u64
-    /// }
-    ///
-    /// let happen = Happen::new();
-    /// let store = happen.node_with("store", NodeOptions::new().state(Db::default())).await?;
-    /// store.on("put", put)?;
-    /// let rows = store
-    ///     .send(&store, Event::new("put", serde_json::json!({"key": "a", "value": 1})))
-    ///     .await?;
-    /// assert_eq!(rows, 1);
-    /// assert_eq!(store.state::<Db>().unwrap().0.lock().unwrap()["a"], 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.state.insert(value);
-        self
-    }
-}
-
-/// Where a send goes: a [`Node`] handle or a node id (`&str`, `String`, [`NodeId`]).
-/// Sending takes `impl Into<Target>`, so this type is rarely named.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-/// use happen::{Event, Happen, Target};
-///
-/// let happen = Happen::new();
-/// let a = happen.node("a").await?;
-/// assert_eq!(Target::from(&a).id(), "a");
-/// assert_eq!(Target::from("b").id(), "b");
-/// a.tell("a", Event::new("ping", ())).ok(); // by id
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct Target<'a>(To<'a>);
-
-#[derive(Clone, Debug)]
-enum To<'a> {
-    /// A node handle.
-    Node(&'a Node),
-    /// A node id, resolved by the transport.
-    Id(NodeId),
-}
-
-impl Target<'_> {
-    /// The target's node id.
-    pub fn id(&self) -> &NodeId {
-        match &self.0 {
-            To::Node(n) => n.id(),
-            To::Id(id) => id,
-        }
-    }
-
-    /// The node handle, if the target is one.
-    fn node(&self) -> Option<&Node> {
-        match &self.0 {
-            To::Node(n) => Some(n),
-            To::Id(_) => None,
-        }
-    }
-}
-
-impl<'a> From<&'a Node> for Target<'a> {
-    fn from(n: &'a Node) -> Self {
-        Target(To::Node(n))
-    }
-}
-impl From<&str> for Target<'_> {
-    fn from(s: &str) -> Self {
-        Target(To::Id(NodeId::from(s)))
-    }
-}
-impl From<String> for Target<'_> {
-    fn from(s: String) -> Self {
-        Target(To::Id(NodeId::from(s)))
-    }
-}
-impl From<NodeId> for Target<'_> {
-    fn from(id: NodeId) -> Self {
-        Target(To::Id(id))
-    }
-}
-impl From<&NodeId> for Target<'_> {
-    fn from(id: &NodeId) -> Self {
-        Target(To::Id(id.clone()))
-    }
-}
-
-struct Entry {
-    pattern: Pattern,
-    step: Arc<dyn ErasedStep>,
-}
-
-/// Handlers of a node: exact types by hash, the rest ordered by specificity.
-#[derive(Default)]
-struct Registry {
-    exact: std::collections::HashMap<Box<str>, Arc<dyn ErasedStep>>,
-    ordered: Vec<Entry>,
-}
-
-impl Registry {
-    fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
-        if let Some(s) = self.exact.get(event_type) {
-            return Some(s.clone());
-        }
-        self.ordered
-            .iter()
-            .find(|e| e.pattern.matches(event_type))
-            .map(|e| e.step.clone())
-    }
-
-    fn matches(&self, event_type: &str) -> bool {
-        self.exact.contains_key(event_type)
-            || self.ordered.iter().any(|e| e.pattern.matches(event_type))
-    }
-}
-
-pub(crate) fn validate_node_id(id: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(Error::new(
-            ErrorKind::InvalidConfig,
-            format!("invalid node id `{id}`: {why}"),
-        ))
-    };
-    if id.is_empty() {
-        return bad("it is empty");
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| c.is_whitespace() || matches!(c, '*' | '>'))
-    {
-        return bad(&format!("character {c:?} is not allowed in a node id"));
-    }
-    Ok(())
 }
 
 impl Node {
@@ -677,12 +368,11 @@ impl Node {
     /// it (for example when another `select!` branch wins) has no effect.
     pub fn ready<'t>(&self, target: impl Into<Target<'t>>) -> Ready {
         let target = target.into();
-        Ready {
-            pressure: self.pressure_of(&target),
-            target: target.id().clone(),
-            wait: self.shared.request_timeout,
-            waiting: None,
-        }
+        Ready::new(
+            self.pressure_of(&target),
+            target.id().clone(),
+            self.shared.request_timeout,
+        )
     }
 
     /// Broadcasts `event` to every node with a matching handler (this node included if it
@@ -1099,74 +789,6 @@ impl Node {
         {
             let _ = self.shared.instance.broadcast(event);
         }
-    }
-}
-
-/// A future that resolves once a target is not under backpressure (see [`Node::ready`]).
-///
-/// # Cancel safety
-/// Cancel-safe: it only watches the target's state, so dropping it has no effect.
-#[must_use = "futures do nothing unless awaited"]
-pub struct Ready {
-    pressure: Option<watch::Receiver<Pressure>>,
-    target: NodeId,
-    wait: Duration,
-    waiting: Option<futures::future::BoxFuture<'static, Result<()>>>,
-}
-
-impl Ready {
-    /// Waits at most `wait` (instead of the node's request timeout).
-    ///
-    /// # Errors
-    /// The future fails with [`ErrorKind::Timeout`] if the target stays under pressure for
-    /// the whole wait.
-    pub fn timeout(mut self, wait: Duration) -> Ready {
-        self.wait = wait;
-        self
-    }
-}
-
-impl std::future::Future for Ready {
-    type Output = Result<()>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<()>> {
-        let this = &mut *self;
-        if this.waiting.is_none() {
-            let Some(mut rx) = this.pressure.take() else {
-                return std::task::Poll::Ready(Ok(()));
-            };
-            if !rx.borrow().under_pressure {
-                return std::task::Poll::Ready(Ok(()));
-            }
-            let (target, wait) = (this.target.clone(), this.wait);
-            this.waiting = Some(Box::pin(async move {
-                match tokio::time::timeout(wait, rx.wait_for(|p| !p.under_pressure)).await {
-                    // A closed watch: the target went away; a send says how.
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("node `{target}` stayed under backpressure for {wait:?}"),
-                    )
-                    .with_node(&target)),
-                }
-            }));
-        }
-        match this.waiting.as_mut() {
-            Some(f) => f.as_mut().poll(cx),
-            None => std::task::Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl fmt::Debug for Ready {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ready")
-            .field("target", &self.target)
-            .field("wait", &self.wait)
-            .finish_non_exhaustive()
     }
 }
 

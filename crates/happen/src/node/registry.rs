@@ -1,0 +1,55 @@
+//! A node's handlers, and what a node id may be.
+
+use std::sync::Arc;
+
+use super::flow::ErasedStep;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::pattern::Pattern;
+
+pub(super) struct Entry {
+    pub(super) pattern: Pattern,
+    pub(super) step: Arc<dyn ErasedStep>,
+}
+
+/// Handlers of a node: exact types by hash, the rest ordered by specificity.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) exact: std::collections::HashMap<Box<str>, Arc<dyn ErasedStep>>,
+    pub(super) ordered: Vec<Entry>,
+}
+
+impl Registry {
+    pub(super) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
+        if let Some(s) = self.exact.get(event_type) {
+            return Some(s.clone());
+        }
+        self.ordered
+            .iter()
+            .find(|e| e.pattern.matches(event_type))
+            .map(|e| e.step.clone())
+    }
+
+    pub(super) fn matches(&self, event_type: &str) -> bool {
+        self.exact.contains_key(event_type)
+            || self.ordered.iter().any(|e| e.pattern.matches(event_type))
+    }
+}
+
+pub(crate) fn validate_node_id(id: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("invalid node id `{id}`: {why}"),
+        ))
+    };
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| c.is_whitespace() || matches!(c, '*' | '>'))
+    {
+        return bad(&format!("character {c:?} is not allowed in a node id"));
+    }
+    Ok(())
+}
