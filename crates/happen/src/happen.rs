@@ -98,7 +98,7 @@ enum Dispatch {
 #[must_use]
 pub struct HappenBuilder {
     config: Config,
-    transport: Option<Arc<dyn Transport>>,
+    transport: Option<Dispatch>,
 }
 
 impl HappenBuilder {
@@ -111,8 +111,16 @@ impl HappenBuilder {
 
     /// Uses `transport` instead of the in-process default (see
     /// [`happen::transport`](crate::transport) for writing one).
-    pub fn transport(mut self, transport: impl Transport) -> Self {
-        self.transport = Some(Arc::new(transport));
+    pub fn transport<T: Transport>(mut self, transport: T) -> Self {
+        // The in-process transport keeps its direct calls however it was chosen.
+        let any: Box<dyn std::any::Any> = Box::new(transport);
+        self.transport = Some(match any.downcast::<LocalTransport>() {
+            Ok(local) => Dispatch::Local(Arc::new(*local)),
+            Err(any) => match any.downcast::<T>() {
+                Ok(custom) => Dispatch::Custom(Arc::new(*custom)),
+                Err(_) => unreachable!("a box of T downcasts to T"),
+            },
+        });
         self
     }
 
@@ -122,10 +130,9 @@ impl HappenBuilder {
     /// [`ErrorKind::InvalidConfig`] naming the offending key.
     pub fn build(self) -> Result<Happen> {
         self.config.validate()?;
-        let dispatch = match self.transport {
-            None => Dispatch::Local(Arc::new(LocalTransport::new())),
-            Some(t) => Dispatch::Custom(t),
-        };
+        let dispatch = self
+            .transport
+            .unwrap_or_else(|| Dispatch::Local(Arc::new(LocalTransport::new())));
         let scope = Arc::new(Scope::new(
             matches!(dispatch, Dispatch::Local(_)),
             self.config.streams.broadcast_buffer,

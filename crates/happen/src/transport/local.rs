@@ -18,10 +18,11 @@ use crate::stream::{BroadcastRole, BroadcastSource, ReplySender};
 /// The embedded default: delivers between nodes of one process without serialization.
 ///
 /// [`Happen::new`](crate::Happen::new) and [`Happen::with_config`](crate::Happen::with_config)
-/// use it without being asked, and call it directly (no dynamic dispatch, sends to a node
-/// handle admitted at once). Given to [`HappenBuilder::transport`](crate::HappenBuilder::transport)
-/// it works the same, but as any transport: every send goes through the trait. Its use there
-/// is as the inner transport of your own (see the [module docs](super) for an example).
+/// use it without being asked, and so does a
+/// [`HappenBuilder::transport`](crate::HappenBuilder::transport) given one: the instance calls
+/// it directly (no dynamic dispatch, sends to a node handle admitted at once). Wrapped inside
+/// a transport of your own, it is called through that transport (see the
+/// [module docs](super) for an example).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
