@@ -14,7 +14,10 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::id::NodeId;
-use crate::node::{Instance, Node, NodeOptions, Scope, Target, validate_node_id};
+use crate::node::{
+    Instance, Node, NodeOptions, Scope, ShutdownReport, Target, close_nodes, hard_deadline,
+    validate_node_id,
+};
 use crate::stream::ReplySender;
 use crate::transport::{Inbox, LocalTransport, Transport};
 
@@ -380,6 +383,12 @@ impl Happen {
     /// the nodes ([`Transport::detach`]); events that reached a node before that still run
     /// (within `grace`) and are answered.
     ///
+    /// It returns in time whatever the transport does (its server gone, slow or unreachable):
+    /// at most `grace` plus a quarter of it (and never more than 500 ms beyond `grace`). What
+    /// could not be finished by then — flows cancelled, nodes the transport had not detached,
+    /// a transport that had not shut down — is logged and counted in the [`ShutdownReport`],
+    /// so a process can exit (and be restarted by its supervisor) during an outage.
+    ///
     /// # Panics
     /// Panics if polled outside a Tokio runtime with timers enabled (the grace period is a
     /// Tokio timer).
@@ -388,51 +397,35 @@ impl Happen {
     /// Sends from this instance are refused from the first poll; dropping the future early
     /// skips the waiting and leaves remaining flows running until they finish, and the
     /// transport is not stopped.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.shared.scope.close();
         let nodes: Vec<Node> = self.shared.nodes.lock().values().cloned().collect();
         let until = tokio::time::Instant::now() + grace;
-        if let Dispatch::Custom(t) = &self.shared.dispatch {
-            // The transport stops routing to the nodes first (so new events go to replicas
-            // elsewhere or fail fast) and delivers the answers to what already reached them;
-            // the nodes stay open for that until the deadline, then what is left is cancelled
-            // (answered `ShutDown`).
-            let mut detached = std::pin::pin!(futures::future::join_all(
-                nodes.iter().map(|n| t.detach(n.id()))
-            ));
-            if tokio::time::timeout_at(until, detached.as_mut())
-                .await
-                .is_err()
-            {
-                for n in &nodes {
-                    n.close_now(true);
-                }
-                detached.await;
+        let hard = hard_deadline(until, grace);
+        let mut report = match &self.shared.dispatch {
+            // The in-process transport forgets a node at once: nothing to detach.
+            Dispatch::Local(_) => close_nodes(&nodes, None, until, hard).await,
+            Dispatch::Custom(t) => {
+                close_nodes(&nodes, Some(&|n| t.detach(n.id())), until, hard).await
             }
-        }
-        for n in &nodes {
-            n.close_now(false);
-        }
-        let all_drained =
-            futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained()));
-        if tokio::time::timeout_at(until, all_drained).await.is_err() {
-            tracing::warn!(
-                ?grace,
-                "shutdown grace period passed; cancelling the remaining flows"
-            );
-            for n in &nodes {
-                n.close_now(true);
-            }
-            futures::future::join_all(nodes.iter().map(|n| n.engine().wait_drained())).await;
-        }
+        };
         match &self.shared.dispatch {
             Dispatch::Local(t) => {
                 t.shutdown().await;
                 t.clear();
             }
-            Dispatch::Custom(t) => t.shutdown().await,
+            Dispatch::Custom(t) => {
+                if tokio::time::timeout_at(hard, t.shutdown()).await.is_err() {
+                    tracing::warn!(
+                        ?grace,
+                        "the transport did not shut down in time; giving up on it"
+                    );
+                    report.transport_unfinished = true;
+                }
+            }
         }
         self.shared.nodes.lock().clear();
+        report
     }
 }
 

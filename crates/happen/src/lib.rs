@@ -49,7 +49,7 @@ pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
     Context, Emitter, Flow, Handler, IntoFlow, Json, Node, NodeOptions, Ready, SequentialKey,
-    Target,
+    ShutdownReport, Target,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 

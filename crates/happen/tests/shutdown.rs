@@ -121,3 +121,110 @@ async fn shutdown_of_an_idle_instance_is_immediate() {
         ErrorKind::ShutDown
     );
 }
+
+/// A shutdown reports what it gave up: every flow still running or queued when the grace
+/// period ended is counted, cancelled and answered `ShutDown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_the_flows_cancelled_at_the_deadline() {
+    let happen = Happen::new();
+    let node = happen
+        .node_with("stuck", NodeOptions::new().max_concurrent(10))
+        .await
+        .unwrap();
+    node.on("wait", |_e: Event, _c: Context| async {
+        futures::future::pending::<()>().await
+    })
+    .unwrap();
+    let replies: Vec<_> = (0..1_000)
+        .map(|i| node.send(&node, Event::new("wait", i)))
+        .collect();
+    wait_until("ten running", || node.stats().active == 10).await;
+    assert_eq!(node.stats().queued, 990);
+    let grace = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let report = happen.shutdown(grace).await;
+    let took = started.elapsed();
+    assert!(took >= grace, "returned before the grace period: {took:?}");
+    assert!(took < grace + Duration::from_millis(500), "took {took:?}");
+    assert_eq!(report.cancelled_flows, 1_000, "{report:?}");
+    assert!(!report.is_clean());
+    for reply in replies {
+        let err = timeout(T, reply).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ShutDown);
+    }
+}
+
+/// A transport that never finishes detaching or shutting down (its server gone, or stopped)
+/// cannot hold a shutdown past its grace period: the shutdown returns and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_that_never_finishes_cannot_hold_a_shutdown() {
+    use futures::future::BoxFuture;
+    use happen::NodeId;
+    use happen::transport::{Inbox, LocalTransport, ReplySender, Transport};
+
+    /// Routes in process, but detaching and shutting down hang forever.
+    #[derive(Default)]
+    struct Hanging(LocalTransport);
+    impl Transport for Hanging {
+        fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> {
+            self.0.attach(inbox)
+        }
+        fn detach(&self, _node: &NodeId) -> BoxFuture<'_, ()> {
+            Box::pin(futures::future::pending())
+        }
+        fn send(
+            &self,
+            target: &NodeId,
+            event: Event,
+            reply: Option<ReplySender>,
+        ) -> happen::Result<()> {
+            self.0.send(target, event, reply)
+        }
+        fn broadcast(&self, event: Event) -> happen::Result<()> {
+            self.0.broadcast(event)
+        }
+        fn shutdown(&self) -> BoxFuture<'_, ()> {
+            Box::pin(futures::future::pending())
+        }
+    }
+
+    let happen = Happen::builder()
+        .transport(Hanging::default())
+        .build()
+        .unwrap();
+    let nodes = futures::future::try_join_all((0..3).map(|i| happen.node(format!("n{i}"))))
+        .await
+        .unwrap();
+    nodes[0]
+        .on("work", |_e: Event, _c: Context| async { "done" })
+        .unwrap();
+    assert_eq!(
+        timeout(T, nodes[1].send("n0", Event::new("work", ())))
+            .await
+            .unwrap()
+            .unwrap(),
+        "done"
+    );
+
+    let grace = Duration::from_millis(400);
+    let started = std::time::Instant::now();
+    let report = timeout(T, happen.shutdown(grace))
+        .await
+        .expect("the shutdown returned");
+    let took = started.elapsed();
+    assert!(took < grace + Duration::from_millis(500), "took {took:?}");
+    assert_eq!(report.undetached_nodes, 3, "{report:?}");
+    assert!(report.transport_unfinished, "{report:?}");
+    assert_eq!(report.cancelled_flows, 0, "{report:?}");
+
+    // A node closed on its own keeps the same promise.
+    let happen = Happen::builder()
+        .transport(Hanging::default())
+        .build()
+        .unwrap();
+    let node = happen.node("alone").await.unwrap();
+    let started = std::time::Instant::now();
+    let report = timeout(T, node.close(grace)).await.expect("close returned");
+    assert!(started.elapsed() < grace + Duration::from_millis(500));
+    assert_eq!(report.undetached_nodes, 1, "{report:?}");
+}

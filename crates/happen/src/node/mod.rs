@@ -1,5 +1,6 @@
 //! [`Node`]: registers handlers, sends, broadcasts; and its options.
 
+mod closing;
 mod context;
 pub mod cpu;
 mod emitter;
@@ -32,6 +33,8 @@ use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
 use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
+pub use closing::ShutdownReport;
+pub(crate) use closing::{close_nodes, hard_deadline};
 pub use context::Context;
 pub use emitter::Emitter;
 use flow::Step;
@@ -435,6 +438,9 @@ impl Node {
     /// # let _ = again; Ok(()) }
     /// ```
     ///
+    /// Like [`Happen::shutdown`](crate::Happen::shutdown), it returns in time whatever the
+    /// transport does and reports what it gave up in a [`ShutdownReport`].
+    ///
     /// # Panics
     /// Panics if polled outside a Tokio runtime with timers enabled (the grace period is a
     /// Tokio timer).
@@ -442,30 +448,17 @@ impl Node {
     /// # Cancel safety
     /// The node stops taking events at the first poll; if the future is dropped before it
     /// resolves, its remaining flows keep running until they finish.
-    pub async fn close(&self, grace: Duration) {
+    pub async fn close(&self, grace: Duration) -> ShutdownReport {
         let until = tokio::time::Instant::now() + grace;
+        let hard = closing::hard_deadline(until, grace);
         let instance = &self.shared.instance;
+        let nodes = std::slice::from_ref(self);
         if instance.unregister(self) {
             // The transport stops routing here first; the node stays open meanwhile, so
             // what reached it is still answered.
-            let mut detached = std::pin::pin!(instance.detach(self));
-            if tokio::time::timeout_at(until, detached.as_mut())
-                .await
-                .is_err()
-            {
-                self.close_now(true);
-                detached.await;
-            }
-        }
-        self.close_now(false);
-        let engine = self.engine();
-        if tokio::time::timeout_at(until, engine.wait_drained())
-            .await
-            .is_err()
-        {
-            tracing::warn!(node = %self.id(), ?grace, "close grace period passed; cancelling the remaining flows");
-            self.close_now(true);
-            engine.wait_drained().await;
+            closing::close_nodes(nodes, Some(&|n| instance.detach(n)), until, hard).await
+        } else {
+            closing::close_nodes(nodes, None, until, hard).await
         }
     }
 
