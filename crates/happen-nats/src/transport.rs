@@ -825,6 +825,10 @@ impl Transport for NatsTransport {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let s = &self.inner;
+            // Requests still waiting fail with `ShutDown` when this ends — also when the
+            // instance gives up on it at its deadline (the server gone or not answering) and
+            // drops it halfway: their senders are told, none waits out its timeout.
+            let _fail_waiting = FailWaiting(&s.requests);
             s.link.close();
             s.outbox.wake_all();
             // nodes not detached yet stop now (as `detach`: their answers go out first)
@@ -851,7 +855,15 @@ impl Transport for NatsTransport {
             for t in s.tasks.lock().drain(..) {
                 t.abort();
             }
-            s.requests.fail_all();
         })
+    }
+}
+
+/// Fails every request still waiting when dropped (see `shutdown`).
+struct FailWaiting<'a>(&'a Requests);
+
+impl Drop for FailWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fail_all();
     }
 }
