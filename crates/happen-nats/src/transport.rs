@@ -1,4 +1,4 @@
-//! [`NatsTransport`]: the [`happen::Transport`] over NATS. Builds the parts (the outgoing
+//! [`NatsTransport`]: the [`happen::transport::Transport`] over NATS. Builds the parts (the outgoing
 //! buffer, the requests, the link, the local nodes, the counters) and the workers, and hands
 //! each worker the parts it needs.
 
@@ -38,8 +38,9 @@ use crate::workers::streams::Streams;
 use crate::workers::streams::broadcast::broadcast_headers;
 use crate::workers::tap::Tap;
 
-/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it (or let
-/// [`happen_nats::init`](crate::init) do both from a configuration):
+/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it
+/// ([`from_config`](NatsTransport::from_config) connects with `[transport.nats]` of a happen
+/// configuration):
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
@@ -139,21 +140,29 @@ impl NatsTransport {
     }
 
     /// Connects with the `[transport.nats]` section of a happen configuration (see
-    /// [`NatsConfig::from_happen`]).
+    /// [`NatsConfig::from_happen`]); then build the instance from the same configuration.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
     /// # let server = test_support::NatsServer::start();
     /// # let url = server.url();
-    /// let config = happen::Config::from_toml_str(&format!(r#"
+    /// use happen::{Config, Happen};
+    /// use happen_nats::NatsTransport;
+    ///
+    /// let config = Config::from_toml_str(&format!(r#"
     /// [flow]
     /// request_timeout_ms = 5000
     /// [transport.nats]
     /// servers = ["{url}"]
+    /// name = "orders-service"
     /// "#))?;
-    /// let transport = happen_nats::NatsTransport::from_config(&config).await?;
+    /// let transport = NatsTransport::from_config(&config).await?;
     /// // the instance's request timeout is the transport's default
     /// assert_eq!(transport.config().request_timeout(), std::time::Duration::from_secs(5));
+    /// let happen = Happen::builder().config(config).transport(transport).build()?;
+    /// let orders = happen.node("orders").await?;
+    /// # let _ = orders;
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
     /// # Ok(()) }
     /// ```
     ///
