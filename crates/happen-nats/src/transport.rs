@@ -158,7 +158,7 @@ impl NatsTransport {
     /// "#))?;
     /// let transport = NatsTransport::from_config(&config).await?;
     /// // the instance's request timeout is the transport's default
-    /// assert_eq!(transport.config().request_timeout(), std::time::Duration::from_secs(5));
+    /// assert_eq!(transport.config().request_timeout, Some(std::time::Duration::from_secs(5)));
     /// let happen = Happen::builder().config(config).transport(transport).build()?;
     /// let orders = happen.node("orders").await?;
     /// # let _ = orders;
@@ -207,7 +207,7 @@ impl NatsTransport {
         let requests = Arc::new(Requests::new(
             client.clone(),
             inbox,
-            config.request_timeout(),
+            config.effective_request_timeout(),
             counters.clone(),
         ));
         let (outbox, drain) = Outbox::new(
@@ -612,7 +612,7 @@ impl Inner {
             Pending::Limits {
                 remote,
                 expires: Instant::now()
-                    + LIMITS_QUERY_TIMEOUT.min(self.ep.config.request_timeout()),
+                    + LIMITS_QUERY_TIMEOUT.min(self.ep.config.effective_request_timeout()),
             },
         );
         let mut headers = HeaderMap::new();
@@ -756,7 +756,7 @@ impl Transport for NatsTransport {
                 let in_flight = s
                     .remotes
                     .get(target)
-                    .map(|r| r.in_flight(Instant::now() + s.ep.config.request_timeout()));
+                    .map(|r| r.in_flight(Instant::now() + s.ep.config.effective_request_timeout()));
                 // the reply path exists before the event is published
                 s.requests.insert(
                     token,
