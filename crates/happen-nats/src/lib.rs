@@ -95,9 +95,10 @@
 //!   Requests that reach it after that are relayed to another replica, or answered
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) when none is left. See
 //!   `WIRE.md`, "Stopping a node".
-//! - **Paced sends to remote nodes** (`send_paced`) count this process's requests in flight to
-//!   the target against its limits and honour its pressure reports: one producer process never
-//!   overruns the target's queue. See `WIRE.md`, "Backpressure and pacing", for the exact
+//! - **Paced sends to remote nodes.** [`Node::ready`](happen::Node::ready) on a node of
+//!   another process waits while this process's requests in flight to it exceed its limits or
+//!   it reports pressure: a producer that awaits `ready` before each send never overruns the
+//!   target's queue from one process. See `WIRE.md`, "Backpressure and pacing", for the exact
 //!   guarantee (and what holds with several producer processes).
 //! - **Outgoing.** `send`, `tell` and `broadcast` never block: messages wait, in order, in a
 //!   bounded buffer (`outbound_buffer`) for the task that hands them to the client. When it is
