@@ -1,7 +1,8 @@
 //! The NATS transport for [`happen`]: the same application code, nodes in many processes.
 //!
 //! ```
-//! use happen::{Config, Context, Event};
+//! use happen::{Config, Context, Event, Happen};
+//! use happen_nats::NatsTransport;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
 //! # let server = test_support::NatsServer::start();
@@ -10,7 +11,8 @@
 //! [transport.nats]
 //! servers = ["{url}"]
 //! "#))?;
-//! let happen = happen_nats::init(config).await?;
+//! let transport = NatsTransport::from_config(&config).await?;
+//! let happen = Happen::builder().config(config).transport(transport).build()?;
 //! // "greeter" may live in any process connected to the same server; here, in this one
 //! let greeter = happen.node("greeter").await?;
 //! greeter.on("greet", |e: Event, _ctx: Context| async move {
@@ -22,6 +24,14 @@
 //! # happen.shutdown(std::time::Duration::from_secs(1)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! The instance is built as every [`happen::Happen`] is, with
+//! [`Happen::builder`](happen::Happen::builder); the transport comes first because connecting
+//! is async. [`NatsTransport::from_config`] reads `[transport.nats]` of a happen
+//! configuration (and takes its `flow.request_timeout` as the default request timeout);
+//! [`NatsTransport::connect`] takes a [`NatsConfig`] built in code. The transport is a cheap
+//! handle: keep a clone for its [`stats`](NatsTransport::stats) or
+//! [`discover`](NatsTransport::discover).
 //!
 //! # What goes over the wire
 //! Events are the reference implementation's JSON on `<prefix>.node.<id>` (direct) and
@@ -85,9 +95,10 @@
 //!   Requests that reach it after that are relayed to another replica, or answered
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) when none is left. See
 //!   `WIRE.md`, "Stopping a node".
-//! - **Paced sends to remote nodes** (`send_paced`) count this process's requests in flight to
-//!   the target against its limits and honour its pressure reports: one producer process never
-//!   overruns the target's queue. See `WIRE.md`, "Backpressure and pacing", for the exact
+//! - **Paced sends to remote nodes.** [`Node::ready`](happen::Node::ready) on a node of
+//!   another process waits while this process's requests in flight to it exceed its limits or
+//!   it reports pressure: a producer that awaits `ready` before each send never overruns the
+//!   target's queue from one process. See `WIRE.md`, "Backpressure and pacing", for the exact
 //!   guarantee (and what holds with several producer processes).
 //! - **Outgoing.** `send`, `tell` and `broadcast` never block: messages wait, in order, in a
 //!   bounded buffer (`outbound_buffer`) for the task that hands them to the client. When it is
@@ -175,43 +186,6 @@ pub use crate::core::stats::NatsStats;
 pub use crate::transport::NatsTransport;
 pub use crate::workers::connection::CONNECTION_STATUS_EVENT;
 
-/// Connects with `[transport.nats]` of `config` and builds a [`happen::Happen`] on the NATS
-/// transport: [`NatsTransport::from_config`] and [`happen::Happen::builder`] in one call.
-/// Build the instance yourself to keep a handle of the transport (for its
-/// [`stats`](NatsTransport::stats), say).
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
-/// # let server = test_support::NatsServer::start();
-/// # let url = server.url();
-/// let config = happen::Config::from_toml_str(&format!(r#"
-/// [transport.nats]
-/// servers = ["{url}"]
-/// name = "orders-service"
-/// "#))?;
-/// let happen = happen_nats::init(config).await?;
-/// let orders = happen.node("orders").await?;
-/// # let _ = orders;
-/// # happen.shutdown(std::time::Duration::from_secs(1)).await;
-/// # Ok(()) }
-/// ```
-///
-/// # Errors
-/// As [`NatsTransport::from_config`], plus invalid configuration of the instance.
-///
-/// # Panics
-/// When not polled inside a Tokio runtime.
-///
-/// # Cancel safety
-/// Dropping the future abandons the connection attempt; nothing is left running.
-pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
-    let transport = NatsTransport::from_config(&config).await?;
-    happen::Happen::builder()
-        .config(config)
-        .transport(transport)
-        .build()
-}
-
 /// What an application cannot name: the codec, the discovery subject, the durable headers
 /// and the round-trip test hooks are the transport's own (compile-fail doctests; issue 18).
 ///
@@ -231,6 +205,11 @@ pub async fn init(config: happen::Config) -> happen::Result<happen::Happen> {
 /// async fn hold(t: happen_nats::NatsTransport) {
 ///     t.hold_round_trips(true); // a cfg(test) hook of the crate's own unit tests
 /// }
+/// ```
+///
+/// ```compile_fail
+/// // gone: connect with `NatsTransport::from_config`, then `Happen::builder().transport(..)`
+/// let _ = happen_nats::init;
 /// ```
 ///
 /// ```compile_fail

@@ -1,8 +1,10 @@
 //! Pacing sends to a node in another process: the view behind
-//! [`Transport::pressure`](happen::Transport::pressure) for a remote target, which
-//! [`Node::send_paced`](happen::Node::send_paced) waits on.
+//! [`Transport::pressure`](happen::transport::Transport::pressure) for a remote target, which
+//! [`Node::ready`](happen::Node::ready) waits on (a "paced send" is a send made once `ready`
+//! resolved).
 //!
-//! The view combines two things (the rule and its guarantee are in `WIRE.md`, "Pacing"):
+//! The view combines two things (the rule and its guarantee are in `WIRE.md`, "Backpressure
+//! and pacing"):
 //! - **this process's own requests in flight** to the target: counted when a request is
 //!   queued for publishing, uncounted when its reply (or error, or stream end) arrives, or
 //!   when nobody waits for it any more and the request timeout has passed. Checked against
@@ -35,10 +37,10 @@ pub(crate) struct Remote {
 /// What this process knows of the target's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Limits {
-    /// Not known; ask (again) on the next paced send. Also: no process hosted the node at the
+    /// Not known; ask (again) on the next `ready`. Also: no process hosted the node at the
     /// last query.
     Unknown,
-    /// A query is on its way: paced sends wait for it (one round trip).
+    /// A query is on its way: `ready` waits for it (one round trip).
     Querying,
     Known(RemoteLimits),
     /// The target did not say (a reference or older node): pace by its reports only.
@@ -77,8 +79,8 @@ impl Remote {
         self.tx.subscribe()
     }
 
-    /// Should a limits query be sent now? Marks one as on its way if so (paced sends then
-    /// wait for its answer).
+    /// Should a limits query be sent now? Marks one as on its way if so (`ready` then waits
+    /// for its answer).
     pub(crate) fn start_query(&self) -> bool {
         let mut st = self.state.lock();
         if st.limits != Limits::Unknown {
@@ -97,7 +99,7 @@ impl Remote {
     }
 
     /// No process hosts the target (or the query could not be sent): sends go ahead (and
-    /// fail fast); the next paced send asks again.
+    /// fail fast); the next `ready` asks again.
     pub(crate) fn query_failed(&self) {
         let mut st = self.state.lock();
         if st.limits == Limits::Querying {
@@ -151,7 +153,7 @@ impl Remote {
         }
     }
 
-    /// Publishes the view. Waiters (paced senders) are only woken when "under pressure"
+    /// Publishes the view. Waiters (`Node::ready`) are only woken when "under pressure"
     /// changes; the counts are updated silently in between.
     fn update(&self, st: &State) {
         let high = st.replicas.values().filter(|r| r.under);
@@ -207,7 +209,8 @@ impl Drop for InFlight {
 }
 
 /// The pacing views of remote targets, one per node id, created by the first
-/// [`Transport::pressure`](happen::Transport::pressure) for it.
+/// [`Transport::pressure`](happen::transport::Transport::pressure) for it (the first
+/// [`Node::ready`](happen::Node::ready) for it).
 #[derive(Default)]
 pub(crate) struct Remotes {
     views: Mutex<HashMap<NodeId, Arc<Remote>>>,

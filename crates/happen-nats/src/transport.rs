@@ -1,4 +1,4 @@
-//! [`NatsTransport`]: the [`happen::Transport`] over NATS. Builds the parts (the outgoing
+//! [`NatsTransport`]: the [`happen::transport::Transport`] over NATS. Builds the parts (the outgoing
 //! buffer, the requests, the link, the local nodes, the counters) and the workers, and hands
 //! each worker the parts it needs.
 
@@ -38,8 +38,9 @@ use crate::workers::streams::Streams;
 use crate::workers::streams::broadcast::broadcast_headers;
 use crate::workers::tap::Tap;
 
-/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it (or let
-/// [`happen_nats::init`](crate::init) do both from a configuration):
+/// The NATS transport. Cheap to clone (a handle); build a [`happen::Happen`] with it
+/// ([`from_config`](NatsTransport::from_config) connects with `[transport.nats]` of a happen
+/// configuration):
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
@@ -139,21 +140,29 @@ impl NatsTransport {
     }
 
     /// Connects with the `[transport.nats]` section of a happen configuration (see
-    /// [`NatsConfig::from_happen`]).
+    /// [`NatsConfig::from_happen`]); then build the instance from the same configuration.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
     /// # let server = test_support::NatsServer::start();
     /// # let url = server.url();
-    /// let config = happen::Config::from_toml_str(&format!(r#"
+    /// use happen::{Config, Happen};
+    /// use happen_nats::NatsTransport;
+    ///
+    /// let config = Config::from_toml_str(&format!(r#"
     /// [flow]
     /// request_timeout_ms = 5000
     /// [transport.nats]
     /// servers = ["{url}"]
+    /// name = "orders-service"
     /// "#))?;
-    /// let transport = happen_nats::NatsTransport::from_config(&config).await?;
+    /// let transport = NatsTransport::from_config(&config).await?;
     /// // the instance's request timeout is the transport's default
-    /// assert_eq!(transport.config().request_timeout(), std::time::Duration::from_secs(5));
+    /// assert_eq!(transport.config().request_timeout, Some(std::time::Duration::from_secs(5)));
+    /// let happen = Happen::builder().config(config).transport(transport).build()?;
+    /// let orders = happen.node("orders").await?;
+    /// # let _ = orders;
+    /// # happen.shutdown(std::time::Duration::from_secs(1)).await;
     /// # Ok(()) }
     /// ```
     ///
@@ -198,7 +207,7 @@ impl NatsTransport {
         let requests = Arc::new(Requests::new(
             client.clone(),
             inbox,
-            config.request_timeout(),
+            config.effective_request_timeout(),
             counters.clone(),
         ));
         let (outbox, drain) = Outbox::new(
@@ -603,7 +612,7 @@ impl Inner {
             Pending::Limits {
                 remote,
                 expires: Instant::now()
-                    + LIMITS_QUERY_TIMEOUT.min(self.ep.config.request_timeout()),
+                    + LIMITS_QUERY_TIMEOUT.min(self.ep.config.effective_request_timeout()),
             },
         );
         let mut headers = HeaderMap::new();
@@ -747,7 +756,7 @@ impl Transport for NatsTransport {
                 let in_flight = s
                     .remotes
                     .get(target)
-                    .map(|r| r.in_flight(Instant::now() + s.ep.config.request_timeout()));
+                    .map(|r| r.in_flight(Instant::now() + s.ep.config.effective_request_timeout()));
                 // the reply path exists before the event is published
                 s.requests.insert(
                     token,

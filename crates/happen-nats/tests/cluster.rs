@@ -26,8 +26,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 fn config(urls: Vec<String>) -> NatsConfig {
     let mut config = NatsConfig::with_server(urls[0].clone());
     config.servers = urls;
-    config.reconnect.delay_ms = 10;
-    config.reconnect.max_delay_ms = 200;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(200);
     config
 }
 
@@ -218,8 +218,8 @@ async fn tells_during_the_switch_to_another_member_are_all_delivered() {
     // a waits a second before its first reconnect attempt: the tells below find it
     // disconnected and are buffered
     let mut a_config = config(cluster.urls());
-    a_config.reconnect.delay_ms = 500;
-    a_config.reconnect.max_delay_ms = 2000;
+    a_config.reconnect.delay = Duration::from_millis(500);
+    a_config.reconnect.max_delay = Duration::from_millis(2000);
     let (a, ta) = instance_with(a_config).await;
     let victim = cluster
         .index_of_port(ta.client().server_info().port)

@@ -30,8 +30,8 @@ async fn next_status(rx: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Val
 async fn sends_while_disconnected_are_buffered_up_to_the_bound_and_delivered_after_the_reconnect() {
     let mut server = NatsServer::start();
     let mut config = NatsConfig::with_server(server.url());
-    config.reconnect.delay_ms = 10;
-    config.reconnect.max_delay_ms = 100;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(100);
     // two requests and the tells; one more is refused
     config.disconnected_buffer = Some(TELLS as usize + 2);
     let (happen, transport) = instance_with(config).await;
@@ -190,8 +190,8 @@ async fn a_zero_bound_fails_every_send_while_disconnected() {
 async fn a_client_that_gives_up_reconnecting_says_so() {
     let mut server = NatsServer::start();
     let mut config = NatsConfig::with_server(server.url());
-    config.reconnect.delay_ms = 10;
-    config.reconnect.max_delay_ms = 20;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(20);
     config.reconnect.max_attempts = Some(3);
     let (happen, transport) = instance_with(config).await;
     let (status_tx, mut status) = mpsc::unbounded_channel();

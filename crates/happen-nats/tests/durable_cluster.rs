@@ -32,10 +32,10 @@ fn config(urls: Vec<String>) -> NatsConfig {
     );
     c.servers = urls;
     c.durable.replicas = 3;
-    c.reconnect.delay_ms = 10;
-    c.reconnect.max_delay_ms = 200;
+    c.reconnect.delay = Duration::from_millis(10);
+    c.reconnect.max_delay = Duration::from_millis(200);
     // the cluster elects new stream leaders after the kill: publishes are retried that long
-    c.request_timeout_ms = Some(60_000);
+    c.request_timeout = Some(Duration::from_secs(60));
     c
 }
 

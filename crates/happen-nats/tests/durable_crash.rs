@@ -36,7 +36,7 @@ fn config(url: &str, mode: DeliveryMode) -> NatsConfig {
             .with_ack_wait(Duration::from_secs(2)),
     );
     // outages in these tests last seconds; publishes are retried that long
-    c.request_timeout_ms = Some(60_000);
+    c.request_timeout = Some(Duration::from_secs(60));
     c
 }
 

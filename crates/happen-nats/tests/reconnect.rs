@@ -15,8 +15,8 @@ use test_support::NatsServer;
 async fn sends_succeed_after_a_server_restart() {
     let mut server = NatsServer::start();
     let mut config = NatsConfig::with_server(server.url());
-    config.reconnect.delay_ms = 10;
-    config.reconnect.max_delay_ms = 100;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(100);
     // fail fast while disconnected (buffering is tested in disconnected.rs)
     config.disconnected_buffer = Some(0);
     let (a, ta) = instance_with(config.clone()).await;
@@ -96,8 +96,8 @@ async fn retry_on_initial_connect_waits_for_the_server_and_gives_up_when_told() 
     server.stop(); // the port stays reserved for the restart
     let mut config = NatsConfig::with_server(server.url());
     config.retry_on_initial_connect = true;
-    config.reconnect.delay_ms = 10;
-    config.reconnect.max_delay_ms = 50;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(50);
 
     // bounded by max_attempts: fails with the connect error
     let mut bounded = config.clone();

@@ -25,6 +25,7 @@ use super::Backoff;
 /// "#)?;
 /// let nats = NatsConfig::from_happen(&config)?;
 /// assert_eq!(nats.durable.node("billing-eu").unwrap().mode, DeliveryMode::ExactlyOnce);
+/// assert_eq!(nats.durable.dedup_window, std::time::Duration::from_secs(120));
 /// assert!(nats.durable.node("orders").is_none());
 ///
 /// // the same with the builder
@@ -63,9 +64,11 @@ pub struct DurableConfig {
     /// `_`, plus `_DURABLE`: `HAPPEN_DURABLE`). The dead-letter stream is `<stream>_DLQ`, the
     /// exactly-once record stream `<stream>_DONE`.
     pub stream: Option<String>,
-    /// The dedup window in milliseconds (default 300,000 = 5 min): the server drops a
-    /// re-published event id within it; exactly-once nodes remember completed ids this long.
-    pub dedup_window_ms: u64,
+    /// The dedup window (default 5 min): the server drops a re-published event id within it;
+    /// exactly-once nodes remember completed ids this long. In a file: `dedup_window_ms`, in
+    /// milliseconds.
+    #[serde(rename = "dedup_window_ms", with = "happen::config::millis")]
+    pub dedup_window: Duration,
     /// Replicas of the streams in a JetStream cluster (default 1).
     pub replicas: usize,
     /// Durable publishes awaiting the server's acknowledgement at once (default 4096).
@@ -80,7 +83,7 @@ impl Default for DurableConfig {
     fn default() -> Self {
         DurableConfig {
             stream: None,
-            dedup_window_ms: 300_000,
+            dedup_window: Duration::from_secs(300),
             replicas: 1,
             publish_window: 4096,
             nodes: NodePatterns::new(),
@@ -92,7 +95,7 @@ impl fmt::Debug for DurableConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DurableConfig")
             .field("stream", &self.stream)
-            .field("dedup_window_ms", &self.dedup_window_ms)
+            .field("dedup_window", &self.dedup_window)
             .field("replicas", &self.replicas)
             .field("publish_window", &self.publish_window)
             .field("nodes", &self.nodes)
@@ -126,15 +129,18 @@ pub struct DurableNode {
     /// Deliveries of an event whose flow fails before it goes to the dead-letter subject
     /// (default 5; 1 = no retry).
     pub max_deliveries: u32,
-    /// The redelivery delay after the first failure, in milliseconds (default 100); doubled per
-    /// further failure up to `max_backoff_ms`.
-    pub backoff_ms: u64,
-    /// The longest redelivery delay, in milliseconds (default 10,000).
-    pub max_backoff_ms: u64,
-    /// How long the server waits for an acknowledgement before redelivering, in milliseconds
-    /// (default 30,000). A running flow keeps extending it; it only matters when the process
-    /// holding the event died.
-    pub ack_wait_ms: u64,
+    /// The redelivery delay after the first failure (default 100 ms); doubled per further
+    /// failure up to `max_backoff`. In a file: `backoff_ms`, in milliseconds.
+    #[serde(rename = "backoff_ms", with = "happen::config::millis")]
+    pub backoff: Duration,
+    /// The longest redelivery delay (default 10 s). In a file: `max_backoff_ms`.
+    #[serde(rename = "max_backoff_ms", with = "happen::config::millis")]
+    pub max_backoff: Duration,
+    /// How long the server waits for an acknowledgement before redelivering (default 30 s;
+    /// at least 100 ms). A running flow keeps extending it; it only matters when the process
+    /// holding the event died. In a file: `ack_wait_ms`.
+    #[serde(rename = "ack_wait_ms", with = "happen::config::millis")]
+    pub ack_wait: Duration,
 }
 
 impl Default for DurableNode {
@@ -156,9 +162,9 @@ impl DurableNode {
         DurableNode {
             mode,
             max_deliveries: 5,
-            backoff_ms: 100,
-            max_backoff_ms: 10_000,
-            ack_wait_ms: 30_000,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(30),
         }
     }
 
@@ -174,43 +180,38 @@ impl DurableNode {
         self
     }
 
-    /// Sets the back-off: first delay and largest delay (whole milliseconds).
+    /// Sets the back-off: `backoff` (the first delay) and `max_backoff` (the largest).
     ///
     /// ```
     /// use std::time::Duration;
     /// use happen_nats::DurableNode;
     /// let node = DurableNode::default()
     ///     .with_backoff(Duration::from_millis(250), Duration::from_secs(60));
-    /// assert_eq!((node.backoff_ms, node.max_backoff_ms), (250, 60_000));
+    /// assert_eq!(node.backoff, Duration::from_millis(250));
+    /// assert_eq!(node.max_backoff, Duration::from_secs(60));
     /// ```
     pub fn with_backoff(mut self, first: Duration, max: Duration) -> DurableNode {
-        self.backoff_ms = first.as_millis() as u64;
-        self.max_backoff_ms = max.as_millis() as u64;
+        self.backoff = first;
+        self.max_backoff = max;
         self
     }
 
-    /// Sets the acknowledgement wait (whole milliseconds; at least 100 ms to validate).
+    /// Sets `ack_wait`, the acknowledgement wait (at least 100 ms to validate).
     ///
     /// ```
     /// use std::time::Duration;
     /// use happen_nats::DurableNode;
     /// let node = DurableNode::default().with_ack_wait(Duration::from_secs(5));
-    /// assert_eq!(node.ack_wait_ms, 5_000);
+    /// assert_eq!(node.ack_wait, Duration::from_secs(5));
     /// ```
     pub fn with_ack_wait(mut self, wait: Duration) -> DurableNode {
-        self.ack_wait_ms = wait.as_millis() as u64;
+        self.ack_wait = wait;
         self
     }
 
     /// The delay before delivery `delivered + 1`, after `delivered` deliveries failed.
-    pub(crate) fn backoff(&self, delivered: u32) -> Duration {
-        Backoff::new(self.backoff_ms, self.max_backoff_ms)
-            .delay(delivered.saturating_sub(1) as usize)
-    }
-
-    /// How long the server waits for an acknowledgement.
-    pub(crate) fn ack_wait(&self) -> Duration {
-        Duration::from_millis(self.ack_wait_ms)
+    pub(crate) fn redelivery_delay(&self, delivered: u32) -> Duration {
+        Backoff::new(self.backoff, self.max_backoff).delay(delivered.saturating_sub(1) as usize)
     }
 }
 
@@ -245,16 +246,6 @@ impl DurableConfig {
     /// ```
     pub fn is_enabled(&self) -> bool {
         !self.nodes.is_empty()
-    }
-
-    /// The dedup window (`dedup_window_ms`).
-    ///
-    /// ```
-    /// let durable = happen_nats::DurableConfig::default();
-    /// assert_eq!(durable.dedup_window(), std::time::Duration::from_secs(300));
-    /// ```
-    pub fn dedup_window(&self) -> Duration {
-        Duration::from_millis(self.dedup_window_ms)
     }
 
     /// The stream's name for subject `prefix` (see [`stream`](DurableConfig::stream)).
@@ -296,8 +287,8 @@ impl DurableConfig {
                 format!("`{s}` is not a valid stream name (letters, digits, `_` and `-`)"),
             ));
         }
-        if self.dedup_window_ms == 0 {
-            return Err(invalid("dedup_window_ms", "must be at least 1"));
+        if self.dedup_window < Duration::from_millis(1) {
+            return Err(invalid("dedup_window_ms", "must be at least 1 ms"));
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(invalid("replicas", "must be between 1 and 5"));
@@ -314,16 +305,16 @@ impl DurableConfig {
                     "must be at least 1",
                 ));
             }
-            if n.backoff_ms > n.max_backoff_ms {
+            if n.backoff > n.max_backoff {
                 return Err(invalid(
                     &format!("{key}.backoff_ms"),
                     "must not exceed `max_backoff_ms`",
                 ));
             }
-            if n.ack_wait_ms < 100 {
+            if n.ack_wait < Duration::from_millis(100) {
                 return Err(invalid(
                     &format!("{key}.ack_wait_ms"),
-                    "must be at least 100",
+                    "must be at least 100 ms",
                 ));
             }
         }
@@ -383,10 +374,10 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let n = DurableNode::default()
             .with_backoff(Duration::from_millis(100), Duration::from_millis(350));
-        assert_eq!(n.backoff(1), Duration::from_millis(100));
-        assert_eq!(n.backoff(2), Duration::from_millis(200));
-        assert_eq!(n.backoff(3), Duration::from_millis(350));
-        assert_eq!(n.backoff(60), Duration::from_millis(350));
+        assert_eq!(n.redelivery_delay(1), Duration::from_millis(100));
+        assert_eq!(n.redelivery_delay(2), Duration::from_millis(200));
+        assert_eq!(n.redelivery_delay(3), Duration::from_millis(350));
+        assert_eq!(n.redelivery_delay(60), Duration::from_millis(350));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `[transport.nats]`: connection settings, parsed strictly (unknown keys are errors naming
 //! the key).
 //!
+//! Durations are `Duration`s in Rust and whole milliseconds in a file, under keys ending in
+//! `_ms` (`request_timeout_ms = 5000` sets [`NatsConfig::request_timeout`]), as the core's
+//! [`happen::config::millis`] does.
+//!
 //! ```
 //! let config = happen::Config::from_toml_str(r#"
 //! [transport.nats]
@@ -15,6 +19,7 @@
 //! "#)?;
 //! let nats = happen_nats::NatsConfig::from_happen(&config)?;
 //! assert_eq!(nats.name, "orders");
+//! assert_eq!(nats.request_timeout, Some(std::time::Duration::from_secs(5)));
 //!
 //! let bad = happen::Config::from_toml_str("[transport.nats]\nserver = \"x\"\n")?;
 //! let err = happen_nats::NatsConfig::from_happen(&bad).unwrap_err();
@@ -75,11 +80,16 @@ pub struct NatsConfig {
     pub auth: AuthConfig,
     /// TLS.
     pub tls: TlsConfig,
-    /// How long a stream producer waits for credit before giving up on a silent consumer, in
-    /// milliseconds (default: the instance's `flow.request_timeout_ms`).
-    pub request_timeout_ms: Option<u64>,
-    /// Timeout of one connection attempt, in milliseconds (default 5000).
-    pub connect_timeout_ms: u64,
+    /// How long a stream producer waits for credit before giving up on a silent consumer
+    /// (default 30 s; with [`from_happen`](NatsConfig::from_happen), the instance's
+    /// `flow.request_timeout`; see
+    /// [`effective_request_timeout`](NatsConfig::effective_request_timeout)). In a file:
+    /// `request_timeout_ms`, in milliseconds.
+    #[serde(rename = "request_timeout_ms", with = "opt_millis")]
+    pub request_timeout: Option<Duration>,
+    /// Timeout of one connection attempt (default 5 s). In a file: `connect_timeout_ms`.
+    #[serde(rename = "connect_timeout_ms", with = "happen::config::millis")]
+    pub connect_timeout: Duration,
     /// Reconnection policy.
     pub reconnect: ReconnectConfig,
     /// Keep retrying when the server is unreachable at start-up instead of failing (default
@@ -128,8 +138,8 @@ impl Default for NatsConfig {
             prefix: "happen".to_owned(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
-            request_timeout_ms: None,
-            connect_timeout_ms: 5000,
+            request_timeout: None,
+            connect_timeout: Duration::from_secs(5),
             reconnect: ReconnectConfig::default(),
             retry_on_initial_connect: false,
             subscription_capacity: 1 << 20,
@@ -148,6 +158,35 @@ impl Default for NatsConfig {
 /// Default of `disconnected_buffer` (when `outbound_buffer` is not smaller).
 const DEFAULT_DISCONNECTED_BUFFER: usize = 8192;
 
+/// Default of `request_timeout` (without [`NatsConfig::from_happen`]).
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shortest duration a file can hold (its keys are whole milliseconds).
+const ONE_MS: Duration = Duration::from_millis(1);
+
+/// An `Option<Duration>` as whole milliseconds in a file (absent: `None`), as
+/// [`happen::config::millis`] does for a `Duration`.
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `Some(d)` as whole milliseconds (rounded down), `None` as nothing.
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads whole milliseconds (or `null`).
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // every field, so a new one cannot be forgotten silently
@@ -157,8 +196,8 @@ impl fmt::Debug for NatsConfig {
             prefix,
             auth,
             tls,
-            request_timeout_ms,
-            connect_timeout_ms,
+            request_timeout,
+            connect_timeout,
             reconnect,
             retry_on_initial_connect,
             subscription_capacity,
@@ -177,8 +216,8 @@ impl fmt::Debug for NatsConfig {
             .field("prefix", prefix)
             .field("auth", auth)
             .field("tls", tls)
-            .field("request_timeout_ms", request_timeout_ms)
-            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("request_timeout", request_timeout)
+            .field("connect_timeout", connect_timeout)
             .field("reconnect", reconnect)
             .field("retry_on_initial_connect", retry_on_initial_connect)
             .field("subscription_capacity", subscription_capacity)
@@ -217,7 +256,7 @@ impl NatsConfig {
     }
 
     /// Reads `[transport.nats]` of a happen configuration (defaults when absent); the request
-    /// timeout defaults to the instance's `flow.request_timeout_ms`, the broadcast-stream
+    /// timeout defaults to the instance's `flow.request_timeout`, the broadcast-stream
     /// buffer to its `streams.broadcast_buffer`.
     ///
     /// ```
@@ -230,7 +269,7 @@ impl NatsConfig {
     /// servers = ["nats://127.0.0.1:4333"]
     /// "#)?;
     /// let nats = happen_nats::NatsConfig::from_happen(&config)?;
-    /// assert_eq!(nats.request_timeout(), Duration::from_secs(2));
+    /// assert_eq!(nats.request_timeout, Some(Duration::from_secs(2)));
     ///
     /// // no `[transport.nats]`: the defaults
     /// let nats = happen_nats::NatsConfig::from_happen(&happen::Config::default())?;
@@ -245,8 +284,8 @@ impl NatsConfig {
             Some(v) => NatsConfig::from_value(v)?,
             None => NatsConfig::default(),
         };
-        if nats.request_timeout_ms.is_none() {
-            nats.request_timeout_ms = Some(config.flow.request_timeout.as_millis() as u64);
+        if nats.request_timeout.is_none() {
+            nats.request_timeout = Some(config.flow.request_timeout);
         }
         if nats.broadcast_buffer.is_none() {
             nats.broadcast_buffer = Some(config.streams.broadcast_buffer);
@@ -365,10 +404,13 @@ impl NatsConfig {
         if self.broadcast_buffer == Some(0) {
             return Err(invalid("broadcast_buffer", "must be at least 1"));
         }
-        if self.request_timeout_ms == Some(0) {
-            return Err(invalid("request_timeout_ms", "must be at least 1"));
+        if self.request_timeout.is_some_and(|t| t < ONE_MS) {
+            return Err(invalid("request_timeout_ms", "must be at least 1 ms"));
         }
-        if self.reconnect.delay_ms > self.reconnect.max_delay_ms {
+        if self.connect_timeout < ONE_MS {
+            return Err(invalid("connect_timeout_ms", "must be at least 1 ms"));
+        }
+        if self.reconnect.delay > self.reconnect.max_delay {
             return Err(invalid(
                 "reconnect.delay_ms",
                 "must not exceed `reconnect.max_delay_ms`",
@@ -394,19 +436,20 @@ impl NatsConfig {
             .unwrap_or(DEFAULT_DISCONNECTED_BUFFER.min(self.outbound_buffer))
     }
 
-    /// The request timeout: `request_timeout_ms`, by default 30 s (or the instance's
-    /// `flow.request_timeout_ms` with [`from_happen`](NatsConfig::from_happen)).
+    /// The request timeout in effect: [`request_timeout`](NatsConfig::request_timeout), by
+    /// default 30 s ([`from_happen`](NatsConfig::from_happen) sets the instance's
+    /// `flow.request_timeout`).
     ///
     /// ```
     /// use std::time::Duration;
     ///
     /// let mut nats = happen_nats::NatsConfig::default();
-    /// assert_eq!(nats.request_timeout(), Duration::from_secs(30));
-    /// nats.request_timeout_ms = Some(500);
-    /// assert_eq!(nats.request_timeout(), Duration::from_millis(500));
+    /// assert_eq!(nats.effective_request_timeout(), Duration::from_secs(30));
+    /// nats.request_timeout = Some(Duration::from_millis(500));
+    /// assert_eq!(nats.effective_request_timeout(), Duration::from_millis(500));
     /// ```
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms.unwrap_or(30_000))
+    pub fn effective_request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
     }
 
     /// Makes the node ids matching `pattern` durable with `node`'s settings (see
@@ -487,6 +530,115 @@ mod tests {
         assert!(err.message().contains("disconnected_buffer"), "{err}");
         let err = NatsConfig::from_value(&json!({"disconnected_bufer": 1})).unwrap_err();
         assert!(err.message().contains("disconnected_bufer"), "{err}");
+    }
+
+    /// The `Duration` fields keep their file keys (`*_ms`, whole milliseconds), both ways.
+    #[test]
+    fn durations_keep_their_file_keys() {
+        let ms = Duration::from_millis;
+        let file = json!({
+            "request_timeout_ms": 1500,
+            "connect_timeout_ms": 250,
+            "reconnect": {"delay_ms": 20, "max_delay_ms": 400},
+            "durable": {
+                "dedup_window_ms": 60000,
+                "nodes": {"orders": {"backoff_ms": 50, "max_backoff_ms": 500, "ack_wait_ms": 2000}}
+            }
+        });
+        let c = NatsConfig::from_value(&file).unwrap();
+        assert_eq!(c.request_timeout, Some(ms(1500)));
+        assert_eq!(
+            (c.connect_timeout, c.effective_request_timeout()),
+            (ms(250), ms(1500))
+        );
+        assert_eq!(
+            (c.reconnect.delay, c.reconnect.max_delay),
+            (ms(20), ms(400))
+        );
+        assert_eq!(c.durable.dedup_window, ms(60_000));
+        let n = c.durable.node("orders").unwrap();
+        assert_eq!(
+            (n.backoff, n.max_backoff, n.ack_wait),
+            (ms(50), ms(500), ms(2000))
+        );
+
+        let written = serde_json::to_value(&c).unwrap();
+        for (path, value) in [
+            ("/request_timeout_ms", 1500),
+            ("/connect_timeout_ms", 250),
+            ("/reconnect/delay_ms", 20),
+            ("/reconnect/max_delay_ms", 400),
+            ("/durable/dedup_window_ms", 60_000),
+            ("/durable/nodes/orders/backoff_ms", 50),
+            ("/durable/nodes/orders/max_backoff_ms", 500),
+            ("/durable/nodes/orders/ack_wait_ms", 2000),
+        ] {
+            assert_eq!(written.pointer(path), Some(&json!(value)), "{path}");
+        }
+        assert_eq!(NatsConfig::from_value(&written).unwrap(), c);
+
+        // TOML too; an unset request timeout is left out (and read back as unset)
+        let toml = toml::to_string(&NatsConfig::default()).unwrap();
+        assert!(toml.contains("connect_timeout_ms = 5000"), "{toml}");
+        assert!(toml.contains("dedup_window_ms = 300000"), "{toml}");
+        assert!(!toml.contains("request_timeout"), "{toml}");
+        let back: NatsConfig = toml::from_str(&toml).unwrap();
+        assert_eq!(back, NatsConfig::default());
+        let toml = toml::to_string(&c).unwrap();
+        assert!(toml.contains("request_timeout_ms = 1500"), "{toml}");
+        assert_eq!(toml::from_str::<NatsConfig>(&toml).unwrap(), c);
+
+        // the Rust names are not file keys
+        for key in ["request_timeout", "connect_timeout"] {
+            let err = NatsConfig::from_value(&json!({ key: 5 })).unwrap_err();
+            assert!(err.message().contains(key), "{err}");
+        }
+        let err = NatsConfig::from_value(&json!({"request_timeout_ms": -1})).unwrap_err();
+        assert!(err.message().contains("request_timeout_ms"), "{err}");
+    }
+
+    /// Validation names the file keys, for values set in code too.
+    #[test]
+    fn duration_checks_name_the_file_keys() {
+        let err = NatsConfig::from_value(&json!({"request_timeout_ms": 0})).unwrap_err();
+        assert!(
+            err.message().contains("transport.nats.request_timeout_ms"),
+            "{err}"
+        );
+        let rejects = |change: &dyn Fn(&mut NatsConfig), key: &str| {
+            let mut c = NatsConfig::default();
+            change(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(err.message().contains(key), "{err}");
+        };
+        rejects(
+            &|c| c.request_timeout = Some(Duration::from_micros(10)),
+            "request_timeout_ms",
+        );
+        rejects(
+            &|c| c.connect_timeout = Duration::ZERO,
+            "connect_timeout_ms",
+        );
+        rejects(
+            &|c| c.reconnect.delay = Duration::from_secs(5),
+            "reconnect.delay_ms",
+        );
+        rejects(
+            &|c| c.durable.dedup_window = Duration::ZERO,
+            "durable.dedup_window_ms",
+        );
+        let c = NatsConfig::default().with_durable(
+            "orders",
+            DurableNode::default().with_ack_wait(Duration::from_millis(99)),
+        );
+        let err = c.validate().unwrap_err();
+        assert!(err.message().contains("ack_wait_ms"), "{err}");
+        let c = NatsConfig::default().with_durable(
+            "orders",
+            DurableNode::default().with_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+        );
+        let err = c.validate().unwrap_err();
+        assert!(err.message().contains("backoff_ms"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! The async-nats connect options of a [`NatsConfig`].
 
-use std::time::Duration;
-
 use happen::Result;
 
 use super::{NatsConfig, invalid};
@@ -13,11 +11,11 @@ impl NatsConfig {
             .name(&self.name)
             .subscription_capacity(self.subscription_capacity)
             .client_capacity(self.client_capacity)
-            .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
-            .request_timeout(Some(self.request_timeout()))
+            .connection_timeout(self.connect_timeout)
+            .request_timeout(Some(self.effective_request_timeout()))
             .max_reconnects(self.reconnect.max_attempts);
-        let reconnect = self.reconnect.clone();
-        o = o.reconnect_delay_callback(move |attempts| reconnect.delay(attempts));
+        let backoff = self.reconnect.backoff();
+        o = o.reconnect_delay_callback(move |attempts| backoff.delay(attempts));
         // `retry_on_initial_connect` is handled by `NatsTransport::connect`
         let a = &self.auth;
         if let (Some(u), Some(p)) = (&a.user, &a.password) {

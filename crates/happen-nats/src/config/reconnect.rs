@@ -6,14 +6,25 @@ use serde::{Deserialize, Serialize};
 
 use super::Backoff;
 
-/// `[transport.nats.reconnect]`: exponential back-off between `delay_ms` and `max_delay_ms`,
-/// for reconnects and (with `retry_on_initial_connect`) the first connection.
+/// `[transport.nats.reconnect]`: exponential back-off between `delay` and `max_delay`, for
+/// reconnects and (with `retry_on_initial_connect`) the first connection.
 ///
 /// ```
+/// use std::time::Duration;
+///
 /// let mut nats = happen_nats::NatsConfig::default();
 /// nats.reconnect.max_attempts = Some(20); // then give up: `system.connection-status` "closed"
-/// nats.reconnect.max_delay_ms = 5_000;
+/// nats.reconnect.max_delay = Duration::from_secs(5);
 /// nats.validate()?;
+///
+/// // in a file, whole milliseconds
+/// let config = happen::Config::from_toml_str(r#"
+/// [transport.nats.reconnect]
+/// delay_ms = 50
+/// max_delay_ms = 5000
+/// "#)?;
+/// let nats = happen_nats::NatsConfig::from_happen(&config)?;
+/// assert_eq!(nats.reconnect.delay, Duration::from_millis(50));
 /// # Ok::<(), happen::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,26 +33,27 @@ use super::Backoff;
 pub struct ReconnectConfig {
     /// Give up after this many failed attempts (default: never give up).
     pub max_attempts: Option<usize>,
-    /// First delay in milliseconds (default 10).
-    pub delay_ms: u64,
-    /// Largest delay in milliseconds (default 2000).
-    pub max_delay_ms: u64,
+    /// First delay (default 10 ms). In a file: `delay_ms`.
+    #[serde(rename = "delay_ms", with = "happen::config::millis")]
+    pub delay: Duration,
+    /// Largest delay (default 2 s). In a file: `max_delay_ms`.
+    #[serde(rename = "max_delay_ms", with = "happen::config::millis")]
+    pub max_delay: Duration,
 }
 
 impl Default for ReconnectConfig {
     fn default() -> Self {
         ReconnectConfig {
             max_attempts: None,
-            delay_ms: 10,
-            max_delay_ms: 2000,
+            delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(2),
         }
     }
 }
 
 impl ReconnectConfig {
-    /// The pause before attempt `attempts`: `delay_ms` doubled per attempt, at most
-    /// `max_delay_ms`.
-    pub(crate) fn delay(&self, attempts: usize) -> Duration {
-        Backoff::new(self.delay_ms, self.max_delay_ms).delay(attempts)
+    /// The pauses between attempts: `delay` doubled per attempt, at most `max_delay`.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.delay, self.max_delay)
     }
 }

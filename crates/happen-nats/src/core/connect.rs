@@ -44,7 +44,7 @@ pub(crate) async fn connect(
             {
                 attempts += 1;
                 tracing::info!(target: "happen_nats", attempts, error = %e, "cannot reach nats yet; retrying (retry_on_initial_connect)");
-                tokio::time::sleep(config.reconnect.delay(attempts)).await;
+                tokio::time::sleep(config.reconnect.backoff().delay(attempts)).await;
             }
             Err(e) => return Err(connect_error(config, e)),
         }

@@ -746,7 +746,7 @@ mod tests {
         let server = NatsServer::start();
         let mut config = NatsConfig::with_server(server.url());
         // a stalled set-up would hold the loop this long (longer than any bound below)
-        config.request_timeout_ms = Some(60_000);
+        config.request_timeout = Some(Duration::from_secs(60));
         // broadcasts of `metrics` carry a stream: receivers subscribe to it before admission
         config.stream_types = vec!["metrics".to_owned()];
         let (a, _ta) = instance_with(config.clone()).await;

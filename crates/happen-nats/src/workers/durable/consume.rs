@@ -36,9 +36,10 @@ const MAX_PULLS: usize = 4;
 /// Most durable events one node holds at once, whatever its limits.
 const MAX_HELD: usize = 16_384;
 /// Pauses between attempts to store an exactly-once record.
-const RECORD_RETRY: Backoff = Backoff::new(20, 640);
+const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(640));
 /// Pauses between attempts to store a dead letter.
-const DEAD_LETTER_RETRY: Backoff = Backoff::new(100, 1600);
+const DEAD_LETTER_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_millis(1600));
 
 /// The consumer side of one durable node.
 struct Node {
@@ -273,7 +274,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
                 // cannot tell whether it ran: try again later rather than risk a second run
                 tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot read the exactly-once record; redelivering");
                 inc(&d.counters.durable_retried);
-                nak(d, &msg, Some(node.settings.backoff(1))).await;
+                nak(d, &msg, Some(node.settings.redelivery_delay(1))).await;
                 node.working.lock().remove(&seq);
                 return;
             }
@@ -303,7 +304,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
         Err(err) if delivered < node.settings.max_deliveries => {
             tracing::debug!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed; redelivering");
             inc(&d.counters.durable_retried);
-            nak(d, &msg, Some(node.settings.backoff(delivered))).await;
+            nak(d, &msg, Some(node.settings.redelivery_delay(delivered))).await;
         }
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed on its last delivery; dead-lettered");
@@ -326,7 +327,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
 /// a redelivery meanwhile finds the record (or is ignored while this runs).
 async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: Bytes) {
     let d = &node.d;
-    let deadline = Instant::now() + d.ep.config.request_timeout();
+    let deadline = Instant::now() + d.ep.config.effective_request_timeout();
     let mut attempt = 0u32;
     let mut progress = Instant::now();
     loop {
@@ -338,7 +339,7 @@ async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: By
             }
             Err(_) => {
                 attempt += 1;
-                if progress.elapsed() >= node.settings.ack_wait() / 3 {
+                if progress.elapsed() >= node.settings.ack_wait / 3 {
                     settle(d, msg, AckKind::Progress).await;
                     progress = Instant::now();
                 }
@@ -352,7 +353,7 @@ async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: By
 /// telling the server meanwhile that the message is being worked on. `None` when the node is
 /// closed and admits nothing.
 async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<serde_json::Value>> {
-    let progress_every = node.settings.ack_wait() / 3;
+    let progress_every = node.settings.ack_wait / 3;
     let rx = loop {
         let (tx, rx): (ReplySender, _) = reply_channel();
         match node.inbox.deliver(event.clone(), Some(tx)) {
@@ -414,7 +415,7 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) ->
             Err(e) if d.link.is_closed() || attempt >= 20 => {
                 // not stored: leave the message to be redelivered rather than lose it
                 tracing::error!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot store a dead letter; the event stays in the stream for redelivery");
-                nak(d, msg, Some(node.settings.backoff(delivered))).await;
+                nak(d, msg, Some(node.settings.redelivery_delay(delivered))).await;
                 return false;
             }
             Err(_) => {

@@ -121,7 +121,7 @@ impl Durable {
             subjects: vec![format!("{subject_prefix}>")],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
-            duplicate_window: d.dedup_window(),
+            duplicate_window: d.dedup_window,
             num_replicas: d.replicas,
             ..Default::default()
         })
@@ -132,7 +132,7 @@ impl Durable {
             subjects: vec![format!("{dlq_prefix}>")],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            duplicate_window: d.dedup_window(),
+            duplicate_window: d.dedup_window,
             num_replicas: d.replicas,
             ..Default::default()
         })
@@ -152,10 +152,10 @@ impl Durable {
                     subjects: vec![format!("{}>", ep.subjects.records_prefix())],
                     retention: stream::RetentionPolicy::Limits,
                     storage: stream::StorageType::File,
-                    max_age: d.dedup_window(),
+                    max_age: d.dedup_window,
                     max_messages_per_subject: 1,
                     allow_direct: true,
-                    duplicate_window: d.dedup_window().min(Duration::from_secs(120)),
+                    duplicate_window: d.dedup_window.min(Duration::from_secs(120)),
                     num_replicas: d.replicas,
                     ..Default::default()
                 })
@@ -299,7 +299,7 @@ impl Durable {
                     durable_name: Some(name.clone()),
                     filter_subject: format!("{}{id}", self.subject_prefix),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: settings.ack_wait(),
+                    ack_wait: settings.ack_wait,
                     // retries are counted and bounded here, never dropped by the server
                     max_deliver: -1,
                     max_ack_pending: -1,
@@ -315,9 +315,9 @@ impl Durable {
             })?;
         // an existing consumer keeps the settings it was created with
         if let Ok(info) = consumer.info().await
-            && info.config.ack_wait != settings.ack_wait()
+            && info.config.ack_wait != settings.ack_wait
         {
-            tracing::warn!(target: "happen_nats", node = %id, consumer = %name, configured = ?settings.ack_wait(), in_use = ?info.config.ack_wait, "the durable consumer exists with another ack_wait; delete the consumer (it is recreated with the new setting) to change it");
+            tracing::warn!(target: "happen_nats", node = %id, consumer = %name, configured = ?settings.ack_wait, in_use = ?info.config.ack_wait, "the durable consumer exists with another ack_wait; delete the consumer (it is recreated with the new setting) to change it");
         }
         Ok(consumer)
     }

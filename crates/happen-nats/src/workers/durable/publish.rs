@@ -2,6 +2,7 @@
 //! acknowledgement at once, each retried until acknowledged or the request timeout passes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -15,13 +16,13 @@ use crate::config::Backoff;
 use crate::core::stats::inc;
 
 /// Pauses between attempts to store a durable event.
-const PUBLISH_RETRY: Backoff = Backoff::new(50, 800);
+const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(800));
 
 /// Publishes durable messages, many awaiting their acknowledgement at once, each retried until
 /// acknowledged or the request timeout passes.
 pub(super) async fn run(d: Arc<Durable>, mut rx: mpsc::Receiver<Publish>) {
     let window = d.settings.publish_window;
-    let give_up_after = d.ep.config.request_timeout();
+    let give_up_after = d.ep.config.effective_request_timeout();
     let mut flying = FuturesUnordered::new();
     loop {
         tokio::select! {

@@ -107,7 +107,11 @@ impl Incoming {
             Ok(sub) => {
                 // the producer starts publishing as soon as the same broadcast reaches it: make
                 // sure the server knows the subscription before the node starts reading
-                if let Err(e) = s.requests.round_trip(s.ep.config.request_timeout()).await {
+                if let Err(e) = s
+                    .requests
+                    .round_trip(s.ep.config.effective_request_timeout())
+                    .await
+                {
                     // admitted anyway: items it missed are reported as lag
                     tracing::warn!(target: "happen_nats", node = %node, error = %e, "a broadcast stream's subscription was not confirmed; its first items may be reported as lag");
                 }
@@ -212,7 +216,7 @@ async fn forward(s: Arc<Streams>, subject: Subject, mut items: BroadcastItems) {
 /// Feeds the frames of one broadcast stream to the local subscribers until the end frame; a
 /// stream silent for the request timeout ends with a `timeout` error.
 async fn feed_from(s: Arc<Streams>, mut sub: Subscriber, feed: BroadcastFeed) {
-    let idle = s.ep.config.request_timeout();
+    let idle = s.ep.config.effective_request_timeout();
     let outcome = read(&s, &mut sub, &feed, idle).await;
     feed.end(outcome);
     let _ = sub.unsubscribe().await;

@@ -39,7 +39,7 @@ async fn forward(
         return; // dropping `items` cancels the flow
     }
     let window = credit;
-    let idle = s.ep.config.request_timeout();
+    let idle = s.ep.config.effective_request_timeout();
     let item_headers = wire::frame_headers(&Frame::Item(Value::Null));
     loop {
         if credit == 0 {
