@@ -5,17 +5,29 @@
 //!   `nats-server` is found (`NATS_SERVER_BIN`, `PATH`, `/usr/sbin/nats-server`), it is
 //!   installed from the system's packages first (`apt-get install nats-server`, through `sudo`
 //!   when not root).
+//! - `cargo xtask instructions [--check | --record]`: instructions per event of happen's
+//!   `tell` and `ask-seq` under valgrind's callgrind (load-independent: the same on a busy
+//!   machine), from `happen-bench --child` at two event counts, `(total(N2) − total(N1)) /
+//!   (N2 − N1)` so that set-up cancels out. `--check` fails when a figure is more than 10 %
+//!   above the one recorded in `crates/happen-bench/instructions.txt` (CI runs it: a ratchet);
+//!   `--record` writes the measured figures there. valgrind is installed like nats-server when
+//!   missing.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask test [ARGS...]   (ARGS go to `cargo test --workspace`)";
+mod instructions;
+
+const USAGE: &str = "usage:
+  cargo xtask test [ARGS...]                        the whole test suite (ARGS go to `cargo test --workspace`)
+  cargo xtask instructions [--check | --record]     instructions per event (callgrind), checked or recorded";
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => test(args.collect()),
+        Some("instructions") => instructions::run(args.collect()),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -31,7 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn test(args: Vec<String>) -> ExitCode {
-    if let Err(e) = ensure_nats_server() {
+    if let Err(e) = ensure_installed("nats-server", find_nats_server, ", or set NATS_SERVER_BIN to its path") {
         eprintln!("xtask: {e}");
         return ExitCode::FAILURE;
     }
@@ -50,13 +62,19 @@ fn test(args: Vec<String>) -> ExitCode {
     }
 }
 
-/// Finds `nats-server` the way the tests do (`test-support`), installing it when missing.
-fn ensure_nats_server() -> Result<(), String> {
-    if let Some(bin) = find_nats_server() {
+/// Makes sure the program `name` (Debian's package of the same name) is there: `find`
+/// locates it; when it finds nothing the package is installed (`apt-get`, through `sudo` when
+/// not root) and looked for again. `hint` ends the error message (another way to provide it).
+pub(crate) fn ensure_installed(
+    name: &str,
+    find: fn() -> Option<PathBuf>,
+    hint: &str,
+) -> Result<(), String> {
+    if let Some(bin) = find() {
         println!("xtask: using {}", bin.display());
         return Ok(());
     }
-    println!("xtask: nats-server not found; installing Debian's package `nats-server`");
+    println!("xtask: {name} not found; installing Debian's package `{name}`");
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -74,34 +92,40 @@ fn ensure_nats_server() -> Result<(), String> {
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
-            .map_err(|e| format!("cannot run apt-get ({e}); install nats-server by hand, or set NATS_SERVER_BIN to its path"))?;
+            .map_err(|e| format!("cannot run apt-get ({e}); install {name} by hand{hint}"))?;
         if status.success() {
             Ok(())
         } else {
             Err(format!(
-                "`apt-get {}` failed ({status}); install nats-server by hand, or set NATS_SERVER_BIN to its path",
+                "`apt-get {}` failed ({status}); install {name} by hand{hint}",
                 args.join(" ")
             ))
         }
     };
     apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "nats-server"])?;
-    find_nats_server()
+    apt(&["install", "-y", "-qq", name])?;
+    find()
         .map(|_| ())
-        .ok_or_else(|| "nats-server is still not found after installing it".to_owned())
+        .ok_or_else(|| format!("{name} is still not found after installing it"))
 }
 
+/// Finds a program on `PATH`.
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+    env::var_os("PATH").and_then(|path| {
+        env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Finds `nats-server` the way the tests do (`test-support`): `NATS_SERVER_BIN` (which then
+/// must exist; set it to use another binary), `PATH`, `/usr/sbin/nats-server`.
 fn find_nats_server() -> Option<PathBuf> {
     if let Some(bin) = env::var_os("NATS_SERVER_BIN") {
         let bin = PathBuf::from(bin);
         return bin.is_file().then_some(bin);
     }
-    let on_path = env::var_os("PATH").and_then(|path| {
-        env::split_paths(&path)
-            .map(|dir| dir.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
+    on_path("nats-server").or_else(|| {
         let fallback = Path::new("/usr/sbin/nats-server");
         fallback.is_file().then(|| fallback.to_path_buf())
     })
