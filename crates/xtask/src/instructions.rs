@@ -183,8 +183,8 @@ fn callgrind_total(bench: &Path, workload: &str, n: u64) -> Result<u64, String> 
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             ));
         }
-        let text = fs::read_to_string(&out)
-            .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+        let text =
+            fs::read_to_string(&out).map_err(|e| format!("cannot read {}: {e}", out.display()))?;
         total_of(&text).ok_or_else(|| format!("no `summary:` line in {}", out.display()))
     });
     let _ = fs::remove_dir_all(&dir);
@@ -194,7 +194,10 @@ fn callgrind_total(bench: &Path, workload: &str, n: u64) -> Result<u64, String> 
 /// The `summary:` (or `totals:`) figure of a callgrind output file.
 fn total_of(text: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
@@ -217,7 +220,11 @@ mod tests {
         let rec = [("tell".to_owned(), 1000)];
         assert!(check(&[("tell", 1100)], &rec).is_ok());
         assert!(check(&[("tell", 1101)], &rec).is_err());
-        assert!(check(&[("ask-seq", 1)], &rec).unwrap_err().contains("no figure"));
+        assert!(
+            check(&[("ask-seq", 1)], &rec)
+                .unwrap_err()
+                .contains("no figure")
+        );
     }
 
     #[test]

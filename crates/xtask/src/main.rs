@@ -43,7 +43,11 @@ fn main() -> ExitCode {
 }
 
 fn test(args: Vec<String>) -> ExitCode {
-    if let Err(e) = ensure_installed("nats-server", find_nats_server, ", or set NATS_SERVER_BIN to its path") {
+    if let Err(e) = ensure_installed(
+        "nats-server",
+        find_nats_server,
+        ", or set NATS_SERVER_BIN to its path",
+    ) {
         eprintln!("xtask: {e}");
         return ExitCode::FAILURE;
     }

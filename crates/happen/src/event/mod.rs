@@ -13,6 +13,7 @@ use crate::id::{CorrelationId, EventId, NodeId, SharedStr};
 
 mod clock;
 pub mod pattern;
+mod storage;
 
 pub(crate) use clock::now_ms;
 
@@ -63,6 +64,13 @@ pub(crate) use clock::now_ms;
 #[derive(Clone)]
 pub struct Event {
     inner: Arc<EventInner>,
+}
+
+/// Drops the handle; the last one gives its storage back for reuse (see `storage`).
+impl Drop for Event {
+    fn drop(&mut self) {
+        storage::recycle(&mut self.inner);
+    }
 }
 
 #[derive(Clone)]
@@ -161,6 +169,31 @@ impl<'de> Deserialize<'de> for Path {
     }
 }
 
+impl EventInner {
+    /// A new event's contents: no causal context until it is sent.
+    fn unstamped(event_type: SharedStr, payload: Value) -> EventInner {
+        EventInner {
+            event_type,
+            payload,
+            priority: 0,
+            causal: Causal {
+                id: EventId::unassigned(),
+                sender: empty_node(),
+                causation_id: None,
+                correlation_id: CorrelationId::unassigned(),
+                path: Path::default(),
+                timestamp: 0,
+            },
+            explicit_correlation: None,
+        }
+    }
+
+    /// Contents that allocate nothing (what a dropped handle points to, see `storage`).
+    fn hole() -> EventInner {
+        EventInner::unstamped(SharedStr::Static(""), Value::Null)
+    }
+}
+
 fn empty_node() -> NodeId {
     NodeId::from_static("")
 }
@@ -217,20 +250,7 @@ impl Event {
     /// ```
     pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
         Event {
-            inner: Arc::new(EventInner {
-                event_type: event_type.into().0,
-                payload: payload.into(),
-                priority: 0,
-                causal: Causal {
-                    id: EventId::unassigned(),
-                    sender: empty_node(),
-                    causation_id: None,
-                    correlation_id: CorrelationId::unassigned(),
-                    path: Path::default(),
-                    timestamp: 0,
-                },
-                explicit_correlation: None,
-            }),
+            inner: storage::store(EventInner::unstamped(event_type.into().0, payload.into())),
         }
     }
 
@@ -648,7 +668,7 @@ impl<'de> Deserialize<'de> for Event {
             timestamp: now_ms(),
         });
         Ok(Event {
-            inner: Arc::new(EventInner {
+            inner: storage::store(EventInner {
                 event_type: w.event_type.into(),
                 payload: w.payload,
                 priority,
