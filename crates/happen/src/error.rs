@@ -768,6 +768,15 @@ impl Error {
         Error::new(ErrorKind::InvalidEvent, format!("invalid event: {problem}"))
     }
 
+    /// A flow ran `max` steps (a step probably returns itself forever).
+    pub(crate) fn too_many_steps(node: &NodeId, max: usize) -> Error {
+        Error::new(
+            ErrorKind::ChainTooDeep,
+            format!("flow at node `{node}` ran more than {max} steps; a step probably loops forever (raise flow.max_chain_depth if it does not)"),
+        )
+        .with_limit(max)
+    }
+
     pub(crate) fn cancelled() -> Error {
         Error::new(
             ErrorKind::Cancelled,

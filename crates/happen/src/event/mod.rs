@@ -348,6 +348,22 @@ impl Event {
         &self.inner.payload
     }
 
+    /// The same event (type, priority and causal context: the same id, sender, correlation)
+    /// with another payload. A [liner](crate::liner) uses it to change what the handler sees.
+    ///
+    /// ```
+    /// use happen::Event;
+    ///
+    /// let event = Event::new("order", 1);
+    /// let changed = event.clone().with_payload(2);
+    /// assert_eq!(changed.payload(), 2);
+    /// assert_eq!((changed.event_type(), changed.id()), (event.event_type(), event.id()));
+    /// ```
+    pub fn with_payload(mut self, payload: impl Into<Value>) -> Event {
+        Arc::make_mut(&mut self.inner).payload = payload.into();
+        self
+    }
+
     /// Deserializes the payload into `T`.
     ///
     /// # Errors

@@ -7,6 +7,7 @@ mod emitter;
 pub mod flow;
 mod handler;
 mod instance;
+pub mod liner;
 mod options;
 mod ready;
 mod registry;
@@ -37,10 +38,10 @@ pub use closing::ShutdownReport;
 pub(crate) use closing::{close_nodes, hard_deadline};
 pub use context::Context;
 pub use emitter::Emitter;
-use flow::Step;
 pub use flow::{Flow, IntoFlow, Json};
 pub use handler::Handler;
 pub(crate) use instance::{Instance, Scope};
+pub use liner::{Liner, line};
 pub use options::{NodeOptions, SequentialKey};
 pub use ready::Ready;
 pub(crate) use registry::validate_node_id;
@@ -230,8 +231,9 @@ impl Node {
         Args: 'static,
     {
         let pattern = pattern.into_pattern()?;
-        let step: Arc<dyn ErasedStep> = Arc::from(Step::new(handler).0);
+        let step = liner::erase(handler);
         let mut reg = self.shared.registry.write();
+        let step = liner::wrap(step, &reg.liners);
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
                 return Err(Error::duplicate_handler(self.id(), &pattern));
@@ -254,6 +256,50 @@ impl Node {
         reg.ordered.insert(at, Entry { pattern, step });
         self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Wraps every handler of this node in `liner`: those registered already and those
+    /// registered later (see [`liner`] for what a liner may do). Node liners are outside a
+    /// handler's own ([`line`](crate::line())); a node liner added later is outside the earlier
+    /// ones. A node without liners pays nothing for them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use happen::liner::{Liner, Next};
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let counting = {
+    ///     let seen = seen.clone();
+    ///     Liner::new(move |event: Event, ctx: Context, next: Next| {
+    ///         seen.fetch_add(1, Ordering::Relaxed);
+    ///         next.run(event, ctx)
+    ///     })
+    /// };
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("before", |_e: Event, _c: Context| async {})?;
+    /// node.line(counting);
+    /// node.on("after", |_e: Event, _c: Context| async {})?; // wrapped too
+    /// node.send(&node, Event::new("before", ())).await?;
+    /// node.send(&node, Event::new("after", ())).await?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn line(&self, liner: Liner) {
+        let mut reg = self.shared.registry.write();
+        let one = std::slice::from_ref(&liner);
+        for step in reg.exact.values_mut() {
+            *step = liner::wrap(step.clone(), one);
+        }
+        for entry in reg.ordered.iter_mut() {
+            entry.step = liner::wrap(entry.step.clone(), one);
+        }
+        reg.liners.push(liner);
+        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Sends `event` to `target` and returns a [`Reply`] for the outcome.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::flow::ErasedStep;
+use super::liner::Liner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::pattern::Pattern;
 
@@ -16,6 +17,9 @@ pub(super) struct Entry {
 pub(super) struct Registry {
     pub(super) exact: std::collections::HashMap<Box<str>, Arc<dyn ErasedStep>>,
     pub(super) ordered: Vec<Entry>,
+    /// The node's liners (`Node::line`), the first innermost. The steps above are already
+    /// wrapped in them; a handler registered later is wrapped when it is registered.
+    pub(super) liners: Vec<Liner>,
 }
 
 impl Registry {
