@@ -82,7 +82,8 @@ pub enum ErrorKind {
     InvalidEvent,
     /// A payload or final value did not (de)serialize into the requested type; the message names the field.
     InvalidPayload,
-    /// A node with this id already exists in this instance.
+    /// A node with this id already exists in this instance, or a fan-out
+    /// ([`Node::send_all`](crate::Node::send_all)) names a node twice.
     DuplicateNode,
     /// The node already has a handler registered for the same pattern (the second one would
     /// never run).

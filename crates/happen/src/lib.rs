@@ -50,8 +50,8 @@ pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
-    Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node, NodeOptions, Ready,
-    SequentialKey, ShutdownReport, Target, line,
+    AllReplies, Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node, NodeOptions, Ready,
+    SendAll, SequentialKey, ShutdownReport, Target, line,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 

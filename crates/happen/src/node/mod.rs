@@ -4,6 +4,7 @@ mod closing;
 mod context;
 pub mod cpu;
 mod emitter;
+mod fanout;
 pub mod flow;
 mod handler;
 mod instance;
@@ -28,7 +29,7 @@ use tokio::sync::watch;
 use crate::admission::{Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure};
 use crate::config::{Config, Limits};
 use crate::error::{Error, ErrorKind, Result, panic_message};
-use crate::event::pattern::{Class, IntoPattern};
+use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
 use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
@@ -38,6 +39,7 @@ pub use closing::ShutdownReport;
 pub(crate) use closing::{close_nodes, hard_deadline};
 pub use context::Context;
 pub use emitter::Emitter;
+pub use fanout::{AllReplies, SendAll};
 pub use flow::{Flow, IntoFlow, Json};
 pub use handler::Handler;
 pub(crate) use instance::{Instance, Scope};
@@ -230,8 +232,62 @@ impl Node {
         H: Handler<Args>,
         Args: 'static,
     {
+        self.register(pattern.into_pattern()?, liner::erase(handler))
+    }
+
+    /// Registers one handler on every node of `nodes` (Happen's `[n1, n2].on(...)`): each
+    /// node runs its own flows with it, and [`Context::node_id`] tells a flow which node it
+    /// runs on. Each node's own liners ([`Node::line`]) wrap it there.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, Node};
+    ///
+    /// let happen = Happen::new();
+    /// let eu = happen.node("pricing-eu").await?;
+    /// let us = happen.node("pricing-us").await?;
+    /// Node::on_all([&eu, &us], "quote", |_e: Event, ctx: Context| async move {
+    ///     format!("quoted by {}", ctx.node_id())
+    /// })?;
+    /// assert_eq!(eu.send(&us, Event::new("quote", ())).await?, "quoted by pricing-us");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`on`](Node::on). All nodes are checked first: if one of them already has a
+    /// handler for the same pattern, the handler is registered on none of them.
+    pub fn on_all<'n, P, H, Args>(
+        nodes: impl IntoIterator<Item = &'n Node>,
+        pattern: P,
+        handler: H,
+    ) -> Result<()>
+    where
+        P: IntoPattern,
+        H: Handler<Args>,
+        Args: 'static,
+    {
         let pattern = pattern.into_pattern()?;
+        let nodes: Vec<&Node> = nodes.into_iter().collect();
+        if let Some(taken) = nodes.iter().find(|n| n.has_handler_for(&pattern)) {
+            return Err(Error::duplicate_handler(taken.id(), &pattern));
+        }
         let step = liner::erase(handler);
+        for node in nodes {
+            node.register(pattern.clone(), step.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Does this node have a handler registered for exactly `pattern`?
+    fn has_handler_for(&self, pattern: &Pattern) -> bool {
+        let reg = self.shared.registry.read();
+        match pattern.as_exact() {
+            Some(exact) => reg.exact.contains_key(exact),
+            None => reg.ordered.iter().any(|e| e.pattern.same_as(pattern)),
+        }
+    }
+
+    fn register(&self, pattern: Pattern, step: Arc<dyn ErasedStep>) -> Result<()> {
         let mut reg = self.shared.registry.write();
         let step = liner::wrap(step, &reg.liners);
         if let Some(exact) = pattern.as_exact() {
@@ -781,11 +837,20 @@ impl Node {
         event: Event,
         parent: Option<&Event>,
     ) -> Reply {
+        match self.prepare(event, parent) {
+            Ok(event) => self.send_prepared(target, event),
+            Err(e) => self.failed_reply(e),
+        }
+    }
+
+    /// A reply that failed before the event was sent.
+    fn failed_reply(&self, err: Error) -> Reply {
+        Reply::failed(err, self.shared.request_timeout, self.unobserved())
+    }
+
+    /// Sends a stamped event (see `prepare`).
+    fn send_prepared(&self, target: Target<'_>, event: Event) -> Reply {
         let timeout = self.shared.request_timeout;
-        let event = match self.prepare(event, parent) {
-            Ok(e) => e,
-            Err(e) => return Reply::failed(e, timeout, self.unobserved()),
-        };
         let (tx, rx) = crate::stream::slot();
         if !self.shared.scope.direct {
             // Through another transport the answer is never immediate; the target is named
