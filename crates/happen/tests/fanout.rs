@@ -227,6 +227,16 @@ async fn bad_input_fails_the_call_and_sends_nothing() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DuplicateNode);
 
+    // A long list too (checked another way).
+    let mut many: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    many.push("n3".into());
+    let err = client
+        .send_all(many, Event::new("job", ()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateNode);
+    assert!(err.message().contains("`n3`"), "{err}");
+
     let err = client
         .send_all(["a", "b"], Event::new("", ()))
         .await

@@ -202,6 +202,23 @@ impl IntoIterator for AllReplies {
     }
 }
 
+/// The first id named twice in `targets`, if any (a short list is scanned without hashing).
+fn named_twice<'a>(targets: &'a [Target<'_>]) -> Option<&'a NodeId> {
+    if targets.len() <= 16 {
+        return targets.iter().enumerate().find_map(|(i, t)| {
+            targets[..i]
+                .iter()
+                .any(|earlier| earlier.id() == t.id())
+                .then(|| t.id())
+        });
+    }
+    let mut seen = HashSet::with_capacity(targets.len());
+    targets
+        .iter()
+        .find(|t| !seen.insert(t.id().as_str()))
+        .map(|t| t.id())
+}
+
 impl Node {
     /// Sends `event` to every node of `targets` at once (Happen's fan-out, "a container means a
     /// collection") and returns a [`SendAll`] that resolves to one result per target, in the
@@ -259,13 +276,12 @@ impl Node {
         event: Event,
         parent: Option<&Event>,
     ) -> SendAll {
-        let mut seen = HashSet::with_capacity(targets.len());
-        if let Some(twice) = targets.iter().find(|t| !seen.insert(t.id().as_str())) {
+        if let Some(twice) = named_twice(&targets) {
             return SendAll::failed(Error::new(
                 ErrorKind::DuplicateNode,
                 format!(
                     "node `{}` is named twice in the targets of send_all; name each target once",
-                    twice.id()
+                    twice
                 ),
             ));
         }
