@@ -11,6 +11,8 @@
 //!   [`StreamItem`](stream::StreamItem));
 //! - [`liner`]: middleware around handlers ([`Liner`], [`line()`], [`Node::line`], the
 //!   [`logging`](liner::logging) and [`shadow_mode`](liner::shadow_mode) liners);
+//! - fan-out and batches, at the root: [`Node::send_all`] ([`SendAll`], [`AllReplies`]),
+//!   [`Node::on_all`], [`Node::on_batch`], [`Node::send_batch`] ([`Batch`]);
 //! - [`cpu`]: CPU-bound work off the async workers ([`cpu_bound`](cpu::cpu_bound));
 //! - [`config`]: configuration ([`Config`] and its sections, [`Limits`],
 //!   [`NodePatterns`](config::NodePatterns), [`millis`](config::millis));
@@ -50,8 +52,8 @@ pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
-    AllReplies, Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node, NodeOptions, Ready,
-    SendAll, SequentialKey, ShutdownReport, Target, line,
+    AllReplies, BATCH_EVENT, Batch, Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node,
+    NodeOptions, Ready, SendAll, SequentialKey, ShutdownReport, Target, line,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 

@@ -415,6 +415,34 @@ impl Context {
             .send_inner(target.into(), event, Some(&self.inner.event))
     }
 
+    /// [`Node::send_batch`](crate::Node::send_batch) from inside the flow: every event of the
+    /// batch is caused by the flow's event and joins its transaction.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Batch, Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let store = happen.node("store").await?;
+    /// store.on_batch("row", |batch: Batch, _c: Context| async move { batch.len() })?;
+    /// let import = happen.node("import").await?;
+    /// import.on("file", |_e: Event, ctx: Context| async move {
+    ///     let rows = (0..3).map(|i| Event::new("row", i));
+    ///     ctx.send_batch("store", rows).await
+    /// })?;
+    /// assert_eq!(import.send(&import, Event::new("file", ())).await?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_batch<'t>(
+        &self,
+        target: impl Into<Target<'t>>,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Reply {
+        self.inner
+            .node
+            .send_batch_inner(target.into(), events, Some(&self.inner.event))
+    }
+
     /// [`Node::send_all`] from inside the flow: every target gets its own copy of `event`,
     /// caused by the flow's event and in its transaction (shared causation and correlation
     /// ids, each copy its own event id).

@@ -1,5 +1,6 @@
 //! [`Node`]: registers handlers, sends, broadcasts; and its options.
 
+mod batch;
 mod closing;
 mod context;
 pub mod cpu;
@@ -35,6 +36,7 @@ use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
 use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
+pub use batch::{BATCH_EVENT, Batch};
 pub use closing::ShutdownReport;
 pub(crate) use closing::{close_nodes, hard_deadline};
 pub use context::Context;

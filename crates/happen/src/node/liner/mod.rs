@@ -198,7 +198,7 @@ impl fmt::Debug for Next {
 }
 
 /// Runs a flow from its first step's future to its final value.
-async fn continuum(
+pub(in crate::node) async fn continuum(
     mut step: BoxFuture<'static, Result<Flow>>,
     event: Event,
     ctx: Context,
