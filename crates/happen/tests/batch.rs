@@ -247,9 +247,14 @@ async fn many_batches_at_once_each_get_their_own_events() {
             assert_eq!(reply, json!(expected));
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let all_done = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
+        .await
+        .expect("every sender got its answers within 30 s");
     let stats = store.stats();
     assert_eq!((stats.accepted, stats.completed), (BATCHES, BATCHES));
 }

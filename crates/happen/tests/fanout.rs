@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use happen::{Context, Error, ErrorKind, Event, Happen, Node};
 use serde_json::{Value, json};
 
+fn support_patience() -> Duration {
+    Duration::from_secs(30)
+}
+
 async fn nodes(happen: &Happen, ids: &[&str]) -> Vec<Node> {
     let mut out = Vec::new();
     for id in ids {
@@ -321,9 +325,62 @@ async fn thousands_of_fan_outs_keep_every_result_with_its_target() {
             }
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let all_done = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
+        .await
+        .expect("every sender got its answers within 30 s");
     let handled: u64 = targets.iter().map(|n| n.stats().completed).sum();
     assert_eq!(handled, ROUNDS * TARGETS as u64);
+}
+
+#[tokio::test]
+async fn a_full_target_is_that_targets_queue_full_and_a_streaming_target_gives_its_final_value() {
+    let happen = Happen::new();
+    let options = happen::NodeOptions::new().max_concurrent(1).queue_limit(1);
+    let busy = happen.node_with("busy", options).await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    {
+        let gate = gate.clone();
+        busy.on("job", move |_e: Event, _c: Context| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                "busy done"
+            }
+        })
+        .unwrap();
+    }
+    let streamer = happen.node("streamer").await.unwrap();
+    streamer
+        .on(
+            "job",
+            |_e: Event, _c: Context, emit: happen::Emitter| async move {
+                emit.emit(1).await?;
+                emit.emit(2).await?;
+                Ok::<_, Error>("streamed")
+            },
+        )
+        .unwrap();
+    let client = happen.node("client").await.unwrap();
+
+    // One flow runs at `busy`, one waits: its queue is full.
+    let running = client.send(&busy, Event::new("job", ()));
+    let queued = client.send(&busy, Event::new("job", ()));
+    let all = client
+        .send_all([&busy, &streamer], Event::new("job", ()))
+        .await
+        .unwrap();
+    let busy_err = all.get("busy").unwrap().as_ref().unwrap_err();
+    assert_eq!(busy_err.kind(), ErrorKind::QueueFull);
+    assert_eq!(all.get("streamer").unwrap().as_ref().unwrap(), "streamed");
+
+    gate.add_permits(2);
+    let both = tokio::time::timeout(support_patience(), futures::future::join(running, queued));
+    let (running, queued) = both.await.expect("the held flows finish once let go");
+    assert_eq!(running.unwrap(), "busy done");
+    assert_eq!(queued.unwrap(), "busy done");
 }

@@ -209,8 +209,9 @@ impl Node {
     /// as [`send`](Node::send) would give it (its own id and transaction, this node as
     /// sender); the target's admission counts the batch as one flow.
     ///
-    /// In process only for now: over NATS the batch is one message whose wire form is not
-    /// fixed yet (see DESIGN.md).
+    /// Tested in process only for now: across processes the batch travels as one event of
+    /// type [`BATCH_EVENT`], but that wire form is not fixed in `WIRE.md` yet, and a node of
+    /// Happen's TypeScript reference does not take it (see DESIGN.md).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
