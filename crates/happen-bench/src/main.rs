@@ -146,6 +146,7 @@ fn child(args: &[String]) -> ExitCode {
                 }
                 "broadcast" => workloads::broadcast::child(&system, count).await,
                 "stream" => workloads::stream::child(&system, count).await,
+                "fan-out" => workloads::fanout::child(&system, count).await,
                 "admission-overload" => workloads::admission::overload(count).await,
                 other => Err(format!("no child mode for `{other}`")),
             }

@@ -36,6 +36,15 @@ pub(crate) fn run(bench: &Bench) -> Vec<Row> {
     rows
 }
 
+/// One run of `system` alone (child mode).
+pub(crate) async fn child(system: &str, n: u64) -> RunResult {
+    match system {
+        "happen(send_all)" => fan_out(n, true).await,
+        "happen(joined)" => fan_out(n, false).await,
+        other => Err(format!("unknown fan-out system `{other}`")),
+    }
+}
+
 async fn fan_out(n: u64, send_all: bool) -> RunResult {
     let happen = Happen::new();
     let mut targets = Vec::with_capacity(TARGETS);
