@@ -470,6 +470,29 @@ impl Event {
         self.inner.causal.path.as_slice()
     }
 
+    /// A new, unsent event with this one's type, payload, priority and requested
+    /// correlation id: cheaper to stamp than a clone (nothing of the old causal context is
+    /// copied only to be overwritten).
+    pub(crate) fn unsent_copy(&self) -> Event {
+        let inner = &self.inner;
+        Event {
+            inner: Arc::new(EventInner {
+                event_type: inner.event_type.clone(),
+                payload: inner.payload.clone(),
+                priority: inner.priority,
+                causal: Causal {
+                    id: EventId::unassigned(),
+                    sender: empty_node(),
+                    causation_id: None,
+                    correlation_id: CorrelationId::unassigned(),
+                    path: Path::default(),
+                    timestamp: 0,
+                },
+                explicit_correlation: inner.explicit_correlation.clone(),
+            }),
+        }
+    }
+
     /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
     pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
         if self.inner.event_type.is_empty() {

@@ -202,21 +202,38 @@ impl IntoIterator for AllReplies {
     }
 }
 
-/// The first id named twice in `targets`, if any (a short list is scanned without hashing).
+/// The first id named twice in `targets`, if any. A short list compares fingerprints of the
+/// ids (the bytes only when two fingerprints agree); a long one hashes.
 fn named_twice<'a>(targets: &'a [Target<'_>]) -> Option<&'a NodeId> {
-    if targets.len() <= 16 {
-        return targets.iter().enumerate().find_map(|(i, t)| {
-            targets[..i]
+    const SHORT: usize = 16;
+    if targets.len() <= SHORT {
+        let mut prints = [0u64; SHORT];
+        for (i, t) in targets.iter().enumerate() {
+            let print = fingerprint(t.id().as_str());
+            let earlier = &prints[..i];
+            let twice = earlier
                 .iter()
-                .any(|earlier| earlier.id() == t.id())
-                .then(|| t.id())
-        });
+                .zip(targets)
+                .any(|(p, e)| *p == print && e.id() == t.id());
+            if twice {
+                return Some(t.id());
+            }
+            prints[i] = print;
+        }
+        return None;
     }
     let mut seen = HashSet::with_capacity(targets.len());
     targets
         .iter()
         .find(|t| !seen.insert(t.id().as_str()))
         .map(|t| t.id())
+}
+
+/// FNV-1a over the id's bytes: cheap, and equal ids have equal prints.
+fn fingerprint(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Node {
@@ -286,7 +303,7 @@ impl Node {
             ));
         }
         // Stamped once to check the event and fix the transaction all copies share.
-        let first = match self.prepare(event.clone(), parent) {
+        let first = match self.prepare(event.unsent_copy(), parent) {
             Ok(e) => e,
             Err(e) => return SendAll::failed(e),
         };
@@ -302,7 +319,7 @@ impl Node {
                 // Each target its own event id; the same correlation, causation and sender.
                 let reply = match first.take() {
                     Some(e) => self.send_prepared(target, e),
-                    None => match self.prepare(shared.clone(), parent) {
+                    None => match self.prepare(shared.unsent_copy(), parent) {
                         Ok(e) => self.send_prepared(target, e),
                         Err(e) => self.failed_reply(e),
                     },
