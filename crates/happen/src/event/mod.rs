@@ -475,21 +475,11 @@ impl Event {
     /// copied only to be overwritten).
     pub(crate) fn unsent_copy(&self) -> Event {
         let inner = &self.inner;
+        let mut copy = EventInner::unstamped(inner.event_type.clone(), inner.payload.clone());
+        copy.priority = inner.priority;
+        copy.explicit_correlation = inner.explicit_correlation.clone();
         Event {
-            inner: Arc::new(EventInner {
-                event_type: inner.event_type.clone(),
-                payload: inner.payload.clone(),
-                priority: inner.priority,
-                causal: Causal {
-                    id: EventId::unassigned(),
-                    sender: empty_node(),
-                    causation_id: None,
-                    correlation_id: CorrelationId::unassigned(),
-                    path: Path::default(),
-                    timestamp: 0,
-                },
-                explicit_correlation: inner.explicit_correlation.clone(),
-            }),
+            inner: storage::store(copy),
         }
     }
 
