@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
-//! `node-scale`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`, `nats-durable` (default:
+//! `node-scale`, `fan-out`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`, `nats-durable` (default:
 //! all; `nats-durable` starts its own `nats-server -js`). Each runs one warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
 //! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
 //! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
@@ -44,7 +44,7 @@ const MIN_ROUNDS: usize = 5;
 const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
-workloads: tell ask-seq ask-par flow broadcast stream admission node-scale
+workloads: tell ask-seq ask-par flow broadcast stream admission node-scale fan-out
            nats-ask-seq nats-ask-par nats-broadcast nats-durable   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
@@ -146,6 +146,7 @@ fn child(args: &[String]) -> ExitCode {
                 }
                 "broadcast" => workloads::broadcast::child(&system, count).await,
                 "stream" => workloads::stream::child(&system, count).await,
+                "fan-out" => workloads::fanout::child(&system, count).await,
                 "admission-overload" => workloads::admission::overload(count).await,
                 other => Err(format!("no child mode for `{other}`")),
             }
@@ -227,6 +228,7 @@ fn main() -> ExitCode {
             "stream" => workloads::stream::run(&bench),
             "admission" => workloads::admission::run(&bench),
             "node-scale" => workloads::node_scale::run(&bench),
+            "fan-out" => workloads::fanout::run(&bench),
             _ => Vec::new(),
         });
     }

@@ -82,7 +82,8 @@ pub enum ErrorKind {
     InvalidEvent,
     /// A payload or final value did not (de)serialize into the requested type; the message names the field.
     InvalidPayload,
-    /// A node with this id already exists in this instance.
+    /// A node with this id already exists in this instance, or a fan-out
+    /// ([`Node::send_all`](crate::Node::send_all)) names a node twice.
     DuplicateNode,
     /// The node already has a handler registered for the same pattern (the second one would
     /// never run).
@@ -766,6 +767,15 @@ impl Error {
 
     pub(crate) fn invalid_event(problem: impl fmt::Display) -> Error {
         Error::new(ErrorKind::InvalidEvent, format!("invalid event: {problem}"))
+    }
+
+    /// A flow ran `max` steps (a step probably returns itself forever).
+    pub(crate) fn too_many_steps(node: &NodeId, max: usize) -> Error {
+        Error::new(
+            ErrorKind::ChainTooDeep,
+            format!("flow at node `{node}` ran more than {max} steps; a step probably loops forever (raise flow.max_chain_depth if it does not)"),
+        )
+        .with_limit(max)
     }
 
     pub(crate) fn cancelled() -> Error {

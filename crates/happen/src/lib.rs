@@ -9,6 +9,10 @@
 //! - [`stream`]: how streaming replies and broadcast streams behave, and the items a broadcast
 //!   subscriber reads ([`BroadcastItems`](stream::BroadcastItems),
 //!   [`StreamItem`](stream::StreamItem));
+//! - [`liner`]: middleware around handlers ([`Liner`], [`line()`], [`Node::line`], the
+//!   [`logging`](liner::logging) and [`shadow_mode`](liner::shadow_mode) liners);
+//! - fan-out and batches, at the root: [`Node::send_all`] ([`SendAll`], [`AllReplies`]),
+//!   [`Node::on_all`], [`Node::on_batch`], [`Node::send_batch`] ([`Batch`]);
 //! - [`cpu`]: CPU-bound work off the async workers ([`cpu_bound`](cpu::cpu_bound));
 //! - [`config`]: configuration ([`Config`] and its sections, [`Limits`],
 //!   [`NodePatterns`](config::NodePatterns), [`millis`](config::millis));
@@ -39,7 +43,7 @@ pub mod transport; // the Transport trait, Inbox, the in-process transport
 mod happen; // Happen: the instance
 
 pub use crate::event::pattern;
-pub use crate::node::{cpu, flow};
+pub use crate::node::{cpu, flow, liner};
 
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
@@ -48,8 +52,8 @@ pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
-    Context, Emitter, Flow, Handler, IntoFlow, Json, Node, NodeOptions, Ready, SequentialKey,
-    ShutdownReport, Target,
+    AllReplies, BATCH_EVENT, Batch, Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node,
+    NodeOptions, Ready, SendAll, SequentialKey, ShutdownReport, Target, line,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
 

@@ -11,6 +11,7 @@ pub(crate) mod admission;
 pub(crate) mod ask;
 pub(crate) mod broadcast;
 pub(crate) mod durable;
+pub(crate) mod fanout;
 pub(crate) mod nats;
 pub(crate) mod node_scale;
 pub(crate) mod peers;
@@ -27,6 +28,7 @@ pub(crate) const LOCAL: &[&str] = &[
     "stream",
     "admission",
     "node-scale",
+    "fan-out",
 ];
 
 /// Workloads that need a `nats-server`.

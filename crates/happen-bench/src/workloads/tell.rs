@@ -4,12 +4,16 @@
 //! sink's backpressure every 256 events and waits while it is high (so it never overruns the
 //! queue; a `QueueFull` would be retried and noted). `happen(send-drop)`: `Node::send` with the
 //! `Reply` dropped at once, paced the same way.
+//! `happen(liners: [])`: `Node::tell` to a handler registered as `line(handler, [])` (an empty
+//! liner chain: must cost what no chain costs); `happen(1 liner)`: the same handler inside one
+//! liner that only calls the rest of the chain, for the price of a liner.
 //! Floor: an unbounded `tokio::sync::mpsc` of `u64` to one consumer task.
 //! With `--features peers`: kameo, ractor and actix rows too (see [`super::peers`]).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use happen::liner::{Liner, Next, line};
 use happen::{Context, ErrorKind, Event, Happen};
 use tokio::sync::mpsc;
 
@@ -22,6 +26,10 @@ use crate::report::Row;
 enum Mode {
     Tell,
     SendDrop,
+    /// `tell` to `line(handler, [])`.
+    EmptyLiners,
+    /// `tell` to `line(handler, [a liner that calls the rest])`.
+    OneLiner,
 }
 
 pub(crate) fn run(bench: &Bench) -> Vec<Row> {
@@ -30,6 +38,8 @@ pub(crate) fn run(bench: &Bench) -> Vec<Row> {
         system("happen", |n| happen_tell(n, Mode::Tell)),
         system("floor", floor_tell),
         system("happen(send-drop)", |n| happen_tell(n, Mode::SendDrop)),
+        system("happen(liners: [])", |n| happen_tell(n, Mode::EmptyLiners)),
+        system("happen(1 liner)", |n| happen_tell(n, Mode::OneLiner)),
     ];
     systems.extend(peers::systems(Workload::Tell));
     bench.compare("tell", n, &systems, "floor")
@@ -40,6 +50,8 @@ pub(crate) async fn child(system: &str, n: u64) -> RunResult {
     match system {
         "happen" => happen_tell(n, Mode::Tell).await,
         "happen(send-drop)" => happen_tell(n, Mode::SendDrop).await,
+        "happen(liners: [])" => happen_tell(n, Mode::EmptyLiners).await,
+        "happen(1 liner)" => happen_tell(n, Mode::OneLiner).await,
         "floor" => floor_tell(n).await,
         other => Err(format!("unknown tell system `{other}`")),
     }
@@ -50,10 +62,18 @@ async fn happen_tell(n: u64, mode: Mode) -> RunResult {
     let sink = happen.node("sink").await.map_err(err)?;
     let src = happen.node("src").await.map_err(err)?;
     let done = Countdown::leaked(n);
-    sink.on("tick", move |e: Event, _ctx: Context| async move {
+    let handler = move |e: Event, _ctx: Context| async move {
         black_box(&e);
         done.hit();
-    })
+    };
+    match mode {
+        Mode::Tell | Mode::SendDrop => sink.on("tick", handler),
+        Mode::EmptyLiners => sink.on("tick", line(handler, [])),
+        Mode::OneLiner => {
+            let pass = Liner::new(|e: Event, ctx: Context, next: Next| next.run(e, ctx));
+            sink.on("tick", line(handler, [pass]))
+        }
+    }
     .map_err(err)?;
     let mut pressure = sink.watch_pressure();
     let mut retries = 0u64;
@@ -64,7 +84,7 @@ async fn happen_tell(n: u64, mode: Mode) -> RunResult {
             pace(&mut pressure).await;
         }
         match mode {
-            Mode::Tell => loop {
+            Mode::Tell | Mode::EmptyLiners | Mode::OneLiner => loop {
                 match src.tell(&sink, Event::new("tick", i)) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::QueueFull => {

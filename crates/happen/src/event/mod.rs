@@ -348,6 +348,22 @@ impl Event {
         &self.inner.payload
     }
 
+    /// The same event (type, priority and causal context: the same id, sender, correlation)
+    /// with another payload. A [liner](crate::liner) uses it to change what the handler sees.
+    ///
+    /// ```
+    /// use happen::Event;
+    ///
+    /// let event = Event::new("order", 1);
+    /// let changed = event.clone().with_payload(2);
+    /// assert_eq!(changed.payload(), 2);
+    /// assert_eq!((changed.event_type(), changed.id()), (event.event_type(), event.id()));
+    /// ```
+    pub fn with_payload(mut self, payload: impl Into<Value>) -> Event {
+        Arc::make_mut(&mut self.inner).payload = payload.into();
+        self
+    }
+
     /// Deserializes the payload into `T`.
     ///
     /// # Errors
@@ -452,6 +468,19 @@ impl Event {
     /// Shorthand for `causal().path()`.
     pub fn path(&self) -> &[NodeId] {
         self.inner.causal.path.as_slice()
+    }
+
+    /// A new, unsent event with this one's type, payload, priority and requested
+    /// correlation id: cheaper to stamp than a clone (nothing of the old causal context is
+    /// copied only to be overwritten).
+    pub(crate) fn unsent_copy(&self) -> Event {
+        let inner = &self.inner;
+        let mut copy = EventInner::unstamped(inner.event_type.clone(), inner.payload.clone());
+        copy.priority = inner.priority;
+        copy.explicit_correlation = inner.explicit_correlation.clone();
+        Event {
+            inner: storage::store(copy),
+        }
     }
 
     /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.

@@ -415,6 +415,67 @@ impl Context {
             .send_inner(target.into(), event, Some(&self.inner.event))
     }
 
+    /// [`Node::send_batch`](crate::Node::send_batch) from inside the flow: every event of the
+    /// batch is caused by the flow's event and joins its transaction.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Batch, Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let store = happen.node("store").await?;
+    /// store.on_batch("row", |batch: Batch, _c: Context| async move { batch.len() })?;
+    /// let import = happen.node("import").await?;
+    /// import.on("file", |_e: Event, ctx: Context| async move {
+    ///     let rows = (0..3).map(|i| Event::new("row", i));
+    ///     ctx.send_batch("store", rows).await
+    /// })?;
+    /// assert_eq!(import.send(&import, Event::new("file", ())).await?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_batch<'t>(
+        &self,
+        target: impl Into<Target<'t>>,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Reply {
+        self.inner
+            .node
+            .send_batch_inner(target.into(), events, Some(&self.inner.event))
+    }
+
+    /// [`Node::send_all`] from inside the flow: every target gets its own copy of `event`,
+    /// caused by the flow's event and in its transaction (shared causation and correlation
+    /// ids, each copy its own event id).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, Node};
+    ///
+    /// let happen = Happen::new();
+    /// let a = happen.node("a").await?;
+    /// let b = happen.node("b").await?;
+    /// Node::on_all([&a, &b], "price", |_e: Event, _c: Context| async { 10 })?;
+    /// let shop = happen.node("shop").await?;
+    /// shop.on("order", |_e: Event, ctx: Context| async move {
+    ///     let all = ctx.send_all(["a", "b"], Event::new("price", ())).await?;
+    ///     let total: u64 = all.all_ok()?.iter().filter_map(|v| v.as_u64()).sum();
+    ///     Ok::<_, happen::Error>(total)
+    /// })?;
+    /// assert_eq!(shop.send(&shop, Event::new("order", ())).await?, 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_all<'t, I>(&self, targets: I, event: Event) -> crate::node::SendAll
+    where
+        I: IntoIterator,
+        I::Item: Into<Target<'t>>,
+    {
+        self.inner.node.send_all_inner(
+            targets.into_iter().map(Into::into).collect(),
+            event,
+            Some(&self.inner.event),
+        )
+    }
+
     /// Broadcasts `event` as a consequence of this flow's event (see [`Context::send`] for
     /// the causal context, [`Node::broadcast`] for the delivery).
     ///

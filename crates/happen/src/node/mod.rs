@@ -1,12 +1,15 @@
 //! [`Node`]: registers handlers, sends, broadcasts; and its options.
 
+mod batch;
 mod closing;
 mod context;
 pub mod cpu;
 mod emitter;
+mod fanout;
 pub mod flow;
 mod handler;
 mod instance;
+pub mod liner;
 mod options;
 mod ready;
 mod registry;
@@ -27,20 +30,22 @@ use tokio::sync::watch;
 use crate::admission::{Admitted, Effects, Engine, LaneKey, NodeStats, PRESSURE_EVENT, Pressure};
 use crate::config::{Config, Limits};
 use crate::error::{Error, ErrorKind, Result, panic_message};
-use crate::event::pattern::{Class, IntoPattern};
+use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
 use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
 use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
+pub use batch::{BATCH_EVENT, Batch};
 pub use closing::ShutdownReport;
 pub(crate) use closing::{close_nodes, hard_deadline};
 pub use context::Context;
 pub use emitter::Emitter;
-use flow::Step;
+pub use fanout::{AllReplies, SendAll};
 pub use flow::{Flow, IntoFlow, Json};
 pub use handler::Handler;
 pub(crate) use instance::{Instance, Scope};
+pub use liner::{Liner, line};
 pub use options::{NodeOptions, SequentialKey};
 pub use ready::Ready;
 pub(crate) use registry::validate_node_id;
@@ -229,9 +234,64 @@ impl Node {
         H: Handler<Args>,
         Args: 'static,
     {
+        self.register(pattern.into_pattern()?, liner::erase(handler))
+    }
+
+    /// Registers one handler on every node of `nodes` (Happen's `[n1, n2].on(...)`): each
+    /// node runs its own flows with it, and [`Context::node_id`] tells a flow which node it
+    /// runs on. Each node's own liners ([`Node::line`]) wrap it there.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, Node};
+    ///
+    /// let happen = Happen::new();
+    /// let eu = happen.node("pricing-eu").await?;
+    /// let us = happen.node("pricing-us").await?;
+    /// Node::on_all([&eu, &us], "quote", |_e: Event, ctx: Context| async move {
+    ///     format!("quoted by {}", ctx.node_id())
+    /// })?;
+    /// assert_eq!(eu.send(&us, Event::new("quote", ())).await?, "quoted by pricing-us");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`on`](Node::on). All nodes are checked first: if one of them already has a
+    /// handler for the same pattern, the handler is registered on none of them.
+    pub fn on_all<'n, P, H, Args>(
+        nodes: impl IntoIterator<Item = &'n Node>,
+        pattern: P,
+        handler: H,
+    ) -> Result<()>
+    where
+        P: IntoPattern,
+        H: Handler<Args>,
+        Args: 'static,
+    {
         let pattern = pattern.into_pattern()?;
-        let step: Arc<dyn ErasedStep> = Arc::from(Step::new(handler).0);
+        let nodes: Vec<&Node> = nodes.into_iter().collect();
+        if let Some(taken) = nodes.iter().find(|n| n.has_handler_for(&pattern)) {
+            return Err(Error::duplicate_handler(taken.id(), &pattern));
+        }
+        let step = liner::erase(handler);
+        for node in nodes {
+            node.register(pattern.clone(), step.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Does this node have a handler registered for exactly `pattern`?
+    fn has_handler_for(&self, pattern: &Pattern) -> bool {
+        let reg = self.shared.registry.read();
+        match pattern.as_exact() {
+            Some(exact) => reg.exact.contains_key(exact),
+            None => reg.ordered.iter().any(|e| e.pattern.same_as(pattern)),
+        }
+    }
+
+    fn register(&self, pattern: Pattern, step: Arc<dyn ErasedStep>) -> Result<()> {
         let mut reg = self.shared.registry.write();
+        let step = liner::wrap(step, &reg.liners);
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
                 return Err(Error::duplicate_handler(self.id(), &pattern));
@@ -254,6 +314,50 @@ impl Node {
         reg.ordered.insert(at, Entry { pattern, step });
         self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Wraps every handler of this node in `liner`: those registered already and those
+    /// registered later (see [`liner`] for what a liner may do). Node liners are outside a
+    /// handler's own ([`line`](crate::line())); a node liner added later is outside the earlier
+    /// ones. A node without liners pays nothing for them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use happen::liner::{Liner, Next};
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let counting = {
+    ///     let seen = seen.clone();
+    ///     Liner::new(move |event: Event, ctx: Context, next: Next| {
+    ///         seen.fetch_add(1, Ordering::Relaxed);
+    ///         next.run(event, ctx)
+    ///     })
+    /// };
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("n").await?;
+    /// node.on("before", |_e: Event, _c: Context| async {})?;
+    /// node.line(counting);
+    /// node.on("after", |_e: Event, _c: Context| async {})?; // wrapped too
+    /// node.send(&node, Event::new("before", ())).await?;
+    /// node.send(&node, Event::new("after", ())).await?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn line(&self, liner: Liner) {
+        let mut reg = self.shared.registry.write();
+        let one = std::slice::from_ref(&liner);
+        for step in reg.exact.values_mut() {
+            *step = liner::wrap(step.clone(), one);
+        }
+        for entry in reg.ordered.iter_mut() {
+            entry.step = liner::wrap(entry.step.clone(), one);
+        }
+        reg.liners.push(liner);
+        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Sends `event` to `target` and returns a [`Reply`] for the outcome.
@@ -735,11 +839,20 @@ impl Node {
         event: Event,
         parent: Option<&Event>,
     ) -> Reply {
+        match self.prepare(event, parent) {
+            Ok(event) => self.send_prepared(target, event),
+            Err(e) => self.failed_reply(e),
+        }
+    }
+
+    /// A reply that failed before the event was sent.
+    fn failed_reply(&self, err: Error) -> Reply {
+        Reply::failed(err, self.shared.request_timeout, self.unobserved())
+    }
+
+    /// Sends a stamped event (see `prepare`).
+    fn send_prepared(&self, target: Target<'_>, event: Event) -> Reply {
         let timeout = self.shared.request_timeout;
-        let event = match self.prepare(event, parent) {
-            Ok(e) => e,
-            Err(e) => return Reply::failed(e, timeout, self.unobserved()),
-        };
         let (tx, rx) = crate::stream::slot();
         if !self.shared.scope.direct {
             // Through another transport the answer is never immediate; the target is named

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use super::batch::{BATCH_EVENT, BatchEntry, batch_step};
 use super::flow::ErasedStep;
+use super::liner::Liner;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::pattern::Pattern;
 
@@ -16,12 +18,21 @@ pub(super) struct Entry {
 pub(super) struct Registry {
     pub(super) exact: std::collections::HashMap<Box<str>, Arc<dyn ErasedStep>>,
     pub(super) ordered: Vec<Entry>,
+    /// The node's liners (`Node::line`), the first innermost. The steps above are already
+    /// wrapped in them; a handler registered later is wrapped when it is registered.
+    pub(super) liners: Vec<Liner>,
+    /// Batch handlers (`Node::on_batch`), ordered by specificity.
+    pub(super) batch: Vec<BatchEntry>,
 }
 
 impl Registry {
     pub(super) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
         if let Some(s) = self.exact.get(event_type) {
             return Some(s.clone());
+        }
+        if event_type == BATCH_EVENT {
+            // Every node takes batches (see `batch`); checked only after the exact types.
+            return Some(batch_step());
         }
         self.ordered
             .iter()

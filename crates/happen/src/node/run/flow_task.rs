@@ -217,11 +217,7 @@ impl Future for FlowTask {
                     this.depth += 1;
                     let max = this.ctx.node().max_chain_depth();
                     if this.depth >= max {
-                        let e = Error::new(
-                            ErrorKind::ChainTooDeep,
-                            format!("flow at node `{}` ran more than {max} steps; a step probably loops forever (raise flow.max_chain_depth if it does not)", this.ctx.node_id()),
-                        )
-                        .with_limit(max);
+                        let e = Error::too_many_steps(this.ctx.node_id(), max);
                         this.finish(Err(e));
                         return Poll::Ready(());
                     }

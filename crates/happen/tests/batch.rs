@@ -1,0 +1,260 @@
+//! Batches in process: `Node::on_batch`, `Node::send_batch`, `Context::send_batch`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use happen::liner::{Liner, Next};
+use happen::{Batch, Context, Error, ErrorKind, Event, Happen, NodeOptions};
+use serde_json::{Value, json};
+
+fn readings(n: u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event::new("sensor.reading", json!({"seq": i})))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_50_is_one_call_with_the_events_in_order() {
+    let happen = Happen::new();
+    let store = happen.node("store").await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        store
+            .on_batch("sensor.*", move |batch: Batch, ctx: Context| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                let seen = seen.clone();
+                async move {
+                    assert!(batch.received_at() > 0);
+                    for e in batch.iter() {
+                        seen.lock().unwrap().push(json!({
+                            "seq": e.payload()["seq"],
+                            "id": e.id().to_string(),
+                            "correlation": e.correlation_id().to_string(),
+                            "sender": e.sender().as_str(),
+                            "at": ctx.node_id().as_str(),
+                        }));
+                    }
+                    batch.len()
+                }
+            })
+            .unwrap();
+    }
+    let sensor = happen.node("sensor").await.unwrap();
+
+    let reply = sensor.send_batch(&store, readings(50)).await.unwrap();
+    assert_eq!(reply, 50);
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+    // Each event keeps its own causal context.
+    let ids: HashSet<&str> = seen.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 50);
+    assert!(
+        seen.iter()
+            .all(|v| v["sender"] == "sensor" && v["at"] == "store")
+    );
+    // Admission counted the batch as one flow.
+    assert_eq!(store.stats().accepted, 1);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_type_outside_the_pattern_is_rejected_without_a_call() {
+    let happen = Happen::new();
+    let store = happen.node("store").await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let calls = calls.clone();
+        store
+            .on_batch("sensor.reading", move |_b: Batch, _c: Context| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async {}
+            })
+            .unwrap();
+    }
+    let mut events = readings(3);
+    events.push(Event::new("sensor.reset", ()));
+    let err = store.send_batch(&store, events).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    assert!(err.message().contains("sensor.reset"), "{err}");
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn without_a_batch_handler_the_single_handler_runs_per_event() {
+    let happen = Happen::new();
+    let store = happen.node("store").await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let calls = calls.clone();
+        store
+            .on("sensor.reading", move |event: Event, _c: Context| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async move { event.payload()["seq"].as_u64().unwrap() * 10 }
+            })
+            .unwrap();
+    }
+    let reply = store.send_batch(&store, readings(50)).await.unwrap();
+    let values: Vec<u64> = reply
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(values, (0..50).map(|i| i * 10).collect::<Vec<_>>());
+    assert_eq!(calls.load(Ordering::Relaxed), 50);
+}
+
+#[tokio::test]
+async fn the_per_event_fallback_runs_under_node_liners_and_fails_on_the_first_error() {
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    let lined = Arc::new(AtomicUsize::new(0));
+    {
+        let lined = lined.clone();
+        node.line(Liner::new(move |e: Event, c: Context, next: Next| {
+            lined.fetch_add(1, Ordering::Relaxed);
+            next.run(e, c)
+        }));
+    }
+    node.on("ok", |_e: Event, _c: Context| async { 1 }).unwrap();
+    node.on("bad", |_e: Event, _c: Context| async {
+        Err::<(), _>(Error::handler("bad row"))
+    })
+    .unwrap();
+
+    let events = vec![Event::new("ok", ()), Event::new("ok", ())];
+    assert_eq!(node.send_batch(&node, events).await.unwrap(), json!([1, 1]));
+    assert_eq!(lined.load(Ordering::Relaxed), 2);
+
+    let events = vec![
+        Event::new("ok", ()),
+        Event::new("bad", ()),
+        Event::new("missing", ()),
+    ];
+    let err = node.send_batch(&node, events).await.unwrap_err();
+    assert_eq!((err.kind(), err.message()), (ErrorKind::Handler, "bad row"));
+    let err = node
+        .send_batch(&node, vec![Event::new("missing", ())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoHandler);
+}
+
+#[tokio::test]
+async fn an_empty_batch_replies_null_without_a_call() {
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let calls = calls.clone();
+        node.on_batch("*", move |_b: Batch, _c: Context| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { "called" }
+        })
+        .unwrap();
+    }
+    assert!(node.send_batch(&node, Vec::new()).await.unwrap().is_null());
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn batch_errors_of_the_send_itself() {
+    let happen = Happen::new();
+    let node = happen.node("n").await.unwrap();
+    node.on_batch("a", |_b: Batch, _c: Context| async {})
+        .unwrap();
+    let err = node
+        .on_batch("a", |_b: Batch, _c: Context| async {})
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateHandler);
+
+    let err = node
+        .send_batch("nobody", vec![Event::new("a", ())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    let err = node
+        .send_batch(&node, vec![Event::new("a", ()), Event::new("", ())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidEvent);
+    assert_eq!(node.stats().accepted, 0);
+}
+
+#[tokio::test]
+async fn from_a_flow_every_event_of_the_batch_is_caused_by_it() {
+    let happen = Happen::new();
+    let store = happen.node("store").await.unwrap();
+    store
+        .on_batch("row", |batch: Batch, _c: Context| async move {
+            batch
+                .iter()
+                .map(|e| {
+                    json!({
+                        "causation": e.causation_id().map(|c| c.to_string()),
+                        "correlation": e.correlation_id().to_string(),
+                    })
+                })
+                .collect::<Value>()
+        })
+        .unwrap();
+    let import = happen.node("import").await.unwrap();
+    import
+        .on("file", |event: Event, ctx: Context| async move {
+            let rows = ctx
+                .send_batch("store", (0..3).map(|i| Event::new("row", i)))
+                .await?;
+            Ok::<_, Error>(json!({
+                "me": event.id().to_string(),
+                "txn": event.correlation_id().to_string(),
+                "rows": rows,
+            }))
+        })
+        .unwrap();
+    let reply = import.send(&import, Event::new("file", ())).await.unwrap();
+    let rows = reply["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert_eq!(row["causation"], reply["me"]);
+        assert_eq!(row["correlation"], reply["txn"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_batches_at_once_each_get_their_own_events() {
+    const BATCHES: u64 = 200;
+    const SIZE: u64 = 20;
+    let happen = Happen::new();
+    let options = NodeOptions::new().max_concurrent(4);
+    let store = happen.node_with("store", options).await.unwrap();
+    store
+        .on_batch("n", |batch: Batch, _c: Context| async move {
+            tokio::task::yield_now().await;
+            batch.iter().map(|e| e.payload().clone()).collect::<Value>()
+        })
+        .unwrap();
+    let mut tasks = Vec::new();
+    for b in 0..BATCHES {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let events = (0..SIZE).map(|i| Event::new("n", b * SIZE + i));
+            let reply = store.send_batch(&store, events).await.unwrap();
+            let expected: Vec<u64> = (0..SIZE).map(|i| b * SIZE + i).collect();
+            assert_eq!(reply, json!(expected));
+        }));
+    }
+    let all_done = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
+        .await
+        .expect("every sender got its answers within 30 s");
+    let stats = store.stats();
+    assert_eq!((stats.accepted, stats.completed), (BATCHES, BATCHES));
+}
