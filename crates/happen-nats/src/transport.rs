@@ -837,7 +837,7 @@ impl Transport for NatsTransport {
             // Requests still waiting fail with `ShutDown` when this ends — also when the
             // instance gives up on it at its deadline (the server gone or not answering) and
             // drops it halfway: their senders are told, none waits out its timeout.
-            let _fail_waiting = FailWaiting(&s.requests);
+            let mut fail_waiting = FailWaiting(Some(s));
             s.link.close();
             s.outbox.wake_all();
             // nodes not detached yet stop now (as `detach`: their answers go out first)
@@ -854,6 +854,8 @@ impl Transport for NatsTransport {
             {
                 tracing::warn!(target: "happen_nats", "nodes still busy after {SHUTDOWN_WAIT:?}; shutting the transport down anyway");
             }
+            // the nodes are stopped: what still waits is failed, and those answers go out too
+            fail_waiting.now();
             // every answer queued so far reaches the server before the tasks stop
             if tokio::time::timeout(SHUTDOWN_WAIT, s.outbox.flush())
                 .await
@@ -868,11 +870,40 @@ impl Transport for NatsTransport {
     }
 }
 
-/// Fails every request still waiting when dropped (see `shutdown`).
-struct FailWaiting<'a>(&'a Requests);
+/// Fails every request still waiting when dropped (see `shutdown`), and answers `ShutDown`
+/// to the requesters of requests relayed for a stopped node whose answer has not come back:
+/// they learn at once instead of waiting out their timeout.
+struct FailWaiting<'a>(Option<&'a Inner>);
+
+impl FailWaiting<'_> {
+    /// Fails them now (once).
+    fn now(&mut self) {
+        let Some(s) = self.0.take() else { return };
+        for (to, node) in s.requests.fail_all() {
+            let err = wire::error_from_parts(
+                ErrorKind::ShutDown,
+                format!(
+                    "the process relaying a request for stopped node `{node}` shut down before it was answered; send it again"
+                ),
+                Some(node),
+                None,
+                None,
+            );
+            let mut h = HeaderMap::new();
+            h.insert(header::STATUS, "error");
+            let body = wire::encode_error(&err, &mut h, s.ep.client.max_payload(), 0);
+            s.outbox.publish_answer(Outgoing {
+                subject: to,
+                reply: None,
+                headers: Headers::Custom(h),
+                payload: body,
+            });
+        }
+    }
+}
 
 impl Drop for FailWaiting<'_> {
     fn drop(&mut self) {
-        self.0.fail_all();
+        self.now();
     }
 }

@@ -49,10 +49,13 @@ use super::Backoff;
 ///   redelivered after a back-off until `max_deliveries`, then published to
 ///   `<prefix>.dlq.<node-id>` (stored in the dead-letter stream) with its error, and
 ///   terminated.
-/// - **Exactly-once effects** (`mode = "exactly-once"`): completed event ids are recorded in a
-///   record stream (`<stream>_DONE`) for the dedup window; a redelivered event already
-///   completed is acknowledged (and its requester answered with the recorded value) without
-///   running again.
+/// - **Exactly-once effects** (`mode = "exactly-once"`): an event id is claimed in a record
+///   stream (`<stream>_DONE`) before its flow starts, so one copy of it runs at a time
+///   whatever the concurrency (replicas, `max_concurrent`); its outcome is recorded for the
+///   dedup window, and every other copy (a redelivery, a second publish) is acknowledged and
+///   its requester answered with the recorded value without running again. What remains
+///   at-least-once (a process dying between the effect and the record) is in `WIRE.md`,
+///   "Guarantees"; effects keyed by `ctx.event().id()` close it.
 ///
 /// The counters are [`NatsStats`](crate::NatsStats)' `durable_*` fields; the streams'
 /// names, [`NatsTransport::durable_streams`](crate::NatsTransport::durable_streams).
@@ -112,10 +115,12 @@ pub enum DeliveryMode {
     /// crash (or a lost acknowledgement) an event may be processed again.
     #[default]
     AtLeastOnce,
-    /// At-least-once delivery plus idempotent processing: completed event ids are recorded
-    /// (for the dedup window) and a redelivered completed event is acknowledged without
-    /// running its flow again. An event is processed twice only if the process dies (or loses
-    /// the server) between the end of its flow and the record of its completion.
+    /// At-least-once delivery plus idempotent processing: an event id is claimed before its
+    /// flow runs (one copy at a time, across replicas), its outcome recorded (for the dedup
+    /// window), and any other copy is acknowledged with that outcome without running its flow
+    /// again. An event is processed twice only if the process dies (or loses the server)
+    /// between the end of its flow and the record of its completion: its claim is taken over
+    /// after the lease (`ack_wait`).
     ExactlyOnce,
 }
 

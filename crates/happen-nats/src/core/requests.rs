@@ -247,17 +247,31 @@ impl Requests {
         }
     }
 
-    /// The transport shut down: every request still waiting fails with `ShutDown`.
-    pub(crate) fn fail_all(&self) {
+    /// The transport shut down: every request still waiting fails with `ShutDown`. Returns
+    /// the requests relayed for a stopped node whose answer has not come back yet (the
+    /// requester's reply subject and the node), for the caller to tell their requesters.
+    pub(crate) fn fail_all(&self) -> Vec<(Subject, NodeId)> {
         let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
+        let mut relays = Vec::new();
         for p in drained {
-            if let Pending::Reply { tx, .. } = p {
-                let _ = tx.send(Response::Done(Err(Error::new(
-                    ErrorKind::ShutDown,
-                    "the nats transport shut down before the reply arrived",
-                ))));
+            match p {
+                Pending::Reply { tx, .. } => {
+                    let _ = tx.send(Response::Done(Err(Error::new(
+                        ErrorKind::ShutDown,
+                        "the nats transport shut down before the reply arrived",
+                    ))));
+                }
+                // not answered at all yet (a stream under way keeps its frames)
+                Pending::Relay {
+                    to,
+                    node,
+                    first: Some(_),
+                    ..
+                } => relays.push((to, node)),
+                _ => {}
             }
         }
+        relays
     }
 
     /// Removes the request `token` that could not be published, failing its sender with

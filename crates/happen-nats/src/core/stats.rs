@@ -106,8 +106,15 @@ counters! {
     durable_retried,
     /// Durable events published to the dead-letter subject.
     durable_dead_lettered,
-    /// Redelivered durable events acknowledged without running (exactly-once record found).
+    /// Copies of an exactly-once event acknowledged without running: its record was found,
+    /// or another copy was running and this one was answered with its outcome.
     durable_duplicates_skipped,
+    /// Copies of an exactly-once event that found its id claimed by another replica and
+    /// waited for its record.
+    durable_claims_waited,
+    /// Exactly-once claims taken over from an owner that stopped renewing them (it died or
+    /// lost the server while holding the event).
+    durable_claims_taken_over,
     /// Most durable events one node of this process held at once (pulled, not settled).
     durable_max_held,
 }

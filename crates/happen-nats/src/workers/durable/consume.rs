@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Durable;
+use super::claim::{self, Acquired, Claim, InFlight, Settled};
 use super::records::{Records, decode_record, encode_failure, encode_record, record_key};
 use crate::config::{Backoff, DeliveryMode, DurableNode};
 use crate::core::outbox::{Headers, Outgoing};
@@ -42,14 +43,16 @@ const DEAD_LETTER_RETRY: Backoff =
     Backoff::new(Duration::from_millis(100), Duration::from_millis(1600));
 
 /// The consumer side of one durable node.
-struct Node {
-    d: Arc<Durable>,
-    inbox: Inbox,
-    settings: DurableNode,
+pub(super) struct Node {
+    pub(super) d: Arc<Durable>,
+    pub(super) inbox: Inbox,
+    pub(super) settings: DurableNode,
     /// Stream sequences being processed here (a redelivery of one is ignored).
     working: Mutex<HashSet<u64>>,
+    /// Exactly-once event ids being processed here (another copy waits for the first).
+    inflight: InFlight,
     /// The node is being detached: a flow ending in `ShutDown` was cut short by it.
-    stopping: AtomicBool,
+    pub(super) stopping: AtomicBool,
 }
 
 /// One pull request in flight.
@@ -75,6 +78,7 @@ pub(super) async fn run(
         inbox,
         settings,
         working: Mutex::new(HashSet::new()),
+        inflight: InFlight::default(),
         stopping: AtomicBool::new(false),
     });
     let pull_inbox = d.ep.client.new_inbox();
@@ -200,7 +204,7 @@ async fn nak(d: &Durable, msg: &Message, delay: Option<Duration>) {
     settle(d, msg, AckKind::Nak(delay)).await;
 }
 
-async fn settle(d: &Durable, msg: &Message, kind: AckKind) {
+pub(super) async fn settle(d: &Durable, msg: &Message, kind: AckKind) {
     if let Some(reply) = &msg.reply
         && let Err(e) = d.ep.client.publish(reply.clone(), kind.into()).await
     {
@@ -256,70 +260,146 @@ async fn run_job(node: Arc<Node>, msg: Message) {
             return;
         }
     };
-    let key = (node.settings.mode == DeliveryMode::ExactlyOnce)
-        .then(|| record_key(node.inbox.id(), &event.id().to_string()));
-    if let (Some(key), Some(done)) = (&key, &d.done) {
-        match done.get(key).await {
-            Ok(Some(record)) => {
-                inc(&d.counters.durable_duplicates_skipped);
-                if let Some(r) = reply_to {
-                    answer(d, r, decode_record(&record));
-                }
-                settle(d, &msg, AckKind::Ack).await;
-                node.working.lock().remove(&seq);
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // cannot tell whether it ran: try again later rather than risk a second run
-                tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot read the exactly-once record; redelivering");
-                inc(&d.counters.durable_retried);
-                nak(d, &msg, Some(node.settings.redelivery_delay(1))).await;
-                node.working.lock().remove(&seq);
-                return;
-            }
+    match &d.done {
+        Some(done) if node.settings.mode == DeliveryMode::ExactlyOnce => {
+            run_once(&node, &msg, event, reply_to, delivered, done).await;
+        }
+        _ => {
+            let outcome = run_flow(&node, &msg, event, None).await;
+            conclude(&node, &msg, delivered, reply_to, outcome, None).await;
         }
     }
-    let Some(outcome) = run_flow(&node, &msg, event).await else {
+    node.working.lock().remove(&seq);
+}
+
+/// An exactly-once event: runs its flow only as the one copy of its id in flight here and
+/// after claiming the id in the records; a copy that finds the id taken waits for the
+/// outcome and answers with it.
+async fn run_once(
+    node: &Node,
+    msg: &Message,
+    event: Event,
+    reply_to: Option<Subject>,
+    delivered: u32,
+    done: &Records,
+) {
+    let d = &node.d;
+    let key = record_key(node.inbox.id(), &event.id().to_string());
+    let deadline = Instant::now()
+        + d.ep
+            .config
+            .effective_request_timeout()
+            .max(node.settings.ack_wait * 2);
+    let answered = |outcome: Result<serde_json::Value>| async {
+        inc(&d.counters.durable_duplicates_skipped);
+        if let Some(r) = reply_to.clone() {
+            answer(d, r, outcome);
+        }
+        settle(d, msg, AckKind::Ack).await;
+    };
+    let slot = loop {
+        match node.inflight.acquire(&key) {
+            Acquired::Owner(slot) => break slot,
+            Acquired::Waiter(rx) => match claim::wait_local(node, msg, rx, deadline).await {
+                Some(Settled::Done(outcome)) => return answered(outcome).await,
+                Some(Settled::Retry) => {}
+                None => {
+                    // the node stops, or the first copy runs past the deadline: later
+                    return nak(d, msg, Some(node.settings.redelivery_delay(1))).await;
+                }
+            },
+        }
+    };
+    let mut seq = match claim::claim(node, msg, done, &key, deadline).await {
+        Claim::Owned(seq) => seq,
+        Claim::Done(outcome) => {
+            answered(outcome.clone()).await;
+            slot.finish(outcome);
+            return;
+        }
+        Claim::Later(why) => {
+            // cannot tell whether it ran: try again later rather than risk a second run
+            tracing::debug!(target: "happen_nats", node = %node.inbox.id(), %why, "exactly-once event not claimed; redelivering");
+            inc(&d.counters.durable_retried);
+            let delay =
+                (!node.stopping.load(Ordering::Acquire)).then(|| node.settings.redelivery_delay(1));
+            return nak(d, msg, delay).await;
+        }
+    };
+    let outcome = run_flow(node, msg, event, Some((done, &key, &mut seq))).await;
+    let once = (done, key.as_str(), seq);
+    if let Some(outcome) = conclude(node, msg, delivered, reply_to, outcome, Some(once)).await {
+        slot.finish(outcome);
+    }
+}
+
+/// Settles `msg` after its flow (`None`: not admitted, the node is closing) and answers its
+/// requester. For an exactly-once event (`once`: its records, key and claim) the outcome is
+/// recorded first, or the claim given up when the event is handed back; returns the final
+/// outcome the waiting copies answer with.
+async fn conclude(
+    node: &Node,
+    msg: &Message,
+    delivered: u32,
+    reply_to: Option<Subject>,
+    outcome: Option<Result<serde_json::Value>>,
+    once: Option<(&Records, &str, u64)>,
+) -> Option<Result<serde_json::Value>> {
+    let d = &node.d;
+    let release = || async {
+        if let Some((done, key, seq)) = once {
+            claim::release(node, done, key, seq).await;
+        }
+    };
+    let Some(outcome) = outcome else {
         // not admitted: the node is closing; another replica (or a restart) takes it
-        nak(d, &msg, None).await;
-        node.working.lock().remove(&seq);
-        return;
+        release().await;
+        nak(d, msg, None).await;
+        return None;
     };
     match outcome {
         Ok(value) => {
-            if let (Some(key), Some(done)) = (&key, &d.done) {
-                record(&node, &msg, done, key, encode_record(&value)).await;
+            if let Some((done, key, _)) = once {
+                record(node, msg, done, key, encode_record(&value)).await;
             }
             if let Some(r) = reply_to {
-                answer(d, r, Ok(value));
+                answer(d, r, Ok(value.clone()));
             }
-            settle(d, &msg, AckKind::Ack).await;
+            settle(d, msg, AckKind::Ack).await;
             inc(&d.counters.durable_acked);
+            Some(Ok(value))
         }
         Err(err) if err.kind() == ErrorKind::ShutDown && node.stopping.load(Ordering::Acquire) => {
             // the node stopped before the flow finished: another replica (or a restart) takes it
-            nak(d, &msg, None).await;
+            release().await;
+            nak(d, msg, None).await;
+            None
         }
         Err(err) if delivered < node.settings.max_deliveries => {
             tracing::debug!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed; redelivering");
             inc(&d.counters.durable_retried);
-            nak(d, &msg, Some(node.settings.redelivery_delay(delivered))).await;
+            release().await;
+            nak(d, msg, Some(node.settings.redelivery_delay(delivered))).await;
+            None
         }
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed on its last delivery; dead-lettered");
             // not stored: handed back for redelivery instead (and no record, no answer yet)
-            if dead_letter(&node, &msg, delivered, &err).await {
-                if let (Some(key), Some(done)) = (&key, &d.done) {
-                    record(&node, &msg, done, key, encode_failure(&err)).await;
-                }
-                if let Some(r) = reply_to {
-                    answer(d, r, Err(err));
-                }
+            if !dead_letter(node, msg, delivered, &err).await {
+                release().await;
+                return None;
             }
+            let record_body = encode_failure(&err);
+            if let Some((done, key, _)) = once {
+                record(node, msg, done, key, record_body.clone()).await;
+            }
+            if let Some(r) = reply_to {
+                answer(d, r, Err(err));
+            }
+            // the waiting copies answer as a copy that finds the record would
+            Some(decode_record(&record_body))
         }
     }
-    node.working.lock().remove(&seq);
 }
 
 /// Stores the exactly-once record of a finished event, retrying (the server may be restarting)
@@ -352,7 +432,15 @@ async fn record(node: &Node, msg: &Message, done: &Records, key: &str, value: By
 /// Admits `event` into the node (waiting while its queue is full) and waits for its flow,
 /// telling the server meanwhile that the message is being worked on. `None` when the node is
 /// closed and admits nothing.
-async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<serde_json::Value>> {
+///
+/// For an exactly-once event (`claim`: its records, key and claim's sequence) every
+/// in-progress signal also renews the claim.
+async fn run_flow(
+    node: &Node,
+    msg: &Message,
+    event: Event,
+    mut claim: Option<(&Records, &str, &mut u64)>,
+) -> Option<Result<serde_json::Value>> {
     let progress_every = node.settings.ack_wait / 3;
     let rx = loop {
         let (tx, rx): (ReplySender, _) = reply_channel();
@@ -370,7 +458,7 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<ser
     let response = loop {
         tokio::select! {
             r = &mut rx => break r,
-            () = tokio::time::sleep(progress_every) => settle(&node.d, msg, AckKind::Progress).await,
+            () = tokio::time::sleep(progress_every) => progress(node, msg, &mut claim).await,
         }
     };
     Some(match response {
@@ -381,11 +469,23 @@ async fn run_flow(node: &Node, msg: &Message, event: Event) -> Option<Result<ser
             loop {
                 tokio::select! {
                     r = &mut finish => break r,
-                    () = tokio::time::sleep(progress_every) => settle(&node.d, msg, AckKind::Progress).await,
+                    () = tokio::time::sleep(progress_every) => progress(node, msg, &mut claim).await,
                 }
             }
         }
     })
+}
+
+/// Tells the server `msg` is being worked on and renews its exactly-once claim; a claim taken
+/// over is not renewed again.
+async fn progress(node: &Node, msg: &Message, claim: &mut Option<(&Records, &str, &mut u64)>) {
+    settle(&node.d, msg, AckKind::Progress).await;
+    if let Some((done, key, seq)) = claim {
+        match claim::renew(node, done, key, **seq).await {
+            Some(next) => **seq = next,
+            None => *claim = None,
+        }
+    }
 }
 
 /// Publishes `msg`'s event to the dead-letter subject with `err` (stored in the dead-letter

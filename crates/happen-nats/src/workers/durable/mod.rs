@@ -6,8 +6,10 @@
 //! How it works, for a user, is on [`DurableConfig`](crate::DurableConfig).
 //!
 //! Files: this one sets up the streams and hands sends and nodes to the [`publish`] and
-//! [`consume`] tasks; [`records`] keeps the exactly-once records.
+//! [`consume`] tasks; [`records`] keeps the exactly-once records, [`claim`] the claims that
+//! let one copy of an event id run at a time.
 
+mod claim;
 mod consume;
 mod publish;
 mod records;

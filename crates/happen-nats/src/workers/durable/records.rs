@@ -1,7 +1,11 @@
-//! The exactly-once records: for each completed event, its outcome, kept for the dedup
-//! window in a plain stream (one subject per record, `max_msgs_per_subject` 1: async-nats'
-//! key-value API cannot read a 2.9 server's account info).
+//! The exactly-once records: for each event id at a node, its claim while a flow runs, then
+//! its outcome, kept for the dedup window in a plain stream (one subject per record,
+//! `max_msgs_per_subject` 1: async-nats' key-value API cannot read a 2.9 server's account
+//! info). A claim is stored only if the subject's last message is the one its writer saw
+//! (`Nats-Expected-Last-Subject-Sequence`, 0 for none), so one writer wins.
 
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use happen::{Error, ErrorKind, Result};
@@ -21,14 +25,14 @@ impl Records {
         Records { stream, prefix }
     }
 
-    /// The record of `key`, if stored.
-    pub(super) async fn get(&self, key: &str) -> std::result::Result<Option<Bytes>, String> {
+    /// The record of `key` and its stream sequence, if stored.
+    pub(super) async fn get(&self, key: &str) -> std::result::Result<Option<(u64, Bytes)>, String> {
         match self
             .stream
             .direct_get_last_for_subject(format!("{}{key}", self.prefix))
             .await
         {
-            Ok(m) => Ok(Some(m.payload)),
+            Ok(m) => Ok(Some((m.sequence, m.payload))),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.to_string()),
         }
@@ -48,6 +52,70 @@ impl Records {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+impl Records {
+    /// Stores `value` as the record of `key` only if the record's last message has the
+    /// sequence `expect` (0: no message). `Ok(Some(seq))` when stored, `Ok(None)` when another
+    /// message is there.
+    pub(super) async fn put_if(
+        &self,
+        js: &jetstream::Context,
+        key: &str,
+        value: Bytes,
+        expect: u64,
+    ) -> std::result::Result<Option<u64>, String> {
+        let m = PublishMessage::build()
+            .payload(value)
+            .expected_last_subject_sequence(expect);
+        let ack = js
+            .send_publish(format!("{}{key}", self.prefix), m)
+            .await
+            .map_err(|e| e.to_string())?;
+        match ack.await {
+            Ok(a) => Ok(Some(a.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What a record holds.
+#[derive(Debug)]
+pub(super) enum Entry {
+    /// The event finished (or was dead-lettered) with this outcome.
+    Done(Result<serde_json::Value>),
+    /// A flow of the event runs (or ran and its owner died) in the replica `owner`.
+    Claimed { owner: String },
+    /// A claim given up (the flow failed and is redelivered, or its node stopped): anyone
+    /// may claim it.
+    Free,
+}
+
+/// The claim of replica `owner`.
+pub(super) fn encode_claim(owner: &str) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "claim": { "owner": owner } })).unwrap_or_default(),
+    )
+}
+
+/// A claim given up.
+pub(super) fn encode_free() -> Bytes {
+    Bytes::from_static(br#"{"free":true}"#)
+}
+
+/// What a record's body tells.
+pub(super) fn decode_entry(bytes: &[u8]) -> Entry {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    if let Some(owner) = v.pointer("/claim/owner") {
+        return Entry::Claimed {
+            owner: owner.as_str().unwrap_or_default().to_owned(),
+        };
+    }
+    if v.get("free").is_some() {
+        return Entry::Free;
+    }
+    Entry::Done(decode_record(bytes))
 }
 
 /// The exactly-once record key of `event` at `node` (the last two tokens of its subject).
@@ -101,6 +169,16 @@ mod tests {
     #[test]
     fn keys_are_escaped() {
         assert_eq!(record_key("n.1", "evt-1"), "n=2E1.evt-1");
+    }
+
+    #[test]
+    fn claims_round_trip() {
+        assert!(
+            matches!(decode_entry(&encode_claim("r1")), Entry::Claimed { owner } if owner == "r1")
+        );
+        assert!(matches!(decode_entry(&encode_free()), Entry::Free));
+        let v = serde_json::json!({"n": 1});
+        assert!(matches!(decode_entry(&encode_record(&v)), Entry::Done(Ok(x)) if x == v));
     }
 
     #[test]
