@@ -9,6 +9,13 @@
 //!   connection, subscription capacity raised to 2^20 so nothing is dropped) receives them all;
 //!   timed until the last one arrives, losses noted.
 //!
+//! A second floor, `floor(json)`, is what a user would write by hand to send happen's events
+//! over raw async-nats: each message is an event in the reference's wire JSON (type, a
+//! 128-character payload, the causal context with ids, sender, correlation, path and
+//! timestamp) serialized with serde_json per message, and the receiver (the responder, for
+//! the ask workloads, which answers with the payload) decodes it with serde_json. happen's
+//! ratio to it is its framework overhead apart from the format's.
+//!
 //! The happen side runs over `happen-nats`: two `Happen` instances (a "server side" hosting
 //! the receiving node and a "client side" hosting the sender), each with its own
 //! `NatsTransport` connection, as two processes would be; a fresh subject prefix per run.
@@ -82,18 +89,30 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
         let n = counts(w);
         let u = url.clone();
         let h = url.clone();
+        let j = url.clone();
         let systems = match w {
             "nats-ask-seq" => [
                 system("happen", move |n| happen_ask(h.clone(), n, 1)),
-                system("floor", move |n| floor_ask(u.clone(), n, 1)),
+                system("floor", move |n| floor_ask(u.clone(), n, 1, Format::Raw)),
+                system("floor(json)", move |n| {
+                    floor_ask(j.clone(), n, 1, Format::Json)
+                }),
             ],
             "nats-ask-par" => [
                 system("happen", move |n| happen_ask(h.clone(), n, PARALLEL)),
-                system("floor", move |n| floor_ask(u.clone(), n, PARALLEL)),
+                system("floor", move |n| {
+                    floor_ask(u.clone(), n, PARALLEL, Format::Raw)
+                }),
+                system("floor(json)", move |n| {
+                    floor_ask(j.clone(), n, PARALLEL, Format::Json)
+                }),
             ],
             "nats-broadcast" => [
                 system("happen", move |n| happen_broadcast(h.clone(), n)),
-                system("floor", move |n| floor_broadcast(u.clone(), n)),
+                system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
+                system("floor(json)", move |n| {
+                    floor_broadcast(j.clone(), n, Format::Json)
+                }),
             ],
             _ => continue,
         };
@@ -108,6 +127,7 @@ fn unavailable_all(workloads: &[&str], counts: &dyn Fn(&str) -> u64, why: &str) 
         .flat_map(|&w| {
             [
                 Row::unavailable(w, "floor", counts(w), why),
+                Row::unavailable(w, "floor(json)", counts(w), why),
                 Row::unavailable(w, "happen", counts(w), why),
             ]
         })
@@ -118,7 +138,80 @@ fn payload() -> Bytes {
     Bytes::from(vec![0xa5u8; PAYLOAD])
 }
 
-async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
+/// What the floors put on the wire.
+#[derive(Clone, Copy)]
+enum Format {
+    /// The same 128 bytes every time.
+    Raw,
+    /// An event in the reference's wire JSON, encoded per message and decoded on receipt.
+    Json,
+}
+
+/// An event in the reference's wire shape, as a user would write it by hand.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: Value,
+    context: WireContext,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireContext {
+    causal: WireCausal,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCausal {
+    id: String,
+    sender: String,
+    correlation_id: String,
+    path: Vec<String>,
+    timestamp: u64,
+}
+
+impl Format {
+    /// Message `i`'s body.
+    fn body(self, raw: &Bytes, i: u64) -> Result<Bytes, String> {
+        match self {
+            Format::Raw => Ok(raw.clone()),
+            Format::Json => {
+                let id = format!("evt-00000000-0000-4000-8000-{i:012x}");
+                let event = WireEvent {
+                    event_type: "tick".to_owned(),
+                    payload: happen_payload(),
+                    context: WireContext {
+                        causal: WireCausal {
+                            correlation_id: id.replacen("evt", "txn", 1),
+                            id,
+                            sender: "pub".to_owned(),
+                            path: vec!["pub".to_owned()],
+                            timestamp: 1_765_000_000_000 + i,
+                        },
+                    },
+                };
+                serde_json::to_vec(&event).map(Bytes::from).map_err(err)
+            }
+        }
+    }
+
+    /// Reads a received body as this format would; for JSON, the decoded event's payload (what
+    /// the responder answers with, encoded).
+    fn receive(self, body: Bytes) -> Result<Bytes, String> {
+        match self {
+            Format::Raw => Ok(body),
+            Format::Json => {
+                let event: WireEvent = serde_json::from_slice(&body).map_err(err)?;
+                serde_json::to_vec(&event.payload)
+                    .map(Bytes::from)
+                    .map_err(err)
+            }
+        }
+    }
+}
+
+async fn floor_ask(url: String, n: u64, tasks: u64, format: Format) -> RunResult {
     let server = async_nats::connect(&url).await.map_err(err)?;
     let mut sub = server.subscribe(ASK_SUBJECT).await.map_err(err)?;
     server.flush().await.map_err(err)?;
@@ -127,7 +220,10 @@ async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 if let Some(reply) = msg.reply {
-                    let _ = server.publish(reply, msg.payload).await;
+                    let Ok(answer) = format.receive(msg.payload) else {
+                        continue; // the requester times out and reports it
+                    };
+                    let _ = server.publish(reply, answer).await;
                 }
             }
         })
@@ -137,7 +233,7 @@ async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
 
     let start = Instant::now();
     let (ops, latencies) = split_clients(n, tasks, |count, record| {
-        ask_client(client.clone(), body.clone(), count, record)
+        ask_client(client.clone(), body.clone(), format, count, record)
     })
     .await?;
     let elapsed = start.elapsed();
@@ -151,16 +247,20 @@ async fn floor_ask(url: String, n: u64, tasks: u64) -> RunResult {
 async fn ask_client(
     client: async_nats::Client,
     body: Bytes,
+    format: Format,
     n: u64,
     record: bool,
 ) -> Result<(u64, Vec<u64>), String> {
     let mut latencies = Vec::with_capacity(if record { n as usize } else { 0 });
-    for _ in 0..n {
+    for i in 0..n {
         let t = Instant::now();
         let reply = client
-            .request(ASK_SUBJECT, body.clone())
+            .request(ASK_SUBJECT, format.body(&body, i)?)
             .await
             .map_err(err)?;
+        if let Format::Json = format {
+            black_box(serde_json::from_slice::<Value>(&reply.payload).map_err(err)?);
+        }
         if record {
             latencies.push(t.elapsed().as_nanos() as u64);
         }
@@ -169,7 +269,7 @@ async fn ask_client(
     Ok((n, latencies))
 }
 
-async fn floor_broadcast(url: String, n: u64) -> RunResult {
+async fn floor_broadcast(url: String, n: u64, format: Format) -> RunResult {
     let subscriber = async_nats::ConnectOptions::new()
         .subscription_capacity(SUB_CAPACITY)
         .connect(&url)
@@ -184,6 +284,10 @@ async fn floor_broadcast(url: String, n: u64) -> RunResult {
         while got < n {
             match tokio::time::timeout(IDLE, sub.next()).await {
                 Ok(Some(msg)) => {
+                    if let Format::Json = format {
+                        let event = serde_json::from_slice::<WireEvent>(&msg.payload);
+                        black_box(event.is_ok());
+                    }
                     black_box(msg);
                     got += 1;
                 }
@@ -196,9 +300,9 @@ async fn floor_broadcast(url: String, n: u64) -> RunResult {
     });
 
     let start = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
         publisher
-            .publish(BCAST_SUBJECT, body.clone())
+            .publish(BCAST_SUBJECT, format.body(&body, i)?)
             .await
             .map_err(err)?;
     }
