@@ -209,9 +209,9 @@ impl Node {
     /// as [`send`](Node::send) would give it (its own id and transaction, this node as
     /// sender); the target's admission counts the batch as one flow.
     ///
-    /// Tested in process only for now: across processes the batch travels as one event of
-    /// type [`BATCH_EVENT`], but that wire form is not fixed in `WIRE.md` yet, and a node of
-    /// Happen's TypeScript reference does not take it (see DESIGN.md).
+    /// Across processes the batch is one message: an event of type [`BATCH_EVENT`] whose
+    /// payload is the events in wire form (happen-nats' `WIRE.md`, "Batches"). A node of
+    /// Happen's TypeScript reference does not take that form; send it the events one by one.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
