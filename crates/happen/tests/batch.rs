@@ -1,5 +1,7 @@
 //! Batches in process: `Node::on_batch`, `Node::send_batch`, `Context::send_batch`.
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -247,14 +249,32 @@ async fn many_batches_at_once_each_get_their_own_events() {
             assert_eq!(reply, json!(expected));
         }));
     }
-    let all_done = async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
-        .await
-        .expect("every sender got its answers within 30 s");
+    support::join_all_within("every sender got its answers", tasks).await;
     let stats = store.stats();
     assert_eq!((stats.accepted, stats.completed), (BATCHES, BATCHES));
+}
+
+#[tokio::test]
+async fn a_handler_on_the_reserved_batch_type_never_gets_a_carrier() {
+    let happen = Happen::new();
+    let store = happen.node("store").await.unwrap();
+    let carrier_calls = Arc::new(AtomicUsize::new(0));
+    {
+        let carrier_calls = carrier_calls.clone();
+        store
+            .on(happen::BATCH_EVENT, move |_e: Event, _c: Context| {
+                carrier_calls.fetch_add(1, Ordering::Relaxed);
+                async { "the carrier" }
+            })
+            .unwrap();
+    }
+    store
+        .on_batch("sensor.*", |batch: Batch, _c: Context| async move {
+            batch.len()
+        })
+        .unwrap();
+
+    let reply = store.send_batch(&store, readings(3)).await.unwrap();
+    assert_eq!(reply, 3, "the batch handler answered");
+    assert_eq!(carrier_calls.load(Ordering::Relaxed), 0);
 }

@@ -1,15 +1,13 @@
 //! Fan-out (`Node::send_all`, `Context::send_all`) and one handler on several nodes
 //! (`Node::on_all`).
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use happen::{Context, Error, ErrorKind, Event, Happen, Node};
 use serde_json::{Value, json};
-
-fn support_patience() -> Duration {
-    Duration::from_secs(30)
-}
 
 async fn nodes(happen: &Happen, ids: &[&str]) -> Vec<Node> {
     let mut out = Vec::new();
@@ -325,14 +323,7 @@ async fn thousands_of_fan_outs_keep_every_result_with_its_target() {
             }
         }));
     }
-    let all_done = async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
-        .await
-        .expect("every sender got its answers within 30 s");
+    support::join_all_within("every sender got its answers", tasks).await;
     let handled: u64 = targets.iter().map(|n| n.stats().completed).sum();
     assert_eq!(handled, ROUNDS * TARGETS as u64);
 }
@@ -379,7 +370,7 @@ async fn a_full_target_is_that_targets_queue_full_and_a_streaming_target_gives_i
     assert_eq!(all.get("streamer").unwrap().as_ref().unwrap(), "streamed");
 
     gate.add_permits(2);
-    let both = tokio::time::timeout(support_patience(), futures::future::join(running, queued));
+    let both = tokio::time::timeout(support::PATIENCE, futures::future::join(running, queued));
     let (running, queued) = both.await.expect("the held flows finish once let go");
     assert_eq!(running.unwrap(), "busy done");
     assert_eq!(queued.unwrap(), "busy done");

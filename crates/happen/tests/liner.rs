@@ -461,14 +461,7 @@ async fn a_node_liner_sees_every_event_once_under_load() {
             }
         }));
     }
-    let all_done = async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), all_done)
-        .await
-        .expect("every sender got its answers within 30 s");
+    support::join_all_within("every sender got its answers", tasks).await;
     assert_eq!(handled.load(Ordering::Relaxed), PRODUCERS * EACH);
     assert_eq!(seen.lock().unwrap().len(), PRODUCERS * EACH);
 }

@@ -187,19 +187,11 @@ impl Node {
         if reg.batch.iter().any(|e| e.pattern.same_as(&pattern)) {
             return Err(Error::duplicate_handler(self.id(), &pattern));
         }
-        let spec = pattern.specificity();
-        let at = reg
-            .batch
-            .iter()
-            .position(|e| e.pattern.specificity() < spec)
-            .unwrap_or(reg.batch.len());
-        reg.batch.insert(
-            at,
-            BatchEntry {
-                pattern,
-                handler: Arc::new(FnBatch(handler)),
-            },
-        );
+        let entry = BatchEntry {
+            pattern,
+            handler: Arc::new(FnBatch(handler)),
+        };
+        super::registry::insert_ranked(&mut reg.batch, entry, |e| &e.pattern);
         Ok(())
     }
 

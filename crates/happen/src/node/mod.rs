@@ -303,15 +303,8 @@ impl Node {
         if reg.ordered.iter().any(|e| e.pattern.same_as(&pattern)) {
             return Err(Error::duplicate_handler(self.id(), &pattern));
         }
-        let spec = pattern.specificity();
-        // Insert after every entry at least as specific: stable by registration order.
-        let at = reg
-            .ordered
-            .iter()
-            .position(|e| e.pattern.specificity() < spec)
-            .unwrap_or(reg.ordered.len());
-        debug_assert!(spec.0 != Class::Exact);
-        reg.ordered.insert(at, Entry { pattern, step });
+        debug_assert!(pattern.specificity().0 != Class::Exact);
+        registry::insert_ranked(&mut reg.ordered, Entry { pattern, step }, |e| &e.pattern);
         self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }

@@ -27,12 +27,13 @@ pub(super) struct Registry {
 
 impl Registry {
     pub(super) fn lookup(&self, event_type: &str) -> Option<Arc<dyn ErasedStep>> {
+        if event_type == BATCH_EVENT {
+            // Every node takes batches (see `batch`): the type is reserved, so no handler of
+            // the node's (exact or pattern) ever gets a carrier.
+            return Some(batch_step());
+        }
         if let Some(s) = self.exact.get(event_type) {
             return Some(s.clone());
-        }
-        if event_type == BATCH_EVENT {
-            // Every node takes batches (see `batch`); checked only after the exact types.
-            return Some(batch_step());
         }
         self.ordered
             .iter()
@@ -44,6 +45,17 @@ impl Registry {
         self.exact.contains_key(event_type)
             || self.ordered.iter().any(|e| e.pattern.matches(event_type))
     }
+}
+
+/// Inserts `item` after every entry whose pattern is at least as specific as its own, so
+/// entries are ordered by specificity and, among equals, by registration.
+pub(super) fn insert_ranked<T>(entries: &mut Vec<T>, item: T, pattern: impl Fn(&T) -> &Pattern) {
+    let spec = pattern(&item).specificity();
+    let at = entries
+        .iter()
+        .position(|e| pattern(e).specificity() < spec)
+        .unwrap_or(entries.len());
+    entries.insert(at, item);
 }
 
 pub(crate) fn validate_node_id(id: &str) -> Result<()> {

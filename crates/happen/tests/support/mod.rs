@@ -15,6 +15,18 @@ pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Awaits every spawned task (re-raising a task's panic) within [`PATIENCE`].
+pub(crate) async fn join_all_within(what: &str, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let all = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(PATIENCE, all)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?}: {what}"));
+}
+
 /// Installs (once per test binary) a panic hook that stays quiet for panics whose message
 /// contains "intentional" and prints every other panic, so real assertion failures still show.
 pub(crate) fn quiet_intentional_panics() {
