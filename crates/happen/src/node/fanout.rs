@@ -202,38 +202,22 @@ impl IntoIterator for AllReplies {
     }
 }
 
-/// The first id named twice in `targets`, if any. A short list compares fingerprints of the
-/// ids (the bytes only when two fingerprints agree); a long one hashes.
+/// The first id named twice in `targets`, if any: compared pairwise for a short list (no
+/// allocation), hashed for a long one.
 fn named_twice<'a>(targets: &'a [Target<'_>]) -> Option<&'a NodeId> {
     const SHORT: usize = 16;
     if targets.len() <= SHORT {
-        let mut prints = [0u64; SHORT];
-        for (i, t) in targets.iter().enumerate() {
-            let print = fingerprint(t.id().as_str());
-            let earlier = &prints[..i];
-            let twice = earlier
-                .iter()
-                .zip(targets)
-                .any(|(p, e)| *p == print && e.id() == t.id());
-            if twice {
-                return Some(t.id());
-            }
-            prints[i] = print;
-        }
-        return None;
+        return targets
+            .iter()
+            .enumerate()
+            .find(|(i, t)| targets[..*i].iter().any(|e| e.id() == t.id()))
+            .map(|(_, t)| t.id());
     }
     let mut seen = HashSet::with_capacity(targets.len());
     targets
         .iter()
         .find(|t| !seen.insert(t.id().as_str()))
         .map(|t| t.id())
-}
-
-/// FNV-1a over the id's bytes: cheap, and equal ids have equal prints.
-fn fingerprint(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 impl Node {
