@@ -8,8 +8,10 @@
 //! - [`connection`]: following the client's connection events;
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
 //! - [`durable`]: durable delivery on JetStream (publish, consume, records);
-//! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]).
+//! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]);
+//! - [`batches`]: batches to nodes that do not take them whole (one event at a time).
 
+pub(crate) mod batches;
 pub(crate) mod connection;
 pub(crate) mod discover;
 pub(crate) mod durable;

@@ -203,7 +203,8 @@ impl Node {
     ///
     /// Across processes the batch is one message: an event of type [`BATCH_EVENT`] whose
     /// payload is the events in wire form (happen-nats' `WIRE.md`, "Batches"). A node of
-    /// Happen's TypeScript reference does not take that form; send it the events one by one.
+    /// Happen's TypeScript reference does not take that form: happen-nats finds out through
+    /// discovery and sends it the events one at a time, in order, answering with the array.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
