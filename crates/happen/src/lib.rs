@@ -46,7 +46,7 @@ pub use crate::event::pattern;
 pub use crate::node::{cpu, flow, liner};
 
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
-pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
+pub use crate::config::{BatchAdmission, Config, Limits, PartialLimits, QueueStrategy};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
 pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};

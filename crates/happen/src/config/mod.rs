@@ -65,7 +65,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
-pub use limits::{Limits, PartialLimits, QueueStrategy};
+pub use limits::{BatchAdmission, Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.

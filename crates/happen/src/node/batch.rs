@@ -89,6 +89,16 @@ pub(super) struct BatchEntry {
     pub(super) handler: Arc<dyn BatchFn>,
 }
 
+/// What `event` weighs at a node whose admission counts a batch's events: a carrier its
+/// events (at least one), anything else one.
+pub(super) fn weight(event: &Event) -> u32 {
+    if event.event_type() != BATCH_EVENT {
+        return 1;
+    }
+    let events = event.payload().as_array().map_or(1, Vec::len);
+    u32::try_from(events.max(1)).unwrap_or(u32::MAX)
+}
+
 /// The step every node runs for a carrier event.
 pub(super) fn batch_step() -> Arc<dyn ErasedStep> {
     static STEP: OnceLock<Arc<dyn ErasedStep>> = OnceLock::new();

@@ -289,6 +289,10 @@ impl Node {
     /// fails only on bad input, before anything is sent. No targets at all is not an error:
     /// it resolves to an empty [`AllReplies`].
     ///
+    /// Streams and pacing compose with it: [`SendAll::into_replies`] gives each target's
+    /// [`Reply`] to read as a stream, and a paced fan-out awaits [`Node::ready`] for every
+    /// target before sending (`futures::future::join_all(targets.iter().map(|t| node.ready(t)))`).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
     /// use happen::{Context, ErrorKind, Event, Happen, Node};
