@@ -132,9 +132,25 @@ pub(crate) async fn serves(
     node: &str,
     wait: Duration,
 ) -> Result<bool> {
+    serves_except(client, subjects, node, None, wait, QUIET).await
+}
+
+/// [`serves`], not counting the process with replica id `except` (this one, when a replica
+/// asks whether another serves its node), with `quiet` instead of [`QUIET`].
+///
+/// # Errors
+/// As [`request`].
+pub(crate) async fn serves_except(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    node: &str,
+    except: Option<&str>,
+    wait: Duration,
+    quiet: Duration,
+) -> Result<bool> {
     let mut named = false;
-    ask(client, subjects, wait, QUIET, |info| {
-        named = info.nodes.iter().any(|n| n.id == node);
+    ask(client, subjects, wait, quiet, |info| {
+        named = except != Some(info.replica.as_str()) && info.nodes.iter().any(|n| n.id == node);
         named
     })
     .await?;
