@@ -33,7 +33,7 @@ async fn a_batch_of_fifty_is_one_message_and_one_call_across_processes() {
         .subscribe(format!("{prefix}.node.store"))
         .await
         .unwrap();
-    watcher.flush().await.unwrap();
+    common::round_trip(&watcher).await;
 
     let store = b.node("store").await.unwrap();
     let (tx, mut calls) = mpsc::unbounded_channel::<Vec<Event>>();
@@ -74,7 +74,7 @@ async fn a_batch_of_fifty_is_one_message_and_one_call_across_processes() {
         carrier["payload"][7]["context"]["causal"]["sender"],
         "sensor"
     );
-    watcher.flush().await.unwrap();
+    common::round_trip(&watcher).await;
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(200), wire.next())
             .await
@@ -136,7 +136,7 @@ async fn reference_node(url: &str, prefix: &str, id: &str) -> mpsc::UnboundedRec
         .queue_subscribe(format!("{prefix}.node.{id}"), id.to_owned())
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    common::round_trip(&client).await;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
@@ -166,7 +166,7 @@ async fn a_batch_for_a_node_no_happen_process_serves_goes_one_event_at_a_time() 
         .subscribe(format!("{prefix}.discover"))
         .await
         .unwrap();
-    watcher.flush().await.unwrap();
+    common::round_trip(&watcher).await;
     let client = a.node("client").await.unwrap(); // its process answers discovery
 
     let reply = within(
@@ -201,7 +201,7 @@ async fn a_batch_for_a_node_no_happen_process_serves_goes_one_event_at_a_time() 
     within(5, "the discovery request", discovery.next())
         .await
         .unwrap();
-    watcher.flush().await.unwrap();
+    common::round_trip(&watcher).await;
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), discovery.next())
             .await

@@ -73,7 +73,7 @@ async fn broadcasts_nobody_here_handles_are_not_decoded() {
     )
     .await
     .unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
     within(10, "the raw `done` at the source", done_rx.recv())
         .await
         .unwrap();

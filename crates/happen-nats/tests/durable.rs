@@ -521,7 +521,7 @@ async fn exactly_once_runs_a_redelivered_event_once_and_answers_from_its_record(
         br#"{"type":"charge","payload":{"amount":5},"context":{"causal":{"id":"evt-3b241101-e2bb-4255-8caf-4136c566a962","sender":"billing","correlationId":"txn-0b8f2d6a-1111-4222-8333-444455556666","path":["billing"],"timestamp":1700000000000}}}"#,
     );
     let mut inbox = raw.subscribe("answers.>").await.unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
     let mut answers = HashMap::new();
     for (target, copy) in [
         ("worker-once", "a"),

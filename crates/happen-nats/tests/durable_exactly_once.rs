@@ -69,7 +69,7 @@ async fn run_pairs(
     let raw = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     let mut answers_sub = raw.subscribe("answers.>").await.unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
     let mut acks = Vec::new();
     for n in 0..pairs {
         let body = event_body(n);
@@ -208,7 +208,7 @@ async fn a_claim_whose_owner_died_is_taken_over_after_the_lease() {
     .await
     .unwrap();
     let mut answers_sub = raw.subscribe("answers.>").await.unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
     let runs = Arc::new(Mutex::new(0u32));
     let node = h.node(NODE).await.unwrap();
     let r = runs.clone();

@@ -143,7 +143,7 @@ async fn an_error_reply_without_a_body_still_decodes() {
     // a node of an older happen: its error replies are headers only
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut requests = raw.subscribe("happen.node.legacy").await.unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
     let responder = tokio::spawn(async move {
         let request = requests.next().await.unwrap();
         let mut h = async_nats::HeaderMap::new();
@@ -155,7 +155,7 @@ async fn an_error_reply_without_a_body_still_decodes() {
         raw.publish_with_headers(request.reply.unwrap(), h, Bytes::new())
             .await
             .unwrap();
-        raw.flush().await.unwrap();
+        common::round_trip(&raw).await;
     });
     let client = a.node("client").await.unwrap();
     let err = within(10, "legacy", client.send("legacy", Event::new("x", ())))

@@ -94,7 +94,7 @@ async fn a_tap_sees_sends_tells_and_broadcasts_and_nothing_else() {
     )
     .await
     .unwrap();
-    raw.flush().await.unwrap();
+    common::round_trip(&raw).await;
 
     let bad = next(&mut all).await.expect_err("not an event");
     assert_eq!(

@@ -30,3 +30,25 @@ pub async fn within<T>(secs: u64, what: &str, f: impl IntoFuture<Output = T>) ->
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
 }
+
+/// A round trip through the server on `client`'s connection: everything the client sent
+/// before (a subscription, a publish) has been processed by the server when it returns.
+/// async-nats' `flush` only writes the bytes out, so a subscription "flushed" may not be
+/// registered yet when another connection publishes. A request nobody answers comes back as
+/// "no responders", after the server processed what came before it on this connection.
+pub async fn round_trip(client: &async_nats::Client) {
+    let probe = client.new_inbox();
+    let answer = within(
+        10,
+        "a round trip through the server",
+        client.request(probe, bytes::Bytes::new()),
+    )
+    .await;
+    if let Err(e) = answer {
+        assert_eq!(
+            e.kind(),
+            async_nats::RequestErrorKind::NoResponders,
+            "the round trip failed: {e}"
+        );
+    }
+}
