@@ -302,3 +302,49 @@ async fn a_non_loopback_address_needs_a_token() {
             .contains("<title>happen web</title>")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_and_the_page_say_when_the_connection_drops_and_returns() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut server = NatsServer::start();
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    let hello = page.next().await;
+    assert_eq!(
+        (hello.event.as_str(), &hello.data["nats"]),
+        ("status", &json!("connected"))
+    );
+    let mut tap = web_support::command(&server.url(), &["tap"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tap_err = BufReader::new(tap.stderr.take().unwrap()).lines();
+    let first = within(30, "tap to listen", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("listening"), "{first}");
+
+    server.stop();
+    let line = within(30, "tap to see the drop", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("lost the connection to the nats server"),
+        "{line}"
+    );
+    page.until(|f| f.event == "status" && f.data["nats"] == "disconnected")
+        .await;
+
+    server.restart();
+    let line = within(30, "tap to see the return", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("reconnected to the nats server"), "{line}");
+    page.until(|f| f.event == "status" && f.data["nats"] == "connected")
+        .await;
+}

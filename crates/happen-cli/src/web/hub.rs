@@ -173,10 +173,12 @@ impl Hub {
     fn on_event(&self, seen: Seen, reply: Option<String>, rates: &mut Rates) {
         lock(&self.store).event(&seen, reply.as_deref());
         if let Some(t) = &seen.target {
-            *rates
+            let edge = rates
                 .edges
                 .entry((seen.sender.clone(), t.clone()))
-                .or_default() += 1;
+                .or_default();
+            edge.0 += 1;
+            edge.1 += 1;
         }
         let mut v = serde_json::to_value(&seen).unwrap_or(Value::Null);
         if let Some(p) = &seen.payload {
@@ -281,8 +283,12 @@ impl Hub {
             .collect();
         let edges: Vec<Value> = rates
             .edges
-            .drain()
-            .map(|((from, to), n)| json!({"from": from, "to": to, "rate": n as f64 / secs}))
+            .iter_mut()
+            .map(|((from, to), (since, total))| {
+                let rate = *since as f64 / secs;
+                *since = 0;
+                json!({"from": from, "to": to, "rate": rate, "total": *total})
+            })
             .collect();
         rates.counters = counters;
         rates.at = Some(now);
@@ -300,12 +306,13 @@ impl Hub {
     }
 }
 
-/// Counters of the previous discovery, and the events per sender → target since.
+/// Counters of the previous discovery, and per sender → target the events since then and
+/// in all (while watched).
 #[derive(Default)]
 struct Rates {
     at: Option<u64>,
     counters: HashMap<String, [u64; 4]>,
-    edges: HashMap<(String, String), u64>,
+    edges: HashMap<(String, String), (u64, u64)>,
 }
 
 /// `%25` → `%`, `%0D`, `%0A` (the escapes of `WIRE.md`'s text headers).

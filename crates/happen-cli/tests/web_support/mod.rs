@@ -89,7 +89,7 @@ pub async fn shop(url: &str) -> (Happen, Node) {
     (h, client)
 }
 
-fn command(url: &str, args: &[&str]) -> Command {
+pub fn command(url: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("HAPPEN_NATS_URL")
         .env_remove("HAPPEN_WEB_TOKEN")

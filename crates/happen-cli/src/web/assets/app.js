@@ -61,6 +61,10 @@ function micros(us) {
   return (us / 1e6).toFixed(2) + "s";
 }
 
+function short(text, n) {
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
 function rate(r) {
   return r >= 10 ? r.toFixed(0) : r.toFixed(1);
 }
@@ -204,22 +208,25 @@ function renderDetail(id) {
 
 function renderMap(snap) {
   const map = $("map");
-  const W = 560, H = 300, cx = W / 2, cy = H / 2, R = Math.min(W, H) / 2 - 40;
+  const W = 560, H = 280, cx = W / 2, cy = H / 2 - 8, RX = W / 2 - 80, RY = H / 2 - 42;
   const ids = snap.nodes.map((n) => n.id);
   for (const e of snap.edges) for (const id of [e.from, e.to]) if (!ids.includes(id)) ids.push(id);
   const pos = {};
   ids.forEach((id, i) => {
     const a = (i / Math.max(1, ids.length)) * 2 * Math.PI - Math.PI / 2;
-    pos[id] = [cx + R * Math.cos(a) * 1.5, cy + R * Math.sin(a)];
+    pos[id] = [cx + RX * Math.cos(a), cy + RY * Math.sin(a)];
   });
   const kids = [svg("defs", {})];
-  kids[0].append(Object.assign(svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 22, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" })));
+  kids[0].append(Object.assign(svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto" })));
   kids[0].firstChild.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9aa3b2" }));
   for (const e of snap.edges) {
-    const [x1, y1] = pos[e.from], [x2, y2] = pos[e.to];
+    const [ax, ay] = pos[e.from], [bx, by] = pos[e.to];
+    const len = Math.max(1, Math.hypot(bx - ax, by - ay));
+    const [x1, y1, x2, y2] = [ax + (bx - ax) * 18 / len, ay + (by - ay) * 18 / len, bx - (bx - ax) * 22 / len, by - (by - ay) * 22 / len];
     const g = svg("g", { class: "edge", "data-from": e.from, "data-to": e.to });
-    g.append(svg("line", { x1, y1, x2, y2, stroke: "#9aa3b2", "stroke-width": 1 + Math.log2(1 + e.rate), "marker-end": "url(#arrow)" }));
-    g.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 3, "text-anchor": "middle", class: "dur" }, rate(e.rate) + "/s"));
+    g.append(svg("line", { x1, y1, x2, y2, stroke: e.rate > 0 ? "#6f8fc9" : "#c3c8d0", "stroke-width": 1 + Math.log2(1 + e.rate), "marker-end": "url(#arrow)" }));
+    const label = e.rate > 0 ? rate(e.rate) + "/s" : e.total + " seen";
+    g.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, "text-anchor": "middle", class: "dur" }, label));
     kids.push(g);
   }
   for (const id of ids) {
@@ -265,13 +272,13 @@ function renderWaterfall(t) {
   const s = $("waterfall");
   s.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const x = (us) => label + ((us - start) / span) * (W - label - 60);
-  const kids = [svg("text", { x: label, y: 12, class: "dur" }, `${t.correlationId} · ${t.events} events · ${(span / 1000).toFixed(1)} ms`)];
+  const kids = [svg("text", { x: 4, y: 12, class: "dur" }, `${t.correlationId} · ${t.events} events · ${(span / 1000).toFixed(1)} ms`)];
   rows.forEach(([b, depth], i) => {
     const y = top + i * row;
     const status = b.reply ? b.reply.status : (b.kind === "send" ? "pending" : b.kind);
     const g = svg("g", { class: "step", "data-type": b.type, "data-depth": depth, "data-index": i, "data-status": status, "data-id": b.id });
     const colour = status === "error" ? "#d0443c" : status === "ok" || status === "stream" ? "#2f9e6b" : "#9aa3b2";
-    g.append(svg("text", { x: 4 + depth * 12, y: y + 14 }, `${b.type}  ${b.sender} → ${b.target === null ? "*" : b.target}`));
+    g.append(svg("text", { x: 4 + depth * 12, y: y + 14 }, short(`${b.type}  ${b.sender} → ${b.target === null ? "*" : b.target}`, 36 - depth * 2)));
     const x1 = x(b.receivedUs), x2 = b.durationMs !== undefined ? x(b.receivedUs + b.durationMs * 1000) : x1 + 3;
     g.append(svg("rect", { x: x1, y: y + 4, width: Math.max(3, x2 - x1), height: row - 8, rx: 2, fill: colour }));
     const note = b.durationMs !== undefined ? `${b.durationMs.toFixed(1)} ms` : (b.kind === "send" ? "no reply seen" : b.kind);
