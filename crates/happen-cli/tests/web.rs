@@ -52,6 +52,10 @@ async fn the_api_shows_nodes_a_waterfall_and_errors_while_a_page_is_open() {
     assert_eq!(orders["queueLimit"], 50, "{orders}");
     assert!(orders["pressure"].is_number(), "{orders}");
     assert!(orders["rates"]["accepted"].is_number(), "{orders}");
+    // discovery's newer counters reach the page
+    for key in ["displaced", "cancelled", "engineFaults"] {
+        assert_eq!(orders[key], 0, "{key} in {orders}");
+    }
 
     // one order: three events, three replies on the stream
     let corr = happen::CorrelationId::new();

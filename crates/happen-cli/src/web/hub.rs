@@ -252,6 +252,7 @@ impl Hub {
                     sum(|i| i.rejected),
                     sum(|i| i.completed),
                     sum(|i| i.failed),
+                    sum(|i| i.displaced),
                 ];
                 let rate: Vec<f64> = match rates.counters.get(n.id) {
                     Some(before) => total
@@ -259,7 +260,7 @@ impl Hub {
                         .zip(before.iter())
                         .map(|(now, then)| now.saturating_sub(*then) as f64 / secs)
                         .collect(),
-                    None => vec![0.0; 4],
+                    None => vec![0.0; 5],
                 };
                 counters.insert(n.id.to_owned(), total);
                 let high = n.replicas.iter().map(|r| r.info.high_water).max().unwrap_or(0);
@@ -276,7 +277,10 @@ impl Hub {
                     "underPressure": under,
                     "pressure": if high == 0 { 0.0 } else { queued as f64 / (high as f64 * n.replicas.len() as f64) },
                     "accepted": total[0], "rejected": total[1], "completed": total[2], "failed": total[3],
-                    "rates": {"accepted": rate[0], "rejected": rate[1], "completed": rate[2], "failed": rate[3]},
+                    "displaced": total[4],
+                    "cancelled": sum(|i| i.cancelled), "engineFaults": sum(|i| i.engine_faults),
+                    "unobservedFailures": sum(|i| i.unobserved_failures),
+                    "rates": {"accepted": rate[0], "rejected": rate[1], "completed": rate[2], "failed": rate[3], "displaced": rate[4]},
                     "queueWaitP99Us": n.replicas.iter().map(|r| r.info.queue_wait_p99_us).max().unwrap_or(0),
                 })
             })
@@ -311,7 +315,7 @@ impl Hub {
 #[derive(Default)]
 struct Rates {
     at: Option<u64>,
-    counters: HashMap<String, [u64; 4]>,
+    counters: HashMap<String, [u64; 5]>,
     edges: HashMap<(String, String), (u64, u64)>,
 }
 

@@ -201,7 +201,7 @@ function renderDetail(id) {
   const n = state.nodes && state.nodes.nodes.find((x) => x.id === id);
   const d = $("node-detail");
   if (!n) { d.textContent = ""; return; }
-  d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, completed ${n.completed}, failed ${n.failed}`,
+  d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, displaced ${n.displaced}, completed ${n.completed}, failed ${n.failed}, cancelled ${n.cancelled}, unobserved failures ${n.unobservedFailures}, engine faults ${n.engineFaults}; displaced/s ${rate(n.rates.displaced)}`,
     el("br"), ...n.replicas.map((r) => el("div", {},
       `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)));
 }
