@@ -21,7 +21,7 @@ pub(crate) struct Node<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Replica<'a> {
-    replica: &'a str,
+    pub(crate) replica: &'a str,
     process: &'a str,
     #[serde(flatten)]
     pub(crate) info: &'a NodeInfo,

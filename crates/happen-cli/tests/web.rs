@@ -352,3 +352,43 @@ async fn tap_and_the_page_say_when_the_connection_drops_and_returns() {
     page.until(|f| f.event == "status" && f.data["nats"] == "connected")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gone_from_discovery_is_a_warning() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, _client) = shop(&server.url()).await;
+    let (second, _c2) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    let two_replicas = |f: &Frame| {
+        f.event == "nodes"
+            && f.data["nodes"].as_array().is_some_and(|n| {
+                n.iter().any(|n| {
+                    n["id"] == "orders" && n["replicas"].as_array().map(Vec::len) == Some(2)
+                })
+            })
+    };
+    page.until(two_replicas).await;
+    second.shutdown(Duration::from_secs(2)).await;
+    let frames = page
+        .until(|f| {
+            f.event == "nodes"
+                && f.data["warnings"].as_array().is_some_and(|w| {
+                    w.iter()
+                        .any(|w| w["kind"] == "replica-gone" && w["node"] == "orders")
+                })
+        })
+        .await;
+    let warnings = &frames.last().unwrap().data["warnings"];
+    let orders = warnings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == "orders")
+        .unwrap();
+    assert_eq!(
+        orders["level"], "warning",
+        "one replica is left: {warnings}"
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+}

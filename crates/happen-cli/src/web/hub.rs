@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::store::{ErrorInfo, Reply, Store};
+use super::warnings::{NodeView, Warnings};
 use crate::conn::{self, Connection};
 use crate::nodes;
 use crate::tap::{self, Seen};
@@ -241,7 +242,30 @@ impl Hub {
             .at
             .map_or(1.0, |at| (now.saturating_sub(at) as f64 / 1e6).max(0.001));
         let mut counters = HashMap::new();
-        let nodes: Vec<Value> = nodes::by_node(processes)
+        let grouped = nodes::by_node(processes);
+        let views: Vec<NodeView<'_>> = grouped
+            .iter()
+            .map(|n| NodeView {
+                id: n.id,
+                replicas: n
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        let i = r.info;
+                        (
+                            r.replica,
+                            i.active + i.queued,
+                            i.under_pressure,
+                            i.rejected,
+                            i.engine_faults,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let warnings = rates.warnings.update(now, &views);
+        drop(views);
+        let nodes: Vec<Value> = grouped
             .into_iter()
             .map(|n| {
                 let sum = |f: fn(&happen_nats::discover::NodeInfo) -> u64| {
@@ -298,6 +322,7 @@ impl Hub {
         rates.at = Some(now);
         let snapshot = json!({
             "atUs": now, "processes": processes.len(), "nodes": nodes, "edges": edges,
+            "warnings": warnings,
         });
         *lock(&self.nodes) = Some(snapshot.clone());
         self.publish("nodes", None, snapshot.to_string());
@@ -317,6 +342,7 @@ struct Rates {
     at: Option<u64>,
     counters: HashMap<String, [u64; 5]>,
     edges: HashMap<(String, String), (u64, u64)>,
+    warnings: Warnings,
 }
 
 /// `%25` → `%`, `%0D`, `%0A` (the escapes of `WIRE.md`'s text headers).

@@ -5,7 +5,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /api/stream?pattern=P` | the event stream: `event` (a tapped event whose type matches `P`), `reply` (a request's reply paired with it), `nodes` (a discovery snapshot with rates, every second), `status` (the NATS connection), `gap` (frames were lost: reload) |
-//! | `GET /api/nodes` | the latest nodes snapshot (discovers now when no page is open) |
+//! | `GET /api/nodes` | the latest nodes snapshot with its warnings (discovers now when no page is open) |
 //! | `GET /api/transactions/{correlation-id}` | the causal tree of a transaction with each request's reply |
 //! | `GET /api/errors` | the error replies seen, grouped by kind, node and code, with the latest examples |
 //! | `GET /api/pattern?pattern=P` | checks a pattern (400 with the reason when it is not one) |
@@ -18,6 +18,7 @@
 
 mod hub;
 mod store;
+mod warnings;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -163,6 +163,9 @@ function onNodes(snap) {
   $("summary").textContent = `${snap.nodes.length} nodes, ${replicas} replicas, ${snap.processes} processes`;
   renderTable(snap);
   renderMap(snap);
+  $("warnings").replaceChildren(...(snap.warnings || []).map((w) =>
+    el("li", { class: "warning", "data-kind": w.kind, "data-node": w.node, "data-level": w.level },
+      `${w.level === "critical" ? "✖" : "⚠"} ${w.node}: ${w.message} (${w.kind}, since ${clock(w.sinceUs)})`)));
   if (state.selected) renderDetail(state.selected);
 }
 
