@@ -392,3 +392,65 @@ async fn a_replica_gone_from_discovery_is_a_warning() {
     );
     h.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_counts_and_dead_letters_with_their_errors() {
+    use happen::{Context, Error, ErrorKind, Event, Happen};
+    use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let config = NatsConfig::with_server(server.url()).with_durable(
+        "worker",
+        DurableNode::new(DeliveryMode::AtLeastOnce)
+            .with_max_deliveries(2)
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
+    );
+    let transport = NatsTransport::connect(config).await.unwrap();
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let worker = h.node("worker").await.unwrap();
+    worker
+        .on("job", |e: Event, _c: Context| async move {
+            if e.payload()["fail"] == true {
+                return Err(
+                    Error::new(ErrorKind::Handler, "cannot do this job").with_code("bad_job")
+                );
+            }
+            Ok(json!("done"))
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    client
+        .tell("worker", Event::new("job", json!({"fail": true})))
+        .unwrap();
+    client
+        .tell("worker", Event::new("job", json!({"fail": false})))
+        .unwrap();
+    let frames = page
+        .until(|f| f.event == "durable" && f.data["deadLetters"]["worker"] == 1)
+        .await;
+    let d = &frames.last().unwrap().data;
+    assert_eq!(d["stream"], "HAPPEN_DURABLE", "{d}");
+    let consumer = d["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == "worker")
+        .unwrap_or_else(|| panic!("the worker's consumer in {d}"));
+    assert!(
+        consumer["pending"].is_number() && consumer["redelivered"].is_number(),
+        "{consumer}"
+    );
+    let dead = &d["latestDeadLetters"][0];
+    assert_eq!(dead["node"], "worker", "{d}");
+    assert_eq!(dead["type"], "job");
+    assert_eq!(dead["errorKind"], "handler");
+    assert_eq!(dead["errorCode"], "bad_job");
+    assert_eq!(dead["deliveries"], "2");
+    assert_eq!(
+        web.get_json("/api/durable").await["deadLetters"]["worker"],
+        1
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+}

@@ -1,7 +1,7 @@
 //! The hub of `happen web`: numbered frames for the pages' event streams (kept in a ring so a
 //! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
-//! watch (a tap of every event, the reply subjects, discovery once a second, the connection
-//! state) runs only while at least one page is connected: with no page open the nodes pay
+//! watch (a tap of every event, the reply subjects, discovery once a second, the durable
+//! streams every two seconds, the connection state) runs only while at least one page is connected: with no page open the nodes pay
 //! nothing.
 
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::durable;
 use super::store::{ErrorInfo, Reply, Store};
 use super::warnings::{NodeView, Warnings};
 use crate::conn::{self, Connection};
@@ -26,6 +27,8 @@ use crate::time;
 const RING: usize = 4_096;
 /// How often the nodes are discovered while a page is open.
 pub(crate) const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often the durable streams are read while a page is open.
+pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(2);
 /// Payloads longer than this (as JSON) are cut in the event frames.
 const PAYLOAD_BYTES: usize = 2_048;
 
@@ -56,6 +59,7 @@ pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Frame>>,
     store: Mutex<Store>,
     nodes: Mutex<Option<Value>>,
+    durable: Mutex<Option<Value>>,
     status: Mutex<Value>,
 }
 
@@ -104,6 +108,7 @@ impl Hub {
             tx,
             store: Mutex::new(Store::default()),
             nodes: Mutex::new(None),
+            durable: Mutex::new(None),
             status: Mutex::new(json!({"nats": "connected"})),
         })
     }
@@ -157,6 +162,20 @@ impl Hub {
     /// The latest nodes snapshot (made by the watch), if a page is open.
     pub(crate) fn nodes(&self) -> Option<Value> {
         lock(&self.nodes).clone()
+    }
+
+    /// The latest durable snapshot (made by the watch), if a page is open.
+    pub(crate) fn durable(&self) -> Option<Value> {
+        lock(&self.durable).clone()
+    }
+
+    fn on_durable(&self, snapshot: Value) {
+        let mut last = lock(&self.durable);
+        if last.as_ref() != Some(&snapshot) {
+            *last = Some(snapshot.clone());
+            drop(last);
+            self.publish("durable", None, snapshot.to_string());
+        }
     }
 
     pub(crate) fn status(&self) -> Value {
@@ -401,6 +420,17 @@ async fn watch(hub: Arc<Hub>) {
             }
         }
     };
+    let durable = async {
+        let mut every = tokio::time::interval(DURABLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let prefix = transport.config().prefix.clone();
+        loop {
+            every.tick().await;
+            if let Some(d) = durable::snapshot(transport.client(), &prefix).await {
+                hub.on_durable(d);
+            }
+        }
+    };
     let connection = conn::watch_connection(&transport, |c| hub.on_connection(&c));
-    tokio::join!(taps, replies, discovery, connection);
+    tokio::join!(taps, replies, discovery, durable, connection);
 }

@@ -4,9 +4,10 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/stream?pattern=P` | the event stream: `event` (a tapped event whose type matches `P`), `reply` (a request's reply paired with it), `nodes` (a discovery snapshot with rates, every second), `status` (the NATS connection), `gap` (frames were lost: reload) |
+//! | `GET /api/stream?pattern=P` | the event stream: `event` (a tapped event whose type matches `P`), `reply` (a request's reply paired with it), `nodes` (a discovery snapshot with rates and warnings, every second), `durable` (when it changes), `status` (the NATS connection), `gap` (frames were lost: reload) |
 //! | `GET /api/nodes` | the latest nodes snapshot with its warnings (discovers now when no page is open) |
 //! | `GET /api/transactions/{correlation-id}` | the causal tree of a transaction with each request's reply |
+//! | `GET /api/durable` | per durable node its consumer's pending / ack-pending / redelivered counts, dead letters per node and the latest ones with their error headers (`{}` without durable nodes) |
 //! | `GET /api/errors` | the error replies seen, grouped by kind, node and code, with the latest examples |
 //! | `GET /api/pattern?pattern=P` | checks a pattern (400 with the reason when it is not one) |
 //! | `GET /api/status` | the NATS connection and how many pages are open |
@@ -16,6 +17,7 @@
 //! `HAPPEN_WEB_TOKEN`), given as `?token=` or `Authorization: Bearer`. The watch (tap,
 //! replies, discovery) runs only while a page is connected.
 
+mod durable;
 mod hub;
 mod store;
 mod warnings;
@@ -122,6 +124,7 @@ fn router(app: Shared) -> Router {
         .route("/api/nodes", get(nodes))
         .route("/api/transactions/{id}", get(transaction))
         .route("/api/errors", get(errors))
+        .route("/api/durable", get(durable_view))
         .route("/api/pattern", get(pattern))
         .route("/api/status", get(status))
         .route("/api/send", post(send))
@@ -329,6 +332,18 @@ async fn transaction(State(app): State<Shared>, Path(id): Path<String>) -> Respo
         )
         .into_response(),
     }
+}
+
+async fn durable_view(State(app): State<Shared>) -> Json<Value> {
+    if let Some(d) = app.hub.durable() {
+        return Json(d);
+    }
+    let t = app.hub.transport();
+    Json(
+        durable::snapshot(t.client(), &t.config().prefix)
+            .await
+            .unwrap_or_else(|| json!({})),
+    )
 }
 
 async fn errors(State(app): State<Shared>) -> Json<Value> {

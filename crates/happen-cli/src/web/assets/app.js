@@ -96,6 +96,7 @@ function connect() {
   source.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
   source.addEventListener("reply", (m) => onReply(JSON.parse(m.data)));
   source.addEventListener("nodes", (m) => onNodes(JSON.parse(m.data)));
+  source.addEventListener("durable", (m) => onDurable(JSON.parse(m.data)));
   source.addEventListener("gap", () => { $("tail").replaceChildren(); });
 }
 
@@ -294,6 +295,23 @@ function renderWaterfall(t) {
   s.replaceChildren(...kids);
 }
 
+// ---- durable ----
+
+function onDurable(d) {
+  if (!d || !d.stream) return;
+  $("durable-view").hidden = false;
+  const nodes = new Set([...d.consumers.map((c) => c.node), ...Object.keys(d.deadLetters)]);
+  $("durable").tBodies[0].replaceChildren(...[...nodes].sort().map((id) => {
+    const c = d.consumers.find((x) => x.node === id) || {};
+    return el("tr", { class: "durable-node", "data-node": id, "data-dead": d.deadLetters[id] || 0 },
+      el("td", {}, id), el("td", {}, c.pending ?? "-"), el("td", {}, c.ackPending ?? "-"),
+      el("td", {}, c.redelivered ?? "-"), el("td", {}, d.deadLetters[id] || 0));
+  }));
+  $("dead-letters").replaceChildren(...d.latestDeadLetters.map((l) =>
+    el("li", { class: "dead-letter", "data-node": l.node || "" },
+      `#${l.sequence} ${l.type} at ${l.node} after ${l.deliveries} deliveries: ${l.errorKind}${l.errorCode ? " " + l.errorCode : ""}: ${l.errorMessage}`)));
+}
+
 // ---- errors ----
 
 async function loadErrors() {
@@ -320,6 +338,8 @@ async function finishOnce() {
       if (r.ok) onNodes(await r.json());
     }
     await loadErrors();
+    const d = await fetch(api("api/durable"));
+    if (d.ok) onDurable(await d.json());
     if (state.txn) await loadTxn(state.txn);
   } finally {
     document.body.dataset.ready = "1";
