@@ -25,6 +25,9 @@ use crate::time;
 
 /// Frames kept for resuming pages.
 const RING: usize = 4_096;
+/// Frames a page may be behind before its stream is ended (it reconnects and resumes from
+/// the ring, or learns of the gap).
+const LIVE: usize = 16_384;
 /// How often the nodes are discovered while a page is open.
 pub(crate) const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// How often the durable streams are read while a page is open.
@@ -96,7 +99,7 @@ pub(crate) struct Joined {
 
 impl Hub {
     pub(crate) fn new(transport: NatsTransport) -> Arc<Hub> {
-        let (tx, _) = broadcast::channel(RING);
+        let (tx, _) = broadcast::channel(LIVE);
         Arc::new(Hub {
             transport,
             frames: Mutex::new(Frames {
@@ -191,7 +194,7 @@ impl Hub {
     }
 
     fn on_event(&self, seen: Seen, reply: Option<String>, rates: &mut Rates) {
-        lock(&self.store).event(&seen, reply.as_deref());
+        let early = lock(&self.store).event(&seen, reply.as_deref());
         if let Some(t) = &seen.target {
             let edge = rates
                 .edges
@@ -213,6 +216,19 @@ impl Hub {
             }
         }
         self.publish("event", Some(seen.event_type), v.to_string());
+        if let Some((req, reply)) = early {
+            self.publish_reply(&req, &reply);
+        }
+    }
+
+    fn publish_reply(&self, req: &Seen, reply: &Reply) {
+        let data = json!({
+            "eventId": req.id, "correlationId": req.correlation_id, "type": req.event_type,
+            "target": req.target, "sender": req.sender,
+            "durationMs": reply.received_us.saturating_sub(req.received_us) as f64 / 1000.0,
+            "reply": reply,
+        });
+        self.publish("reply", None, data.to_string());
     }
 
     fn on_reply(&self, msg: async_nats::Message) {
@@ -245,13 +261,7 @@ impl Hub {
         };
         let paired = lock(&self.store).reply(msg.subject.as_str(), reply);
         if let Some((req, reply)) = paired {
-            let data = json!({
-                "eventId": req.id, "correlationId": req.correlation_id, "type": req.event_type,
-                "target": req.target, "sender": req.sender,
-                "durationMs": reply.received_us.saturating_sub(req.received_us) as f64 / 1000.0,
-                "reply": reply,
-            });
-            self.publish("reply", None, data.to_string());
+            self.publish_reply(&req, &reply);
         }
     }
 

@@ -16,6 +16,9 @@ const TRANSACTIONS: usize = 2_000;
 const EVENTS_PER_TRANSACTION: usize = 500;
 /// Requests waiting for their reply (the oldest is forgotten first).
 const PENDING: usize = 20_000;
+/// Replies seen before their request (the tap and the reply subscription are two streams,
+/// read in no common order); the oldest is forgotten first.
+const EARLY: usize = 20_000;
 /// Latest examples kept per error group.
 const EXAMPLES: usize = 5;
 /// Error groups kept (beyond, new groups are counted in `other`).
@@ -105,14 +108,17 @@ pub(crate) struct Store {
     /// reply subject → (correlation id, event id)
     pending: HashMap<String, (String, String)>,
     pending_order: VecDeque<String>,
+    early: HashMap<String, Reply>,
+    early_order: VecDeque<String>,
     errors: BTreeMap<(String, String, String), Group>,
     other_errors: u64,
 }
 
 impl Store {
     /// Remembers an event (without its payload beyond what the caller kept) and, for a
-    /// request, its reply subject.
-    pub(crate) fn event(&mut self, seen: &Seen, reply: Option<&str>) {
+    /// request, its reply subject; returns the request with its reply when the reply was
+    /// seen first.
+    pub(crate) fn event(&mut self, seen: &Seen, reply: Option<&str>) -> Option<(Seen, Reply)> {
         let corr = &seen.correlation_id;
         if !self.transactions.contains_key(corr) {
             if self.order.len() >= TRANSACTIONS
@@ -130,6 +136,9 @@ impl Store {
             events.push(seen.clone());
         }
         if let Some(subject) = reply {
+            if let Some(early) = self.early.remove(subject) {
+                return self.pair(&corr.clone(), &seen.id, early);
+            }
             if self.pending.len() >= PENDING
                 && let Some(old) = self.pending_order.pop_front()
             {
@@ -139,23 +148,39 @@ impl Store {
                 .insert(subject.to_owned(), (corr.clone(), seen.id.clone()));
             self.pending_order.push_back(subject.to_owned());
         }
+        None
     }
 
     /// Pairs a message on a reply subject with its request; returns the request's event and
     /// the reply when it was one we waited for (later messages on the subject, stream frames,
     /// are not).
     pub(crate) fn reply(&mut self, subject: &str, reply: Reply) -> Option<(Seen, Reply)> {
-        let (corr, id) = self.pending.remove(subject)?;
+        let Some((corr, id)) = self.pending.remove(subject) else {
+            if !self.early.contains_key(subject) {
+                if self.early.len() >= EARLY
+                    && let Some(old) = self.early_order.pop_front()
+                {
+                    self.early.remove(&old);
+                }
+                self.early.insert(subject.to_owned(), reply);
+                self.early_order.push_back(subject.to_owned());
+            }
+            return None;
+        };
+        self.pair(&corr, &id, reply)
+    }
+
+    fn pair(&mut self, corr: &str, id: &str, reply: Reply) -> Option<(Seen, Reply)> {
         let seen = self
             .transactions
-            .get(&corr)?
+            .get(corr)?
             .iter()
             .find(|e| e.id == id)?
             .clone();
         if let Some(error) = &reply.error {
             self.error(&seen, reply.received_us, error.clone());
         }
-        self.replies.insert(id, reply.clone());
+        self.replies.insert(id.to_owned(), reply.clone());
         Some((seen, reply))
     }
 
@@ -289,6 +314,30 @@ mod tests {
         assert_eq!(errors["groups"][0]["node"], "n-b");
         assert_eq!(errors["groups"][0]["count"], 1);
         assert_eq!(errors["groups"][0]["latest"][0]["eventType"], "t.b");
+    }
+
+    #[test]
+    fn a_reply_seen_before_its_request_still_pairs() {
+        let mut store = Store::default();
+        let ok = Reply {
+            received_us: 900,
+            status: "ok",
+            error: None,
+        };
+        assert!(store.reply("_INBOX.x.9", ok).is_none());
+        let (req, reply) = store
+            .event(&seen("a", None, 1000), Some("_INBOX.x.9"))
+            .unwrap();
+        assert_eq!((req.id.as_str(), reply.status), ("a", "ok"));
+        assert_eq!(
+            store.transaction("txn").unwrap()["roots"][0]["reply"]["status"],
+            "ok"
+        );
+        assert!(
+            store
+                .event(&seen("b", None, 1000), Some("_INBOX.x.10"))
+                .is_none()
+        );
     }
 
     #[test]
