@@ -14,12 +14,7 @@ use serde_json::{Value, json};
 const LATEST: u64 = 10;
 
 fn header(h: &async_nats::HeaderMap, name: &str) -> Option<String> {
-    h.get(name).map(|v| {
-        v.as_str()
-            .replace("%0D", "\r")
-            .replace("%0A", "\n")
-            .replace("%25", "%")
-    })
+    h.get(name).map(|v| super::hub::percent_decode(v.as_str()))
 }
 
 /// The durable state of the system on `prefix` (the default stream names), or `None` when

@@ -374,11 +374,25 @@ struct Rates {
     warnings: Warnings,
 }
 
-/// `%25` → `%`, `%0D`, `%0A` (the escapes of `WIRE.md`'s text headers).
-fn percent_decode(s: &str) -> String {
-    s.replace("%0D", "\r")
-        .replace("%0A", "\n")
-        .replace("%25", "%")
+/// Undoes the escapes of `WIRE.md`'s text headers (`%25`, `%0D`, `%0A`) in one pass, so an
+/// escaped `%` followed by `0A` stays `%0A`; anything else is kept as it is.
+pub(super) fn percent_decode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (c, skip) = match tail.get(..3) {
+            Some("%25") => ('%', 3),
+            Some("%0D") => ('\r', 3),
+            Some("%0A") => ('\n', 3),
+            _ => ('%', 1),
+        };
+        out.push(c);
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The watch: while it runs, every event, reply and node snapshot becomes a frame.
@@ -443,4 +457,17 @@ async fn watch(hub: Arc<Hub>) {
     };
     let connection = conn::watch_connection(&transport, |c| hub.on_connection(&c));
     tokio::join!(taps, replies, discovery, durable, connection);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn header_escapes_are_undone_in_one_pass() {
+        assert_eq!(percent_decode("a%0Ab%0Dc"), "a\nb\rc");
+        assert_eq!(percent_decode("100%250A"), "100%0A");
+        assert_eq!(percent_decode("50% off %"), "50% off %");
+        assert_eq!(percent_decode("é%25"), "é%");
+    }
 }
