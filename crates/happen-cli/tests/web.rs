@@ -237,6 +237,14 @@ async fn bad_input_gets_clear_http_errors_and_sending_is_opt_in() {
     let (h, _client) = shop(&server.url()).await;
     let web = Web::start(&server.url(), &[]).await;
 
+    // without a token, only loopback names: no DNS rebinding onto the API
+    let r = reqwest::Client::new()
+        .get(web.url("/api/status"))
+        .header("host", "evil.example:4280")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let (code, body) = web.get("/api/stream?pattern=order.cre*").await;
     assert_eq!(code, 400);
     assert!(

@@ -14,7 +14,8 @@
 //! | `POST /api/send` | `{"node"?, "type", "payload"?}`: sends (or, without `node`, broadcasts) an event; only with `--allow-send` |
 //!
 //! Listens on loopback by default; any other address needs a token (`--token` or
-//! `HAPPEN_WEB_TOKEN`), given as `?token=` or `Authorization: Bearer`. The watch (tap,
+//! `HAPPEN_WEB_TOKEN`), given as `?token=` or `Authorization: Bearer`. Without a token the API
+//! answers only requests whose `Host` is a loopback name (against DNS rebinding). The watch (tap,
 //! replies, discovery) runs only while a page is connected.
 
 mod durable;
@@ -160,10 +161,38 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// With a token, every request presents it (`?token=` or `Authorization: Bearer`).
+/// Is `host` (a `Host` header) a name of this machine's loopback?
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// With a token, every request presents it (`?token=` or `Authorization: Bearer`). Without
+/// one (loopback only), the `Host` must be a loopback name: a web page elsewhere that rebinds
+/// its own name to 127.0.0.1 cannot read the API.
 async fn authorize(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let Some(token) = app.token.as_deref() else {
-        return next.run(req).await;
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if loopback_host(host) {
+            return next.run(req).await;
+        }
+        return Fail(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`Host: {host}` is not a loopback name; open the page as http://127.0.0.1:<port>/ or give happen web a token"
+            ),
+        )
+        .into_response();
     };
     let from_query = req.uri().query().and_then(|q| {
         q.split('&')
@@ -414,5 +443,32 @@ async fn send(State(app): State<Shared>, body: axum::body::Bytes) -> Response {
             Json(json!({"correlationId": correlation.to_string(), "error": {"kind": e.kind().as_str(), "message": e.message()}})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:4280",
+            "localhost:4280",
+            "LOCALHOST",
+            "[::1]:4280",
+            "127.0.0.2",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "evil.example:4280",
+            "10.0.0.1:4280",
+            "[::2]:1",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
     }
 }
