@@ -126,6 +126,71 @@ impl Sender {
     }
 }
 
+/// The state of a transport's connection to the NATS server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Connection {
+    Connected,
+    Disconnected,
+}
+
+impl Connection {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Connection::Connected => "connected",
+            Connection::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// How often [`watch_connection`] looks at the connection state.
+const CONNECTION_POLL: Duration = Duration::from_millis(200);
+
+/// Calls `changed` each time the connection of `transport` drops or comes back (looked at
+/// every 200 ms, without a node: a listening command has none); never returns.
+pub(crate) async fn watch_connection(
+    transport: &NatsTransport,
+    mut changed: impl FnMut(Connection),
+) -> std::convert::Infallible {
+    let mut last = Connection::Connected;
+    let mut every = tokio::time::interval(CONNECTION_POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = match transport.client().connection_state() {
+            async_nats::connection::State::Connected => Connection::Connected,
+            _ => Connection::Disconnected,
+        };
+        if now != last {
+            last = now;
+            changed(now);
+        }
+    }
+}
+
+/// [`watch_connection`] for the long-running commands (`tap`, `trace`, `web`): one line on
+/// stderr when the connection to `url` drops and when it comes back (with how long it was
+/// gone: events published meanwhile were not seen).
+pub(crate) async fn report_connection(
+    transport: &NatsTransport,
+    url: &str,
+) -> std::convert::Infallible {
+    let mut lost = None;
+    watch_connection(transport, |c| match c {
+        Connection::Disconnected => {
+            lost = Some(std::time::Instant::now());
+            eprintln!("happen: lost the connection to the nats server {url}; reconnecting");
+        }
+        Connection::Connected => {
+            let gone = lost.take().map(|at| at.elapsed()).unwrap_or_default();
+            eprintln!(
+                "happen: reconnected to the nats server {url} after {:.1}s (events published meanwhile were not seen)",
+                gone.as_secs_f64()
+            );
+        }
+    })
+    .await
+}
+
 /// `happen-cli-<8 hex digits>`: unique enough among the CLIs of one system.
 fn random_id() -> String {
     let nanos = std::time::SystemTime::now()

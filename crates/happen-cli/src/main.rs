@@ -7,6 +7,7 @@
 //! happen nodes                       the live nodes: replicas, limits, active/queued, pressure
 //! happen trace CORRELATION_ID        the causal tree of a transaction (live or --from FILE)
 //! happen bench send|broadcast ...    a load generator with a latency summary
+//! happen web                         a live view in the browser: nodes, tail, transactions, errors
 //! ```
 //!
 //! Errors are one line on stderr (`error: <kind>: <message>`), and the exit code tells the
@@ -20,7 +21,9 @@ mod send;
 mod tap;
 mod time;
 mod trace;
+mod web;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +57,23 @@ enum Command {
     /// Load a node (or all of them, by broadcasting) and summarise the latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve a live view of the system to a browser: nodes with their load and pressure, a
+    /// live tail, transaction waterfalls, errors. Watches only while a page is open.
+    Web(WebArgs),
+}
+
+#[derive(Args, Debug)]
+struct WebArgs {
+    /// The address to serve on; any address but loopback needs a token.
+    #[arg(long, default_value = "127.0.0.1:4280", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// The token pages and API calls must present (`?token=` or `Authorization: Bearer`);
+    /// required for a non-loopback address. Prefer the environment variable.
+    #[arg(long, env = "HAPPEN_WEB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Let the page send and broadcast events (`POST /api/send`, from a node `happen-web`).
+    #[arg(long)]
+    allow_send: bool,
 }
 
 /// Options of commands that create a sending node.
@@ -251,6 +271,7 @@ async fn run(cli: Cli) -> happen::Result<()> {
         Command::Trace(a) => trace::trace(&conn, a).await,
         Command::Bench(BenchCommand::Send(a)) => bench::send(&conn, a).await,
         Command::Bench(BenchCommand::Broadcast(a)) => bench::broadcast(&conn, a).await,
+        Command::Web(a) => web::web(&conn, a).await,
     }
 }
 

@@ -13,21 +13,21 @@ use crate::conn::ConnArgs;
 /// One node id and the processes serving it (the `--json` output).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Node<'a> {
-    id: &'a str,
-    replicas: Vec<Replica<'a>>,
+pub(crate) struct Node<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) replicas: Vec<Replica<'a>>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Replica<'a> {
-    replica: &'a str,
+pub(crate) struct Replica<'a> {
+    pub(crate) replica: &'a str,
     process: &'a str,
     #[serde(flatten)]
-    info: &'a NodeInfo,
+    pub(crate) info: &'a NodeInfo,
 }
 
-fn by_node(processes: &[ProcessInfo]) -> Vec<Node<'_>> {
+pub(crate) fn by_node(processes: &[ProcessInfo]) -> Vec<Node<'_>> {
     let mut nodes: BTreeMap<&str, Vec<Replica<'_>>> = BTreeMap::new();
     for p in processes {
         for n in &p.nodes {

@@ -84,10 +84,22 @@ impl Seen {
 /// [`happen_nats::tap::Tap`] of the transport's prefix: events come in the order the server
 /// delivers them; a message that is not an event is reported on stderr and skipped.
 pub(crate) async fn listen(transport: &NatsTransport) -> Result<impl Stream<Item = Seen> + use<>> {
+    Ok(listen_with_replies(transport)
+        .await?
+        .map(|(seen, _reply)| seen))
+}
+
+/// [`listen`], each event with its reply subject (`Some` for a request).
+pub(crate) async fn listen_with_replies(
+    transport: &NatsTransport,
+) -> Result<impl Stream<Item = (Seen, Option<String>)> + use<>> {
     let tap = transport.tap().await?;
     Ok(tap.filter_map(|tapped| {
         std::future::ready(match tapped {
-            Ok(t) => Some(seen(t)),
+            Ok(mut t) => {
+                let reply = t.reply.take();
+                Some((seen(t), reply))
+            }
             Err(undecodable) => {
                 eprintln!("warning: {undecodable}");
                 None
@@ -165,6 +177,8 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
     );
     let stop = after(a.duration);
     tokio::pin!(stop);
+    let connection = crate::conn::report_connection(&transport, &conn.url);
+    tokio::pin!(connection);
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     loop {
@@ -174,6 +188,7 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
         let mut event = tokio::select! {
             _ = &mut stop => break,
             _ = tokio::signal::ctrl_c() => break,
+            never = &mut connection => match never {},
             e = events.next() => match e {
                 Some(e) => e,
                 None => break,

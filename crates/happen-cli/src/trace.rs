@@ -139,6 +139,8 @@ pub(crate) async fn trace(conn: &ConnArgs, a: TraceArgs) -> Result<()> {
             );
             let stop = after(a.duration);
             tokio::pin!(stop);
+            let connection = crate::conn::report_connection(&transport, &conn.url);
+            tokio::pin!(connection);
             let mut events = Vec::new();
             loop {
                 let idle = after((!events.is_empty()).then_some(a.idle));
@@ -146,6 +148,7 @@ pub(crate) async fn trace(conn: &ConnArgs, a: TraceArgs) -> Result<()> {
                     _ = &mut stop => break,
                     _ = idle => break,
                     _ = tokio::signal::ctrl_c() => break,
+                    never = &mut connection => match never {},
                     e = stream.next() => match e {
                         Some(e) => e,
                         None => break,

@@ -147,6 +147,9 @@ async fn the_answer_on_the_wire() {
         "completed",
         "failed",
         "unobservedFailures",
+        "displaced",
+        "cancelled",
+        "engineFaults",
         "queueWaitP50Us",
         "queueWaitP99Us",
     ] {

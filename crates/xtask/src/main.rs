@@ -4,7 +4,8 @@
 //!   The NATS tests start their own `nats-server` on a free loopback port; when no
 //!   `nats-server` is found (`NATS_SERVER_BIN`, `PATH`, `/usr/sbin/nats-server`), it is
 //!   installed from the system's packages first (`apt-get install nats-server`, through `sudo`
-//!   when not root).
+//!   when not root). So is Debian's `chromium` for `happen web`'s browser test
+//!   (`CHROMIUM_BIN`, `chromium` or `chromium-browser` on `PATH`, `/usr/bin/chromium`).
 //! - `cargo xtask instructions [--check | --record]`: instructions per event of happen's
 //!   `tell` and `ask-seq` under valgrind's callgrind (load-independent: the same on a busy
 //!   machine), from `happen-bench --child` at two event counts, `(total(N2) − total(N1)) /
@@ -47,6 +48,14 @@ fn test(args: Vec<String>) -> ExitCode {
         "nats-server",
         find_nats_server,
         ", or set NATS_SERVER_BIN to its path",
+    ) {
+        eprintln!("xtask: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = ensure_installed(
+        "chromium",
+        find_chromium,
+        ", or set CHROMIUM_BIN to its path",
     ) {
         eprintln!("xtask: {e}");
         return ExitCode::FAILURE;
@@ -133,4 +142,20 @@ fn find_nats_server() -> Option<PathBuf> {
         let fallback = Path::new("/usr/sbin/nats-server");
         fallback.is_file().then(|| fallback.to_path_buf())
     })
+}
+
+/// Finds a headless-capable chromium the way `happen web`'s browser test does
+/// (`crates/happen-cli/tests/web_browser.rs`): `CHROMIUM_BIN` (which then must exist),
+/// `chromium` or `chromium-browser` on `PATH`, `/usr/bin/chromium`.
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(bin) = env::var_os("CHROMIUM_BIN") {
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
+    }
+    on_path("chromium")
+        .or_else(|| on_path("chromium-browser"))
+        .or_else(|| {
+            let fallback = Path::new("/usr/bin/chromium");
+            fallback.is_file().then(|| fallback.to_path_buf())
+        })
 }

@@ -320,8 +320,16 @@ async fn floor_broadcast(url: String, n: u64, format: Format) -> RunResult {
 
 // ---- happen over happen-nats -------------------------------------------------------------------
 
-/// A fresh subject prefix per run, so runs never see each other's messages.
+/// A fresh subject prefix per run, so runs never see each other's messages; or every run on
+/// `HAPPEN_BENCH_PREFIX` when set, so that a watcher (`happen web --prefix P`, `happen tap`)
+/// can follow the workload (how `happen web`'s overhead is measured; see DESIGN.md).
 fn prefix() -> String {
+    if let Some(p) = std::env::var("HAPPEN_BENCH_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return p;
+    }
     static RUN: AtomicU64 = AtomicU64::new(0);
     format!(
         "bench{}x{}",

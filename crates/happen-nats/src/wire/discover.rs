@@ -55,6 +55,13 @@ pub struct NodeInfo {
     pub failed: u64,
     /// Failures nobody awaited (logged and counted at the node).
     pub unobserved_failures: u64,
+    /// Queued events pushed out of a full priority queue by a higher-priority one (their
+    /// senders got `queue_full`). Zero in answers of processes that predate the field.
+    pub displaced: u64,
+    /// Streaming flows stopped because their consumer went away. Zero in older answers.
+    pub cancelled: u64,
+    /// Faults of happen's engine itself at the node (never user code). Zero in older answers.
+    pub engine_faults: u64,
     /// Median queue wait, in microseconds.
     pub queue_wait_p50_us: u64,
     /// 99th percentile of the queue wait, in microseconds.
@@ -87,6 +94,9 @@ impl NodeInfo {
             completed: stats.completed,
             failed: stats.failed,
             unobserved_failures: stats.unobserved_failures,
+            displaced: stats.displaced,
+            cancelled: stats.cancelled,
+            engine_faults: stats.engine_faults,
             queue_wait_p50_us: micros(stats.queue_wait_p50),
             queue_wait_p99_us: micros(stats.queue_wait_p99),
         }

@@ -60,6 +60,10 @@ pub struct Tapped {
     pub target: Option<NodeId>,
     /// The event.
     pub event: Event,
+    /// The request's reply subject (`Some` for a [`TapKind::Send`]): the answer is published
+    /// there, so a watcher that also listens on the reply subjects (`_INBOX.>`) can pair each
+    /// answer with its request.
+    pub reply: Option<String>,
 }
 
 /// A message on an event subject that is not a happen event.
@@ -165,6 +169,7 @@ impl Tap {
             kind,
             target,
             event,
+            reply: msg.reply.map(|r| r.to_string()),
         }))
     }
 }

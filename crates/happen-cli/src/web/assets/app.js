@@ -1,0 +1,375 @@
+// happen web: one event stream (/api/stream) and a few JSON calls; DOM and SVG by hand.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+// `?once`: render what the server kept, then stop (a headless browser's snapshot)
+const once = params.has("once");
+const SVGNS = "http://www.w3.org/2000/svg";
+const MAX_TAIL = 500;
+const HISTORY = 60;
+
+const state = {
+  nodes: null,
+  history: {},
+  held: [],
+  selected: null,
+  txn: params.get("txn"),
+  byEvent: new Map(),
+};
+
+const $ = (id) => document.getElementById(id);
+
+function api(path, extra) {
+  const u = new URL(path, location.href);
+  if (token) u.searchParams.set("token", token);
+  for (const [k, v] of Object.entries(extra || {})) u.searchParams.set(k, v);
+  return u.toString();
+}
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
+  return e;
+}
+
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function badge(id, text, kind) {
+  const b = $(id);
+  b.textContent = text;
+  b.className = "badge " + kind;
+}
+
+function clock(us) {
+  const d = new Date(us / 1000);
+  return d.toISOString().slice(11, 23);
+}
+
+function micros(us) {
+  if (!us) return "-";
+  if (us < 1000) return us + "µs";
+  if (us < 1e6) return (us / 1000).toFixed(1) + "ms";
+  return (us / 1e6).toFixed(2) + "s";
+}
+
+function short(text, n) {
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
+function rate(r) {
+  return r >= 10 ? r.toFixed(0) : r.toFixed(1);
+}
+
+// green → amber → red with the queue's share of its high-water mark
+function pressureColour(p, under) {
+  if (under) return "#d0443c";
+  if (p >= 0.5) return "#d99a1e";
+  return "#2f9e6b";
+}
+
+// ---- the event stream ----
+
+let source = null;
+
+function connect() {
+  if (source) source.close();
+  const extra = {};
+  const p = $("filter").value.trim();
+  if (p) extra.pattern = p;
+  if (once) extra.once = "1";
+  source = new EventSource(api("api/stream", extra));
+  source.onopen = () => badge("conn-page", "page: connected", "ok");
+  source.onerror = () => {
+    if (once) { source.close(); finishOnce(); return; }
+    badge("conn-page", "page: connection to happen web lost, retrying…", "bad");
+  };
+  source.addEventListener("status", (m) => onStatus(JSON.parse(m.data)));
+  source.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
+  source.addEventListener("reply", (m) => onReply(JSON.parse(m.data)));
+  source.addEventListener("nodes", (m) => onNodes(JSON.parse(m.data)));
+  source.addEventListener("durable", (m) => onDurable(JSON.parse(m.data)));
+  source.addEventListener("gap", () => { $("tail").replaceChildren(); });
+}
+
+function onStatus(s) {
+  if (s.nats === "connected") badge("conn-nats", "nats: connected", "ok");
+  else if (s.nats === "disconnected") badge("conn-nats", "nats: disconnected, reconnecting…", "bad");
+  else badge("conn-nats", "nats: " + (s.error || s.nats), "bad");
+}
+
+// ---- live tail ----
+
+function onEvent(e) {
+  if ($("pause").checked) {
+    state.held.push(e);
+    $("filter-note").textContent = state.held.length + " new while paused";
+    return;
+  }
+  addTail(e);
+}
+
+function addTail(e) {
+  const li = el("li", { "data-type": e.type, "data-id": e.id, "data-corr": e.correlationId, title: e.correlationId },
+    el("span", { class: "time" }, clock(e.receivedUs)), " ",
+    el("span", { class: "t" }, e.type), " ",
+    el("span", { class: "route" }, `${e.sender} → ${e.target === null ? "*" : e.target}${e.kind === "tell" ? " (tell)" : ""}`), " ",
+    el("span", { class: "ids" }, e.correlationId.slice(0, 12)), " ",
+    el("span", { class: "p" }, e.payload === undefined ? "" : JSON.stringify(e.payload)));
+  li.addEventListener("click", () => showTxn(e.correlationId));
+  const tail = $("tail");
+  tail.prepend(li);
+  state.byEvent.set(e.id, li);
+  while (tail.children.length > MAX_TAIL) {
+    const last = tail.lastElementChild;
+    state.byEvent.delete(last.dataset.id);
+    last.remove();
+  }
+}
+
+function onReply(r) {
+  const li = state.byEvent.get(r.eventId);
+  if (li) {
+    li.dataset.status = r.reply.status;
+    li.querySelector(".route").append(` ${r.durationMs.toFixed(1)}ms`);
+  }
+  if (state.txn === r.correlationId) later("txn", () => loadTxn(state.txn), 200);
+  if (r.reply.status === "error") later("errors", loadErrors, 300);
+}
+
+const timers = {};
+function later(key, f, ms) {
+  if (timers[key]) return;
+  timers[key] = setTimeout(() => { timers[key] = null; f(); }, ms);
+}
+
+// ---- nodes ----
+
+function onNodes(snap) {
+  state.nodes = snap;
+  for (const n of snap.nodes) {
+    const h = state.history[n.id] || (state.history[n.id] = []);
+    h.push(n.active + n.queued);
+    if (h.length > HISTORY) h.shift();
+  }
+  const replicas = snap.nodes.reduce((a, n) => a + n.replicas.length, 0);
+  $("summary").textContent = `${snap.nodes.length} nodes, ${replicas} replicas, ${snap.processes} processes`;
+  renderTable(snap);
+  renderMap(snap);
+  $("warnings").replaceChildren(...(snap.warnings || []).map((w) =>
+    el("li", { class: "warning", "data-kind": w.kind, "data-node": w.node, "data-level": w.level },
+      `${w.level === "critical" ? "✖" : "⚠"} ${w.node}: ${w.message} (${w.kind}, since ${clock(w.sinceUs)})`)));
+  if (state.selected) renderDetail(state.selected);
+}
+
+function sparkline(values) {
+  const w = 80, h = 18, max = Math.max(1, ...values);
+  const s = svg("svg", { width: w, height: h, class: "spark" });
+  const pts = values.map((v, i) => `${(i / Math.max(1, HISTORY - 1)) * w},${h - 1 - (v / max) * (h - 2)}`).join(" ");
+  s.append(svg("polyline", { points: pts, fill: "none", stroke: "#3a6fd8", "stroke-width": 1.2 }));
+  return s;
+}
+
+function renderTable(snap) {
+  const body = $("nodes").tBodies[0];
+  body.replaceChildren(...snap.nodes.map((n) => {
+    const p = Math.min(1, n.pressure || 0);
+    const bar = el("span", { class: "bar" });
+    const fill = el("i");
+    fill.style.width = Math.round(p * 100) + "%";
+    fill.style.background = pressureColour(p, n.underPressure > 0);
+    bar.append(fill);
+    const label = n.underPressure > 0 ? `high (${n.underPressure}/${n.replicas.length})` : "normal";
+    const tr = el("tr", { class: "node" + (state.selected === n.id ? " selected" : ""), "data-node": n.id,
+      "data-pressure": p.toFixed(2), "data-under-pressure": String(n.underPressure > 0), "data-queued": n.queued },
+      el("td", {}, n.id), el("td", {}, n.replicas.length),
+      el("td", {}, `${n.maxConcurrent} / ${n.queueLimit} (high ${n.highWater})`),
+      el("td", {}, n.active), el("td", {}, n.queued),
+      el("td", { class: "pressure" }, bar, " ", label),
+      el("td", {}, rate(n.rates.accepted)), el("td", {}, rate(n.rates.rejected)), el("td", {}, rate(n.rates.failed)),
+      el("td", {}, micros(n.queueWaitP99Us)), el("td", {}, sparkline(state.history[n.id] || [])));
+    tr.addEventListener("click", () => { state.selected = n.id; renderTable(state.nodes); renderDetail(n.id); });
+    return tr;
+  }));
+}
+
+function renderDetail(id) {
+  const n = state.nodes && state.nodes.nodes.find((x) => x.id === id);
+  const d = $("node-detail");
+  if (!n) { d.textContent = ""; return; }
+  d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, displaced ${n.displaced}, completed ${n.completed}, failed ${n.failed}, cancelled ${n.cancelled}, unobserved failures ${n.unobservedFailures}, engine faults ${n.engineFaults}; displaced/s ${rate(n.rates.displaced)}`,
+    el("br"), ...n.replicas.map((r) => el("div", {},
+      `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)));
+}
+
+function renderMap(snap) {
+  const map = $("map");
+  const W = 560, H = 280, cx = W / 2, cy = H / 2 - 8, RX = W / 2 - 80, RY = H / 2 - 42;
+  const ids = snap.nodes.map((n) => n.id);
+  for (const e of snap.edges) for (const id of [e.from, e.to]) if (!ids.includes(id)) ids.push(id);
+  const pos = {};
+  ids.forEach((id, i) => {
+    const a = (i / Math.max(1, ids.length)) * 2 * Math.PI - Math.PI / 2;
+    pos[id] = [cx + RX * Math.cos(a), cy + RY * Math.sin(a)];
+  });
+  const kids = [svg("defs", {})];
+  kids[0].append(Object.assign(svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto" })));
+  kids[0].firstChild.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9aa3b2" }));
+  for (const e of snap.edges) {
+    const [ax, ay] = pos[e.from], [bx, by] = pos[e.to];
+    const len = Math.max(1, Math.hypot(bx - ax, by - ay));
+    const [x1, y1, x2, y2] = [ax + (bx - ax) * 18 / len, ay + (by - ay) * 18 / len, bx - (bx - ax) * 22 / len, by - (by - ay) * 22 / len];
+    const g = svg("g", { class: "edge", "data-from": e.from, "data-to": e.to });
+    g.append(svg("line", { x1, y1, x2, y2, stroke: e.rate > 0 ? "#6f8fc9" : "#c3c8d0", "stroke-width": 1 + Math.log2(1 + e.rate), "marker-end": "url(#arrow)" }));
+    const label = e.rate > 0 ? rate(e.rate) + "/s" : e.total + " seen";
+    g.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, "text-anchor": "middle", class: "dur" }, label));
+    kids.push(g);
+  }
+  for (const id of ids) {
+    const n = snap.nodes.find((x) => x.id === id);
+    const [x, y] = pos[id];
+    const g = svg("g", { class: "map-node", "data-node": id });
+    const fill = n ? pressureColour(Math.min(1, n.pressure || 0), n.underPressure > 0) : "#c9ced6";
+    g.append(svg("circle", { cx: x, cy: y, r: 14 + (n ? Math.min(10, n.replicas.length * 3) : 0), fill, opacity: 0.85 }));
+    g.append(svg("text", { x, y: y + 32, "text-anchor": "middle" }, n ? `${id} ×${n.replicas.length}` : id));
+    if (n) g.append(svg("text", { x, y: y + 4, "text-anchor": "middle", fill: "#fff" }, String(n.active + n.queued)));
+    g.addEventListener("click", () => { state.selected = id; if (state.nodes) renderTable(state.nodes); renderDetail(id); });
+    kids.push(g);
+  }
+  map.replaceChildren(...kids);
+}
+
+// ---- transaction waterfall ----
+
+function showTxn(corr) {
+  state.txn = corr;
+  $("txn").value = corr;
+  loadTxn(corr);
+}
+
+async function loadTxn(corr) {
+  if (!corr) return;
+  const r = await fetch(api("api/transactions/" + encodeURIComponent(corr)));
+  const body = await r.json();
+  if (!r.ok) { $("txn-note").textContent = body.error; $("waterfall").replaceChildren(); return; }
+  $("txn-note").textContent = "";
+  renderWaterfall(body);
+}
+
+function renderWaterfall(t) {
+  const rows = [];
+  const walk = (b, depth) => { rows.push([b, depth]); for (const c of b.children) walk(c, depth + 1); };
+  for (const r of t.roots) walk(r, 0);
+  const start = Math.min(...rows.map(([b]) => b.receivedUs));
+  const end = Math.max(...rows.map(([b]) => b.receivedUs + (b.durationMs || 0) * 1000));
+  const span = Math.max(1, end - start);
+  const W = 560, label = 230, row = 22, top = 18;
+  const H = top + rows.length * row + 6;
+  const s = $("waterfall");
+  s.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const x = (us) => label + ((us - start) / span) * (W - label - 60);
+  const kids = [svg("text", { x: 4, y: 12, class: "dur" }, `${t.correlationId} · ${t.events} events · ${(span / 1000).toFixed(1)} ms`)];
+  rows.forEach(([b, depth], i) => {
+    const y = top + i * row;
+    const status = b.reply ? b.reply.status : (b.kind === "send" ? "pending" : b.kind);
+    const g = svg("g", { class: "step", "data-type": b.type, "data-depth": depth, "data-index": i, "data-status": status, "data-id": b.id });
+    const colour = status === "error" ? "#d0443c" : status === "ok" || status === "stream" ? "#2f9e6b" : "#9aa3b2";
+    g.append(svg("text", { x: 4 + depth * 12, y: y + 14 }, short(`${b.type}  ${b.sender} → ${b.target === null ? "*" : b.target}`, 36 - depth * 2)));
+    const x1 = x(b.receivedUs), x2 = b.durationMs !== undefined ? x(b.receivedUs + b.durationMs * 1000) : x1 + 3;
+    g.append(svg("rect", { x: x1, y: y + 4, width: Math.max(3, x2 - x1), height: row - 8, rx: 2, fill: colour }));
+    const note = b.durationMs !== undefined ? `${b.durationMs.toFixed(1)} ms` : (b.kind === "send" ? "no reply seen" : b.kind);
+    const err = b.reply && b.reply.error ? ` ${b.reply.error.kind}${b.reply.error.code ? " " + b.reply.error.code : ""}` : "";
+    g.append(svg("text", { x: Math.max(x1, x2) + 4, y: y + 14, class: "dur" }, note + err));
+    const tip = svg("title", {}, `${b.id}\n+${b.offsetMs.toFixed(1)} ms${b.reply && b.reply.error ? "\n" + b.reply.error.message : ""}`);
+    g.append(tip);
+    kids.push(g);
+  });
+  s.replaceChildren(...kids);
+}
+
+// ---- durable ----
+
+function onDurable(d) {
+  if (!d || !d.stream) return;
+  $("durable-view").hidden = false;
+  const nodes = new Set([...d.consumers.map((c) => c.node), ...Object.keys(d.deadLetters)]);
+  $("durable").tBodies[0].replaceChildren(...[...nodes].sort().map((id) => {
+    const c = d.consumers.find((x) => x.node === id) || {};
+    return el("tr", { class: "durable-node", "data-node": id, "data-dead": d.deadLetters[id] || 0 },
+      el("td", {}, id), el("td", {}, c.pending ?? "-"), el("td", {}, c.ackPending ?? "-"),
+      el("td", {}, c.redelivered ?? "-"), el("td", {}, d.deadLetters[id] || 0));
+  }));
+  $("dead-letters").replaceChildren(...d.latestDeadLetters.map((l) =>
+    el("li", { class: "dead-letter", "data-node": l.node || "" },
+      `#${l.sequence} ${l.type} at ${l.node} after ${l.deliveries} deliveries: ${l.errorKind}${l.errorCode ? " " + l.errorCode : ""}: ${l.errorMessage}`)));
+}
+
+// ---- errors ----
+
+async function loadErrors() {
+  const r = await fetch(api("api/errors"));
+  if (!r.ok) return;
+  const body = await r.json();
+  $("errors").tBodies[0].replaceChildren(...body.groups.map((g) => {
+    const ex = g.latest[0];
+    const origin = ex && ex.error.chain && ex.error.chain.length ? ex.error.chain[ex.error.chain.length - 1] : null;
+    const link = ex ? el("a", { onclick: () => showTxn(ex.correlationId) }, ex.eventType) : "";
+    return el("tr", { class: "error-group", "data-kind": g.kind, "data-node": g.node, "data-code": g.code },
+      el("td", {}, g.kind), el("td", {}, g.node), el("td", {}, g.code), el("td", {}, g.count),
+      el("td", { class: "msg" }, link, ex ? ": " + ex.error.message : "",
+        origin ? el("div", { class: "origin" }, `origin: ${origin.kind} at ${origin.node || "?"}${origin.code ? " (" + origin.code + ")" : ""}`) : null));
+  }));
+}
+
+// ---- one-shot rendering and start ----
+
+async function finishOnce() {
+  try {
+    if (!state.nodes) {
+      const r = await fetch(api("api/nodes"));
+      if (r.ok) onNodes(await r.json());
+    }
+    await loadErrors();
+    const d = await fetch(api("api/durable"));
+    if (d.ok) onDurable(await d.json());
+    if (state.txn) await loadTxn(state.txn);
+  } finally {
+    document.body.dataset.ready = "1";
+  }
+}
+
+$("tail-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const p = $("filter").value.trim();
+  const r = await fetch(api("api/pattern", { pattern: p }));
+  if (!r.ok) { $("filter-note").textContent = (await r.json()).error; return; }
+  $("filter-note").textContent = "";
+  $("tail").replaceChildren();
+  state.byEvent.clear();
+  connect();
+});
+$("pause").addEventListener("change", () => {
+  if ($("pause").checked) return;
+  for (const e of state.held) addTail(e);
+  state.held = [];
+  $("filter-note").textContent = "";
+});
+$("payloads").addEventListener("change", () => $("tail").classList.toggle("show-payloads", $("payloads").checked));
+$("txn-form").addEventListener("submit", (ev) => { ev.preventDefault(); showTxn($("txn").value.trim()); });
+
+if (params.get("filter")) $("filter").value = params.get("filter");
+if (params.has("payloads")) { $("payloads").checked = true; $("tail").classList.add("show-payloads"); }
+if (state.txn) $("txn").value = state.txn;
+connect();
+if (!once) {
+  loadErrors();
+  if (state.txn) loadTxn(state.txn);
+}

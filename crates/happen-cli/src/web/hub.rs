@@ -1,0 +1,473 @@
+//! The hub of `happen web`: numbered frames for the pages' event streams (kept in a ring so a
+//! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
+//! watch (a tap of every event, the reply subjects, discovery once a second, the durable
+//! streams every two seconds, the connection state) runs only while at least one page is connected: with no page open the nodes pay
+//! nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use happen_nats::NatsTransport;
+use happen_nats::discover::ProcessInfo;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::durable;
+use super::store::{ErrorInfo, Reply, Store};
+use super::warnings::{NodeView, Warnings};
+use crate::conn::{self, Connection};
+use crate::nodes;
+use crate::tap::{self, Seen};
+use crate::time;
+
+/// Frames kept for resuming pages.
+const RING: usize = 4_096;
+/// Frames a page may be behind before its stream is ended (it reconnects and resumes from
+/// the ring, or learns of the gap).
+const LIVE: usize = 16_384;
+/// How often the nodes are discovered while a page is open.
+pub(crate) const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often the durable streams are read while a page is open.
+pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(2);
+/// Payloads longer than this (as JSON) are cut in the event frames.
+const PAYLOAD_BYTES: usize = 2_048;
+
+/// One message of the pages' event stream.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// Its `id:` (increasing from 1).
+    pub(crate) id: u64,
+    /// Its `event:` name: `event`, `reply`, `nodes`, `status`.
+    pub(crate) name: &'static str,
+    /// The event type, for `event` frames (the pages' pattern filter).
+    pub(crate) event_type: Option<String>,
+    /// Its `data:` (JSON).
+    pub(crate) data: String,
+}
+
+struct Frames {
+    next: u64,
+    ring: VecDeque<Arc<Frame>>,
+    watchers: usize,
+    watch: Option<JoinHandle<()>>,
+}
+
+/// What the pages share.
+pub(crate) struct Hub {
+    transport: NatsTransport,
+    frames: Mutex<Frames>,
+    tx: broadcast::Sender<Arc<Frame>>,
+    store: Mutex<Store>,
+    nodes: Mutex<Option<Value>>,
+    durable: Mutex<Option<Value>>,
+    status: Mutex<Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connected page: the watch runs while one exists.
+pub(crate) struct Watcher {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut f = lock(&self.hub.frames);
+        f.watchers -= 1;
+        if f.watchers == 0
+            && let Some(watch) = f.watch.take()
+        {
+            // dropping the tap and the reply subscription unsubscribes
+            watch.abort();
+        }
+    }
+}
+
+/// What a new page starts from: the frames after its `Last-Event-ID`, and the live ones.
+pub(crate) struct Joined {
+    pub(crate) watcher: Watcher,
+    pub(crate) replay: Vec<Arc<Frame>>,
+    /// The page's `Last-Event-ID` is older than the ring: frames were lost.
+    pub(crate) gap: bool,
+    pub(crate) live: broadcast::Receiver<Arc<Frame>>,
+}
+
+impl Hub {
+    pub(crate) fn new(transport: NatsTransport) -> Arc<Hub> {
+        let (tx, _) = broadcast::channel(LIVE);
+        Arc::new(Hub {
+            transport,
+            frames: Mutex::new(Frames {
+                next: 1,
+                ring: VecDeque::new(),
+                watchers: 0,
+                watch: None,
+            }),
+            tx,
+            store: Mutex::new(Store::default()),
+            nodes: Mutex::new(None),
+            durable: Mutex::new(None),
+            status: Mutex::new(json!({"nats": "connected"})),
+        })
+    }
+
+    pub(crate) fn transport(&self) -> &NatsTransport {
+        &self.transport
+    }
+
+    /// How many pages are connected.
+    pub(crate) fn watchers(&self) -> usize {
+        lock(&self.frames).watchers
+    }
+
+    /// Numbers a frame, keeps it, and hands it to the connected pages (under one lock, so a
+    /// joining page sees every frame exactly once: in its replay or live).
+    fn publish(&self, name: &'static str, event_type: Option<String>, data: String) {
+        let mut f = lock(&self.frames);
+        let frame = Arc::new(Frame {
+            id: f.next,
+            name,
+            event_type,
+            data,
+        });
+        f.next += 1;
+        if f.ring.len() >= RING {
+            f.ring.pop_front();
+        }
+        f.ring.push_back(frame.clone());
+        let _no_page = self.tx.send(frame);
+    }
+
+    /// A page connects (after `last`, its `Last-Event-ID`): starts the watch if it is the first.
+    pub(crate) fn join(self: &Arc<Hub>, last: Option<u64>) -> Joined {
+        let mut f = lock(&self.frames);
+        f.watchers += 1;
+        if f.watch.is_none() {
+            f.watch = Some(tokio::spawn(watch(self.clone())));
+        }
+        let live = self.tx.subscribe();
+        let first = f.ring.front().map_or(f.next, |fr| fr.id);
+        let after = last.unwrap_or(0);
+        let replay = f.ring.iter().filter(|fr| fr.id > after).cloned().collect();
+        Joined {
+            watcher: Watcher { hub: self.clone() },
+            replay,
+            gap: last.is_some_and(|l| l + 1 < first),
+            live,
+        }
+    }
+
+    /// The latest nodes snapshot (made by the watch), if a page is open.
+    pub(crate) fn nodes(&self) -> Option<Value> {
+        lock(&self.nodes).clone()
+    }
+
+    /// The latest durable snapshot (made by the watch), if a page is open.
+    pub(crate) fn durable(&self) -> Option<Value> {
+        lock(&self.durable).clone()
+    }
+
+    fn on_durable(&self, snapshot: Value) {
+        let mut last = lock(&self.durable);
+        if last.as_ref() != Some(&snapshot) {
+            *last = Some(snapshot.clone());
+            drop(last);
+            self.publish("durable", None, snapshot.to_string());
+        }
+    }
+
+    pub(crate) fn status(&self) -> Value {
+        lock(&self.status).clone()
+    }
+
+    pub(crate) fn transaction(&self, corr: &str) -> Option<Value> {
+        lock(&self.store).transaction(corr)
+    }
+
+    pub(crate) fn errors(&self) -> Value {
+        lock(&self.store).errors()
+    }
+
+    fn on_event(&self, seen: Seen, reply: Option<String>, rates: &mut Rates) {
+        let early = lock(&self.store).event(&seen, reply.as_deref());
+        if let Some(t) = &seen.target {
+            let edge = rates
+                .edges
+                .entry((seen.sender.clone(), t.clone()))
+                .or_default();
+            edge.0 += 1;
+            edge.1 += 1;
+        }
+        let mut v = serde_json::to_value(&seen).unwrap_or(Value::Null);
+        if let Some(p) = &seen.payload {
+            let text = p.to_string();
+            if text.len() > PAYLOAD_BYTES {
+                let cut = (0..=PAYLOAD_BYTES)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                v["payload"] = json!(format!("{}… ({} bytes)", &text[..cut], text.len()));
+                v["payloadCut"] = json!(true);
+            }
+        }
+        self.publish("event", Some(seen.event_type), v.to_string());
+        if let Some((req, reply)) = early {
+            self.publish_reply(&req, &reply);
+        }
+    }
+
+    fn publish_reply(&self, req: &Seen, reply: &Reply) {
+        let data = json!({
+            "eventId": req.id, "correlationId": req.correlation_id, "type": req.event_type,
+            "target": req.target, "sender": req.sender,
+            "durationMs": reply.received_us.saturating_sub(req.received_us) as f64 / 1000.0,
+            "reply": reply,
+        });
+        self.publish("reply", None, data.to_string());
+    }
+
+    fn on_reply(&self, msg: async_nats::Message) {
+        let headers = msg.headers.as_ref();
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| percent_decode(v.as_str()))
+        };
+        let status = match get("Happen-Status").as_deref() {
+            Some("error") => "error",
+            Some("stream") => "stream",
+            // stream frames and credit are not the first answer
+            _ if get("Happen-Frame").is_some() || get("Happen-Credit").is_some() => return,
+            _ => "ok",
+        };
+        let error = (status == "error").then(|| {
+            ErrorInfo::from_body(&msg.payload).unwrap_or_else(|| ErrorInfo {
+                kind: get("Happen-Error-Kind").unwrap_or_else(|| "transport".to_owned()),
+                message: get("Happen-Error-Message").unwrap_or_default(),
+                node: get("Happen-Error-Node"),
+                code: get("Happen-Error-Code"),
+                chain: Vec::new(),
+            })
+        });
+        let reply = Reply {
+            received_us: time::now_us(),
+            status,
+            error,
+        };
+        let paired = lock(&self.store).reply(msg.subject.as_str(), reply);
+        if let Some((req, reply)) = paired {
+            self.publish_reply(&req, &reply);
+        }
+    }
+
+    fn on_nodes(&self, processes: &[ProcessInfo], rates: &mut Rates) {
+        let now = time::now_us();
+        let secs = rates
+            .at
+            .map_or(1.0, |at| (now.saturating_sub(at) as f64 / 1e6).max(0.001));
+        let mut counters = HashMap::new();
+        let grouped = nodes::by_node(processes);
+        let views: Vec<NodeView<'_>> = grouped
+            .iter()
+            .map(|n| NodeView {
+                id: n.id,
+                replicas: n
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        let i = r.info;
+                        (
+                            r.replica,
+                            i.active + i.queued,
+                            i.under_pressure,
+                            i.rejected,
+                            i.engine_faults,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let warnings = rates.warnings.update(now, &views);
+        drop(views);
+        let nodes: Vec<Value> = grouped
+            .into_iter()
+            .map(|n| {
+                let sum = |f: fn(&happen_nats::discover::NodeInfo) -> u64| {
+                    n.replicas.iter().map(|r| f(r.info)).sum::<u64>()
+                };
+                let total = [
+                    sum(|i| i.accepted),
+                    sum(|i| i.rejected),
+                    sum(|i| i.completed),
+                    sum(|i| i.failed),
+                    sum(|i| i.displaced),
+                ];
+                let rate: Vec<f64> = match rates.counters.get(n.id) {
+                    Some(before) => total
+                        .iter()
+                        .zip(before.iter())
+                        .map(|(now, then)| now.saturating_sub(*then) as f64 / secs)
+                        .collect(),
+                    None => vec![0.0; 5],
+                };
+                counters.insert(n.id.to_owned(), total);
+                let high = n.replicas.iter().map(|r| r.info.high_water).max().unwrap_or(0);
+                let queued = sum(|i| i.queued as u64);
+                let under = n.replicas.iter().filter(|r| r.info.under_pressure).count();
+                json!({
+                    "id": n.id,
+                    "replicas": n.replicas,
+                    "active": sum(|i| i.active as u64),
+                    "queued": queued,
+                    "maxConcurrent": n.replicas[0].info.max_concurrent,
+                    "queueLimit": n.replicas[0].info.queue_limit,
+                    "highWater": high,
+                    "underPressure": under,
+                    "pressure": if high == 0 { 0.0 } else { queued as f64 / (high as f64 * n.replicas.len() as f64) },
+                    "accepted": total[0], "rejected": total[1], "completed": total[2], "failed": total[3],
+                    "displaced": total[4],
+                    "cancelled": sum(|i| i.cancelled), "engineFaults": sum(|i| i.engine_faults),
+                    "unobservedFailures": sum(|i| i.unobserved_failures),
+                    "rates": {"accepted": rate[0], "rejected": rate[1], "completed": rate[2], "failed": rate[3], "displaced": rate[4]},
+                    "queueWaitP99Us": n.replicas.iter().map(|r| r.info.queue_wait_p99_us).max().unwrap_or(0),
+                })
+            })
+            .collect();
+        let edges: Vec<Value> = rates
+            .edges
+            .iter_mut()
+            .map(|((from, to), (since, total))| {
+                let rate = *since as f64 / secs;
+                *since = 0;
+                json!({"from": from, "to": to, "rate": rate, "total": *total})
+            })
+            .collect();
+        rates.counters = counters;
+        rates.at = Some(now);
+        let snapshot = json!({
+            "atUs": now, "processes": processes.len(), "nodes": nodes, "edges": edges,
+            "warnings": warnings,
+        });
+        *lock(&self.nodes) = Some(snapshot.clone());
+        self.publish("nodes", None, snapshot.to_string());
+    }
+
+    fn on_connection(&self, c: &Connection) {
+        let v = json!({"nats": c.as_str(), "atUs": time::now_us()});
+        *lock(&self.status) = v.clone();
+        self.publish("status", None, v.to_string());
+    }
+}
+
+/// Counters of the previous discovery, and per sender → target the events since then and
+/// in all (while watched).
+#[derive(Default)]
+struct Rates {
+    at: Option<u64>,
+    counters: HashMap<String, [u64; 5]>,
+    edges: HashMap<(String, String), (u64, u64)>,
+    warnings: Warnings,
+}
+
+/// Undoes the escapes of `WIRE.md`'s text headers (`%25`, `%0D`, `%0A`) in one pass, so an
+/// escaped `%` followed by `0A` stays `%0A`; anything else is kept as it is.
+pub(super) fn percent_decode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (c, skip) = match tail.get(..3) {
+            Some("%25") => ('%', 3),
+            Some("%0D") => ('\r', 3),
+            Some("%0A") => ('\n', 3),
+            _ => ('%', 1),
+        };
+        out.push(c);
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The watch: while it runs, every event, reply and node snapshot becomes a frame.
+async fn watch(hub: Arc<Hub>) {
+    let transport = hub.transport.clone();
+    let events = match tap::listen_with_replies(&transport).await {
+        Ok(s) => s,
+        Err(e) => {
+            hub.publish(
+                "status",
+                None,
+                json!({"nats": "error", "error": e.to_string()}).to_string(),
+            );
+            return;
+        }
+    };
+    let replies = match transport.client().subscribe("_INBOX.>").await {
+        Ok(s) => s,
+        Err(e) => {
+            hub.publish(
+                "status",
+                None,
+                json!({"nats": "error", "error": format!("cannot subscribe to the replies: {e}")})
+                    .to_string(),
+            );
+            return;
+        }
+    };
+    let rates = Mutex::new(Rates::default());
+    let taps = events.for_each(|(seen, reply)| {
+        hub.on_event(seen, reply, &mut lock(&rates));
+        std::future::ready(())
+    });
+    let replies = replies.for_each(|msg| {
+        hub.on_reply(msg);
+        std::future::ready(())
+    });
+    let discovery = async {
+        let mut every = tokio::time::interval(DISCOVER_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // a failed discovery (disconnected) is shown by the connection state
+            if let Ok(p) = transport
+                .discover(Duration::from_millis(500), Duration::from_millis(100))
+                .await
+            {
+                hub.on_nodes(&p, &mut lock(&rates));
+            }
+        }
+    };
+    let durable = async {
+        let mut every = tokio::time::interval(DURABLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let prefix = transport.config().prefix.clone();
+        loop {
+            every.tick().await;
+            if let Some(d) = durable::snapshot(transport.client(), &prefix).await {
+                hub.on_durable(d);
+            }
+        }
+    };
+    let connection = conn::watch_connection(&transport, |c| hub.on_connection(&c));
+    tokio::join!(taps, replies, discovery, durable, connection);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn header_escapes_are_undone_in_one_pass() {
+        assert_eq!(percent_decode("a%0Ab%0Dc"), "a\nb\rc");
+        assert_eq!(percent_decode("100%250A"), "100%0A");
+        assert_eq!(percent_decode("50% off %"), "50% off %");
+        assert_eq!(percent_decode("é%25"), "é%");
+    }
+}

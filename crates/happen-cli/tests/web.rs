@@ -1,0 +1,464 @@
+//! `happen web`'s JSON and event-stream API against a real nats-server, with the shop's nodes
+//! (orders → payments → ledger) in this test process.
+
+mod web_support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::{NatsServer, NatsServerOptions};
+use web_support::{Frame, SseClient, Web, eventually, shop, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_nodes_a_waterfall_and_errors_while_a_page_is_open() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, client) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+
+    // no page: nothing watched, but the nodes are discovered on demand
+    let status = web.get_json("/api/status").await;
+    assert_eq!(status["pages"], 0, "{status}");
+    let nodes = web.get_json("/api/nodes").await;
+    let ids: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    for id in ["ledger", "orders", "payments"] {
+        assert!(ids.contains(&id), "{id} in {nodes}");
+    }
+
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    let first = page.next().await;
+    assert_eq!(first.event, "status", "{first:?}");
+    eventually("the page to count", || async {
+        web.get_json("/api/status").await["pages"] == 1
+    })
+    .await;
+
+    // a nodes frame with the limits and pressure of every node
+    let frames = page
+        .until(|f| f.event == "nodes" && f.data["nodes"].as_array().is_some_and(|n| n.len() >= 3))
+        .await;
+    let nodes = &frames.last().unwrap().data;
+    let orders = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "orders")
+        .unwrap();
+    assert_eq!(orders["maxConcurrent"], 2, "{orders}");
+    assert_eq!(orders["queueLimit"], 50, "{orders}");
+    assert!(orders["pressure"].is_number(), "{orders}");
+    assert!(orders["rates"]["accepted"].is_number(), "{orders}");
+    // discovery's newer counters reach the page
+    for key in ["displaced", "cancelled", "engineFaults"] {
+        assert_eq!(orders[key], 0, "{key} in {orders}");
+    }
+
+    // one order: three events, three replies on the stream
+    let corr = happen::CorrelationId::new();
+    let reply = within(
+        10,
+        "the order",
+        client.send(
+            "orders",
+            happen::Event::new("order.place", json!({"id": 1, "amount": 30}))
+                .with_correlation_id(corr.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply["charge"]["charged"], 30);
+    let corr = corr.to_string();
+    let mut replies = 0;
+    let frames = page
+        .until(|f| {
+            if f.event == "reply" && f.data["correlationId"] == corr.as_str() {
+                replies += 1;
+            }
+            replies == 3
+        })
+        .await;
+    let events: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| f.event == "event" && f.data["correlationId"] == corr.as_str())
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|f| f.data["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["order.place", "payment.charge", "ledger.record"]);
+    let ids: Vec<u64> = frames.iter().map(|f| f.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    // the waterfall: three steps in causal order, each paired with its reply
+    let t = web.get_json(&format!("/api/transactions/{corr}")).await;
+    assert_eq!(t["events"], 3, "{t}");
+    let place = &t["roots"][0];
+    let charge = &place["children"][0];
+    let record = &charge["children"][0];
+    assert_eq!(place["type"], "order.place");
+    assert_eq!(charge["type"], "payment.charge");
+    assert_eq!(record["type"], "ledger.record");
+    for step in [place, charge, record] {
+        assert_eq!(step["reply"]["status"], "ok", "{step}");
+    }
+    let d = |s: &Value| s["durationMs"].as_f64().unwrap();
+    // a request ends after what it caused
+    assert!(d(place) >= d(charge) && d(charge) >= d(record), "{t}");
+    assert!(d(place) >= 20.0, "orders works 20 ms: {t}");
+
+    // an error: grouped by kind, node and code, with its downstream chain
+    let failed = client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"id": 2, "amount": 5000})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(failed.kind(), happen::ErrorKind::Downstream);
+    page.until(|f| {
+        f.event == "reply"
+            && f.data["reply"]["status"] == "error"
+            && f.data["type"] == "order.place"
+    })
+    .await;
+    let errors = web.get_json("/api/errors").await;
+    let groups = errors["groups"].as_array().unwrap();
+    let at = |kind: &str, node: &str| {
+        groups
+            .iter()
+            .find(|g| g["kind"] == kind && g["node"] == node)
+            .unwrap_or_else(|| panic!("no {kind} group at {node}: {errors}"))
+    };
+    let handler = at("handler", "payments");
+    assert_eq!(handler["code"], "limit_exceeded");
+    assert_eq!(handler["count"], 1);
+    assert_eq!(handler["latest"][0]["eventType"], "payment.charge");
+    let downstream = at("downstream", "orders");
+    assert_eq!(
+        downstream["latest"][0]["error"]["chain"][0]["code"], "limit_exceeded",
+        "{downstream}"
+    );
+
+    // the page goes: so does the watch
+    drop(page);
+    eventually("the page to be gone", || async {
+        web.get_json("/api/status").await["pages"] == 0
+    })
+    .await;
+    h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_resumes_after_its_last_event_id_and_filters_by_pattern() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, client) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    page.until(|f| f.event == "nodes").await;
+    client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"amount": 1})),
+        )
+        .await
+        .unwrap();
+    let frames = page
+        .until(|f| f.event == "reply" && f.data["type"] == "order.place")
+        .await;
+    let last = frames.last().unwrap().id.unwrap();
+    // a second page keeps the watch on while the first reconnects
+    let mut other = SseClient::open(&web.url("/api/stream"), None).await;
+    drop(page);
+    client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"amount": 2})),
+        )
+        .await
+        .unwrap();
+    other
+        .until(|f| f.event == "reply" && f.data["type"] == "order.place" && f.id > Some(last))
+        .await;
+    let mut resumed = SseClient::open(&web.url("/api/stream"), Some(last)).await;
+    let frames = resumed
+        .until(|f| f.event == "reply" && f.data["type"] == "order.place")
+        .await;
+    let ids: Vec<u64> = frames.iter().filter_map(|f| f.id).collect();
+    assert_eq!(
+        ids.first(),
+        Some(&(last + 1)),
+        "resumes right after {last}: {ids:?}"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] + 1 == w[1]),
+        "no gap, no repeat: {ids:?}"
+    );
+    let amounts: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.event == "event" && f.data["type"] == "order.place")
+        .map(|f| &f.data["payload"]["amount"])
+        .collect();
+    assert_eq!(amounts, [&json!(2)]);
+
+    // a pattern keeps the matching events only (other frames pass)
+    let mut filtered = SseClient::open(&web.url("/api/stream?pattern=payment.*"), None).await;
+    client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"amount": 3})),
+        )
+        .await
+        .unwrap();
+    let frames = filtered
+        .until(|f| {
+            f.event == "reply" && f.data["type"] == "order.place" && f.data["sender"] != "orders"
+        })
+        .await;
+    let types: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.event == "event")
+        .map(|f| f.data["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| *t == "payment.charge"),
+        "{types:?}"
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_http_errors_and_sending_is_opt_in() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, _client) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+
+    // without a token, only loopback names: no DNS rebinding onto the API
+    let r = reqwest::Client::new()
+        .get(web.url("/api/status"))
+        .header("host", "evil.example:4280")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (code, body) = web.get("/api/stream?pattern=order.cre*").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("order.cre*"),
+        "{body}"
+    );
+    let (code, body) = web.get("/api/pattern?pattern={order").await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = web.get("/api/transactions/txn-unknown").await;
+    assert_eq!(code, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("txn-unknown"),
+        "{body}"
+    );
+    let (code, body) = web
+        .post("/api/send", r#"{"node": "orders", "type": "order.place"}"#)
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--allow-send"),
+        "{body}"
+    );
+
+    let sending = Web::start(&server.url(), &["--allow-send"]).await;
+    let (code, _) = sending.post("/api/send", "{not json").await;
+    assert_eq!(code, 400);
+    let (code, _) = sending.post("/api/send", r#"{"type": 7}"#).await;
+    assert_eq!(code, 400);
+    let (code, body) = sending
+        .post(
+            "/api/send",
+            r#"{"node": "orders", "type": "order.place", "payload": {"amount": 4}}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["reply"]["charge"]["charged"], 4, "{body}");
+    assert!(body["correlationId"].as_str().unwrap().starts_with("txn-"));
+    h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_address_needs_a_token() {
+    let server = NatsServer::start();
+    let o = web_support::run(&server.url(), &["web", "--listen", "0.0.0.0:0"]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(err.contains("token"), "{err}");
+
+    let web = Web::start(
+        &server.url(),
+        &["--listen", "0.0.0.0:0", "--token", "s3cret"],
+    )
+    .await;
+    let (code, _) = web.get("/api/status").await;
+    assert_eq!(code, 401);
+    let (code, _) = web.get("/api/status?token=wrong").await;
+    assert_eq!(code, 401);
+    let (code, body) = web.get("/api/status?token=s3cret").await;
+    assert_eq!(code, 200, "{body}");
+    // the page itself is public; it holds no data
+    let page = reqwest::get(web.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<title>happen web</title>")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_and_the_page_say_when_the_connection_drops_and_returns() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut server = NatsServer::start();
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    let hello = page.next().await;
+    assert_eq!(
+        (hello.event.as_str(), &hello.data["nats"]),
+        ("status", &json!("connected"))
+    );
+    let mut tap = web_support::command(&server.url(), &["tap"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tap_err = BufReader::new(tap.stderr.take().unwrap()).lines();
+    let first = within(30, "tap to listen", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("listening"), "{first}");
+
+    server.stop();
+    let line = within(30, "tap to see the drop", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("lost the connection to the nats server"),
+        "{line}"
+    );
+    page.until(|f| f.event == "status" && f.data["nats"] == "disconnected")
+        .await;
+
+    server.restart();
+    let line = within(30, "tap to see the return", tap_err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("reconnected to the nats server"), "{line}");
+    page.until(|f| f.event == "status" && f.data["nats"] == "connected")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gone_from_discovery_is_a_warning() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, _client) = shop(&server.url()).await;
+    let (second, _c2) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    let two_replicas = |f: &Frame| {
+        f.event == "nodes"
+            && f.data["nodes"].as_array().is_some_and(|n| {
+                n.iter().any(|n| {
+                    n["id"] == "orders" && n["replicas"].as_array().map(Vec::len) == Some(2)
+                })
+            })
+    };
+    page.until(two_replicas).await;
+    second.shutdown(Duration::from_secs(2)).await;
+    let frames = page
+        .until(|f| {
+            f.event == "nodes"
+                && f.data["warnings"].as_array().is_some_and(|w| {
+                    w.iter()
+                        .any(|w| w["kind"] == "replica-gone" && w["node"] == "orders")
+                })
+        })
+        .await;
+    let warnings = &frames.last().unwrap().data["warnings"];
+    let orders = warnings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == "orders")
+        .unwrap();
+    assert_eq!(
+        orders["level"], "warning",
+        "one replica is left: {warnings}"
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_counts_and_dead_letters_with_their_errors() {
+    use happen::{Context, Error, ErrorKind, Event, Happen};
+    use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let config = NatsConfig::with_server(server.url()).with_durable(
+        "worker",
+        DurableNode::new(DeliveryMode::AtLeastOnce)
+            .with_max_deliveries(2)
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
+    );
+    let transport = NatsTransport::connect(config).await.unwrap();
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let worker = h.node("worker").await.unwrap();
+    worker
+        .on("job", |e: Event, _c: Context| async move {
+            if e.payload()["fail"] == true {
+                return Err(
+                    Error::new(ErrorKind::Handler, "cannot do this job").with_code("bad_job")
+                );
+            }
+            Ok(json!("done"))
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    let web = Web::start(&server.url(), &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    client
+        .tell("worker", Event::new("job", json!({"fail": true})))
+        .unwrap();
+    client
+        .tell("worker", Event::new("job", json!({"fail": false})))
+        .unwrap();
+    let frames = page
+        .until(|f| f.event == "durable" && f.data["deadLetters"]["worker"] == 1)
+        .await;
+    let d = &frames.last().unwrap().data;
+    assert_eq!(d["stream"], "HAPPEN_DURABLE", "{d}");
+    let consumer = d["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == "worker")
+        .unwrap_or_else(|| panic!("the worker's consumer in {d}"));
+    assert!(
+        consumer["pending"].is_number() && consumer["redelivered"].is_number(),
+        "{consumer}"
+    );
+    let dead = &d["latestDeadLetters"][0];
+    assert_eq!(dead["node"], "worker", "{d}");
+    assert_eq!(dead["type"], "job");
+    assert_eq!(dead["errorKind"], "handler");
+    assert_eq!(dead["errorCode"], "bad_job");
+    assert_eq!(dead["deliveries"], "2");
+    assert_eq!(
+        web.get_json("/api/durable").await["deadLetters"]["worker"],
+        1
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+}

@@ -1,0 +1,215 @@
+//! `happen web` in a real browser: headless Debian `chromium` renders the page against a live
+//! system (the shop's nodes over a real nats-server), and the test reads the DOM it built.
+//! Also saves `target/web.png` for a person to look at.
+//!
+//! chromium is found as `CHROMIUM_BIN`, `chromium` or `chromium-browser` on `PATH`, or
+//! `/usr/bin/chromium`; `cargo xtask test` installs Debian's package when none is there. A
+//! machine without it fails this test (as one without nats-server fails the NATS tests): it is
+//! never skipped silently.
+
+mod web_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use test_support::{NatsServer, NatsServerOptions};
+use tokio::process::Command;
+use web_support::{SseClient, Web, shop, within};
+
+fn chromium() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CHROMIUM_BIN") {
+        return PathBuf::from(bin);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromium")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium not found: install Debian's `chromium` (`cargo xtask test` does), or set CHROMIUM_BIN"
+            )
+        })
+}
+
+/// Runs headless chromium with a fresh profile on `url` with `what` (`--dump-dom`,
+/// `--screenshot=…`); returns its stdout. Virtual time lets the page's scripts and requests
+/// finish before the DOM is taken.
+async fn chromium_run(url: &str, what: &[&str]) -> String {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile =
+        std::env::temp_dir().join(format!("happen-web-chromium-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let output = within(
+        120,
+        "chromium",
+        Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--window-size=1400,1000",
+                "--virtual-time-budget=10000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(what)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        output.status.success(),
+        "chromium failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The start tags holding `marker`, in document order.
+fn tags<'a>(dom: &'a str, marker: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find(marker) {
+        let start = rest[..i].rfind('<').unwrap_or(0);
+        let end = i + rest[i..].find('>').unwrap_or(rest.len() - i);
+        out.push(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let i = tag.find(&key)? + key.len();
+    Some(&tag[i..i + tag[i..].find('"')?])
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
+    let chromium = chromium(); // before anything else: fail at once without a browser
+    eprintln!("using {}", chromium.display());
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (h, client) = shop(&server.url()).await;
+    let web = Web::start(&server.url(), &[]).await;
+
+    // a page watches while the shop works (the browser then renders what it saw)
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    page.until(|f| f.event == "nodes").await;
+    let corr = happen::CorrelationId::new();
+    client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"id": 7, "amount": 70}))
+                .with_correlation_id(corr.clone()),
+        )
+        .await
+        .unwrap();
+    let failed = client
+        .send(
+            "orders",
+            happen::Event::new("order.place", json!({"id": 8, "amount": 8000})),
+        )
+        .await;
+    assert!(failed.is_err());
+    let mut errors = 0;
+    page.until(|f| {
+        errors += usize::from(f.event == "reply" && f.data["reply"]["status"] == "error");
+        errors == 2
+    })
+    .await;
+    page.until(|f| f.event == "nodes").await;
+
+    let dom = chromium_run(
+        &web.page(&format!("once&txn={corr}&filter=order.*")),
+        &["--dump-dom"],
+    )
+    .await;
+    assert!(dom.contains("data-ready=\"1\""), "the page finished: {dom}");
+
+    // nodes with their pressure
+    let rows = tags(&dom, "class=\"node");
+    let nodes: Vec<&str> = rows.iter().filter_map(|t| attr(t, "data-node")).collect();
+    for id in ["orders", "payments", "ledger"] {
+        assert!(nodes.contains(&id), "{id} in {nodes:?}");
+    }
+    for row in &rows {
+        let p: f64 = attr(row, "data-pressure").unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{row}");
+        assert!(attr(row, "data-under-pressure").is_some(), "{row}");
+    }
+    assert!(
+        !tags(&dom, "class=\"map-node\"").is_empty(),
+        "the map is drawn"
+    );
+
+    // the waterfall: three steps in causal order
+    let steps = tags(&dom, "class=\"step\"");
+    let steps: Vec<(&str, &str, &str)> = steps
+        .iter()
+        .map(|t| {
+            (
+                attr(t, "data-type").unwrap(),
+                attr(t, "data-depth").unwrap(),
+                attr(t, "data-status").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("order.place", "0", "ok"),
+            ("payment.charge", "1", "ok"),
+            ("ledger.record", "2", "ok")
+        ]
+    );
+
+    // the tail shows `order.*` only
+    let tail: Vec<&str> = tags(&dom, "<li data-type=")
+        .iter()
+        .filter_map(|t| attr(t, "data-type"))
+        .collect();
+    assert!(tail.contains(&"order.place"), "{tail:?}");
+    assert!(tail.iter().all(|t| t.starts_with("order.")), "{tail:?}");
+
+    // an error shows its node and code
+    let groups = tags(&dom, "class=\"error-group\"");
+    assert!(
+        groups
+            .iter()
+            .any(|g| attr(g, "data-node") == Some("payments")
+                && attr(g, "data-code") == Some("limit_exceeded")),
+        "{groups:?}"
+    );
+
+    // a picture for people
+    let png = target_dir().join("web.png");
+    let _ = std::fs::remove_file(&png);
+    chromium_run(
+        &web.page(&format!("once&txn={corr}")),
+        &[&format!("--screenshot={}", png.display())],
+    )
+    .await;
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "a screenshot at {}", png.display());
+    eprintln!("screenshot: {}", png.display());
+    drop(page);
+    h.shutdown(Duration::from_secs(2)).await;
+}

@@ -1,0 +1,289 @@
+//! What the `happen web` tests share: the shop's nodes, a running `happen web`, an
+//! event-stream reader.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::{Future, IntoFuture};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use happen::{Context, Error, ErrorKind, Event, Happen, Node, NodeOptions};
+use happen_nats::{NatsConfig, NatsTransport};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_happen");
+
+pub async fn within<T>(secs: u64, what: &str, f: impl IntoFuture<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+}
+
+/// Polls `check` until it holds (every 50 ms, at most 10 s).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The shop of `examples/shop.rs`: `orders` (2 at once, 50 queued; 20 ms of work) charges at
+/// `payments` (over 1000 fails with `limit_exceeded`), which records at `ledger`. Returns the
+/// instance and a `client` node.
+pub async fn shop(url: &str) -> (Happen, Node) {
+    let transport = NatsTransport::connect(NatsConfig::with_server(url))
+        .await
+        .expect("connect to nats");
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let orders = h
+        .node_with(
+            "orders",
+            NodeOptions::new().max_concurrent(2).queue_limit(50),
+        )
+        .await
+        .unwrap();
+    orders
+        .on("order.place", |event: Event, ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let amount = event.payload()["amount"].clone();
+            let charge = ctx
+                .send(
+                    "payments",
+                    Event::new("payment.charge", json!({"amount": amount})),
+                )
+                .await?;
+            Ok::<_, Error>(json!({"order": event.payload()["id"], "charge": charge}))
+        })
+        .unwrap();
+    let payments = h.node("payments").await.unwrap();
+    payments
+        .on("payment.charge", |event: Event, ctx: Context| async move {
+            let amount = event.payload()["amount"].as_u64().unwrap_or(0);
+            if amount > 1000 {
+                return Err(Error::new(
+                    ErrorKind::Handler,
+                    format!("amount {amount} is over the limit of 1000"),
+                )
+                .with_code("limit_exceeded"));
+            }
+            let entry = ctx
+                .send(
+                    "ledger",
+                    Event::new("ledger.record", json!({"amount": amount})),
+                )
+                .await?;
+            Ok(json!({"charged": amount, "entry": entry}))
+        })
+        .unwrap();
+    let ledger = h.node("ledger").await.unwrap();
+    ledger
+        .on("ledger.record", |_e: Event, _c: Context| async move { 1 })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    (h, client)
+}
+
+pub fn command(url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("HAPPEN_NATS_URL")
+        .env_remove("HAPPEN_WEB_TOKEN")
+        .arg("--nats")
+        .arg(url)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+pub async fn run(url: &str, args: &[&str]) -> Output {
+    within(60, "happen to finish", command(url, args).output())
+        .await
+        .expect("run happen")
+}
+
+/// A running `happen web` on a free loopback port (or the `--listen` given).
+pub struct Web {
+    _child: Child,
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Web {
+    pub async fn start(url: &str, extra: &[&str]) -> Web {
+        let mut args = vec!["web"];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra);
+        let mut child = command(url, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn happen web");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = within(30, "happen web's address", lines.next_line())
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("happen web: {line}");
+            }
+        });
+        let address = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        // a wildcard address is reached on loopback
+        let address = address.replace("0.0.0.0", "127.0.0.1");
+        let (base, token) = match address.split_once("/?token=") {
+            Some((b, t)) => (b.to_owned(), Some(t.to_owned())),
+            None => (address.trim_end_matches('/').to_owned(), None),
+        };
+        Web {
+            _child: child,
+            base,
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The page's address with its token.
+    pub fn page(&self, query: &str) -> String {
+        let mut q = query.to_owned();
+        if let Some(t) = &self.token {
+            q = format!("{q}&token={t}");
+        }
+        format!("{}/?{q}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = within(30, path, self.http.get(self.url(path)).send())
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path).await;
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = within(
+            30,
+            path,
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send(),
+        )
+        .await
+        .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+/// One message of the event stream.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A page's event stream, read frame by frame.
+pub struct SseClient {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseClient {
+    pub async fn open(url: &str, last_event_id: Option<u64>) -> SseClient {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = within(30, "the event stream", req.send()).await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let ct = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        SseClient {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next frame (comments, the keep-alives, are skipped); within 15 s.
+    pub async fn next(&mut self) -> Frame {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut frame = Frame {
+                    id: None,
+                    event: "message".to_owned(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        frame.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        frame.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if data.is_empty() && frame.id.is_none() {
+                    continue; // a comment
+                }
+                frame.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                return frame;
+            }
+            let chunk = within(15, "the next frame", self.response.chunk())
+                .await
+                .expect("read the event stream")
+                .expect("the event stream ended");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The frames up to and including the first for which `done` holds.
+    pub async fn until(&mut self, mut done: impl FnMut(&Frame) -> bool) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            let f = self.next().await;
+            let stop = done(&f);
+            frames.push(f);
+            if stop {
+                return frames;
+            }
+        }
+    }
+}
