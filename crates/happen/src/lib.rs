@@ -48,7 +48,7 @@ pub use crate::node::{cpu, flow, liner};
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
-pub use crate::event::{Causal, Event, EventType};
+pub use crate::event::{Causal, Event, EventType, Integrity, Origin};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
