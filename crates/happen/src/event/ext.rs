@@ -59,7 +59,6 @@ pub struct Integrity {
 }
 
 impl Integrity {
-    #[allow(dead_code)]
     pub(crate) fn new(signature: String, public_key: Option<String>) -> Integrity {
         Integrity {
             signature,

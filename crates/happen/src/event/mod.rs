@@ -93,7 +93,6 @@ struct EventInner {
 
 /// Where an event's contents come from, for the security gates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[allow(dead_code)] // read by the security gates
 pub(crate) enum Arrival {
     /// Made or stamped in this process: its sender is a node of this process.
     #[default]
@@ -595,7 +594,6 @@ impl Event {
         self.inner.ext.as_ref()?.integrity.as_ref()
     }
 
-    #[allow(dead_code)] // read by the security gates
     pub(crate) fn ext(&self) -> Option<&Ext> {
         self.inner.ext.as_deref()
     }
@@ -604,12 +602,10 @@ impl Event {
         Arc::make_mut(&mut self.inner).ext.get_or_insert_default()
     }
 
-    #[allow(dead_code)]
     pub(crate) fn arrival(&self) -> Arrival {
         self.inner.arrival
     }
 
-    #[allow(dead_code)]
     pub(crate) fn set_arrival(&mut self, arrival: Arrival) {
         if self.inner.arrival != arrival {
             Arc::make_mut(&mut self.inner).arrival = arrival;
@@ -617,7 +613,6 @@ impl Event {
     }
 
     /// The event in its wire form without `causal.hash` and `integrity` (what is hashed).
-    #[allow(dead_code)]
     pub(crate) fn unsigned_form(&self) -> impl Serialize + '_ {
         Wire {
             event: self,
