@@ -145,7 +145,8 @@ async fn altered_bodies_are_unauthenticated_at_once() {
     let body = capture(&s).await;
     assert_eq!(s.handled.load(SeqCst), 1);
     let original: Value = serde_json::from_slice(&body).unwrap();
-    let alterations: [(&str, fn(&mut Value)); 5] = [
+    type Alter = fn(&mut Value);
+    let alterations: [(&str, Alter); 5] = [
         ("payload", |v| v["payload"]["n"] = json!(1_000_000)),
         ("sender", |v| {
             v["context"]["causal"]["sender"] = json!("orders-2")
