@@ -146,6 +146,8 @@ mod tests {
             ("duplicate_node", 24),
             ("duplicate_handler", 25),
             ("no_runtime", 26),
+            ("unauthenticated", 27),
+            ("forbidden", 28),
             ("transport", 30),
             ("auth", 31),
             ("tls", 32),
