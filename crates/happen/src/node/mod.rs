@@ -797,6 +797,15 @@ impl Node {
         }
     }
 
+    /// Is `err` a refusal of this node's security gate (counted and logged there)?
+    pub(crate) fn refused_by_gate(&self, err: &Error) -> bool {
+        self.shared.security.is_some()
+            && matches!(
+                err.kind(),
+                ErrorKind::Unauthenticated | ErrorKind::Forbidden | ErrorKind::InvalidEvent
+            )
+    }
+
     pub(crate) fn unobserved_failure(&self, err: &Error) {
         self.shared.engine.unobserved().record(err);
     }
