@@ -1,6 +1,7 @@
 //! [`Gate`]: a node's security settings, resolved, and the checks before admission.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub(crate) struct Gate {
     max_future_ms: u64,
     seen: Mutex<Seen>,
     max_seen: usize,
+    /// The ring's public keys, decoded once (decoding an nkey and its curve point costs
+    /// more than half a verification).
+    verifiers: Mutex<HashMap<String, Arc<nkeys::KeyPair>>>,
     denied: AtomicU64,
     /// When the last rejection was logged (ms), and how many were not logged since.
     last_log: AtomicU64,
@@ -129,6 +133,7 @@ impl Gate {
             max_age_ms: millis(config.max_age),
             max_future_ms: millis(config.max_future),
             seen: Mutex::new(Seen::default()),
+            verifiers: Mutex::new(HashMap::new()),
             max_seen: config.max_seen_ids,
             denied: AtomicU64::new(0),
             last_log: AtomicU64::new(0),
@@ -242,7 +247,7 @@ impl Gate {
         let verified = data_encoding::BASE64URL_NOPAD
             .decode(integrity.signature().as_bytes())
             .ok()
-            .zip(nkeys::KeyPair::from_public_key(bound).ok())
+            .zip(self.verifier(bound))
             .is_some_and(|(sig, pair)| pair.verify(hash.as_bytes(), &sig).is_ok());
         if !verified {
             return Err(self.unauthenticated(
@@ -288,6 +293,18 @@ impl Gate {
         }
         seen.order.push_back((now, id));
         Ok(())
+    }
+
+    /// The decoded key of a ring entry (`None` for a key that is not an nkey).
+    fn verifier(&self, public_key: &str) -> Option<Arc<nkeys::KeyPair>> {
+        if let Some(k) = self.verifiers.lock().get(public_key) {
+            return Some(k.clone());
+        }
+        let pair = Arc::new(nkeys::KeyPair::from_public_key(public_key).ok()?);
+        self.verifiers
+            .lock()
+            .insert(public_key.to_owned(), pair.clone());
+        Some(pair)
     }
 
     /// The sender's id as far as it is authenticated: in process always; from elsewhere when
