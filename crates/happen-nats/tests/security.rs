@@ -217,7 +217,10 @@ async fn unsigned_events_are_refused_under_enforce_and_handled_otherwise() {
     let stats = s.billing.stats();
     assert_eq!(stats.denied, 3);
     assert_eq!(stats.accepted, 0);
-    assert_eq!(stats.unobserved_failures, 0, "counted as denied, not once more");
+    assert_eq!(
+        stats.unobserved_failures, 0,
+        "counted as denied, not once more"
+    );
 
     for mode in [SecurityMode::Permissive, SecurityMode::Off] {
         let s = setup(mode).await;
