@@ -104,7 +104,7 @@ pub(crate) async fn send(conn: &ConnArgs, a: BenchSendArgs) -> Result<()> {
         ));
     }
     let value = payload(a.json.as_deref())?;
-    let sender = conn.sender(a.sender.sender.as_deref()).await?;
+    let sender = conn.sender(&a.sender).await?;
     let target = NodeId::from(a.node.as_str());
     // the pacing view of the target: its reports and our requests in flight
     let pressure = sender.transport.pressure(&target);
@@ -200,7 +200,7 @@ pub(crate) async fn broadcast(conn: &ConnArgs, a: BenchBroadcastArgs) -> Result<
         ));
     }
     let value = payload(a.json.as_deref())?;
-    let sender = conn.sender(a.sender.sender.as_deref()).await?;
+    let sender = conn.sender(&a.sender).await?;
     let me = sender.node.id().to_string();
     // our own broadcasts come back through the server: the latency a subscriber sees
     let mut echo = sender.transport.tap_broadcasts().await?;

@@ -99,17 +99,42 @@ impl ConnArgs {
     }
 
     /// Connects and creates the sending node `id` (default `happen-cli-<random>`).
-    pub(crate) async fn sender(&self, id: Option<&str>) -> Result<Sender> {
+    pub(crate) async fn sender(&self, args: &crate::SenderArgs) -> Result<Sender> {
+        let key = args.sign_key.as_deref().map(signing_key).transpose()?;
         let transport = self.connect().await?;
         let happen = Happen::builder().transport(transport.clone()).build()?;
-        let id = id.map_or_else(random_id, str::to_owned);
-        let node = happen.node(id).await?;
+        let id = args.sender.clone().unwrap_or_else(random_id);
+        let mut options = happen::NodeOptions::new();
+        if let Some(key) = key {
+            options = options.security(happen::security::Security::new().signing_key(key));
+        }
+        let node = happen.node_with(id, options).await?;
         Ok(Sender {
             happen,
             node,
             transport,
         })
     }
+}
+
+/// The key of `--sign-key`: a seed, or a file whose first line starting with `S` is one.
+fn signing_key(arg: &str) -> Result<happen::security::SigningKey> {
+    use happen::security::SigningKey;
+    if arg.starts_with('S') && !std::path::Path::new(arg).exists() {
+        return SigningKey::from_seed(arg);
+    }
+    let text = std::fs::read_to_string(arg).map_err(|e| {
+        happen::Error::new(
+            happen::ErrorKind::InvalidConfig,
+            format!("--sign-key: cannot read `{arg}` ({e}); give an nkey seed (`SU…`) or a file holding one"),
+        )
+    })?;
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('S'))
+        .unwrap_or("");
+    SigningKey::from_seed(seed)
 }
 
 /// A happen instance on NATS with one node to send from.

@@ -82,6 +82,11 @@ struct SenderArgs {
     /// The id of the sending node (default: `happen-cli-<random>`).
     #[arg(long = "as", value_name = "NODE")]
     sender: Option<String>,
+    /// Sign the events with this nkey: a seed (`SU…`) or a file holding one (an `.nk` file,
+    /// a NATS user's seed). Receivers verify it against their trust ring (`[security.trust]`
+    /// binding the `--as` node id to the key's public key).
+    #[arg(long = "sign-key", value_name = "SEED|FILE")]
+    sign_key: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -18,7 +18,7 @@ fn print_value(v: &Value, pretty: bool) {
 
 pub(crate) async fn send(conn: &ConnArgs, a: SendArgs) -> Result<()> {
     let value = payload(a.json.as_deref())?;
-    let sender = conn.sender(a.sender.sender.as_deref()).await?;
+    let sender = conn.sender(&a.sender).await?;
     // an explicit correlation id, known before the event is stamped (its id is not)
     let correlation = CorrelationId::new();
     if a.verbose {
@@ -54,7 +54,7 @@ pub(crate) async fn send(conn: &ConnArgs, a: SendArgs) -> Result<()> {
 
 pub(crate) async fn broadcast(conn: &ConnArgs, a: BroadcastArgs) -> Result<()> {
     let value = payload(a.json.as_deref())?;
-    let sender = conn.sender(a.sender.sender.as_deref()).await?;
+    let sender = conn.sender(&a.sender).await?;
     let correlation = CorrelationId::new();
     let event = Event::new(a.event_type.as_str(), value).with_correlation_id(correlation.clone());
     let result = sender.node.broadcast(event);

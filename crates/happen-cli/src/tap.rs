@@ -47,6 +47,14 @@ pub(crate) struct Seen {
     pub(crate) timestamp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) payload: Option<Value>,
+    /// The public key a signed event says it was signed with (`context.integrity.publicKey`);
+    /// `null` for an unsigned event. The tap has no trust ring: it shows the claim and
+    /// whether the hash matches the event, the receiving node verifies the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signed_by: Option<String>,
+    /// For a signed event: does `causal.hash` match the event's content?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hash_ok: Option<bool>,
 }
 
 impl Seen {
@@ -63,6 +71,12 @@ impl Seen {
         );
         if let Some(c) = &self.causation_id {
             line.push_str(&format!(" cause={c}"));
+        }
+        if let Some(key) = &self.signed_by {
+            line.push_str(&format!(" signed-by={key}"));
+            if self.hash_ok == Some(false) {
+                line.push_str(" (hash mismatch)");
+            }
         }
         if let Some(p) = &self.payload {
             line.push_str(&format!(" payload={p}"));
@@ -116,7 +130,15 @@ fn seen(t: Tapped) -> Seen {
         _ => "broadcast",
     };
     let event = t.event;
+    let signed_by = event
+        .integrity()
+        .map(|i| i.public_key().unwrap_or("?").to_owned());
+    let hash_ok = signed_by
+        .as_ref()
+        .map(|_| event.hash() == Some(happen::security::event_hash(&event).as_str()));
     Seen {
+        signed_by,
+        hash_ok,
         time: time::rfc3339(received_us),
         received_us,
         kind: kind.to_owned(),

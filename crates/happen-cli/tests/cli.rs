@@ -297,6 +297,70 @@ async fn tap_sees_events_of_other_instances_and_filters_by_pattern() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_signs_with_a_key_and_tap_shows_who_signed() {
+    use happen::security::{Security, SecurityMode, SigningKey, TrustRing};
+    let server = NatsServer::start();
+    let url = server.url();
+    let h = instance(&url).await;
+    let key = SigningKey::generate();
+    let ring = TrustRing::new().trust("ops-cli", key.public_key()).unwrap();
+    let security = Security::new().trust(ring).mode(SecurityMode::Enforce);
+    let vault = h
+        .node_with("vault", NodeOptions::new().security(security))
+        .await
+        .unwrap();
+    vault
+        .on("open", |e: Event, _c: Context| async move {
+            e.integrity()
+                .and_then(|i| i.public_key())
+                .map(str::to_owned)
+        })
+        .unwrap();
+    let seed_file = std::env::temp_dir().join(format!("happen-cli-{}.nk", std::process::id()));
+    std::fs::write(&seed_file, format!("{}\n", key.seed())).unwrap();
+    let seed_arg = seed_file.to_str().unwrap();
+
+    let tap = Listening::start(&url, &["tap", "open", "-n", "2"]).await;
+    // unsigned: refused by the enforcing node, with the unauthenticated exit code
+    let o = run(&url, &["send", "vault", "open", "--as", "ops-cli"]).await;
+    assert_fails(&o, 27, "unauthenticated");
+    // signed with the key from a file: handled
+    let o = run(
+        &url,
+        &[
+            "send",
+            "vault",
+            "open",
+            "--as",
+            "ops-cli",
+            "--sign-key",
+            seed_arg,
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("\"{}\"", key.public_key()));
+    let lines = tap.finish().await;
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(!lines[0].contains("signed-by="), "{}", lines[0]);
+    assert!(
+        lines[1].contains(&format!("signed-by={}", key.public_key())),
+        "{}",
+        lines[1]
+    );
+    assert!(!lines[1].contains("mismatch"), "{}", lines[1]);
+    // a bad key is a usage error before anything is sent
+    let o = run(
+        &url,
+        &["send", "vault", "open", "--sign-key", "SUnot-a-seed"],
+    )
+    .await;
+    assert_fails(&o, 23, "invalid_config");
+    let _ = std::fs::remove_file(seed_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_lists_a_node_with_its_limits_and_live_queue() {
     let server = NatsServer::start();
     let url = server.url();

@@ -205,6 +205,7 @@ impl NatsTransport {
             .await
             .map_err(|e| transport_error("cannot subscribe to the reply inbox", e))?;
         let subjects = Subjects::new(&config.prefix);
+        let node_subjects = subjects.node("");
         let pressure_sub = client
             .subscribe(subjects.pressure_all())
             .await
@@ -278,6 +279,7 @@ impl NatsTransport {
             streams: streams.clone(),
         });
         let connection = Arc::new(Connection {
+            node_subjects: node_subjects.clone(),
             link: link.clone(),
             requests: requests.clone(),
             nodes: nodes.clone(),

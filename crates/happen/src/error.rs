@@ -104,6 +104,15 @@ pub enum ErrorKind {
     /// A node was created outside a Tokio runtime (its flows run on one): create it from
     /// inside `#[tokio::main]`, a `#[tokio::test]` or `Runtime::block_on`.
     NoRuntime,
+    /// The target node's security gate could not authenticate the event: unsigned where
+    /// signatures are enforced, a hash or signature that does not verify with the key the
+    /// trust ring binds to the sender, a replay, or a timestamp out of bounds. Check the
+    /// sender's signing key and the receiver's `[security.trust]`; the message says which.
+    Unauthenticated,
+    /// The target node's security gate refused the event: its sender or origin is not in the
+    /// node's `accept_from`, its `origin.sourceId` is not an allowed role, or a custom policy
+    /// check said no. The message names the rule.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -134,6 +143,8 @@ impl ErrorKind {
             ErrorKind::Tls => "tls",
             ErrorKind::Downstream => "downstream",
             ErrorKind::NoRuntime => "no_runtime",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 
@@ -196,11 +207,13 @@ impl ErrorKind {
             ErrorKind::Tls => "the TLS connection could not be set up",
             ErrorKind::Downstream => "a call the flow made failed and it passed the error on",
             ErrorKind::NoRuntime => "a node was created outside a Tokio runtime",
+            ErrorKind::Unauthenticated => "the target node could not authenticate the event",
+            ErrorKind::Forbidden => "the target node's accept_from or policies refused the event",
         }
     }
 }
 
-const ALL_KINDS: [ErrorKind; 20] = [
+const ALL_KINDS: [ErrorKind; 22] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -221,6 +234,8 @@ const ALL_KINDS: [ErrorKind; 20] = [
     ErrorKind::Tls,
     ErrorKind::Downstream,
     ErrorKind::NoRuntime,
+    ErrorKind::Unauthenticated,
+    ErrorKind::Forbidden,
 ];
 
 impl fmt::Display for ErrorKind {

@@ -16,6 +16,9 @@
 //! - [`cpu`]: CPU-bound work off the async workers ([`cpu_bound`](cpu::cpu_bound));
 //! - [`config`]: configuration ([`Config`] and its sections, [`Limits`],
 //!   [`NodePatterns`](config::NodePatterns), [`millis`](config::millis));
+//! - [`security`]: node identity and signed events ([`SigningKey`](security::SigningKey),
+//!   [`TrustRing`](security::TrustRing)), `accept_from` and policies
+//!   ([`Security`](security::Security), [`Policy`](security::Policy)), checked before admission;
 //! - [`transport`]: the implementor API — the [`Transport`](transport::Transport) trait, the
 //!   in-process [`LocalTransport`](transport::LocalTransport), [`Inbox`](transport::Inbox),
 //!   reply and stream channels;
@@ -29,6 +32,8 @@ mod id; // NodeId, EventId, CorrelationId
 pub mod event; // Event, Causal, EventType; patterns; the clock
 
 pub mod config; // Config and its sections, Limits
+
+pub mod security; // keys, trust ring, canonical JSON, the gates before admission
 
 pub mod stream; // reply slot, item channel, broadcast feed
 
@@ -48,7 +53,7 @@ pub use crate::node::{cpu, flow, liner};
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{BatchAdmission, Config, Limits, PartialLimits, QueueStrategy};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
-pub use crate::event::{Causal, Event, EventType};
+pub use crate::event::{Causal, Event, EventType, Integrity, Origin};
 pub use crate::happen::{Happen, HappenBuilder};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
@@ -56,6 +61,7 @@ pub use crate::node::{
     NodeOptions, Ready, SendAll, SequentialKey, ShutdownReport, Target, line,
 };
 pub use crate::reply::{Outcome, Reply, ReplyStream, TypedStream};
+pub use crate::security::schema_hash;
 
 /// The names most programs need: `use happen::prelude::*;`.
 ///

@@ -168,6 +168,20 @@ pub struct NatsServerOptions {
     /// (`authorization { users = [{ nkey }] }` in the generated config). Not combined with
     /// `user_password` or `token`.
     pub nkey_users: Vec<String>,
+    /// Subject permissions of some of the `nkey_users` (by public key): `permissions {
+    /// publish { allow }, subscribe { allow } }` in the generated config. A user without an
+    /// entry may publish and subscribe anywhere.
+    pub nkey_permissions: Vec<(String, UserPermissions)>,
+}
+
+/// The subjects one nkey user may publish and subscribe to (see
+/// [`NatsServerOptions::with_nkey_user_permissions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPermissions {
+    /// Subjects (with `*` / `>` wildcards) the user may publish to.
+    pub publish: Vec<String>,
+    /// Subjects (with wildcards) the user may subscribe to.
+    pub subscribe: Vec<String>,
 }
 
 impl NatsServerOptions {
@@ -240,6 +254,19 @@ impl NatsServerOptions {
         self
     }
 
+    /// As [`with_nkey_user`](Self::with_nkey_user), confined to `permissions`: the server
+    /// refuses the user's publishes and subscriptions elsewhere.
+    pub fn with_nkey_user_permissions(
+        mut self,
+        public_key: impl Into<String>,
+        permissions: UserPermissions,
+    ) -> Self {
+        let key = public_key.into();
+        self.nkey_users.push(key.clone());
+        self.nkey_permissions.push((key, permissions));
+        self
+    }
+
     /// The generated config file's contents, `None` when no option needs one.
     fn config_file(&self, tls: Option<(&Path, &Path)>) -> Option<String> {
         let mut config = String::new();
@@ -259,7 +286,13 @@ impl NatsServerOptions {
         if !self.nkey_users.is_empty() {
             config.push_str("authorization {\n  users: [\n");
             for key in &self.nkey_users {
-                config.push_str(&format!("    {{ nkey: {key:?} }}\n"));
+                match self.nkey_permissions.iter().find(|(k, _)| k == key) {
+                    Some((_, p)) => config.push_str(&format!(
+                        "    {{ nkey: {key:?}, permissions: {{ publish: {{ allow: {:?} }}, subscribe: {{ allow: {:?} }} }} }}\n",
+                        p.publish, p.subscribe
+                    )),
+                    None => config.push_str(&format!("    {{ nkey: {key:?} }}\n")),
+                }
             }
             config.push_str("  ]\n}\n");
         }

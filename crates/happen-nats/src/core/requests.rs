@@ -247,6 +247,29 @@ impl Requests {
         }
     }
 
+    /// The server refused to carry requests to `target` (subject permissions): the
+    /// requests waiting for it fail with [`ErrorKind::Auth`].
+    pub(crate) fn fail_target(&self, target: &str, why: &str) {
+        let failed: Vec<Pending> = {
+            let mut pending = self.pending.lock();
+            let tokens: Vec<u64> = pending
+                .iter()
+                .filter(
+                    |(_, p)| matches!(p, Pending::Reply { target: t, .. } if t.as_str() == target),
+                )
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| pending.remove(t)).collect()
+        };
+        for p in failed {
+            if let Pending::Reply { tx, target, .. } = p {
+                let err =
+                    crate::wire::error_from_parts(ErrorKind::Auth, why, Some(target), None, None);
+                let _ = tx.send(Response::Done(Err(err)));
+            }
+        }
+    }
+
     /// The transport shut down: every request still waiting fails with `ShutDown`. Returns
     /// the requests relayed for a stopped node whose answer has not come back yet (the
     /// requester's reply subject and the node), for the caller to tell their requesters.

@@ -39,6 +39,17 @@ pub(crate) fn peek_type(body: &[u8]) -> Option<&str> {
 /// [`ErrorKind::InvalidEvent`] for a message larger than `max_bytes`, malformed JSON, missing
 /// `type`, or fields of the wrong type (the message says which).
 pub(crate) fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
+    decode_from(payload, max_bytes, false)
+}
+
+/// [`decode_event`] for a durable (JetStream) delivery: its redeliveries are not replays.
+pub(crate) fn decode_durable_event(payload: &[u8], max_bytes: usize) -> happen::Result<Event> {
+    decode_from(payload, max_bytes, true)
+}
+
+/// Decodes and marks the event as received from `payload`, so a receiving node's security
+/// gate verifies a signature against these bytes (`happen::transport::received`).
+fn decode_from(payload: &[u8], max_bytes: usize, durable: bool) -> happen::Result<Event> {
     if payload.len() > max_bytes {
         return Err(Error::new(
             ErrorKind::InvalidEvent,
@@ -48,14 +59,16 @@ pub(crate) fn decode_event(payload: &[u8], max_bytes: usize) -> happen::Result<E
             ),
         ));
     }
-    serde_json::from_slice::<Event>(payload).map_err(|e| {
+    let mut event = serde_json::from_slice::<Event>(payload).map_err(|e| {
         Error::new(
             ErrorKind::InvalidEvent,
             format!(
                 "malformed happen event (expected {{\"type\", \"payload\", \"context\"}} JSON): {e}"
             ),
         )
-    })
+    })?;
+    happen::transport::received(&mut event, payload, durable);
+    Ok(event)
 }
 
 /// Serializes an event as [`encode_event`] and checks it against `max_bytes` (the server's

@@ -17,7 +17,9 @@ mod pressure;
 mod subjects;
 
 pub(crate) use error::{encode_error, error_from_parts, error_headers};
-pub(crate) use event::{decode_event, encode_checked, encode_event, peek_type, value_body};
+pub(crate) use event::{
+    decode_durable_event, decode_event, encode_checked, encode_event, peek_type, value_body,
+};
 pub(crate) use frame::{Frame, ReplyFrame, decode_frame, decode_reply, error_frame, frame_headers};
 pub(crate) use pressure::{
     PressureEvent, RemoteLimits, limits_header, parse_limits, parse_pressure_report,

@@ -47,6 +47,8 @@ pub(crate) struct Connection {
     /// The nodes to tell.
     pub(crate) nodes: Arc<LocalNodes>,
     pub(crate) counters: Arc<Counters>,
+    /// `<prefix>.node.`: a refused publish under it names the node a request was for.
+    pub(crate) node_subjects: String,
 }
 
 /// Follows the client's connection events until the client is gone.
@@ -77,12 +79,47 @@ pub(crate) async fn run(
                 tracing::error!(target: "happen_nats", "the nats client gave up reconnecting");
                 c.closed("reached transport.nats.reconnect.max_attempts");
             }
+            async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) => {
+                match refused_publish(&msg) {
+                    Some(subject) => c.refused(subject, &msg),
+                    None => {
+                        tracing::warn!(target: "happen_nats", error = %msg, "nats server error")
+                    }
+                }
+            }
             other => tracing::info!(target: "happen_nats", event = %other, "nats connection event"),
         }
     }
 }
 
+/// The subject of a server's `Permissions Violation for Publish to "<subject>"`.
+fn refused_publish(msg: &str) -> Option<&str> {
+    let at = msg
+        .to_ascii_lowercase()
+        .find("permissions violation for publish to")?;
+    let rest = &msg[at + "permissions violation for publish to".len()..];
+    let subject = rest
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'' || c == ' ');
+    (!subject.is_empty()).then_some(subject)
+}
+
 impl Connection {
+    /// The server refused this process's user a publish (its subject permissions): the
+    /// requests waiting for a node on that subject fail at once with `Auth` instead of
+    /// timing out; a tell there is lost (logged).
+    fn refused(&self, subject: &str, msg: &str) {
+        tracing::warn!(target: "happen_nats", subject, error = %msg, "the nats server refused a publish: this process's user may not publish there");
+        if let Some(node) = subject.strip_prefix(self.node_subjects.as_str()) {
+            self.requests.fail_target(
+                node,
+                &format!(
+                    "the nats server refused this process's user permission to publish to `{subject}` ({msg}); allow it in the user's `permissions.publish` on the server if this process should reach node `{node}`"
+                ),
+            );
+        }
+    }
+
     /// The client lost its connection (it reconnects on its own).
     fn disconnected(&self) {
         let server = self.link.went_down();

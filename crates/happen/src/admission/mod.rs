@@ -645,6 +645,7 @@ impl Engine {
             engine_faults: self.done.faults.load(Ordering::Relaxed),
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),
+            denied: 0, // the node's security gate counts these
         }
     }
 }

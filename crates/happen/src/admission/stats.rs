@@ -75,6 +75,9 @@ pub struct NodeStats {
     pub queue_wait_p50: Duration,
     /// 99th percentile of the queue wait.
     pub queue_wait_p99: Duration,
+    /// Events the node's security gates turned away before admission (unauthenticated,
+    /// forbidden or of a disallowed shape); never counted in `accepted` or `rejected`.
+    pub denied: u64,
 }
 
 /// Failures nobody observed (a fire-and-forget send whose flow failed, a rejected broadcast):

@@ -11,6 +11,7 @@
 //! | `[streams]` | [`StreamConfig`] | `buffer`, `broadcast_buffer` |
 //! | `[cpu]` | [`CpuConfig`] | `threads` |
 //! | `[transport.<name>]` | [`TransportConfig`] | one table per transport, read by its crate |
+//! | `[security]` | [`SecurityConfig`] | `trust`, `nodes` (mode, seed, `accept_from`), `max_age_ms`, `max_future_ms` |
 //!
 //! Durations are `Duration`s in Rust and whole milliseconds in a file (`request_timeout_ms =
 //! 5000`; see [`millis`]). A [`Config`] reaches an instance through
@@ -55,6 +56,7 @@
 
 mod limits;
 mod patterns;
+mod security;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +69,8 @@ use crate::error::{Error, Result};
 
 pub use limits::{BatchAdmission, Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
+pub(crate) use patterns::glob_matches;
+pub use security::{NodeSecurityConfig, SecurityConfig, SecurityMode};
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.
 ///
@@ -106,6 +110,9 @@ pub struct Config {
     /// Transport settings: one table per transport (`[transport.nats]`), read by the crate
     /// of that transport. The in-process transport needs none.
     pub transport: TransportConfig,
+    /// Node identity and the gates before admission: trust ring, keys, modes,
+    /// `accept_from`, replay bounds (see [`security`](crate::security)).
+    pub security: SecurityConfig,
 }
 
 /// `concurrency`: the default limits and node-id pattern overrides (the
@@ -492,7 +499,7 @@ impl Config {
         if self.cpu.threads == Some(0) {
             return Err(Error::config("cpu.threads", "must be at least 1"));
         }
-        Ok(())
+        self.security.validate()
     }
 }
 

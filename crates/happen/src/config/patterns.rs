@@ -175,7 +175,7 @@ fn pattern_rank(pattern: &str, node_id: &str) -> Option<usize> {
 }
 
 /// `*` matches any run of characters (including none).
-fn glob_matches(glob: &str, s: &str) -> bool {
+pub(crate) fn glob_matches(glob: &str, s: &str) -> bool {
     let parts: Vec<&str> = glob.split('*').collect();
     if parts.len() == 1 {
         return glob == s;

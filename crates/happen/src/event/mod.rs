@@ -12,10 +12,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{CorrelationId, EventId, NodeId, SharedStr};
 
 mod clock;
+mod ext;
 pub mod pattern;
 mod storage;
 
 pub(crate) use clock::now_ms;
+pub(crate) use ext::{Ext, is_known_context_field};
+pub use ext::{Integrity, Origin};
 
 /// An event: a type (`order.created`), a payload, a priority and its causal context.
 ///
@@ -81,6 +84,23 @@ struct EventInner {
     causal: Causal,
     /// A correlation id the user asked for on a root event.
     explicit_correlation: Option<CorrelationId>,
+    /// Origin source, hash, signature, unknown context fields: `None` for most events, so
+    /// they allocate nothing for it.
+    ext: Option<Box<Ext>>,
+    /// Where this event's contents come from (not serialized).
+    arrival: Arrival,
+}
+
+/// Where an event's contents come from, for the security gates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Arrival {
+    /// Made or stamped in this process: its sender is a node of this process.
+    #[default]
+    Local,
+    /// Decoded from the wire: its sender is what the body claims.
+    Wire,
+    /// Decoded from a durable (JetStream) delivery: a redelivery is not a replay.
+    Durable,
 }
 
 /// The causal context of an event (Happen's `context.causal`), read with
@@ -185,6 +205,8 @@ impl EventInner {
                 timestamp: 0,
             },
             explicit_correlation: None,
+            ext: None,
+            arrival: Arrival::Local,
         }
     }
 
@@ -470,14 +492,143 @@ impl Event {
         self.inner.causal.path.as_slice()
     }
 
-    /// A new, unsent event with this one's type, payload, priority and requested
-    /// correlation id: cheaper to stamp than a clone (nothing of the old causal context is
-    /// copied only to be overwritten).
+    /// Where the event comes from beyond its sender (Happen's `context.origin`): the sender
+    /// as `node_id`, and who the event acts for (`source_id`, `source_type`), set with
+    /// [`with_source_id`](Event::with_source_id) / [`with_source_type`](Event::with_source_type)
+    /// and inherited by every event a flow sends while handling this one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let web = happen.node("web").await?;
+    /// let orders = happen.node("orders").await?;
+    /// let billing = happen.node("billing").await?;
+    /// orders.on("order", |_e: Event, ctx: Context| async move {
+    ///     ctx.send("billing", Event::new("invoice", ())).await // a derived send
+    /// })?;
+    /// billing.on("invoice", |e: Event, _c: Context| async move {
+    ///     let o = e.origin();
+    ///     format!("{} for {}:{}", o.node_id(), o.source_type().unwrap(), o.source_id().unwrap())
+    /// })?;
+    /// let order = Event::new("order", ()).with_source_type("user").with_source_id("ada");
+    /// assert_eq!(web.send(&orders, order).await?, "orders for user:ada");
+    /// # Ok(()) }
+    /// ```
+    pub fn origin(&self) -> Origin<'_> {
+        let ext = self.inner.ext.as_deref();
+        Origin {
+            node_id: &self.inner.causal.sender,
+            source_id: ext.and_then(|e| e.source_id.as_deref()),
+            source_type: ext.and_then(|e| e.source_type.as_deref()),
+        }
+    }
+
+    /// Sets `context.origin.sourceId`: who the event acts for (a user id, a tenant, an
+    /// upstream system's id). Events sent while handling this one inherit it. See
+    /// [`origin`](Event::origin).
+    pub fn with_source_id(mut self, source_id: impl Into<String>) -> Event {
+        self.ext_mut().source_id = Some(source_id.into());
+        self
+    }
+
+    /// Sets `context.origin.sourceType`: what kind of source `sourceId` is (`user`,
+    /// `tenant`, ...). Inherited like the source id. See [`origin`](Event::origin).
+    pub fn with_source_type(mut self, source_type: impl Into<String>) -> Event {
+        self.ext_mut().source_type = Some(source_type.into());
+        self
+    }
+
+    /// A field of the event's `context` that happen does not interpret itself (anything but
+    /// `causal`, `priority`, `origin` and `integrity`), as received or as set with
+    /// [`with_context_field`](Event::with_context_field). Such fields travel with the event:
+    /// they are kept when it is decoded, handled, forwarded and encoded again.
+    ///
+    /// ```
+    /// use happen::Event;
+    /// use serde_json::json;
+    ///
+    /// let wire = json!({"type": "t", "context": {"tenant": {"id": 42}, "causal": {"trace": "x"}}});
+    /// let event: Event = serde_json::from_value(wire).unwrap();
+    /// assert_eq!(event.context_field("tenant"), Some(&json!({"id": 42})));
+    /// let back = serde_json::to_value(&event).unwrap();
+    /// assert_eq!(back["context"]["tenant"]["id"], 42);
+    /// assert_eq!(back["context"]["causal"]["trace"], "x"); // unknown causal fields too
+    /// ```
+    pub fn context_field(&self, name: &str) -> Option<&Value> {
+        self.inner.ext.as_ref()?.context_extra.get(name)
+    }
+
+    /// Sets a `context` field happen does not interpret (see
+    /// [`context_field`](Event::context_field)). A name happen reads itself (`causal`,
+    /// `priority`, `origin`, `integrity`) is ignored: use the methods for those.
+    ///
+    /// ```
+    /// use happen::Event;
+    /// use serde_json::json;
+    ///
+    /// let e = Event::new("t", ()).with_context_field("tenant", json!("t-1"));
+    /// assert_eq!(e.context_field("tenant"), Some(&json!("t-1")));
+    /// assert_eq!(serde_json::to_value(&e).unwrap()["context"]["tenant"], "t-1");
+    /// assert!(Event::new("t", ()).with_context_field("origin", 1).context_field("origin").is_none());
+    /// ```
+    pub fn with_context_field(mut self, name: impl Into<String>, value: impl Into<Value>) -> Event {
+        let name = name.into();
+        if !is_known_context_field(&name) {
+            self.ext_mut().context_extra.insert(name, value.into());
+        }
+        self
+    }
+
+    /// `context.causal.hash`: the hex SHA-256 of the event's canonical JSON without the hash
+    /// and the integrity, set when a node with a signing key sends the event (or as received).
+    /// See the `security` module.
+    pub fn hash(&self) -> Option<&str> {
+        self.inner.ext.as_ref()?.hash.as_deref()
+    }
+
+    /// `context.integrity`: the sender's signature over [`hash`](Event::hash), when it signed.
+    /// See the `security` module.
+    pub fn integrity(&self) -> Option<&Integrity> {
+        self.inner.ext.as_ref()?.integrity.as_ref()
+    }
+
+    pub(crate) fn ext(&self) -> Option<&Ext> {
+        self.inner.ext.as_deref()
+    }
+
+    pub(crate) fn ext_mut(&mut self) -> &mut Ext {
+        Arc::make_mut(&mut self.inner).ext.get_or_insert_default()
+    }
+
+    pub(crate) fn arrival(&self) -> Arrival {
+        self.inner.arrival
+    }
+
+    pub(crate) fn set_arrival(&mut self, arrival: Arrival) {
+        if self.inner.arrival != arrival {
+            Arc::make_mut(&mut self.inner).arrival = arrival;
+        }
+    }
+
+    /// The event in its wire form without `causal.hash` and `integrity` (what is hashed).
+    pub(crate) fn unsigned_form(&self) -> impl Serialize + '_ {
+        Wire {
+            event: self,
+            unsigned: true,
+        }
+    }
+
+    /// A new, unsent event with this one's type, payload, priority, requested correlation id
+    /// and extension (without hash and signature): cheaper to stamp than a clone (nothing of
+    /// the old causal context is copied only to be overwritten).
     pub(crate) fn unsent_copy(&self) -> Event {
         let inner = &self.inner;
         let mut copy = EventInner::unstamped(inner.event_type.clone(), inner.payload.clone());
         copy.priority = inner.priority;
         copy.explicit_correlation = inner.explicit_correlation.clone();
+        copy.ext = inner.ext.clone();
         Event {
             inner: storage::store(copy),
         }
@@ -491,6 +642,26 @@ impl Event {
             ));
         }
         let inner = Arc::make_mut(&mut self.inner);
+        inner.arrival = Arrival::Local;
+        if let Some(ext) = &mut inner.ext {
+            // hash and signature were for the old contents and sender; a node with a key
+            // signs again after stamping
+            ext.hash = None;
+            ext.integrity = None;
+            ext.received_digest = None;
+        }
+        if let Some(parent_ext) = parent.and_then(|p| p.inner.ext.as_deref())
+            && parent_ext.has_source()
+        {
+            let ext = inner.ext.get_or_insert_default();
+            if !ext.has_source() {
+                ext.source_id = parent_ext.source_id.clone();
+                ext.source_type = parent_ext.source_type.clone();
+            }
+        }
+        if inner.ext.as_deref().is_some_and(Ext::is_empty) {
+            inner.ext = None;
+        }
         let c = &mut inner.causal;
         c.id = EventId::new();
         c.sender = sender.clone();
@@ -560,6 +731,7 @@ impl fmt::Debug for Event {
             .field("payload", &self.inner.payload)
             .field("priority", &self.inner.priority)
             .field("causal", &self.inner.causal)
+            .field("ext", &self.inner.ext)
             .finish()
     }
 }
@@ -648,28 +820,56 @@ struct WireIn {
     #[serde(default)]
     payload: Value,
     #[serde(default)]
-    context: Option<WireContextIn>,
+    context: Option<ext::ContextIn>,
 }
 
-#[derive(Deserialize)]
-struct WireContextIn {
-    #[serde(default)]
-    causal: Option<Causal>,
-    #[serde(default)]
-    priority: i32,
+/// An event in its wire form, with or without its hash and integrity.
+struct Wire<'a> {
+    event: &'a Event,
+    unsigned: bool,
+}
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let inner = &self.event.inner;
+        match inner.ext.as_deref() {
+            None => WireOut {
+                event_type: &inner.event_type,
+                payload: &inner.payload,
+                context: WireContextOut {
+                    causal: &inner.causal,
+                    priority: inner.priority,
+                },
+            }
+            .serialize(s),
+            Some(ext) => {
+                use serde::ser::SerializeStruct;
+                let mut st = s.serialize_struct("Event", 3)?;
+                st.serialize_field("type", &*inner.event_type)?;
+                st.serialize_field("payload", &inner.payload)?;
+                st.serialize_field(
+                    "context",
+                    &ext::ContextOut {
+                        causal: &inner.causal,
+                        priority: inner.priority,
+                        ext,
+                        unsigned: self.unsigned,
+                    },
+                )?;
+                st.end()
+            }
+        }
+    }
 }
 
 /// Serializes in Happen's wire form:
-/// `{"type", "payload", "context": {"causal": {"id", "sender", "causationId", "correlationId", "path", "timestamp"}}}`.
+/// `{"type", "payload", "context": {"causal": {"id", "sender", "causationId", "correlationId", "path", "timestamp", "hash"}, "priority", "origin", "integrity", ...}}`
+/// (the optional fields only when set; unknown context fields as received).
 impl Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        WireOut {
-            event_type: self.event_type(),
-            payload: &self.inner.payload,
-            context: WireContextOut {
-                causal: &self.inner.causal,
-                priority: self.inner.priority,
-            },
+        Wire {
+            event: self,
+            unsigned: false,
         }
         .serialize(s)
     }
@@ -684,9 +884,9 @@ impl<'de> Deserialize<'de> for Event {
         if w.event_type.is_empty() {
             return Err(serde::de::Error::custom("event `type` must not be empty"));
         }
-        let (causal, priority) = match w.context {
-            Some(c) => (c.causal, c.priority),
-            None => (None, 0),
+        let (causal, priority, ext) = match w.context {
+            Some(c) => (c.causal, c.priority, c.ext),
+            None => (None, 0, Ext::default()),
         };
         let causal = causal.unwrap_or_else(|| Causal {
             id: EventId::new(),
@@ -703,6 +903,8 @@ impl<'de> Deserialize<'de> for Event {
                 priority,
                 causal,
                 explicit_correlation: None,
+                ext: (!ext.is_empty()).then(|| Box::new(ext)),
+                arrival: Arrival::Wire,
             }),
         })
     }

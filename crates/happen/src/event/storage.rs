@@ -54,6 +54,7 @@ pub(super) fn recycle(handle: &mut Arc<EventInner>) {
         return; // another handle remains: the usual decrement follows
     };
     inner.payload = Value::Null;
+    inner.ext = None;
     let Ok(hole) = HOLE.try_with(Arc::clone) else {
         return; // the thread is ending: freed as usual
     };

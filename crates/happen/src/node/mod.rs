@@ -34,6 +34,7 @@ use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
 use crate::id::{NodeId, SharedStr};
 use crate::reply::Reply;
+use crate::security::Gate;
 use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
 pub use batch::{BATCH_EVENT, Batch};
@@ -98,6 +99,8 @@ pub(crate) struct NodeShared {
     state: StateMap,
     /// Bumped by every registration (invalidates the driver's lookup cache).
     registry_version: AtomicU64,
+    /// Signing and the gates before admission; `None` (no cost) when the node has neither.
+    security: Option<Box<Gate>>,
 }
 
 impl Drop for NodeShared {
@@ -120,7 +123,9 @@ impl Node {
         if let Some(items) = options.stream_buffer {
             crate::config::validate_buffer("node options.stream_buffer", items)?;
         }
+        let security = Gate::build(&id, &config.security, options.security)?.map(Box::new);
         let shared = NodeShared {
+            security,
             runner: Runner::new()?,
             engine: Engine::new(&id, limits, options.sequential.is_some()),
             request_timeout: options
@@ -579,7 +584,11 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> NodeStats {
-        self.shared.engine.stats()
+        let mut stats = self.shared.engine.stats();
+        if let Some(gate) = &self.shared.security {
+            stats.denied = gate.denied();
+        }
+        stats
     }
 
     /// The node's current backpressure state (with the number of events queued now).
@@ -705,6 +714,10 @@ impl Node {
         reply: Option<SlotSender>,
         broadcast: Option<BroadcastRole>,
     ) -> Result<(), Error> {
+        if let Some(gate) = &self.shared.security {
+            // before admission: a refused event takes no slot and no queue place
+            gate.check(&event)?;
+        }
         let engine = &self.shared.engine;
         let lane = match &self.shared.sequential {
             Some(key) => Some(self.lane_key(key, &event)?),
@@ -790,12 +803,24 @@ impl Node {
         }
     }
 
+    /// Is `err` a refusal of this node's security gate (counted and logged there)?
+    pub(crate) fn refused_by_gate(&self, err: &Error) -> bool {
+        self.shared.security.is_some()
+            && matches!(
+                err.kind(),
+                ErrorKind::Unauthenticated | ErrorKind::Forbidden | ErrorKind::InvalidEvent
+            )
+    }
+
     pub(crate) fn unobserved_failure(&self, err: &Error) {
         self.shared.engine.unobserved().record(err);
     }
 
     fn prepare(&self, event: Event, parent: Option<&Event>) -> Result<Event> {
-        let event = event.stamp(self.id(), parent)?;
+        let mut event = event.stamp(self.id(), parent)?;
+        if let Some(key) = self.shared.security.as_ref().and_then(|g| g.signer()) {
+            event = crate::security::sign(event, key);
+        }
         let max = self.shared.max_chain_depth;
         if event.path().len() > max {
             return Err(Error::new(

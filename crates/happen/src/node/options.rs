@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::state::StateMap;
 use crate::config::{PartialLimits, QueueStrategy};
 use crate::event::Event;
+use crate::security::Security;
 
 /// Makes a node process events with the same key one at a time, in arrival order, while
 /// events with different keys run concurrently (all within `max_concurrent`). Set it with
@@ -100,6 +101,7 @@ pub struct NodeOptions {
     pub(super) sequential: Option<SequentialKey>,
     pub(super) stream_buffer: Option<usize>,
     pub(super) state: StateMap,
+    pub(super) security: Option<Security>,
 }
 
 impl NodeOptions {
@@ -158,6 +160,13 @@ impl NodeOptions {
     /// ```
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
+        self
+    }
+    /// The node's identity and gates: signing key, mode, trust entries, `accept_from`,
+    /// policies (over the config's `[security]`; see [`security`](crate::security) for an
+    /// example).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
         self
     }
     /// Sequential processing per key (see [`SequentialKey`] for an example).

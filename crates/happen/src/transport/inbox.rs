@@ -100,10 +100,17 @@ impl Inbox {
     /// (see the [type docs](Inbox) for an example, and [`Response`](super::Response) for what
     /// arrives through `reply`).
     ///
+    /// The node's security gates (see [`security`](crate::security)) run first: decode
+    /// events with [`received`](super::received) so a signature is verified against the
+    /// bytes received.
+    ///
     /// # Errors
     /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull) or
-    /// [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown); the event is then not admitted and
-    /// `reply` was dropped unanswered.
+    /// [`ErrorKind::ShutDown`](crate::ErrorKind::ShutDown); refused by the node's gates:
+    /// [`ErrorKind::Unauthenticated`](crate::ErrorKind::Unauthenticated),
+    /// [`ErrorKind::Forbidden`](crate::ErrorKind::Forbidden) or
+    /// [`ErrorKind::InvalidEvent`](crate::ErrorKind::InvalidEvent). The event is then not
+    /// admitted and `reply` was dropped unanswered.
     pub fn deliver(&self, event: Event, reply: Option<ReplySender>) -> Result<()> {
         self.node.admit(event, reply.map(|r| r.0), None)
     }
@@ -277,7 +284,11 @@ impl Inbox {
     /// Records a failure that nobody will observe (logged at warn level and counted in the
     /// node's [`NodeStats::unobserved_failures`]), such as a broadcast the node rejected.
     pub fn report_unobserved(&self, err: &Error) {
-        self.node.unobserved_failure(err);
+        // a refusal of the node's security gate was counted (`denied`) and logged, at most
+        // once a second, by the gate: not once more per event here
+        if !self.node.refused_by_gate(err) {
+            self.node.unobserved_failure(err);
+        }
     }
 }
 

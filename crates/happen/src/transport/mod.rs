@@ -225,3 +225,24 @@ pub use crate::stream::oneshot::{ReplyReceiver, ReplySender, Response, reply_cha
 pub fn pressure(under_pressure: bool, queued: usize, queue_limit: usize) -> Pressure {
     Pressure::new(under_pressure, queued, queue_limit)
 }
+
+/// Marks `event` as decoded from `body`, a message received from another process: the
+/// receiving node's security gate then treats it as foreign (its sender as claimed until a
+/// signature proves it) and, for a signed event, verifies the signature against the
+/// canonical form of these bytes rather than of a re-serialized event. A transport calls it
+/// on every event it decodes; `durable` says the message came from a durable (JetStream)
+/// delivery, whose redeliveries are not replays.
+///
+/// ```
+/// use happen::Event;
+/// use happen::security::body_hash;
+///
+/// let body = br#"{"type":"ping","context":{"causal":{"sender":"far","hash":"00"},"integrity":{"signature":"AA"}}}"#;
+/// let mut event: Event = serde_json::from_slice(body).unwrap();
+/// happen::transport::received(&mut event, body, false);
+/// assert_eq!(event.hash(), Some("00")); // as received; the gate compares it with:
+/// assert_eq!(body_hash(body).unwrap().len(), 64);
+/// ```
+pub fn received(event: &mut Event, body: &[u8], durable: bool) {
+    crate::security::note_received(event, body, durable);
+}

@@ -247,7 +247,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
         .as_ref()
         .and_then(|h| h.get(header::REPLY_TO))
         .map(|v| Subject::from(v.as_str()));
-    let event = match wire::decode_event(&msg.payload, d.ep.max_bytes) {
+    let event = match wire::decode_durable_event(&msg.payload, d.ep.max_bytes) {
         Ok(e) => e,
         Err(err) => {
             d.counters.bad_input(BadInput::Malformed);
@@ -375,7 +375,9 @@ async fn conclude(
             nak(d, msg, None).await;
             None
         }
-        Err(err) if delivered < node.settings.max_deliveries => {
+        // refused by the node's security gate (or invalid): no delivery will change that,
+        // so it goes to the dead letters at once, with the reason
+        Err(err) if delivered < node.settings.max_deliveries && !refused(&err) => {
             tracing::debug!(target: "happen_nats", node = %node.inbox.id(), delivered, error = %err, "durable flow failed; redelivering");
             inc(&d.counters.durable_retried);
             release().await;
@@ -400,6 +402,14 @@ async fn conclude(
             Some(decode_record(&record_body))
         }
     }
+}
+
+/// An error no redelivery can change: the node's gates refused the event, or it is invalid.
+fn refused(err: &happen::Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Unauthenticated | ErrorKind::Forbidden | ErrorKind::InvalidEvent
+    )
 }
 
 /// Stores the exactly-once record of a finished event, retrying (the server may be restarting)
