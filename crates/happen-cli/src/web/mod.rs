@@ -413,9 +413,13 @@ async fn send(State(app): State<Shared>, body: axum::body::Bytes) -> Response {
     if body.event_type.trim().is_empty() {
         return Fail(StatusCode::BAD_REQUEST, "`type` is empty".into()).into_response();
     }
+    let as_web = crate::SenderArgs {
+        sender: Some("happen-web".to_owned()),
+        sign_key: None,
+    };
     let sender = match app
         .sender
-        .get_or_try_init(|| app.conn.sender(Some("happen-web")))
+        .get_or_try_init(|| async { app.conn.sender(&as_web).await })
         .await
     {
         Ok(s) => s,

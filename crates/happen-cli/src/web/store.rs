@@ -272,6 +272,8 @@ mod tests {
             path: vec![],
             timestamp: at / 1000,
             payload: None,
+            signed_by: None,
+            hash_ok: None,
         }
     }
 
