@@ -33,6 +33,8 @@ pub(crate) fn code_of(kind: ErrorKind) -> u8 {
         ErrorKind::DuplicateNode => 24,
         ErrorKind::DuplicateHandler => 25,
         ErrorKind::NoRuntime => 26,
+        ErrorKind::Conflict => 27,
+        ErrorKind::InvalidKey => 28,
         ErrorKind::Transport => 30,
         ErrorKind::Auth => 31,
         ErrorKind::Tls => 32,

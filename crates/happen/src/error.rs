@@ -104,6 +104,15 @@ pub enum ErrorKind {
     /// A node was created outside a Tokio runtime (its flows run on one): create it from
     /// inside `#[tokio::main]`, a `#[tokio::test]` or `Runtime::block_on`.
     NoRuntime,
+    /// A stored state changed under a compare-and-set: another writer (usually another
+    /// process) updated it first — after the retries of
+    /// [`Stored::update`](crate::stored::Stored::update), or at once for
+    /// [`set_if_revision`](crate::stored::Stored::set_if_revision). Read it again and retry,
+    /// or let one node own the state and send it the changes.
+    Conflict,
+    /// A stored-state key is not valid (global state keys: letters, digits and `-/_=.`, not
+    /// starting or ending with `.`); the message names the key and the character.
+    InvalidKey,
 }
 
 impl ErrorKind {
@@ -134,6 +143,8 @@ impl ErrorKind {
             ErrorKind::Tls => "tls",
             ErrorKind::Downstream => "downstream",
             ErrorKind::NoRuntime => "no_runtime",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InvalidKey => "invalid_key",
         }
     }
 
@@ -196,11 +207,13 @@ impl ErrorKind {
             ErrorKind::Tls => "the TLS connection could not be set up",
             ErrorKind::Downstream => "a call the flow made failed and it passed the error on",
             ErrorKind::NoRuntime => "a node was created outside a Tokio runtime",
+            ErrorKind::Conflict => "another writer changed the stored state first",
+            ErrorKind::InvalidKey => "a stored-state key is not valid",
         }
     }
 }
 
-const ALL_KINDS: [ErrorKind; 20] = [
+const ALL_KINDS: [ErrorKind; 22] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -221,6 +234,8 @@ const ALL_KINDS: [ErrorKind; 20] = [
     ErrorKind::Tls,
     ErrorKind::Downstream,
     ErrorKind::NoRuntime,
+    ErrorKind::Conflict,
+    ErrorKind::InvalidKey,
 ];
 
 impl fmt::Display for ErrorKind {

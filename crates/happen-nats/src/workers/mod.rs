@@ -8,7 +8,8 @@
 //! - [`connection`]: following the client's connection events;
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
 //! - [`durable`]: durable delivery on JetStream (publish, consume, records);
-//! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]).
+//! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]);
+//! - [`state`]: stored state in JetStream key-value buckets (the transport's state store).
 
 pub(crate) mod connection;
 pub(crate) mod discover;
@@ -16,5 +17,6 @@ pub(crate) mod durable;
 pub(crate) mod pressure;
 pub(crate) mod replies;
 pub(crate) mod serve;
+pub(crate) mod state;
 pub(crate) mod streams;
 pub(crate) mod tap;

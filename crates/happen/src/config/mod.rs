@@ -11,6 +11,7 @@
 //! | `[streams]` | [`StreamConfig`] | `buffer`, `broadcast_buffer` |
 //! | `[cpu]` | [`CpuConfig`] | `threads` |
 //! | `[transport.<name>]` | [`TransportConfig`] | one table per transport, read by its crate |
+//! | `[state]` | [`StateConfig`] | stored state's `history`, `max_age_ms`, `patterns` |
 //!
 //! Durations are `Duration`s in Rust and whole milliseconds in a file (`request_timeout_ms =
 //! 5000`; see [`millis`]). A [`Config`] reaches an instance through
@@ -55,6 +56,7 @@
 
 mod limits;
 mod patterns;
+mod state;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +69,7 @@ use crate::error::{Error, Result};
 
 pub use limits::{Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
+pub use state::{MAX_HISTORY, PartialStateSettings, StateConfig, StateSettings};
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.
 ///
@@ -106,6 +109,8 @@ pub struct Config {
     /// Transport settings: one table per transport (`[transport.nats]`), read by the crate
     /// of that transport. The in-process transport needs none.
     pub transport: TransportConfig,
+    /// Stored state: history depth and age per node-id pattern.
+    pub state: StateConfig,
 }
 
 /// `concurrency`: the default limits and node-id pattern overrides (the
@@ -492,6 +497,7 @@ impl Config {
         if self.cpu.threads == Some(0) {
             return Err(Error::config("cpu.threads", "must be at least 1"));
         }
+        self.state.validate()?;
         Ok(())
     }
 }
