@@ -330,3 +330,45 @@ async fn without_jetstream_the_error_says_so() {
     assert!(err.message().contains("JetStream"), "{err}");
     happen.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The child process of [`state_survives_process_restarts`]: hosts `inventory`, adds 5 through
+/// an event, exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by state_survives_process_restarts"]
+async fn state_writer_process() {
+    let Ok(url) = std::env::var("HAPPEN_STATE_URL") else {
+        return;
+    };
+    let happen = process(&url, Config::default()).await;
+    let node = inventory(&happen, "inventory").await;
+    within(10, "add", node.send(&node, Event::new("add", 5)))
+        .await
+        .unwrap();
+    happen.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Two real processes, one after the other, each adding 5 to the state of the node they
+/// host; this process (which never hosted it) then reads 10 through a view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_process_restarts() {
+    let server = server();
+    let url = server.url();
+    for run in 1..=2 {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "state_writer_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("HAPPEN_STATE_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run the writer process");
+        assert!(status.success(), "writer run {run}: {status}");
+    }
+    let reader = process(&url, Config::default()).await;
+    let v = reader.view::<Stock>("inventory").await.unwrap().unwrap();
+    assert_eq!((v.value.count, v.revision), (10, 2));
+    reader.shutdown(Duration::from_secs(5)).await;
+}
