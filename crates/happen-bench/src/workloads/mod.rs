@@ -15,6 +15,7 @@ pub(crate) mod fanout;
 pub(crate) mod nats;
 pub(crate) mod node_scale;
 pub(crate) mod peers;
+pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod tell;
 
@@ -29,6 +30,7 @@ pub(crate) const LOCAL: &[&str] = &[
     "admission",
     "node-scale",
     "fan-out",
+    "state",
 ];
 
 /// Workloads that need a `nats-server`.
@@ -37,6 +39,7 @@ pub(crate) const NATS: &[&str] = &[
     "nats-ask-par",
     "nats-broadcast",
     "nats-durable",
+    "nats-state",
 ];
 
 /// Formats an error for a failed run.

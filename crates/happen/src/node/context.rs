@@ -404,7 +404,7 @@ impl Context {
         crate::stored::Stored::new(
             node.shared.scope.store.clone(),
             node.id().clone(),
-            Some(crate::stored::Change::of(&self.inner.event)),
+            Some(self.inner.event.clone()),
         )
     }
 
@@ -480,7 +480,7 @@ impl Context {
     pub fn global(&self) -> crate::stored::Global {
         crate::stored::Global::new(
             self.inner.node.shared.scope.store.clone(),
-            Some(crate::stored::Change::of(&self.inner.event)),
+            Some(self.inner.event.clone()),
         )
     }
 

@@ -23,7 +23,8 @@ pub(crate) struct StoreHub {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) config: StateConfig,
     opened: Mutex<HashSet<String>>,
-    cells: Mutex<HashMap<(String, String), Arc<Cell>>>,
+    /// By bucket, then key (looked up without allocating).
+    cells: Mutex<HashMap<String, HashMap<String, Arc<Cell>>>>,
 }
 
 impl StoreHub {
@@ -52,9 +53,14 @@ impl StoreHub {
     }
 
     pub(crate) fn cell(&self, bucket: &str, key: &str) -> Arc<Cell> {
-        self.cells
-            .lock()
-            .entry((bucket.to_owned(), key.to_owned()))
+        let mut cells = self.cells.lock();
+        if let Some(c) = cells.get(bucket).and_then(|keys| keys.get(key)) {
+            return c.clone();
+        }
+        cells
+            .entry(bucket.to_owned())
+            .or_default()
+            .entry(key.to_owned())
             .or_insert_with(|| {
                 Arc::new(Cell {
                     last: tokio::sync::Mutex::new(None),

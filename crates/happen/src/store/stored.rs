@@ -55,6 +55,7 @@ use super::hub::StoreHub;
 use super::names::{GLOBAL_BUCKET, STATE_KEY, node_bucket, validate_key};
 use crate::config::StateSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
 use crate::id::{EventId, NodeId};
 
 pub use super::Change;
@@ -112,7 +113,9 @@ pub struct Stored<S> {
     hub: Arc<StoreHub>,
     node: NodeId,
     bucket: Arc<str>,
-    change: Option<Change>,
+    /// The flow's event, whose causal context a change carries (made into a [`Change`] only
+    /// when something is written).
+    cause: Option<Event>,
     _s: PhantomData<fn() -> S>,
 }
 
@@ -122,7 +125,7 @@ impl<S> Clone for Stored<S> {
             hub: self.hub.clone(),
             node: self.node.clone(),
             bucket: self.bucket.clone(),
-            change: self.change.clone(),
+            cause: self.cause.clone(),
             _s: PhantomData,
         }
     }
@@ -133,18 +136,18 @@ impl<S> fmt::Debug for Stored<S> {
         f.debug_struct("Stored")
             .field("node", &self.node.as_str())
             .field("bucket", &&*self.bucket)
-            .field("change", &self.change)
+            .field("cause", &self.cause.as_ref().map(|e| e.id().to_string()))
             .finish()
     }
 }
 
 impl<S> Stored<S> {
-    pub(crate) fn new(hub: Arc<StoreHub>, node: NodeId, change: Option<Change>) -> Stored<S> {
+    pub(crate) fn new(hub: Arc<StoreHub>, node: NodeId, cause: Option<Event>) -> Stored<S> {
         Stored {
             bucket: node_bucket(&node).into(),
             hub,
             node,
-            change,
+            cause,
             _s: PhantomData,
         }
     }
@@ -254,12 +257,13 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> Stored<S> {
     /// # Ok(()) }
     /// ```
     pub async fn update<F: FnMut(&mut S)>(&self, f: F) -> Result<Versioned<S>> {
+        let change = self.cause.as_ref().map(Change::of);
         update_key(
             &self.hub,
             &self.bucket,
             STATE_KEY,
             self.settings(),
-            self.change.as_ref(),
+            change.as_ref(),
             &self.what(),
             f,
         )
@@ -292,6 +296,7 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> Stored<S> {
         let cell = self.hub.cell(&self.bucket, STATE_KEY);
         let mut last = cell.last.lock().await;
         let bytes = encode(value, &self.what())?;
+        let change = self.cause.as_ref().map(Change::of);
         match self
             .hub
             .store
@@ -300,7 +305,7 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> Stored<S> {
                 STATE_KEY,
                 Some(bytes.clone()),
                 Some(revision),
-                self.change.as_ref(),
+                change.as_ref(),
             )
             .await
         {
@@ -490,20 +495,25 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> Stored<S> {
 #[derive(Clone)]
 pub struct Global {
     hub: Arc<StoreHub>,
-    change: Option<Change>,
+    /// The flow's event, whose causal context a change carries.
+    cause: Option<Event>,
 }
 
 impl fmt::Debug for Global {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Global")
-            .field("change", &self.change)
+            .field("cause", &self.cause.as_ref().map(|e| e.id().to_string()))
             .finish_non_exhaustive()
     }
 }
 
 impl Global {
-    pub(crate) fn new(hub: Arc<StoreHub>, change: Option<Change>) -> Global {
-        Global { hub, change }
+    pub(crate) fn new(hub: Arc<StoreHub>, cause: Option<Event>) -> Global {
+        Global { hub, cause }
+    }
+
+    fn change(&self) -> Option<Change> {
+        self.cause.as_ref().map(Change::of)
     }
 
     async fn open(&self) -> Result<()> {
@@ -563,7 +573,7 @@ impl Global {
                 key,
                 Some(bytes.clone()),
                 None,
-                self.change.as_ref(),
+                self.change().as_ref(),
             )
             .await?;
         *last = Some((bytes, r));
@@ -596,7 +606,7 @@ impl Global {
             GLOBAL_BUCKET,
             key,
             self.hub.global_settings(),
-            self.change.as_ref(),
+            self.change().as_ref(),
             &format!("global key `{key}`"),
             f,
         )
@@ -623,7 +633,7 @@ impl Global {
         let mut last = cell.last.lock().await;
         self.hub
             .store
-            .put(GLOBAL_BUCKET, key, None, None, self.change.as_ref())
+            .put(GLOBAL_BUCKET, key, None, None, self.change().as_ref())
             .await?;
         *last = None;
         Ok(())
@@ -815,11 +825,12 @@ fn decode_entry<S: DeserializeOwned + Default>(
     }
 }
 
-fn snapshot<S: DeserializeOwned + Default>(e: Entry, what: &str) -> Result<Snapshot<S>> {
-    let Versioned { value, revision } = decode_entry(Some(e.clone()), what)?;
+fn snapshot<S: DeserializeOwned + Default>(mut e: Entry, what: &str) -> Result<Snapshot<S>> {
+    let change = e.change.take();
+    let Versioned { value, revision } = decode_entry(Some(e), what)?;
     Ok(Snapshot {
         state: value,
         revision,
-        change: e.change,
+        change,
     })
 }
