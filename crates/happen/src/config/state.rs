@@ -10,11 +10,16 @@ use crate::error::{Error, Result};
 
 /// The most revisions a key keeps: NATS key-value buckets keep at most 64 (where the
 /// reference's docs say `history: 100`, a NATS server refuses more than 64).
+///
+/// ```
+/// assert_eq!(happen::config::MAX_HISTORY, 64);
+/// assert_eq!(happen::Config::default().state.history, happen::config::MAX_HISTORY);
+/// ```
 pub const MAX_HISTORY: u32 = 64;
 
 /// `state`: history depth and age of stored state ([`Node::stored`](crate::Node::stored)),
 /// with node-id pattern overrides chosen like `concurrency.patterns` (see the
-/// [module docs](self)). Read when a node's bucket is created; a bucket that already exists
+/// [config module docs](crate::config)). Read when a node's bucket is created; a bucket that already exists
 /// keeps its settings.
 ///
 /// ```

@@ -64,6 +64,13 @@ impl Key {
 
 impl MemoryStore {
     /// An empty store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::transport::{MemoryStore, StateStore};
+    /// assert!(MemoryStore::new().get("any", "key").await?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }

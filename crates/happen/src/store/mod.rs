@@ -126,7 +126,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An entry from its parts.
+    /// An entry from its parts (`value: None` for a delete marker).
+    ///
+    /// ```
+    /// let deleted = happen::transport::Entry::new(9, None, None);
+    /// assert!(deleted.value.is_none());
+    /// ```
     pub fn new(revision: u64, value: Option<Vec<u8>>, change: Option<Change>) -> Entry {
         Entry {
             revision,
@@ -173,6 +178,10 @@ pub struct Change {
 impl Change {
     /// The header names, in the order of [`to_headers`](Change::to_headers): event id,
     /// causation id, correlation id, event type, sender, time.
+    ///
+    /// ```
+    /// assert_eq!(happen::stored::Change::HEADERS[0], "Happen-Event-Id");
+    /// ```
     pub const HEADERS: [&'static str; 6] = [
         "Happen-Event-Id",
         "Happen-Causation-Id",
@@ -183,6 +192,12 @@ impl Change {
     ];
 
     /// The causal context of `event`.
+    ///
+    /// ```
+    /// let e = happen::Event::new("stock.counted", 3);
+    /// let c = happen::stored::Change::of(&e);
+    /// assert_eq!((c.event_type.as_str(), c.causation_id.is_none()), ("stock.counted", true));
+    /// ```
     pub fn of(event: &Event) -> Change {
         let c = event.causal();
         Change {
@@ -196,6 +211,13 @@ impl Change {
     }
 
     /// The change as header name / value pairs (the causation id only when there is one).
+    ///
+    /// ```
+    /// let c = happen::stored::Change::of(&happen::Event::new("t", ()));
+    /// let names: Vec<&str> = c.to_headers().iter().map(|(n, _)| *n).collect();
+    /// assert!(!names.contains(&"Happen-Causation-Id")); // a root event
+    /// assert!(names.contains(&"Happen-Event-Type"));
+    /// ```
     pub fn to_headers(&self) -> Vec<(&'static str, String)> {
         let h = Change::HEADERS;
         let mut out = vec![(h[0], self.event_id.to_string())];
@@ -211,6 +233,13 @@ impl Change {
 
     /// The change read back from headers (`header(name)` returns a header's value); `None`
     /// when there is no event id header.
+    ///
+    /// ```
+    /// use happen::stored::Change;
+    /// assert_eq!(Change::from_headers(|_| None), None);
+    /// let c = Change::from_headers(|n| (n == "Happen-Event-Id").then_some("evt-1")).unwrap();
+    /// assert_eq!(c.event_id.to_string(), "evt-1");
+    /// ```
     pub fn from_headers<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<Change> {
         let h = Change::HEADERS;
         let id = header(h[0])?;

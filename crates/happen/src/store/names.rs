@@ -3,9 +3,17 @@
 use crate::error::{Error, ErrorKind, Result};
 
 /// The key a node's state is stored under in its bucket (what the reference uses).
+///
+/// ```
+/// assert_eq!(happen::transport::STATE_KEY, "state");
+/// ```
 pub const STATE_KEY: &str = "state";
 
 /// The bucket of global state (the reference's name).
+///
+/// ```
+/// assert_eq!(happen::transport::GLOBAL_BUCKET, "happen-global-state");
+/// ```
 pub const GLOBAL_BUCKET: &str = "happen-global-state";
 
 /// The bucket of node `id`'s state: `node-<id>`.
@@ -106,6 +114,9 @@ pub fn validate_key(key: &str) -> Result<()> {
     if key.starts_with('.') || key.ends_with('.') {
         return bad("it starts or ends with `.`".into());
     }
+    if key.contains("..") {
+        return bad("it has an empty part between two `.`".into());
+    }
     if let Some(c) = key
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.')))
@@ -140,7 +151,7 @@ mod tests {
     #[test]
     fn keys() {
         assert!(validate_key("a/b=c_d-e.f").is_ok());
-        for k in ["", ".a", "a.", "a b", "a*", "a>"] {
+        for k in ["", ".a", "a.", "a..b", "a b", "a*", "a>"] {
             assert_eq!(validate_key(k).unwrap_err().kind(), ErrorKind::InvalidKey);
         }
     }

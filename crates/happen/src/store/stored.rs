@@ -62,6 +62,10 @@ pub use super::Change;
 
 /// How many times [`Stored::update`] and [`Global::update`] try before failing with
 /// [`ErrorKind::Conflict`].
+///
+/// ```
+/// assert_eq!(happen::stored::UPDATE_TRIES, 32);
+/// ```
 pub const UPDATE_TRIES: u32 = 32;
 
 /// A value with the revision it was read or written at (0: never written).
@@ -80,6 +84,17 @@ pub struct Versioned<S> {
 
 /// One revision of a node's state from its history: the state, its revision, and the causal
 /// context of the change (`None` when it was made outside a flow).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// let happen = happen::Happen::new();
+/// let n = happen.node("n").await?;
+/// n.stored::<String>().update(|s| s.push_str("hi")).await?;
+/// let snapshot = n.stored::<String>().history().await?.remove(0);
+/// assert_eq!((snapshot.state.as_str(), snapshot.revision), ("hi", 1));
+/// assert!(snapshot.change.is_none()); // written outside a flow
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Snapshot<S> {
