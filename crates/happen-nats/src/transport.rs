@@ -10,7 +10,7 @@ use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use happen::transport::Inbox;
-use happen::transport::ReplySender;
+use happen::transport::{ReplySender, Response};
 use happen::transport::{StateStore, Transport};
 use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result};
 use parking_lot::Mutex;
@@ -29,6 +29,7 @@ use crate::pacing::{Remote, Remotes};
 use crate::wire::discover::ProcessInfo;
 use crate::wire::{self, PressureEvent, Subjects, header};
 use crate::workers;
+use crate::workers::batches::{self, Batches};
 use crate::workers::connection::Connection;
 use crate::workers::discover::Discover;
 use crate::workers::durable::Durable;
@@ -86,9 +87,23 @@ struct Inner {
     durable: Option<Arc<Durable>>,
     /// Stored state (JetStream key-value buckets), set up on first use.
     state: Arc<KvStore>,
+    /// Which targets take a batch whole (the others get its events one at a time).
+    batches: Batches,
     broadcast_subject: Subject,
     /// The transport-wide tasks, aborted at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Answers `reply` with `err`, or logs it when nobody waits for an answer (a told batch).
+fn answer_or_log(reply: Option<ReplySender>, err: Error) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(Response::Done(Err(err)));
+        }
+        None => {
+            tracing::warn!(target: "happen_nats", error = %err, "a told batch was not delivered");
+        }
+    }
 }
 
 /// How long a limits query may take before the target counts as not telling its limits.
@@ -295,7 +310,7 @@ impl NatsTransport {
         });
         Ok(NatsTransport {
             inner: Arc::new(Inner {
-                ep,
+                ep: ep.clone(),
                 counters,
                 requests,
                 outbox,
@@ -306,6 +321,7 @@ impl NatsTransport {
                 serve,
                 durable,
                 state,
+                batches: Batches::new(ep.clone()),
                 broadcast_subject,
                 tasks: Mutex::new(tasks),
             }),
@@ -605,6 +621,108 @@ impl fmt::Debug for NatsTransport {
 }
 
 impl Inner {
+    /// Publishes `event` to `target` (core NATS), registering the reply path first.
+    fn send_now(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        let s = self;
+        s.link.admit()?;
+        let payload = wire::encode_checked(&event, s.ep.max_bytes)?;
+        let subject = Subject::from(s.ep.subjects.node(target));
+        let (out, token) = match reply {
+            None => (
+                Outgoing {
+                    subject,
+                    reply: None,
+                    headers: Headers::None,
+                    payload,
+                },
+                None,
+            ),
+            Some(tx) => {
+                let token = s.requests.token();
+                // counted before it is published, so a paced sender never sees it missing
+                let in_flight = s
+                    .remotes
+                    .get(target)
+                    .map(|r| r.in_flight(Instant::now() + s.ep.config.effective_request_timeout()));
+                // the reply path exists before the event is published
+                s.requests.insert(
+                    token,
+                    Pending::Reply {
+                        tx,
+                        target: target.clone(),
+                        in_flight,
+                        durable: false,
+                    },
+                );
+                (
+                    Outgoing {
+                        subject,
+                        reply: Some(s.requests.reply_subject(token)),
+                        headers: Headers::Stream,
+                        payload,
+                    },
+                    Some(token),
+                )
+            }
+        };
+        s.outbox.enqueue(out, token)?;
+        inc(&s.counters.sent);
+        Ok(())
+    }
+
+    /// A batch for a node not known to take batches whole: discovery says whether a happen
+    /// process serves it (the carrier goes as it is) or not (a node of the TypeScript
+    /// reference, say: its events go one at a time, in order). Answered through `reply`.
+    fn send_batch_to_unknown(
+        self: &Arc<Self>,
+        target: &NodeId,
+        carrier: Event,
+        reply: Option<ReplySender>,
+    ) -> Result<()> {
+        self.link.admit()?;
+        let inner = self.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            let whole = match inner.batches.ask_takes_whole(&target).await {
+                Ok(whole) => whole,
+                Err(e) => {
+                    answer_or_log(reply, e);
+                    return;
+                }
+            };
+            if whole {
+                let Some(reply) = reply else {
+                    if let Err(e) = inner.send_now(&target, carrier, None) {
+                        answer_or_log(None, e);
+                    }
+                    return;
+                };
+                // through a reply path of its own, so a failed send answers with its error
+                let (tx, rx) = happen::transport::reply_channel();
+                match inner.send_now(&target, carrier, Some(tx)) {
+                    Ok(()) => {
+                        let _ = reply.send(rx.await);
+                    }
+                    Err(e) => answer_or_log(Some(reply), e),
+                }
+                return;
+            }
+            let events = match batches::unpack(&carrier) {
+                Ok(events) => events,
+                Err(e) => {
+                    answer_or_log(reply, e);
+                    return;
+                }
+            };
+            let timeout = inner.ep.config.effective_request_timeout();
+            batches::one_at_a_time(events, reply, timeout, |event, r| {
+                inner.send_now(&target, event, r)
+            })
+            .await;
+        });
+        Ok(())
+    }
+
     /// Sends a `Happen-Query: limits` request to `target` for its pacing view.
     fn query_limits(&self, target: &NodeId, remote: Arc<Remote>) {
         if self.link.check_connected().is_err() {
@@ -742,50 +860,10 @@ impl Transport for NatsTransport {
         {
             return d.send(target, event, reply);
         }
-        s.link.admit()?;
-        let payload = wire::encode_checked(&event, s.ep.max_bytes)?;
-        let subject = Subject::from(s.ep.subjects.node(target));
-        let (out, token) = match reply {
-            None => (
-                Outgoing {
-                    subject,
-                    reply: None,
-                    headers: Headers::None,
-                    payload,
-                },
-                None,
-            ),
-            Some(tx) => {
-                let token = s.requests.token();
-                // counted before it is published, so a paced sender never sees it missing
-                let in_flight = s
-                    .remotes
-                    .get(target)
-                    .map(|r| r.in_flight(Instant::now() + s.ep.config.effective_request_timeout()));
-                // the reply path exists before the event is published
-                s.requests.insert(
-                    token,
-                    Pending::Reply {
-                        tx,
-                        target: target.clone(),
-                        in_flight,
-                        durable: false,
-                    },
-                );
-                (
-                    Outgoing {
-                        subject,
-                        reply: Some(s.requests.reply_subject(token)),
-                        headers: Headers::Stream,
-                        payload,
-                    },
-                    Some(token),
-                )
-            }
-        };
-        s.outbox.enqueue(out, token)?;
-        inc(&s.counters.sent);
-        Ok(())
+        if Batches::is_carrier(&event) && !s.batches.takes_whole(target) {
+            return s.send_batch_to_unknown(target, event, reply);
+        }
+        s.send_now(target, event, reply)
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {

@@ -125,3 +125,118 @@ async fn across_processes_a_single_event_handler_runs_per_event_and_a_mixed_batc
         .unwrap();
     assert_eq!(empty, Value::Null);
 }
+
+/// A stand-in for a node of Happen's TypeScript reference on `<prefix>.node.<id>`: plain
+/// NATS, answers each event with a bare JSON body (its payload doubled), sends no reply for
+/// an event it fails on (a payload that is not a number; the reference answers nothing for a
+/// failed flow), and does not answer discovery. Reports every body it got.
+async fn reference_node(url: &str, prefix: &str, id: &str) -> mpsc::UnboundedReceiver<Value> {
+    let client = async_nats::connect(url).await.unwrap();
+    let mut sub = client
+        .queue_subscribe(format!("{prefix}.node.{id}"), id.to_owned())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let event: Value = serde_json::from_slice(&msg.payload).unwrap();
+            let answer = event["payload"].as_u64().map(|n| json!(n * 2));
+            let _ = tx.send(event);
+            if let (Some(reply), Some(answer)) = (msg.reply, answer) {
+                let body = serde_json::to_vec(&answer).unwrap();
+                client.publish(reply, body.into()).await.unwrap();
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_for_a_node_no_happen_process_serves_goes_one_event_at_a_time() {
+    let server = NatsServer::start();
+    let prefix = "batchref";
+    let mut c = config(&server.url(), prefix);
+    c.request_timeout = Some(std::time::Duration::from_secs(1));
+    let (a, _) = instance_with(c).await;
+    let mut reference = reference_node(&server.url(), prefix, "legacy").await;
+    // Every discovery request on the wire, to check the answer is remembered.
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut discovery = watcher
+        .subscribe(format!("{prefix}.discover"))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let client = a.node("client").await.unwrap(); // its process answers discovery
+
+    let reply = within(
+        10,
+        "batch reply",
+        client.send_batch("legacy", (1..=20).map(|i| Event::new("n", i))),
+    )
+    .await
+    .unwrap();
+    let doubled: Vec<u64> = (1..=20).map(|i| i * 2).collect();
+    assert_eq!(reply, json!(doubled), "the values in order, as one array");
+    let mut ids = HashSet::new();
+    for i in 1..=20u64 {
+        let event = within(5, "an event at the reference", reference.recv())
+            .await
+            .unwrap();
+        assert_eq!(event["type"], "n", "single events, never the carrier");
+        assert_eq!(event["payload"], i, "in order");
+        assert_eq!(event["context"]["causal"]["sender"], "client");
+        assert!(ids.insert(event["context"]["causal"]["id"].to_string()));
+    }
+
+    // A second batch: the node is remembered, no second discovery request.
+    let again = within(
+        10,
+        "second batch",
+        client.send_batch("legacy", (1..=3).map(|i| Event::new("n", i))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, json!([2, 4, 6]));
+    within(5, "the discovery request", discovery.next())
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), discovery.next())
+            .await
+            .is_err(),
+        "one discovery request for two batches"
+    );
+    for _ in 0..3 {
+        within(5, "second batch's events", reference.recv())
+            .await
+            .unwrap();
+    }
+
+    // An event that gets no answer fails the batch (after the request timeout); the events
+    // after it are not sent.
+    let events = vec![
+        Event::new("n", 1),
+        Event::new("n", "fail"),
+        Event::new("n", 3),
+    ];
+    let err = within(10, "failing batch", client.send_batch("legacy", events))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), happen::ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        within(5, "1", reference.recv()).await.unwrap()["payload"],
+        1
+    );
+    assert_eq!(
+        within(5, "fail", reference.recv()).await.unwrap()["payload"],
+        "fail"
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), reference.recv())
+            .await
+            .is_err(),
+        "the event after the failure was not sent"
+    );
+}

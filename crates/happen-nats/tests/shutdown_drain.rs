@@ -1,8 +1,6 @@
 //! A replica that leaves drains (issue 23): two replicas of one node id under 8 concurrent
 //! requesters, one shut down gracefully, again and again. Every request is answered, with
 //! its value or `shut_down`; none waits out its timeout. Real nats-server.
-//!
-//! Not met yet, so ignored: it reproduces the loss (see DESIGN.md).
 
 mod common;
 
@@ -42,7 +40,6 @@ async fn replica(url: &str, r: u64, answered: Arc<AtomicU64>) -> Happen {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 23, open: 3–17 of ~7,000 requests still time out over 20 rounds (DESIGN.md, \"Why can a replica that leaves still lose a request?\"); run with --ignored"]
 async fn a_replica_shut_down_under_load_leaves_no_request_unanswered() {
     let server = NatsServer::start();
     let url = server.url();

@@ -53,7 +53,7 @@ pub use crate::node::{cpu, flow, liner};
 pub use crate::store::stored;
 
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
-pub use crate::config::{Config, Limits, PartialLimits, QueueStrategy};
+pub use crate::config::{BatchAdmission, Config, Limits, PartialLimits, QueueStrategy};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
 pub use crate::event::{Causal, Event, EventType};
 pub use crate::happen::{Happen, HappenBuilder};

@@ -278,3 +278,205 @@ async fn a_handler_on_the_reserved_batch_type_never_gets_a_carrier() {
     assert_eq!(reply, 3, "the batch handler answered");
     assert_eq!(carrier_calls.load(Ordering::Relaxed), 0);
 }
+
+/// A node with one slot whose first flow (`hold`) waits for the gate, and a batch handler
+/// for `r` counting the events it gets.
+async fn held_node(
+    happen: &Happen,
+    options: NodeOptions,
+) -> (happen::Node, Arc<tokio::sync::Semaphore>, Arc<AtomicUsize>) {
+    let node = happen.node_with("store", options).await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    node.on("hold", move |_e: Event, _c: Context| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.unwrap().forget();
+        }
+    })
+    .unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    node.on_batch("r", move |batch: Batch, _c: Context| {
+        s.fetch_add(batch.len(), Ordering::Relaxed);
+        async move { batch.len() }
+    })
+    .unwrap();
+    (node, gate, seen)
+}
+
+fn rs(n: usize) -> Vec<Event> {
+    (0..n).map(|i| Event::new("r", i)).collect()
+}
+
+#[tokio::test]
+async fn by_default_a_batch_takes_one_queue_place_and_counts_once() {
+    let happen = Happen::new();
+    let options = NodeOptions::new().max_concurrent(1).queue_limit(2);
+    let (node, gate, seen) = held_node(&happen, options).await;
+    let hold = node.send(&node, Event::new("hold", ()));
+    let big = node.send_batch(&node, rs(50)); // one place of two
+    let single = node.send(&node, Event::new("hold", ()));
+    assert_eq!(node.stats().queued, 2);
+    gate.add_permits(2);
+    hold.await.unwrap();
+    assert_eq!(big.await.unwrap(), 50);
+    single.await.unwrap();
+    let s = node.stats();
+    assert_eq!((s.accepted, s.completed, s.rejected), (3, 3, 0));
+    assert_eq!(seen.load(Ordering::Relaxed), 50);
+}
+
+#[tokio::test]
+async fn counting_events_a_batch_takes_a_place_per_event_and_is_refused_whole_when_they_do_not_fit()
+{
+    let happen = Happen::new();
+    let options = NodeOptions::new()
+        .max_concurrent(1)
+        .queue_limit(10)
+        .backpressure_threshold(0.5)
+        .batch_admission(happen::BatchAdmission::Events);
+    let (node, gate, seen) = held_node(&happen, options).await;
+    let hold = node.send(&node, Event::new("hold", ()));
+    assert!(!node.pressure().under_pressure);
+
+    let eight = node.send_batch(&node, rs(8));
+    let s = node.stats();
+    assert_eq!(s.queued, 8, "eight places for a batch of eight");
+    assert!(
+        node.pressure().under_pressure,
+        "8 of 10 is past the threshold of 5"
+    );
+
+    let three = node.send_batch(&node, rs(3)).await.unwrap_err();
+    assert_eq!(
+        three.kind(),
+        ErrorKind::QueueFull,
+        "3 more do not fit in the 2 left"
+    );
+    assert_eq!(node.stats().queued, 8, "refused whole: nothing of it waits");
+    let two = node.send_batch(&node, rs(2)); // fits exactly
+    assert_eq!(node.stats().queued, 10);
+    let one_more = node.send(&node, Event::new("r", 0)).await.unwrap_err();
+    assert_eq!(one_more.kind(), ErrorKind::QueueFull);
+
+    gate.add_permits(1);
+    hold.await.unwrap();
+    assert_eq!(eight.await.unwrap(), 8);
+    assert_eq!(two.await.unwrap(), 2);
+    let s = node.stats();
+    assert_eq!(seen.load(Ordering::Relaxed), 10);
+    assert_eq!(
+        (s.accepted, s.rejected, s.completed, s.failed, s.peak_queued),
+        (11, 4, 11, 0, 10),
+        "1 hold + 8 + 2 accepted; 3 + 1 rejected; counted as events"
+    );
+    assert!(!node.pressure().under_pressure);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counting_events_under_load_the_queue_never_holds_more_events_than_its_limit() {
+    const SENDERS: usize = 200;
+    let happen = Happen::new();
+    let options = NodeOptions::new()
+        .max_concurrent(4)
+        .queue_limit(100)
+        .batch_admission(happen::BatchAdmission::Events);
+    let node = happen.node_with("store", options).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    node.on_batch("r", move |batch: Batch, _c: Context| {
+        s.fetch_add(batch.len(), Ordering::Relaxed);
+        async move {
+            tokio::task::yield_now().await;
+            batch.len()
+        }
+    })
+    .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..SENDERS {
+        let node = node.clone();
+        let (sent, ok, refused) = (sent.clone(), ok.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                let n = 1 + (k * 7 + round * 13) % 40;
+                sent.fetch_add(n, Ordering::Relaxed);
+                match node.send_batch(&node, rs(n)).await {
+                    Ok(v) => {
+                        assert_eq!(v, n);
+                        ok.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+                        refused.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    support::join_all_within("every sender done", tasks).await;
+    let s = node.stats();
+    let (sent, ok, refused) = (
+        sent.load(Ordering::Relaxed) as u64,
+        ok.load(Ordering::Relaxed) as u64,
+        refused.load(Ordering::Relaxed) as u64,
+    );
+    assert_eq!(ok + refused, sent);
+    assert_eq!((s.accepted, s.rejected, s.completed), (ok, refused, ok));
+    assert_eq!(
+        seen.load(Ordering::Relaxed) as u64,
+        ok,
+        "each accepted event handled once"
+    );
+    assert!(
+        s.peak_queued <= 100,
+        "peak {} events waiting",
+        s.peak_queued
+    );
+    assert!(
+        refused > 0 && ok > 0,
+        "the load both filled the queue and got through"
+    );
+    assert_eq!((s.active, s.queued), (0, 0));
+}
+
+#[tokio::test]
+async fn counting_events_a_displaced_batch_gives_back_all_its_places() {
+    let happen = Happen::new();
+    let options = NodeOptions::new()
+        .max_concurrent(1)
+        .queue_limit(4)
+        .queue_strategy(happen::QueueStrategy::Priority)
+        .batch_admission(happen::BatchAdmission::Events);
+    let (node, gate, seen) = held_node(&happen, options).await;
+    let hold = node.send(&node, Event::new("hold", ()));
+    let low = node.send(&node, Event::new("hold", ()));
+    let batch = node.send_batch(&node, rs(3)); // the newest of the lowest priority
+    assert_eq!(node.stats().queued, 4);
+    let urgent = node.send(&node, Event::new("hold", ()).with_priority(9));
+    let err = batch.await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::QueueFull, "{err}");
+    assert_eq!(
+        node.stats().queued,
+        2,
+        "the batch's three places are free, one retaken"
+    );
+    let next = node.send_batch(&node, rs(2)); // fits in the two left
+    assert_eq!(node.stats().queued, 4);
+
+    gate.add_permits(3);
+    hold.await.unwrap();
+    urgent.await.unwrap();
+    low.await.unwrap();
+    assert_eq!(next.await.unwrap(), 2);
+    let s = node.stats();
+    assert_eq!(seen.load(Ordering::Relaxed), 2);
+    assert_eq!((s.accepted, s.displaced, s.completed), (8, 3, 5));
+    assert_eq!(
+        s.accepted,
+        s.completed + s.failed + s.cancelled + s.displaced
+    );
+}

@@ -375,3 +375,150 @@ async fn a_full_target_is_that_targets_queue_full_and_a_streaming_target_gives_i
     assert_eq!(running.unwrap(), "busy done");
     assert_eq!(queued.unwrap(), "busy done");
 }
+
+/// Drops a token into a channel when the producing flow ends, however it ends.
+struct Ended(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_from_every_target_at_the_callers_pace_and_one_stopped_early_is_cancelled() {
+    use futures::StreamExt;
+    const ITEMS: u64 = 2_000;
+    let happen = Happen::new();
+    let targets = nodes(&happen, &["s0", "s1", "s2"]).await;
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler = move |_e: Event, ctx: Context, out: happen::Emitter| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ended = Ended(Some(tx));
+        let ended_tx = ended_tx.clone();
+        let node = ctx.node_id().to_string();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            let _ = ended_tx.send(node);
+        });
+        async move {
+            let _ended = _ended;
+            for i in 0..ITEMS {
+                out.emit(i).await?;
+            }
+            Ok::<_, Error>(ctx.node_id().to_string())
+        }
+    };
+    Node::on_all(&targets, "count", handler).unwrap();
+    let client = happen.node("client").await.unwrap();
+
+    let replies = client
+        .send_all(&targets, Event::new("count", ()))
+        .timeout(support::PATIENCE)
+        .into_replies()
+        .unwrap();
+    assert_eq!(
+        replies
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["s0", "s1", "s2"]
+    );
+    let mut streams: Vec<_> = replies
+        .into_iter()
+        .map(|(id, r)| (id, r.into_stream()))
+        .collect();
+
+    // s1 is read for ten items and dropped: its producer is cancelled.
+    let (_, mut s1) = streams.remove(1);
+    for want in 0..10u64 {
+        assert_eq!(s1.next().await.unwrap().unwrap(), want);
+    }
+    drop(s1);
+    let stopped = tokio::time::timeout(support::PATIENCE, ended_rx.recv()).await;
+    assert_eq!(
+        stopped.unwrap().unwrap(),
+        "s1",
+        "the dropped stream's producer ended first"
+    );
+
+    // The others are read to the end, interleaved, each in order with its final value.
+    let (mut next, mut done) = (vec![0u64; streams.len()], vec![false; streams.len()]);
+    while done.iter().any(|d| !d) {
+        for (k, (id, s)) in streams.iter_mut().enumerate() {
+            if done[k] {
+                continue;
+            }
+            match s.next().await {
+                Some(item) => {
+                    assert_eq!(item.unwrap(), next[k], "{id} in order");
+                    next[k] += 1;
+                }
+                None => {
+                    assert_eq!(s.final_value().unwrap(), id.as_str());
+                    done[k] = true;
+                }
+            }
+        }
+    }
+    assert_eq!(next, [ITEMS, ITEMS]);
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        let ended = tokio::time::timeout(support::PATIENCE, ended_rx.recv()).await;
+        rest.push(ended.unwrap().unwrap());
+    }
+    rest.sort();
+    assert_eq!(rest, ["s0", "s2"]);
+    let stats = targets[1].stats();
+    assert_eq!((stats.cancelled, stats.completed), (1, 0));
+}
+
+#[tokio::test]
+async fn into_replies_keeps_answers_already_in_and_passes_bad_input_on() {
+    let happen = Happen::new();
+    let quick = happen.node("quick").await.unwrap();
+    quick.on("who", describe).unwrap();
+    let held = happen.node("held").await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    {
+        let gate = gate.clone();
+        held.on("who", move |e: Event, c: Context| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                describe(e, c).await
+            }
+        })
+        .unwrap();
+    }
+    let client = happen.node("client").await.unwrap();
+
+    // Polled once `quick` has answered and while `held` waits: the SendAll took quick's answer.
+    let mut all = client.send_all([&quick, &held], Event::new("who", 7));
+    support::wait_until("quick answered", || quick.stats().completed == 1).await;
+    assert!(
+        futures::poll!(&mut all).is_pending(),
+        "held has not answered"
+    );
+    let mut replies = all.into_replies().unwrap().into_iter();
+    let (id, quick_reply) = replies.next().unwrap();
+    assert_eq!(id, "quick");
+    // resolves at once: the answer was already in the SendAll
+    let answer = futures::poll!(quick_reply);
+    assert!(
+        matches!(&answer, std::task::Poll::Ready(Ok(v)) if v["node"] == "quick"),
+        "{answer:?}"
+    );
+    let (id, held_reply) = replies.next().unwrap();
+    assert_eq!(id, "held");
+    gate.add_permits(1);
+    assert_eq!(held_reply.await.unwrap()["node"], "held");
+
+    let err = client
+        .send_all(["quick", "quick"], Event::new("who", ()))
+        .into_replies()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateNode);
+}

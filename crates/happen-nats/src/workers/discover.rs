@@ -112,6 +112,60 @@ pub(crate) async fn request(
     wait: Duration,
     quiet: Duration,
 ) -> Result<Vec<ProcessInfo>> {
+    let mut found = ask(client, subjects, wait, quiet, |_| false).await?;
+    found.sort_by(|a, b| a.replica.cmp(&b.replica));
+    for p in &mut found {
+        p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(found)
+}
+
+/// Whether any happen process serves `node`: a discovery request that stops at the first
+/// answer naming it (else after the quiet time, or at once when no happen process is
+/// connected). A node of the TypeScript reference is never found: it does not answer.
+///
+/// # Errors
+/// As [`request`].
+pub(crate) async fn serves(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    node: &str,
+    wait: Duration,
+) -> Result<bool> {
+    serves_except(client, subjects, node, None, wait, QUIET).await
+}
+
+/// [`serves`], not counting the process with replica id `except` (this one, when a replica
+/// asks whether another serves its node), with `quiet` instead of [`QUIET`].
+///
+/// # Errors
+/// As [`request`].
+pub(crate) async fn serves_except(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    node: &str,
+    except: Option<&str>,
+    wait: Duration,
+    quiet: Duration,
+) -> Result<bool> {
+    let mut named = false;
+    ask(client, subjects, wait, quiet, |info| {
+        named = except != Some(info.replica.as_str()) && info.nodes.iter().any(|n| n.id == node);
+        named
+    })
+    .await?;
+    Ok(named)
+}
+
+/// Publishes one discovery request and gathers the answers (merged by replica) until `stop`
+/// says enough, none came for `quiet`, or `wait` is over.
+async fn ask(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    wait: Duration,
+    quiet: Duration,
+    mut stop: impl FnMut(&ProcessInfo) -> bool,
+) -> Result<Vec<ProcessInfo>> {
     let inbox = client.new_inbox();
     let mut answers = client
         .subscribe(inbox.clone())
@@ -139,16 +193,16 @@ pub(crate) async fn request(
                 continue;
             }
         };
+        let enough = stop(&info);
         match found.iter_mut().find(|p| p.replica == info.replica) {
             Some(p) => p.nodes.extend(info.nodes),
             None => found.push(info),
         }
+        if enough {
+            break;
+        }
         deadline = end.min(tokio::time::Instant::now() + quiet);
     }
     let _ = answers.unsubscribe().await;
-    found.sort_by(|a, b| a.replica.cmp(&b.replica));
-    for p in &mut found {
-        p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    }
     Ok(found)
 }

@@ -9,8 +9,10 @@
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
 //! - [`durable`]: durable delivery on JetStream (publish, consume, records);
 //! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]);
-//! - [`state`]: stored state in JetStream key-value buckets (the transport's state store).
+//! - [`state`]: stored state in JetStream key-value buckets (the transport's state store);
+//! - [`batches`]: batches to nodes that do not take them whole (one event at a time).
 
+pub(crate) mod batches;
 pub(crate) mod connection;
 pub(crate) mod discover;
 pub(crate) mod durable;

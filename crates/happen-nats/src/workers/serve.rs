@@ -38,6 +38,7 @@ use happen::transport::{ReplyReceiver, Response, reply_channel};
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
+use super::discover;
 use super::streams::broadcast::{Incoming, Prepared};
 use super::streams::{Streams, produce};
 use crate::core::Endpoint;
@@ -95,6 +96,25 @@ const RELAY_WAIT: Duration = Duration::from_secs(5);
 /// The longest the server round trip that confirms the unsubscribe may take.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
+/// The longest a stopping node waits to learn whether another replica serves its node id.
+const ELSEWHERE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long after the last discovery answer a stopping node takes it that no other replica
+/// will name its node (processes answer within milliseconds; a late one only means the
+/// plain ending, as before).
+const ELSEWHERE_QUIET: Duration = Duration::from_millis(50);
+
+/// The allowance a stopping node cuts its subscriptions to once another replica is known to
+/// serve the node and a round trip brought nothing (see [`Serving::finish`]).
+const CUT_TO: u64 = 32;
+
+/// The `Happen-Query` value of a stopping replica's fillers (see [`Serving::fill`]).
+const DRAIN_QUERY: &str = "drain";
+
+/// Once cut, how long without a message before the node stops waiting for the allowance to
+/// be used up (nothing is arriving, so nothing is on its way).
+const IDLE_END: Duration = Duration::from_millis(50);
+
 pub(crate) async fn run(
     ctx: Arc<Serve>,
     inbox: Inbox,
@@ -115,6 +135,7 @@ pub(crate) async fn run(
         relays: FuturesUnordered::new(),
         held: None,
         preparing: None,
+        elsewhere: None,
     };
     node.serve(stop).await;
     node.stop_intake().await;
@@ -188,6 +209,18 @@ struct Serving {
     /// A broadcast whose stream subscription is being set up (see the module docs); never
     /// together with `held`.
     preparing: Option<BoxFuture<'static, Incoming>>,
+    /// Whether another replica serves the node: asked when the node stops.
+    elsewhere: Option<tokio::task::JoinHandle<bool>>,
+}
+
+/// How a stopping node ends its subscriptions (see [`Serving::finish`]).
+#[derive(Clone, Copy)]
+enum Ending {
+    /// No other replica is known (or the subscription was remade after a reconnect): a plain
+    /// unsubscribe after a quiet round trip.
+    Plain,
+    /// Another replica serves the node: the allowance was cut, wait for it to be used up.
+    Cut,
 }
 
 impl Serving {
@@ -233,6 +266,22 @@ impl Serving {
     /// A round trip through the server then confirms the unsubscribe: what was routed before
     /// has arrived. Everything up to there is admitted as usual.
     async fn stop_intake(&mut self) {
+        let ep = self.ctx.ep.clone();
+        let node = self.inbox.id().to_string();
+        self.elsewhere = Some(tokio::spawn(async move {
+            let (client, subjects) = (&ep.client, &ep.subjects);
+            let except = Some(ep.replica.as_str());
+            discover::serves_except(
+                client,
+                subjects,
+                &node,
+                except,
+                ELSEWHERE_WAIT,
+                ELSEWHERE_QUIET,
+            )
+            .await
+            .unwrap_or(false)
+        }));
         // a broadcast being set up is admitted first (in order); answers keep flowing meanwhile
         while self.preparing.is_some() {
             tokio::select! {
@@ -298,13 +347,24 @@ impl Serving {
     /// then removes what is left of the subscriptions and flushes.
     ///
     /// A message passed on may be routed here again while the allowance lasts (always, when
-    /// no other replica serves the node), so the subscriptions are only removed once a round
-    /// trip through the server after the last one passed on brings nothing new: then none of
-    /// them is on its way here. With only this replica, the allowance runs out after at most
-    /// [`UNSUBSCRIBE_AFTER`] such returns, and the senders are told the node is gone.
+    /// no other replica serves the node). A plain unsubscribe loses what the server routes
+    /// here in the moment before it processes it, so:
+    /// - when another replica serves the node (asked through discovery when the node
+    ///   stopped), a round trip that brings nothing cuts the allowance to [`CUT_TO`] (nothing
+    ///   is on its way, so that many more is plenty), and the node passes messages on until
+    ///   the server has routed the last of them here: the subscription then ends on both
+    ///   sides with nothing dropped. Only when nothing arrives for [`IDLE_END`] (no traffic)
+    ///   does it unsubscribe plainly;
+    /// - with only this replica, passed-on messages come back, and the server drops a message
+    ///   routed to a queue member over its allowance when no other member exists, so the
+    ///   subscriptions are removed once a round trip after the last one passed on brings
+    ///   nothing new; the allowance runs out after at most [`UNSUBSCRIBE_AFTER`] such returns,
+    ///   and later senders are told the node is gone ("no responders").
     async fn finish(&mut self) {
         let relays_until = Instant::now() + RELAY_WAIT;
         let mut give_up = None;
+        let mut ending = None;
+        let mut last_message = Instant::now();
         loop {
             while !self.waiting.is_empty()
                 || (!self.relays.is_empty() && Instant::now() < relays_until)
@@ -337,8 +397,42 @@ impl Serving {
                 self.admit_broadcast(msg).await;
                 quiet = false;
             }
-            if quiet && self.relays.is_empty() {
-                break;
+            if !quiet {
+                last_message = Instant::now();
+                continue;
+            }
+            if !self.relays.is_empty() {
+                continue;
+            }
+            let ending = match ending {
+                Some(e) => e,
+                None => *ending.insert(self.choose_ending().await),
+            };
+            match ending {
+                Ending::Plain => break,
+                Ending::Cut if !self.direct.ended => {
+                    // use the allowance up: of these, the server routes some here
+                    self.fill();
+                    continue;
+                }
+                // the direct subscription ended on both sides; the broadcast one ends when
+                // nothing arrives any more
+                Ending::Cut if last_message.elapsed() >= IDLE_END => break,
+                Ending::Cut => {
+                    // wait for a message (or the idle end) instead of spinning round trips
+                    let idle_end = last_message + IDLE_END;
+                    tokio::select! {
+                        Some(msg) = self.direct.next() => {
+                            self.pass_on(msg);
+                            last_message = Instant::now();
+                        }
+                        Some(msg) = self.broadcast.next() => {
+                            self.admit_broadcast(msg).await;
+                            last_message = Instant::now();
+                        }
+                        () = tokio::time::sleep_until(idle_end.min(give_up)) => {}
+                    }
+                }
             }
         }
         for sub in [&mut self.direct, &mut self.broadcast] {
@@ -355,6 +449,45 @@ impl Serving {
         }
         self.report_closed();
         self.ctx.outbox.flush().await;
+    }
+
+    /// Publishes [`CUT_TO`] fillers on the node's subject: messages with `Happen-Query: drain`
+    /// and no reply subject, which every replica ignores (a query without a reply subject is
+    /// not answered). The server routes them among the node's queue group like any message,
+    /// so the ones it routes here use up what is left of this subscription's allowance
+    /// without waiting for senders to send more.
+    fn fill(&self) {
+        let subject = Subject::from(self.ctx.ep.subjects.node(self.inbox.id()));
+        for _ in 0..CUT_TO {
+            let mut h = HeaderMap::new();
+            h.insert(header::QUERY, DRAIN_QUERY);
+            self.ctx.outbox.publish_answer(Outgoing {
+                subject: subject.clone(),
+                reply: None,
+                headers: Headers::Custom(h),
+                payload: Bytes::new(),
+            });
+        }
+    }
+
+    /// After a quiet round trip: cuts the allowance when another replica serves the node
+    /// (see [`Serving::finish`]).
+    async fn choose_ending(&mut self) -> Ending {
+        let elsewhere = match self.elsewhere.take() {
+            Some(asking) => asking.await.unwrap_or(false),
+            None => false,
+        };
+        let resubscribed =
+            self.ctx.counters.disconnects.load(Ordering::Acquire) != self.disconnects;
+        if !elsewhere || resubscribed {
+            return Ending::Plain;
+        }
+        for sub in [&mut self.direct, &mut self.broadcast] {
+            if !sub.ended {
+                let _ = sub.sub.unsubscribe_after(sub.taken + CUT_TO).await;
+            }
+        }
+        Ending::Cut
     }
 
     /// Takes in what the client already holds for the node.
@@ -378,6 +511,10 @@ impl Serving {
     /// the sender unchanged by the reply inbox task. A request that comes back here already
     /// carrying this process's inbox (relayed before) is re-sent as it is.
     fn pass_on(&mut self, msg: Message) {
+        let query = msg.headers.as_ref().and_then(|h| h.get(header::QUERY));
+        if query.is_some() && msg.reply.is_none() {
+            return; // a filler (see `fill`): nobody waits for it
+        }
         let own = |r: &Subject| self.ctx.requests.is_own(r.as_str());
         let reply = match msg.reply {
             Some(r) if !own(&r) => {

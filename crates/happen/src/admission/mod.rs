@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use crate::config::Limits;
+use crate::config::{BatchAdmission, Limits};
 use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::stream::{Response, SlotSender};
@@ -148,6 +148,8 @@ pub(crate) struct Engine {
     queue_limit: u64,
     /// The node has sequential lanes: every admission takes the lock.
     lanes: bool,
+    /// A batch weighs its events (`BatchAdmission::Events`).
+    weighs_batches: bool,
     levels: Levels,
     pressure: watch::Sender<Pressure>,
     metrics: Metrics,
@@ -189,6 +191,7 @@ impl Engine {
             max_running,
             queue_limit: (limits.queue_limit as u64).min(MAX_COUNT),
             lanes,
+            weighs_batches: limits.batch_admission == BatchAdmission::Events,
             levels: Levels::new(limits.backpressure_threshold, limits.queue_limit),
             pressure: watch::Sender::new(Pressure::new(false, 0, limits.queue_limit)),
             metrics: Metrics::new(node),
@@ -204,6 +207,12 @@ impl Engine {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Does a batch weigh its events here (see `Admitted::weight`)?
+    #[inline]
+    pub(crate) fn weighs_batches(&self) -> bool {
+        self.weighs_batches
     }
 
     // ---- admission -----------------------------------------------------------------------
@@ -223,8 +232,9 @@ impl Engine {
             while w & CLOSED == 0 && queued(w) == 0 && running(w) < self.max_running {
                 match word.compare_exchange_weak(w, w + RUN, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
-                        self.hot.accepted.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.accepted.increment(1);
+                        let weight = u64::from(p.weight);
+                        self.hot.accepted.fetch_add(weight, Ordering::Relaxed);
+                        self.metrics.accepted.increment(weight);
                         self.metrics.active.set((running(w) + 1) as f64);
                         self.ready.push(p);
                         return Ok(Effects(Effects::START));
@@ -249,6 +259,7 @@ impl Engine {
             Queued(Admitted),
         }
         let word = &self.hot.word;
+        let weight = u64::from(p.weight);
         let mut displaced = None;
         let (admitted, change) = {
             let mut slow = self.slow.lock();
@@ -270,7 +281,7 @@ impl Engine {
                             }
                             break Outcome::Started;
                         }
-                        if waiting < self.queue_limit + free {
+                        if waiting + weight <= self.queue_limit + free {
                             if let Some(tx) = &p.reply {
                                 tx.nudge(&self.id); // parked: the answer will not be immediate
                             }
@@ -294,10 +305,10 @@ impl Engine {
                             }
                         }
                     }
-                } else if waiting < self.queue_limit + free {
+                } else if waiting + weight <= self.queue_limit + free {
                     match word.compare_exchange_weak(
                         w,
-                        w + QUEUED,
+                        w + QUEUED * weight,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
@@ -308,16 +319,27 @@ impl Engine {
                         }
                     }
                 }
-                // Full. A priority queue may displace its newest lowest-priority event.
-                match slow.queue.displace_for(p.event.priority()) {
+                // Full. A priority queue may displace its newest lowest-priority event (not
+                // for a batch weighing more than one place).
+                let victim = if weight == 1 {
+                    slow.queue.displace_for(p.event.priority())
+                } else {
+                    None
+                };
+                match victim {
                     Some(d) => {
-                        self.hot.displaced.fetch_add(1, Ordering::Relaxed);
+                        let freed = u64::from(d.weight);
+                        if freed > 1 {
+                            // the newcomer takes one of the victim's places
+                            word.fetch_sub(QUEUED * (freed - 1), Ordering::AcqRel);
+                        }
+                        self.hot.displaced.fetch_add(freed, Ordering::Relaxed);
                         displaced = Some(d);
                         break Outcome::Queued(p); // takes the displaced event's place
                     }
                     None => {
-                        self.hot.rejected.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.rejected.increment(1);
+                        self.hot.rejected.fetch_add(weight, Ordering::Relaxed);
+                        self.metrics.rejected.increment(weight);
                         drop(slow);
                         return Err(Error::queue_full(
                             &self.id,
@@ -348,8 +370,8 @@ impl Engine {
             };
             (admitted, self.check_pressure(&mut slow))
         };
-        self.hot.accepted.fetch_add(1, Ordering::Relaxed);
-        self.metrics.accepted.increment(1);
+        self.hot.accepted.fetch_add(weight, Ordering::Relaxed);
+        self.metrics.accepted.increment(weight);
         if let Some(d) = displaced {
             let err = Error::displaced(&self.id, self.limits.queue_limit, d.event.id());
             self.answer(d.reply, Err(err));
@@ -361,19 +383,22 @@ impl Engine {
 impl Engine {
     // ---- finishing -----------------------------------------------------------------------
 
-    /// Counts a flow its stream's consumer cancelled.
-    pub(crate) fn count_cancelled(&self) {
-        self.done.cancelled.fetch_add(1, Ordering::Relaxed);
+    /// Counts a flow its stream's consumer cancelled (`weight`: see `Admitted::weight`).
+    pub(crate) fn count_cancelled(&self, weight: u32) {
+        self.done
+            .cancelled
+            .fetch_add(u64::from(weight), Ordering::Relaxed);
     }
 
     /// Counts a finished flow (before it answers, so a sender that got its reply sees it).
-    pub(crate) fn count_finished(&self, failed: bool) {
+    pub(crate) fn count_finished(&self, failed: bool, weight: u32) {
+        let weight = u64::from(weight);
         if failed {
-            self.done.failed.fetch_add(1, Ordering::Relaxed);
-            self.metrics.failed.increment(1);
+            self.done.failed.fetch_add(weight, Ordering::Relaxed);
+            self.metrics.failed.increment(weight);
         } else {
-            self.done.completed.fetch_add(1, Ordering::Relaxed);
-            self.metrics.completed.increment(1);
+            self.done.completed.fetch_add(weight, Ordering::Relaxed);
+            self.metrics.completed.increment(weight);
         }
     }
 
@@ -394,8 +419,9 @@ impl Engine {
                     self.record_wait(&mut slow, &p);
                     // Pushed before the queued count drops, under the lock: a sender that
                     // finds the queue empty and takes the fast path is then behind it (FIFO).
+                    let places = QUEUED * u64::from(p.weight);
                     self.ready.push(p);
-                    word.fetch_sub(QUEUED, Ordering::AcqRel);
+                    word.fetch_sub(places, Ordering::AcqRel);
                     let change = self.check_pressure(&mut slow);
                     drop(slow);
                     return Effects::new(true, false, change);
@@ -434,7 +460,7 @@ impl Engine {
             }
             while next.is_none() {
                 let Some(p) = slow.queue.pop() else { break };
-                word.fetch_sub(QUEUED, Ordering::AcqRel);
+                word.fetch_sub(QUEUED * u64::from(p.weight), Ordering::AcqRel);
                 self.record_wait(&mut slow, &p);
                 next = slow.lanes.claim(p).ok();
             }
@@ -544,7 +570,7 @@ impl Engine {
             }
         }
         for p in dropped {
-            self.count_finished(true);
+            self.count_finished(true, p.weight);
             self.answer(p.reply, Err(Error::shut_down(&self.id)));
         }
         let mut effects = Effects::default();
@@ -555,7 +581,7 @@ impl Engine {
             // its flow is cancelled if it waits, and answers normally if it does not.
             self.cancelled.store(true, Ordering::Release);
             while let Some(p) = self.ready.pop() {
-                self.count_finished(true);
+                self.count_finished(true, p.weight);
                 self.answer(p.reply, Err(Error::shut_down(&self.id)));
                 effects.merge(self.release(None));
             }

@@ -22,6 +22,8 @@ pub(crate) struct Admitted {
     pub(crate) broadcast: Option<BroadcastRole>,
     /// The event's sequential lane, when the node has lanes.
     pub(crate) lane: Option<LaneKey>,
+    /// Queue places and counts it takes: 1, or a batch's events (`BatchAdmission::Events`).
+    pub(crate) weight: u32,
 }
 
 /// The events waiting for a slot, in the node's queue strategy.

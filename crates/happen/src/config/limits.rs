@@ -42,6 +42,10 @@ pub struct Limits {
     /// Fraction of `queue_limit` (0 < t ≤ 1, default 0.8) at which the node is under pressure.
     #[serde(alias = "backpressureThreshold")]
     pub backpressure_threshold: f64,
+    /// How admission counts a batch ([`Node::send_batch`](crate::Node::send_batch)): as one
+    /// flow (default) or as its events (see [`BatchAdmission`]).
+    #[serde(alias = "batchAdmission")]
+    pub batch_admission: BatchAdmission,
 }
 
 impl Default for Limits {
@@ -51,6 +55,7 @@ impl Default for Limits {
             queue_limit: 10_000,
             queue_strategy: QueueStrategy::Fifo,
             backpressure_threshold: 0.8,
+            batch_admission: BatchAdmission::Flow,
         }
     }
 }
@@ -74,6 +79,11 @@ impl Limits {
     /// Sets `backpressure_threshold`.
     pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
         self.backpressure_threshold = t;
+        self
+    }
+    /// Sets `batch_admission`.
+    pub fn with_batch_admission(mut self, b: BatchAdmission) -> Self {
+        self.batch_admission = b;
         self
     }
 
@@ -104,6 +114,9 @@ impl Limits {
         }
         if let Some(v) = p.backpressure_threshold {
             self.backpressure_threshold = v;
+        }
+        if let Some(v) = p.batch_admission {
+            self.batch_admission = v;
         }
         self
     }
@@ -169,6 +182,9 @@ pub struct PartialLimits {
         skip_serializing_if = "Option::is_none"
     )]
     pub backpressure_threshold: Option<f64>,
+    /// Overrides `batch_admission`.
+    #[serde(alias = "batchAdmission", skip_serializing_if = "Option::is_none")]
+    pub batch_admission: Option<BatchAdmission>,
 }
 
 impl PartialLimits {
@@ -190,6 +206,11 @@ impl PartialLimits {
     /// Sets `backpressure_threshold`.
     pub fn with_backpressure_threshold(mut self, t: f64) -> Self {
         self.backpressure_threshold = Some(t);
+        self
+    }
+    /// Sets `batch_admission`.
+    pub fn with_batch_admission(mut self, b: BatchAdmission) -> Self {
+        self.batch_admission = Some(b);
         self
     }
 }
@@ -250,4 +271,42 @@ pub enum QueueStrategy {
     /// priority (`"priority"`). A full queue admits a higher-priority event by displacing the
     /// newest event of the lowest queued priority.
     Priority,
+}
+
+/// How a node's admission counts a batch ([`Node::send_batch`](crate::Node::send_batch)):
+/// `concurrency.default.batch_admission` (or a pattern's) in the configuration,
+/// [`NodeOptions::batch_admission`](crate::NodeOptions::batch_admission) for one node.
+///
+/// A batch is always one flow: one handler call, holding one of the node's `max_concurrent`
+/// slots while it runs. What differs is what it weighs while it waits and in the counters:
+///
+/// - `Flow` (`"flow"`, the default): one queue place, one `accepted`, one `completed`.
+/// - `Events` (`"events"`): one queue place per event (a batch that does not fit in the
+///   queue's free places is rejected whole with `QueueFull`; it is never displaced nor
+///   displaces), and `accepted`, `rejected`, `completed`, `failed` and `cancelled` count
+///   its events, so the queue limit and the backpressure threshold bound the events waiting,
+///   however they were sent. An empty batch weighs one.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+/// use happen::{BatchAdmission, Batch, Context, Event, Happen, NodeOptions};
+///
+/// let happen = Happen::new();
+/// let options = NodeOptions::new().batch_admission(BatchAdmission::Events);
+/// let store = happen.node_with("store", options).await?;
+/// store.on_batch("reading", |batch: Batch, _c: Context| async move { batch.len() })?;
+/// store.send_batch(&store, (0..10).map(|i| Event::new("reading", i))).await?;
+/// let stats = store.stats();
+/// assert_eq!((stats.accepted, stats.completed), (10, 10)); // the batch's events
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BatchAdmission {
+    /// A batch weighs one event.
+    #[default]
+    Flow,
+    /// A batch weighs as many events as it holds.
+    Events,
 }

@@ -67,7 +67,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
-pub use limits::{Limits, PartialLimits, QueueStrategy};
+pub use limits::{BatchAdmission, Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
 pub use state::{MAX_HISTORY, PartialStateSettings, StateConfig, StateSettings};
 

@@ -89,6 +89,16 @@ pub(super) struct BatchEntry {
     pub(super) handler: Arc<dyn BatchFn>,
 }
 
+/// What `event` weighs at a node whose admission counts a batch's events: a carrier its
+/// events (at least one), anything else one.
+pub(super) fn weight(event: &Event) -> u32 {
+    if event.event_type() != BATCH_EVENT {
+        return 1;
+    }
+    let events = event.payload().as_array().map_or(1, Vec::len);
+    u32::try_from(events.max(1)).unwrap_or(u32::MAX)
+}
+
 /// The step every node runs for a carrier event.
 pub(super) fn batch_step() -> Arc<dyn ErasedStep> {
     static STEP: OnceLock<Arc<dyn ErasedStep>> = OnceLock::new();
@@ -203,7 +213,8 @@ impl Node {
     ///
     /// Across processes the batch is one message: an event of type [`BATCH_EVENT`] whose
     /// payload is the events in wire form (happen-nats' `WIRE.md`, "Batches"). A node of
-    /// Happen's TypeScript reference does not take that form; send it the events one by one.
+    /// Happen's TypeScript reference does not take that form: happen-nats finds out through
+    /// discovery and sends it the events one at a time, in order, answering with the array.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {

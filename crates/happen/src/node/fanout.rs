@@ -88,6 +88,58 @@ impl SendAll {
         }
         self
     }
+
+    /// Each target's [`Reply`], in the order the targets were given, instead of the joined
+    /// answers: to consume a streaming handler's items from every target
+    /// ([`Reply::into_stream`]), or to handle each answer as it comes. A reply's timeout is
+    /// the one set with [`timeout`](SendAll::timeout), else the sending node's; answers
+    /// already in (a `SendAll` polled before) come back as replies that resolve at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use futures::StreamExt;
+    /// use happen::{Context, Emitter, Event, Happen, Node};
+    ///
+    /// let happen = Happen::new();
+    /// let eu = happen.node("eu").await?;
+    /// let us = happen.node("us").await?;
+    /// Node::on_all([&eu, &us], "prices", |_e: Event, ctx: Context, out: Emitter| async move {
+    ///     for i in 0..3 {
+    ///         out.emit(format!("{}-{i}", ctx.node_id())).await?;
+    ///     }
+    ///     Ok::<_, happen::Error>("done")
+    /// })?;
+    /// for (id, reply) in eu.send_all([&eu, &us], Event::new("prices", ())).into_replies()? {
+    ///     let mut items = reply.into_stream();
+    ///     let mut seen = Vec::new();
+    ///     while let Some(item) = items.next().await {
+    ///         seen.push(item?);
+    ///     }
+    ///     assert_eq!(seen.len(), 3, "{id} streamed its three items");
+    ///     assert_eq!(items.final_value().unwrap(), "done");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// What awaiting the `SendAll` would fail with: bad input (no event was sent), or
+    /// [`ErrorKind::Cancelled`] if it had already resolved.
+    pub fn into_replies(self) -> Result<Vec<(NodeId, Reply)>> {
+        match self.state {
+            State::Failed(err) => Err(err.unwrap_or_else(polled_after_done)),
+            State::Done => Err(polled_after_done()),
+            State::Waiting(pending) => Ok(pending
+                .into_iter()
+                .map(|p| {
+                    let reply = match p.result {
+                        Some(r) => Reply::resolved(r, p.reply.stream.timeout),
+                        None => p.reply,
+                    };
+                    (p.id, reply)
+                })
+                .collect()),
+        }
+    }
 }
 
 impl Future for SendAll {
@@ -236,6 +288,10 @@ impl Node {
     /// error, a timeout, a full queue...): the others are not affected. The call as a whole
     /// fails only on bad input, before anything is sent. No targets at all is not an error:
     /// it resolves to an empty [`AllReplies`].
+    ///
+    /// Streams and pacing compose with it: [`SendAll::into_replies`] gives each target's
+    /// [`Reply`] to read as a stream, and a paced fan-out awaits [`Node::ready`] for every
+    /// target before sending (`futures::future::join_all(targets.iter().map(|t| node.ready(t)))`).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {

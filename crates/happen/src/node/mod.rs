@@ -730,12 +730,18 @@ impl Node {
             Some(key) => Some(self.lane_key(key, &event)?),
             None => None,
         };
+        let weight = if engine.weighs_batches() {
+            batch::weight(&event)
+        } else {
+            1
+        };
         let effects = engine.admit(Admitted {
             event,
             reply,
             enqueued: None,
             broadcast,
             lane,
+            weight,
         })?;
         self.apply(effects);
         Ok(())

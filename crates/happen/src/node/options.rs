@@ -130,6 +130,12 @@ impl NodeOptions {
         self.limits.backpressure_threshold = Some(threshold);
         self
     }
+    /// How admission counts a batch sent to this node: one flow (the default) or its events
+    /// (see [`BatchAdmission`](crate::BatchAdmission) for an example).
+    pub fn batch_admission(mut self, b: crate::config::BatchAdmission) -> Self {
+        self.limits.batch_admission = Some(b);
+        self
+    }
     /// Default reply timeout for sends from this node (over `flow.request_timeout_ms`); one
     /// send may set its own with [`Reply::timeout`](crate::Reply::timeout).
     ///

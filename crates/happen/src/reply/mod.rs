@@ -81,7 +81,7 @@ pub use stream::{Outcome, ReplyStream, TypedStream};
 /// timers; a hand-built runtime needs `enable_time()` (or `enable_all()`).
 #[must_use = "a Reply does nothing more when dropped: the event was sent; await it to get the final value"]
 pub struct Reply {
-    stream: ReplyStream,
+    pub(crate) stream: ReplyStream,
     /// The sending node's counter of failures nobody observed.
     sender: Option<Arc<Unobserved>>,
 }
@@ -101,6 +101,19 @@ impl Reply {
         Reply {
             stream: ReplyStream::new(StreamState::Failed(Some(err)), timeout),
             sender: Some(sender),
+        }
+    }
+
+    /// A reply whose result is already known (a fan-out's answer taken out of its
+    /// [`SendAll`](crate::SendAll) after it arrived).
+    pub(crate) fn resolved(result: Result<Value>, timeout: Duration) -> Reply {
+        let state = match result {
+            Ok(v) => StreamState::Done(Some(v)),
+            Err(e) => StreamState::Failed(Some(e)),
+        };
+        Reply {
+            stream: ReplyStream::new(state, timeout),
+            sender: None,
         }
     }
 

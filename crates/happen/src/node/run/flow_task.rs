@@ -67,6 +67,8 @@ pub(crate) struct FlowTask {
     step: Option<BoxFuture<'static, Result<Flow>>>,
     depth: usize,
     lane: Option<LaneKey>,
+    /// What the flow counts for in the node's counters (see `Admitted::weight`).
+    weight: u32,
     span: tracing::Span,
     finished: bool,
 }
@@ -101,6 +103,7 @@ impl FlowTask {
             step: None,
             depth: 0,
             lane: p.lane,
+            weight: p.weight,
             span,
             finished: false,
         };
@@ -161,9 +164,9 @@ impl FlowTask {
                 .active()
                 .is_some_and(|s| s.is_cancelled());
         if consumer_gone {
-            node.engine().count_cancelled();
+            node.engine().count_cancelled(self.weight);
         } else {
-            node.engine().count_finished(outcome.is_err());
+            node.engine().count_finished(outcome.is_err(), self.weight);
         }
         let outcome = outcome.map_err(|e| e.at_flow(node.id(), self.ctx.event().id()));
         if let Err(e) = &outcome {
@@ -246,7 +249,7 @@ impl Drop for FlowTask {
         self.finished = true;
         let node = self.ctx.node().clone();
         node.release(self.lane.take());
-        node.engine().count_finished(true);
+        node.engine().count_finished(true, self.weight);
         let e = Error::shut_down(self.ctx.node_id());
         if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(Err(e)) {
             node.flow_failure_unobserved(self.ctx.event(), &e);
