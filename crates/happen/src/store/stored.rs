@@ -780,8 +780,10 @@ async fn update_key<T: Serialize + DeserializeOwned + Default>(
     ))
 }
 
-/// A short random pause after a conflict, longer with each try (at most ~5 ms), so two
-/// processes do not retry in lock step.
+/// A random pause after a conflict, doubling with each try from 0.1 ms up to 20 ms (between
+/// half the cap and the cap), so two processes do not retry in lock step and a writer that
+/// keeps losing to another process's run of cached writes waits past that run (32 tries span
+/// ~0.4 s) instead of giving up within a few milliseconds.
 fn backoff(attempt: u32) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -791,8 +793,8 @@ fn backoff(attempt: u32) -> Duration {
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    let cap = 100 * u64::from(attempt.min(50) + 1);
-    Duration::from_micros(x % cap)
+    let cap = (100u64 << attempt.min(8)).min(20_000);
+    Duration::from_micros(cap / 2 + x % (cap / 2))
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>> {
