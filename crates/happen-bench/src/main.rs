@@ -8,9 +8,10 @@
 //! ```
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
-//! `node-scale`, `fan-out`, `signed`, `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`, `nats-durable`,
-//! `nats-signed` (default: all; `nats-durable` starts its own `nats-server -js`; `signed` and
-//! `nats-signed` report signed ÷ unsigned sends). Each runs one warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
+//! `node-scale`, `fan-out`, `signed`, `state`, `nats-ask-seq`, `nats-ask-par`,
+//! `nats-broadcast`, `nats-durable`, `nats-signed`, `nats-state` (default: all; `nats-durable`
+//! and `nats-state` start their own `nats-server -js`; `signed` and `nats-signed` report signed
+//! ÷ unsigned sends). Each runs one warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
 //! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
 //! runs each system on a 2-worker and on a 1-worker runtime and reports 2 workers ÷ 1 worker.
 //! `--quick` uses tiny counts: it proves the tool runs (CI); its numbers mean nothing.
@@ -46,7 +47,8 @@ const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
 workloads: tell ask-seq ask-par flow broadcast stream admission node-scale fan-out signed
-           nats-ask-seq nats-ask-par nats-broadcast nats-durable nats-signed   (default: all)
+           state nats-ask-seq nats-ask-par nats-broadcast nats-durable nats-signed
+           nats-state   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
   --rounds N      measured rounds after the warm-up round (default and minimum 5)
@@ -232,6 +234,7 @@ fn main() -> ExitCode {
             "node-scale" => workloads::node_scale::run(&bench),
             "fan-out" => workloads::fanout::run(&bench),
             "signed" => workloads::signed::run_local(&bench),
+            "state" => workloads::state::run(&bench),
             _ => Vec::new(),
         });
     }
@@ -239,7 +242,9 @@ fn main() -> ExitCode {
         .workloads
         .iter()
         .copied()
-        .filter(|w| NATS.contains(w) && !["nats-durable", "nats-signed"].contains(w))
+        .filter(|w| {
+            NATS.contains(w) && !matches!(*w, "nats-durable" | "nats-signed" | "nats-state")
+        })
         .collect();
     if !nats.is_empty() {
         rows.extend(workloads::nats::run(
@@ -259,6 +264,10 @@ fn main() -> ExitCode {
     if args.workloads.contains(&"nats-durable") {
         // its own server, with JetStream
         rows.extend(workloads::durable::run(&bench, args.nats_url.as_deref()));
+    }
+    if args.workloads.contains(&"nats-state") {
+        // stored state on JetStream key-value: its own server, with JetStream
+        rows.extend(workloads::state::run_nats(&bench, args.nats_url.as_deref()));
     }
 
     println!("{}", report::table(&rows));

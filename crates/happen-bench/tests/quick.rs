@@ -48,6 +48,8 @@ fn quick_run_writes_rows_for_every_workload() {
         }
     }
     assert!(has("admission", "happen(limits)") && has("admission", "happen(unlimited)"));
+    assert!(has("state-update", "happen(memory)") && has("state-update", "floor"));
+    assert!(has("state-read-in-flow", "flow+get") && has("state-read-in-flow", "flow"));
     assert!(has("admission-overload", "happen(limits)"));
     for s in [
         "happen(2 workers)",
@@ -77,6 +79,8 @@ fn quick_run_writes_rows_for_every_workload() {
         "nats-ask-par",
         "nats-broadcast",
         "nats-durable",
+        "nats-state-update",
+        "nats-state-get",
     ] {
         // Measured when nats-server is installed, marked "not available" otherwise.
         assert!(has(w, "floor") && has(w, "happen"), "rows for {w} missing");

@@ -50,6 +50,11 @@
 //!   buffered (`outbound_buffer`) and published after the reconnect, and a waiting durable
 //!   request keeps waiting. Every process needs the same `durable` settings. Broadcasts are
 //!   never durable. See `WIRE.md`, "Durable delivery".
+//! - **Stored state** ([`happen::stored`]): node state, views and global state live in
+//!   JetStream key-value buckets (`node-<id>`, key `state`, raw JSON; `happen-global-state`),
+//!   laid out as NATS key-value lays them out, so they survive restarts and every process (and
+//!   a TS reference node) reads them. Writes are compare-and-set on the revision; they need a
+//!   server with JetStream. See `WIRE.md`, "Stored state".
 //! - **At most once** for every other node. Core NATS does not store messages: an event
 //!   published while no process hosts its target is lost (a `send` then fails fast with
 //!   [`ErrorKind::UnknownNode`](happen::ErrorKind::UnknownNode) from NATS "no responders"; a

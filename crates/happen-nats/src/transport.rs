@@ -10,8 +10,8 @@ use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use happen::transport::Inbox;
-use happen::transport::Transport;
 use happen::transport::{ReplySender, Response};
+use happen::transport::{StateStore, Transport};
 use happen::{Error, ErrorKind, Event, NodeId, PRESSURE_EVENT, Pressure, Result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +35,7 @@ use crate::workers::discover::Discover;
 use crate::workers::durable::Durable;
 use crate::workers::replies::Replies;
 use crate::workers::serve::Serve;
+use crate::workers::state::KvStore;
 use crate::workers::streams::Streams;
 use crate::workers::streams::broadcast::broadcast_headers;
 use crate::workers::tap::Tap;
@@ -84,6 +85,8 @@ struct Inner {
     serve: Arc<Serve>,
     /// Durable delivery, when `transport.nats.durable` names any node.
     durable: Option<Arc<Durable>>,
+    /// Stored state (JetStream key-value buckets), set up on first use.
+    state: Arc<KvStore>,
     /// Which targets take a batch whole (the others get its events one at a time).
     batches: Batches,
     broadcast_subject: Subject,
@@ -302,6 +305,7 @@ impl NatsTransport {
             )),
             tokio::spawn(workers::discover::serve(discover, discover_sub)),
         ];
+        let state = Arc::new(KvStore::new(ep.client.clone(), ep.config.durable.replicas));
         let durable = durable.map(|(durable, publisher)| {
             tasks.push(publisher);
             durable
@@ -318,6 +322,7 @@ impl NatsTransport {
                 streams,
                 serve,
                 durable,
+                state,
                 batches: Batches::new(ep.clone()),
                 broadcast_subject,
                 tasks: Mutex::new(tasks),
@@ -909,6 +914,10 @@ impl Transport for NatsTransport {
             s.query_limits(target, remote);
         }
         Some(rx)
+    }
+
+    fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+        Some(self.inner.state.clone())
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

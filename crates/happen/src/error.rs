@@ -113,6 +113,15 @@ pub enum ErrorKind {
     /// node's `accept_from`, its `origin.sourceId` is not an allowed role, or a custom policy
     /// check said no. The message names the rule.
     Forbidden,
+    /// A stored state changed under a compare-and-set: another writer (usually another
+    /// process) updated it first — after the retries of
+    /// [`Stored::update`](crate::stored::Stored::update), or at once for
+    /// [`set_if_revision`](crate::stored::Stored::set_if_revision). Read it again and retry,
+    /// or let one node own the state and send it the changes.
+    Conflict,
+    /// A stored-state key is not valid (global state keys: letters, digits and `-/_=.`, not
+    /// starting or ending with `.`); the message names the key and the character.
+    InvalidKey,
 }
 
 impl ErrorKind {
@@ -145,6 +154,8 @@ impl ErrorKind {
             ErrorKind::NoRuntime => "no_runtime",
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InvalidKey => "invalid_key",
         }
     }
 
@@ -209,11 +220,13 @@ impl ErrorKind {
             ErrorKind::NoRuntime => "a node was created outside a Tokio runtime",
             ErrorKind::Unauthenticated => "the target node could not authenticate the event",
             ErrorKind::Forbidden => "the target node's accept_from or policies refused the event",
+            ErrorKind::Conflict => "another writer changed the stored state first",
+            ErrorKind::InvalidKey => "a stored-state key is not valid",
         }
     }
 }
 
-const ALL_KINDS: [ErrorKind; 22] = [
+const ALL_KINDS: [ErrorKind; 24] = [
     ErrorKind::UnknownNode,
     ErrorKind::NoHandler,
     ErrorKind::Handler,
@@ -236,6 +249,8 @@ const ALL_KINDS: [ErrorKind; 22] = [
     ErrorKind::NoRuntime,
     ErrorKind::Unauthenticated,
     ErrorKind::Forbidden,
+    ErrorKind::Conflict,
+    ErrorKind::InvalidKey,
 ];
 
 impl fmt::Display for ErrorKind {

@@ -18,6 +18,8 @@ use crate::node::{
     Instance, Node, NodeOptions, Scope, ShutdownReport, Target, close_nodes, hard_deadline,
     validate_node_id,
 };
+use crate::store::stored::{self, Global, Versioned};
+use crate::store::{MemoryStore, StoreHub};
 use crate::stream::ReplySender;
 use crate::transport::{Inbox, LocalTransport, Transport};
 
@@ -136,10 +138,16 @@ impl HappenBuilder {
         let dispatch = self
             .transport
             .unwrap_or_else(|| Dispatch::Local(Arc::new(LocalTransport::new())));
+        let store = match &dispatch {
+            Dispatch::Local(_) => None,
+            Dispatch::Custom(t) => t.state_store(),
+        }
+        .unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let scope = Arc::new(Scope::new(
             matches!(dispatch, Dispatch::Local(_)),
             self.config.streams.broadcast_buffer,
             self.config.cpu.threads,
+            Arc::new(StoreHub::new(store, self.config.state.clone())),
         ));
         let shared = Arc::new(HappenShared {
             config: self.config,
@@ -354,6 +362,66 @@ impl Happen {
     /// ```
     pub fn find_node(&self, id: &str) -> Option<Node> {
         self.shared.local_node(id)
+    }
+
+    /// A view into node `id`'s stored state ([`Node::stored`]), wherever the node runs: its
+    /// state and revision, or `None` when nothing is stored for that id. Read-only; see
+    /// [`stored`](crate::stored).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidPayload`] when the state is not an `S`; the store's errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// let inventory = happen.node("inventory").await?;
+    /// inventory.stored::<u32>().update(|n| *n = 12).await?;
+    /// assert_eq!(happen.view::<u32>("inventory").await?.map(|v| v.value), Some(12));
+    /// assert_eq!(happen.view::<u32>("unknown").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn view<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        id: &str,
+    ) -> Result<Option<Versioned<S>>> {
+        stored::view(&self.shared.scope.store, id).await
+    }
+
+    /// [`view`](Happen::view) of several nodes at once (read concurrently): the ids that
+    /// have state, with it, in the order given (the reference's `views.collect`).
+    ///
+    /// # Errors
+    /// As [`view`](Happen::view), for any of them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// for (id, n) in [("a", 1), ("b", 2)] {
+    ///     happen.node(id).await?.stored::<u32>().update(|v| *v = n).await?;
+    /// }
+    /// let all = happen.collect::<u32>(&["a", "b", "c"]).await?;
+    /// let seen: Vec<(&str, u32)> = all.iter().map(|(id, v)| (id.as_str(), v.value)).collect();
+    /// assert_eq!(seen, [("a", 1), ("b", 2)]); // `c` has no state
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<(NodeId, Versioned<S>)>> {
+        stored::collect(&self.shared.scope.store, ids).await
+    }
+
+    /// System-wide state shared by every process of the system (see [`Global`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// happen.global().set("feature.dark_mode", &true).await?;
+    /// assert_eq!(happen.global().get::<bool>("feature.dark_mode").await?, Some(true));
+    /// # Ok(()) }
+    /// ```
+    pub fn global(&self) -> Global {
+        Global::new(self.shared.scope.store.clone(), None)
     }
 
     /// Stops accepting events (senders get [`ErrorKind::ShutDown`]), lets running and queued

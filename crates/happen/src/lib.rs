@@ -14,6 +14,10 @@
 //! - fan-out and batches, at the root: [`Node::send_all`] ([`SendAll`], [`AllReplies`]),
 //!   [`Node::on_all`], [`Node::on_batch`], [`Node::send_batch`] ([`Batch`]);
 //! - [`cpu`]: CPU-bound work off the async workers ([`cpu_bound`](cpu::cpu_bound));
+//! - [`stored`]: node state that survives ([`Node::stored`], [`Context::stored`]: versions,
+//!   compare-and-set updates, history, `when`, watch), views ([`Happen::view`]) and global
+//!   state ([`Happen::global`]), kept where the transport says (NATS JetStream key-value with
+//!   `happen-nats`, memory in process);
 //! - [`config`]: configuration ([`Config`] and its sections, [`Limits`],
 //!   [`NodePatterns`](config::NodePatterns), [`millis`](config::millis));
 //! - [`security`]: node identity and signed events ([`SigningKey`](security::SigningKey),
@@ -41,6 +45,8 @@ mod admission; // the per-node admission engine: limits, queues, pressure, stats
 
 mod reply; // Reply, ReplyStream
 
+mod store; // stored state: the StateStore trait, the in-memory store, typed handles
+
 mod node; // Node, Context, Handler, Flow, Emitter, cpu, state; the node's runtime
 
 pub mod transport; // the Transport trait, Inbox, the in-process transport
@@ -49,6 +55,7 @@ mod happen; // Happen: the instance
 
 pub use crate::event::pattern;
 pub use crate::node::{cpu, flow, liner};
+pub use crate::store::stored;
 
 pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{BatchAdmission, Config, Limits, PartialLimits, QueueStrategy};

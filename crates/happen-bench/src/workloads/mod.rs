@@ -16,6 +16,7 @@ pub(crate) mod nats;
 pub(crate) mod node_scale;
 pub(crate) mod peers;
 pub(crate) mod signed;
+pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod tell;
 
@@ -31,6 +32,7 @@ pub(crate) const LOCAL: &[&str] = &[
     "node-scale",
     "fan-out",
     "signed",
+    "state",
 ];
 
 /// Workloads that need a `nats-server`.
@@ -40,6 +42,7 @@ pub(crate) const NATS: &[&str] = &[
     "nats-broadcast",
     "nats-durable",
     "nats-signed",
+    "nats-state",
 ];
 
 /// Formats an error for a failed run.

@@ -9,6 +9,7 @@
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
 //! - [`durable`]: durable delivery on JetStream (publish, consume, records);
 //! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]);
+//! - [`state`]: stored state in JetStream key-value buckets (the transport's state store);
 //! - [`batches`]: batches to nodes that do not take them whole (one event at a time).
 
 pub(crate) mod batches;
@@ -18,5 +19,6 @@ pub(crate) mod durable;
 pub(crate) mod pressure;
 pub(crate) mod replies;
 pub(crate) mod serve;
+pub(crate) mod state;
 pub(crate) mod streams;
 pub(crate) mod tap;

@@ -12,6 +12,7 @@
 //! | `[cpu]` | [`CpuConfig`] | `threads` |
 //! | `[transport.<name>]` | [`TransportConfig`] | one table per transport, read by its crate |
 //! | `[security]` | [`SecurityConfig`] | `trust`, `nodes` (mode, seed, `accept_from`), `max_age_ms`, `max_future_ms` |
+//! | `[state]` | [`StateConfig`] | stored state's `history`, `max_age_ms`, `patterns` |
 //!
 //! Durations are `Duration`s in Rust and whole milliseconds in a file (`request_timeout_ms =
 //! 5000`; see [`millis`]). A [`Config`] reaches an instance through
@@ -57,6 +58,7 @@
 mod limits;
 mod patterns;
 mod security;
+mod state;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,6 +73,7 @@ pub use limits::{BatchAdmission, Limits, PartialLimits, QueueStrategy};
 pub use patterns::NodePatterns;
 pub(crate) use patterns::glob_matches;
 pub use security::{NodeSecurityConfig, SecurityConfig, SecurityMode};
+pub use state::{MAX_HISTORY, PartialStateSettings, StateConfig, StateSettings};
 
 /// The whole configuration of a [`Happen`](crate::Happen) instance.
 ///
@@ -113,6 +116,8 @@ pub struct Config {
     /// Node identity and the gates before admission: trust ring, keys, modes,
     /// `accept_from`, replay bounds (see [`security`](crate::security)).
     pub security: SecurityConfig,
+    /// Stored state: history depth and age per node-id pattern.
+    pub state: StateConfig,
 }
 
 /// `concurrency`: the default limits and node-id pattern overrides (the
@@ -499,7 +504,9 @@ impl Config {
         if self.cpu.threads == Some(0) {
             return Err(Error::config("cpu.threads", "must be at least 1"));
         }
-        self.security.validate()
+        self.security.validate()?;
+        self.state.validate()?;
+        Ok(())
     }
 }
 

@@ -379,6 +379,111 @@ impl Context {
         &self.inner.event
     }
 
+    /// This node's stored state of type `S` (see [`Node::stored`]); changes made through it
+    /// carry this flow's event as their [`Change`](crate::stored::Change) (id, causation,
+    /// correlation, type, sender, time), which [`history`](crate::stored::Stored::history)
+    /// and [`when`](crate::stored::Stored::when) read back.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node("counter").await?;
+    /// node.on("bump", |e: Event, ctx: Context| async move {
+    ///     ctx.stored::<u32>().update(|n| *n += 1).await?;
+    ///     Ok::<_, happen::Error>(e.id().to_string())
+    /// })?;
+    /// let id = node.send(&node, Event::new("bump", ())).await?;
+    /// let last = node.stored::<u32>().history().await?.pop().expect("one revision");
+    /// assert_eq!(last.change.expect("made in a flow").event_id.to_string(), id);
+    /// # Ok(()) }
+    /// ```
+    pub fn stored<S>(&self) -> crate::stored::Stored<S> {
+        let node = &self.inner.node;
+        crate::stored::Stored::new(
+            node.shared.scope.store.clone(),
+            node.id().clone(),
+            Some(self.inner.event.clone()),
+        )
+    }
+
+    /// A view into another node's stored state (see [`Happen::view`](crate::Happen::view)).
+    ///
+    /// # Errors
+    /// As [`Happen::view`](crate::Happen::view).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// happen.node("inventory").await?.stored::<u32>().update(|n| *n = 3).await?;
+    /// let orders = happen.node("orders").await?;
+    /// orders.on("can-order", |_e: Event, ctx: Context| async move {
+    ///     let stock = ctx.view::<u32>("inventory").await?.map_or(0, |v| v.value);
+    ///     Ok::<_, happen::Error>(stock > 0)
+    /// })?;
+    /// assert_eq!(orders.send(&orders, Event::new("can-order", ())).await?, true);
+    /// # Ok(()) }
+    /// ```
+    pub async fn view<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        id: &str,
+    ) -> crate::Result<Option<crate::stored::Versioned<S>>> {
+        crate::store::stored::view(&self.inner.node.shared.scope.store, id).await
+    }
+
+    /// [`view`](Context::view) of several nodes (see [`Happen::collect`](crate::Happen::collect)).
+    ///
+    /// # Errors
+    /// As [`Happen::view`](crate::Happen::view).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// happen.node("a").await?.stored::<u32>().update(|n| *n = 2).await?;
+    /// happen.node("b").await?.stored::<u32>().update(|n| *n = 5).await?;
+    /// let sum = happen.node("sum").await?;
+    /// sum.on("total", |_e: Event, ctx: Context| async move {
+    ///     let all = ctx.collect::<u32>(&["a", "b"]).await?;
+    ///     Ok::<_, happen::Error>(all.iter().map(|(_, v)| v.value).sum::<u32>())
+    /// })?;
+    /// assert_eq!(sum.send(&sum, Event::new("total", ())).await?, 7);
+    /// # Ok(()) }
+    /// ```
+    pub async fn collect<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        ids: &[&str],
+    ) -> crate::Result<Vec<(NodeId, crate::stored::Versioned<S>)>> {
+        crate::store::stored::collect(&self.inner.node.shared.scope.store, ids).await
+    }
+
+    /// Global state (see [`Happen::global`](crate::Happen::global)); changes carry this
+    /// flow's event as their causal context.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let n = happen.node("n").await?;
+    /// n.on("remember", |e: Event, ctx: Context| async move {
+    ///     ctx.global().set("last", e.payload()).await.map(|_| ())
+    /// })?;
+    /// n.send(&n, Event::new("remember", "tea")).await?;
+    /// assert_eq!(happen.global().get::<String>("last").await?.as_deref(), Some("tea"));
+    /// # Ok(()) }
+    /// ```
+    pub fn global(&self) -> crate::stored::Global {
+        crate::stored::Global::new(
+            self.inner.node.shared.scope.store.clone(),
+            Some(self.inner.event.clone()),
+        )
+    }
+
     /// Sends `event` to `target` as a consequence of this flow's event: causation is this
     /// flow's event, the correlation id is inherited and the path extended with this node.
     /// Otherwise identical to [`Node::send`]: await the [`Reply`], stream it, or drop it.

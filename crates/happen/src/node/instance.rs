@@ -43,6 +43,8 @@ pub(crate) trait Instance: Send + Sync + 'static {
 /// Instance-wide state every node of one instance shares.
 pub(crate) struct Scope {
     closed: AtomicBool,
+    /// The instance's state store (stored state, views, global state).
+    pub(crate) store: Arc<crate::store::StoreHub>,
     /// Sends to a node handle of this instance are admitted directly (the in-process
     /// transport; another transport routes every send, so replicas elsewhere share them).
     pub(crate) direct: bool,
@@ -53,9 +55,15 @@ pub(crate) struct Scope {
 }
 
 impl Scope {
-    pub(crate) fn new(direct: bool, broadcast_buffer: usize, cpu_threads: Option<usize>) -> Scope {
+    pub(crate) fn new(
+        direct: bool,
+        broadcast_buffer: usize,
+        cpu_threads: Option<usize>,
+        store: Arc<crate::store::StoreHub>,
+    ) -> Scope {
         Scope {
             closed: AtomicBool::new(false),
+            store,
             direct,
             broadcast_buffer,
             cpu_threads,

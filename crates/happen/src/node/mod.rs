@@ -179,6 +179,26 @@ impl Node {
         self.shared.state.get::<T>()
     }
 
+    /// The node's stored state of type `S`: versioned, kept where the transport keeps state
+    /// (NATS JetStream key-value with `happen-nats`, so it survives restarts and other
+    /// processes read it; memory in process). Changes made through this handle carry no
+    /// causal context; inside a flow use [`Context::stored`]. See
+    /// [`Stored`](crate::stored::Stored). (The in-memory [`state`](Node::state) given at
+    /// creation is something else: shared values, never stored.)
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::new();
+    /// let inventory = happen.node("inventory").await?;
+    /// let stock = inventory.stored::<u32>();
+    /// let v = stock.update(|n| *n += 10).await?;
+    /// assert_eq!((v.value, v.revision), (10, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn stored<S>(&self) -> crate::stored::Stored<S> {
+        crate::stored::Stored::new(self.shared.scope.store.clone(), self.id().clone(), None)
+    }
+
     /// The node's effective admission limits: the configuration's default, its node-id
     /// pattern entry, then the node's [`NodeOptions`].
     ///

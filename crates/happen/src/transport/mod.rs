@@ -32,6 +32,7 @@
 //! | [`BroadcastFeed`], [`FeedSubscription`], [`BroadcastItems`], [`StreamItem`] | broadcast streams produced elsewhere |
 //! | [`ErrorParts`] | an [`Error`](crate::Error) taken apart and rebuilt across a process boundary |
 //! | [`pressure()`] | a [`Pressure`] mirrored from a remote node |
+//! | [`StateStore`], [`MemoryStore`], [`Entry`], [`Change`], [`node_bucket`], [`validate_key`] | where stored state is kept ([`Transport::state_store`]) |
 //!
 //! # A transport, end to end
 //! A transport that hands every event to the in-process transport, counting what it carries:
@@ -105,6 +106,8 @@
 
 mod inbox;
 mod local;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -200,6 +203,43 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 
+    /// Where this instance keeps stored state ([`Node::stored`](crate::Node::stored), views,
+    /// global state): a [`StateStore`] other processes can reach. The default, `None`, gives
+    /// each instance its own [`MemoryStore`].
+    ///
+    /// ```
+    /// # use futures::future::BoxFuture;
+    /// # use happen::NodeId;
+    /// use std::sync::Arc;
+    /// use happen::transport::{Inbox, LocalTransport, MemoryStore, ReplySender, StateStore, Transport};
+    /// use happen::{Event, Happen};
+    ///
+    /// /// In-process delivery, state shared by every instance built with the same store.
+    /// struct SharedState(LocalTransport, Arc<MemoryStore>);
+    ///
+    /// impl Transport for SharedState {
+    /// #     fn attach(&self, inbox: Inbox) -> BoxFuture<'_, happen::Result<()>> { self.0.attach(inbox) }
+    /// #     fn detach(&self, node: &NodeId) -> BoxFuture<'_, ()> { self.0.detach(node) }
+    /// #     fn send(&self, t: &NodeId, e: Event, r: Option<ReplySender>) -> happen::Result<()> { self.0.send(t, e, r) }
+    /// #     fn broadcast(&self, e: Event) -> happen::Result<()> { self.0.broadcast(e) }
+    ///     // ... attach, detach, send and broadcast forward to `self.0` ...
+    ///     fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+    ///         Some(self.1.clone())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let a = Happen::builder().transport(SharedState(LocalTransport::new(), store.clone())).build()?;
+    /// let b = Happen::builder().transport(SharedState(LocalTransport::new(), store)).build()?;
+    /// a.global().set("greeting", &"hi").await?;
+    /// assert_eq!(b.global().get::<String>("greeting").await?.as_deref(), Some("hi"));
+    /// # Ok(()) }
+    /// ```
+    fn state_store(&self) -> Option<Arc<dyn StateStore>> {
+        None
+    }
+
     /// Stops the transport (called by [`Happen::shutdown`](crate::Happen::shutdown) after the
     /// nodes have drained; also spawned when the last `Happen` handle is dropped without a
     /// shutdown). The default does nothing.
@@ -209,6 +249,10 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 pub use crate::error::ErrorParts;
+pub use crate::store::{
+    Change, Entry, GLOBAL_BUCKET, MemoryStore, STATE_KEY, StateStore, node_bucket, node_of_bucket,
+    validate_key,
+};
 pub use crate::stream::channel::{ItemStream, StreamSender, channel as stream_channel};
 pub use crate::stream::feed::{BroadcastFeed, BroadcastItems, FeedSubscription, StreamItem};
 pub use crate::stream::oneshot::{ReplyReceiver, ReplySender, Response, reply_channel};
