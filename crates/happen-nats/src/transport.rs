@@ -684,7 +684,7 @@ impl Inner {
         self.link.admit()?;
         let inner = self.clone();
         let target = target.clone();
-        tokio::spawn(async move {
+        self.batches.spawn(async move {
             let whole = match inner.batches.ask_takes_whole(&target).await {
                 Ok(whole) => whole,
                 Err(e) => {

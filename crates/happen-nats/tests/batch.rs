@@ -214,6 +214,23 @@ async fn a_batch_for_a_node_no_happen_process_serves_goes_one_event_at_a_time() 
             .unwrap();
     }
 
+    // From a thread outside the runtime: the transport runs the batch on its own runtime.
+    let from_thread = client.clone();
+    let reply = std::thread::spawn(move || {
+        from_thread.send_batch("legacy", (1..=2).map(|i| Event::new("n", i)))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        within(10, "from a plain thread", reply).await.unwrap(),
+        json!([2, 4])
+    );
+    for _ in 0..2 {
+        within(5, "the thread's batch events", reference.recv())
+            .await
+            .unwrap();
+    }
+
     // An event that gets no answer fails the batch (after the request timeout); the events
     // after it are not sent.
     let events = vec![

@@ -34,6 +34,8 @@ const DISCOVER_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct Batches {
     ep: Arc<Endpoint>,
     kinds: Mutex<HashMap<NodeId, Arc<OnceCell<Known>>>>,
+    /// The transport's runtime: a batch may be sent from a thread outside it.
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Clone, Copy)]
@@ -43,11 +45,18 @@ struct Known {
 }
 
 impl Batches {
+    /// Called inside the transport's runtime (at connect).
     pub(crate) fn new(ep: Arc<Endpoint>) -> Batches {
         Batches {
             ep,
             kinds: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Runs `task` on the transport's runtime.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(task);
     }
 
     /// Is `event` a batch carrier?
