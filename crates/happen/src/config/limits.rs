@@ -285,7 +285,8 @@ pub enum QueueStrategy {
 ///   queue's free places is rejected whole with `QueueFull`; it is never displaced nor
 ///   displaces), and `accepted`, `rejected`, `completed`, `failed` and `cancelled` count
 ///   its events, so the queue limit and the backpressure threshold bound the events waiting,
-///   however they were sent. An empty batch weighs one.
+///   however they were sent. An empty batch weighs one. On a node with sequential lanes, a
+///   batch parked behind its busy lane counts as one waiting event while parked.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
