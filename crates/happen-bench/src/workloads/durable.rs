@@ -16,7 +16,6 @@
 //!   the sink's handler ran for all `n` (each acknowledged after its flow).
 
 use std::hint::black_box;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,30 +42,13 @@ const IDLE: Duration = Duration::from_secs(10);
 pub(crate) fn run(bench: &Bench, url: Option<&str>) -> Vec<Row> {
     let n = if bench.quick { 5_000 } else { 100_000 };
     let w = "nats-durable";
-    let (_server, url) = match url {
-        Some(u) => (None, u.to_owned()),
-        None => {
-            let unavailable = |why: &str| {
-                vec![
-                    Row::unavailable(w, "floor", n, why),
-                    Row::unavailable(w, "happen", n, why),
-                ]
-            };
-            if !test_support::nats_server_available() {
-                return unavailable("nats-server not found");
-            }
-            let start = || {
-                test_support::NatsServer::start_with(
-                    test_support::NatsServerOptions::new().with_jetstream(),
-                )
-            };
-            match std::panic::catch_unwind(AssertUnwindSafe(start)) {
-                Ok(s) => {
-                    let url = s.url();
-                    (Some(s), url)
-                }
-                Err(_) => return unavailable("nats-server -js did not start"),
-            }
+    let (_server, url) = match super::jetstream_server(url) {
+        Ok(server) => server,
+        Err(why) => {
+            return vec![
+                Row::unavailable(w, "floor", n, why),
+                Row::unavailable(w, "happen", n, why),
+            ];
         }
     };
     let (h, f) = (url.clone(), url);

@@ -45,6 +45,32 @@ pub(crate) const NATS: &[&str] = &[
     "nats-state",
 ];
 
+/// The server a JetStream workload runs against: `url` (`--nats-url`) if given, else a
+/// `nats-server -js` of its own (kept alive by the returned handle). `Err` says why there is
+/// none, for the workload's "unavailable" rows.
+pub(crate) fn jetstream_server(
+    url: Option<&str>,
+) -> Result<(Option<test_support::NatsServer>, String), &'static str> {
+    if let Some(u) = url {
+        return Ok((None, u.to_owned()));
+    }
+    if !test_support::nats_server_available() {
+        return Err("nats-server not found");
+    }
+    let start = || {
+        test_support::NatsServer::start_with(
+            test_support::NatsServerOptions::new().with_jetstream(),
+        )
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+        Ok(s) => {
+            let url = s.url();
+            Ok((Some(s), url))
+        }
+        Err(_) => Err("nats-server -js did not start"),
+    }
+}
+
 /// Formats an error for a failed run.
 /// Runs `n` requests through `client(count, record)`: one client recording every latency when
 /// `tasks == 1`, else `tasks` spawned clients sharing `n`. Returns (requests, latencies in ns).

@@ -16,7 +16,6 @@
 //!   what happen does while no other process writes); and `n` sequential `get`s beside raw
 //!   direct gets.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -125,32 +124,15 @@ async fn flow(n: u64, read: bool) -> RunResult {
 pub(crate) fn run_nats(bench: &Bench, url: Option<&str>) -> Vec<Row> {
     let n = if bench.quick { 500 } else { 10_000 };
     let w = "nats-state-update";
-    let (_server, url) = match url {
-        Some(u) => (None, u.to_owned()),
-        None => {
-            let unavailable = |why: &str| {
-                vec![
-                    Row::unavailable(w, "floor", n, why),
-                    Row::unavailable(w, "happen", n, why),
-                    Row::unavailable("nats-state-get", "floor", n, why),
-                    Row::unavailable("nats-state-get", "happen", n, why),
-                ]
-            };
-            if !test_support::nats_server_available() {
-                return unavailable("nats-server not found");
-            }
-            let start = || {
-                test_support::NatsServer::start_with(
-                    test_support::NatsServerOptions::new().with_jetstream(),
-                )
-            };
-            match std::panic::catch_unwind(AssertUnwindSafe(start)) {
-                Ok(s) => {
-                    let url = s.url();
-                    (Some(s), url)
-                }
-                Err(_) => return unavailable("nats-server -js did not start"),
-            }
+    let (_server, url) = match super::jetstream_server(url) {
+        Ok(server) => server,
+        Err(why) => {
+            return vec![
+                Row::unavailable(w, "floor", n, why),
+                Row::unavailable(w, "happen", n, why),
+                Row::unavailable("nats-state-get", "floor", n, why),
+                Row::unavailable("nats-state-get", "happen", n, why),
+            ];
         }
     };
     let (h, f, c) = (url.clone(), url.clone(), url.clone());
