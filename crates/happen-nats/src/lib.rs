@@ -185,7 +185,8 @@ pub mod tap {
 pub mod wire_format {}
 
 pub use crate::config::{
-    AuthConfig, DeliveryMode, DurableConfig, DurableNode, NatsConfig, ReconnectConfig, TlsConfig,
+    AuthConfig, DeliveryMode, DurableConfig, DurableNode, LivenessConfig, NatsConfig,
+    ReconnectConfig, TlsConfig,
 };
 pub use crate::core::stats::NatsStats;
 pub use crate::transport::NatsTransport;

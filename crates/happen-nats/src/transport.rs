@@ -33,6 +33,7 @@ use crate::workers::batches::{self, Batches};
 use crate::workers::connection::Connection;
 use crate::workers::discover::Discover;
 use crate::workers::durable::Durable;
+use crate::workers::liveness::Liveness;
 use crate::workers::replies::Replies;
 use crate::workers::serve::Serve;
 use crate::workers::state::KvStore;
@@ -85,6 +86,8 @@ struct Inner {
     serve: Arc<Serve>,
     /// Durable delivery, when `transport.nats.durable` names any node.
     durable: Option<Arc<Durable>>,
+    /// Heartbeats (`transport.nats.liveness`), when on.
+    liveness: Option<Arc<Liveness>>,
     /// Stored state (JetStream key-value buckets), set up on first use.
     state: Arc<KvStore>,
     /// Which targets take a batch whole (the others get its events one at a time).
@@ -214,6 +217,16 @@ impl NatsTransport {
             .await
             .map_err(|e| transport_error("cannot subscribe to pressure reports", e))?;
         let discover_sub = workers::discover::subscribe(&client, &subjects).await?;
+        let beat_sub = if config.liveness.enabled {
+            Some(
+                client
+                    .subscribe(subjects.beat_all())
+                    .await
+                    .map_err(|e| transport_error("cannot subscribe to heartbeats", e))?,
+            )
+        } else {
+            None
+        };
         client
             .flush()
             .await
@@ -233,6 +246,12 @@ impl NatsTransport {
             client.clone(),
             config.outbound_buffer,
             config.stream_window,
+            config.liveness.enabled,
+            if config.liveness.enabled {
+                config.liveness.replay_window
+            } else {
+                Duration::ZERO
+            },
             requests.clone(),
             counters.clone(),
         );
@@ -285,6 +304,7 @@ impl NatsTransport {
             node_subjects: node_subjects.clone(),
             link: link.clone(),
             requests: requests.clone(),
+            outbox: outbox.clone(),
             nodes: nodes.clone(),
             counters: counters.clone(),
         });
@@ -305,6 +325,17 @@ impl NatsTransport {
             )),
             tokio::spawn(workers::discover::serve(discover, discover_sub)),
         ];
+        let liveness = beat_sub.map(|sub| {
+            let liveness = Arc::new(Liveness {
+                ep: ep.clone(),
+                nodes: nodes.clone(),
+                requests: requests.clone(),
+                outbox: outbox.clone(),
+                counters: counters.clone(),
+            });
+            tasks.push(tokio::spawn(workers::liveness::run(liveness.clone(), sub)));
+            liveness
+        });
         let state = Arc::new(KvStore::new(ep.client.clone(), ep.config.durable.replicas));
         let durable = durable.map(|(durable, publisher)| {
             tasks.push(publisher);
@@ -322,6 +353,7 @@ impl NatsTransport {
                 streams,
                 serve,
                 durable,
+                liveness,
                 state,
                 batches: Batches::new(ep.clone()),
                 broadcast_subject,
@@ -641,11 +673,12 @@ impl Inner {
             ),
             Some(tx) => {
                 let token = s.requests.token();
+                let now = Instant::now();
                 // counted before it is published, so a paced sender never sees it missing
                 let in_flight = s
                     .remotes
                     .get(target)
-                    .map(|r| r.in_flight(Instant::now() + s.ep.config.effective_request_timeout()));
+                    .map(|r| r.in_flight(now + s.ep.config.effective_request_timeout()));
                 // the reply path exists before the event is published
                 s.requests.insert(
                     token,
@@ -654,6 +687,8 @@ impl Inner {
                         target: target.clone(),
                         in_flight,
                         durable: false,
+                        sent: Some(now),
+                        replica: None,
                     },
                 );
                 (
@@ -945,6 +980,10 @@ impl Transport for NatsTransport {
             }
             // the nodes are stopped: what still waits is failed, and those answers go out too
             fail_waiting.now();
+            // requesters elsewhere stop waiting for this replica (after its last answers)
+            if let Some(l) = &s.liveness {
+                l.publish_closed();
+            }
             // every answer queued so far reaches the server before the tasks stop
             if tokio::time::timeout(SHUTDOWN_WAIT, s.outbox.flush())
                 .await

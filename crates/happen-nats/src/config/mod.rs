@@ -30,6 +30,7 @@
 mod auth;
 mod backoff;
 mod durable;
+mod liveness;
 mod options;
 mod reconnect;
 
@@ -43,6 +44,7 @@ pub(crate) use auth::redacted_servers;
 pub use auth::{AuthConfig, TlsConfig};
 pub(crate) use backoff::Backoff;
 pub use durable::{DeliveryMode, DurableConfig, DurableNode};
+pub use liveness::LivenessConfig;
 pub use reconnect::ReconnectConfig;
 
 /// Settings of the NATS transport (`[transport.nats]`). Every key is optional: read them
@@ -128,6 +130,9 @@ pub struct NatsConfig {
     /// Durable delivery on JetStream for some node ids (`[transport.nats.durable]`; see
     /// [`DurableConfig`]). Off by default.
     pub durable: DurableConfig,
+    /// Heartbeats and fast failure of requests whose replica went away
+    /// (`[transport.nats.liveness]`; see [`LivenessConfig`]). On by default.
+    pub liveness: LivenessConfig,
 }
 
 impl Default for NatsConfig {
@@ -151,6 +156,7 @@ impl Default for NatsConfig {
             stream_types: Vec::new(),
             broadcast_buffer: None,
             durable: DurableConfig::default(),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -209,6 +215,7 @@ impl fmt::Debug for NatsConfig {
             stream_types,
             broadcast_buffer,
             durable,
+            liveness,
         } = self;
         f.debug_struct("NatsConfig")
             .field("servers", &redacted_servers(servers))
@@ -229,6 +236,7 @@ impl fmt::Debug for NatsConfig {
             .field("stream_types", stream_types)
             .field("broadcast_buffer", broadcast_buffer)
             .field("durable", durable)
+            .field("liveness", liveness)
             .finish()
     }
 }
@@ -409,6 +417,19 @@ impl NatsConfig {
         }
         if self.connect_timeout < ONE_MS {
             return Err(invalid("connect_timeout_ms", "must be at least 1 ms"));
+        }
+        let l = &self.liveness;
+        if l.enabled && l.heartbeat.is_zero() {
+            return Err(invalid("liveness.heartbeat_ms", "must be at least 1"));
+        }
+        if l.enabled && l.detection < 2 * l.heartbeat {
+            return Err(invalid(
+                "liveness.detection_ms",
+                format!(
+                    "must span at least two heartbeats (`liveness.heartbeat_ms` = {})",
+                    l.heartbeat.as_millis()
+                ),
+            ));
         }
         if self.reconnect.delay > self.reconnect.max_delay {
             return Err(invalid(

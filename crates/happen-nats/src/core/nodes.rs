@@ -1,7 +1,7 @@
 //! This process's attached nodes: their inboxes and serve tasks, and the last `node.pressure`
 //! report of each (for the `Happen-Pressure` header of its replies).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use happen::transport::Inbox;
 use happen::{NodeId, Pressure};
@@ -31,6 +31,9 @@ pub(crate) struct LocalNodes {
     handles: Mutex<HashMap<NodeId, NodeHandle>>,
     /// The last `node.pressure` report (seq, state) of each local node.
     reports: Mutex<HashMap<NodeId, (u64, Pressure)>>,
+    /// Nodes removed whose serve task still runs (answering what it took): still named in
+    /// this process's heartbeats until it ends.
+    stopping: Mutex<HashSet<NodeId>>,
 }
 
 impl LocalNodes {
@@ -39,14 +42,39 @@ impl LocalNodes {
         self.handles.lock().insert(id, handle);
     }
 
-    /// Removes a node (to stop it).
+    /// Removes a node (to stop it); it counts as served until [`stopped`](LocalNodes::stopped).
     pub(crate) fn remove(&self, id: &NodeId) -> Option<NodeHandle> {
-        self.handles.lock().remove(id)
+        let h = self.handles.lock().remove(id)?;
+        self.stopping.lock().insert(id.clone());
+        Some(h)
     }
 
     /// Removes every node (the transport shuts down).
     pub(crate) fn drain(&self) -> Vec<NodeHandle> {
-        self.handles.lock().drain().map(|(_, h)| h).collect()
+        let drained: Vec<(NodeId, NodeHandle)> = self.handles.lock().drain().collect();
+        let mut stopping = self.stopping.lock();
+        drained
+            .into_iter()
+            .map(|(id, h)| {
+                stopping.insert(id);
+                h
+            })
+            .collect()
+    }
+
+    /// The serve task of a removed node ended.
+    pub(crate) fn stopped(&self, id: &NodeId) {
+        self.stopping.lock().remove(id);
+    }
+
+    /// The ids of the nodes this process serves: attached, or stopping and still answering
+    /// (sorted, for the heartbeat).
+    pub(crate) fn served(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.handles.lock().keys().cloned().collect();
+        ids.extend(self.stopping.lock().iter().cloned());
+        ids.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids.dedup();
+        ids
     }
 
     /// How many nodes are attached.

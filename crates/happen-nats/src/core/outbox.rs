@@ -4,15 +4,19 @@
 //! for room: when the buffer is full they go to an unbounded overflow queue that the
 //! publisher empties first ([`Outbox::publish_answer`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_nats::message::OutboundMessage;
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::SinkExt;
 use happen::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::link::Link;
 use super::requests::Requests;
@@ -48,6 +52,8 @@ impl Headers {
 enum Queued {
     /// A message, and the token of the request it is (to fail it if publishing fails).
     Message(Outgoing, Option<u64>),
+    /// An answer of a local node (kept for [`Replay`] once written).
+    Answer(Outgoing),
     /// Hand everything queued before to the client, flush the client, then signal.
     Flush(oneshot::Sender<()>),
 }
@@ -66,11 +72,14 @@ pub(crate) struct Outbox {
     room: Notify,
     /// `transport.nats.outbound_buffer`.
     capacity: usize,
-    /// `Happen-Stream: <stream_window>`, the header of every request.
+    /// `Happen-Stream: <stream_window>` (and `Happen-Track: 1` with liveness on), the headers
+    /// of every request.
     stream_header: HeaderMap,
     /// To fail a request that could not be published.
     requests: Arc<Requests>,
     counters: Arc<Counters>,
+    /// The answers written lately, published again after a lost connection.
+    replay: Replay,
 }
 
 /// The receiving ends of an [`Outbox`], for its publisher task ([`run`]).
@@ -89,11 +98,14 @@ pub(crate) fn refused<T>(e: &mpsc::error::TrySendError<T>, full: impl FnOnce() -
 }
 
 impl Outbox {
-    /// An outbox of `capacity` messages whose requests carry `Happen-Stream: <stream_window>`.
+    /// An outbox of `capacity` messages whose requests carry `Happen-Stream: <stream_window>`
+    /// and, when `track`, `Happen-Track: 1`.
     pub(crate) fn new(
         client: Client,
         capacity: usize,
         stream_window: usize,
+        track: bool,
+        replay_window: Duration,
         requests: Arc<Requests>,
         counters: Arc<Counters>,
     ) -> (Outbox, Drain) {
@@ -101,6 +113,9 @@ impl Outbox {
         let (overflow_tx, overflow) = mpsc::unbounded_channel();
         let mut stream_header = HeaderMap::new();
         stream_header.insert(header::STREAM, stream_window.to_string().as_str());
+        if track {
+            stream_header.insert(header::TRACK, "1");
+        }
         let outbox = Outbox {
             client,
             tx,
@@ -111,6 +126,7 @@ impl Outbox {
             stream_header,
             requests,
             counters,
+            replay: Replay::new(replay_window),
         };
         (outbox, Drain { rx, overflow })
     }
@@ -144,13 +160,44 @@ impl Outbox {
     /// Queues a message for the publisher task; hands it back when the buffer is full or
     /// closed.
     pub(crate) fn try_enqueue(&self, out: Outgoing) -> Option<Outgoing> {
+        self.try_queue(Queued::Message(out, None))
+    }
+
+    /// Queues an answer of a local node (kept for a replay once written; see
+    /// [`replay_lost`](Outbox::replay_lost)); hands it back when the buffer is full or
+    /// closed.
+    pub(crate) fn try_enqueue_answer(&self, out: Outgoing) -> Option<Outgoing> {
+        self.try_queue(Queued::Answer(out))
+    }
+
+    fn try_queue(&self, queued: Queued) -> Option<Outgoing> {
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let e = self.tx.try_send(Queued::Message(out, None)).err()?;
+        let e = self.tx.try_send(queued).err()?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         match e.into_inner() {
-            Queued::Message(out, _) => Some(out),
+            Queued::Message(out, _) | Queued::Answer(out) => Some(out),
             Queued::Flush(_) => unreachable!("a message was queued"),
         }
+    }
+
+    /// The connection was lost: answers written shortly before it may not have reached the
+    /// server (see [`replay_lost`](Outbox::replay_lost)).
+    pub(crate) fn connection_lost(&self) {
+        self.replay.lost();
+    }
+
+    /// The connection is back: publishes again the answers written in the replay window
+    /// before it was lost (requesters drop a second copy). Returns how many.
+    pub(crate) fn replay_lost(&self) -> usize {
+        let again = self.replay.take();
+        let n = again.len();
+        for out in again {
+            self.publish_answer(out);
+        }
+        self.counters
+            .answers_replayed
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     /// Publishes an answer of a local node (a reply, an error) without waiting: through the
@@ -159,7 +206,7 @@ impl Outbox {
     /// node has taken from its subscription, and is only used while the connection drains
     /// slower than the node answers.
     pub(crate) fn publish_answer(&self, out: Outgoing) {
-        if let Some(out) = self.try_enqueue(out) {
+        if let Some(out) = self.try_enqueue_answer(out) {
             inc(&self.counters.answers_overflowed);
             if self.overflow.send(out).is_err() {
                 tracing::warn!(target: "happen_nats", "the nats transport is shut down; an answer was not published");
@@ -261,7 +308,9 @@ pub(crate) async fn run(outbox: Arc<Outbox>, drain: Drain) {
         let queued = tokio::select! {
             biased;
             Some(out) = overflow.recv() => {
-                if let Err(e) = sink.feed(outbox.message(out)).await {
+                let msg = outbox.message(out);
+                outbox.replay.record(&msg);
+                if let Err(e) = sink.feed(msg).await {
                     tracing::warn!(target: "happen_nats", error = %e, "cannot publish an answer");
                 }
                 continue;
@@ -273,6 +322,16 @@ pub(crate) async fn run(outbox: Arc<Outbox>, drain: Drain) {
         };
         let (out, token) = match queued {
             Queued::Message(out, token) => (out, token),
+            Queued::Answer(out) => {
+                let msg = outbox.message(out);
+                outbox.replay.record(&msg);
+                let r = sink.feed(msg).await;
+                outbox.dequeued();
+                if let Err(e) = r {
+                    tracing::warn!(target: "happen_nats", error = %e, "cannot publish an answer");
+                }
+                continue;
+            }
             Queued::Flush(done) => {
                 // everything before was fed to the client; its flush writes it to the socket
                 let _ = outbox.client.flush().await;
@@ -291,5 +350,80 @@ pub(crate) async fn run(outbox: Arc<Outbox>, drain: Drain) {
                 });
             }
         }
+    }
+}
+
+/// The most answers kept for a replay.
+const REPLAY_AT_MOST: usize = 4096;
+
+/// The answers written in the last `window`, to publish again after a lost connection: the
+/// client may have written them to a connection that died before the server passed them on
+/// (see `WIRE.md`, "Liveness").
+struct Replay {
+    window: Duration,
+    state: Mutex<Written>,
+}
+
+#[derive(Default)]
+struct Written {
+    /// (when it was handed to the client, the answer)
+    answers: VecDeque<(Instant, Outgoing)>,
+    /// When the connection was lost (until it is back).
+    lost_at: Option<Instant>,
+}
+
+impl Replay {
+    fn new(window: Duration) -> Replay {
+        Replay {
+            window,
+            state: Mutex::new(Written::default()),
+        }
+    }
+
+    /// Keeps a copy of an answer handed to the client (cheap: the subject and body are
+    /// shared buffers).
+    fn record(&self, msg: &OutboundMessage) {
+        if self.window.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut w = self.state.lock();
+        while w
+            .answers
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.window)
+            || w.answers.len() >= REPLAY_AT_MOST
+        {
+            w.answers.pop_front();
+        }
+        w.answers.push_back((
+            now,
+            Outgoing {
+                subject: msg.subject.clone(),
+                reply: msg.reply.clone(),
+                headers: Headers::from(msg.headers.clone()),
+                payload: msg.payload.clone(),
+            },
+        ));
+    }
+
+    /// The connection was lost now (the first loss counts until it is back).
+    fn lost(&self) {
+        let mut w = self.state.lock();
+        w.lost_at.get_or_insert_with(Instant::now);
+    }
+
+    /// The answers written in the window before the loss; forgets every kept answer.
+    fn take(&self) -> Vec<Outgoing> {
+        let mut w = self.state.lock();
+        let Some(lost_at) = w.lost_at.take() else {
+            return Vec::new();
+        };
+        let from = lost_at.checked_sub(self.window).unwrap_or(lost_at);
+        std::mem::take(&mut w.answers)
+            .into_iter()
+            .filter(|(at, _)| *at >= from && *at <= lost_at)
+            .map(|(_, out)| out)
+            .collect()
     }
 }

@@ -33,6 +33,10 @@ pub(crate) enum Pending {
         in_flight: Option<InFlight>,
         /// A durable send: its reply still comes after a reconnect.
         durable: bool,
+        /// When it was published (see [`Requests::fail_gone`]); `None` for a durable send.
+        sent: Option<Instant>,
+        /// The replica that said it holds the request (an `accepted` frame).
+        replica: Option<Arc<str>>,
     },
     /// A remote stream being consumed: frames go to its consumer task. The request counts
     /// as in flight until the stream ends (its flow holds a slot at the target).
@@ -40,6 +44,8 @@ pub(crate) enum Pending {
         frames: mpsc::Sender<async_nats::Message>,
         /// Held for its `Drop`.
         _in_flight: Option<InFlight>,
+        /// The replica producing it (`Happen-Replica` on the stream start).
+        replica: Option<Arc<str>>,
     },
     /// A `Happen-Query: limits` request for the pacing view of a target.
     Limits {
@@ -151,6 +157,77 @@ impl Requests {
         self.pending.lock().remove(&token);
     }
 
+    /// An `accepted` frame for `token`: the request is tied to `replica`. Returns where to
+    /// pass the frame on when `token` is a relayed request (its requester may wait for it).
+    pub(crate) fn accepted(&self, token: u64, replica: &str) -> Option<Subject> {
+        match self.pending.lock().get_mut(&token) {
+            Some(Pending::Reply { replica: r, .. }) => {
+                if r.as_deref() != Some(replica) {
+                    *r = Some(Arc::from(replica));
+                }
+                None
+            }
+            Some(Pending::Relay { to, .. }) => Some(to.clone()),
+            _ => None,
+        }
+    }
+
+    /// Fails the requests a replica can no longer answer (see `WIRE.md`, "Liveness"): to a
+    /// node it served (`serves`), those tied to `replica` (when `tied`), and those not tied
+    /// to any replica that were published before `before` and have waited at least
+    /// `untied_for` (a live replica would have named itself by then). Durable sends are left
+    /// alone (stored in JetStream, answered whenever a replica runs them). Returns how many
+    /// failed.
+    pub(crate) fn fail_gone(
+        &self,
+        replica: &str,
+        serves: impl Fn(&str) -> bool,
+        tied: bool,
+        before: Instant,
+        untied_for: Duration,
+        err: impl Fn(&NodeId) -> Error,
+    ) -> usize {
+        let now = Instant::now();
+        let failed: Vec<Pending> = {
+            let mut pending = self.pending.lock();
+            let tokens: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| match p {
+                    Pending::Reply {
+                        replica: Some(r),
+                        target,
+                        ..
+                    } => tied && &**r == replica && serves(target.as_str()),
+                    // its consumer sees the frames end: a `transport` error
+                    Pending::Stream {
+                        replica: Some(r), ..
+                    } => tied && &**r == replica,
+                    Pending::Reply {
+                        replica: None,
+                        sent: Some(sent),
+                        target,
+                        ..
+                    } => {
+                        *sent <= before
+                            && now.saturating_duration_since(*sent) >= untied_for
+                            && serves(target.as_str())
+                    }
+                    _ => false,
+                })
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| pending.remove(t)).collect()
+        };
+        let n = failed.len();
+        for p in failed {
+            inc(&self.counters.failed_replica_gone);
+            if let Pending::Reply { tx, target, .. } = p {
+                let _ = tx.send(Response::Done(Err(err(&target))));
+            }
+        }
+        n
+    }
+
     /// Takes what waits for a message on `<inbox>.<token>`. A relay stays registered while
     /// `continues` (a stream start or item: more answers follow).
     pub(crate) fn arrived(&self, token: u64, continues: impl FnOnce() -> bool) -> Arrival {
@@ -211,21 +288,8 @@ impl Requests {
         let drained: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
         for (token, p) in drained {
             match p {
-                Pending::Reply {
-                    tx,
-                    target,
-                    in_flight,
-                    durable: true,
-                } => {
-                    self.pending.lock().insert(
-                        token,
-                        Pending::Reply {
-                            tx,
-                            target,
-                            in_flight,
-                            durable: true,
-                        },
-                    );
+                p @ Pending::Reply { durable: true, .. } => {
+                    self.pending.lock().insert(token, p);
                 }
                 Pending::Reply { tx, target, .. } => {
                     inc(&self.counters.failed_on_disconnect);

@@ -117,6 +117,14 @@ counters! {
     durable_claims_taken_over,
     /// Most durable events one node of this process held at once (pulled, not settled).
     durable_max_held,
+    /// Requests failed before their timeout because the replica holding them stopped
+    /// heartbeating, closed, or lost its server connection (see `transport.nats.liveness`).
+    failed_replica_gone,
+    /// `accepted` frames this process's nodes sent to requesters still waiting.
+    accepted_sent,
+    /// Answers published again after a reconnect (written just before the connection was
+    /// lost; requesters drop a second copy).
+    answers_replayed,
 }
 
 /// Adds one to `c`.

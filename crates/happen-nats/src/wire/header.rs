@@ -26,7 +26,8 @@ pub(crate) const STREAM: &str = "Happen-Stream";
 /// On a stream start: the subject to which the consumer sends `credit` and `cancel`.
 pub(crate) const CONTROL: &str = "Happen-Control";
 /// The kind of a stream frame: `item`, `end`, `error` (producer to consumer) or `credit`,
-/// `cancel` (consumer to producer).
+/// `cancel` (consumer to producer); `accepted` (a replica names itself to a requester still
+/// waiting, see [`TRACK`]).
 pub(crate) const FRAME: &str = "Happen-Frame";
 /// On `credit` frames: how many more items the producer may send.
 pub(crate) const CREDIT: &str = "Happen-Credit";
@@ -39,6 +40,12 @@ pub(crate) const PRESSURE: &str = "Happen-Pressure";
 pub(crate) const QUERY: &str = "Happen-Query";
 /// The answer to `Happen-Query: limits`: `concurrent=<n>;queue=<n>;high=<n>`.
 pub(crate) const LIMITS: &str = "Happen-Limits";
+/// On requests: the requester understands `accepted` frames (`Happen-Frame: accepted` with
+/// [`REPLICA`], no body), which tie the request to the replica holding it (see `WIRE.md`,
+/// "Liveness").
+pub(crate) const TRACK: &str = "Happen-Track";
+/// The `Happen-Frame` value that names the replica holding a request (see [`TRACK`]).
+pub(crate) const ACCEPTED: &str = "accepted";
 /// On the `node.pressure` reports published on `<prefix>.pressure.<id>`: which process
 /// (replica) sent it, so reports of one replica are ordered by their `seq`.
 pub(crate) const REPLICA: &str = "Happen-Replica";

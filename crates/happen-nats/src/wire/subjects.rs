@@ -46,6 +46,16 @@ impl Subjects {
         format!("{}.pressure.>", self.prefix)
     }
 
+    /// `<prefix>.beat.<replica>`: the heartbeats of one process (see `WIRE.md`, "Liveness").
+    pub(crate) fn beat(&self, replica: &str) -> String {
+        format!("{}.beat.{replica}", self.prefix)
+    }
+
+    /// `<prefix>.beat.*`: every process's heartbeats.
+    pub(crate) fn beat_all(&self) -> String {
+        format!("{}.beat.*", self.prefix)
+    }
+
     /// `<prefix>.discover`: discovery requests.
     pub(crate) fn discover(&self) -> String {
         format!("{}.discover", self.prefix)
@@ -95,6 +105,10 @@ mod tests {
         assert_eq!(s.pressure("orders"), "shop.pressure.orders");
         assert_eq!(s.pressure_all(), "shop.pressure.>");
         assert_eq!(s.discover(), "shop.discover");
+        assert_eq!(
+            (s.beat("r1"), s.beat_all()),
+            ("shop.beat.r1".to_owned(), "shop.beat.*".to_owned())
+        );
         assert_eq!(s.all(), "shop.>");
         assert_eq!(
             s.broadcast_stream("evt-1.a b*>"),

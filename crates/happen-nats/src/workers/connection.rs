@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::core::link::Link;
 use crate::core::nodes::LocalNodes;
+use crate::core::outbox::Outbox;
 use crate::core::requests::Requests;
 use crate::core::stats::{Counters, inc};
 
@@ -44,6 +45,8 @@ pub(crate) struct Connection {
     pub(crate) link: Arc<Link>,
     /// Requests waiting for a reply fail when the connection is lost.
     pub(crate) requests: Arc<Requests>,
+    /// Answers written just before a loss are published again after the reconnect.
+    pub(crate) outbox: Arc<Outbox>,
     /// The nodes to tell.
     pub(crate) nodes: Arc<LocalNodes>,
     pub(crate) counters: Arc<Counters>,
@@ -64,6 +67,7 @@ pub(crate) async fn run(
                 tracing::warn!(target: "happen_nats", sid, "a subscription overflowed and dropped messages; raise transport.nats.subscription_capacity");
             }
             async_nats::Event::Disconnected => {
+                c.outbox.connection_lost();
                 inc(&c.counters.disconnects);
                 tracing::warn!(target: "happen_nats", "disconnected from nats; reconnecting");
                 c.requests.fail_pending(
@@ -74,6 +78,10 @@ pub(crate) async fn run(
             async_nats::Event::Connected => {
                 tracing::info!(target: "happen_nats", "connected to nats");
                 c.connected();
+                let replayed = c.outbox.replay_lost();
+                if replayed > 0 {
+                    tracing::info!(target: "happen_nats", replayed, "answers written just before the connection was lost are published again");
+                }
             }
             async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
                 tracing::error!(target: "happen_nats", "the nats client gave up reconnecting");

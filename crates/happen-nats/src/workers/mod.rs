@@ -7,6 +7,7 @@
 //! - [`discover`]: answering and asking discovery requests;
 //! - [`connection`]: following the client's connection events;
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
+//! - [`liveness`]: heartbeats, and failing the requests of a replica that went away;
 //! - [`durable`]: durable delivery on JetStream (publish, consume, records);
 //! - [`tap`]: watching every event under the prefix (public as [`crate::tap`]);
 //! - [`state`]: stored state in JetStream key-value buckets (the transport's state store);
@@ -16,6 +17,7 @@ pub(crate) mod batches;
 pub(crate) mod connection;
 pub(crate) mod discover;
 pub(crate) mod durable;
+pub(crate) mod liveness;
 pub(crate) mod pressure;
 pub(crate) mod replies;
 pub(crate) mod serve;

@@ -68,6 +68,14 @@ fn on_message(r: &Arc<Replies>, msg: Message) {
         r.counters.bad_input(BadInput::Protocol);
         return;
     };
+    if let Some(replica) = accepted_by(&msg) {
+        // the request is tied to `replica` (see `WIRE.md`, "Liveness"); a relayed one's
+        // requester is told too
+        if let Some(to) = r.requests.accepted(token, replica) {
+            pass_back(r, to, msg.headers, msg.payload);
+        }
+        return;
+    }
     match r.requests.arrived(token, || relay_continues(&msg)) {
         Arrival::Relay { to, node, first } => {
             relay(r, to, &node, msg);
@@ -87,8 +95,9 @@ fn on_message(r: &Arc<Replies>, msg: Message) {
             tx,
             target,
             in_flight,
+            replica,
             ..
-        }) => on_reply(r, token, tx, target, in_flight, msg),
+        }) => on_reply(r, token, tx, target, in_flight, replica, msg),
         Arrival::Taken(Pending::Probe(done)) => {
             let _ = done.send(());
         }
@@ -106,6 +115,17 @@ fn on_message(r: &Arc<Replies>, msg: Message) {
         }
         Arrival::Taken(_) | Arrival::Unmatched => inc(&r.counters.unmatched),
     }
+}
+
+/// The replica an `accepted` frame names (`Happen-Frame: accepted`, `Happen-Replica`).
+fn accepted_by(msg: &Message) -> Option<&str> {
+    let h = msg.headers.as_ref()?;
+    if h.get(header::FRAME)?.as_str().trim() != header::ACCEPTED {
+        return None;
+    }
+    h.get(header::REPLICA)
+        .map(|v| v.as_str().trim())
+        .filter(|r| !r.is_empty())
 }
 
 /// Does a relayed request get more messages after `msg` (a stream start or item)?
@@ -141,13 +161,23 @@ fn relay(r: &Replies, to: async_nats::Subject, node: &NodeId, msg: Message) {
     } else {
         (msg.headers, msg.payload)
     };
+    pass_back(r, to, headers, payload);
+}
+
+/// Publishes an answer to a relayed request to its sender's reply subject `to`.
+fn pass_back(
+    r: &Replies,
+    to: async_nats::Subject,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) {
     let out = Outgoing {
         subject: to,
         reply: None,
         headers: Headers::from(headers),
         payload,
     };
-    if let Some(out) = r.outbox.try_enqueue(out) {
+    if let Some(out) = r.outbox.try_enqueue_answer(out) {
         let outbox = r.outbox.clone();
         tokio::spawn(async move {
             if let Err(e) = outbox.publish_now(out).await {
@@ -163,6 +193,7 @@ fn on_reply(
     tx: happen::transport::ReplySender,
     target: NodeId,
     in_flight: Option<InFlight>,
+    replica: Option<Arc<str>>,
     msg: Message,
 ) {
     if msg.status == Some(StatusCode::NO_RESPONDERS) {
@@ -194,7 +225,12 @@ fn on_reply(
             let _ = tx.send(Response::Done(Err(e)));
         }
         Ok(ReplyFrame::Stream { control }) => {
-            consume::start(&r.streams, token, tx, in_flight, control);
+            // tied to the producing replica (named on the stream start by newer processes)
+            let producer = headers
+                .and_then(|h| h.get(header::REPLICA))
+                .map(|v| Arc::from(v.as_str().trim()))
+                .or(replica);
+            consume::start(&r.streams, token, tx, in_flight, control, producer);
         }
         Err(e) => {
             r.counters.bad_input(BadInput::Malformed);

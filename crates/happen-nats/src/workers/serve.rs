@@ -68,7 +68,22 @@ struct Waiting {
     reply: Subject,
     /// The requester's initial stream credit (`None`: it cannot consume streams).
     credit: Option<u64>,
+    /// Whether (and how far) the requester is told that this replica holds the request.
+    track: Track,
     rx: ReplyReceiver,
+}
+
+/// The `accepted` frame of a waiting request (see [`Serving::on_accept_tick`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// The requester did not ask (`Happen-Track`), or liveness is off.
+    No,
+    /// Asked; no tick has seen it yet.
+    New,
+    /// Seen by one tick: the next one sends the frame.
+    Seen,
+    /// Sent (again after a reconnect).
+    Sent,
 }
 
 impl Future for Waiting {
@@ -136,10 +151,23 @@ pub(crate) async fn run(
         held: None,
         preparing: None,
         elsewhere: None,
+        accept_tick: None,
+        epoch: disconnects,
     };
+    // named in this process's heartbeats until this task ends, however it ends
+    let _served = Served(node.ctx.clone(), node.inbox.id().clone());
     node.serve(stop).await;
     node.stop_intake().await;
     node.finish().await;
+}
+
+/// Tells [`LocalNodes`] that a node's serve task ended, when dropped.
+struct Served(Arc<Serve>, NodeId);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.nodes.stopped(&self.1);
+    }
 }
 
 /// A subscription and how many messages were taken from it.
@@ -211,6 +239,11 @@ struct Serving {
     preparing: Option<BoxFuture<'static, Incoming>>,
     /// Whether another replica serves the node: asked when the node stops.
     elsewhere: Option<tokio::task::JoinHandle<bool>>,
+    /// Armed while requests that asked for an `accepted` frame wait (see
+    /// [`Serving::on_accept_tick`]).
+    accept_tick: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's disconnect count at the last accept tick.
+    epoch: u64,
 }
 
 /// How a stopping node ends its subscriptions (see [`Serving::finish`]).
@@ -233,6 +266,7 @@ impl Serving {
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
                     answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                 }
+                () = ticked(&mut self.accept_tick), if self.accept_tick.is_some() => self.on_accept_tick(),
                 Some(msg) = self.direct.next() => self.on_direct(msg),
                 incoming = prepared(&mut self.preparing), if self.preparing.is_some() => {
                     self.preparing = None;
@@ -375,6 +409,7 @@ impl Serving {
                         answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                     }
                     Some(_) = self.relays.next(), if !self.relays.is_empty() => {}
+                    () = ticked(&mut self.accept_tick), if self.accept_tick.is_some() => self.on_accept_tick(),
                     Some(msg) = self.direct.next() => self.pass_on(msg),
                     Some(msg) = self.broadcast.next() => self.admit_broadcast(msg).await,
                     () = tokio::time::sleep_until(relays_until), if self.waiting.is_empty() => {}
@@ -536,13 +571,53 @@ impl Serving {
     }
 
     fn on_direct(&mut self, msg: Message) {
-        on_direct(
+        let tracked = on_direct(
             &self.ctx,
             &self.inbox,
             msg,
             &mut self.waiting,
             &self.pressure,
         );
+        if tracked && self.accept_tick.is_none() {
+            self.arm_accept_tick();
+        }
+    }
+
+    fn arm_accept_tick(&mut self) {
+        let tick = self.ctx.ep.config.liveness.accept_tick();
+        self.accept_tick = Some(Box::pin(tokio::time::sleep(tick)));
+    }
+
+    /// Names this replica to the requesters still waiting (`Happen-Frame: accepted`, see
+    /// `WIRE.md`, "Liveness"): a request that asked is named at the second tick it is seen
+    /// waiting (so one answered within a tick costs nothing), and every named one again after
+    /// a reconnect (a frame written just before the loss may be lost). Ticks while any such
+    /// request waits.
+    fn on_accept_tick(&mut self) {
+        self.accept_tick = None;
+        let epoch = self.ctx.counters.disconnects.load(Ordering::Acquire);
+        let reconnected = epoch != self.epoch;
+        self.epoch = epoch;
+        let mut tracked = false;
+        for w in self.waiting.iter_mut() {
+            let send = match w.track {
+                Track::No => continue,
+                Track::New if !reconnected => {
+                    w.track = Track::Seen;
+                    false
+                }
+                Track::New | Track::Seen => true,
+                Track::Sent => reconnected,
+            };
+            tracked = true;
+            if send {
+                w.track = Track::Sent;
+                send_accepted(&self.ctx, &w.reply);
+            }
+        }
+        if tracked {
+            self.arm_accept_tick();
+        }
     }
 
     /// Admits a broadcast without waiting for the node to drain (the node is closing);
@@ -595,6 +670,31 @@ struct Held {
     event: Incoming,
     /// The node rejected it with `QueueFull` although its published state said "normal".
     rejected: bool,
+}
+
+/// Resolves when the accept tick fires; pending when it is not armed.
+async fn ticked(tick: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match tick {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells a waiting requester that this replica holds its request: `Happen-Frame: accepted`
+/// and `Happen-Replica`, no body. Best effort: dropped when the outgoing buffer is full.
+fn send_accepted(ctx: &Serve, reply: &Subject) {
+    let mut h = HeaderMap::new();
+    h.insert(header::FRAME, header::ACCEPTED);
+    h.insert(header::REPLICA, ctx.ep.replica.as_str());
+    let out = Outgoing {
+        subject: reply.clone(),
+        reply: None,
+        headers: Headers::Custom(h),
+        payload: Bytes::new(),
+    };
+    if ctx.outbox.try_enqueue(out).is_none() {
+        inc(&ctx.counters.accepted_sent);
+    }
 }
 
 /// Resolves with the broadcast being set up; pending when there is none.
@@ -662,19 +762,21 @@ fn decode(ctx: &Serve, msg: &Message) -> Result<happen::Event, Error> {
     })
 }
 
+/// Admits a direct message; `true` when it is a request waiting that asked to be told which
+/// replica holds it (`Happen-Track`).
 fn on_direct(
     ctx: &Arc<Serve>,
     inbox: &Inbox,
     msg: Message,
     waiting: &mut FuturesUnordered<Waiting>,
     pressure: &watch::Receiver<Pressure>,
-) {
+) -> bool {
     let node = inbox.id();
     if let Some(query) = msg.headers.as_ref().and_then(|h| h.get(header::QUERY)) {
         if let Some(reply) = msg.reply {
             answer_query(ctx, inbox, query.as_str(), reply, pressure);
         }
-        return;
+        return false;
     }
     let event = match decode(ctx, &msg) {
         Ok(e) => e,
@@ -683,27 +785,45 @@ fn on_direct(
             if let Some(reply) = msg.reply {
                 publish_error(ctx, reply, &err, pressure, node);
             }
-            return;
+            return false;
         }
     };
     match msg.reply {
         Some(reply) => {
-            let credit = msg
-                .headers
-                .as_ref()
+            let headers = msg.headers.as_ref();
+            let credit = headers
                 .and_then(|h| h.get(header::STREAM))
                 .and_then(|c| c.as_str().trim().parse::<u64>().ok())
                 .filter(|c| *c > 0);
+            let track = if ctx.ep.config.liveness.enabled
+                && headers.is_some_and(|h| h.get(header::TRACK).is_some())
+            {
+                Track::New
+            } else {
+                Track::No
+            };
             let (tx, rx) = reply_channel();
             match inbox.deliver(event, Some(tx)) {
-                Ok(()) => waiting.push(Waiting { reply, credit, rx }),
-                Err(err) => publish_error(ctx, reply, &err, pressure, node),
+                Ok(()) => {
+                    waiting.push(Waiting {
+                        reply,
+                        credit,
+                        track,
+                        rx,
+                    });
+                    track == Track::New
+                }
+                Err(err) => {
+                    publish_error(ctx, reply, &err, pressure, node);
+                    false
+                }
             }
         }
         None => {
             if let Err(err) = inbox.deliver(event, None) {
                 inbox.report_unobserved(&err);
             }
+            false
         }
     }
 }

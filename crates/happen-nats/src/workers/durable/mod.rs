@@ -222,6 +222,8 @@ impl Durable {
                     target: target.clone(),
                     in_flight: None,
                     durable: true,
+                    sent: None,
+                    replica: None,
                 },
             );
             headers.insert(

@@ -34,6 +34,7 @@ pub(crate) fn start(
     tx: ReplySender,
     in_flight: Option<InFlight>,
     control: String,
+    replica: Option<Arc<str>>,
 ) {
     let window = s.ep.config.stream_window;
     let (sender, items) = happen::transport::stream_channel((window / 4).max(1));
@@ -43,6 +44,7 @@ pub(crate) fn start(
         Pending::Stream {
             frames: frames_tx,
             _in_flight: in_flight,
+            replica,
         },
     );
     if tx.send(Response::Stream(items)).is_err() {

@@ -35,6 +35,8 @@ async fn forward(
     let mut start = HeaderMap::new();
     start.insert(header::STATUS, "stream");
     start.insert(header::CONTROL, control.as_str());
+    // the consumer ties the stream to this replica (see `WIRE.md`, "Liveness")
+    start.insert(header::REPLICA, s.ep.replica.as_str());
     if !publish(s, &reply, start, Bytes::new()).await {
         return; // dropping `items` cancels the flow
     }
