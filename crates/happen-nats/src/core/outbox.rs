@@ -356,6 +356,9 @@ pub(crate) async fn run(outbox: Arc<Outbox>, drain: Drain) {
 /// The most answers kept for a replay.
 const REPLAY_AT_MOST: usize = 4096;
 
+/// The most answer bytes (bodies) kept for a replay.
+const REPLAY_BYTES_AT_MOST: usize = 8 << 20;
+
 /// The answers written in the last `window`, to publish again after a lost connection: the
 /// client may have written them to a connection that died before the server passed them on
 /// (see `WIRE.md`, "Liveness").
@@ -368,6 +371,8 @@ struct Replay {
 struct Written {
     /// (when it was handed to the client, the answer)
     answers: VecDeque<(Instant, Outgoing)>,
+    /// The bodies' bytes in `answers`.
+    bytes: usize,
     /// When the connection was lost (until it is back).
     lost_at: Option<Instant>,
 }
@@ -387,15 +392,20 @@ impl Replay {
             return;
         }
         let now = Instant::now();
+        let size = msg.payload.len();
         let mut w = self.state.lock();
         while w
             .answers
             .front()
             .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.window)
             || w.answers.len() >= REPLAY_AT_MOST
+            || (!w.answers.is_empty() && w.bytes + size > REPLAY_BYTES_AT_MOST)
         {
-            w.answers.pop_front();
+            if let Some((_, old)) = w.answers.pop_front() {
+                w.bytes -= old.payload.len();
+            }
         }
+        w.bytes += size;
         w.answers.push_back((
             now,
             Outgoing {
@@ -420,10 +430,61 @@ impl Replay {
             return Vec::new();
         };
         let from = lost_at.checked_sub(self.window).unwrap_or(lost_at);
+        w.bytes = 0;
         std::mem::take(&mut w.answers)
             .into_iter()
             .filter(|(at, _)| *at >= from && *at <= lost_at)
             .map(|(_, out)| out)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(n: usize) -> OutboundMessage {
+        OutboundMessage {
+            subject: Subject::from(format!("_INBOX.x.{n}")),
+            reply: None,
+            headers: None,
+            payload: Bytes::from(vec![b'x'; n]),
+        }
+    }
+
+    fn subjects(out: &[Outgoing]) -> Vec<String> {
+        out.iter().map(|o| o.subject.to_string()).collect()
+    }
+
+    /// Only the answers written in the window before the loss come back, once.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_gives_the_answers_of_the_window_before_the_loss() {
+        let replay = Replay::new(Duration::from_secs(1));
+        replay.record(&answer(1));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        replay.record(&answer(2));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        replay.record(&answer(3));
+        replay.lost();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        replay.record(&answer(4)); // written while disconnected: the client holds it
+        assert_eq!(subjects(&replay.take()), ["_INBOX.x.2", "_INBOX.x.3"]);
+        assert!(replay.take().is_empty(), "a second take without a loss");
+        assert_eq!(replay.state.lock().bytes, 0);
+    }
+
+    /// The kept bodies stay under the byte bound; a window of zero keeps nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_is_bounded() {
+        let replay = Replay::new(Duration::from_secs(1));
+        for _ in 0..5 {
+            replay.record(&answer(REPLAY_BYTES_AT_MOST / 4));
+        }
+        assert!(replay.state.lock().bytes <= REPLAY_BYTES_AT_MOST);
+        assert_eq!(replay.state.lock().answers.len(), 4);
+        let off = Replay::new(Duration::ZERO);
+        off.record(&answer(1));
+        off.lost();
+        assert!(off.take().is_empty());
     }
 }

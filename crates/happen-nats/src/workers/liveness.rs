@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_nats::{Subject, Subscriber};
 use bytes::Bytes;
@@ -122,11 +123,13 @@ pub(crate) async fn run(l: Arc<Liveness>, mut sub: Subscriber) {
     let cfg = l.ep.config.liveness.clone();
     let mut peers: HashMap<String, Peer> = HashMap::new();
     // checks four times per heartbeat: a gone replica is noticed within `detection`
-    let mut tick = tokio::time::interval(cfg.heartbeat / 4);
+    let mut tick = tokio::time::interval((cfg.heartbeat / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_beat = Instant::now();
     loop {
         tokio::select! {
+            // heartbeats that arrived first: a starved task must not see silence that is not
+            biased;
             msg = sub.next() => match msg {
                 Some(msg) => {
                     let Ok(beat) = serde_json::from_slice::<Beat>(&msg.payload) else {
