@@ -30,6 +30,12 @@ use crate::wire::{self, header};
 
 /// How long a pull request waits at the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long a stopping node, once its flows are settled, waits for its outstanding pulls to
+/// end before it unsubscribes: deliveries for them until then are handed back at once
+/// (`-NAK`); one that arrives after the unsubscribe is redelivered after `ack_wait`. Waiting
+/// for the pulls to expire (`PULL_EXPIRES`) made a detach under load take longer than a 2 s
+/// shutdown grace, and the shutdown report unclean.
+const STOP_PULL_LINGER: Duration = Duration::from_millis(250);
 /// Largest pull.
 const MAX_PULL: usize = 2048;
 /// Most pulls outstanding at once per node.
@@ -95,6 +101,7 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    let mut stopped_at = Instant::now();
     let mut last_pull_error: Option<Instant> = None;
     loop {
         // pull what there is room for
@@ -130,13 +137,17 @@ pub(super) async fn run(
                 }
             }
         }
-        if stopping && pulls.is_empty() && jobs.is_empty() {
+        if stopping
+            && jobs.is_empty()
+            && (pulls.is_empty() || stopped_at.elapsed() >= STOP_PULL_LINGER)
+        {
             break;
         }
         tokio::select! {
             biased;
             _ = &mut stop, if !stopping => {
                 stopping = true;
+                stopped_at = Instant::now();
                 node.stopping.store(true, Ordering::Release);
             }
             Some(()) = jobs.next(), if !jobs.is_empty() => {}
