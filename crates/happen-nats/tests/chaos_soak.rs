@@ -45,15 +45,18 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 
 /// Requests that waited out their whole timeout (plain requests, stream items, durable sends
-/// together) that the soak tolerates.
+/// together) that the soak tolerates **per kill** (a worker SIGKILLed or a cluster member
+/// killed; the other faults cause none).
 ///
-/// Today a request in flight at a SIGKILLed replica, or whose reply was written to a server
-/// connection that died, waits out its timeout: nothing tells the requester its replica is
-/// gone (DESIGN.md, "How will a requester fail fast when its replica dies?"). Observed in the
-/// short mode on a loaded 2-core machine: see the report of the branch that added this test;
-/// this is that plus a margin. Fail-fast (requests tied to their replica, heartbeats, replies
-/// re-published after a reconnect) makes it 0: set it to 0 when that is merged.
-const ALLOWED_TIMEOUTS: u64 = 40;
+/// Today a request in flight at a SIGKILLed replica, or whose reply was written to (or whose
+/// request was routed through) a server connection that died, waits out its timeout: nothing
+/// tells the requester its replica is gone (DESIGN.md, "How will a requester fail fast when
+/// its replica dies?"). Observed on a loaded 2-core machine: 0–16 in a short run (one worker
+/// kill, one member kill), 94 in a 10-minute run (18 worker kills, 19 member kills), at most
+/// 8 per kill; 12 is that plus a margin. Fail-fast (requests tied to their replica,
+/// heartbeats, replies re-published after a reconnect) makes it 0: set it to 0 when that is
+/// merged.
+const ALLOWED_TIMEOUTS: u64 = 12;
 
 /// Worker processes; every one serves every node id below.
 const WORKERS: usize = 3;
@@ -967,6 +970,10 @@ async fn soak(traffic: Duration) {
             Fault::KillMember => {
                 let mut c = cluster.take().unwrap();
                 let member = i % c.len();
+                let producers_member = c.index_of_port(pt.client().server_info().port);
+                println!(
+                    "{SAYS}member {member} goes down (the producers are on member {producers_member:?})"
+                );
                 c = tokio::task::spawn_blocking(move || {
                     c.kill(member);
                     c
@@ -1098,6 +1105,7 @@ async fn soak(traffic: Duration) {
         .unwrap_or(0);
     let waited_out = |tally: &Tally| tally.get(ErrorKind::Timeout.as_str()).copied().unwrap_or(0);
     let hung = |tally: &Tally| tally.get("hung").copied().unwrap_or(0);
+    let allowed_timeouts = ALLOWED_TIMEOUTS * (kills + member_kills);
     let timeouts = waited_out(&t.requests) + waited_out(&t.streams) + waited_out(&t.once_sends);
     let hangs = hung(&t.requests) + hung(&t.streams) + hung(&t.once_sends);
     let ledger_dups = records.duplicates('L');
@@ -1170,7 +1178,7 @@ async fn soak(traffic: Duration) {
     row(
         "waited out their timeout (req/str/dur)",
         format!(
-            "{timeouts} (allowed {ALLOWED_TIMEOUTS}): {} / {} / {}",
+            "{timeouts} (allowed {allowed_timeouts}): {} / {} / {}",
             waited_out(&t.requests),
             waited_out(&t.streams),
             waited_out(&t.once_sends)
@@ -1274,8 +1282,9 @@ async fn soak(traffic: Duration) {
     }
     assert_eq!(hangs, 0, "requests hung past their timeout; seed {seed}");
     assert!(
-        timeouts <= ALLOWED_TIMEOUTS,
-        "{timeouts} requests waited out their timeout (allowed {ALLOWED_TIMEOUTS}); seed {seed}"
+        timeouts <= allowed_timeouts,
+        "{timeouts} requests waited out their timeout (allowed {allowed_timeouts}: \
+         {ALLOWED_TIMEOUTS} per kill); seed {seed}"
     );
     assert!(
         ledger_dups <= ledger_bound,
