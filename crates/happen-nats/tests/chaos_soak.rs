@@ -148,6 +148,10 @@ async fn soak_short() {
     soak(SHORT_TRAFFIC).await;
 }
 
+/// Known to fail today (two 10-minute runs of three): 3 exactly-once events in flight when a
+/// worker was SIGKILLed were never processed while JetStream's consumer showed nothing pending
+/// (DESIGN.md, "What does the chaos soak run, and what has it shown?"). Not weakened: it fails
+/// until that is understood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the long soak (10 minutes): cargo xtask soak --long; HAPPEN_SOAK_SECS sets its length"]
 async fn soak_long() {
@@ -698,8 +702,8 @@ struct Traffic {
     ledger_tells: Tally,
     /// Numbers told to the ledger (accepted by `tell`).
     ledger_sent: u64,
-    /// Numbers sent to the exactly-once node and the outcome of each send.
-    once_sent: Vec<(u64, String)>,
+    /// Numbers sent to the exactly-once node: the outcome of each send, and its event id.
+    once_sent: Vec<OnceSent>,
 }
 
 fn outcome(result: Result<Value, happen::Error>, expected: &Value) -> String {
@@ -788,8 +792,16 @@ async fn streamer(p: Producer) -> Tally {
     tally
 }
 
+/// One send to the exactly-once node.
+struct OnceSent {
+    n: u64,
+    outcome: String,
+    /// When it was sent (from the traffic's start).
+    at: Duration,
+}
+
 /// Sends to the exactly-once node; numbers start at `first`.
-async fn once_sender(p: Producer, first: u64) -> Vec<(u64, String)> {
+async fn once_sender(p: Producer, first: u64) -> Vec<OnceSent> {
     let mut sent = Vec::new();
     let mut tally = Tally::new();
     let mut n = first;
@@ -804,7 +816,11 @@ async fn once_sender(p: Producer, first: u64) -> Vec<(u64, String)> {
             Ok(r) => outcome(r, &json!(n)),
         };
         p.outcome(&mut tally, &key, "durable send", at).await;
-        sent.push((n, key));
+        sent.push(OnceSent {
+            n,
+            outcome: key,
+            at: at - p.started,
+        });
         n += 1;
     }
     sent
@@ -836,6 +852,72 @@ async fn teller(
         tokio::time::sleep(pace).await;
     }
     (tally, n)
+}
+
+/// What JetStream says about durable events not processed: the streams and the consumers,
+/// and for each lost exactly-once event when it was sent and how its send ended.
+async fn diagnose(client: &async_nats::Client, once: &[OnceSent], lost_once: &[u64]) -> String {
+    use async_nats::jetstream::consumer::pull;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut out = String::new();
+    for name in [
+        "HAPPEN_DURABLE",
+        "HAPPEN_DURABLE_DLQ",
+        "HAPPEN_DURABLE_DONE",
+    ] {
+        match js.get_stream(name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => {
+                    let _ = writeln!(out, "stream {name}: {:?}", info.state);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "stream {name}: no info: {e}");
+                }
+            },
+            Err(e) => {
+                let _ = writeln!(out, "stream {name}: {e}");
+            }
+        }
+    }
+    if let Ok(stream) = js.get_stream("HAPPEN_DURABLE").await {
+        for node in [LEDGER, ONCE] {
+            let name = format!("happen_{node}");
+            match stream.get_consumer::<pull::Config>(&name).await {
+                Ok(mut c) => match c.info().await {
+                    Ok(i) => {
+                        let _ = writeln!(
+                            out,
+                            "consumer {name}: pending {}, ack pending {}, redelivered {}, \
+                             waiting {}, delivered {:?}, ack floor {:?}, cluster {:?}",
+                            i.num_pending,
+                            i.num_ack_pending,
+                            i.num_redelivered,
+                            i.num_waiting,
+                            i.delivered,
+                            i.ack_floor,
+                            i.cluster
+                        );
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "consumer {name}: no info: {e}");
+                    }
+                },
+                Err(e) => {
+                    let _ = writeln!(out, "consumer {name}: {e}");
+                }
+            }
+        }
+    }
+    for s in once.iter().filter(|s| lost_once.contains(&s.n)).take(10) {
+        let _ = writeln!(
+            out,
+            "exactly-once {}: sent at {:.2}s, its send ended: {}",
+            s.n,
+            s.at.as_secs_f64(),
+            s.outcome
+        );
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1032,8 +1114,8 @@ async fn soak(traffic: Duration) {
         let sent = common::within(join.as_secs(), "durable senders", s)
             .await
             .unwrap();
-        for (_, k) in &sent {
-            add(&mut t.once_sends, k);
+        for s in &sent {
+            add(&mut t.once_sends, &s.outcome);
         }
         t.once_sent.extend(sent);
     }
@@ -1046,8 +1128,8 @@ async fn soak(traffic: Duration) {
     let expected_once: Vec<u64> = t
         .once_sent
         .iter()
-        .filter(|(_, k)| k != ErrorKind::Transport.as_str())
-        .map(|(n, _)| *n)
+        .filter(|s| s.outcome != ErrorKind::Transport.as_str())
+        .map(|s| s.n)
         .collect();
     let expected_ledger: Vec<u64> = (0..t.ledger_sent).collect();
     let deadline = Instant::now() + RECONCILE_TIMEOUT;
@@ -1061,18 +1143,20 @@ async fn soak(traffic: Duration) {
         if lost_ledger.is_empty() && lost_once.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "durable events lost: {} of {} at-least-once (e.g. {:?}), {} of {} exactly-once \
-             (e.g. {:?}); seed {seed}; producer {:?}",
-            lost_ledger.len(),
-            expected_ledger.len(),
-            &lost_ledger[..lost_ledger.len().min(10)],
-            lost_once.len(),
-            expected_once.len(),
-            &lost_once[..lost_once.len().min(10)],
-            pt.stats()
-        );
+        if Instant::now() >= deadline {
+            let evidence = diagnose(pt.client(), &t.once_sent, &lost_once).await;
+            panic!(
+                "durable events lost: {} of {} at-least-once (e.g. {:?}), {} of {} exactly-once \
+                 (e.g. {:?}); seed {seed}; producer {:?}\n{evidence}",
+                lost_ledger.len(),
+                expected_ledger.len(),
+                &lost_ledger[..lost_ledger.len().min(10)],
+                lost_once.len(),
+                expected_once.len(),
+                &lost_once[..lost_once.len().min(10)],
+                pt.stats()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let reconcile_took = traffic_started.elapsed() - traffic_took;
