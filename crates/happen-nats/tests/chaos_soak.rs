@@ -908,6 +908,47 @@ async fn diagnose(client: &async_nats::Client, once: &[OnceSent], lost_once: &[u
             }
         }
     }
+    // the exactly-once records (the last message of each event id's subject): a final
+    // `{"ok": n}`, a claim left by its owner, or a claim given up
+    if let Ok(done) = js.get_stream("HAPPEN_DURABLE_DONE").await {
+        let reader = done
+            .create_consumer(pull::Config {
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                filter_subject: format!("happen.done.{ONCE}.>"),
+                ..Default::default()
+            })
+            .await;
+        let (mut finals, mut claims, mut free) = (Vec::new(), BTreeMap::<String, u64>::new(), 0);
+        match reader {
+            Ok(reader) => {
+                if let Ok(mut records) = reader.messages().await {
+                    while let Ok(Some(Ok(m))) =
+                        tokio::time::timeout(Duration::from_secs(2), records.next()).await
+                    {
+                        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                        if let Some(n) = v["ok"].as_u64() {
+                            finals.push(n);
+                        } else if let Some(owner) = v["claim"]["owner"].as_str() {
+                            *claims.entry(owner.to_owned()).or_default() += 1;
+                        } else if v["free"] == json!(true) {
+                            free += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "records: {e}");
+            }
+        }
+        let lost_with_final: Vec<_> = lost_once.iter().filter(|n| finals.contains(n)).collect();
+        let _ = writeln!(
+            out,
+            "exactly-once records: {} final, claims left by owner {claims:?}, {free} given up; \
+             lost events with a final record: {lost_with_final:?}",
+            finals.len()
+        );
+    }
     for s in once.iter().filter(|s| lost_once.contains(&s.n)).take(10) {
         let _ = writeln!(
             out,
