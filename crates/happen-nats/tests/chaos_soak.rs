@@ -908,6 +908,37 @@ async fn diagnose(client: &async_nats::Client, once: &[OnceSent], lost_once: &[u
             }
         }
     }
+    // the dead letters: which event, after how many deliveries, with which error
+    if let Ok(dlq) = js.get_stream("HAPPEN_DURABLE_DLQ").await
+        && let Ok(reader) = dlq
+            .create_consumer(pull::Config {
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+        && let Ok(mut letters) = reader.messages().await
+    {
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_secs(2), letters.next()).await
+        {
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map_or(String::new(), |v| v.as_str().to_owned())
+            };
+            let event: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "dead letter: node {}, payload {}, deliveries {}, error {}: {}",
+                header("Happen-Dead-Node"),
+                event["payload"],
+                header("Happen-Deliveries"),
+                header("Happen-Error-Kind"),
+                header("Happen-Error-Message")
+            );
+        }
+    }
     // the exactly-once records (the last message of each event id's subject): a final
     // `{"ok": n}`, a claim left by its owner, or a claim given up
     if let Ok(done) = js.get_stream("HAPPEN_DURABLE_DONE").await {
