@@ -148,10 +148,10 @@ async fn soak_short() {
     soak(SHORT_TRAFFIC).await;
 }
 
-/// Known to fail today (two 10-minute runs of three): 3 exactly-once events in flight when a
-/// worker was SIGKILLed were never processed while JetStream's consumer showed nothing pending
-/// (DESIGN.md, "What does the chaos soak run, and what has it shown?"). Not weakened: it fails
-/// until that is understood.
+/// Known to fail today (four 10-minute runs of five): 1–3 exactly-once events in flight when a
+/// worker was SIGKILLed are never processed; the killed worker's claim on them is never taken
+/// over by the redelivered copies (DESIGN.md, "What does the chaos soak run, and what has it
+/// shown?"). Not weakened: it fails until that is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the long soak (10 minutes): cargo xtask soak --long; HAPPEN_SOAK_SECS sets its length"]
 async fn soak_long() {
