@@ -558,3 +558,58 @@ async fn exactly_once_runs_a_redelivered_event_once_and_answers_from_its_record(
     assert_eq!(runs.load(Ordering::Relaxed), 3);
     assert_eq!(t.stats().durable_duplicates_skipped, 1);
 }
+
+/// A durable node stopped while events flow (a replica leaving) keeps a short grace: its
+/// consumer does not wait for its outstanding pull requests to expire at the server (2 s)
+/// before it lets go, so a 1 s shutdown is clean, and every event is processed (the other
+/// replica takes what the leaving one handed back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_replica_shut_down_under_load_is_clean_within_a_short_grace() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let url = server.url();
+    let seen: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let replica = || async {
+        let (h, _t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+        let worker = h.node("worker-stop").await.unwrap();
+        let seen = seen.clone();
+        worker
+            .on("job", move |e: Event, _c: Context| {
+                *seen
+                    .lock()
+                    .entry(e.payload().as_u64().unwrap())
+                    .or_default() += 1;
+                async {}
+            })
+            .unwrap();
+        h
+    };
+    let (stays, leaves) = (replica().await, replica().await);
+    let (client_h, client_t) = instance_with(config(&url, DeliveryMode::AtLeastOnce)).await;
+    let client = client_h.node("client").await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client.tell("worker-stop", Event::new("job", n)).unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            n
+        })
+    };
+    eventually(20, "both replicas work", || seen.lock().len() > 200).await;
+    let started = std::time::Instant::now();
+    let report = within(10, "shutdown", leaves.shutdown(Duration::from_secs(1))).await;
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = sending.await.unwrap();
+    assert!(report.is_clean(), "{report:?} after {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    eventually(30, "every event processed", || {
+        client_t.stats().durable_published == sent && seen.lock().len() as u64 == sent
+    })
+    .await;
+    drop(stays);
+}

@@ -6,6 +6,11 @@
 //!   installed from the system's packages first (`apt-get install nats-server`, through `sudo`
 //!   when not root). So is Debian's `chromium` for `happen web`'s browser test
 //!   (`CHROMIUM_BIN`, `chromium` or `chromium-browser` on `PATH`, `/usr/bin/chromium`).
+//! - `cargo xtask soak [--long]`: the chaos soak of issue 23
+//!   (`crates/happen-nats/tests/chaos_soak.rs`) with its table printed: the short mode (~1
+//!   minute, also part of `cargo xtask test`), or with `--long` the ignored long one
+//!   (`HAPPEN_SOAK_SECS` of traffic, default 600). `HAPPEN_SOAK_SEED` replays a fault schedule.
+//!   nats-server is installed as for `test` when missing.
 //! - `cargo xtask instructions [--check | --record]`: instructions per event of happen's
 //!   `tell` and `ask-seq` under valgrind's callgrind (load-independent: the same on a busy
 //!   machine), from `happen-bench --child` at two event counts, `(total(N2) − total(N1)) /
@@ -22,12 +27,14 @@ mod instructions;
 
 const USAGE: &str = "usage:
   cargo xtask test [ARGS...]                        the whole test suite (ARGS go to `cargo test --workspace`)
+  cargo xtask soak [--long]                         the chaos soak: short (~1 min) or long (HAPPEN_SOAK_SECS, default 600)
   cargo xtask instructions [--check | --record]     instructions per event (callgrind), checked or recorded";
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => test(args.collect()),
+        Some("soak") => soak(args.collect()),
         Some("instructions") => instructions::run(args.collect()),
         Some("-h" | "--help") => {
             println!("{USAGE}");
@@ -64,6 +71,45 @@ fn test(args: Vec<String>) -> ExitCode {
     let status = Command::new(cargo)
         .args(["test", "--workspace"])
         .args(&args)
+        .status();
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: cannot run cargo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The chaos soak: `soak_short`, or `soak_long` with `--long`, its output shown.
+fn soak(args: Vec<String>) -> ExitCode {
+    let long = match args.as_slice() {
+        [] => false,
+        [flag] if flag == "--long" => true,
+        _ => {
+            eprintln!("xtask: soak takes only --long\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = ensure_installed(
+        "nats-server",
+        find_nats_server,
+        ", or set NATS_SERVER_BIN to its path",
+    ) {
+        eprintln!("xtask: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut test_args = vec!["--exact", "--nocapture"];
+    test_args.extend(if long {
+        ["soak_long", "--ignored"].as_slice()
+    } else {
+        ["soak_short"].as_slice()
+    });
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["test", "-p", "happen-nats", "--test", "chaos_soak", "--"])
+        .args(test_args)
         .status();
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
