@@ -17,6 +17,7 @@ mod bench;
 mod conn;
 mod exit;
 mod nodes;
+mod record;
 mod send;
 mod tap;
 mod time;
@@ -72,8 +73,12 @@ struct WebArgs {
     #[arg(long, env = "HAPPEN_WEB_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Let the page send and broadcast events (`POST /api/send`, from a node `happen-web`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "replay")]
     allow_send: bool,
+    /// Show a recording of `happen tap --record FILE` instead of the live system, with a time
+    /// scrubber: the views as of any moment of it. Needs no NATS server.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
 }
 
 /// Options of commands that create a sending node.
@@ -138,10 +143,15 @@ struct TapArgs {
     /// Include the payloads.
     #[arg(long)]
     payload: bool,
-    /// Also append every matching event (with its payload) to FILE as JSON lines, for
-    /// `happen trace --from FILE`.
+    /// Also append every matching event (with its payload) to FILE as JSON lines, with the
+    /// replies to those that are requests and a snapshot of the nodes every
+    /// `--snapshot-every`: for `happen trace --from FILE` and `happen web --replay FILE`.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Recording: how often to record the nodes (discovery: limits, load, counters); `0`
+    /// records none.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = time::parse_duration, requires = "record")]
+    snapshot_every: Duration,
     /// Stop after this many matching events.
     #[arg(long, short = 'n')]
     count: Option<u64>,

@@ -462,3 +462,148 @@ async fn durable_counts_and_dead_letters_with_their_errors() {
     );
     h.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_as_of_the_scrubber_time() {
+    let server = NatsServer::start();
+    let (h, client) = shop(&server.url()).await;
+    let rec = web_support::record_two_orders(&server.url(), &client, "replay-api").await;
+    h.shutdown(Duration::from_secs(2)).await;
+    drop(server);
+
+    // the replay needs no NATS server: the one recorded is gone
+    let file = rec.path.to_str().unwrap();
+    let web = Web::start("nats://127.0.0.1:1", &["--replay", file]).await;
+    let status = web.get_json("/api/status").await;
+    let summary = &status["replay"];
+    assert_eq!(summary["events"], 5, "{status}");
+    assert_eq!(summary["replies"], 5, "{status}");
+    assert!(summary["snapshots"].as_u64().unwrap() >= 2, "{status}");
+    let (start, end) = (
+        summary["startUs"].as_u64().unwrap(),
+        summary["endUs"].as_u64().unwrap(),
+    );
+    assert!(start < rec.mid_us && rec.mid_us < end, "{status}");
+
+    let orders = |at: &Value| -> Value {
+        at["nodes"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == "orders")
+            .cloned()
+            .unwrap_or_else(|| panic!("orders in {}", at["nodes"]))
+    };
+    let types = |at: &Value| -> Vec<(String, String)> {
+        at["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["correlationId"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // between the orders: the first one's three events, replied; one order accepted; no error
+    let mid = web
+        .get_json(&format!("/api/replay?at={}", rec.mid_us))
+        .await;
+    let first = rec.first.clone();
+    assert_eq!(
+        types(&mid),
+        [
+            ("order.place".to_owned(), first.clone()),
+            ("payment.charge".to_owned(), first.clone()),
+            ("ledger.record".to_owned(), first.clone())
+        ]
+    );
+    assert_eq!(mid["replies"].as_array().unwrap().len(), 3, "{mid}");
+    assert_eq!(orders(&mid)["accepted"], 1, "{mid}");
+    assert_eq!(mid["errors"]["groups"], json!([]), "{mid}");
+    assert!(mid["history"]["orders"].is_array(), "{mid}");
+    let t = web
+        .get_json(&format!("/api/transactions/{first}?at={}", rec.mid_us))
+        .await;
+    assert_eq!(t["events"], 3, "{t}");
+    assert_eq!(t["roots"][0]["reply"]["status"], "ok", "{t}");
+    assert!(t["roots"][0]["durationMs"].as_f64().unwrap() >= 20.0, "{t}");
+    let (code, body) = web
+        .get(&format!(
+            "/api/transactions/{}?at={}",
+            rec.second, rec.mid_us
+        ))
+        .await;
+    assert_eq!(code, 404, "the second order came later: {body}");
+
+    // at the end: both orders, the second failed at payments
+    let end_state = web.get_json("/api/replay").await;
+    assert_eq!(end_state["atUs"], end);
+    assert_eq!(types(&end_state).len(), 5, "{end_state}");
+    assert_eq!(orders(&end_state)["accepted"], 2, "{end_state}");
+    let groups = end_state["errors"]["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["node"] == "payments" && g["code"] == "limit_exceeded"),
+        "{groups:?}"
+    );
+    let t = web
+        .get_json(&format!("/api/transactions/{}", rec.second))
+        .await;
+    assert_eq!(t["roots"][0]["reply"]["status"], "error", "{t}");
+    assert_eq!(
+        t["roots"][0]["children"][0]["reply"]["error"]["code"], "limit_exceeded",
+        "{t}"
+    );
+    // a pattern filters the tail as it does live
+    let charges = web.get_json("/api/replay?pattern=payment.*").await;
+    assert!(
+        types(&charges).iter().all(|(t, _)| t == "payment.charge") && types(&charges).len() == 2,
+        "{charges}"
+    );
+    let (code, _) = web.get("/api/replay?pattern={bad").await;
+    assert_eq!(code, 400);
+
+    // `trace --from` still reads the file (it skips what is not an event)
+    let o = web_support::run("nats://127.0.0.1:1", &["trace", &first, "--from", file]).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("(3 events)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_replay_file_is_a_clear_error() {
+    let path = std::env::temp_dir().join(format!("happen-web-bad-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &path,
+        "{\"record\": \"header\", \"format\": \"happen-record\", \"version\": 2}\nnot json\n",
+    )
+    .unwrap();
+    let o = web_support::run(
+        "nats://127.0.0.1:1",
+        &[
+            "web",
+            "--listen",
+            "127.0.0.1:0",
+            "--replay",
+            path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(err.contains("line 2") && err.contains("not JSON"), "{err}");
+    let _ = std::fs::remove_file(&path);
+    let o = web_support::run(
+        "nats://127.0.0.1:1",
+        &["web", "--replay", "/nonexistent/happen-recording.jsonl"],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(err.contains("cannot open"), "{err}");
+}
