@@ -607,3 +607,119 @@ async fn a_bad_replay_file_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(23), "{err}");
     assert!(err.contains("cannot open"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_reach_a_plain_node_as_flow_balance_events_with_no_page_open() {
+    use happen::{Context, Event, Happen, NodeOptions};
+    use happen_nats::{NatsConfig, NatsTransport};
+
+    let server = NatsServer::start();
+    let connect = || async {
+        NatsTransport::connect(NatsConfig::with_server(server.url()))
+            .await
+            .unwrap()
+    };
+    // a listener as a reference client would be: a plain node with handlers for the types
+    let listening = Happen::builder()
+        .transport(connect().await)
+        .build()
+        .unwrap();
+    let listener = listening.node("listener").await.unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<(String, Value)>();
+    for t in ["node.down", "system.down"] {
+        let tx = tx.clone();
+        listener
+            .on(t, move |e: Event, _c: Context| {
+                let _ = tx.send((e.event_type().to_owned(), e.payload().clone()));
+                async { Ok::<_, happen::Error>(Value::Null) }
+            })
+            .unwrap();
+    }
+    // a node held under pressure: one at a time, the rest queued until released
+    let slow_side = Happen::builder()
+        .transport(connect().await)
+        .build()
+        .unwrap();
+    let slow = slow_side
+        .node_with(
+            "slow",
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(4)
+                .backpressure_threshold(0.5),
+        )
+        .await
+        .unwrap();
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    slow.on("work", move |_e: Event, _c: Context| {
+        let gate = gate.clone();
+        async move {
+            let _permit = gate.acquire().await;
+            Ok::<_, happen::Error>(Value::Null)
+        }
+    })
+    .unwrap();
+    let (h, _client) = shop(&server.url()).await;
+    let (second, _c2) = shop(&server.url()).await;
+
+    let web = Web::start(&server.url(), &["--flow-events", "--pressure-held", "1s"]).await;
+    let sender = listening.node("sender").await.unwrap();
+    for i in 0..4 {
+        sender.tell("slow", Event::new("work", json!(i))).unwrap();
+    }
+    // pressure held over a second: a bottleneck, published with no page open
+    let down = within(30, "node.down bottleneck", async {
+        loop {
+            let (t, p) = heard.recv().await.expect("the listener is open");
+            if t == "node.down" {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert_eq!(down["nodeId"], "slow", "{down}");
+    assert_eq!(down["pattern"], "bottleneck", "{down}");
+    assert!(
+        down["lagMetrics"]["messagesWaiting"].as_u64().unwrap() >= 2,
+        "{down}"
+    );
+    assert_eq!(web.get_json("/api/status").await["pages"], 0);
+    release.add_permits(100);
+
+    // a process with a replica of every shop node goes: node failures, and the system is down
+    second.shutdown(Duration::from_secs(2)).await;
+    let mut failed = Vec::new();
+    let system = within(30, "system.down", async {
+        loop {
+            let (t, p) = heard.recv().await.expect("the listener is open");
+            match t.as_str() {
+                "node.down" if p["pattern"] == "node-failure" => {
+                    failed.push(p["nodeId"].as_str().unwrap().to_owned());
+                }
+                "system.down" => return p,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    failed.sort();
+    for n in ["ledger", "orders", "payments"] {
+        assert!(failed.contains(&n.to_owned()), "{n} in {failed:?}");
+    }
+    assert_eq!(system["pattern"], "partition", "{system}");
+    assert!(
+        ["warning", "critical"].contains(&system["level"].as_str().unwrap()),
+        "{system}"
+    );
+    assert!(
+        system["affectedNodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("orders")),
+        "{system}"
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+    slow_side.shutdown(Duration::from_secs(2)).await;
+    listening.shutdown(Duration::from_secs(2)).await;
+}

@@ -2,7 +2,10 @@
 //! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
 //! watch (a tap of every event, the reply subjects, discovery once a second, the durable
 //! streams every two seconds, the connection state) runs only while at least one page is
-//! connected: with no page open the nodes pay nothing.
+//! connected: with no page open the nodes pay nothing. The exception, opted into: with flow
+//! events (`happen web --flow-events`) discovery runs all the time, and each snapshot's
+//! warnings that start a flow-balance condition are broadcast once by this process, however
+//! many pages are open (`flow.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,8 +19,10 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::durable;
+use super::flow::{Flow, FlowConfig};
 use super::store::{ErrorInfo, Reply, Store};
 use super::view::Rates;
+use super::warnings::Thresholds;
 use crate::conn::{self, Connection};
 use crate::tap::{self, Seen};
 use crate::time;
@@ -55,6 +60,14 @@ struct Frames {
     discovery: Option<JoinHandle<()>>,
 }
 
+/// How the hub watches: the warnings' thresholds, and whether it publishes flow-balance events.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HubOptions {
+    pub(crate) thresholds: Thresholds,
+    /// Publish the flow-balance events (and so discover with no page open).
+    pub(crate) flow: Option<FlowConfig>,
+}
+
 /// What the pages share.
 pub(crate) struct Hub {
     transport: NatsTransport,
@@ -65,6 +78,7 @@ pub(crate) struct Hub {
     durable: Mutex<Option<Value>>,
     status: Mutex<Value>,
     rates: Mutex<Rates>,
+    flow: Option<Mutex<Flow>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,7 +99,9 @@ impl Drop for Watcher {
             if let Some(watch) = f.watch.take() {
                 watch.abort();
             }
-            if let Some(discovery) = f.discovery.take() {
+            if self.hub.flow.is_none()
+                && let Some(discovery) = f.discovery.take()
+            {
                 discovery.abort();
             }
         }
@@ -102,9 +118,12 @@ pub(crate) struct Joined {
 }
 
 impl Hub {
-    pub(crate) fn new(transport: NatsTransport) -> Arc<Hub> {
+    /// The hub; with flow events, its discovery starts at once and never stops.
+    pub(crate) fn new(transport: NatsTransport, options: HubOptions) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(LIVE);
-        Arc::new(Hub {
+        let mut rates = Rates::default();
+        rates.warnings.thresholds = options.thresholds;
+        let hub = Arc::new(Hub {
             transport,
             frames: Mutex::new(Frames {
                 next: 1,
@@ -118,8 +137,13 @@ impl Hub {
             nodes: Mutex::new(None),
             durable: Mutex::new(None),
             status: Mutex::new(json!({"nats": "connected"})),
-            rates: Mutex::new(Rates::default()),
-        })
+            rates: Mutex::new(rates),
+            flow: options.flow.map(|c| Mutex::new(Flow::new(c))),
+        });
+        if hub.flow.is_some() {
+            lock(&hub.frames).discovery = Some(tokio::spawn(discovery(hub.clone())));
+        }
+        hub
     }
 
     pub(crate) fn transport(&self) -> &NatsTransport {
@@ -232,11 +256,18 @@ impl Hub {
         }
     }
 
-    /// A discovery snapshot: kept, sent to the pages.
-    fn on_nodes(&self, processes: &[ProcessInfo]) {
+    /// A discovery snapshot: kept, sent to the pages; returns the flow-balance events it
+    /// starts (when they are on).
+    fn on_nodes(&self, processes: &[ProcessInfo]) -> Vec<(&'static str, Value)> {
         let snapshot = lock(&self.rates).snapshot(time::now_us(), processes);
+        let flow = self
+            .flow
+            .as_ref()
+            .map(|f| lock(f).update(&snapshot))
+            .unwrap_or_default();
         *lock(&self.nodes) = Some(snapshot.clone());
         self.publish("nodes", None, snapshot.to_string());
+        flow
     }
 
     fn on_connection(&self, c: &Connection) {
@@ -365,21 +396,51 @@ async fn watch(hub: Arc<Hub>) {
     tokio::join!(taps, replies, durable, connection);
 }
 
-/// Discovery once a second while a page is open.
+/// Discovery once a second: while a page is open, or always with flow events.
 async fn discovery(hub: Arc<Hub>) {
+    let transport = hub.transport.clone();
+    let subject = format!("{}.broadcast", transport.config().prefix);
     let mut every = tokio::time::interval(DISCOVER_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         // a failed discovery (disconnected) is shown by the connection state
-        if let Ok(p) = hub
-            .transport
+        let Ok(p) = transport
             .discover(Duration::from_millis(500), Duration::from_millis(100))
             .await
-        {
-            hub.on_nodes(&p);
+        else {
+            continue;
+        };
+        for (event_type, payload) in hub.on_nodes(&p) {
+            let body = flow_event(event_type, payload);
+            if let Err(e) = transport
+                .client()
+                .publish(subject.clone(), body.into())
+                .await
+            {
+                eprintln!("warning: cannot publish {event_type}: {e}");
+            }
         }
     }
+}
+
+/// A flow-balance event as a happen event on the wire (`WIRE.md`, "Events"), sent by
+/// `happen-web`: the reference's listeners read `type` and `payload`; happen nodes get a
+/// causal context.
+fn flow_event(event_type: &str, payload: Value) -> String {
+    let event = happen::Event::new(event_type, Value::Null);
+    let context = json!({"causal": {
+        "id": event.id().to_string(),
+        "sender": "happen-web",
+        "correlationId": event.correlation_id().to_string(),
+        "path": ["happen-web"],
+        "timestamp": time::now_us() / 1000,
+    }});
+    // `type` first, as our encoder writes it: nodes without a handler skip it undecoded
+    format!(
+        r#"{{"type":{},"payload":{payload},"context":{context}}}"#,
+        Value::from(event_type)
+    )
 }
 
 #[cfg(test)]

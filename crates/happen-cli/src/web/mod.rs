@@ -26,6 +26,7 @@
 //! replies, discovery) runs only while a page is connected.
 
 mod durable;
+mod flow;
 mod hub;
 mod replay;
 mod store;
@@ -98,7 +99,7 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
     let listener = bind(a.listen).await?;
     let addr = listener.local_addr().unwrap_or(a.listen);
     let app = Arc::new(App {
-        hub: Hub::new(transport.clone()),
+        hub: Hub::new(transport.clone(), hub_options(&a)),
         token: token.clone(),
         allow_send: a.allow_send,
         conn: conn.clone(),
@@ -108,12 +109,17 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
         .as_deref()
         .map_or(String::new(), |t| format!("?token={t}"));
     eprintln!(
-        "happen web on http://{addr}/{query} (Ctrl-C to stop){}",
+        "happen web on http://{addr}/{query} (Ctrl-C to stop){}{}",
         if a.allow_send {
             "; sending allowed"
         } else {
             ""
         },
+        if a.flow_events {
+            "; publishing flow-balance events (node.down, system.down)"
+        } else {
+            ""
+        }
     );
     let router = router(app.clone());
     let connection = crate::conn::report_connection(&transport, &conn.url);
@@ -126,6 +132,19 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
         sender.close().await;
     }
     result
+}
+
+fn hub_options(a: &WebArgs) -> hub::HubOptions {
+    hub::HubOptions {
+        thresholds: warnings::Thresholds {
+            pressure_held_us: a.pressure_held.as_micros().min(u64::MAX as u128) as u64,
+            rejecting_snapshots: a.rejecting_for,
+        },
+        flow: a.flow_events.then_some(flow::FlowConfig {
+            system_warning: a.system_warning,
+            system_critical: a.system_critical,
+        }),
+    }
 }
 
 async fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
