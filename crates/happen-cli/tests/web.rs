@@ -143,6 +143,33 @@ async fn the_api_shows_nodes_a_waterfall_and_errors_while_a_page_is_open() {
         "{downstream}"
     );
 
+    // handler times of the node that times them: a histogram per snapshot interval
+    let frames = page
+        .until(|f| {
+            f.event == "nodes"
+                && f.data["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["id"] == "ledger" && n["handlerTime"]["total"] == 1)
+                })
+        })
+        .await;
+    let nodes = &frames.last().unwrap().data["nodes"];
+    let node = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()
+    };
+    let ledger = &node("ledger")["handlerTime"];
+    assert!(
+        ledger["buckets"].is_array() && ledger["p99Us"].is_u64(),
+        "{ledger}"
+    );
+    // a node that does not time its handlers reports none
+    assert!(node("payments")["handlerTime"].is_null(), "{nodes}");
+
     // the page goes: so does the watch
     drop(page);
     eventually("the page to be gone", || async {

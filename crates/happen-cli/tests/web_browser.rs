@@ -138,7 +138,7 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     page.until(|f| f.event == "nodes").await;
 
     let dom = chromium_run(
-        &web.page(&format!("once&txn={corr}&filter=order.*")),
+        &web.page(&format!("once&txn={corr}&filter=order.*&node=ledger")),
         &["--dump-dom"],
     )
     .await;
@@ -158,6 +158,15 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     assert!(
         !tags(&dom, "class=\"map-node\"").is_empty(),
         "the map is drawn"
+    );
+
+    // the selected node's handler times as a heatmap over time
+    let heat = tags(&dom, "class=\"heatmap\"");
+    assert!(
+        heat.iter()
+            .any(|t| attr(t, "data-kind") == Some("handler-time")
+                && attr(t, "data-total").is_some_and(|n| n != "0")),
+        "{heat:?}"
     );
 
     // the waterfall: three steps in causal order
@@ -203,7 +212,7 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     let png = target_dir().join("web.png");
     let _ = std::fs::remove_file(&png);
     chromium_run(
-        &web.page(&format!("once&txn={corr}")),
+        &web.page(&format!("once&txn={corr}&node=ledger")),
         &[&format!("--screenshot={}", png.display())],
     )
     .await;

@@ -19,7 +19,56 @@ pub(crate) struct Rates {
     at: Option<u64>,
     counters: HashMap<String, [u64; 5]>,
     edges: HashMap<(String, String), (u64, u64)>,
+    /// Per node the cumulative queue-wait and handler-time buckets of the previous snapshot.
+    buckets: HashMap<String, [Vec<u64>; 2]>,
     pub(crate) warnings: Warnings,
+}
+
+/// Adds `b` into `sum` bucket by bucket.
+fn add(sum: &mut Vec<u64>, b: &[u64]) {
+    if sum.len() < b.len() {
+        sum.resize(b.len(), 0);
+    }
+    for (s, n) in sum.iter_mut().zip(b) {
+        *s += n;
+    }
+}
+
+/// The upper bound (µs) of the bucket holding the `q` quantile of `buckets` (log2 µs, as in
+/// `NodeStats::queue_wait_buckets`); 0 when empty.
+pub(crate) fn quantile(buckets: &[u64], q: f64) -> u64 {
+    let count: u64 = buckets.iter().sum();
+    if count == 0 {
+        return 0;
+    }
+    let target = ((count as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= target {
+            return if i == 0 { 0 } else { 1u64 << i.min(63) };
+        }
+    }
+    u64::MAX
+}
+
+/// What a histogram did between two snapshots: the buckets of the interval (cumulative now
+/// minus before; a restarted replica counts from zero), their count and percentiles. `null`
+/// when the node never reported it (an older process, or handler times not switched on).
+fn interval(now: &[u64], before: Option<&Vec<u64>>) -> Value {
+    if now.is_empty() {
+        return Value::Null;
+    }
+    let diff: Vec<u64> = now
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.saturating_sub(before.and_then(|b| b.get(i)).copied().unwrap_or(0)))
+        .collect();
+    json!({
+        "buckets": diff, "count": diff.iter().sum::<u64>(),
+        "p50Us": quantile(&diff, 0.5), "p99Us": quantile(&diff, 0.99),
+        "total": now.iter().sum::<u64>(),
+    })
 }
 
 impl Rates {
@@ -42,6 +91,7 @@ impl Rates {
             .at
             .map_or(1.0, |at| (now.saturating_sub(at) as f64 / 1e6).max(0.001));
         let mut counters = HashMap::new();
+        let mut buckets = HashMap::new();
         let grouped = nodes::by_node(processes);
         let views: Vec<NodeView<'_>> = grouped
             .iter()
@@ -87,6 +137,15 @@ impl Rates {
                     None => vec![0.0; 5],
                 };
                 counters.insert(n.id.to_owned(), total);
+                let mut sums = [Vec::new(), Vec::new()];
+                for r in &n.replicas {
+                    add(&mut sums[0], &r.info.queue_wait_buckets);
+                    add(&mut sums[1], &r.info.handler_time_buckets);
+                }
+                let before = self.buckets.get(n.id);
+                let queue_wait = interval(&sums[0], before.map(|b| &b[0]));
+                let handler_time = interval(&sums[1], before.map(|b| &b[1]));
+                buckets.insert(n.id.to_owned(), sums);
                 let high = n.replicas.iter().map(|r| r.info.high_water).max().unwrap_or(0);
                 let queued = sum(|i| i.queued as u64);
                 let under = n.replicas.iter().filter(|r| r.info.under_pressure).count();
@@ -106,6 +165,8 @@ impl Rates {
                     "unobservedFailures": sum(|i| i.unobserved_failures),
                     "rates": {"accepted": rate[0], "rejected": rate[1], "completed": rate[2], "failed": rate[3], "displaced": rate[4]},
                     "queueWaitP99Us": n.replicas.iter().map(|r| r.info.queue_wait_p99_us).max().unwrap_or(0),
+                    "queueWait": queue_wait,
+                    "handlerTime": handler_time,
                 })
             })
             .collect();
@@ -119,10 +180,31 @@ impl Rates {
             })
             .collect();
         self.counters = counters;
+        self.buckets = buckets;
         self.at = Some(now);
         json!({
             "atUs": now, "processes": processes.len(), "nodes": nodes, "edges": edges,
             "warnings": warnings,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_become_intervals_with_percentiles() {
+        assert_eq!(quantile(&[], 0.5), 0);
+        assert_eq!(quantile(&[0, 1, 2, 0, 0, 0, 0, 1], 0.5), 4);
+        assert_eq!(quantile(&[0, 1, 2, 0, 0, 0, 0, 1], 0.99), 128);
+        assert_eq!(interval(&[], None), Value::Null);
+        let v = interval(&[1, 5, 9], Some(&vec![1, 2]));
+        assert_eq!(v["buckets"], json!([0, 3, 9]));
+        assert_eq!(v["count"], 12);
+        assert_eq!(v["p50Us"], 4);
+        assert_eq!(v["total"], 15);
+        // a replica restarted: its counts fell, the interval never goes negative
+        assert_eq!(interval(&[1], Some(&vec![7]))["buckets"], json!([0]));
     }
 }

@@ -34,8 +34,8 @@ where
 }
 
 /// The shop of `examples/shop.rs`: `orders` (2 at once, 50 queued; 20 ms of work) charges at
-/// `payments` (over 1000 fails with `limit_exceeded`), which records at `ledger`. Returns the
-/// instance and a `client` node.
+/// `payments` (over 1000 fails with `limit_exceeded`), which records at `ledger` (which times
+/// its handlers). Returns the instance and a `client` node.
 pub async fn shop(url: &str) -> (Happen, Node) {
     let transport = NatsTransport::connect(NatsConfig::with_server(url))
         .await
@@ -81,7 +81,10 @@ pub async fn shop(url: &str) -> (Happen, Node) {
             Ok(json!({"charged": amount, "entry": entry}))
         })
         .unwrap();
-    let ledger = h.node("ledger").await.unwrap();
+    let ledger = h
+        .node_with("ledger", NodeOptions::new().handler_timing(true))
+        .await
+        .unwrap();
     ledger
         .on("ledger.record", |_e: Event, _c: Context| async move { 1 })
         .unwrap();

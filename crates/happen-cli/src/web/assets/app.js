@@ -12,8 +12,10 @@ const HISTORY = 60;
 const state = {
   nodes: null,
   history: {},
+  // per node: the queue-wait and handler-time buckets of each snapshot's interval
+  heat: {},
   held: [],
-  selected: null,
+  selected: params.get("node"),
   txn: params.get("txn"),
   byEvent: new Map(),
 };
@@ -162,6 +164,11 @@ function onNodes(snap) {
     const h = state.history[n.id] || (state.history[n.id] = []);
     h.push(n.active + n.queued);
     if (h.length > HISTORY) h.shift();
+    const heat = state.heat[n.id] || (state.heat[n.id] = { queueWait: [], handlerTime: [] });
+    for (const k of ["queueWait", "handlerTime"]) {
+      heat[k].push(n[k] ? n[k].buckets : []);
+      if (heat[k].length > HISTORY) heat[k].shift();
+    }
   }
   renderNodes(snap);
 }
@@ -203,7 +210,8 @@ function renderTable(snap) {
       el("td", {}, n.active), el("td", {}, n.queued),
       el("td", { class: "pressure" }, bar, " ", label),
       el("td", {}, rate(n.rates.accepted)), el("td", {}, rate(n.rates.rejected)), el("td", {}, rate(n.rates.failed)),
-      el("td", {}, micros(n.queueWaitP99Us)), el("td", {}, sparkline(state.history[n.id] || [])));
+      el("td", {}, micros(n.queueWaitP99Us)), el("td", {}, n.handlerTime ? micros(n.handlerTime.p99Us) : "-"),
+      el("td", {}, sparkline(state.history[n.id] || [])));
     tr.addEventListener("click", () => { state.selected = n.id; renderTable(state.nodes); renderDetail(n.id); });
     return tr;
   }));
@@ -215,7 +223,29 @@ function renderDetail(id) {
   if (!n) { d.textContent = ""; return; }
   d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, displaced ${n.displaced}, completed ${n.completed}, failed ${n.failed}, cancelled ${n.cancelled}, unobserved failures ${n.unobservedFailures}, engine faults ${n.engineFaults}; displaced/s ${rate(n.rates.displaced)}`,
     el("br"), ...n.replicas.map((r) => el("div", {},
-      `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)));
+      `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)),
+    histogram("queue wait", "queue-wait", n.queueWait, (state.heat[n.id] || {}).queueWait),
+    histogram("handler time", "handler-time", n.handlerTime, (state.heat[n.id] || {}).handlerTime));
+}
+
+// A node's histogram over time: one column per snapshot (oldest left), one row per log2 µs
+// bucket (shortest at the bottom), darker for more events; with the latest percentiles.
+function histogram(title, kind, h, columns) {
+  if (!h) return el("div", { class: "histogram none", "data-kind": kind }, `${title}: none measured (nothing waited, the node does not time it, or an older process)`);
+  const cols = (columns && columns.length) ? columns : [h.buckets];
+  const rows = Math.max(1, ...cols.map((c) => c.length));
+  const max = Math.max(1, ...cols.flat());
+  const W = 240, cell = Math.max(2, Math.floor(W / HISTORY)), rh = 4, H = rows * rh;
+  const s = svg("svg", { width: W, height: H, class: "heatmap", "data-kind": kind, "data-count": h.count, "data-total": h.total });
+  cols.forEach((c, x) => c.forEach((n, y) => {
+    if (!n) return;
+    const a = 0.15 + 0.85 * Math.log(1 + n) / Math.log(1 + max);
+    s.append(svg("rect", { x: W - (cols.length - x) * cell, y: H - (y + 1) * rh, width: cell, height: rh, fill: "#3a6fd8", "fill-opacity": a.toFixed(2) },
+      undefined));
+  }));
+  s.append(svg("title", {}, `${title}: log2 µs buckets per snapshot (rows: <1µs at the bottom up to <${micros(2 ** (rows - 1))})`));
+  return el("div", { class: "histogram", "data-kind": kind },
+    `${title}: p50 ${micros(h.p50Us)}, p99 ${micros(h.p99Us)} over ${h.count} in the last interval (${h.total} in all) `, s);
 }
 
 function renderMap(snap) {
