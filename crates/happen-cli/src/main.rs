@@ -17,6 +17,7 @@ mod bench;
 mod conn;
 mod exit;
 mod nodes;
+mod record;
 mod send;
 mod tap;
 mod time;
@@ -72,8 +73,40 @@ struct WebArgs {
     #[arg(long, env = "HAPPEN_WEB_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Let the page send and broadcast events (`POST /api/send`, from a node `happen-web`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "replay")]
     allow_send: bool,
+    /// Show a recording of `happen tap --record FILE` instead of the live system, with a time
+    /// scrubber: the views as of any moment of it. Needs no NATS server.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Broadcast the warnings as the reference's flow-balance events: `node.down` (pattern
+    /// `bottleneck`: pressure held too long; `node-failure`: a replica gone from discovery)
+    /// and `system.down` (level and pattern, when more than a share of the nodes is down),
+    /// once when a condition starts. Discovers every second even with no page open.
+    #[arg(long, conflicts_with = "replay")]
+    flow_events: bool,
+    /// Pressure held this long is a warning (and a `bottleneck`).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = time::parse_duration)]
+    pressure_held: Duration,
+    /// Rejections in this many discovery snapshots (one a second) in a row are a warning.
+    #[arg(long, default_value_t = 3, value_name = "SNAPSHOTS", value_parser = clap::value_parser!(u32).range(1..))]
+    rejecting_for: u32,
+    /// `system.down` with level `warning` when more than this share of the nodes is down.
+    #[arg(long, default_value_t = 0.3, value_name = "SHARE", value_parser = share)]
+    system_warning: f64,
+    /// `system.down` with level `critical` when more than this share of the nodes is down.
+    #[arg(long, default_value_t = 0.5, value_name = "SHARE", value_parser = share)]
+    system_critical: f64,
+}
+
+/// A share between 0 and 1 (`0.3`).
+fn share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a share between 0 and 1 (write e.g. `0.3`)"
+        )),
+    }
 }
 
 /// Options of commands that create a sending node.
@@ -138,10 +171,15 @@ struct TapArgs {
     /// Include the payloads.
     #[arg(long)]
     payload: bool,
-    /// Also append every matching event (with its payload) to FILE as JSON lines, for
-    /// `happen trace --from FILE`.
+    /// Also append every matching event (with its payload) to FILE as JSON lines, with the
+    /// replies to those that are requests and a snapshot of the nodes every
+    /// `--snapshot-every`: for `happen trace --from FILE` and `happen web --replay FILE`.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Recording: how often to record the nodes (discovery: limits, load, counters); `0`
+    /// records none.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = time::parse_duration, requires = "record")]
+    snapshot_every: Duration,
     /// Stop after this many matching events.
     #[arg(long, short = 'n')]
     count: Option<u64>,

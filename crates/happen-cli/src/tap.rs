@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use crate::TapArgs;
 use crate::conn::ConnArgs;
+use crate::record::{self, Header, Line, NodesLine, ReplyLine};
 use crate::time;
+use crate::web::Store;
 
 /// One event as the tap saw it: the `--json` output and a line of a `--record` file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,11 +186,166 @@ pub(crate) async fn after(d: Option<Duration>) {
     }
 }
 
+/// What a `--record` file gets besides the events: the requests' replies (paired through a
+/// subscription to `_INBOX.>`) and a discovery snapshot every `snapshot_every` (from a task,
+/// so a slow discovery never holds up the events).
+struct Recorder {
+    file: std::io::BufWriter<std::fs::File>,
+    store: Store,
+    replies: Option<async_nats::Subscriber>,
+    snapshots: Option<tokio::sync::mpsc::Receiver<NodesLine>>,
+    snapshot_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(t) = self.snapshot_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Recorder {
+    async fn start(
+        path: &Path,
+        transport: &NatsTransport,
+        snapshot_every: Duration,
+    ) -> Result<Recorder> {
+        let mut file = open_record(path)?;
+        let header = Line::Header(Header {
+            format: "happen-record".to_owned(),
+            version: record::VERSION,
+            started_us: time::now_us(),
+        });
+        writeln!(file, "{}", header.to_json())
+            .and_then(|()| file.flush())
+            .map_err(|e| write_error("the record file", e))?;
+        let replies = transport
+            .client()
+            .subscribe("_INBOX.>")
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transport,
+                    format!("cannot subscribe to the replies to record them: {e}"),
+                )
+            })?;
+        let (snapshots, snapshot_task) = if snapshot_every.is_zero() {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let transport = transport.clone();
+            let task = tokio::spawn(async move {
+                let mut every = tokio::time::interval(snapshot_every);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    // a failed discovery (disconnected) is reported by the connection state
+                    if let Ok(processes) = transport
+                        .discover(Duration::from_millis(500), Duration::from_millis(100))
+                        .await
+                    {
+                        let line = NodesLine {
+                            at_us: time::now_us(),
+                            processes,
+                        };
+                        if tx.send(line).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            (Some(rx), Some(task))
+        };
+        Ok(Recorder {
+            file,
+            store: Store::default(),
+            replies: Some(replies),
+            snapshots,
+            snapshot_task,
+        })
+    }
+
+    fn write(&mut self, line: &Line) -> Result<()> {
+        writeln!(self.file, "{}", line.to_json())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| write_error("the record file", e))
+    }
+
+    /// Records an event (and its reply when that came first).
+    fn event(&mut self, seen: &Seen, reply: Option<&str>) -> Result<()> {
+        self.write(&Line::Event(Box::new(seen.clone())))?;
+        let mut kept = seen.clone();
+        kept.payload = None;
+        if let Some((req, r)) = self.store.event(&kept, reply) {
+            self.write(&Line::Reply(ReplyLine::of(&req, &r)))?;
+        }
+        Ok(())
+    }
+
+    /// Records a reply to a recorded request.
+    fn reply(&mut self, msg: &async_nats::Message) -> Result<()> {
+        let Some(r) = crate::web::reply_of(msg) else {
+            return Ok(());
+        };
+        match self.store.reply(msg.subject.as_str(), r) {
+            Some((req, r)) => self.write(&Line::Reply(ReplyLine::of(&req, &r))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The next reply message, or never (no subscription, or it ended).
+async fn next_reply(replies: &mut Option<async_nats::Subscriber>) -> async_nats::Message {
+    if let Some(r) = replies.as_mut()
+        && let Some(m) = r.next().await
+    {
+        return m;
+    }
+    *replies = None;
+    std::future::pending().await
+}
+
+/// The next node snapshot, or never.
+async fn next_snapshot(
+    snapshots: &mut Option<tokio::sync::mpsc::Receiver<NodesLine>>,
+) -> NodesLine {
+    if let Some(s) = snapshots.as_mut()
+        && let Some(n) = s.recv().await
+    {
+        return n;
+    }
+    *snapshots = None;
+    std::future::pending().await
+}
+
+/// The next reply or snapshot to record, or never without a recorder.
+async fn recorded(record: &mut Option<Recorder>) -> Recorded {
+    let Some(Recorder {
+        replies, snapshots, ..
+    }) = record.as_mut()
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        m = next_reply(replies) => Recorded::Reply(Box::new(m)),
+        n = next_snapshot(snapshots) => Recorded::Nodes(n),
+    }
+}
+
+enum Recorded {
+    Reply(Box<async_nats::Message>),
+    Nodes(NodesLine),
+}
+
 pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
     let pattern = a.pattern.as_deref().map(Pattern::parse).transpose()?;
-    let mut record = a.record.as_deref().map(open_record).transpose()?;
     let transport = conn.connect().await?;
-    let events = listen(&transport).await?;
+    let mut record = match a.record.as_deref() {
+        Some(path) => Some(Recorder::start(path, &transport, a.snapshot_every).await?),
+        None => None,
+    };
+    let events = listen_with_replies(&transport).await?;
     tokio::pin!(events);
     eprintln!(
         "listening on {p}.node.* and {p}.broadcast{} (Ctrl-C to stop)",
@@ -207,10 +364,19 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
         if a.count.is_some_and(|n| seen >= n) {
             break;
         }
-        let mut event = tokio::select! {
+        let (mut event, reply) = tokio::select! {
             _ = &mut stop => break,
             _ = tokio::signal::ctrl_c() => break,
             never = &mut connection => match never {},
+            r = recorded(&mut record) => {
+                if let Some(rec) = record.as_mut() {
+                    match r {
+                        Recorded::Reply(m) => rec.reply(&m)?,
+                        Recorded::Nodes(n) => rec.write(&Line::Nodes(n))?,
+                    }
+                }
+                continue;
+            }
             e = events.next() => match e {
                 Some(e) => e,
                 None => break,
@@ -224,10 +390,7 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
         }
         seen += 1;
         if let Some(r) = record.as_mut() {
-            let line = serde_json::to_string(&event).unwrap_or_default();
-            writeln!(r, "{line}")
-                .and_then(|()| r.flush())
-                .map_err(|e| write_error("the record file", e))?;
+            r.event(&event, reply.as_deref())?;
         }
         if !a.payload {
             event.payload = None;

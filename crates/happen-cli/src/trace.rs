@@ -1,7 +1,6 @@
 //! `happen trace`: the causal tree of one transaction, from a live tap or a `--record` file.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 
 use futures::StreamExt;
 use happen::{Error, ErrorKind, Result};
@@ -102,27 +101,17 @@ pub(crate) fn render(forest: &[Branch]) -> String {
     out
 }
 
+/// The events of transaction `correlation` in a `happen tap --record` file (its replies and
+/// node snapshots are for `happen web --replay`).
 fn read_file(path: &std::path::Path, correlation: &str) -> Result<Vec<Seen>> {
-    let bad = |what: String| Error::new(ErrorKind::InvalidConfig, what);
-    let file = std::fs::File::open(path)
-        .map_err(|e| bad(format!("cannot open `{}`: {e}", path.display())))?;
     let mut events = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| bad(format!("cannot read `{}`: {e}", path.display())))?;
-        if line.trim().is_empty() {
-            continue;
+    crate::record::read(path, |line| {
+        if let crate::record::Line::Event(seen) = line
+            && seen.correlation_id == correlation
+        {
+            events.push(*seen);
         }
-        let seen: Seen = serde_json::from_str(&line).map_err(|e| {
-            bad(format!(
-                "`{}` line {}: not a `happen tap --record` line: {e}",
-                path.display(),
-                n + 1
-            ))
-        })?;
-        if seen.correlation_id == correlation {
-            events.push(seen);
-        }
-    }
+    })?;
     Ok(events)
 }
 

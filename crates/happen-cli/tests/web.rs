@@ -143,6 +143,33 @@ async fn the_api_shows_nodes_a_waterfall_and_errors_while_a_page_is_open() {
         "{downstream}"
     );
 
+    // handler times of the node that times them: a histogram per snapshot interval
+    let frames = page
+        .until(|f| {
+            f.event == "nodes"
+                && f.data["nodes"].as_array().is_some_and(|n| {
+                    n.iter()
+                        .any(|n| n["id"] == "ledger" && n["handlerTime"]["total"] == 1)
+                })
+        })
+        .await;
+    let nodes = &frames.last().unwrap().data["nodes"];
+    let node = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()
+    };
+    let ledger = &node("ledger")["handlerTime"];
+    assert!(
+        ledger["buckets"].is_array() && ledger["p99Us"].is_u64(),
+        "{ledger}"
+    );
+    // a node that does not time its handlers reports none
+    assert!(node("payments")["handlerTime"].is_null(), "{nodes}");
+
     // the page goes: so does the watch
     drop(page);
     eventually("the page to be gone", || async {
@@ -461,4 +488,265 @@ async fn durable_counts_and_dead_letters_with_their_errors() {
         1
     );
     h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_as_of_the_scrubber_time() {
+    let server = NatsServer::start();
+    let (h, client) = shop(&server.url()).await;
+    let rec = web_support::record_two_orders(&server.url(), &client, "replay-api").await;
+    h.shutdown(Duration::from_secs(2)).await;
+    drop(server);
+
+    // the replay needs no NATS server: the one recorded is gone
+    let file = rec.path.to_str().unwrap();
+    let web = Web::start("nats://127.0.0.1:1", &["--replay", file]).await;
+    let status = web.get_json("/api/status").await;
+    let summary = &status["replay"];
+    assert_eq!(summary["events"], 5, "{status}");
+    assert_eq!(summary["replies"], 5, "{status}");
+    assert!(summary["snapshots"].as_u64().unwrap() >= 2, "{status}");
+    let (start, end) = (
+        summary["startUs"].as_u64().unwrap(),
+        summary["endUs"].as_u64().unwrap(),
+    );
+    assert!(start < rec.mid_us && rec.mid_us < end, "{status}");
+
+    let orders = |at: &Value| -> Value {
+        at["nodes"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == "orders")
+            .cloned()
+            .unwrap_or_else(|| panic!("orders in {}", at["nodes"]))
+    };
+    let types = |at: &Value| -> Vec<(String, String)> {
+        at["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["correlationId"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // between the orders: the first one's three events, replied; one order accepted; no error
+    let mid = web
+        .get_json(&format!("/api/replay?at={}", rec.mid_us))
+        .await;
+    let first = rec.first.clone();
+    assert_eq!(
+        types(&mid),
+        [
+            ("order.place".to_owned(), first.clone()),
+            ("payment.charge".to_owned(), first.clone()),
+            ("ledger.record".to_owned(), first.clone())
+        ]
+    );
+    assert_eq!(mid["replies"].as_array().unwrap().len(), 3, "{mid}");
+    assert_eq!(orders(&mid)["accepted"], 1, "{mid}");
+    assert_eq!(mid["errors"]["groups"], json!([]), "{mid}");
+    assert!(mid["history"]["orders"].is_array(), "{mid}");
+    let t = web
+        .get_json(&format!("/api/transactions/{first}?at={}", rec.mid_us))
+        .await;
+    assert_eq!(t["events"], 3, "{t}");
+    assert_eq!(t["roots"][0]["reply"]["status"], "ok", "{t}");
+    assert!(t["roots"][0]["durationMs"].as_f64().unwrap() >= 20.0, "{t}");
+    let (code, body) = web
+        .get(&format!(
+            "/api/transactions/{}?at={}",
+            rec.second, rec.mid_us
+        ))
+        .await;
+    assert_eq!(code, 404, "the second order came later: {body}");
+
+    // at the end: both orders, the second failed at payments
+    let end_state = web.get_json("/api/replay").await;
+    assert_eq!(end_state["atUs"], end);
+    assert_eq!(types(&end_state).len(), 5, "{end_state}");
+    assert_eq!(orders(&end_state)["accepted"], 2, "{end_state}");
+    let groups = end_state["errors"]["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["node"] == "payments" && g["code"] == "limit_exceeded"),
+        "{groups:?}"
+    );
+    let t = web
+        .get_json(&format!("/api/transactions/{}", rec.second))
+        .await;
+    assert_eq!(t["roots"][0]["reply"]["status"], "error", "{t}");
+    assert_eq!(
+        t["roots"][0]["children"][0]["reply"]["error"]["code"], "limit_exceeded",
+        "{t}"
+    );
+    // a pattern filters the tail as it does live
+    let charges = web.get_json("/api/replay?pattern=payment.*").await;
+    assert!(
+        types(&charges).iter().all(|(t, _)| t == "payment.charge") && types(&charges).len() == 2,
+        "{charges}"
+    );
+    let (code, _) = web.get("/api/replay?pattern={bad").await;
+    assert_eq!(code, 400);
+
+    // `trace --from` still reads the file (it skips what is not an event)
+    let o = web_support::run("nats://127.0.0.1:1", &["trace", &first, "--from", file]).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("(3 events)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_replay_file_is_a_clear_error() {
+    let path = std::env::temp_dir().join(format!("happen-web-bad-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &path,
+        "{\"record\": \"header\", \"format\": \"happen-record\", \"version\": 2}\nnot json\n",
+    )
+    .unwrap();
+    let o = web_support::run(
+        "nats://127.0.0.1:1",
+        &[
+            "web",
+            "--listen",
+            "127.0.0.1:0",
+            "--replay",
+            path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(err.contains("line 2") && err.contains("not JSON"), "{err}");
+    let _ = std::fs::remove_file(&path);
+    let o = web_support::run(
+        "nats://127.0.0.1:1",
+        &["web", "--replay", "/nonexistent/happen-recording.jsonl"],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(23), "{err}");
+    assert!(err.contains("cannot open"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_reach_a_plain_node_as_flow_balance_events_with_no_page_open() {
+    use happen::{Context, Event, Happen, NodeOptions};
+    use happen_nats::{NatsConfig, NatsTransport};
+
+    let server = NatsServer::start();
+    let connect = || async {
+        NatsTransport::connect(NatsConfig::with_server(server.url()))
+            .await
+            .unwrap()
+    };
+    // a listener as a reference client would be: a plain node with handlers for the types
+    let listening = Happen::builder()
+        .transport(connect().await)
+        .build()
+        .unwrap();
+    let listener = listening.node("listener").await.unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<(String, Value)>();
+    for t in ["node.down", "system.down"] {
+        let tx = tx.clone();
+        listener
+            .on(t, move |e: Event, _c: Context| {
+                let _ = tx.send((e.event_type().to_owned(), e.payload().clone()));
+                async { Ok::<_, happen::Error>(Value::Null) }
+            })
+            .unwrap();
+    }
+    // a node held under pressure: one at a time, the rest queued until released
+    let slow_side = Happen::builder()
+        .transport(connect().await)
+        .build()
+        .unwrap();
+    let slow = slow_side
+        .node_with(
+            "slow",
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(4)
+                .backpressure_threshold(0.5),
+        )
+        .await
+        .unwrap();
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    slow.on("work", move |_e: Event, _c: Context| {
+        let gate = gate.clone();
+        async move {
+            let _permit = gate.acquire().await;
+            Ok::<_, happen::Error>(Value::Null)
+        }
+    })
+    .unwrap();
+    let (h, _client) = shop(&server.url()).await;
+    let (second, _c2) = shop(&server.url()).await;
+
+    let web = Web::start(&server.url(), &["--flow-events", "--pressure-held", "1s"]).await;
+    let sender = listening.node("sender").await.unwrap();
+    for i in 0..4 {
+        sender.tell("slow", Event::new("work", json!(i))).unwrap();
+    }
+    // pressure held over a second: a bottleneck, published with no page open
+    let down = within(30, "node.down bottleneck", async {
+        loop {
+            let (t, p) = heard.recv().await.expect("the listener is open");
+            if t == "node.down" {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert_eq!(down["nodeId"], "slow", "{down}");
+    assert_eq!(down["pattern"], "bottleneck", "{down}");
+    assert!(
+        down["lagMetrics"]["messagesWaiting"].as_u64().unwrap() >= 2,
+        "{down}"
+    );
+    assert_eq!(web.get_json("/api/status").await["pages"], 0);
+    release.add_permits(100);
+
+    // a process with a replica of every shop node goes: node failures, and the system is down
+    second.shutdown(Duration::from_secs(2)).await;
+    let mut failed = Vec::new();
+    let system = within(30, "system.down", async {
+        loop {
+            let (t, p) = heard.recv().await.expect("the listener is open");
+            match t.as_str() {
+                "node.down" if p["pattern"] == "node-failure" => {
+                    failed.push(p["nodeId"].as_str().unwrap().to_owned());
+                }
+                "system.down" => return p,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    failed.sort();
+    for n in ["ledger", "orders", "payments"] {
+        assert!(failed.contains(&n.to_owned()), "{n} in {failed:?}");
+    }
+    assert_eq!(system["pattern"], "partition", "{system}");
+    assert!(
+        ["warning", "critical"].contains(&system["level"].as_str().unwrap()),
+        "{system}"
+    );
+    assert!(
+        system["affectedNodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("orders")),
+        "{system}"
+    );
+    h.shutdown(Duration::from_secs(2)).await;
+    slow_side.shutdown(Duration::from_secs(2)).await;
+    listening.shutdown(Duration::from_secs(2)).await;
 }

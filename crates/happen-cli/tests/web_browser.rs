@@ -138,7 +138,7 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     page.until(|f| f.event == "nodes").await;
 
     let dom = chromium_run(
-        &web.page(&format!("once&txn={corr}&filter=order.*")),
+        &web.page(&format!("once&txn={corr}&filter=order.*&node=ledger")),
         &["--dump-dom"],
     )
     .await;
@@ -158,6 +158,15 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     assert!(
         !tags(&dom, "class=\"map-node\"").is_empty(),
         "the map is drawn"
+    );
+
+    // the selected node's handler times as a heatmap over time
+    let heat = tags(&dom, "class=\"heatmap\"");
+    assert!(
+        heat.iter()
+            .any(|t| attr(t, "data-kind") == Some("handler-time")
+                && attr(t, "data-total").is_some_and(|n| n != "0")),
+        "{heat:?}"
     );
 
     // the waterfall: three steps in causal order
@@ -203,7 +212,7 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     let png = target_dir().join("web.png");
     let _ = std::fs::remove_file(&png);
     chromium_run(
-        &web.page(&format!("once&txn={corr}")),
+        &web.page(&format!("once&txn={corr}&node=ledger")),
         &[&format!("--screenshot={}", png.display())],
     )
     .await;
@@ -212,4 +221,77 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     eprintln!("screenshot: {}", png.display());
     drop(page);
     h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_replays_a_recording_at_the_scrubber_time() {
+    let chromium = chromium();
+    eprintln!("using {}", chromium.display());
+    let server = NatsServer::start();
+    let (h, client) = shop(&server.url()).await;
+    let rec = web_support::record_two_orders(&server.url(), &client, "replay-page").await;
+    h.shutdown(Duration::from_secs(2)).await;
+    let web = Web::start(
+        "nats://127.0.0.1:1",
+        &["--replay", rec.path.to_str().unwrap()],
+    )
+    .await;
+
+    // between the orders: the scrubber there, the first order only, its waterfall complete
+    let dom = chromium_run(
+        &web.page(&format!("at={}&txn={}", rec.mid_us, rec.first)),
+        &["--dump-dom"],
+    )
+    .await;
+    assert!(dom.contains("data-ready=\"1\""), "the page finished: {dom}");
+    let scrubber = tags(&dom, "id=\"scrubber\"");
+    assert_eq!(
+        scrubber.first().and_then(|t| attr(t, "data-at")),
+        Some(rec.mid_us.to_string().as_str()),
+        "{scrubber:?}"
+    );
+    let tail: Vec<&str> = tags(&dom, "<li data-type=")
+        .iter()
+        .filter_map(|t| attr(t, "data-corr"))
+        .collect();
+    assert_eq!(tail.len(), 3, "{tail:?}");
+    assert!(tail.iter().all(|c| *c == rec.first), "{tail:?}");
+    let nodes: Vec<&str> = tags(&dom, "class=\"node")
+        .iter()
+        .filter_map(|t| attr(t, "data-node"))
+        .collect();
+    assert!(nodes.contains(&"orders"), "{nodes:?}");
+    let steps: Vec<&str> = tags(&dom, "class=\"step\"")
+        .iter()
+        .filter_map(|t| attr(t, "data-status"))
+        .collect();
+    assert_eq!(steps, ["ok", "ok", "ok"]);
+    assert!(
+        tags(&dom, "class=\"error-group\"").is_empty(),
+        "no error yet"
+    );
+
+    // at the end: the second order and its error
+    let dom = chromium_run(&web.page("x=1"), &["--dump-dom"]).await;
+    let tail: Vec<&str> = tags(&dom, "<li data-type=")
+        .iter()
+        .filter_map(|t| attr(t, "data-corr"))
+        .collect();
+    assert!(tail.contains(&rec.second.as_str()), "{tail:?}");
+    let groups = tags(&dom, "class=\"error-group\"");
+    assert!(
+        groups
+            .iter()
+            .any(|g| attr(g, "data-node") == Some("payments")),
+        "{groups:?}"
+    );
+    let png = target_dir().join("web-replay.png");
+    let _ = std::fs::remove_file(&png);
+    chromium_run(
+        &web.page(&format!("at={}&txn={}", rec.mid_us, rec.first)),
+        &[&format!("--screenshot={}", png.display())],
+    )
+    .await;
+    assert!(std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0) > 10_000);
+    drop(server);
 }

@@ -235,3 +235,70 @@ async fn a_node_with_thousands_queued_is_described_promptly() {
         r.unwrap();
     }
 }
+
+/// Queue waits and (for a node that times them) handler times travel as cumulative log2
+/// histograms; an answer of an older process, without them, reads as empty histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histograms_of_queue_waits_and_handler_times_are_discovered() {
+    let server = NatsServer::start();
+    let (a, t) = instance(&server.url()).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let timed = a
+        .node_with(
+            "timed",
+            NodeOptions::new()
+                .max_concurrent(1)
+                .queue_limit(10)
+                .handler_timing(true),
+        )
+        .await
+        .unwrap();
+    let g = gate.clone();
+    timed
+        .on("job", move |_e: Event, _c: Context| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+            }
+        })
+        .unwrap();
+    a.node("untimed").await.unwrap();
+    let client = a.node("client").await.unwrap();
+    // one runs, three wait for it
+    let replies: Vec<_> = (0..4)
+        .map(|_| client.send("timed", Event::new("job", ())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while timed.stats().queued < 3 {
+        assert!(Instant::now() < deadline, "three jobs never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(4);
+    for r in replies {
+        within(10, "the jobs", r).await.unwrap();
+    }
+    let found = t.discover(Duration::from_secs(10), QUIET).await.unwrap();
+    let timed = node(&found, "timed")[0];
+    assert_eq!(
+        timed.handler_time_buckets.iter().sum::<u64>(),
+        4,
+        "{timed:?}"
+    );
+    assert_eq!(timed.queue_wait_buckets.iter().sum::<u64>(), 3, "{timed:?}");
+    assert!(timed.handler_time_buckets.last().is_some_and(|&n| n > 0));
+    let untimed = node(&found, "untimed")[0];
+    assert!(untimed.handler_time_buckets.is_empty(), "{untimed:?}");
+
+    let older: ProcessInfo = serde_json::from_str(
+        r#"{"replica": "r", "name": "n", "nodes": [{"id": "x", "queueWaitP99Us": 5}]}"#,
+    )
+    .unwrap();
+    assert!(older.nodes[0].queue_wait_buckets.is_empty());
+    assert!(older.nodes[0].handler_time_buckets.is_empty());
+    // and an answer without the histograms leaves them out
+    let json = serde_json::to_value(&older).unwrap();
+    assert!(
+        json["nodes"][0].get("handlerTimeBuckets").is_none(),
+        "{json}"
+    );
+}

@@ -245,3 +245,16 @@ fn empty_documents_are_the_defaults() {
         (100, 10_000, QueueStrategy::Fifo, 0.8)
     );
 }
+
+#[test]
+fn handler_timing_is_off_unless_a_node_s_entry_turns_it_on() {
+    let c = Config::from_toml_str(
+        r#"
+        [concurrency.patterns."timed-*"]
+        handler_timing = true
+        "#,
+    )
+    .unwrap();
+    assert!(c.concurrency.limits_for("timed-1").handler_timing);
+    assert!(!c.concurrency.limits_for("other").handler_timing);
+}

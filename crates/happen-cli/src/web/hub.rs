@@ -1,10 +1,13 @@
 //! The hub of `happen web`: numbered frames for the pages' event streams (kept in a ring so a
 //! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
 //! watch (a tap of every event, the reply subjects, discovery once a second, the durable
-//! streams every two seconds, the connection state) runs only while at least one page is connected: with no page open the nodes pay
-//! nothing.
+//! streams every two seconds, the connection state) runs only while at least one page is
+//! connected: with no page open the nodes pay nothing. The exception, opted into: with flow
+//! events (`happen web --flow-events`) discovery runs all the time, and each snapshot's
+//! warnings that start a flow-balance condition are broadcast once by this process, however
+//! many pages are open (`flow.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,10 +19,11 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::durable;
+use super::flow::{Flow, FlowConfig};
 use super::store::{ErrorInfo, Reply, Store};
-use super::warnings::{NodeView, Warnings};
+use super::view::Rates;
+use super::warnings::Thresholds;
 use crate::conn::{self, Connection};
-use crate::nodes;
 use crate::tap::{self, Seen};
 use crate::time;
 
@@ -53,6 +57,15 @@ struct Frames {
     ring: VecDeque<Arc<Frame>>,
     watchers: usize,
     watch: Option<JoinHandle<()>>,
+    discovery: Option<JoinHandle<()>>,
+}
+
+/// How the hub watches: the warnings' thresholds, and whether it publishes flow-balance events.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HubOptions {
+    pub(crate) thresholds: Thresholds,
+    /// Publish the flow-balance events (and so discover with no page open).
+    pub(crate) flow: Option<FlowConfig>,
 }
 
 /// What the pages share.
@@ -64,6 +77,8 @@ pub(crate) struct Hub {
     nodes: Mutex<Option<Value>>,
     durable: Mutex<Option<Value>>,
     status: Mutex<Value>,
+    rates: Mutex<Rates>,
+    flow: Option<Mutex<Flow>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,11 +94,16 @@ impl Drop for Watcher {
     fn drop(&mut self) {
         let mut f = lock(&self.hub.frames);
         f.watchers -= 1;
-        if f.watchers == 0
-            && let Some(watch) = f.watch.take()
-        {
+        if f.watchers == 0 {
             // dropping the tap and the reply subscription unsubscribes
-            watch.abort();
+            if let Some(watch) = f.watch.take() {
+                watch.abort();
+            }
+            if self.hub.flow.is_none()
+                && let Some(discovery) = f.discovery.take()
+            {
+                discovery.abort();
+            }
         }
     }
 }
@@ -98,22 +118,32 @@ pub(crate) struct Joined {
 }
 
 impl Hub {
-    pub(crate) fn new(transport: NatsTransport) -> Arc<Hub> {
+    /// The hub; with flow events, its discovery starts at once and never stops.
+    pub(crate) fn new(transport: NatsTransport, options: HubOptions) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(LIVE);
-        Arc::new(Hub {
+        let mut rates = Rates::default();
+        rates.warnings.thresholds = options.thresholds;
+        let hub = Arc::new(Hub {
             transport,
             frames: Mutex::new(Frames {
                 next: 1,
                 ring: VecDeque::new(),
                 watchers: 0,
                 watch: None,
+                discovery: None,
             }),
             tx,
             store: Mutex::new(Store::default()),
             nodes: Mutex::new(None),
             durable: Mutex::new(None),
             status: Mutex::new(json!({"nats": "connected"})),
-        })
+            rates: Mutex::new(rates),
+            flow: options.flow.map(|c| Mutex::new(Flow::new(c))),
+        });
+        if hub.flow.is_some() {
+            lock(&hub.frames).discovery = Some(tokio::spawn(discovery(hub.clone())));
+        }
+        hub
     }
 
     pub(crate) fn transport(&self) -> &NatsTransport {
@@ -149,6 +179,9 @@ impl Hub {
         f.watchers += 1;
         if f.watch.is_none() {
             f.watch = Some(tokio::spawn(watch(self.clone())));
+        }
+        if f.discovery.is_none() {
+            f.discovery = Some(tokio::spawn(discovery(self.clone())));
         }
         let live = self.tx.subscribe();
         let first = f.ring.front().map_or(f.next, |fr| fr.id);
@@ -193,28 +226,10 @@ impl Hub {
         lock(&self.store).errors()
     }
 
-    fn on_event(&self, seen: Seen, reply: Option<String>, rates: &mut Rates) {
+    fn on_event(&self, seen: Seen, reply: Option<String>) {
         let early = lock(&self.store).event(&seen, reply.as_deref());
-        if let Some(t) = &seen.target {
-            let edge = rates
-                .edges
-                .entry((seen.sender.clone(), t.clone()))
-                .or_default();
-            edge.0 += 1;
-            edge.1 += 1;
-        }
-        let mut v = serde_json::to_value(&seen).unwrap_or(Value::Null);
-        if let Some(p) = &seen.payload {
-            let text = p.to_string();
-            if text.len() > PAYLOAD_BYTES {
-                let cut = (0..=PAYLOAD_BYTES)
-                    .rev()
-                    .find(|&i| text.is_char_boundary(i))
-                    .unwrap_or(0);
-                v["payload"] = json!(format!("{}… ({} bytes)", &text[..cut], text.len()));
-                v["payloadCut"] = json!(true);
-            }
-        }
+        lock(&self.rates).event(&seen);
+        let v = event_json(&seen);
         self.publish("event", Some(seen.event_type), v.to_string());
         if let Some((req, reply)) = early {
             self.publish_reply(&req, &reply);
@@ -232,32 +247,8 @@ impl Hub {
     }
 
     fn on_reply(&self, msg: async_nats::Message) {
-        let headers = msg.headers.as_ref();
-        let get = |name: &str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(|v| percent_decode(v.as_str()))
-        };
-        let status = match get("Happen-Status").as_deref() {
-            Some("error") => "error",
-            Some("stream") => "stream",
-            // stream frames and credit are not the first answer
-            _ if get("Happen-Frame").is_some() || get("Happen-Credit").is_some() => return,
-            _ => "ok",
-        };
-        let error = (status == "error").then(|| {
-            ErrorInfo::from_body(&msg.payload).unwrap_or_else(|| ErrorInfo {
-                kind: get("Happen-Error-Kind").unwrap_or_else(|| "transport".to_owned()),
-                message: get("Happen-Error-Message").unwrap_or_default(),
-                node: get("Happen-Error-Node"),
-                code: get("Happen-Error-Code"),
-                chain: Vec::new(),
-            })
-        });
-        let reply = Reply {
-            received_us: time::now_us(),
-            status,
-            error,
+        let Some(reply) = reply_of(&msg) else {
+            return;
         };
         let paired = lock(&self.store).reply(msg.subject.as_str(), reply);
         if let Some((req, reply)) = paired {
@@ -265,96 +256,18 @@ impl Hub {
         }
     }
 
-    fn on_nodes(&self, processes: &[ProcessInfo], rates: &mut Rates) {
-        let now = time::now_us();
-        let secs = rates
-            .at
-            .map_or(1.0, |at| (now.saturating_sub(at) as f64 / 1e6).max(0.001));
-        let mut counters = HashMap::new();
-        let grouped = nodes::by_node(processes);
-        let views: Vec<NodeView<'_>> = grouped
-            .iter()
-            .map(|n| NodeView {
-                id: n.id,
-                replicas: n
-                    .replicas
-                    .iter()
-                    .map(|r| {
-                        let i = r.info;
-                        (
-                            r.replica,
-                            i.active + i.queued,
-                            i.under_pressure,
-                            i.rejected,
-                            i.engine_faults,
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        let warnings = rates.warnings.update(now, &views);
-        drop(views);
-        let nodes: Vec<Value> = grouped
-            .into_iter()
-            .map(|n| {
-                let sum = |f: fn(&happen_nats::discover::NodeInfo) -> u64| {
-                    n.replicas.iter().map(|r| f(r.info)).sum::<u64>()
-                };
-                let total = [
-                    sum(|i| i.accepted),
-                    sum(|i| i.rejected),
-                    sum(|i| i.completed),
-                    sum(|i| i.failed),
-                    sum(|i| i.displaced),
-                ];
-                let rate: Vec<f64> = match rates.counters.get(n.id) {
-                    Some(before) => total
-                        .iter()
-                        .zip(before.iter())
-                        .map(|(now, then)| now.saturating_sub(*then) as f64 / secs)
-                        .collect(),
-                    None => vec![0.0; 5],
-                };
-                counters.insert(n.id.to_owned(), total);
-                let high = n.replicas.iter().map(|r| r.info.high_water).max().unwrap_or(0);
-                let queued = sum(|i| i.queued as u64);
-                let under = n.replicas.iter().filter(|r| r.info.under_pressure).count();
-                json!({
-                    "id": n.id,
-                    "replicas": n.replicas,
-                    "active": sum(|i| i.active as u64),
-                    "queued": queued,
-                    "maxConcurrent": n.replicas[0].info.max_concurrent,
-                    "queueLimit": n.replicas[0].info.queue_limit,
-                    "highWater": high,
-                    "underPressure": under,
-                    "pressure": if high == 0 { 0.0 } else { queued as f64 / (high as f64 * n.replicas.len() as f64) },
-                    "accepted": total[0], "rejected": total[1], "completed": total[2], "failed": total[3],
-                    "displaced": total[4],
-                    "cancelled": sum(|i| i.cancelled), "engineFaults": sum(|i| i.engine_faults),
-                    "unobservedFailures": sum(|i| i.unobserved_failures),
-                    "rates": {"accepted": rate[0], "rejected": rate[1], "completed": rate[2], "failed": rate[3], "displaced": rate[4]},
-                    "queueWaitP99Us": n.replicas.iter().map(|r| r.info.queue_wait_p99_us).max().unwrap_or(0),
-                })
-            })
-            .collect();
-        let edges: Vec<Value> = rates
-            .edges
-            .iter_mut()
-            .map(|((from, to), (since, total))| {
-                let rate = *since as f64 / secs;
-                *since = 0;
-                json!({"from": from, "to": to, "rate": rate, "total": *total})
-            })
-            .collect();
-        rates.counters = counters;
-        rates.at = Some(now);
-        let snapshot = json!({
-            "atUs": now, "processes": processes.len(), "nodes": nodes, "edges": edges,
-            "warnings": warnings,
-        });
+    /// A discovery snapshot: kept, sent to the pages; returns the flow-balance events it
+    /// starts (when they are on).
+    fn on_nodes(&self, processes: &[ProcessInfo]) -> Vec<(&'static str, Value)> {
+        let snapshot = lock(&self.rates).snapshot(time::now_us(), processes);
+        let flow = self
+            .flow
+            .as_ref()
+            .map(|f| lock(f).update(&snapshot))
+            .unwrap_or_default();
         *lock(&self.nodes) = Some(snapshot.clone());
         self.publish("nodes", None, snapshot.to_string());
+        flow
     }
 
     fn on_connection(&self, c: &Connection) {
@@ -364,14 +277,53 @@ impl Hub {
     }
 }
 
-/// Counters of the previous discovery, and per sender → target the events since then and
-/// in all (while watched).
-#[derive(Default)]
-struct Rates {
-    at: Option<u64>,
-    counters: HashMap<String, [u64; 5]>,
-    edges: HashMap<(String, String), (u64, u64)>,
-    warnings: Warnings,
+/// An event as the pages get it: [`Seen`] with a payload longer than [`PAYLOAD_BYTES`] cut.
+pub(crate) fn event_json(seen: &Seen) -> Value {
+    let mut v = serde_json::to_value(seen).unwrap_or(Value::Null);
+    if let Some(p) = &seen.payload {
+        let text = p.to_string();
+        if text.len() > PAYLOAD_BYTES {
+            let cut = (0..=PAYLOAD_BYTES)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            v["payload"] = json!(format!("{}… ({} bytes)", &text[..cut], text.len()));
+            v["payloadCut"] = json!(true);
+        }
+    }
+    v
+}
+
+/// The reply a message on a reply subject is, received now: `None` for what is not a first
+/// answer (stream frames, credit).
+pub(crate) fn reply_of(msg: &async_nats::Message) -> Option<Reply> {
+    let headers = msg.headers.as_ref();
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| percent_decode(v.as_str()))
+    };
+    let status = match get("Happen-Status").as_deref() {
+        Some("error") => "error",
+        Some("stream") => "stream",
+        // stream frames and credit are not the first answer
+        _ if get("Happen-Frame").is_some() || get("Happen-Credit").is_some() => return None,
+        _ => "ok",
+    };
+    let error = (status == "error").then(|| {
+        ErrorInfo::from_body(&msg.payload).unwrap_or_else(|| ErrorInfo {
+            kind: get("Happen-Error-Kind").unwrap_or_else(|| "transport".to_owned()),
+            message: get("Happen-Error-Message").unwrap_or_default(),
+            node: get("Happen-Error-Node"),
+            code: get("Happen-Error-Code"),
+            chain: Vec::new(),
+        })
+    });
+    Some(Reply {
+        received_us: time::now_us(),
+        status,
+        error,
+    })
 }
 
 /// Undoes the escapes of `WIRE.md`'s text headers (`%25`, `%0D`, `%0A`) in one pass, so an
@@ -421,29 +373,14 @@ async fn watch(hub: Arc<Hub>) {
             return;
         }
     };
-    let rates = Mutex::new(Rates::default());
     let taps = events.for_each(|(seen, reply)| {
-        hub.on_event(seen, reply, &mut lock(&rates));
+        hub.on_event(seen, reply);
         std::future::ready(())
     });
     let replies = replies.for_each(|msg| {
         hub.on_reply(msg);
         std::future::ready(())
     });
-    let discovery = async {
-        let mut every = tokio::time::interval(DISCOVER_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            // a failed discovery (disconnected) is shown by the connection state
-            if let Ok(p) = transport
-                .discover(Duration::from_millis(500), Duration::from_millis(100))
-                .await
-            {
-                hub.on_nodes(&p, &mut lock(&rates));
-            }
-        }
-    };
     let durable = async {
         let mut every = tokio::time::interval(DURABLE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -456,7 +393,54 @@ async fn watch(hub: Arc<Hub>) {
         }
     };
     let connection = conn::watch_connection(&transport, |c| hub.on_connection(&c));
-    tokio::join!(taps, replies, discovery, durable, connection);
+    tokio::join!(taps, replies, durable, connection);
+}
+
+/// Discovery once a second: while a page is open, or always with flow events.
+async fn discovery(hub: Arc<Hub>) {
+    let transport = hub.transport.clone();
+    let subject = format!("{}.broadcast", transport.config().prefix);
+    let mut every = tokio::time::interval(DISCOVER_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        // a failed discovery (disconnected) is shown by the connection state
+        let Ok(p) = transport
+            .discover(Duration::from_millis(500), Duration::from_millis(100))
+            .await
+        else {
+            continue;
+        };
+        for (event_type, payload) in hub.on_nodes(&p) {
+            let body = flow_event(event_type, payload);
+            if let Err(e) = transport
+                .client()
+                .publish(subject.clone(), body.into())
+                .await
+            {
+                eprintln!("warning: cannot publish {event_type}: {e}");
+            }
+        }
+    }
+}
+
+/// A flow-balance event as a happen event on the wire (`WIRE.md`, "Events"), sent by
+/// `happen-web`: the reference's listeners read `type` and `payload`; happen nodes get a
+/// causal context.
+fn flow_event(event_type: &str, payload: Value) -> String {
+    let event = happen::Event::new(event_type, Value::Null);
+    let context = json!({"causal": {
+        "id": event.id().to_string(),
+        "sender": "happen-web",
+        "correlationId": event.correlation_id().to_string(),
+        "path": ["happen-web"],
+        "timestamp": time::now_us() / 1000,
+    }});
+    // `type` first, as our encoder writes it: nodes without a handler skip it undecoded
+    format!(
+        r#"{{"type":{},"payload":{payload},"context":{context}}}"#,
+        Value::from(event_type)
+    )
 }
 
 #[cfg(test)]

@@ -13,15 +13,28 @@
 //! | `GET /api/status` | the NATS connection and how many pages are open |
 //! | `POST /api/send` | `{"node"?, "type", "payload"?}`: sends (or, without `node`, broadcasts) an event; only with `--allow-send` |
 //!
+//! With `--replay FILE` (a `happen tap --record` file) it shows the recording instead, without
+//! NATS: `GET /api/status` has `replay` (the file, `startUs`, `endUs`, how many events, replies
+//! and snapshots), `GET /api/replay?at=T&pattern=P&limit=N` answers the system as of `T` (µs
+//! since the epoch; default the end): the last events by then, their replies, the latest node
+//! snapshot with the sparklines' history, the errors; `/api/nodes`, `/api/errors` and
+//! `/api/transactions/{id}` take `?at=T` too. The page shows a time scrubber.
+//!
 //! Listens on loopback by default; any other address needs a token (`--token` or
 //! `HAPPEN_WEB_TOKEN`), given as `?token=` or `Authorization: Bearer`. Without a token the API
 //! answers only requests whose `Host` is a loopback name (against DNS rebinding). The watch (tap,
 //! replies, discovery) runs only while a page is connected.
 
 mod durable;
+mod flow;
 mod hub;
+mod replay;
 mod store;
+mod view;
 mod warnings;
+
+pub(crate) use self::hub::reply_of;
+pub(crate) use self::store::{ErrorInfo, Reply, Store};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,7 +82,7 @@ impl IntoResponse for Fail {
 }
 
 pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
-    let token = a.token.filter(|t| !t.is_empty());
+    let token = a.token.clone().filter(|t| !t.is_empty());
     if !a.listen.ip().is_loopback() && token.is_none() {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
@@ -79,16 +92,14 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
             ),
         ));
     }
+    if let Some(path) = &a.replay {
+        return replay_web(path, a.listen, token).await;
+    }
     let transport = conn.connect().await?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidConfig,
-            format!("cannot listen on {}: {e}", a.listen),
-        )
-    })?;
+    let listener = bind(a.listen).await?;
     let addr = listener.local_addr().unwrap_or(a.listen);
     let app = Arc::new(App {
-        hub: Hub::new(transport.clone()),
+        hub: Hub::new(transport.clone(), hub_options(&a)),
         token: token.clone(),
         allow_send: a.allow_send,
         conn: conn.clone(),
@@ -98,9 +109,14 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
         .as_deref()
         .map_or(String::new(), |t| format!("?token={t}"));
     eprintln!(
-        "happen web on http://{addr}/{query} (Ctrl-C to stop){}",
+        "happen web on http://{addr}/{query} (Ctrl-C to stop){}{}",
         if a.allow_send {
             "; sending allowed"
+        } else {
+            ""
+        },
+        if a.flow_events {
+            "; publishing flow-balance events (node.down, system.down)"
         } else {
             ""
         }
@@ -118,6 +134,138 @@ pub(crate) async fn web(conn: &ConnArgs, a: WebArgs) -> Result<()> {
     result
 }
 
+fn hub_options(a: &WebArgs) -> hub::HubOptions {
+    hub::HubOptions {
+        thresholds: warnings::Thresholds {
+            pressure_held_us: a.pressure_held.as_micros().min(u64::MAX as u128) as u64,
+            rejecting_snapshots: a.rejecting_for,
+        },
+        flow: a.flow_events.then_some(flow::FlowConfig {
+            system_warning: a.system_warning,
+            system_critical: a.system_critical,
+        }),
+    }
+}
+
+async fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("cannot listen on {listen}: {e}"),
+        )
+    })
+}
+
+/// `happen web --replay FILE`: the page on a recording, without NATS.
+async fn replay_web(
+    path: &std::path::Path,
+    listen: std::net::SocketAddr,
+    token: Option<String>,
+) -> Result<()> {
+    let replay = Arc::new(replay::Replay::load(path)?);
+    let listener = bind(listen).await?;
+    let addr = listener.local_addr().unwrap_or(listen);
+    let query = token
+        .as_deref()
+        .map_or(String::new(), |t| format!("?token={t}"));
+    let summary = replay.summary();
+    eprintln!(
+        "happen web on http://{addr}/{query} (Ctrl-C to stop); replaying `{}`: {} events, {} node snapshots over {:.1}s",
+        path.display(),
+        summary["events"],
+        summary["snapshots"],
+        replay
+            .time(None)
+            .saturating_sub(summary["startUs"].as_u64().unwrap_or(0)) as f64
+            / 1e6
+    );
+    let api = Router::new()
+        .route("/api/status", get(replay_status))
+        .route("/api/replay", get(replay_at))
+        .route("/api/nodes", get(replay_nodes))
+        .route("/api/transactions/{id}", get(replay_transaction))
+        .route("/api/errors", get(replay_errors))
+        .route("/api/pattern", get(pattern))
+        .layer(middleware::from_fn_with_state(Arc::new(token), authorize))
+        .with_state(replay);
+    tokio::select! {
+        r = axum::serve(listener, pages().merge(api)) => r.map_err(|e| Error::new(ErrorKind::Transport, format!("the web server failed: {e}"))),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// The page and its assets: public (they hold no data).
+fn pages() -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript", APP_JS) }),
+        )
+        .route("/app.css", get(|| async { asset("text/css", APP_CSS) }))
+}
+
+type Replayed = Arc<replay::Replay>;
+
+/// `?at=` (µs since the epoch; default: the end of the recording), `?pattern=`, `?limit=`.
+#[derive(Deserialize)]
+struct AtQuery {
+    at: Option<u64>,
+    pattern: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn replay_status(State(r): State<Replayed>) -> Json<Value> {
+    Json(json!({"nats": "replay", "pages": 0, "allowSend": false, "replay": r.summary()}))
+}
+
+async fn replay_at(State(r): State<Replayed>, Query(q): Query<AtQuery>) -> Response {
+    let pattern = match parse_pattern(q.pattern.as_deref()) {
+        Ok(p) => p,
+        Err(f) => return f.into_response(),
+    };
+    let t = r.time(q.at);
+    Json(r.at(t, pattern.as_ref(), q.limit.unwrap_or(replay::TAIL))).into_response()
+}
+
+async fn replay_nodes(State(r): State<Replayed>, Query(q): Query<AtQuery>) -> Response {
+    let t = r.time(q.at);
+    match r.nodes(t) {
+        Some(n) => Json(n.clone()).into_response(),
+        None => Fail(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the recording has no node snapshot by {} (record with `happen tap --record FILE --snapshot-every 1s`)",
+                crate::time::rfc3339(t)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn replay_transaction(
+    State(r): State<Replayed>,
+    Path(id): Path<String>,
+    Query(q): Query<AtQuery>,
+) -> Response {
+    let t = r.time(q.at);
+    match r.transaction(&id, t) {
+        Some(v) => Json(v).into_response(),
+        None => Fail(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no event of transaction `{id}` is in the recording by {}",
+                crate::time::rfc3339(t)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn replay_errors(State(r): State<Replayed>, Query(q): Query<AtQuery>) -> Json<Value> {
+    Json(r.errors(r.time(q.at)))
+}
+
 /// The page and its assets are public (they hold no data); the API asks for the token.
 fn router(app: Shared) -> Router {
     let api = Router::new()
@@ -129,16 +277,12 @@ fn router(app: Shared) -> Router {
         .route("/api/pattern", get(pattern))
         .route("/api/status", get(status))
         .route("/api/send", post(send))
-        .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(app.token.clone()),
+            authorize,
+        ))
         .with_state(app);
-    Router::new()
-        .route("/", get(index))
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript", APP_JS) }),
-        )
-        .route("/app.css", get(|| async { asset("text/css", APP_CSS) }))
-        .merge(api)
+    pages().merge(api)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -176,8 +320,8 @@ fn loopback_host(host: &str) -> bool {
 /// With a token, every request presents it (`?token=` or `Authorization: Bearer`). Without
 /// one (loopback only), the `Host` must be a loopback name: a web page elsewhere that rebinds
 /// its own name to 127.0.0.1 cannot read the API.
-async fn authorize(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    let Some(token) = app.token.as_deref() else {
+async fn authorize(State(token): State<Arc<Option<String>>>, req: Request, next: Next) -> Response {
+    let Some(token) = token.as_deref() else {
         let host = req
             .headers()
             .get(header::HOST)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::tap::Seen;
@@ -37,17 +37,18 @@ pub(crate) struct Reply {
 }
 
 /// An error reply: the error body of `WIRE.md` ("Request / reply"), or its headers.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ErrorInfo {
     pub(crate) kind: String,
+    #[serde(default)]
     pub(crate) message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) code: Option<String>,
     /// The errors below this one (`downstream`), outermost first; the last is the origin.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) chain: Vec<ErrorInfo>,
 }
 
@@ -170,7 +171,9 @@ impl Store {
         self.pair(&corr, &id, reply)
     }
 
-    fn pair(&mut self, corr: &str, id: &str, reply: Reply) -> Option<(Seen, Reply)> {
+    /// Pairs `reply` with the event `id` of transaction `corr` (a replay knows the event);
+    /// returns the event and the reply when the event is kept.
+    pub(crate) fn pair(&mut self, corr: &str, id: &str, reply: Reply) -> Option<(Seen, Reply)> {
         let seen = self
             .transactions
             .get(corr)?

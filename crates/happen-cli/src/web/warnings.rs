@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-/// Pressure held this long is a warning.
+/// Pressure held this long is a warning (default of [`Thresholds::pressure_held_us`]).
 pub(crate) const PRESSURE_HELD_US: u64 = 10_000_000;
-/// Rejections counted in this many snapshots in a row are a warning.
+/// Rejections counted in this many snapshots in a row are a warning (default of
+/// [`Thresholds::rejecting_snapshots`]).
 pub(crate) const REJECTING_SNAPSHOTS: u32 = 3;
 /// A replica gone from discovery stays a warning this long.
 pub(crate) const GONE_KEPT_US: u64 = 60_000_000;
@@ -37,8 +38,25 @@ pub(crate) struct Warning {
     pub(crate) since_us: u64,
 }
 
+/// The thresholds that are configurable (`happen web --pressure-held`, `--rejecting-for`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Thresholds {
+    pub(crate) pressure_held_us: u64,
+    pub(crate) rejecting_snapshots: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds {
+            pressure_held_us: PRESSURE_HELD_US,
+            rejecting_snapshots: REJECTING_SNAPSHOTS,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Warnings {
+    pub(crate) thresholds: Thresholds,
     pressure_since: HashMap<String, u64>,
     rejected: HashMap<String, (u64, u32, u64)>,
     replicas: BTreeMap<String, BTreeSet<String>>,
@@ -55,7 +73,7 @@ impl Warnings {
             let under = n.replicas.iter().filter(|r| r.2).count();
             if under > 0 {
                 let since = *self.pressure_since.entry(n.id.to_owned()).or_insert(now);
-                if now.saturating_sub(since) >= PRESSURE_HELD_US {
+                if now.saturating_sub(since) >= self.thresholds.pressure_held_us {
                     out.push(Warning {
                         kind: "pressure-held",
                         node: n.id.to_owned(),
@@ -86,7 +104,7 @@ impl Warnings {
             }
             let rising = rejected.saturating_sub(entry.0);
             entry.0 = rejected;
-            if entry.1 >= REJECTING_SNAPSHOTS {
+            if entry.1 >= self.thresholds.rejecting_snapshots {
                 out.push(Warning {
                     kind: "rejections-rising",
                     node: n.id.to_owned(),

@@ -34,8 +34,8 @@ where
 }
 
 /// The shop of `examples/shop.rs`: `orders` (2 at once, 50 queued; 20 ms of work) charges at
-/// `payments` (over 1000 fails with `limit_exceeded`), which records at `ledger`. Returns the
-/// instance and a `client` node.
+/// `payments` (over 1000 fails with `limit_exceeded`), which records at `ledger` (which times
+/// its handlers). Returns the instance and a `client` node.
 pub async fn shop(url: &str) -> (Happen, Node) {
     let transport = NatsTransport::connect(NatsConfig::with_server(url))
         .await
@@ -81,7 +81,10 @@ pub async fn shop(url: &str) -> (Happen, Node) {
             Ok(json!({"charged": amount, "entry": entry}))
         })
         .unwrap();
-    let ledger = h.node("ledger").await.unwrap();
+    let ledger = h
+        .node_with("ledger", NodeOptions::new().handler_timing(true))
+        .await
+        .unwrap();
     ledger
         .on("ledger.record", |_e: Event, _c: Context| async move { 1 })
         .unwrap();
@@ -285,5 +288,139 @@ impl SseClient {
                 return frames;
             }
         }
+    }
+}
+
+/// A recording made by `happen tap --record` of two orders of the shop, one after the other.
+pub struct Recording {
+    pub path: std::path::PathBuf,
+    /// The first order (ok): its three events and replies are in the file before `mid_us`.
+    pub first: String,
+    /// The second order (over the limit: an error), sent after `mid_us`.
+    pub second: String,
+    /// A time between the orders: the first node snapshot showing the first order accepted.
+    pub mid_us: u64,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The lines of a record file (none while it does not exist).
+fn record_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The time of the first node snapshot after `after_us` in which `node` has accepted at
+/// least `accepted` events.
+fn snapshot_with(lines: &[Value], node: &str, accepted: u64, after_us: u64) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        let at = l["atUs"].as_u64()?;
+        let seen: u64 = l["processes"]
+            .as_array()?
+            .iter()
+            .flat_map(|p| p["nodes"].as_array().into_iter().flatten())
+            .filter(|n| n["id"] == node)
+            .filter_map(|n| n["accepted"].as_u64())
+            .sum();
+        (l["record"] == "nodes" && at > after_us && seen >= accepted).then_some(at)
+    })
+}
+
+/// Replies recorded for `corr`, and the latest of their times.
+fn replies_of(lines: &[Value], corr: &str) -> (usize, u64) {
+    let times: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["record"] == "reply" && l["correlationId"] == corr)
+        .filter_map(|l| l["receivedUs"].as_u64())
+        .collect();
+    (times.len(), times.into_iter().max().unwrap_or(0))
+}
+
+/// Records the shop at `url` (its nodes must run) with `happen tap --record`: one order, a
+/// node snapshot showing it, then an order over the limit, and a snapshot showing that.
+pub async fn record_two_orders(url: &str, client: &Node, name: &str) -> Recording {
+    let path = std::env::temp_dir().join(format!("happen-web-{name}-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let file = path.to_str().unwrap().to_owned();
+    let mut tap = command(
+        url,
+        &["tap", "--record", &file, "--snapshot-every", "100ms"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn happen tap");
+    let mut err = BufReader::new(tap.stderr.take().unwrap()).lines();
+    let first_line = within(30, "tap to listen", err.next_line())
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first_line.starts_with("listening"), "{first_line}");
+
+    let first = happen::CorrelationId::new();
+    within(
+        10,
+        "the first order",
+        client.send(
+            "orders",
+            Event::new("order.place", json!({"id": 1, "amount": 10}))
+                .with_correlation_id(first.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    let first = first.to_string();
+    let mut mid_us = 0;
+    eventually(
+        "the first order's replies and a snapshot after them",
+        || {
+            let lines = record_lines(&path);
+            let (n, last) = replies_of(&lines, &first);
+            if n == 3
+                && let Some(at) = snapshot_with(&lines, "orders", 1, last)
+            {
+                mid_us = at;
+            }
+            std::future::ready(mid_us > 0)
+        },
+    )
+    .await;
+
+    let second = happen::CorrelationId::new();
+    let failed = within(
+        10,
+        "the second order",
+        client.send(
+            "orders",
+            Event::new("order.place", json!({"id": 2, "amount": 5000}))
+                .with_correlation_id(second.clone()),
+        ),
+    )
+    .await;
+    assert!(failed.is_err(), "over the limit: {failed:?}");
+    let second = second.to_string();
+    eventually(
+        "the second order's replies and a snapshot after them",
+        || {
+            let lines = record_lines(&path);
+            let (n, last) = replies_of(&lines, &second);
+            std::future::ready(n == 2 && snapshot_with(&lines, "orders", 2, last).is_some())
+        },
+    )
+    .await;
+    // every line is flushed as it is written: stopping the tap loses nothing
+    tap.kill().await.expect("stop happen tap");
+    Recording {
+        path,
+        first,
+        second,
+        mid_us,
     }
 }

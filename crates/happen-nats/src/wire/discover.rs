@@ -66,6 +66,15 @@ pub struct NodeInfo {
     pub queue_wait_p50_us: u64,
     /// 99th percentile of the queue wait, in microseconds.
     pub queue_wait_p99_us: u64,
+    /// The queue waits so far as a log2 histogram in microseconds (`[0]`: under 1 µs, `[i]`:
+    /// from 2^(i-1) to under 2^i µs), cumulative, trailing empty buckets left out. Empty in
+    /// answers of processes that predate the field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queue_wait_buckets: Vec<u64>,
+    /// The handler times so far in the same buckets, for a node that times them
+    /// (`handler_timing`); empty otherwise and in older answers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub handler_time_buckets: Vec<u64>,
 }
 
 impl NodeInfo {
@@ -99,6 +108,8 @@ impl NodeInfo {
             engine_faults: stats.engine_faults,
             queue_wait_p50_us: micros(stats.queue_wait_p50),
             queue_wait_p99_us: micros(stats.queue_wait_p99),
+            queue_wait_buckets: stats.queue_wait_buckets,
+            handler_time_buckets: stats.handler_time_buckets,
         }
     }
 }

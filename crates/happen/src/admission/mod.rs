@@ -38,7 +38,7 @@ pub(crate) use stats::Unobserved;
 use pressure::Levels;
 use queue::{Lanes, Queue};
 use ready::Ready;
-use stats::{Metrics, WaitHistogram};
+use stats::{AtomicHistogram, Metrics, WaitHistogram};
 
 // The admission word: running flows in the low 32 bits, queued events in bits 32..63, and
 // the closed flag in bit 63.
@@ -153,6 +153,8 @@ pub(crate) struct Engine {
     levels: Levels,
     pressure: watch::Sender<Pressure>,
     metrics: Metrics,
+    /// Handler times (`Limits::handler_timing`; `None`: off, nothing is timed).
+    handler_times: Option<Box<AtomicHistogram>>,
     /// Signalled when a closed node has nothing left running or waiting.
     drained: Notify,
 }
@@ -195,6 +197,9 @@ impl Engine {
             levels: Levels::new(limits.backpressure_threshold, limits.queue_limit),
             pressure: watch::Sender::new(Pressure::new(false, 0, limits.queue_limit)),
             metrics: Metrics::new(node),
+            handler_times: limits
+                .handler_timing
+                .then(|| Box::new(AtomicHistogram::default())),
             limits,
             drained: Notify::new(),
         }
@@ -382,6 +387,19 @@ impl Engine {
 
 impl Engine {
     // ---- finishing -----------------------------------------------------------------------
+
+    /// Are this node's flows timed (`Limits::handler_timing`)?
+    #[inline]
+    pub(crate) fn times_handlers(&self) -> bool {
+        self.handler_times.is_some()
+    }
+
+    /// Counts a flow's handler time (when its node times them).
+    pub(crate) fn record_handler_time(&self, d: std::time::Duration) {
+        if let Some(h) = &self.handler_times {
+            h.record(d);
+        }
+    }
 
     /// Counts a flow its stream's consumer cancelled (`weight`: see `Admitted::weight`).
     pub(crate) fn count_cancelled(&self, weight: u32) {
@@ -645,6 +663,12 @@ impl Engine {
             engine_faults: self.done.faults.load(Ordering::Relaxed),
             queue_wait_p50: slow.waits.quantile(0.5),
             queue_wait_p99: slow.waits.quantile(0.99),
+            queue_wait_buckets: slow.waits.buckets(),
+            handler_time_buckets: self
+                .handler_times
+                .as_ref()
+                .map(|h| h.buckets())
+                .unwrap_or_default(),
             denied: 0, // the node's security gate counts these
         }
     }

@@ -75,6 +75,16 @@ pub struct NodeStats {
     pub queue_wait_p50: Duration,
     /// 99th percentile of the queue wait.
     pub queue_wait_p99: Duration,
+    /// The queue waits measured so far (sampled as for `queue_wait_p50`) as a log2 histogram
+    /// in microseconds: `queue_wait_buckets[0]` counts waits under 1 µs, `[i]` those of at
+    /// least 2^(i-1) and under 2^i µs (the last bucket also holds everything longer).
+    /// Cumulative, so the waits between two snapshots are their difference; trailing empty
+    /// buckets are left out. Events that started at once never waited and are not counted.
+    pub queue_wait_buckets: Vec<u64>,
+    /// Handler times (from a flow's start to its end) in the buckets of
+    /// `queue_wait_buckets`, when the node times them
+    /// ([`NodeOptions::handler_timing`](crate::NodeOptions::handler_timing)); empty otherwise.
+    pub handler_time_buckets: Vec<u64>,
     /// Events the node's security gates turned away before admission (unauthenticated,
     /// forbidden or of a disallowed shape); never counted in `accepted` or `rejected`.
     pub denied: u64,
@@ -132,6 +142,11 @@ impl WaitHistogram {
         self.count += 1;
     }
 
+    /// The counts of the buckets, without the trailing empty ones.
+    pub(crate) fn buckets(&self) -> Vec<u64> {
+        trimmed(&self.buckets)
+    }
+
     pub(crate) fn quantile(&self, q: f64) -> Duration {
         if self.count == 0 {
             return Duration::ZERO;
@@ -149,6 +164,43 @@ impl WaitHistogram {
             }
         }
         Duration::MAX
+    }
+}
+
+/// `counts` without its trailing zeros.
+fn trimmed(counts: &[u64]) -> Vec<u64> {
+    let len = counts.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+    counts[..len].to_vec()
+}
+
+/// The log2 microsecond buckets of [`WaitHistogram`], written by many threads at once (the
+/// handler times of the flows of a node that times them).
+pub(crate) struct AtomicHistogram {
+    buckets: [AtomicU64; 40],
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub(crate) fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = (64 - us.leading_zeros()) as usize;
+        self.buckets[i.min(39)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn buckets(&self) -> Vec<u64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        trimmed(&counts)
     }
 }
 
@@ -193,5 +245,22 @@ mod tests {
         }
         assert_eq!(h.quantile(0.5), Duration::from_micros(4));
         assert_eq!(h.quantile(0.99), Duration::from_micros(8192));
+        // 1 in [1, 2), 3 twice in [2, 4), 100 in [64, 128), 5,000 in [4096, 8192)
+        assert_eq!(h.buckets().len(), 14);
+        assert_eq!(&h.buckets()[..3], [0, 1, 2]);
+        assert_eq!((h.buckets()[7], h.buckets()[13]), (1, 1));
+        assert_eq!(WaitHistogram::default().buckets(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_atomic_histogram_uses_the_same_buckets() {
+        let h = AtomicHistogram::default();
+        let mut w = WaitHistogram::default();
+        for us in [0, 1, 3, 100, 5_000, u64::MAX / 2] {
+            h.record(Duration::from_micros(us));
+            w.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.buckets(), w.buckets());
+        assert_eq!(h.buckets().len(), 40);
     }
 }

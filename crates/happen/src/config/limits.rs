@@ -46,6 +46,11 @@ pub struct Limits {
     /// flow (default) or as its events (see [`BatchAdmission`]).
     #[serde(alias = "batchAdmission")]
     pub batch_admission: BatchAdmission,
+    /// Time every flow of the node (default off): a log2 histogram of the handler times in
+    /// [`NodeStats::handler_time_buckets`](crate::NodeStats::handler_time_buckets). Off, a
+    /// flow reads no clock for it.
+    #[serde(alias = "handlerTiming")]
+    pub handler_timing: bool,
 }
 
 impl Default for Limits {
@@ -56,6 +61,7 @@ impl Default for Limits {
             queue_strategy: QueueStrategy::Fifo,
             backpressure_threshold: 0.8,
             batch_admission: BatchAdmission::Flow,
+            handler_timing: false,
         }
     }
 }
@@ -117,6 +123,9 @@ impl Limits {
         }
         if let Some(v) = p.batch_admission {
             self.batch_admission = v;
+        }
+        if let Some(v) = p.handler_timing {
+            self.handler_timing = v;
         }
         self
     }
@@ -185,6 +194,9 @@ pub struct PartialLimits {
     /// Overrides `batch_admission`.
     #[serde(alias = "batchAdmission", skip_serializing_if = "Option::is_none")]
     pub batch_admission: Option<BatchAdmission>,
+    /// Overrides `handler_timing`.
+    #[serde(alias = "handlerTiming", skip_serializing_if = "Option::is_none")]
+    pub handler_timing: Option<bool>,
 }
 
 impl PartialLimits {

@@ -138,6 +138,27 @@ impl NodeOptions {
         self.limits.batch_admission = Some(b);
         self
     }
+    /// Time every flow of this node into a histogram
+    /// ([`NodeStats::handler_time_buckets`](crate::NodeStats::handler_time_buckets);
+    /// `handler_timing` in the configuration). Off by default: each flow then reads no clock
+    /// for it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, Event, Happen, NodeOptions};
+    ///
+    /// let happen = Happen::new();
+    /// let node = happen.node_with("timed", NodeOptions::new().handler_timing(true)).await?;
+    /// node.on("job", |_e: Event, _c: Context| async {})?;
+    /// node.send(&node, Event::new("job", 1)).await?;
+    /// let timed: u64 = node.stats().handler_time_buckets.iter().sum();
+    /// assert_eq!(timed, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn handler_timing(mut self, on: bool) -> Self {
+        self.limits.handler_timing = Some(on);
+        self
+    }
     /// Default reply timeout for sends from this node (over `flow.request_timeout_ms`); one
     /// send may set its own with [`Reply::timeout`](crate::Reply::timeout).
     ///

@@ -12,8 +12,10 @@ const HISTORY = 60;
 const state = {
   nodes: null,
   history: {},
+  // per node: the queue-wait and handler-time buckets of each snapshot's interval
+  heat: {},
   held: [],
-  selected: null,
+  selected: params.get("node"),
   txn: params.get("txn"),
   byEvent: new Map(),
 };
@@ -135,12 +137,16 @@ function addTail(e) {
   }
 }
 
-function onReply(r) {
+function markReply(r) {
   const li = state.byEvent.get(r.eventId);
   if (li) {
     li.dataset.status = r.reply.status;
     li.querySelector(".route").append(` ${r.durationMs.toFixed(1)}ms`);
   }
+}
+
+function onReply(r) {
+  markReply(r);
   if (state.txn === r.correlationId) later("txn", () => loadTxn(state.txn), 200);
   if (r.reply.status === "error") later("errors", loadErrors, 300);
 }
@@ -154,12 +160,21 @@ function later(key, f, ms) {
 // ---- nodes ----
 
 function onNodes(snap) {
-  state.nodes = snap;
   for (const n of snap.nodes) {
     const h = state.history[n.id] || (state.history[n.id] = []);
     h.push(n.active + n.queued);
     if (h.length > HISTORY) h.shift();
+    const heat = state.heat[n.id] || (state.heat[n.id] = { queueWait: [], handlerTime: [] });
+    for (const k of ["queueWait", "handlerTime"]) {
+      heat[k].push(n[k] ? n[k].buckets : []);
+      if (heat[k].length > HISTORY) heat[k].shift();
+    }
   }
+  renderNodes(snap);
+}
+
+function renderNodes(snap) {
+  state.nodes = snap;
   const replicas = snap.nodes.reduce((a, n) => a + n.replicas.length, 0);
   $("summary").textContent = `${snap.nodes.length} nodes, ${replicas} replicas, ${snap.processes} processes`;
   renderTable(snap);
@@ -195,7 +210,8 @@ function renderTable(snap) {
       el("td", {}, n.active), el("td", {}, n.queued),
       el("td", { class: "pressure" }, bar, " ", label),
       el("td", {}, rate(n.rates.accepted)), el("td", {}, rate(n.rates.rejected)), el("td", {}, rate(n.rates.failed)),
-      el("td", {}, micros(n.queueWaitP99Us)), el("td", {}, sparkline(state.history[n.id] || [])));
+      el("td", {}, micros(n.queueWaitP99Us)), el("td", {}, n.handlerTime ? micros(n.handlerTime.p99Us) : "-"),
+      el("td", {}, sparkline(state.history[n.id] || [])));
     tr.addEventListener("click", () => { state.selected = n.id; renderTable(state.nodes); renderDetail(n.id); });
     return tr;
   }));
@@ -207,7 +223,29 @@ function renderDetail(id) {
   if (!n) { d.textContent = ""; return; }
   d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, displaced ${n.displaced}, completed ${n.completed}, failed ${n.failed}, cancelled ${n.cancelled}, unobserved failures ${n.unobservedFailures}, engine faults ${n.engineFaults}; displaced/s ${rate(n.rates.displaced)}`,
     el("br"), ...n.replicas.map((r) => el("div", {},
-      `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)));
+      `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)),
+    histogram("queue wait", "queue-wait", n.queueWait, (state.heat[n.id] || {}).queueWait),
+    histogram("handler time", "handler-time", n.handlerTime, (state.heat[n.id] || {}).handlerTime));
+}
+
+// A node's histogram over time: one column per snapshot (oldest left), one row per log2 µs
+// bucket (shortest at the bottom), darker for more events; with the latest percentiles.
+function histogram(title, kind, h, columns) {
+  if (!h) return el("div", { class: "histogram none", "data-kind": kind }, `${title}: none measured (nothing waited, the node does not time it, or an older process)`);
+  const cols = (columns && columns.length) ? columns : [h.buckets];
+  const rows = Math.max(1, ...cols.map((c) => c.length));
+  const max = Math.max(1, ...cols.flat());
+  const W = 240, cell = Math.max(2, Math.floor(W / HISTORY)), rh = 4, H = rows * rh;
+  const s = svg("svg", { width: W, height: H, class: "heatmap", "data-kind": kind, "data-count": h.count, "data-total": h.total });
+  cols.forEach((c, x) => c.forEach((n, y) => {
+    if (!n) return;
+    const a = 0.15 + 0.85 * Math.log(1 + n) / Math.log(1 + max);
+    s.append(svg("rect", { x: W - (cols.length - x) * cell, y: H - (y + 1) * rh, width: cell, height: rh, fill: "#3a6fd8", "fill-opacity": a.toFixed(2) },
+      undefined));
+  }));
+  s.append(svg("title", {}, `${title}: log2 µs buckets per snapshot (rows: <1µs at the bottom up to <${micros(2 ** (rows - 1))})`));
+  return el("div", { class: "histogram", "data-kind": kind },
+    `${title}: p50 ${micros(h.p50Us)}, p99 ${micros(h.p99Us)} over ${h.count} in the last interval (${h.total} in all) `, s);
 }
 
 function renderMap(snap) {
@@ -257,7 +295,7 @@ function showTxn(corr) {
 
 async function loadTxn(corr) {
   if (!corr) return;
-  const r = await fetch(api("api/transactions/" + encodeURIComponent(corr)));
+  const r = await fetch(api("api/transactions/" + encodeURIComponent(corr), replay.on ? { at: replay.at } : {}));
   const body = await r.json();
   if (!r.ok) { $("txn-note").textContent = body.error; $("waterfall").replaceChildren(); return; }
   $("txn-note").textContent = "";
@@ -317,7 +355,10 @@ function onDurable(d) {
 async function loadErrors() {
   const r = await fetch(api("api/errors"));
   if (!r.ok) return;
-  const body = await r.json();
+  renderErrors(await r.json());
+}
+
+function renderErrors(body) {
   $("errors").tBodies[0].replaceChildren(...body.groups.map((g) => {
     const ex = g.latest[0];
     const origin = ex && ex.error.chain && ex.error.chain.length ? ex.error.chain[ex.error.chain.length - 1] : null;
@@ -346,6 +387,66 @@ async function finishOnce() {
   }
 }
 
+// ---- replay: a recording shown as of the scrubber's time ----
+
+const replay = { on: false, start: 0, end: 0, at: 0 };
+
+async function startReplay(r) {
+  replay.on = true;
+  replay.start = r.startUs;
+  replay.end = r.endUs;
+  $("replay-bar").hidden = false;
+  $("tail-view").querySelector("h2").textContent = "Tail (up to the scrubber)";
+  badge("conn-page", "replay: " + r.file, "ok");
+  badge("conn-nats", `${r.events} events, ${r.snapshots} node snapshots`, "wait");
+  $("pause").disabled = true;
+  const s = $("scrubber");
+  s.setAttribute("min", r.startUs);
+  s.setAttribute("max", r.endUs);
+  const at = params.has("at") ? Number(params.get("at")) : r.endUs;
+  s.value = at;
+  s.addEventListener("input", () => later("scrub", () => loadAt(Number(s.value)), 80));
+  try {
+    await loadAt(at);
+  } finally {
+    document.body.dataset.ready = "1";
+  }
+}
+
+async function loadAt(t) {
+  replay.at = t;
+  const s = $("scrubber");
+  s.setAttribute("value", t);
+  s.dataset.at = String(t);
+  const secs = ((t - replay.start) / 1e6).toFixed(2);
+  const when = `${new Date(t / 1000).toISOString().replace("T", " ").slice(0, 23)} (+${secs} s of ${((replay.end - replay.start) / 1e6).toFixed(2)} s)`;
+  $("scrub-time").textContent = when;
+  const extra = { at: t };
+  const p = $("filter").value.trim();
+  if (p) extra.pattern = p;
+  const r = await fetch(api("api/replay", extra));
+  const body = await r.json();
+  if (!r.ok) { $("filter-note").textContent = body.error; return; }
+  $("filter-note").textContent = "";
+  $("scrub-time").textContent = `${when} · ${body.eventsSoFar} events by then`;
+  $("tail").replaceChildren();
+  state.byEvent.clear();
+  for (const e of body.events) addTail(e);
+  for (const rep of body.replies) markReply(rep);
+  if (body.nodes) {
+    state.history = body.history;
+    renderNodes(body.nodes);
+  } else {
+    state.nodes = null;
+    $("nodes").tBodies[0].replaceChildren();
+    $("map").replaceChildren();
+    $("warnings").replaceChildren();
+    $("summary").textContent = "no node snapshot yet";
+  }
+  renderErrors(body.errors);
+  if (state.txn) await loadTxn(state.txn);
+}
+
 $("tail-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const p = $("filter").value.trim();
@@ -354,7 +455,7 @@ $("tail-form").addEventListener("submit", async (ev) => {
   $("filter-note").textContent = "";
   $("tail").replaceChildren();
   state.byEvent.clear();
-  connect();
+  if (replay.on) loadAt(replay.at); else connect();
 });
 $("pause").addEventListener("change", () => {
   if ($("pause").checked) return;
@@ -368,8 +469,18 @@ $("txn-form").addEventListener("submit", (ev) => { ev.preventDefault(); showTxn(
 if (params.get("filter")) $("filter").value = params.get("filter");
 if (params.has("payloads")) { $("payloads").checked = true; $("tail").classList.add("show-payloads"); }
 if (state.txn) $("txn").value = state.txn;
-connect();
-if (!once) {
-  loadErrors();
-  if (state.txn) loadTxn(state.txn);
+
+async function start() {
+  let status = null;
+  try {
+    const r = await fetch(api("api/status"));
+    if (r.ok) status = await r.json();
+  } catch (_) { /* the stream's reconnects show the server is gone */ }
+  if (status && status.replay) { await startReplay(status.replay); return; }
+  connect();
+  if (!once) {
+    loadErrors();
+    if (state.txn) loadTxn(state.txn);
+  }
 }
+start();

@@ -71,6 +71,8 @@ pub(crate) struct FlowTask {
     weight: u32,
     span: tracing::Span,
     finished: bool,
+    /// When the flow started, if its node times its handlers (`Limits::handler_timing`).
+    started: Option<std::time::Instant>,
 }
 
 impl FlowTask {
@@ -106,6 +108,11 @@ impl FlowTask {
             weight: p.weight,
             span,
             finished: false,
+            started: if node.engine().times_handlers() {
+                Some(std::time::Instant::now())
+            } else {
+                None
+            },
         };
         match step {
             Ok(Some(step)) => task.call(&*step),
@@ -154,6 +161,9 @@ impl FlowTask {
         self.finished = true;
         let lane = self.lane.take();
         let node = self.ctx.node();
+        if let Some(started) = self.started {
+            node.engine().record_handler_time(started.elapsed());
+        }
         node.release(lane);
         // A stream stopped because its consumer went away is what the consumer asked for.
         let consumer_gone = outcome.is_err()
