@@ -192,11 +192,46 @@ async fn two_copies_pulled_together_by_two_replicas_run_once() {
 /// after the lease (`ack_wait`): the event runs once, here, and is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_owner_died_is_taken_over_after_the_lease() {
-    let lease = Duration::from_secs(1);
     let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
-    let url = server.url();
-    let (h, t) = instance_with(config_with_ack_wait(&url, lease)).await;
-    let raw = async_nats::connect(&url).await.unwrap();
+    let config = config_with_ack_wait(&server.url(), LEASE);
+    take_over_a_dead_claim(config, &server.url()).await;
+}
+
+/// The same on a 3-server cluster whose record stream has 3 replicas, after a member was
+/// killed and restarted: the claim is read from the stream's leader, which decides the
+/// compare-and-set (a direct get, answered by any replica, could report a sequence the leader
+/// refuses: the chaos soak lost exactly-once events that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_owner_died_is_taken_over_on_a_cluster() {
+    let mut cluster = tokio::task::spawn_blocking(test_support::NatsCluster::start)
+        .await
+        .unwrap();
+    let mut config = config_with_ack_wait(&cluster.urls()[0], LEASE);
+    config.servers = cluster.urls();
+    config.durable.replicas = 3;
+    config.reconnect.delay = Duration::from_millis(10);
+    config.reconnect.max_delay = Duration::from_millis(200);
+    let url = cluster.urls()[0].clone();
+    // a member that is not ours (nor the raw client's) goes down and comes back: the streams'
+    // replicas there catch up from the others
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill(2);
+        cluster.restart(2);
+        cluster.wait_formed();
+        cluster
+    })
+    .await
+    .unwrap();
+    take_over_a_dead_claim(config, &url).await;
+    drop(cluster);
+}
+
+const LEASE: Duration = Duration::from_secs(1);
+
+async fn take_over_a_dead_claim(config: NatsConfig, url: &str) {
+    let lease = LEASE;
+    let (h, t) = instance_with(config).await;
+    let raw = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     // the claim a replica stored before it died
     js.publish(

@@ -156,7 +156,8 @@ pub(super) async fn claim(
             if node.stopping.load(Ordering::Acquire) {
                 return Claim::Later("the node is stopping".into());
             }
-            let found = match records.get(key).await {
+            // from the leader: it decides the compare-and-set below (see `get_from_leader`)
+            let found = match records.get_from_leader(key).await {
                 Ok(found) => found,
                 Err(e) => return Claim::Later(format!("cannot read the record: {e}")),
             };
@@ -217,7 +218,7 @@ pub(super) async fn renew(node: &Node, records: &Records, key: &str, seq: u64) -
         Ok(Some(next)) => Some(next),
         // a renewal whose acknowledgement was lost is stored: still ours
         Ok(None)
-            if let Ok(Some((next, body))) = records.get(key).await
+            if let Ok(Some((next, body))) = records.get_from_leader(key).await
                 && matches!(super::records::decode_entry(&body), Entry::Claimed { owner } if owner == d.ep.replica) =>
         {
             Some(next)

@@ -25,15 +25,22 @@ impl Records {
         Records { stream, prefix }
     }
 
-    /// The record of `key` and its stream sequence, if stored.
-    pub(super) async fn get(&self, key: &str) -> std::result::Result<Option<(u64, Bytes)>, String> {
+    /// The record of `key` and its stream sequence, if stored, as the stream's leader has it:
+    /// the state a compare-and-set is checked against. Not a direct get, which any replica of
+    /// a clustered stream may answer: one that lags (or, on nats-server 2.9 after member
+    /// restarts, diverged) reports a sequence the leader refuses, and a claim whose owner died
+    /// was never taken over (found by the chaos soak). Read only when a claim is contended.
+    pub(super) async fn get_from_leader(
+        &self,
+        key: &str,
+    ) -> std::result::Result<Option<(u64, Bytes)>, String> {
         match self
             .stream
-            .direct_get_last_for_subject(format!("{}{key}", self.prefix))
+            .get_last_raw_message_by_subject(&format!("{}{key}", self.prefix))
             .await
         {
             Ok(m) => Ok(Some((m.sequence, m.payload))),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(e.to_string()),
         }
     }
