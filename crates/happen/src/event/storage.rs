@@ -38,12 +38,12 @@ thread_local! {
 /// it was pooled, see [`recycle`]) gets only its type and payload written; building the whole
 /// 272-byte contents and copying them over a pooled storage was ~150 instructions of a `tell`.
 pub(super) fn store_unstamped(event_type: SharedStr, payload: Value) -> Arc<EventInner> {
-    if let Some(mut pooled) = pool().pop() {
-        if let Some(slot) = Arc::get_mut(&mut pooled) {
-            slot.event_type = event_type;
-            slot.payload = payload;
-            return pooled;
-        }
+    if let Some(mut pooled) = pool().pop()
+        && let Some(slot) = Arc::get_mut(&mut pooled)
+    {
+        slot.event_type = event_type;
+        slot.payload = payload;
+        return pooled;
     }
     Arc::new(EventInner::unstamped(event_type, payload))
 }
