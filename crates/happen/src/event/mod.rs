@@ -196,14 +196,7 @@ impl EventInner {
             event_type,
             payload,
             priority: 0,
-            causal: Causal {
-                id: EventId::unassigned(),
-                sender: empty_node(),
-                causation_id: None,
-                correlation_id: CorrelationId::unassigned(),
-                path: Path::default(),
-                timestamp: 0,
-            },
+            causal: Causal::unassigned(),
             explicit_correlation: None,
             ext: None,
             arrival: Arrival::Local,
@@ -221,6 +214,23 @@ fn empty_node() -> NodeId {
 }
 
 impl Causal {
+    /// The causal context of an event not sent yet (allocates nothing).
+    fn unassigned() -> Causal {
+        Causal {
+            id: EventId::unassigned(),
+            sender: empty_node(),
+            causation_id: None,
+            correlation_id: CorrelationId::unassigned(),
+            path: Path::default(),
+            timestamp: 0,
+        }
+    }
+
+    /// Back to [`Causal::unassigned`] (for recycled storage).
+    fn reset(&mut self) {
+        *self = Causal::unassigned();
+    }
+
     /// This event's id (`evt-<uuid>`).
     pub fn id(&self) -> &EventId {
         &self.id
@@ -272,7 +282,7 @@ impl Event {
     /// ```
     pub fn new(event_type: impl Into<EventType>, payload: impl Into<Value>) -> Event {
         Event {
-            inner: storage::store(EventInner::unstamped(event_type.into().0, payload.into())),
+            inner: storage::store_unstamped(event_type.into().0, payload.into()),
         }
     }
 
