@@ -1424,6 +1424,12 @@ async fn soak(traffic: Duration) {
         ErrorKind::Timeout,
         ErrorKind::Transport,
         ErrorKind::ShutDown,
+        // no process served the node at that moment ("no responders", answered at once),
+        // e.g. while workers reconnect after their member was killed
+        ErrorKind::UnknownNode,
+        // a restarted worker's node serves from its attach, before the worker registered
+        // the handler (the application's order: `node` then `on`)
+        ErrorKind::NoHandler,
     ];
     for (what, tally) in [
         ("requests", &t.requests),
