@@ -214,10 +214,12 @@ impl Outbox {
         }
     }
 
-    /// Publishes `out` straight into the client (waiting for room there), bypassing the
-    /// outgoing buffer (used when that is full).
+    /// Publishes an answer straight into the client (waiting for room there), bypassing the
+    /// outgoing buffer (a relayed answer when that is full; a durable answer, which must be
+    /// in the connection before its `+ACK`). Kept for a replay like every answer.
     pub(crate) async fn publish_now(&self, out: Outgoing) -> Result<()> {
         let msg = self.message(out);
+        self.replay.record(&msg);
         self.client
             .clone()
             .send(msg)
