@@ -51,28 +51,38 @@ fn main() -> ExitCode {
 }
 
 fn test(args: Vec<String>) -> ExitCode {
-    if let Err(e) = ensure_installed(
+    if let Err(e) = ensure_nats_server().and_then(|()| {
+        ensure_installed(
+            "chromium",
+            find_chromium,
+            ", or set CHROMIUM_BIN to its path",
+        )
+    }) {
+        eprintln!("xtask: {e}");
+        return ExitCode::FAILURE;
+    }
+    cargo(
+        ["test", "--workspace"]
+            .iter()
+            .copied()
+            .map(String::from)
+            .chain(args),
+    )
+}
+
+/// `nats-server`, installed when missing (see [`ensure_installed`]).
+fn ensure_nats_server() -> Result<(), String> {
+    ensure_installed(
         "nats-server",
         find_nats_server,
         ", or set NATS_SERVER_BIN to its path",
-    ) {
-        eprintln!("xtask: {e}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = ensure_installed(
-        "chromium",
-        find_chromium,
-        ", or set CHROMIUM_BIN to its path",
-    ) {
-        eprintln!("xtask: {e}");
-        return ExitCode::FAILURE;
-    }
+    )
+}
+
+/// Runs cargo (the one running this task) with `args`; its exit code is the task's.
+fn cargo(args: impl IntoIterator<Item = String>) -> ExitCode {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["test", "--workspace"])
-        .args(&args)
-        .status();
-    match status {
+    match Command::new(cargo).args(args).status() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1)),
         Err(e) => {
@@ -92,33 +102,26 @@ fn soak(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = ensure_installed(
-        "nats-server",
-        find_nats_server,
-        ", or set NATS_SERVER_BIN to its path",
-    ) {
+    if let Err(e) = ensure_nats_server() {
         eprintln!("xtask: {e}");
         return ExitCode::FAILURE;
     }
-    let mut test_args = vec!["--exact", "--nocapture"];
-    test_args.extend(if long {
+    let test = if long {
         ["soak_long", "--ignored"].as_slice()
     } else {
         ["soak_short"].as_slice()
-    });
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["test", "-p", "happen-nats", "--test", "chaos_soak", "--"])
-        .args(test_args)
-        .status();
-    match status {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        Ok(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("xtask: cannot run cargo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    let args = [
+        "test",
+        "-p",
+        "happen-nats",
+        "--test",
+        "chaos_soak",
+        "--",
+        "--exact",
+        "--nocapture",
+    ];
+    cargo(args.iter().chain(test).copied().map(String::from))
 }
 
 /// Makes sure the program `name` (Debian's package of the same name) is there: `find`
