@@ -17,6 +17,7 @@ mod bench;
 mod conn;
 mod exit;
 mod nodes;
+mod observed;
 mod record;
 mod send;
 mod tap;

@@ -18,8 +18,7 @@ use happen_nats::discover::ProcessInfo;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tap::Seen;
-use crate::web::{ErrorInfo, Reply};
+use crate::observed::{ErrorInfo, Reply, Seen};
 
 /// The version this build writes; files of a later one are refused with a clear error.
 pub(crate) const VERSION: u64 = 2;

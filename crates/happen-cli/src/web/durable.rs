@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 const LATEST: u64 = 10;
 
 fn header(h: &async_nats::HeaderMap, name: &str) -> Option<String> {
-    h.get(name).map(|v| super::hub::percent_decode(v.as_str()))
+    h.get(name)
+        .map(|v| crate::observed::percent_decode(v.as_str()))
 }
 
 /// The durable state of the system on `prefix` (the default stream names), or `None` when

@@ -20,11 +20,11 @@ use tokio::task::JoinHandle;
 
 use super::durable;
 use super::flow::{Flow, FlowConfig};
-use super::store::{ErrorInfo, Reply, Store};
 use super::view::Rates;
 use super::warnings::Thresholds;
 use crate::conn::{self, Connection};
-use crate::tap::{self, Seen};
+use crate::observed::{Reply, Seen, Store, reply_of};
+use crate::tap;
 use crate::time;
 
 /// Frames kept for resuming pages.
@@ -294,59 +294,6 @@ pub(crate) fn event_json(seen: &Seen) -> Value {
     v
 }
 
-/// The reply a message on a reply subject is, received now: `None` for what is not a first
-/// answer (stream frames, credit).
-pub(crate) fn reply_of(msg: &async_nats::Message) -> Option<Reply> {
-    let headers = msg.headers.as_ref();
-    let get = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .map(|v| percent_decode(v.as_str()))
-    };
-    let status = match get("Happen-Status").as_deref() {
-        Some("error") => "error",
-        Some("stream") => "stream",
-        // stream frames and credit are not the first answer
-        _ if get("Happen-Frame").is_some() || get("Happen-Credit").is_some() => return None,
-        _ => "ok",
-    };
-    let error = (status == "error").then(|| {
-        ErrorInfo::from_body(&msg.payload).unwrap_or_else(|| ErrorInfo {
-            kind: get("Happen-Error-Kind").unwrap_or_else(|| "transport".to_owned()),
-            message: get("Happen-Error-Message").unwrap_or_default(),
-            node: get("Happen-Error-Node"),
-            code: get("Happen-Error-Code"),
-            chain: Vec::new(),
-        })
-    });
-    Some(Reply {
-        received_us: time::now_us(),
-        status,
-        error,
-    })
-}
-
-/// Undoes the escapes of `WIRE.md`'s text headers (`%25`, `%0D`, `%0A`) in one pass, so an
-/// escaped `%` followed by `0A` stays `%0A`; anything else is kept as it is.
-pub(super) fn percent_decode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let (c, skip) = match tail.get(..3) {
-            Some("%25") => ('%', 3),
-            Some("%0D") => ('\r', 3),
-            Some("%0A") => ('\n', 3),
-            _ => ('%', 1),
-        };
-        out.push(c);
-        rest = &tail[skip..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The watch: while it runs, every event, reply and node snapshot becomes a frame.
 async fn watch(hub: Arc<Hub>) {
     let transport = hub.transport.clone();
@@ -441,17 +388,4 @@ fn flow_event(event_type: &str, payload: Value) -> String {
         r#"{{"type":{},"payload":{payload},"context":{context}}}"#,
         Value::from(event_type)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn header_escapes_are_undone_in_one_pass() {
-        assert_eq!(percent_decode("a%0Ab%0Dc"), "a\nb\rc");
-        assert_eq!(percent_decode("100%250A"), "100%0A");
-        assert_eq!(percent_decode("50% off %"), "50% off %");
-        assert_eq!(percent_decode("é%25"), "é%");
-    }
 }

@@ -29,12 +29,8 @@ mod durable;
 mod flow;
 mod hub;
 mod replay;
-mod store;
 mod view;
 mod warnings;
-
-pub(crate) use self::hub::reply_of;
-pub(crate) use self::store::{ErrorInfo, Reply, Store};
 
 use std::convert::Infallible;
 use std::sync::Arc;

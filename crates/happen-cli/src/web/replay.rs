@@ -12,10 +12,9 @@ use happen::{Error, ErrorKind, Result};
 use serde_json::{Value, json};
 
 use super::hub::event_json;
-use super::store::Store;
 use super::view::Rates;
+use crate::observed::{Seen, Store};
 use crate::record::{self, Line, ReplyLine};
-use crate::tap::Seen;
 
 /// Node snapshots per node kept for the sparklines (as the page keeps live).
 const HISTORY: usize = 60;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::warnings::{NodeView, Warnings};
 use crate::nodes;
-use crate::tap::Seen;
+use crate::observed::Seen;
 
 /// Counters of the previous snapshot, and per sender → target the events since then and in
 /// all (while watched).

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::tap::Seen;
-use crate::trace::{self, Branch};
+use super::reply::{ErrorInfo, Reply};
+use super::seen::Seen;
+use super::tree::{self, Branch};
 
 /// Transactions kept (the oldest started is forgotten first).
 const TRANSACTIONS: usize = 2_000;
@@ -23,62 +24,6 @@ const EARLY: usize = 20_000;
 const EXAMPLES: usize = 5;
 /// Error groups kept (beyond, new groups are counted in `other`).
 const GROUPS: usize = 500;
-
-/// How a request was answered, as seen on its reply subject.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Reply {
-    /// When the reply was seen, in microseconds since the Unix epoch.
-    pub(crate) received_us: u64,
-    /// `ok`, `error` or `stream` (a stream started; its end is not tracked).
-    pub(crate) status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<ErrorInfo>,
-}
-
-/// An error reply: the error body of `WIRE.md` ("Request / reply"), or its headers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ErrorInfo {
-    pub(crate) kind: String,
-    #[serde(default)]
-    pub(crate) message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) node: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) code: Option<String>,
-    /// The errors below this one (`downstream`), outermost first; the last is the origin.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) chain: Vec<ErrorInfo>,
-}
-
-impl ErrorInfo {
-    /// Reads `{"error": {...}}`; `None` when `body` is not an error body.
-    pub(crate) fn from_body(body: &[u8]) -> Option<ErrorInfo> {
-        let v: Value = serde_json::from_slice(body).ok()?;
-        let mut e = Self::one(v.get("error")?)?;
-        let mut next = v["error"].get("downstream");
-        while let Some(d) = next {
-            match Self::one(d) {
-                Some(link) => e.chain.push(link),
-                None => break,
-            }
-            next = d.get("downstream");
-        }
-        Some(e)
-    }
-
-    fn one(v: &Value) -> Option<ErrorInfo> {
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        Some(ErrorInfo {
-            kind: text("kind")?,
-            message: text("message").unwrap_or_default(),
-            node: text("node"),
-            code: text("code"),
-            chain: Vec::new(),
-        })
-    }
-}
 
 /// One error of a group, with where it happened.
 #[derive(Debug, Clone, Serialize)]
@@ -217,7 +162,7 @@ impl Store {
     pub(crate) fn transaction(&self, corr: &str) -> Option<Value> {
         let events = self.transactions.get(corr)?.clone();
         let n = events.len();
-        let forest = trace::build(events);
+        let forest = tree::build(events);
         let roots: Vec<Value> = forest.iter().map(|b| self.annotate(b)).collect();
         Some(json!({"correlationId": corr, "events": n, "roots": roots}))
     }
