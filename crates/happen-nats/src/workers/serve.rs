@@ -203,7 +203,9 @@ impl Sub {
         if self.ended {
             return None;
         }
-        let msg = self.sub.next().now_or_never()?;
+        // unconstrained: out of tokio's co-operative budget a channel poll is `Pending` even
+        // with messages waiting, and a stopping node would drop them with the subscription
+        let msg = tokio::task::unconstrained(self.sub.next()).now_or_never()?;
         self.count(msg.is_some());
         msg
     }
@@ -993,6 +995,28 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(secs), f)
             .await
             .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+    }
+
+    /// `try_next` takes everything the client holds, however much: tokio's co-operative
+    /// budget (128 channel polls per task poll) would otherwise make it report "nothing" half
+    /// way, and a stopping node would drop the rest with its subscription.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn try_next_takes_everything_the_client_holds() {
+        const N: usize = 1_000;
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let sub = client.subscribe("held").await.unwrap();
+        for i in 0..N {
+            client.publish("held", i.to_string().into()).await.unwrap();
+        }
+        // a request nobody answers comes back after every message before it was delivered
+        let _ = within(10, "a round trip", client.request("nobody", "".into())).await;
+        let mut sub = super::Sub::new(sub);
+        let mut taken = 0;
+        while sub.try_next().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, N);
     }
 
     /// While a broadcast stream's set-up (a subscribe and a round trip through the server)

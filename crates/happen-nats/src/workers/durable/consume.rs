@@ -202,7 +202,8 @@ pub(super) async fn run(
     }
     let _ = sub.unsubscribe().await;
     // delivered after the unsubscribe: redelivered after the ack wait
-    while let Some(Some(msg)) = sub.next().now_or_never() {
+    // (unconstrained: see `serve::Sub::try_next`)
+    while let Some(Some(msg)) = tokio::task::unconstrained(sub.next()).now_or_never() {
         if msg.status.is_none() {
             nak(&d, &msg, None).await;
         }
