@@ -508,11 +508,12 @@ async fn durable_view(State(app): State<Shared>) -> Json<Value> {
         return Json(d);
     }
     let t = app.hub.transport();
-    Json(
-        durable::snapshot(t.client(), &t.config().prefix)
-            .await
-            .unwrap_or_else(|| json!({})),
-    )
+    // bounded: without JetStream its API requests may wait out their timeouts
+    let snapshot = tokio::time::timeout(
+        hub::DURABLE_EVERY,
+        durable::snapshot(t.client(), &t.config().prefix),
+    );
+    Json(snapshot.await.ok().flatten().unwrap_or_else(|| json!({})))
 }
 
 async fn errors(State(app): State<Shared>) -> Json<Value> {
