@@ -46,7 +46,7 @@ const PAYLOAD_BYTES: usize = 2_048;
 pub(crate) struct Frame {
     /// Its `id:` (increasing from 1).
     pub(crate) id: u64,
-    /// Its `event:` name: `event`, `reply`, `nodes`, `status`.
+    /// Its `event:` name: `event`, `reply`, `completion`, `nodes`, `durable`, `status`.
     pub(crate) name: &'static str,
     /// The event type, for `event` frames (the pages' pattern filter).
     pub(crate) event_type: Option<String>,
