@@ -251,6 +251,24 @@ pub(crate) fn payload(arg: Option<&str>) -> Result<Value> {
     })
 }
 
+/// Beats on `<prefix>.watch` once a second, for as long as it is polled: nodes with
+/// `completion_records = "watched"` publish their completion records while beats come
+/// (`WIRE.md`, "Completion records"). A beat that cannot be published (disconnected) is
+/// skipped; the connection state says why.
+pub(crate) async fn watch_beats(transport: &NatsTransport) {
+    use happen_nats::completion::{WATCH_EVERY, watch_subject};
+    let subject = watch_subject(&transport.config().prefix);
+    let mut every = tokio::time::interval(WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let _ = transport
+            .client()
+            .publish(subject.clone(), bytes::Bytes::new())
+            .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,8 +173,10 @@ struct TapArgs {
     #[arg(long)]
     payload: bool,
     /// Also append every matching event (with its payload) to FILE as JSON lines, with the
-    /// replies to those that are requests and a snapshot of the nodes every
-    /// `--snapshot-every`: for `happen trace --from FILE` and `happen web --replay FILE`.
+    /// replies to those that are requests, the completion records of tells and broadcasts
+    /// (from processes with `completion_records` on; this tap beats on `<prefix>.watch` for
+    /// `watched` ones) and a snapshot of the nodes every `--snapshot-every`: for
+    /// `happen trace --from FILE` and `happen web --replay FILE`.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// Recording: how often to record the nodes (discovery: limits, load, counters); `0`

@@ -1,12 +1,14 @@
 //! The record file of `happen tap --record`: JSON lines, one record each. An event is a
 //! [`Seen`] object as `happen tap --json` prints it (the only kind of line of version 1
-//! files, which stay readable). Version 2 adds lines with a `"record"` field:
+//! files, which stay readable). Version 2 adds lines with a `"record"` field, version 3 the
+//! `completed` line (files of versions 1 and 2 stay readable):
 //!
 //! | `record` | line |
 //! |---|---|
-//! | `header` | `{"record": "header", "format": "happen-record", "version": 2, "startedUs": …}`, written when a recording starts (an appended file has one per run) |
+//! | `header` | `{"record": "header", "format": "happen-record", "version": 3, "startedUs": …}`, written when a recording starts (an appended file has one per run) |
 //! | `reply` | a request's first answer: `{"record": "reply", "eventId", "correlationId", "receivedUs", "status": "ok"/"error"/"stream", "error"?}` |
 //! | `nodes` | a discovery snapshot: `{"record": "nodes", "atUs": …, "processes": [ProcessInfo…]}` (`WIRE.md`, "Discovery") |
+//! | `completed` | a tell's or broadcast's end at one node, from its completion record (`WIRE.md`, "Completion records"): `{"record": "completed", "eventId", "correlationId", "node", "replica", "startedUs", "endedUs", "outcome": "ok"/"error", "error"?}` |
 //!
 //! Read by `happen trace --from` (events only) and `happen web --replay` (everything).
 
@@ -18,10 +20,10 @@ use happen_nats::discover::ProcessInfo;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::observed::{ErrorInfo, Reply, Seen};
+use crate::observed::{Completed, ErrorInfo, Reply, Seen};
 
 /// The version this build writes; files of a later one are refused with a clear error.
-pub(crate) const VERSION: u64 = 2;
+pub(crate) const VERSION: u64 = 3;
 
 /// The first line of a recording.
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +88,7 @@ pub(crate) enum Line {
     Event(Box<Seen>),
     Reply(ReplyLine),
     Nodes(NodesLine),
+    Completed(Completed),
 }
 
 impl Line {
@@ -104,6 +107,7 @@ impl Line {
             Line::Header(h) => tagged("header", h),
             Line::Reply(r) => tagged("reply", r),
             Line::Nodes(n) => tagged("nodes", n),
+            Line::Completed(c) => tagged("completed", c),
         }
     }
 
@@ -141,6 +145,9 @@ impl Line {
             }
             Some("reply") => Line::Reply(serde_json::from_value(v).map_err(|e| of("a reply", e))?),
             Some("nodes") => Line::Nodes(serde_json::from_value(v).map_err(|e| of("a nodes", e))?),
+            Some("completed") => {
+                Line::Completed(serde_json::from_value(v).map_err(|e| of("a completed", e))?)
+            }
             Some(other) => {
                 return Err(format!(
                     "an unknown record `{other}` (written by a newer happen? use its CLI)"
@@ -204,6 +211,41 @@ mod tests {
         };
         assert_eq!(n.at_us, 9);
         assert!(matches!(Line::parse("  "), Ok(None)));
+        let done = Line::Completed(Completed {
+            event_id: "e".into(),
+            correlation_id: "c".into(),
+            node: "n".into(),
+            replica: "r".into(),
+            started_us: 1,
+            ended_us: 5,
+            outcome: "ok".into(),
+            error: None,
+        })
+        .to_json();
+        assert!(done.contains(r#""record":"completed""#), "{done}");
+        let Ok(Some(Line::Completed(c))) = Line::parse(&done) else {
+            panic!("completed")
+        };
+        assert_eq!((c.node.as_str(), c.took_us()), ("n", 4));
+    }
+
+    #[test]
+    fn version_2_files_still_read() {
+        for line in [
+            r#"{"record":"header","format":"happen-record","version":2,"startedUs":1}"#,
+            r#"{"record":"header","format":"happen-record","version":1}"#,
+            r#"{"record":"reply","eventId":"e","correlationId":"c","receivedUs":3,"status":"ok"}"#,
+            r#"{"record":"nodes","atUs":4,"processes":[{"replica":"r","name":"p","nodes":[{"id":"n"}]}]}"#,
+        ] {
+            assert!(matches!(Line::parse(line), Ok(Some(_))), "{line}");
+        }
+        let Ok(Some(Line::Nodes(n))) = Line::parse(
+            r#"{"record":"nodes","atUs":4,"processes":[{"replica":"r","name":"p","nodes":[{"id":"n"}]}]}"#,
+        ) else {
+            panic!("nodes")
+        };
+        // a snapshot of processes without transport counters
+        assert!(n.processes[0].transport.is_empty());
     }
 
     #[test]
@@ -213,6 +255,10 @@ mod tests {
             (r#"{"record": 3}"#, "not a string"),
             (r#"{"record": "later"}"#, "unknown record `later`"),
             (r#"{"record": "nodes"}"#, "not a nodes record"),
+            (
+                r#"{"record": "completed", "node": "n"}"#,
+                "not a completed record",
+            ),
             (
                 r#"{"record": "header", "format": "happen-record", "version": 99}"#,
                 "newer happen",

@@ -17,7 +17,7 @@ use happen_nats::tap::{TapKind, Tapped};
 
 use crate::TapArgs;
 use crate::conn::ConnArgs;
-use crate::observed::{self, Seen, Store};
+use crate::observed::{self, Completed, Seen, Store};
 use crate::record::{self, Header, Line, NodesLine, ReplyLine};
 use crate::time;
 
@@ -112,12 +112,16 @@ pub(crate) async fn after(d: Option<Duration>) {
 }
 
 /// What a `--record` file gets besides the events: the requests' replies (paired through a
-/// subscription to `_INBOX.>`) and a discovery snapshot every `snapshot_every` (from a task,
-/// so a slow discovery never holds up the events).
+/// subscription to `_INBOX.>`), the completion records of tells and broadcasts (with a
+/// watch beat each second, for nodes that publish them only while watched) and a discovery
+/// snapshot every `snapshot_every` (from a task, so a slow discovery never holds up the
+/// events).
 struct Recorder {
     file: std::io::BufWriter<std::fs::File>,
     store: Store,
     replies: Option<async_nats::Subscriber>,
+    completed: Option<async_nats::Subscriber>,
+    beats: Option<tokio::task::JoinHandle<()>>,
     snapshots: Option<tokio::sync::mpsc::Receiver<NodesLine>>,
     snapshot_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -125,6 +129,9 @@ struct Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if let Some(t) = self.snapshot_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.beats.take() {
             t.abort();
         }
     }
@@ -155,6 +162,20 @@ impl Recorder {
                     format!("cannot subscribe to the replies to record them: {e}"),
                 )
             })?;
+        let completed = transport
+            .client()
+            .subscribe(happen_nats::completion::records_subject(
+                &transport.config().prefix,
+            ))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transport,
+                    format!("cannot subscribe to the completion records to record them: {e}"),
+                )
+            })?;
+        let beating = transport.clone();
+        let beats = tokio::spawn(async move { crate::conn::watch_beats(&beating).await });
         let (snapshots, snapshot_task) = if snapshot_every.is_zero() {
             (None, None)
         } else {
@@ -186,6 +207,8 @@ impl Recorder {
             file,
             store: Store::default(),
             replies: Some(replies),
+            completed: Some(completed),
+            beats: Some(beats),
             snapshots,
             snapshot_task,
         })
@@ -231,6 +254,17 @@ async fn next_reply(replies: &mut Option<async_nats::Subscriber>) -> async_nats:
     std::future::pending().await
 }
 
+/// The next completion record, or never.
+async fn next_completed(completed: &mut Option<async_nats::Subscriber>) -> async_nats::Message {
+    if let Some(c) = completed.as_mut()
+        && let Some(m) = c.next().await
+    {
+        return m;
+    }
+    *completed = None;
+    std::future::pending().await
+}
+
 /// The next node snapshot, or never.
 async fn next_snapshot(
     snapshots: &mut Option<tokio::sync::mpsc::Receiver<NodesLine>>,
@@ -247,19 +281,24 @@ async fn next_snapshot(
 /// The next reply or snapshot to record, or never without a recorder.
 async fn recorded(record: &mut Option<Recorder>) -> Recorded {
     let Some(Recorder {
-        replies, snapshots, ..
+        replies,
+        snapshots,
+        completed,
+        ..
     }) = record.as_mut()
     else {
         return std::future::pending().await;
     };
     tokio::select! {
         m = next_reply(replies) => Recorded::Reply(Box::new(m)),
+        m = next_completed(completed) => Recorded::Completed(Box::new(m)),
         n = next_snapshot(snapshots) => Recorded::Nodes(n),
     }
 }
 
 enum Recorded {
     Reply(Box<async_nats::Message>),
+    Completed(Box<async_nats::Message>),
     Nodes(NodesLine),
 }
 
@@ -297,6 +336,11 @@ pub(crate) async fn tap(conn: &ConnArgs, a: TapArgs) -> Result<()> {
                 if let Some(rec) = record.as_mut() {
                     match r {
                         Recorded::Reply(m) => rec.reply(&m)?,
+                        Recorded::Completed(m) => {
+                            if let Some(c) = Completed::parse(&m.payload) {
+                                rec.write(&Line::Completed(c))?;
+                            }
+                        }
                         Recorded::Nodes(n) => rec.write(&Line::Nodes(n))?,
                     }
                 }

@@ -595,6 +595,50 @@ async fn a_recording_replays_as_of_the_scrubber_time() {
     let (code, _) = web.get("/api/replay?pattern={bad").await;
     assert_eq!(code, 400);
 
+    // the heatmaps as of the scrubber's time, from the recorded snapshots' histograms:
+    // `ledger` times its handlers
+    let columns = |at: &Value, node: &str, kind: &str| -> Vec<Value> {
+        at["heat"][node][kind]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let counted = |cols: &[Value]| -> u64 {
+        cols.iter()
+            .flat_map(|c| c.as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n.as_u64())
+            .sum()
+    };
+    let at_end = columns(&end_state, "ledger", "handlerTime");
+    assert!(!at_end.is_empty(), "{end_state}");
+    if summary["snapshots"].as_u64() <= Some(60) {
+        // every snapshot's interval is a column (the page keeps 60)
+        assert_eq!(
+            counted(&at_end),
+            1,
+            "one ledger.record was timed: {at_end:?}"
+        );
+    }
+    // one column per snapshot so far (events that started at once waited for nothing)
+    assert_eq!(
+        columns(&end_state, "orders", "queueWait").len(),
+        at_end.len(),
+        "{end_state}"
+    );
+    assert!(
+        columns(&mid, "ledger", "handlerTime").len() < at_end.len(),
+        "fewer snapshots by the middle"
+    );
+    // and the processes' transport counters in the snapshots
+    assert!(
+        end_state["nodes"]["transports"]
+            .as_object()
+            .is_some_and(|t| t
+                .values()
+                .any(|p| p["counters"]["replies"].as_u64() > Some(0))),
+        "{end_state}"
+    );
+
     // `trace --from` still reads the file (it skips what is not an event)
     let o = web_support::run("nats://127.0.0.1:1", &["trace", &first, "--from", file]).await;
     let out = String::from_utf8_lossy(&o.stdout);
@@ -749,4 +793,140 @@ async fn warnings_reach_a_plain_node_as_flow_balance_events_with_no_page_open() 
     h.shutdown(Duration::from_secs(2)).await;
     slow_side.shutdown(Duration::from_secs(2)).await;
     listening.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Tells and broadcasts in the waterfall with their end, duration and outcome, from the
+/// completion records of nodes that publish them while watched: the page's watch beats, and
+/// so does `happen tap --record`, which records them for the replay. The discovery snapshot
+/// carries each process's transport counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_and_broadcasts_end_in_the_waterfall_live_and_replayed() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (workers, senders, client) =
+        web_support::recording_workers(&url, happen_nats::CompletionRecords::Watched).await;
+    let path = std::env::temp_dir().join(format!(
+        "happen-web-completions-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let file = path.to_str().unwrap().to_owned();
+    let mut tap = web_support::command(
+        &url,
+        &["tap", "--record", &file, "--snapshot-every", "200ms"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("spawn happen tap");
+    let web = Web::start(&url, &[]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    page.until(|f| f.event == "nodes").await;
+
+    // records start with the watch: the page's first completion frame says so
+    let page = std::sync::Arc::new(tokio::sync::Mutex::new(page));
+    web_support::until_records_flow(&client, || {
+        let page = page.clone();
+        async move {
+            let mut page = page.lock().await;
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                page.until(|f| f.event == "completion"),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let corr = web_support::tells_and_a_broadcast(&client).await;
+    let mut page = page.lock().await;
+    let mut done = 0;
+    page.until(|f| {
+        done += usize::from(f.event == "completion" && f.data["correlationId"] == corr.as_str());
+        done == 4
+    })
+    .await;
+
+    let check = |t: &Value| {
+        let roots = t["roots"].as_array().unwrap();
+        assert_eq!(roots.len(), 3, "{t}");
+        let (mut ok, mut failed, mut broadcast) = (None, None, None);
+        for r in roots {
+            match (r["kind"].as_str(), r["outcome"].as_str()) {
+                (Some("tell"), Some("ok")) => ok = Some(r),
+                (Some("tell"), Some("error")) => failed = Some(r),
+                (Some("broadcast"), Some("ok")) => broadcast = Some(r),
+                _ => panic!("a step without its outcome: {r}"),
+            }
+        }
+        let (ok, failed, broadcast) = (ok.unwrap(), failed.unwrap(), broadcast.unwrap());
+        for step in [ok, failed] {
+            assert!(step["durationMs"].as_f64().unwrap() >= 30.0, "{step}");
+            assert!(
+                step["endUs"].as_u64().unwrap() > step["receivedUs"].as_u64().unwrap(),
+                "{step}"
+            );
+        }
+        assert_eq!(
+            failed["completions"][0]["error"]["code"], "nope",
+            "{failed}"
+        );
+        let mut receivers: Vec<&str> = broadcast["completions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert_eq!(c["outcome"], "ok", "{c}");
+                assert!(c["durationMs"].as_f64().unwrap() >= 5.0, "{c}");
+                c["node"].as_str().unwrap()
+            })
+            .collect();
+        receivers.sort();
+        assert_eq!(receivers, ["mirror-a", "mirror-b"], "{broadcast}");
+    };
+    check(&web.get_json(&format!("/api/transactions/{corr}")).await);
+    let errors = web.get_json("/api/errors").await;
+    assert!(
+        errors["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["node"] == "audit" && g["code"] == "nope"),
+        "{errors}"
+    );
+
+    // the node snapshot has each process's transport counters
+    let nodes = page.until(|f| f.event == "nodes").await.pop().unwrap().data;
+    let transports = nodes["transports"].as_object().unwrap();
+    assert!(
+        transports
+            .values()
+            .any(|t| t["counters"]["completionsPublished"].as_u64() >= Some(4)),
+        "{transports:?}"
+    );
+    assert!(
+        transports
+            .values()
+            .any(|t| t["counters"]["sent"].as_u64() >= Some(3)),
+        "the sender's tells: {transports:?}"
+    );
+
+    // the recording has them too, and replays them
+    eventually("the recorded completion records", || {
+        let n = web_support::lines_of(&path)
+            .iter()
+            .filter(|l| l["record"] == "completed" && l["correlationId"] == corr.as_str())
+            .count();
+        std::future::ready(n == 4)
+    })
+    .await;
+    tap.kill().await.expect("stop happen tap");
+    drop(page);
+    let replay = Web::start("nats://127.0.0.1:1", &["--replay", &file]).await;
+    check(&replay.get_json(&format!("/api/transactions/{corr}")).await);
+    let header = &web_support::lines_of(&path)[0];
+    assert_eq!(header["version"], 3, "{header}");
+    workers.shutdown(Duration::from_secs(2)).await;
+    senders.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_file(&path);
 }

@@ -223,6 +223,102 @@ async fn the_page_shows_nodes_a_waterfall_a_filtered_tail_and_errors() {
     h.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A tell's step shows its duration and outcome, and a broadcast's receivers each theirs,
+/// from the nodes' completion records (published while the page watches); the selected
+/// node's process shows its transport counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waterfall_shows_a_tells_duration_and_a_broadcasts_receivers() {
+    let chromium = chromium();
+    eprintln!("using {}", chromium.display());
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let (workers, senders, client) =
+        web_support::recording_workers(&server.url(), happen_nats::CompletionRecords::Watched)
+            .await;
+    let web = Web::start(&server.url(), &[]).await;
+    let page = std::sync::Arc::new(tokio::sync::Mutex::new(
+        SseClient::open(&web.url("/api/stream"), None).await,
+    ));
+    web_support::until_records_flow(&client, || {
+        let page = page.clone();
+        async move {
+            let mut page = page.lock().await;
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                page.until(|f| f.event == "completion"),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let corr = web_support::tells_and_a_broadcast(&client).await;
+    let mut page = page.lock().await;
+    let mut done = 0;
+    page.until(|f| {
+        done += usize::from(f.event == "completion" && f.data["correlationId"] == corr.as_str());
+        done == 4
+    })
+    .await;
+    page.until(|f| f.event == "nodes").await;
+
+    let dom = chromium_run(
+        &web.page(&format!("once&txn={corr}&node=audit")),
+        &["--dump-dom"],
+    )
+    .await;
+    assert!(dom.contains("data-ready=\"1\""), "the page finished: {dom}");
+    let steps = tags(&dom, "class=\"step\"");
+    let tells: Vec<(&str, f64)> = steps
+        .iter()
+        .filter(|t| attr(t, "data-kind") == Some("tell"))
+        .map(|t| {
+            (
+                attr(t, "data-status").unwrap(),
+                attr(t, "data-duration-ms")
+                    .unwrap_or_else(|| panic!("no duration: {t}"))
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tells.len(), 2, "{steps:?}");
+    assert!(tells.iter().all(|(_, ms)| *ms >= 30.0), "{tells:?}");
+    let mut outcomes: Vec<&str> = tells.iter().map(|(s, _)| *s).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["error", "ok"]);
+    // the duration is written beside the bar
+    let ok_ms = tells.iter().find(|(s, _)| *s == "ok").unwrap().1;
+    assert!(
+        dom.contains(&format!("{ok_ms:.1} ms")),
+        "the tell's duration shown"
+    );
+    let receivers: Vec<&str> = tags(&dom, "class=\"receiver\"")
+        .iter()
+        .filter(|t| attr(t, "data-status") == Some("ok"))
+        .filter_map(|t| attr(t, "data-node"))
+        .collect();
+    assert_eq!(receivers.len(), 2, "{receivers:?}");
+    assert!(receivers.contains(&"mirror-a") && receivers.contains(&"mirror-b"));
+    // the process behind the selected node, with its transport counters
+    let transport = tags(&dom, "class=\"transport\"");
+    assert!(
+        !transport.is_empty(),
+        "transport counters in the node's detail"
+    );
+
+    let png = target_dir().join("web-completions.png");
+    let _ = std::fs::remove_file(&png);
+    chromium_run(
+        &web.page(&format!("once&txn={corr}&node=audit")),
+        &[&format!("--screenshot={}", png.display())],
+    )
+    .await;
+    assert!(std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0) > 10_000);
+    drop(page);
+    workers.shutdown(Duration::from_secs(2)).await;
+    senders.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_replays_a_recording_at_the_scrubber_time() {
     let chromium = chromium();
@@ -270,6 +366,19 @@ async fn the_page_replays_a_recording_at_the_scrubber_time() {
         tags(&dom, "class=\"error-group\"").is_empty(),
         "no error yet"
     );
+
+    // the selected node's heatmap as of the scrubber's time (the end: a snapshot between the
+    // orders may have been asked for before `ledger` finished), from the recorded snapshots
+    let dom = chromium_run(&web.page("node=ledger"), &["--dump-dom"]).await;
+    let heat = tags(&dom, "class=\"heatmap\"");
+    assert!(
+        heat.iter()
+            .any(|t| attr(t, "data-kind") == Some("handler-time")
+                && attr(t, "data-total").is_some_and(|n| n != "0")),
+        "{heat:?}"
+    );
+    let cells = dom.matches("fill-opacity").count();
+    assert!(cells > 0, "the replayed heatmap has cells");
 
     // at the end: the second order and its error
     let dom = chromium_run(&web.page("x=1"), &["--dump-dom"]).await;

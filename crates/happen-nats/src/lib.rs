@@ -178,6 +178,16 @@ pub mod tap {
     pub use crate::workers::tap::{Tap, TapKind, Tapped, Undecodable};
 }
 
+/// Completion records: the end, duration and outcome of the flow of a tell or a broadcast
+/// at each node that took it, for watchers such as `happen web` (opt-in with
+/// `transport.nats.completion_records`; see [`CompletionRecords`] and `WIRE.md`,
+/// "Completion records").
+pub mod completion {
+    pub use crate::wire::completion::{
+        Completion, CompletionError, WATCH_EVERY, WATCH_TTL, records_subject, watch_subject,
+    };
+}
+
 /// The wire format on NATS, for writing a compatible client in another language: subjects,
 /// the event JSON, the `Happen-*` headers, error bodies, streams, pressure, discovery and
 /// durable delivery. This module holds no items; it is `WIRE.md`.
@@ -185,8 +195,8 @@ pub mod tap {
 pub mod wire_format {}
 
 pub use crate::config::{
-    AuthConfig, DeliveryMode, DurableConfig, DurableNode, LivenessConfig, NatsConfig,
-    ReconnectConfig, TlsConfig,
+    AuthConfig, CompletionRecords, DeliveryMode, DurableConfig, DurableNode, LivenessConfig,
+    NatsConfig, ReconnectConfig, TlsConfig,
 };
 pub use crate::core::stats::NatsStats;
 pub use crate::transport::NatsTransport;

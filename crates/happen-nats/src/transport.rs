@@ -30,6 +30,7 @@ use crate::wire::discover::ProcessInfo;
 use crate::wire::{self, PressureEvent, Subjects, header};
 use crate::workers;
 use crate::workers::batches::{self, Batches};
+use crate::workers::completions::Completions;
 use crate::workers::connection::Connection;
 use crate::workers::discover::Discover;
 use crate::workers::durable::Durable;
@@ -284,6 +285,12 @@ impl NatsTransport {
             nodes: nodes.clone(),
             counters: counters.clone(),
         });
+        let completions = Arc::new(Completions::new(
+            ep.clone(),
+            outbox.clone(),
+            counters.clone(),
+        ));
+        let watch_sub = workers::completions::subscribe(&ep).await?;
         let serve = Arc::new(Serve {
             ep: ep.clone(),
             requests: requests.clone(),
@@ -291,6 +298,7 @@ impl NatsTransport {
             nodes: nodes.clone(),
             counters: counters.clone(),
             streams: streams.clone(),
+            completions: completions.clone(),
         });
         let replies = Arc::new(Replies {
             ep: ep.clone(),
@@ -312,6 +320,7 @@ impl NatsTransport {
             ep: ep.clone(),
             nodes: nodes.clone(),
             outbox: outbox.clone(),
+            counters: counters.clone(),
         });
         let mut tasks = vec![
             tokio::spawn(workers::replies::run(replies, replies_sub)),
@@ -325,6 +334,9 @@ impl NatsTransport {
             )),
             tokio::spawn(workers::discover::serve(discover, discover_sub)),
         ];
+        if let Some(sub) = watch_sub {
+            tasks.push(tokio::spawn(workers::completions::watch(completions, sub)));
+        }
         let liveness = beat_sub.map(|sub| {
             let liveness = Arc::new(Liveness {
                 ep: ep.clone(),

@@ -302,3 +302,56 @@ async fn histograms_of_queue_waits_and_handler_times_are_discovered() {
         "{json}"
     );
 }
+
+/// Every answer carries the process's transport counters (`transport`, `NatsStats` by their
+/// camelCase names): a process that sent 3 requests and a broadcast says so; an answer of an
+/// older process, without them, reads as none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_transport_counters() {
+    let server = NatsServer::start();
+    let (worker, _) = instance(&server.url()).await;
+    let (asker, ta) = instance(&server.url()).await;
+    let echo = worker.node("echo").await.unwrap();
+    echo.on("ping", |e: Event, _c: Context| async move {
+        e.payload().clone()
+    })
+    .unwrap();
+    let client = asker.node("client").await.unwrap();
+    for i in 0..3 {
+        within(10, "a request", client.send("echo", Event::new("ping", i)))
+            .await
+            .unwrap();
+    }
+    client.broadcast(Event::new("nobody.listens", ())).unwrap();
+    let found = within(20, "discover", ta.discover(Duration::from_secs(10), QUIET))
+        .await
+        .unwrap();
+    let of = |name: &str| {
+        found
+            .iter()
+            .find(|p| p.nodes.iter().any(|n| n.id == name))
+            .unwrap_or_else(|| panic!("no process serves {name}: {found:#?}"))
+    };
+    let (asking, serving) = (of("client"), of("echo"));
+    assert_eq!(asking.transport.get("sent"), Some(&3), "{asking:#?}");
+    assert_eq!(asking.transport.get("broadcasts"), Some(&1), "{asking:#?}");
+    assert_eq!(serving.transport.get("replies"), Some(&3), "{serving:#?}");
+    for key in [
+        "disconnects",
+        "failedReplicaGone",
+        "answersReplayed",
+        "rejectedWhileDisconnected",
+    ] {
+        assert_eq!(serving.transport.get(key), Some(&0), "{key}: {serving:#?}");
+    }
+    // they read back as `NatsStats`
+    let stats: happen_nats::NatsStats =
+        serde_json::from_value(serde_json::to_value(&serving.transport).unwrap()).unwrap();
+    assert_eq!(stats.replies, 3);
+
+    let older: ProcessInfo =
+        serde_json::from_str(r#"{"replica": "r", "name": "n", "nodes": [{"id": "x"}]}"#).unwrap();
+    assert!(older.transport.is_empty());
+    let json = serde_json::to_value(&older).unwrap();
+    assert!(json.get("transport").is_none(), "{json}");
+}

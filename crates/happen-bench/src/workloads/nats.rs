@@ -338,6 +338,17 @@ fn prefix() -> String {
     )
 }
 
+/// `transport.nats.completion_records` of both sides: `HAPPEN_BENCH_COMPLETION_RECORDS`
+/// (`off`, `watched` or `always`; default off), to measure what the records cost.
+fn completion_records() -> Result<happen_nats::CompletionRecords, String> {
+    match std::env::var("HAPPEN_BENCH_COMPLETION_RECORDS") {
+        Err(_) => Ok(happen_nats::CompletionRecords::Off),
+        Ok(v) => serde_json::from_value(Value::String(v.clone())).map_err(|_| {
+            format!("HAPPEN_BENCH_COMPLETION_RECORDS is `{v}`: say off, watched or always")
+        }),
+    }
+}
+
 async fn instance(url: &str, prefix: &str) -> Result<Happen, String> {
     Ok(instance_with_transport(url, prefix).await?.0)
 }
@@ -348,6 +359,7 @@ async fn instance_with_transport(
 ) -> Result<(Happen, NatsTransport), String> {
     let mut config = NatsConfig::with_server(url);
     config.prefix = prefix.to_owned();
+    config.completion_records = completion_records()?;
     let transport = NatsTransport::connect(config).await.map_err(err)?;
     let happen = Happen::builder()
         .transport(transport.clone())

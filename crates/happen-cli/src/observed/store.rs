@@ -1,12 +1,14 @@
-//! What `happen web` remembers of what it watched: recent transactions (their events and the
-//! replies paired to their requests) and the errors grouped by kind, node and code. Bounded:
-//! the oldest transactions, pending requests and examples go first.
+//! What `happen web` remembers of what it watched: recent transactions (their events, the
+//! replies paired to their requests and the completion records of their tells and
+//! broadcasts) and the errors grouped by kind, node and code. Bounded: the oldest
+//! transactions, pending requests, completions and examples go first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::completed::Completed;
 use super::reply::{ErrorInfo, Reply};
 use super::seen::Seen;
 use super::tree::{self, Branch};
@@ -20,6 +22,11 @@ const PENDING: usize = 20_000;
 /// Replies seen before their request (the tap and the reply subscription are two streams,
 /// read in no common order); the oldest is forgotten first.
 const EARLY: usize = 20_000;
+/// Events whose completion records are kept (the oldest is forgotten first); records may
+/// come before their event is tapped (two subscriptions, no common order).
+const COMPLETED: usize = 20_000;
+/// Completion records kept per event (one per node that took a broadcast).
+const COMPLETED_PER_EVENT: usize = 64;
 /// Latest examples kept per error group.
 const EXAMPLES: usize = 5;
 /// Error groups kept (beyond, new groups are counted in `other`).
@@ -56,6 +63,9 @@ pub(crate) struct Store {
     pending_order: VecDeque<String>,
     early: HashMap<String, Reply>,
     early_order: VecDeque<String>,
+    /// event id → its completion records
+    completed: HashMap<String, Vec<Completed>>,
+    completed_order: VecDeque<String>,
     errors: BTreeMap<(String, String, String), Group>,
     other_errors: u64,
 }
@@ -80,6 +90,12 @@ impl Store {
         let events = self.transactions.entry(corr.clone()).or_default();
         if events.len() < EVENTS_PER_TRANSACTION {
             events.push(seen.clone());
+        }
+        let done: Vec<Completed> = self.completed.get(&seen.id).cloned().unwrap_or_default();
+        for c in done {
+            if let Some(error) = c.error {
+                self.error(seen, c.ended_us, error);
+            }
         }
         if let Some(subject) = reply {
             if let Some(early) = self.early.remove(subject) {
@@ -132,6 +148,36 @@ impl Store {
         Some((seen, reply))
     }
 
+    /// Keeps a completion record of a tell or broadcast (before or after its event was
+    /// seen); returns the event when it is known (the page reloads its waterfall).
+    pub(crate) fn completed(&mut self, c: Completed) -> Option<Seen> {
+        let seen = self
+            .transactions
+            .get(&c.correlation_id)
+            .and_then(|events| events.iter().find(|e| e.id == c.event_id))
+            .cloned();
+        if let (Some(seen), Some(error)) = (&seen, &c.error) {
+            self.error(seen, c.ended_us, error.clone());
+        }
+        if !self.completed.contains_key(&c.event_id) {
+            if self.completed.len() >= COMPLETED
+                && let Some(old) = self.completed_order.pop_front()
+            {
+                self.completed.remove(&old);
+            }
+            self.completed_order.push_back(c.event_id.clone());
+        }
+        let list = self.completed.entry(c.event_id.clone()).or_default();
+        if list.len() < COMPLETED_PER_EVENT
+            && !list
+                .iter()
+                .any(|x| x.node == c.node && x.replica == c.replica)
+        {
+            list.push(c);
+        }
+        seen
+    }
+
     fn error(&mut self, seen: &Seen, at: u64, error: ErrorInfo) {
         let key = (
             error.kind.clone(),
@@ -180,9 +226,27 @@ impl Store {
             "children": b.children.iter().map(|c| self.annotate(c)).collect::<Vec<_>>(),
         });
         if let Some(r) = self.replies.get(&b.event.id) {
+            let took = r.received_us.saturating_sub(b.event.received_us);
             v["reply"] = json!(r);
-            v["durationMs"] =
-                json!(r.received_us.saturating_sub(b.event.received_us) as f64 / 1000.0);
+            v["durationMs"] = json!(took as f64 / 1000.0);
+            v["endUs"] = json!(b.event.received_us + took);
+            v["outcome"] = json!(r.status);
+        } else if let Some(done) = self.completed.get(&b.event.id) {
+            // a tell's or broadcast's end at each node that took it: the step lasts as long
+            // as its slowest receiver took (each node's own clock: admission to end)
+            let took = done.iter().map(Completed::took_us).max().unwrap_or(0);
+            let failed = done.iter().any(|c| c.outcome == "error");
+            v["durationMs"] = json!(took as f64 / 1000.0);
+            v["endUs"] = json!(b.event.received_us + took);
+            v["outcome"] = json!(if failed { "error" } else { "ok" });
+            v["completions"] = done
+                .iter()
+                .map(|c| {
+                    json!({"node": c.node, "replica": c.replica, "startedUs": c.started_us,
+                           "endedUs": c.ended_us, "durationMs": c.took_us() as f64 / 1000.0,
+                           "outcome": c.outcome, "error": c.error})
+                })
+                .collect();
         }
         v
     }

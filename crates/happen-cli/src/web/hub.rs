@@ -1,8 +1,10 @@
 //! The hub of `happen web`: numbered frames for the pages' event streams (kept in a ring so a
 //! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
-//! watch (a tap of every event, the reply subjects, discovery once a second, the durable
-//! streams every two seconds, the connection state) runs only while at least one page is
-//! connected: with no page open the nodes pay nothing. The exception, opted into: with flow
+//! watch (a tap of every event, the reply subjects, the completion records of tells and
+//! broadcasts with a watch beat each second, discovery once a second, the durable streams
+//! every two seconds, the connection state) runs only while at least one page is connected:
+//! with no page open the nodes pay nothing (nodes with `completion_records = "watched"`
+//! stop publishing records 5 s after the last beat). The exception, opted into: with flow
 //! events (`happen web --flow-events`) discovery runs all the time, and each snapshot's
 //! warnings that start a flow-balance condition are broadcast once by this process, however
 //! many pages are open (`flow.rs`).
@@ -23,7 +25,7 @@ use super::flow::{Flow, FlowConfig};
 use super::view::Rates;
 use super::warnings::Thresholds;
 use crate::conn::{self, Connection};
-use crate::observed::{Reply, Seen, Store, reply_of};
+use crate::observed::{Completed, Reply, Seen, Store, reply_of};
 use crate::tap;
 use crate::time;
 
@@ -44,7 +46,7 @@ const PAYLOAD_BYTES: usize = 2_048;
 pub(crate) struct Frame {
     /// Its `id:` (increasing from 1).
     pub(crate) id: u64,
-    /// Its `event:` name: `event`, `reply`, `nodes`, `status`.
+    /// Its `event:` name: `event`, `reply`, `completion`, `nodes`, `durable`, `status`.
     pub(crate) name: &'static str,
     /// The event type, for `event` frames (the pages' pattern filter).
     pub(crate) event_type: Option<String>,
@@ -256,6 +258,18 @@ impl Hub {
         }
     }
 
+    fn on_completed(&self, msg: async_nats::Message) {
+        let Some(c) = Completed::parse(&msg.payload) else {
+            return;
+        };
+        let data = json!({
+            "eventId": c.event_id, "correlationId": c.correlation_id, "node": c.node,
+            "durationMs": c.took_us() as f64 / 1000.0, "outcome": c.outcome, "error": c.error,
+        });
+        lock(&self.store).completed(c);
+        self.publish("completion", None, data.to_string());
+    }
+
     /// A discovery snapshot: kept, sent to the pages; returns the flow-balance events it
     /// starts (when they are on).
     fn on_nodes(&self, processes: &[ProcessInfo]) -> Vec<(&'static str, Value)> {
@@ -320,6 +334,30 @@ async fn watch(hub: Arc<Hub>) {
             return;
         }
     };
+    // completion records of tells and broadcasts, from nodes that publish them (always, or
+    // while watched: the beats below)
+    let prefix = transport.config().prefix.clone();
+    let completed = match transport
+        .client()
+        .subscribe(happen_nats::completion::records_subject(&prefix))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            hub.publish(
+                "status",
+                None,
+                json!({"nats": "error", "error": format!("cannot subscribe to the completion records: {e}")})
+                    .to_string(),
+            );
+            return;
+        }
+    };
+    let completed = completed.for_each(|msg| {
+        hub.on_completed(msg);
+        std::future::ready(())
+    });
+    let beats = crate::conn::watch_beats(&transport);
     let taps = events.for_each(|(seen, reply)| {
         hub.on_event(seen, reply);
         std::future::ready(())
@@ -340,7 +378,7 @@ async fn watch(hub: Arc<Hub>) {
         }
     };
     let connection = conn::watch_connection(&transport, |c| hub.on_connection(&c));
-    tokio::join!(taps, replies, durable, connection);
+    tokio::join!(taps, replies, completed, beats, durable, connection);
 }
 
 /// Discovery once a second: while a page is open, or always with flow events.

@@ -4,9 +4,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/stream?pattern=P` | the event stream: `event` (a tapped event whose type matches `P`), `reply` (a request's reply paired with it), `nodes` (a discovery snapshot with rates and warnings, every second), `durable` (when it changes), `status` (the NATS connection), `gap` (frames were lost: reload) |
+//! | `GET /api/stream?pattern=P` | the event stream: `event` (a tapped event whose type matches `P`), `reply` (a request's reply paired with it), `completion` (a tell's or broadcast's end at one node, from its completion record), `nodes` (a discovery snapshot with rates, warnings and each process's transport counters, every second), `durable` (when it changes), `status` (the NATS connection), `gap` (frames were lost: reload) |
 //! | `GET /api/nodes` | the latest nodes snapshot with its warnings (discovers now when no page is open) |
-//! | `GET /api/transactions/{correlation-id}` | the causal tree of a transaction with each request's reply |
+//! | `GET /api/transactions/{correlation-id}` | the causal tree of a transaction: each step with its `endUs`, `durationMs` and `outcome` when known (a request's reply; a tell's or broadcast's completion records, per receiving node in `completions`) |
 //! | `GET /api/durable` | per durable node its consumer's pending / ack-pending / redelivered counts, dead letters per node and the latest ones with their error headers (`{}` without durable nodes) |
 //! | `GET /api/errors` | the error replies seen, grouped by kind, node and code, with the latest examples |
 //! | `GET /api/pattern?pattern=P` | checks a pattern (400 with the reason when it is not one) |
@@ -14,10 +14,12 @@
 //! | `POST /api/send` | `{"node"?, "type", "payload"?}`: sends (or, without `node`, broadcasts) an event; only with `--allow-send` |
 //!
 //! With `--replay FILE` (a `happen tap --record` file) it shows the recording instead, without
-//! NATS: `GET /api/status` has `replay` (the file, `startUs`, `endUs`, how many events, replies
-//! and snapshots), `GET /api/replay?at=T&pattern=P&limit=N` answers the system as of `T` (µs
-//! since the epoch; default the end): the last events by then, their replies, the latest node
-//! snapshot with the sparklines' history, the errors; `/api/nodes`, `/api/errors` and
+//! NATS: `GET /api/status` has `replay` (the file, `startUs`, `endUs`, how many events, replies,
+//! completion records and snapshots), `GET /api/replay?at=T&pattern=P&limit=N` answers the
+//! system as of `T` (µs since the epoch; default the end): the last events by then, their
+//! replies and completions, the latest node snapshot with the sparklines' history and the
+//! heatmaps' columns (`heat`: per node the queue-wait and handler-time buckets of each
+//! snapshot's interval), the errors; `/api/nodes`, `/api/errors` and
 //! `/api/transactions/{id}` take `?at=T` too. The page shows a time scrubber.
 //!
 //! Listens on loopback by default; any other address needs a token (`--token` or
@@ -508,11 +510,12 @@ async fn durable_view(State(app): State<Shared>) -> Json<Value> {
         return Json(d);
     }
     let t = app.hub.transport();
-    Json(
-        durable::snapshot(t.client(), &t.config().prefix)
-            .await
-            .unwrap_or_else(|| json!({})),
-    )
+    // bounded: without JetStream its API requests may wait out their timeouts
+    let snapshot = tokio::time::timeout(
+        hub::DURABLE_EVERY,
+        durable::snapshot(t.client(), &t.config().prefix),
+    );
+    Json(snapshot.await.ok().flatten().unwrap_or_else(|| json!({})))
 }
 
 async fn errors(State(app): State<Shared>) -> Json<Value> {

@@ -1,8 +1,8 @@
 //! `happen web --replay FILE`: a recording of `happen tap --record` (see `record.rs`) shown
 //! as of any time between its first and last line. The node snapshots are computed once, in
-//! time order, exactly as the live watch computes them (rates, edges, warnings); the tail,
-//! the transactions and the errors as of a time are rebuilt from the events and replies up
-//! to it.
+//! time order, exactly as the live watch computes them (rates, edges, warnings, histogram
+//! intervals: the heatmaps); the tail, the transactions and the errors as of a time are
+//! rebuilt from the events, replies and completion records up to it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::hub::event_json;
 use super::view::Rates;
-use crate::observed::{Seen, Store};
+use crate::observed::{Completed, Seen, Store};
 use crate::record::{self, Line, ReplyLine};
 
 /// Node snapshots per node kept for the sparklines (as the page keeps live).
@@ -28,6 +28,8 @@ pub(crate) struct Replay {
     events: Vec<Seen>,
     /// In the order received.
     replies: Vec<ReplyLine>,
+    /// Completion records of tells and broadcasts, in the order they ended.
+    completed: Vec<Completed>,
     /// The snapshots as the page shows them, with their times, in time order.
     snapshots: Vec<(u64, Value)>,
     start_us: u64,
@@ -41,10 +43,12 @@ impl Replay {
         let mut events = Vec::new();
         let mut replies = Vec::new();
         let mut nodes = Vec::new();
+        let mut completed = Vec::new();
         record::read(path, |line| match line {
             Line::Event(e) => events.push(*e),
             Line::Reply(r) => replies.push(r),
             Line::Nodes(n) => nodes.push(n),
+            Line::Completed(c) => completed.push(c),
             Line::Header(_) => {}
         })?;
         if events.is_empty() && nodes.is_empty() {
@@ -59,6 +63,7 @@ impl Replay {
         }
         events.sort_by_key(|e| e.received_us);
         replies.sort_by_key(|r| r.received_us);
+        completed.sort_by_key(|c: &Completed| c.ended_us);
         nodes.sort_by_key(|n| n.at_us);
         let mut rates = Rates::default();
         let mut next = 0;
@@ -74,12 +79,14 @@ impl Replay {
             .iter()
             .map(|e| e.received_us)
             .chain(replies.iter().map(|r| r.received_us))
+            .chain(completed.iter().map(|c| c.ended_us))
             .chain(nodes.iter().map(|n| n.at_us));
         let (start_us, end_us) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
         Ok(Replay {
             file: path.display().to_string(),
             events,
             replies,
+            completed,
             snapshots,
             start_us,
             end_us,
@@ -91,6 +98,7 @@ impl Replay {
         json!({
             "file": self.file, "startUs": self.start_us, "endUs": self.end_us,
             "events": self.events.len(), "replies": self.replies.len(),
+            "completions": self.completed.len(),
             "snapshots": self.snapshots.len(),
         })
     }
@@ -108,6 +116,10 @@ impl Replay {
         &self.replies[..self.replies.partition_point(|r| r.received_us <= t)]
     }
 
+    fn completed_until(&self, t: u64) -> &[Completed] {
+        &self.completed[..self.completed.partition_point(|c| c.ended_us <= t)]
+    }
+
     /// The transactions and errors as they were at `t`.
     fn store(&self, t: u64) -> Store {
         let mut store = Store::default();
@@ -116,6 +128,9 @@ impl Replay {
         }
         for r in self.replies_until(t) {
             store.pair(&r.correlation_id, &r.event_id, r.reply());
+        }
+        for c in self.completed_until(t) {
+            store.completed(c.clone());
         }
         store
     }
@@ -155,17 +170,50 @@ impl Replay {
                 }))
             })
             .collect();
+        let mut done: HashMap<&str, (u64, bool)> = HashMap::new();
+        for c in self.completed_until(t) {
+            let d = done.entry(c.event_id.as_str()).or_default();
+            d.0 = d.0.max(c.took_us());
+            d.1 |= c.outcome == "error";
+        }
+        let completions: Vec<Value> = tail
+            .iter()
+            .filter_map(|e| {
+                let (took, failed) = done.get(e.id.as_str())?;
+                Some(json!({
+                    "eventId": e.id, "correlationId": e.correlation_id,
+                    "durationMs": *took as f64 / 1000.0,
+                    "outcome": if *failed { "error" } else { "ok" },
+                }))
+            })
+            .collect();
         let shown = self.snapshots.partition_point(|(at, _)| *at <= t);
         let mut history: HashMap<&str, Vec<u64>> = HashMap::new();
+        // per node the queue-wait and handler-time buckets of each snapshot's interval, as
+        // the live page collects them (`[]` for a snapshot without the histogram)
+        let mut heat: HashMap<&str, [Vec<Value>; 2]> = HashMap::new();
         for (_, snap) in &self.snapshots[shown.saturating_sub(HISTORY)..shown] {
             for n in snap["nodes"].as_array().into_iter().flatten() {
                 if let Some(id) = n["id"].as_str() {
                     let load =
                         n["active"].as_u64().unwrap_or(0) + n["queued"].as_u64().unwrap_or(0);
                     history.entry(id).or_default().push(load);
+                    let columns = heat.entry(id).or_default();
+                    for (column, key) in columns.iter_mut().zip(["queueWait", "handlerTime"]) {
+                        column.push(n[key].get("buckets").cloned().unwrap_or(json!([])));
+                    }
                 }
             }
         }
+        let heat: serde_json::Map<String, Value> = heat
+            .into_iter()
+            .map(|(id, [queue_wait, handler_time])| {
+                (
+                    id.to_owned(),
+                    json!({"queueWait": queue_wait, "handlerTime": handler_time}),
+                )
+            })
+            .collect();
         json!({
             "atUs": t,
             "startUs": self.start_us,
@@ -173,8 +221,10 @@ impl Replay {
             "eventsSoFar": events.len(),
             "events": tail.iter().map(|e| event_json(e)).collect::<Vec<_>>(),
             "replies": replies,
+            "completions": completions,
             "nodes": self.nodes(t),
             "history": history,
+            "heat": heat,
             "errors": self.store(t).errors(),
         })
     }
@@ -274,6 +324,50 @@ mod tests {
         let only_b = r.at(400, Some(&Pattern::parse("t.b").unwrap()), TAIL);
         assert_eq!(only_b["events"][0]["id"], "b");
         assert_eq!(r.at(400, None, 1)["events"][0]["id"], "b");
+    }
+
+    #[test]
+    fn heatmaps_and_completions_as_of_a_time() {
+        let nodes = |at: u64, waits: &str, times: &str| {
+            format!(
+                r#"{{"record":"nodes","atUs":{at},"processes":[{{"replica":"r1","name":"p","nodes":[{{"id":"n","queueWaitBuckets":{waits},"handlerTimeBuckets":{times}}}],"transport":{{"sent":3}}}}]}}"#
+            )
+        };
+        let tell = event("a", None, 100).replace(r#""kind":"send""#, r#""kind":"tell""#);
+        let f = file(&[
+            // a version 2 header: the file predates completion records, still read
+            r#"{"record":"header","format":"happen-record","version":2,"startedUs":1}"#,
+            &tell,
+            &nodes(150, "[0,2]", "[]"),
+            r#"{"record":"completed","eventId":"a","correlationId":"txn","node":"n","replica":"r1","startedUs":110,"endedUs":2110,"outcome":"error","error":{"kind":"handler","message":"m","node":"n","code":"x"}}"#,
+            &nodes(350, "[0,3,4]", "[1]"),
+        ]);
+        let r = Replay::load(&f.0).unwrap();
+        assert_eq!(r.summary()["completions"], 1);
+        let early = r.at(200, None, TAIL);
+        assert_eq!(early["heat"]["n"]["queueWait"], json!([[0, 2]]));
+        assert_eq!(early["heat"]["n"]["handlerTime"], json!([[]]));
+        assert_eq!(early["completions"], json!([]));
+        let t = r.transaction("txn", 200).unwrap();
+        assert!(t["roots"][0].get("outcome").is_none(), "{t}");
+
+        let late = r.at(3000, None, TAIL);
+        assert_eq!(
+            late["heat"]["n"]["queueWait"],
+            json!([[0, 2], [0, 1, 4]]),
+            "the intervals, as live"
+        );
+        assert_eq!(late["heat"]["n"]["handlerTime"], json!([[], [1]]));
+        assert_eq!(late["completions"][0]["durationMs"], 2.0);
+        assert_eq!(late["errors"]["groups"][0]["code"], "x");
+        let t = r.transaction("txn", 3000).unwrap();
+        let step = &t["roots"][0];
+        assert_eq!(
+            (step["outcome"].as_str(), step["durationMs"].as_f64()),
+            (Some("error"), Some(2.0))
+        );
+        assert_eq!(step["endUs"], 2100);
+        assert_eq!(step["completions"][0]["node"], "n");
     }
 
     #[test]

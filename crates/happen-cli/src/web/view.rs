@@ -3,7 +3,7 @@
 //! warnings. Pure: fed discovery answers and tapped events with their times, so the live
 //! watch and a replay compute it the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use happen_nats::discover::ProcessInfo;
 use serde_json::{Value, json};
@@ -21,6 +21,8 @@ pub(crate) struct Rates {
     edges: HashMap<(String, String), (u64, u64)>,
     /// Per node the cumulative queue-wait and handler-time buckets of the previous snapshot.
     buckets: HashMap<String, [Vec<u64>; 2]>,
+    /// Per process (replica) its transport counters in the previous snapshot.
+    transports: HashMap<String, BTreeMap<String, u64>>,
     pub(crate) warnings: Warnings,
 }
 
@@ -179,13 +181,41 @@ impl Rates {
                 json!({"from": from, "to": to, "rate": rate, "total": *total})
             })
             .collect();
+        let transports = self.transports(processes, secs);
         self.counters = counters;
         self.buckets = buckets;
         self.at = Some(now);
         json!({
             "atUs": now, "processes": processes.len(), "nodes": nodes, "edges": edges,
-            "warnings": warnings,
+            "warnings": warnings, "transports": transports,
         })
+    }
+
+    /// Per process its transport counters (`WIRE.md`, "Discovery": `transport`) and their
+    /// rates per second since the previous snapshot (none for a process that predates them).
+    fn transports(&mut self, processes: &[ProcessInfo], secs: f64) -> Value {
+        let mut out = serde_json::Map::new();
+        let mut now = HashMap::new();
+        for p in processes.iter().filter(|p| !p.transport.is_empty()) {
+            let before = self.transports.get(&p.replica);
+            let rates: BTreeMap<&str, f64> = p
+                .transport
+                .iter()
+                .map(|(k, v)| {
+                    let then = before.and_then(|b| b.get(k)).copied();
+                    // a restarted process counts from zero: no negative rate
+                    let rate = then.map_or(0.0, |t| v.saturating_sub(t) as f64 / secs);
+                    (k.as_str(), rate)
+                })
+                .collect();
+            out.insert(
+                p.replica.clone(),
+                json!({"name": p.name, "counters": p.transport, "rates": rates}),
+            );
+            now.insert(p.replica.clone(), p.transport.clone());
+        }
+        self.transports = now;
+        Value::Object(out)
     }
 }
 
@@ -206,5 +236,28 @@ mod tests {
         assert_eq!(v["total"], 15);
         // a replica restarted: its counts fell, the interval never goes negative
         assert_eq!(interval(&[1], Some(&vec![7]))["buckets"], json!([0]));
+    }
+
+    #[test]
+    fn transport_counters_become_rates_per_process() {
+        let process = |sent: u64| -> ProcessInfo {
+            serde_json::from_value(json!({"replica": "r1", "name": "shop",
+                "nodes": [{"id": "n"}], "transport": {"sent": sent, "disconnects": 1}}))
+            .unwrap()
+        };
+        let older: ProcessInfo =
+            serde_json::from_value(json!({"replica": "r0", "nodes": [{"id": "n"}]})).unwrap();
+        let mut rates = Rates::default();
+        let first = rates.snapshot(1_000_000, &[process(10), older.clone()]);
+        assert_eq!(first["transports"]["r1"]["counters"]["sent"], 10);
+        assert_eq!(first["transports"]["r1"]["rates"]["sent"], 0.0);
+        assert!(
+            first["transports"].get("r0").is_none(),
+            "an older process has none"
+        );
+        let second = rates.snapshot(3_000_000, &[process(30), older]);
+        assert_eq!(second["transports"]["r1"]["rates"]["sent"], 10.0);
+        assert_eq!(second["transports"]["r1"]["rates"]["disconnects"], 0.0);
+        assert_eq!(second["transports"]["r1"]["name"], "shop");
     }
 }

@@ -424,3 +424,84 @@ pub async fn record_two_orders(url: &str, client: &Node, name: &str) -> Recordin
         mid_us,
     }
 }
+
+/// A process whose nodes publish completion records (`records`: `watched` or `always`):
+/// `audit` (30 ms of work; fails with code `nope` for the payload `"bad"`) takes tells,
+/// `mirror-a` and `mirror-b` take `sync` broadcasts. Returns the instance and a `client`
+/// node of another process (records off) to send from.
+pub async fn recording_workers(
+    url: &str,
+    records: happen_nats::CompletionRecords,
+) -> (Happen, Happen, Node) {
+    let mut config = NatsConfig::with_server(url);
+    config.completion_records = records;
+    let transport = NatsTransport::connect(config)
+        .await
+        .expect("connect to nats");
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let audit = h.node("audit").await.unwrap();
+    audit
+        .on("audit", |e: Event, _c: Context| async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            if e.payload() == &json!("bad") {
+                return Err(Error::new(ErrorKind::Handler, "refused").with_code("nope"));
+            }
+            Ok(json!(true))
+        })
+        .unwrap();
+    for id in ["mirror-a", "mirror-b"] {
+        let n = h.node(id).await.unwrap();
+        n.on("sync", |_e: Event, _c: Context| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        })
+        .unwrap();
+    }
+    let transport = NatsTransport::connect(NatsConfig::with_server(url))
+        .await
+        .expect("connect to nats");
+    let senders = Happen::builder().transport(transport).build().unwrap();
+    let client = senders.node("client").await.unwrap();
+    (h, senders, client)
+}
+
+/// Tells `audit` until `recorded()` says a completion record arrived (nodes publishing only
+/// while watched start at a watcher's beat, which travels apart from the tells).
+pub async fn until_records_flow<F, Fut>(client: &Node, mut recorded: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(20, "the first completion record", async {
+        loop {
+            client
+                .tell("audit", Event::new("audit", "warm-up"))
+                .unwrap();
+            if recorded().await {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// A tell that succeeds, one that fails and a broadcast to two nodes, in one transaction.
+pub async fn tells_and_a_broadcast(client: &Node) -> String {
+    let corr = happen::CorrelationId::new();
+    for payload in ["fine", "bad"] {
+        client
+            .tell(
+                "audit",
+                Event::new("audit", payload).with_correlation_id(corr.clone()),
+            )
+            .unwrap();
+    }
+    client
+        .broadcast(Event::new("sync", ()).with_correlation_id(corr.clone()))
+        .unwrap();
+    corr.to_string()
+}
+
+/// The lines of a record file (for tests).
+pub fn lines_of(path: &std::path::Path) -> Vec<Value> {
+    record_lines(path)
+}

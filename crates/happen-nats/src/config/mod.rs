@@ -29,6 +29,7 @@
 
 mod auth;
 mod backoff;
+mod completions;
 mod durable;
 mod liveness;
 mod options;
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use auth::redacted_servers;
 pub use auth::{AuthConfig, TlsConfig};
 pub(crate) use backoff::Backoff;
+pub use completions::CompletionRecords;
 pub use durable::{DeliveryMode, DurableConfig, DurableNode};
 pub use liveness::LivenessConfig;
 pub use reconnect::ReconnectConfig;
@@ -133,6 +135,10 @@ pub struct NatsConfig {
     /// Heartbeats and fast failure of requests whose replica went away
     /// (`[transport.nats.liveness]`; see [`LivenessConfig`]). On by default.
     pub liveness: LivenessConfig,
+    /// Completion records of tells and broadcasts for watchers such as `happen web`
+    /// (`completion_records = "off" | "watched" | "always"`; see [`CompletionRecords`]).
+    /// Off by default.
+    pub completion_records: CompletionRecords,
 }
 
 impl Default for NatsConfig {
@@ -157,6 +163,7 @@ impl Default for NatsConfig {
             broadcast_buffer: None,
             durable: DurableConfig::default(),
             liveness: LivenessConfig::default(),
+            completion_records: CompletionRecords::Off,
         }
     }
 }
@@ -216,6 +223,7 @@ impl fmt::Debug for NatsConfig {
             broadcast_buffer,
             durable,
             liveness,
+            completion_records,
         } = self;
         f.debug_struct("NatsConfig")
             .field("servers", &redacted_servers(servers))
@@ -237,6 +245,7 @@ impl fmt::Debug for NatsConfig {
             .field("broadcast_buffer", broadcast_buffer)
             .field("durable", durable)
             .field("liveness", liveness)
+            .field("completion_records", completion_records)
             .finish()
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 /// Declares every counter once: a field of [`NatsStats`] (with its docs), an atomic of
 /// [`Counters`], and the line of the snapshot that copies one to the other.
 macro_rules! counters {
@@ -22,7 +24,11 @@ macro_rules! counters {
         /// assert_eq!((stats.sent, stats.malformed, stats.durable_acked), (0, 0, 0));
         /// # Ok(()) }
         /// ```
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        ///
+        /// Serialized with camelCase names (`sent`, `failedReplicaGone`, …), as discovery
+        /// answers carry it (`WIRE.md`, "Discovery"); a counter missing on input is 0.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default, rename_all = "camelCase")]
         #[non_exhaustive]
         pub struct NatsStats {
             $($(#[$doc])* pub $name: u64,)*
@@ -125,6 +131,12 @@ counters! {
     /// Answers published again after a reconnect (written just before the connection was
     /// lost; requesters drop a second copy).
     answers_replayed,
+    /// Completion records of tells and broadcasts published (see
+    /// `transport.nats.completion_records`).
+    completions_published,
+    /// Completion records dropped because the outgoing buffer was full (they are best
+    /// effort: an observer never holds up a node).
+    completions_dropped,
 }
 
 /// Adds one to `c`.

@@ -1,6 +1,7 @@
 //! Discovery on the wire: the JSON answer of a process (see `WIRE.md`,
 //! "Discovery").
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use happen::transport::Inbox;
@@ -20,6 +21,12 @@ pub struct ProcessInfo {
     /// The nodes it serves (a process with many nodes may answer in several messages, each
     /// with some of them; [`NatsTransport::discover`](crate::NatsTransport::discover) merges them).
     pub nodes: Vec<NodeInfo>,
+    /// The process's transport counters at the time of the answer, cumulative since it
+    /// connected: [`NatsStats`](crate::NatsStats) by their camelCase names (`sent`,
+    /// `broadcasts`, `replies`, `disconnects`, `failedReplicaGone`, …; read them back with
+    /// `serde_json::from_value`). Empty in answers of processes that predate the field.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub transport: BTreeMap<String, u64>,
 }
 
 /// A node as one process serves it: its limits and its counters at the time of the answer.

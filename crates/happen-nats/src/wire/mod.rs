@@ -7,6 +7,7 @@
 //! value escaping), subjects, events, errors, replies and stream frames, pressure and limits,
 //! and discovery answers ([`discover`]: its types are public, as `happen_nats::discover`).
 
+pub(crate) mod completion;
 pub(crate) mod discover;
 pub(crate) mod header;
 

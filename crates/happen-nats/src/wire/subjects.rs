@@ -56,6 +56,17 @@ impl Subjects {
         format!("{}.beat.*", self.prefix)
     }
 
+    /// `<prefix>.completed.<id>`: completion records of node `id` (see `WIRE.md`,
+    /// "Completion records").
+    pub(crate) fn completed(&self, id: &str) -> String {
+        format!("{}.completed.{id}", self.prefix)
+    }
+
+    /// `<prefix>.watch`: the beats of watchers that want completion records.
+    pub(crate) fn watch(&self) -> String {
+        super::completion::watch_subject(&self.prefix)
+    }
+
     /// `<prefix>.discover`: discovery requests.
     pub(crate) fn discover(&self) -> String {
         format!("{}.discover", self.prefix)
@@ -105,6 +116,10 @@ mod tests {
         assert_eq!(s.pressure("orders"), "shop.pressure.orders");
         assert_eq!(s.pressure_all(), "shop.pressure.>");
         assert_eq!(s.discover(), "shop.discover");
+        assert_eq!(
+            (s.completed("a.b"), s.watch()),
+            ("shop.completed.a.b".to_owned(), "shop.watch".to_owned())
+        );
         assert_eq!(
             (s.beat("r1"), s.beat_all()),
             ("shop.beat.r1".to_owned(), "shop.beat.*".to_owned())

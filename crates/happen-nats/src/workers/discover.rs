@@ -9,6 +9,7 @@
 //! [`serve`] answers for this process.
 //!
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use happen::Result;
 
 use crate::core::nodes::LocalNodes;
 use crate::core::outbox::{Headers, Outbox, Outgoing};
+use crate::core::stats::Counters;
 use crate::core::{Endpoint, transport_error};
 use crate::wire::Subjects;
 use crate::wire::discover::{NodeInfo, ProcessInfo};
@@ -31,6 +33,8 @@ pub(crate) struct Discover {
     pub(crate) nodes: Arc<LocalNodes>,
     /// Answers are published through it.
     pub(crate) outbox: Arc<Outbox>,
+    /// The transport counters every answer carries.
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// A good quiet time for [`NatsTransport::discover`](crate::NatsTransport::discover): how long after the last answer to wait
@@ -66,26 +70,39 @@ fn answer(d: &Discover, reply: Subject) {
         // a process without nodes has nothing to tell (and a requester needs no answer)
         return;
     }
+    let transport = transport_counters(&d.counters);
     let max = d.ep.client.max_payload().saturating_sub(ENVELOPE).max(1024);
     let mut chunk: Vec<NodeInfo> = Vec::new();
     let mut size = 0;
     for node in nodes {
         let len = serde_json::to_vec(&node).map_or(0, |v| v.len()) + 1;
         if !chunk.is_empty() && size + len > max {
-            publish(d, &reply, std::mem::take(&mut chunk));
+            publish(d, &reply, std::mem::take(&mut chunk), transport.clone());
             size = 0;
         }
         size += len;
         chunk.push(node);
     }
-    publish(d, &reply, chunk);
+    publish(d, &reply, chunk, transport);
 }
 
-fn publish(d: &Discover, reply: &Subject, nodes: Vec<NodeInfo>) {
+/// The counters as the answers carry them: [`NatsStats`](crate::NatsStats) by name.
+fn transport_counters(counters: &Counters) -> BTreeMap<String, u64> {
+    match serde_json::to_value(counters.snapshot()) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_u64()?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn publish(d: &Discover, reply: &Subject, nodes: Vec<NodeInfo>, transport: BTreeMap<String, u64>) {
     let info = ProcessInfo {
         replica: d.ep.replica.clone(),
         name: d.ep.config.name.clone(),
         nodes,
+        transport,
     };
     let Ok(body) = serde_json::to_vec(&info) else {
         return;

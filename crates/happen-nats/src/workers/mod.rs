@@ -4,6 +4,7 @@
 //! - [`serve`]: one task per attached node, reading its subscriptions and answering;
 //! - [`replies`]: the reply inbox task, multiplexing every reply and stream frame;
 //! - [`streams`]: streams to a remote requester (produce, consume) and broadcast streams;
+//! - [`completions`]: completion records of tells and broadcasts (opt-in);
 //! - [`discover`]: answering and asking discovery requests;
 //! - [`connection`]: following the client's connection events;
 //! - [`pressure`]: mirroring remote nodes' pressure reports;
@@ -14,6 +15,7 @@
 //! - [`batches`]: batches to nodes that do not take them whole (one event at a time).
 
 pub(crate) mod batches;
+pub(crate) mod completions;
 pub(crate) mod connection;
 pub(crate) mod discover;
 pub(crate) mod durable;

@@ -38,6 +38,7 @@ use happen::transport::{ReplyReceiver, Response, reply_channel};
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
 
+use super::completions::{Completing, Completions};
 use super::discover;
 use super::streams::broadcast::{Incoming, Prepared};
 use super::streams::{Streams, produce};
@@ -61,6 +62,8 @@ pub(crate) struct Serve {
     pub(crate) counters: Arc<Counters>,
     /// Streams produced by the node, and broadcast streams.
     pub(crate) streams: Arc<Streams>,
+    /// Completion records of tells and broadcasts (when on).
+    pub(crate) completions: Arc<Completions>,
 }
 
 /// A reply being computed by the local node.
@@ -147,6 +150,7 @@ pub(crate) async fn run(
         direct: Sub::new(direct),
         broadcast: Sub::new(broadcast),
         waiting: FuturesUnordered::new(),
+        completing: FuturesUnordered::new(),
         relays: FuturesUnordered::new(),
         held: None,
         preparing: None,
@@ -159,6 +163,16 @@ pub(crate) async fn run(
     node.serve(stop).await;
     node.stop_intake().await;
     node.finish().await;
+    if !node.completing.is_empty() {
+        // flows still running: their records are written when they end
+        let (completions, inbox) = (node.ctx.completions.clone(), node.inbox.clone());
+        let mut completing = std::mem::take(&mut node.completing);
+        tokio::spawn(async move {
+            while let Some((started, response)) = completing.next().await {
+                completions.finish(&inbox, started, response);
+            }
+        });
+    }
 }
 
 /// Tells [`LocalNodes`] that a node's serve task ended, when dropped.
@@ -231,6 +245,8 @@ struct Serving {
     /// A second receiver, to wait for the node to drain while a broadcast is held.
     drain: watch::Receiver<Pressure>,
     waiting: FuturesUnordered<Waiting>,
+    /// Tells and broadcasts whose completion records are written when their flows end.
+    completing: FuturesUnordered<Completing>,
     /// Requests relayed to another replica after the node stopped: resolve when the first
     /// answer was passed back (see [`Serving::pass_on`]).
     relays: FuturesUnordered<oneshot::Receiver<()>>,
@@ -268,20 +284,23 @@ impl Serving {
                 Some((reply, credit, response)) = self.waiting.next(), if !self.waiting.is_empty() => {
                     answer(&self.ctx, reply, credit, response, &self.pressure, self.inbox.id());
                 }
+                Some((started, response)) = self.completing.next(), if !self.completing.is_empty() => {
+                    self.ctx.completions.finish(&self.inbox, started, response);
+                }
                 () = ticked(&mut self.accept_tick), if self.accept_tick.is_some() => self.on_accept_tick(),
                 Some(msg) = self.direct.next() => self.on_direct(msg),
                 incoming = prepared(&mut self.preparing), if self.preparing.is_some() => {
                     self.preparing = None;
-                    self.held = offer(&self.inbox, &self.pressure, incoming);
+                    self.held = offer(&self.ctx, &self.inbox, &self.pressure, &mut self.completing, incoming);
                 }
                 () = drained(&mut self.drain, self.held.as_ref().is_some_and(|h| h.rejected)), if self.held.is_some() => {
                     let h = self.held.take().expect("guarded by `held.is_some()`");
-                    self.held = offer(&self.inbox, &self.pressure, h.event);
+                    self.held = offer(&self.ctx, &self.inbox, &self.pressure, &mut self.completing, h.event);
                 }
                 Some(msg) = self.broadcast.next(), if self.held.is_none() && self.preparing.is_none() => {
                     match on_broadcast(&self.ctx, &self.inbox, msg) {
                         Some(Prepared::Ready(incoming)) => {
-                            self.held = offer(&self.inbox, &self.pressure, incoming);
+                            self.held = offer(&self.ctx, &self.inbox, &self.pressure, &mut self.completing, incoming);
                         }
                         Some(Prepared::Subscribing(subscribing)) => self.preparing = Some(subscribing),
                         None => {}
@@ -334,7 +353,7 @@ impl Serving {
         }
         if let Some(mut h) = self.held.take() {
             // offered once more: the node is closing, so this is counted if it does not fit
-            if let Err(err) = h.event.deliver(&self.inbox) {
+            if let Err(err) = h.event.deliver(&self.inbox, None) {
                 self.inbox.report_unobserved(&err);
             }
         }
@@ -578,6 +597,7 @@ impl Serving {
             &self.inbox,
             msg,
             &mut self.waiting,
+            &mut self.completing,
             &self.pressure,
         );
         if tracked && self.accept_tick.is_none() {
@@ -630,7 +650,7 @@ impl Serving {
             Some(Prepared::Subscribing(subscribing)) => subscribing.await,
             None => return,
         };
-        if let Err(err) = incoming.deliver(&self.inbox) {
+        if let Err(err) = incoming.deliver(&self.inbox, None) {
             self.inbox.report_unobserved(&err);
         }
     }
@@ -722,16 +742,35 @@ async fn drained(drain: &mut watch::Receiver<Pressure>, rejected_while_normal: b
 }
 
 /// Admits a broadcast unless the node is under pressure or full; then hands it back, to be
-/// offered again once the node drains. Other failures are counted at the node.
-fn offer(inbox: &Inbox, pressure: &watch::Receiver<Pressure>, mut event: Incoming) -> Option<Held> {
+/// offered again once the node drains. Other failures are counted at the node. A plain
+/// broadcast's flow is tracked for its completion record while records are on.
+fn offer(
+    ctx: &Serve,
+    inbox: &Inbox,
+    pressure: &watch::Receiver<Pressure>,
+    completing: &mut FuturesUnordered<Completing>,
+    mut event: Incoming,
+) -> Option<Held> {
     if pressure.borrow().under_pressure {
         return Some(Held {
             event,
             rejected: false,
         });
     }
-    match event.deliver(inbox) {
-        Ok(()) => None,
+    let (reply, tracked) = match event.plain_event() {
+        Some(e) if ctx.completions.on() => {
+            let (tx, c) = Completions::track(e, "broadcast");
+            (Some(tx), Some(c))
+        }
+        _ => (None, None),
+    };
+    match event.deliver(inbox, reply) {
+        Ok(()) => {
+            if let Some(c) = tracked {
+                completing.push(c);
+            }
+            None
+        }
         Err(err) if err.kind() == ErrorKind::QueueFull => Some(Held {
             event,
             rejected: !pressure.borrow().under_pressure,
@@ -771,6 +810,7 @@ fn on_direct(
     inbox: &Inbox,
     msg: Message,
     waiting: &mut FuturesUnordered<Waiting>,
+    completing: &mut FuturesUnordered<Completing>,
     pressure: &watch::Receiver<Pressure>,
 ) -> bool {
     let node = inbox.id();
@@ -820,6 +860,14 @@ fn on_direct(
                     false
                 }
             }
+        }
+        None if ctx.completions.on() => {
+            let (tx, c) = Completions::track(&event, "tell");
+            match inbox.deliver(event, Some(tx)) {
+                Ok(()) => completing.push(c),
+                Err(err) => inbox.report_unobserved(&err),
+            }
+            false
         }
         None => {
             if let Err(err) = inbox.deliver(event, None) {

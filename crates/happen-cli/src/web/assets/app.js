@@ -97,6 +97,7 @@ function connect() {
   source.addEventListener("status", (m) => onStatus(JSON.parse(m.data)));
   source.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
   source.addEventListener("reply", (m) => onReply(JSON.parse(m.data)));
+  source.addEventListener("completion", (m) => onCompletion(JSON.parse(m.data)));
   source.addEventListener("nodes", (m) => onNodes(JSON.parse(m.data)));
   source.addEventListener("durable", (m) => onDurable(JSON.parse(m.data)));
   source.addEventListener("gap", () => { $("tail").replaceChildren(); });
@@ -143,6 +144,23 @@ function markReply(r) {
     li.dataset.status = r.reply.status;
     li.querySelector(".route").append(` ${r.durationMs.toFixed(1)}ms`);
   }
+}
+
+// a tell's or broadcast's end at one node (its completion record)
+function markCompletion(c) {
+  const li = state.byEvent.get(c.eventId);
+  if (!li) return;
+  if (li.dataset.status !== "error") li.dataset.status = c.outcome;
+  const span = li.querySelector(".done") || li.querySelector(".route").appendChild(el("span", { class: "done" }));
+  const best = Math.max(Number(span.dataset.ms || 0), c.durationMs);
+  span.dataset.ms = String(best);
+  span.textContent = ` ${best.toFixed(1)}ms`;
+}
+
+function onCompletion(c) {
+  markCompletion(c);
+  if (state.txn === c.correlationId) later("txn", () => loadTxn(state.txn), 200);
+  if (c.outcome === "error") later("errors", loadErrors, 300);
 }
 
 function onReply(r) {
@@ -224,8 +242,23 @@ function renderDetail(id) {
   d.replaceChildren(el("b", {}, n.id), ` — totals: accepted ${n.accepted}, rejected ${n.rejected}, displaced ${n.displaced}, completed ${n.completed}, failed ${n.failed}, cancelled ${n.cancelled}, unobserved failures ${n.unobservedFailures}, engine faults ${n.engineFaults}; displaced/s ${rate(n.rates.displaced)}`,
     el("br"), ...n.replicas.map((r) => el("div", {},
       `replica ${r.replica.slice(0, 8)} (${r.process}): active ${r.active}/${r.maxConcurrent}, queued ${r.queued}/${r.queueLimit}, peak ${r.peakQueued}, wait p50/p99 ${micros(r.queueWaitP50Us)}/${micros(r.queueWaitP99Us)}${r.underPressure ? ", under pressure" : ""}`)),
+    ...n.replicas.map((r) => transportLine(r.replica)).filter((x) => x),
     histogram("queue wait", "queue-wait", n.queueWait, (state.heat[n.id] || {}).queueWait),
     histogram("handler time", "handler-time", n.handlerTime, (state.heat[n.id] || {}).handlerTime));
+}
+
+// The transport counters of the process serving a replica (discovery's `transport`), with
+// rates since the previous snapshot; nothing for a process that predates them.
+function transportLine(replica) {
+  const t = state.nodes && state.nodes.transports && state.nodes.transports[replica];
+  if (!t) return null;
+  const c = t.counters, r = t.rates;
+  const per = (k) => `${c[k] || 0} (${rate(r[k] || 0)}/s)`;
+  return el("div", { class: "transport", "data-replica": replica, "data-sent": c.sent || 0, "data-replies": c.replies || 0 },
+    `process ${replica.slice(0, 8)} (${t.name}) transport: sent ${per("sent")}, broadcasts ${per("broadcasts")}, replies ${per("replies")}, ` +
+    `disconnects ${c.disconnects || 0}, failed on disconnect ${c.failedOnDisconnect || 0}, rejected while disconnected ${c.rejectedWhileDisconnected || 0}, ` +
+    `failed (replica gone) ${c.failedReplicaGone || 0}, answers replayed ${c.answersReplayed || 0}, slow consumer ${c.slowConsumer || 0}, ` +
+    `bad input ${(c.malformed || 0) + (c.oversized || 0) + (c.protocolErrors || 0)}, completion records ${c.completionsPublished || 0}`);
 }
 
 // A node's histogram over time: one column per snapshot (oldest left), one row per log2 µs
@@ -302,9 +335,18 @@ async function loadTxn(corr) {
   renderWaterfall(body);
 }
 
+// One row per step; a broadcast's (or a tell's taken by several replicas) completions each
+// get a row of their own under it: the receiving node, its duration and outcome.
 function renderWaterfall(t) {
   const rows = [];
-  const walk = (b, depth) => { rows.push([b, depth]); for (const c of b.children) walk(c, depth + 1); };
+  const walk = (b, depth) => {
+    rows.push([b, depth]);
+    const done = b.completions || [];
+    if (b.kind === "broadcast" || done.length > 1) {
+      for (const c of done) rows.push([{ receiver: c, receivedUs: b.receivedUs, durationMs: c.durationMs, parent: b }, depth + 1]);
+    }
+    for (const c of b.children) walk(c, depth + 1);
+  };
   for (const r of t.roots) walk(r, 0);
   const start = Math.min(...rows.map(([b]) => b.receivedUs));
   const end = Math.max(...rows.map(([b]) => b.receivedUs + (b.durationMs || 0) * 1000));
@@ -317,20 +359,38 @@ function renderWaterfall(t) {
   const kids = [svg("text", { x: 4, y: 12, class: "dur" }, `${t.correlationId} · ${t.events} events · ${(span / 1000).toFixed(1)} ms`)];
   rows.forEach(([b, depth], i) => {
     const y = top + i * row;
-    const status = b.reply ? b.reply.status : (b.kind === "send" ? "pending" : b.kind);
-    const g = svg("g", { class: "step", "data-type": b.type, "data-depth": depth, "data-index": i, "data-status": status, "data-id": b.id });
+    if (b.receiver) { kids.push(receiverRow(b, depth, y, x, row)); return; }
+    const status = b.outcome || (b.reply ? b.reply.status : (b.kind === "send" ? "pending" : b.kind));
+    const g = svg("g", { class: "step", "data-type": b.type, "data-depth": depth, "data-index": i, "data-status": status, "data-id": b.id, "data-kind": b.kind });
+    if (b.durationMs !== undefined) g.setAttribute("data-duration-ms", b.durationMs.toFixed(3));
     const colour = status === "error" ? "#d0443c" : status === "ok" || status === "stream" ? "#2f9e6b" : "#9aa3b2";
     g.append(svg("text", { x: 4 + depth * 12, y: y + 14 }, short(`${b.type}  ${b.sender} → ${b.target === null ? "*" : b.target}`, 36 - depth * 2)));
     const x1 = x(b.receivedUs), x2 = b.durationMs !== undefined ? x(b.receivedUs + b.durationMs * 1000) : x1 + 3;
     g.append(svg("rect", { x: x1, y: y + 4, width: Math.max(3, x2 - x1), height: row - 8, rx: 2, fill: colour }));
-    const note = b.durationMs !== undefined ? `${b.durationMs.toFixed(1)} ms` : (b.kind === "send" ? "no reply seen" : b.kind);
-    const err = b.reply && b.reply.error ? ` ${b.reply.error.kind}${b.reply.error.code ? " " + b.reply.error.code : ""}` : "";
+    const done = b.completions || [];
+    const note = b.durationMs !== undefined
+      ? `${b.durationMs.toFixed(1)} ms${b.kind === "broadcast" ? ` (${done.length} node${done.length === 1 ? "" : "s"})` : ""}`
+      : (b.kind === "send" ? "no reply seen" : `${b.kind}, no completion record`);
+    const error = b.reply && b.reply.error ? b.reply.error : (done.find((c) => c.error) || {}).error;
+    const err = error ? ` ${error.kind}${error.code ? " " + error.code : ""}` : "";
     g.append(svg("text", { x: Math.max(x1, x2) + 4, y: y + 14, class: "dur" }, note + err));
-    const tip = svg("title", {}, `${b.id}\n+${b.offsetMs.toFixed(1)} ms${b.reply && b.reply.error ? "\n" + b.reply.error.message : ""}`);
+    const tip = svg("title", {}, `${b.id}\n+${b.offsetMs.toFixed(1)} ms${error ? "\n" + error.message : ""}`);
     g.append(tip);
     kids.push(g);
   });
   s.replaceChildren(...kids);
+}
+
+function receiverRow(r, depth, y, x, row) {
+  const c = r.receiver;
+  const g = svg("g", { class: "receiver", "data-node": c.node, "data-status": c.outcome, "data-duration-ms": c.durationMs.toFixed(3), "data-parent": r.parent.id });
+  g.append(svg("text", { x: 4 + depth * 12, y: y + 14, class: "dur" }, short(`↳ ${c.node}`, 36 - depth * 2)));
+  const x1 = x(r.receivedUs), x2 = x(r.receivedUs + c.durationMs * 1000);
+  g.append(svg("rect", { x: x1, y: y + 7, width: Math.max(3, x2 - x1), height: row - 14, rx: 2, fill: c.outcome === "error" ? "#d0443c" : "#7cc4a0" }));
+  const err = c.error ? ` ${c.error.kind}${c.error.code ? " " + c.error.code : ""}` : "";
+  g.append(svg("text", { x: Math.max(x1, x2) + 4, y: y + 14, class: "dur" }, `${c.durationMs.toFixed(1)} ms${err}`));
+  g.append(svg("title", {}, `${c.node} at ${(c.replica || "").slice(0, 8)}: admitted ${clock(c.startedUs)}, ended ${clock(c.endedUs)}${c.error ? "\n" + c.error.message : ""}`));
+  return g;
 }
 
 // ---- durable ----
@@ -433,8 +493,10 @@ async function loadAt(t) {
   state.byEvent.clear();
   for (const e of body.events) addTail(e);
   for (const rep of body.replies) markReply(rep);
+  for (const c of body.completions || []) markCompletion(c);
   if (body.nodes) {
     state.history = body.history;
+    state.heat = body.heat || {};
     renderNodes(body.nodes);
   } else {
     state.nodes = null;

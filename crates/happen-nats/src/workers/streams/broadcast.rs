@@ -16,7 +16,7 @@ use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use happen::transport::Inbox;
-use happen::transport::{BroadcastFeed, BroadcastItems, StreamItem};
+use happen::transport::{BroadcastFeed, BroadcastItems, ReplySender, StreamItem};
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use serde_json::Value;
 
@@ -131,12 +131,19 @@ impl Incoming {
         }
     }
 
+    /// A plain broadcast (no stream): its flow's end can be tracked for a completion record.
+    pub(crate) fn plain_event(&self) -> Option<&Event> {
+        matches!(self.mode, Mode::Plain).then_some(&self.event)
+    }
+
     /// Admits the broadcast into the node; on success starts forwarding (producer) or feeding
     /// (subscriber). On failure `self` is unchanged and may be offered again.
-    pub(crate) fn deliver(&mut self, inbox: &Inbox) -> Result<()> {
+    ///
+    /// `reply` (a completion record's channel) is used for a plain broadcast only.
+    pub(crate) fn deliver(&mut self, inbox: &Inbox, reply: Option<ReplySender>) -> Result<()> {
         // `Event` is a shared handle: a clone is one reference count
         match &mut self.mode {
-            Mode::Plain => inbox.deliver(self.event.clone(), None),
+            Mode::Plain => inbox.deliver(self.event.clone(), reply),
             Mode::Producer(s, subject) => {
                 let items = inbox.deliver_producer(self.event.clone())?;
                 tokio::spawn(forward(s.clone(), subject.clone(), items));
