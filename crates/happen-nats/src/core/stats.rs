@@ -125,6 +125,18 @@ counters! {
     /// Answers published again after a reconnect (written just before the connection was
     /// lost; requesters drop a second copy).
     answers_replayed,
+    /// Durable sends of this process whose answers it asked for again after a reconnect (an
+    /// answer published while it was disconnected is dropped by the server).
+    durable_answers_asked,
+    /// Answers of this process's durable nodes published again because their requester asked
+    /// for them after its reconnect.
+    durable_answers_resent,
+    /// Durable sends of this process answered after a reconnect from their exactly-once
+    /// record (no replica held the answer any more).
+    durable_answers_from_record,
+    /// Durable sends of this process failed at once after a reconnect: their event ran and
+    /// was answered while it was disconnected, and no replica held the answer any more.
+    durable_answers_lost,
 }
 
 /// Adds one to `c`.

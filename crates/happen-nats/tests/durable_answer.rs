@@ -1,0 +1,228 @@
+//! The answer of a durable `send` survives its requester's outage (issue 23; WIRE.md,
+//! "Guarantees"): on a 3-server cluster, a requester on its own connection has hundreds of
+//! durable sends in flight to a node served by a worker on another member; the requester's
+//! member is killed while the worker answers, and the requester reconnects elsewhere only
+//! after a pause, so that many answers are published while it is disconnected (the server
+//! drops them). Every send must still resolve with its own answer — none waits out its
+//! timeout — for an at-least-once and an exactly-once node.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::instance_with;
+use futures::future::join_all;
+use happen::{Context, ErrorKind, Event, NodeOptions};
+use happen_nats::{DeliveryMode, DurableNode, NatsConfig};
+use serde_json::json;
+use test_support::NatsCluster;
+
+/// Durable sends in flight at once.
+const SENDS: u64 = 500;
+/// A durable send's timeout: far above what the run takes, so a lost answer shows as a timeout.
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+const NODE: &str = "book";
+
+/// `servers`: the members this process may use; `reconnect_after`: its pause before each
+/// reconnect attempt.
+fn config(servers: Vec<String>, mode: DeliveryMode, reconnect_after: Duration) -> NatsConfig {
+    let mut c = NatsConfig::with_server(servers[0].clone()).with_durable(
+        NODE,
+        DurableNode::new(mode)
+            .with_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .with_ack_wait(Duration::from_secs(2)),
+    );
+    c.servers = servers;
+    c.durable.replicas = 3;
+    c.reconnect.delay = reconnect_after;
+    c.reconnect.max_delay = reconnect_after;
+    c.request_timeout = Some(SEND_TIMEOUT);
+    c
+}
+
+/// Polls `done` every 5 ms until it holds, failing with `what` after `secs` seconds.
+async fn wait_until(secs: u64, what: impl Fn() -> String, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Moves the leaders of `streams` and of the node's consumer off member `victim` (stepping
+/// them down until another member leads): an acknowledgement to a leader that dies is lost,
+/// and the event runs again and is answered after the reconnect, hiding a lost answer.
+async fn leaders_off(
+    client: &async_nats::Client,
+    cluster: &NatsCluster,
+    victim: usize,
+    streams: &[String],
+) {
+    let js = async_nats::jetstream::new(client.clone());
+    let victim = cluster.server_name(victim);
+    let consumer = format!("happen_{NODE}");
+    // (what leads, its step-down subject): each stream, then the node's consumer
+    let mut groups: Vec<(Option<String>, String)> = streams
+        .iter()
+        .map(|s| (None, format!("$JS.API.STREAM.LEADER.STEPDOWN.{s}")))
+        .collect();
+    groups.push((
+        Some(consumer.clone()),
+        format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{}.{consumer}", streams[0]),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, (consumer, stepdown)) in groups.iter().enumerate() {
+        let stream = &streams[if consumer.is_some() { 0 } else { i }];
+        let mut asked: Option<Instant> = None;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{stepdown}: still led by {victim}"
+            );
+            // while a leader is being elected the look-ups fail: look again
+            let cluster_info = match (js.get_stream(stream).await, consumer) {
+                (Ok(mut s), None) => s.info().await.ok().and_then(|i| i.cluster.clone()),
+                (Ok(s), Some(c)) => match s
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(c)
+                    .await
+                {
+                    Ok(mut c) => c.info().await.ok().and_then(|i| i.cluster.clone()),
+                    Err(_) => None,
+                },
+                (Err(_), _) => None,
+            };
+            match cluster_info.and_then(|c| c.leader) {
+                Some(l) if l != victim => break,
+                Some(_) if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) => {
+                    let _ = client.request(stepdown.clone(), "".into()).await;
+                    asked = Some(Instant::now());
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
+    let mut cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+
+    // the requester on member 1; after the kill it reconnects (to 0 or 2) only after 800 ms
+    let (r, tr) = instance_with(config(
+        vec![urls[1].clone(), urls[2].clone(), urls[0].clone()],
+        mode,
+        Duration::from_millis(800),
+    ))
+    .await;
+    let victim = cluster
+        .index_of_port(tr.client().server_info().port)
+        .expect("the requester is connected to a member");
+    let worker_member = (victim + 1) % 3;
+
+    // the worker on another member only, counting runs and the answers it gives while the
+    // requester is disconnected
+    let (w, tw) = instance_with(config(
+        vec![urls[worker_member].clone()],
+        mode,
+        Duration::from_millis(10),
+    ))
+    .await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let while_down = Arc::new(AtomicU64::new(0));
+    let book = w
+        .node_with(NODE, NodeOptions::new().max_concurrent(32).queue_limit(512))
+        .await
+        .unwrap();
+    let (rn, wd, requester_client) = (runs.clone(), while_down.clone(), tr.client().clone());
+    book.on("entry", move |e: Event, _c: Context| {
+        let (rn, wd, rc) = (rn.clone(), wd.clone(), requester_client.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            rn.fetch_add(1, Ordering::Relaxed);
+            if rc.connection_state() != async_nats::connection::State::Connected {
+                wd.fetch_add(1, Ordering::Relaxed);
+            }
+            json!({ "n": e.payload()["n"] })
+        }
+    })
+    .unwrap();
+
+    let (stream, _) = tw.durable_streams().unwrap();
+    let mut streams = vec![stream.to_owned()];
+    if mode == DeliveryMode::ExactlyOnce {
+        streams.push(format!("{stream}_DONE"));
+    }
+    leaders_off(tw.client(), &cluster, victim, &streams).await;
+
+    let producer = r.node("producer").await.unwrap();
+    let sends: Vec<_> = (0..SENDS)
+        .map(|n| {
+            let reply = producer
+                .send(NODE, Event::new("entry", json!({ "n": n })))
+                .timeout(SEND_TIMEOUT);
+            async move { (n, reply.await) }
+        })
+        .collect();
+    let all = tokio::spawn(join_all(sends));
+
+    // kill the requester's member once the worker is under way
+    wait_until(
+        60,
+        || format!("the worker did not start: {:?}", tw.stats()),
+        || runs.load(Ordering::Relaxed) >= 20,
+    )
+    .await;
+    cluster.kill(victim);
+    let at_kill = runs.load(Ordering::Relaxed);
+
+    let started = Instant::now();
+    let results = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(20), all)
+        .await
+        .expect("every send resolves (its own timeout at the latest)")
+        .unwrap();
+    let took = started.elapsed();
+    let mut answered = 0u64;
+    let mut timeouts = 0u64;
+    let mut other = Vec::new();
+    for (n, r) in results {
+        match r {
+            Ok(v) if v["n"] == json!(n) => answered += 1,
+            Ok(v) => other.push(format!("{n}: wrong answer {v}")),
+            Err(e) if e.kind() == ErrorKind::Timeout => timeouts += 1,
+            Err(e) => other.push(format!("{n}: {e}")),
+        }
+    }
+    let (rs, ws) = (tr.stats(), tw.stats());
+    println!(
+        "{mode:?}: {answered}/{SENDS} answered, {timeouts} waited out their timeout, {} other; \
+         {at_kill} run before the kill, {} answered while the requester was disconnected; \
+         resolved {took:?} after the kill",
+        other.len(),
+        while_down.load(Ordering::Relaxed),
+    );
+    println!("requester {rs:?}");
+    println!("worker {ws:?}");
+    assert!(
+        while_down.load(Ordering::Relaxed) > 0,
+        "nothing was answered while the requester was disconnected: the test tested nothing"
+    );
+    assert_eq!(timeouts, 0, "durable sends waited out their timeout");
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(answered, SENDS);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_answers_survive_the_requesters_outage() {
+    answers_survive_the_requesters_outage(DeliveryMode::AtLeastOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_answers_survive_the_requesters_outage() {
+    answers_survive_the_requesters_outage(DeliveryMode::ExactlyOnce).await;
+}
