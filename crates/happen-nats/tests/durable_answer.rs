@@ -4,7 +4,9 @@
 //! member is killed while the worker answers, and the requester reconnects elsewhere only
 //! after a pause, so that many answers are published while it is disconnected (the server
 //! drops them). Every send must still resolve with its own answer — none waits out its
-//! timeout — for an at-least-once and an exactly-once node.
+//! timeout — for an at-least-once and an exactly-once node. And when the worker is gone too
+//! by the time the requester is back (nobody holds the answers): an exactly-once node's
+//! record answers, an at-least-once send fails at once with `transport`.
 
 mod common;
 
@@ -106,7 +108,11 @@ async fn leaders_off(
     }
 }
 
-async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
+/// `worker_gone`: the worker also shuts down (once it answered and acknowledged every send)
+/// before the requester reconnects, so no replica holds the answers any more.
+async fn answers_survive_the_requesters_outage(mode: DeliveryMode, worker_gone: bool) {
+    let sends_n = if worker_gone { 200 } else { SENDS };
+    let reconnect_after = Duration::from_millis(if worker_gone { 3000 } else { 800 });
     let mut cluster = tokio::task::spawn_blocking(NatsCluster::start)
         .await
         .unwrap();
@@ -116,7 +122,7 @@ async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
     let (r, tr) = instance_with(config(
         vec![urls[1].clone(), urls[2].clone(), urls[0].clone()],
         mode,
-        Duration::from_millis(800),
+        reconnect_after,
     ))
     .await;
     let victim = cluster
@@ -160,7 +166,7 @@ async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
     leaders_off(tw.client(), &cluster, victim, &streams).await;
 
     let producer = r.node("producer").await.unwrap();
-    let sends: Vec<_> = (0..SENDS)
+    let sends: Vec<_> = (0..sends_n)
         .map(|n| {
             let reply = producer
                 .send(NODE, Event::new("entry", json!({ "n": n })))
@@ -179,8 +185,22 @@ async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
     .await;
     cluster.kill(victim);
     let at_kill = runs.load(Ordering::Relaxed);
-
     let started = Instant::now();
+    if worker_gone {
+        wait_until(
+            60,
+            || format!("the worker did not finish: {:?}", tw.stats()),
+            || tw.stats().durable_acked >= sends_n,
+        )
+        .await;
+        w.shutdown(Duration::from_secs(2)).await;
+        assert_ne!(
+            tr.client().connection_state(),
+            async_nats::connection::State::Connected,
+            "the requester reconnected before the worker was gone: the test tests nothing"
+        );
+    }
+
     let results = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(20), all)
         .await
         .expect("every send resolves (its own timeout at the latest)")
@@ -188,20 +208,26 @@ async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
     let took = started.elapsed();
     let mut answered = 0u64;
     let mut timeouts = 0u64;
+    let mut lost = 0u64;
     let mut other = Vec::new();
     for (n, r) in results {
         match r {
             Ok(v) if v["n"] == json!(n) => answered += 1,
             Ok(v) => other.push(format!("{n}: wrong answer {v}")),
             Err(e) if e.kind() == ErrorKind::Timeout => timeouts += 1,
+            Err(e) if e.kind() == ErrorKind::Transport && e.message().contains("no replica") => {
+                lost += 1
+            }
             Err(e) => other.push(format!("{n}: {e}")),
         }
     }
     let (rs, ws) = (tr.stats(), tw.stats());
     println!(
-        "{mode:?}: {answered}/{SENDS} answered, {timeouts} waited out their timeout, {} other; \
+        "{mode:?}{}: {answered}/{sends_n} answered, {lost} failed at once (answer lost), \
+         {timeouts} waited out their timeout, {} other; \
          {at_kill} run before the kill, {} answered while the requester was disconnected; \
          resolved {took:?} after the kill",
+        if worker_gone { " (worker gone)" } else { "" },
         other.len(),
         while_down.load(Ordering::Relaxed),
     );
@@ -213,16 +239,43 @@ async fn answers_survive_the_requesters_outage(mode: DeliveryMode) {
     );
     assert_eq!(timeouts, 0, "durable sends waited out their timeout");
     assert!(other.is_empty(), "{other:?}");
-    assert_eq!(answered, SENDS);
+    match (worker_gone, mode) {
+        (false, _) => assert_eq!(answered, sends_n),
+        // the record tells the outcome
+        (true, DeliveryMode::ExactlyOnce) => {
+            assert_eq!(answered, sends_n);
+            assert_eq!(rs.durable_answers_from_record, sends_n, "{rs:?}");
+        }
+        // nobody holds the answer: a typed error at once, not the timeout (those answered
+        // before the kill arrived)
+        (true, _) => {
+            assert!(lost > 0);
+            assert_eq!(answered + lost, sends_n);
+            assert_eq!(rs.durable_answers_lost, lost, "{rs:?}");
+        }
+    }
+    assert!(took < SEND_TIMEOUT / 2, "resolved only after {took:?}");
     drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_answers_survive_the_requesters_outage() {
-    answers_survive_the_requesters_outage(DeliveryMode::AtLeastOnce).await;
+    answers_survive_the_requesters_outage(DeliveryMode::AtLeastOnce, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_answers_survive_the_requesters_outage() {
-    answers_survive_the_requesters_outage(DeliveryMode::ExactlyOnce).await;
+    answers_survive_the_requesters_outage(DeliveryMode::ExactlyOnce, false).await;
+}
+
+/// The worker that ran the events is gone too when the requester comes back: an exactly-once
+/// node's record answers; an at-least-once send fails at once with `transport`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_sends_fail_at_once_when_no_replica_holds_the_answer() {
+    answers_survive_the_requesters_outage(DeliveryMode::AtLeastOnce, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_sends_are_answered_from_the_record_when_no_replica_holds_the_answer() {
+    answers_survive_the_requesters_outage(DeliveryMode::ExactlyOnce, true).await;
 }

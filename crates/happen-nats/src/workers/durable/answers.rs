@@ -18,11 +18,13 @@
 //!   answered, and when no replica holds that answer any more (the one that ran it died, or
 //!   dropped it for room) the send fails at once with `transport` instead of waiting out its
 //!   timeout. An event still in the stream runs later, and its answer reaches the requester,
-//!   now connected, as usual.
+//!   now connected, as usual. A send whose store was not acknowledged before the loss is
+//!   looked up once the publisher's retry has its stream sequence (every
+//!   `max(500 ms, liveness.detection)`, within the request timeout).
 //!
 //! Nothing of this touches a plain request: only durable sends are kept and asked for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,37 +186,58 @@ pub(super) async fn ask_again(d: Arc<Durable>) {
     tracing::info!(target: "happen_nats", waiting = waiting.len(), "reconnected: asking the durable nodes again for the answers of the durable sends still waiting");
     ask(&d, &waiting).await;
     let settle = ASK_SETTLE.max(d.ep.config.liveness.detection);
-    tokio::time::sleep(settle).await;
-    let still: Vec<Waiting> = waiting
-        .into_iter()
-        .filter(|w| d.requests.is_waiting(w.token))
-        .collect();
-    if still.is_empty() || d.link.is_closed() {
-        return;
-    }
-    let gone = look_up(&d, still).await;
-    if gone.is_empty() {
-        return;
-    }
-    // acknowledged, so answered: once more, for an answer that was on its way at the look-up
-    ask(&d, &gone).await;
-    tokio::time::sleep(settle).await;
-    for w in gone {
-        let err = crate::wire::error_from_parts(
-            ErrorKind::Transport,
-            format!(
-                "the durable event `{}` ran and was answered while this process was disconnected from nats, and no replica of node `{}` holds the answer any more (the one that ran it stopped, or the answer is older than its request timeout); it is not run again",
-                w.event, w.target
-            ),
-            Some(w.target.clone()),
-            None,
-            None,
-        );
-        if d.requests.is_waiting(w.token) {
-            d.requests.forget(w.token, || err);
-            inc(&d.counters.durable_answers_lost);
+    let give_up = Instant::now() + d.ep.config.effective_request_timeout();
+    let mut tokens: HashSet<u64> = waiting.iter().map(|w| w.token).collect();
+    loop {
+        tokio::time::sleep(settle).await;
+        if d.link.is_closed() || Instant::now() >= give_up {
+            return;
+        }
+        // looked up afresh: a send whose store was not acknowledged before the loss has its
+        // sequence once the publisher's retry is
+        let (stored, unstored): (Vec<Waiting>, Vec<Waiting>) = d
+            .requests
+            .durable_waiting()
+            .into_iter()
+            .filter(|w| tokens.contains(&w.token))
+            .partition(|w| w.seq != 0);
+        tokens = unstored.iter().map(|w| w.token).collect();
+        let mut gone = look_up(&d, stored).await;
+        // an exactly-once record may answer one not known to be stored yet
+        gone.extend(look_up(&d, unstored).await);
+        if !gone.is_empty() {
+            // acknowledged, so answered: once more, for an answer on its way at the look-up
+            ask(&d, &gone).await;
+            tokio::time::sleep(settle).await;
+            for w in gone {
+                fail_lost(&d, &w);
+            }
+        }
+        tokens.retain(|t| d.requests.is_waiting(*t));
+        if tokens.is_empty() {
+            return;
         }
     }
+}
+
+/// Fails the durable send `w` (if still waiting): its event ran and was answered, and nobody
+/// holds the answer.
+fn fail_lost(d: &Durable, w: &Waiting) {
+    if !d.requests.is_waiting(w.token) {
+        return;
+    }
+    let err = crate::wire::error_from_parts(
+        ErrorKind::Transport,
+        format!(
+            "the durable event `{}` ran and was answered while this process was disconnected from nats, and no replica of node `{}` holds the answer any more (the one that ran it stopped, or the answer is older than its request timeout); it is not run again",
+            w.event, w.target
+        ),
+        Some(w.target.clone()),
+        None,
+        None,
+    );
+    d.requests.forget(w.token, || err);
+    inc(&d.counters.durable_answers_lost);
 }
 
 /// Publishes the requests for the answers of `waiting`, by node.
@@ -257,6 +280,9 @@ async fn ask(d: &Durable, waiting: &[Waiting]) {
 /// tells the outcome of, and returns those that were acknowledged (no longer in the stream)
 /// without a record to answer from.
 async fn look_up(d: &Durable, still: Vec<Waiting>) -> Vec<Waiting> {
+    if still.is_empty() {
+        return Vec::new();
+    }
     let stream = match d.js.get_stream(&d.stream).await {
         Ok(s) => s,
         Err(e) => {
@@ -285,7 +311,7 @@ async fn look_up(d: &Durable, still: Vec<Waiting>) -> Vec<Waiting> {
             }
         }
         if w.seq == 0 {
-            // not stored yet: the publisher still tries, and its answer comes as usual
+            // not known to be stored yet: looked up again once it is
             continue;
         }
         match stream.get_raw_message(w.seq).await {
