@@ -279,3 +279,98 @@ async fn at_least_once_sends_fail_at_once_when_no_replica_holds_the_answer() {
 async fn exactly_once_sends_are_answered_from_the_record_when_no_replica_holds_the_answer() {
     answers_survive_the_requesters_outage(DeliveryMode::ExactlyOnce, true).await;
 }
+
+/// The figures behind the design (DESIGN.md, "How does a durable answer survive its
+/// requester's outage?"): durable sends per second as built (answers kept in memory), beside
+/// what storing every answer in JetStream instead would add per send (a file-stream publish
+/// awaited, 64 in flight), and a core publish of the same answers. One JetStream server.
+/// `cargo nextest run -p happen-nats --test durable_answer --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_answer_costs() {
+    use futures::StreamExt as _;
+    use test_support::{NatsServer, NatsServerOptions};
+    const N: usize = 3_000;
+    const IN_FLIGHT: usize = 64;
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let one = |mode| {
+        let mut c = config(vec![server.url()], mode, Duration::from_millis(10));
+        c.durable.replicas = 1;
+        c
+    };
+    for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
+        let (w, _tw) = instance_with(one(mode)).await;
+        let book = w
+            .node_with(NODE, NodeOptions::new().max_concurrent(64).queue_limit(512))
+            .await
+            .unwrap();
+        book.on("entry", |e: Event, _c: Context| async move {
+            json!({ "n": e.payload()["n"] })
+        })
+        .unwrap();
+        let (r, _tr) = instance_with(one(mode)).await;
+        let producer = r.node("producer").await.unwrap();
+        let started = Instant::now();
+        let ok = futures::stream::iter(0..N)
+            .map(|n| producer.send(NODE, Event::new("entry", json!({ "n": n }))))
+            .buffer_unordered(IN_FLIGHT)
+            .filter(|r| std::future::ready(r.is_ok()))
+            .count()
+            .await;
+        let took = started.elapsed();
+        assert_eq!(ok, N);
+        println!(
+            "{mode:?} durable sends: {N} in {took:?}: {:.0}/s, {:.2} ms each",
+            N as f64 / took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / N as f64
+        );
+        w.shutdown(Duration::from_secs(2)).await;
+        r.shutdown(Duration::from_secs(2)).await;
+    }
+
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "ANSWERS".into(),
+        subjects: vec!["answers.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        max_age: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let body = bytes::Bytes::from_static(br#"{"n":12345}"#);
+    let started = Instant::now();
+    let stored = futures::stream::iter(0..N)
+        .map(|n| {
+            let (js, body) = (js.clone(), body.clone());
+            async move {
+                js.publish(format!("answers.{n}"), body)
+                    .await
+                    .unwrap()
+                    .await
+                    .is_ok()
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let js_took = started.elapsed();
+    assert_eq!(stored, N);
+    let started = Instant::now();
+    for n in 0..N {
+        client
+            .publish(format!("_INBOX.x.{n}"), body.clone())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let core_took = started.elapsed();
+    println!(
+        "answers stored in JetStream (file, awaited, {IN_FLIGHT} in flight): {N} in {js_took:?}: \
+         {:.0}/s; core publishes: {N} in {core_took:?}: {:.0}/s",
+        N as f64 / js_took.as_secs_f64(),
+        N as f64 / core_took.as_secs_f64()
+    );
+}
