@@ -13,9 +13,10 @@
 //!   subjects of its durable sends still waiting on `<prefix>.answers.<node>`: every replica
 //!   of the node that holds one of those answers publishes it again (the requester drops a
 //!   second copy). A send still waiting a moment later (a replica would have answered by then)
-//!   is looked up in JetStream: an exactly-once node's record holds its outcome, which answers
-//!   it; a stored event no longer in the work-queue stream was acknowledged, so it ran and was
-//!   answered, and when no replica holds that answer any more (the one that ran it died, or
+//!   is looked up in JetStream, if the node's consumer delivered it already (one not yet
+//!   delivered waits in the stream): an exactly-once node's record holds its outcome, which
+//!   answers it; a stored event no longer in the work-queue stream was acknowledged, so it ran
+//!   and was answered, and when no replica holds that answer any more (the one that ran it died, or
 //!   dropped it for room) the send fails at once with `transport` instead of waiting out its
 //!   timeout. An event still in the stream runs later, and its answer reaches the requester,
 //!   now connected, as usual. A send whose store was not acknowledged before the loss is
@@ -291,9 +292,29 @@ async fn look_up(d: &Durable, still: Vec<Waiting>) -> Vec<Waiting> {
         }
     };
     let mut gone = Vec::new();
+    // per node, the highest stream sequence its consumer delivered: a send stored after it was
+    // never delivered, so it still waits in the stream and costs no read (a backlog of
+    // waiting sends is not read one by one after every reconnect)
+    let mut delivered: HashMap<NodeId, u64> = HashMap::new();
     for w in still {
         if !d.requests.is_waiting(w.token) {
             continue;
+        }
+        if w.seq != 0 {
+            let upto = match delivered.get(&w.target) {
+                Some(upto) => *upto,
+                None => {
+                    let upto = stream
+                        .consumer_info(Durable::consumer_name(&w.target))
+                        .await
+                        .map_or(u64::MAX, |i| i.delivered.stream_sequence);
+                    delivered.insert(w.target.clone(), upto);
+                    upto
+                }
+            };
+            if w.seq > upto {
+                continue;
+            }
         }
         let once = d
             .settings
