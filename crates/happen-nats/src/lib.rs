@@ -48,8 +48,11 @@
 //!   a redelivered completed event is acknowledged without running again). A `send` to a
 //!   durable node returns the flow's value as usual; while disconnected, durable sends are
 //!   buffered (`outbound_buffer`) and published after the reconnect, and a waiting durable
-//!   request keeps waiting. Every process needs the same `durable` settings. Broadcasts are
-//!   never durable. See `WIRE.md`, "Durable delivery".
+//!   request keeps waiting: an answer published meanwhile is asked for again after the
+//!   reconnect (replicas keep their durable answers for the request timeout; an exactly-once
+//!   record answers too), or the send fails at once with `transport` when its event ran and
+//!   no replica holds the answer any more. Every process needs the same `durable` settings.
+//!   Broadcasts are never durable. See `WIRE.md`, "Durable delivery".
 //! - **Stored state** ([`happen::stored`]): node state, views and global state live in
 //!   JetStream key-value buckets (`node-<id>`, key `state`, raw JSON; `happen-global-state`),
 //!   laid out as NATS key-value lays them out, so they survive restarts and every process (and

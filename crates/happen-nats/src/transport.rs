@@ -315,6 +315,7 @@ impl NatsTransport {
             outbox: outbox.clone(),
             nodes: nodes.clone(),
             counters: counters.clone(),
+            durable: durable.as_ref().map(|(d, _)| d.clone()),
         });
         let discover = Arc::new(Discover {
             ep: ep.clone(),
@@ -698,7 +699,7 @@ impl Inner {
                         tx,
                         target: target.clone(),
                         in_flight,
-                        durable: false,
+                        durable: None,
                         sent: Some(now),
                         replica: None,
                     },

@@ -31,8 +31,10 @@ pub(crate) enum Pending {
         tx: ReplySender,
         target: NodeId,
         in_flight: Option<InFlight>,
-        /// A durable send: its reply still comes after a reconnect.
-        durable: bool,
+        /// A durable send (its reply still comes after a reconnect): what asking for its
+        /// answer again needs (see [`Requests::durable_waiting`]). `None` for any other
+        /// request.
+        durable: Option<Box<DurableSend>>,
         /// When it was published (see [`Requests::fail_gone`]); `None` for a durable send.
         sent: Option<Instant>,
         /// The replica that said it holds the request (an `accepted` frame).
@@ -65,6 +67,23 @@ pub(crate) enum Pending {
         /// Forgotten after the request timeout.
         expires: Instant,
     },
+}
+
+/// A durable send waiting for its answer: its event id and, once the server acknowledged
+/// storing it, its stream sequence.
+pub(crate) struct DurableSend {
+    pub(crate) event: Box<str>,
+    /// 0 until stored.
+    pub(crate) seq: u64,
+}
+
+/// A durable send still waiting for its answer (see [`Requests::durable_waiting`]).
+pub(crate) struct Waiting {
+    pub(crate) token: u64,
+    pub(crate) target: NodeId,
+    pub(crate) event: Box<str>,
+    /// Its stream sequence; 0 while not stored.
+    pub(crate) seq: u64,
 }
 
 /// What a message arriving on `<inbox>.<token>` is for (see [`Requests::arrived`]).
@@ -288,7 +307,9 @@ impl Requests {
         let drained: Vec<(u64, Pending)> = self.pending.lock().drain().collect();
         for (token, p) in drained {
             match p {
-                p @ Pending::Reply { durable: true, .. } => {
+                p @ Pending::Reply {
+                    durable: Some(_), ..
+                } => {
                     self.pending.lock().insert(token, p);
                 }
                 Pending::Reply { tx, target, .. } => {
@@ -359,6 +380,63 @@ impl Requests {
             }
         }
         relays
+    }
+
+    /// The durable send `token` was stored at stream sequence `seq`.
+    pub(crate) fn stored(&self, token: u64, seq: u64) {
+        if let Some(Pending::Reply {
+            durable: Some(d), ..
+        }) = self.pending.lock().get_mut(&token)
+        {
+            d.seq = seq;
+        }
+    }
+
+    /// The durable sends still waiting for their answers (to ask for them again after a
+    /// reconnect), oldest token first.
+    pub(crate) fn durable_waiting(&self) -> Vec<Waiting> {
+        let mut waiting: Vec<Waiting> = self
+            .pending
+            .lock()
+            .iter()
+            .filter_map(|(token, p)| match p {
+                Pending::Reply {
+                    durable: Some(d),
+                    target,
+                    tx,
+                    ..
+                } if !tx.is_closed() => Some(Waiting {
+                    token: *token,
+                    target: target.clone(),
+                    event: d.event.clone(),
+                    seq: d.seq,
+                }),
+                _ => None,
+            })
+            .collect();
+        waiting.sort_unstable_by_key(|w| w.token);
+        waiting
+    }
+
+    /// Is the request `token` still waiting for its reply?
+    pub(crate) fn is_waiting(&self, token: u64) -> bool {
+        matches!(self.pending.lock().get(&token), Some(Pending::Reply { tx, .. }) if !tx.is_closed())
+    }
+
+    /// Answers the request `token` with `outcome` (found elsewhere than in a reply, e.g. an
+    /// exactly-once record). `false` when it no longer waits.
+    pub(crate) fn resolve(&self, token: u64, outcome: Result<serde_json::Value>) -> bool {
+        let removed = {
+            let mut pending = self.pending.lock();
+            match pending.get(&token) {
+                Some(Pending::Reply { .. }) => pending.remove(&token),
+                _ => None,
+            }
+        };
+        match removed {
+            Some(Pending::Reply { tx, .. }) => tx.send(Response::Done(outcome)).is_ok(),
+            _ => false,
+        }
     }
 
     /// Removes the request `token` that could not be published, failing its sender with

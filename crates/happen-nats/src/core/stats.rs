@@ -137,6 +137,18 @@ counters! {
     /// Completion records dropped because the outgoing buffer was full (they are best
     /// effort: an observer never holds up a node).
     completions_dropped,
+    /// Durable sends of this process whose answers it asked for again after a reconnect (an
+    /// answer published while it was disconnected is dropped by the server).
+    durable_answers_asked,
+    /// Answers of this process's durable nodes published again because their requester asked
+    /// for them after its reconnect.
+    durable_answers_resent,
+    /// Durable sends of this process answered after a reconnect from their exactly-once
+    /// record (no replica held the answer any more).
+    durable_answers_from_record,
+    /// Durable sends of this process failed at once after a reconnect: their event ran and
+    /// was answered while it was disconnected, and no replica held the answer any more.
+    durable_answers_lost,
 }
 
 /// Adds one to `c`.

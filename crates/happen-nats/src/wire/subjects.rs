@@ -98,6 +98,12 @@ impl Subjects {
         format!("{}.dlq.", self.prefix)
     }
 
+    /// `<prefix>.answers.<id>`: requests for the answers of durable sends to node `id` again,
+    /// after the requester's reconnect (see `WIRE.md`, "Guarantees").
+    pub(crate) fn answers(&self, id: &str) -> String {
+        format!("{}.answers.{id}", self.prefix)
+    }
+
     /// `<prefix>.done.`: exactly-once records, `<prefix>.done.<node>.<event>`.
     pub(crate) fn records_prefix(&self) -> String {
         format!("{}.done.", self.prefix)

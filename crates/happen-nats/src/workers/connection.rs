@@ -14,6 +14,7 @@ use crate::core::nodes::LocalNodes;
 use crate::core::outbox::Outbox;
 use crate::core::requests::Requests;
 use crate::core::stats::{Counters, inc};
+use crate::workers::durable::Durable;
 
 /// The type of the event this process's nodes receive when the connection to NATS changes:
 /// `{"status": "disconnected" | "reconnected" | "closed", "reason": "...", "server": "..."}`.
@@ -52,6 +53,9 @@ pub(crate) struct Connection {
     pub(crate) counters: Arc<Counters>,
     /// `<prefix>.node.`: a refused publish under it names the node a request was for.
     pub(crate) node_subjects: String,
+    /// Durable delivery: after a reconnect, the answers of durable sends still waiting are
+    /// asked for again.
+    pub(crate) durable: Option<Arc<Durable>>,
 }
 
 /// Follows the client's connection events until the client is gone.
@@ -77,10 +81,13 @@ pub(crate) async fn run(
             }
             async_nats::Event::Connected => {
                 tracing::info!(target: "happen_nats", "connected to nats");
-                c.connected();
+                let again = c.connected();
                 let replayed = c.outbox.replay_lost();
                 if replayed > 0 {
                     tracing::info!(target: "happen_nats", replayed, "answers written just before the connection was lost are published again");
+                }
+                if again && let Some(d) = &c.durable {
+                    d.reconnected();
                 }
             }
             async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
@@ -144,11 +151,11 @@ impl Connection {
         );
     }
 
-    /// The client is connected (again). Nothing is announced for the first connection, which
-    /// happens before any node exists.
-    fn connected(&self) {
+    /// The client is connected (again); `true` after a loss. Nothing is announced for the
+    /// first connection, which happens before any node exists.
+    fn connected(&self) -> bool {
         let Some((server, buffered)) = self.link.came_up() else {
-            return;
+            return false;
         };
         tracing::info!(target: "happen_nats", server = %server, buffered, "reconnected to nats");
         self.announce(
@@ -158,6 +165,7 @@ impl Connection {
             ),
             &server,
         );
+        true
     }
 
     /// The client gave up reconnecting (`reconnect.max_attempts`): nothing more can be sent.

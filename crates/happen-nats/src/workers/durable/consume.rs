@@ -95,6 +95,20 @@ pub(super) async fn run(
             return;
         }
     };
+    // requests for answers again (after a requester's reconnect): without it a requester's
+    // outage loses answers, but the node still works
+    let mut asks = match d
+        .ep
+        .client
+        .subscribe(d.ep.subjects.answers(node.inbox.id()))
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(target: "happen_nats", node = %node.inbox.id(), error = %e, "cannot subscribe for requests of durable answers; a requester that loses its connection may miss answers");
+            None
+        }
+    };
     let mut pulls: HashMap<u64, Pull> = HashMap::new();
     let mut next_pull = 0u64;
     let mut jobs: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
@@ -151,6 +165,9 @@ pub(super) async fn run(
                 node.stopping.store(true, Ordering::Release);
             }
             Some(()) = jobs.next(), if !jobs.is_empty() => {}
+            Some(ask) = async { asks.as_mut()?.next().await }, if asks.is_some() => {
+                super::answers::serve(&d, node.inbox.id(), &ask);
+            }
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
                 // status messages (408 expired, 409, 404) come on the pull's own subject
@@ -201,6 +218,9 @@ pub(super) async fn run(
         }
     }
     let _ = sub.unsubscribe().await;
+    if let Some(mut asks) = asks {
+        let _ = asks.unsubscribe().await;
+    }
     // delivered after the unsubscribe: redelivered after the ack wait
     // (unconstrained: see `serve::Sub::try_next`)
     while let Some(Some(msg)) = tokio::task::unconstrained(sub.next()).now_or_never() {
@@ -266,7 +286,7 @@ async fn run_job(node: Arc<Node>, msg: Message) {
             if dead_letter(&node, &msg, delivered, &err).await
                 && let Some(r) = reply_to
             {
-                answer(d, r, Err(err)).await;
+                answer(&node, r, Err(err)).await;
             }
             node.working.lock().remove(&seq);
             return;
@@ -305,7 +325,7 @@ async fn run_once(
     let answered = |outcome: Result<serde_json::Value>| async {
         inc(&d.counters.durable_duplicates_skipped);
         if let Some(r) = reply_to.clone() {
-            answer(d, r, outcome).await;
+            answer(node, r, outcome).await;
         }
         settle(d, msg, AckKind::Ack).await;
     };
@@ -375,7 +395,7 @@ async fn conclude(
                 record(node, msg, done, key, encode_record(&value)).await;
             }
             if let Some(r) = reply_to {
-                answer(d, r, Ok(value.clone())).await;
+                answer(node, r, Ok(value.clone())).await;
             }
             settle(d, msg, AckKind::Ack).await;
             inc(&d.counters.durable_acked);
@@ -408,7 +428,7 @@ async fn conclude(
                 record(node, msg, done, key, record_body.clone()).await;
             }
             if let Some(r) = reply_to {
-                answer(d, r, Err(err)).await;
+                answer(node, r, Err(err)).await;
             }
             // the waiting copies answer as a copy that finds the record would
             Some(decode_record(&record_body))
@@ -560,7 +580,11 @@ async fn dead_letter(node: &Node, msg: &Message, delivered: u32, err: &Error) ->
 /// its requester waiting out its timeout (seen in the chaos soak: 6 durable sends of ~41,500
 /// over 18 worker SIGKILLs); now it dies with the event unacknowledged, which is redelivered
 /// and answered (from its record, for an exactly-once node).
-async fn answer(d: &Durable, reply: Subject, outcome: Result<serde_json::Value>) {
+///
+/// Also kept for the request timeout, for a requester that asks for it again after its
+/// reconnect (see [`super::answers`]).
+async fn answer(node: &Node, reply: Subject, outcome: Result<serde_json::Value>) {
+    let d = &node.d;
     let (headers, payload) = match outcome {
         Ok(v) => (Headers::None, wire::value_body(&v)),
         Err(e) => {
@@ -570,6 +594,12 @@ async fn answer(d: &Durable, reply: Subject, outcome: Result<serde_json::Value>)
             (Headers::Custom(h), body)
         }
     };
+    let kept_headers = match &headers {
+        Headers::Custom(h) => Some(h.clone()),
+        _ => None,
+    };
+    d.kept
+        .keep(node.inbox.id(), &reply, kept_headers, payload.clone());
     let published = d
         .outbox
         .publish_now(Outgoing {

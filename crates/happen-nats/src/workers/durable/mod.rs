@@ -7,8 +7,10 @@
 //!
 //! Files: this one sets up the streams and hands sends and nodes to the [`publish`] and
 //! [`consume`] tasks; [`records`] keeps the exactly-once records, [`claim`] the claims that
-//! let one copy of an event id run at a time.
+//! let one copy of an event id run at a time, [`answers`] the answers kept and asked for
+//! again after a requester's outage.
 
+mod answers;
 mod claim;
 mod consume;
 mod publish;
@@ -33,7 +35,7 @@ use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 use crate::core::Endpoint;
 use crate::core::link::Link;
 use crate::core::outbox::{Outbox, refused};
-use crate::core::requests::{Pending, Requests};
+use crate::core::requests::{DurableSend, Pending, Requests};
 use crate::core::shut_down;
 use crate::core::stats::{Counters, inc};
 use crate::wire::{self, header};
@@ -79,6 +81,9 @@ pub(crate) struct Durable {
     done: Option<Records>,
     /// To the publisher task.
     tx: mpsc::Sender<Publish>,
+    /// The answers this process's durable nodes published lately, for requesters that lost
+    /// their connection meanwhile (see [`answers`]).
+    kept: answers::Kept,
     consumers: Mutex<HashMap<NodeId, Consumer>>,
 }
 
@@ -169,6 +174,7 @@ impl Durable {
         };
         let (tx, rx) = mpsc::channel(config.outbound_buffer);
         let settings = d.clone();
+        let kept = answers::Kept::new(ep.config.effective_request_timeout());
         let durable = Arc::new(Durable {
             ep,
             requests,
@@ -183,6 +189,7 @@ impl Durable {
             dlq_prefix,
             done,
             tx,
+            kept,
             consumers: Mutex::new(HashMap::new()),
         });
         let publisher = tokio::spawn(publish::run(durable.clone(), rx));
@@ -212,7 +219,8 @@ impl Durable {
         }
         let payload = wire::encode_checked(&event, self.ep.max_bytes)?;
         let mut headers = HeaderMap::new();
-        headers.insert(header::MSG_ID, event.id().to_string().as_str());
+        let id = event.id().to_string();
+        headers.insert(header::MSG_ID, id.as_str());
         let token = reply.map(|tx| {
             let token = self.requests.token();
             self.requests.insert(
@@ -221,7 +229,10 @@ impl Durable {
                     tx,
                     target: target.clone(),
                     in_flight: None,
-                    durable: true,
+                    durable: Some(Box::new(DurableSend {
+                        event: id.into_boxed_str(),
+                        seq: 0,
+                    })),
                     sent: None,
                     replica: None,
                 },
@@ -251,6 +262,13 @@ impl Durable {
         })?;
         inc(&self.counters.sent);
         Ok(())
+    }
+
+    /// The connection is back after a loss: asks the durable nodes again for the answers of
+    /// this process's durable sends still waiting (an answer published meanwhile was dropped
+    /// by the server), and looks up in JetStream those no replica answers (see [`answers`]).
+    pub(crate) fn reconnected(self: &Arc<Self>) {
+        tokio::spawn(answers::ask_again(self.clone()));
     }
 
     /// Starts consuming for a durable node.

@@ -45,11 +45,17 @@ async fn publish_one(d: Arc<Durable>, p: Publish, deadline: Instant) {
             .payload(p.payload.clone())
             .headers(p.headers.clone());
         let r = match d.js.send_publish(p.subject.clone(), msg).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match r {
-            Ok(()) => break Ok(()),
+            Ok(seq) => {
+                if let Some(t) = p.token {
+                    // where to look after a reconnect whether it ran (`answers`)
+                    d.requests.stored(t, seq);
+                }
+                break Ok(());
+            }
             Err(e) => {
                 let pause = PUBLISH_RETRY.delay(attempt as usize);
                 if Instant::now() + pause >= deadline || d.link.is_closed() {
