@@ -83,7 +83,9 @@ struct WebArgs {
     /// Broadcast the warnings as the reference's flow-balance events: `node.down` (pattern
     /// `bottleneck`: pressure held too long; `node-failure`: a replica gone from discovery)
     /// and `system.down` (level and pattern, when more than a share of the nodes is down),
-    /// once when a condition starts. Discovers every second even with no page open.
+    /// once when a condition starts. Discovers every second even with no page open. Dead
+    /// letters growing and stalled streams stay on the page (they are watched only while one
+    /// is open).
     #[arg(long, conflicts_with = "replay")]
     flow_events: bool,
     /// Pressure held this long is a warning (and a `bottleneck`).
@@ -92,6 +94,18 @@ struct WebArgs {
     /// Rejections in this many discovery snapshots (one a second) in a row are a warning.
     #[arg(long, default_value_t = 3, value_name = "SNAPSHOTS", value_parser = clap::value_parser!(u32).range(1..))]
     rejecting_for: u32,
+    /// Dead letters of a durable node grown in this many checks in a row (one every 2 s, while
+    /// a page is open) are a warning.
+    #[arg(long, default_value_t = 3, value_name = "CHECKS", value_parser = clap::value_parser!(u32).range(1..))]
+    dead_letters_for: u32,
+    /// Dead letters of a durable node grown by this many since the previous check are a
+    /// warning at once.
+    #[arg(long, default_value_t = 10, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    dead_letters_jump: u64,
+    /// A stream (a request answered with items) with no frame (item, credit, end) for this
+    /// long is stalled: a warning naming the node producing it (while a page is open).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = time::parse_duration)]
+    stream_stall: Duration,
     /// `system.down` with level `warning` when more than this share of the nodes is down.
     #[arg(long, default_value_t = 0.3, value_name = "SHARE", value_parser = share)]
     system_warning: f64,

@@ -930,3 +930,197 @@ async fn tells_and_broadcasts_end_in_the_waterfall_live_and_replayed() {
     senders.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&path);
 }
+
+/// The warnings of a nodes frame of `kind` about `node`.
+fn warnings_of<'a>(f: &'a Frame, kind: &str, node: &str) -> Vec<&'a Value> {
+    if f.event != "nodes" {
+        return Vec::new();
+    }
+    f.data["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["kind"] == kind && w["node"] == node)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_growing_are_a_warning_until_they_stop() {
+    use happen::{Context, Error, ErrorKind, Event, Happen};
+    use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let config = NatsConfig::with_server(server.url()).with_durable(
+        "worker",
+        DurableNode::new(DeliveryMode::AtLeastOnce)
+            .with_max_deliveries(2)
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
+    );
+    let transport = NatsTransport::connect(config).await.unwrap();
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let worker = h.node("worker").await.unwrap();
+    worker
+        .on("job", |_e: Event, _c: Context| async move {
+            Err::<(), _>(Error::new(ErrorKind::Handler, "never works").with_code("broken"))
+        })
+        .unwrap();
+    let client = h.node("client").await.unwrap();
+    // grown in two checks in a row (a few per check, under the jump of 10)
+    let web = Web::start(&server.url(), &["--dead-letters-for", "2"]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    // a job every 300 ms: the pace of the failures, not a synchronisation
+    let failing = tokio::spawn(async move {
+        loop {
+            client.tell("worker", Event::new("job", json!({}))).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let frames = within(
+        60,
+        "the dead-letters warning",
+        page.until(|f| !warnings_of(f, "dead-letters-growing", "worker").is_empty()),
+    )
+    .await;
+    let w = warnings_of(frames.last().unwrap(), "dead-letters-growing", "worker")[0].clone();
+    assert_eq!(w["level"], "warning", "{w}");
+    assert!(w["message"].as_str().unwrap().contains("in a row"), "{w}");
+    assert!(w["sinceUs"].as_u64().unwrap() > 0, "{w}");
+    // the API has it too while they keep growing
+    let mut in_api = false;
+    for _ in 0..20 {
+        let nodes = web.get_json("/api/nodes").await;
+        in_api = nodes["warnings"].as_array().is_some_and(|ws| {
+            ws.iter()
+                .any(|w| w["kind"] == "dead-letters-growing" && w["node"] == "worker")
+        });
+        if in_api {
+            break;
+        }
+        page.until(|f| f.event == "nodes").await;
+    }
+    assert!(in_api, "GET /api/nodes shows the warning");
+    // no more failures: the next check finds no growth and the warning clears
+    failing.abort();
+    within(
+        60,
+        "the warning to clear",
+        page.until(|f| {
+            f.event == "nodes" && warnings_of(f, "dead-letters-growing", "worker").is_empty()
+        }),
+    )
+    .await;
+    h.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_frames_is_stalled_until_it_ends() {
+    use futures::StreamExt;
+    use happen::{Context, Emitter, Event, Happen};
+    use happen_nats::{NatsConfig, NatsTransport};
+    use std::sync::Arc;
+
+    let server = NatsServer::start();
+    let transport = NatsTransport::connect(NatsConfig::with_server(server.url()))
+        .await
+        .unwrap();
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let producer = h.node("producer").await.unwrap();
+    // one item, then nothing until the test opens the gate
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let held = gate.clone();
+    producer
+        .on("feed", move |_e: Event, _c: Context, emit: Emitter| {
+            let held = held.clone();
+            async move {
+                emit.emit(1).await?;
+                held.notified().await;
+                emit.emit(2).await?;
+                Ok::<_, happen::Error>(json!("fed"))
+            }
+        })
+        .unwrap();
+    producer
+        .on("ping", |_e: Event, _c: Context| async move { "pong" })
+        .unwrap();
+    // the requester in another process, so the stream crosses NATS
+    let transport = NatsTransport::connect(NatsConfig::with_server(server.url()))
+        .await
+        .unwrap();
+    let senders = Happen::builder().transport(transport).build().unwrap();
+    let client = senders.node("client").await.unwrap();
+
+    let web = Web::start(&server.url(), &["--stream-stall", "1s"]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    // the watch sees replies once a ping's reply reaches the page
+    within(30, "the watch to see replies", async {
+        loop {
+            let corr = happen::CorrelationId::new();
+            client
+                .send(
+                    "producer",
+                    Event::new("ping", ()).with_correlation_id(corr.clone()),
+                )
+                .await
+                .unwrap();
+            let corr = corr.to_string();
+            let mut nodes = 0;
+            let frames = page
+                .until(|f| {
+                    nodes += usize::from(f.event == "nodes");
+                    (f.event == "reply" && f.data["correlationId"] == corr.as_str()) || nodes == 3
+                })
+                .await;
+            if frames.last().is_some_and(|f| f.event == "reply") {
+                return;
+            }
+        }
+    })
+    .await;
+
+    let corr = happen::CorrelationId::new();
+    let mut stream = client
+        .send(
+            "producer",
+            Event::new("feed", ()).with_correlation_id(corr.clone()),
+        )
+        .into_stream();
+    let first = within(10, "the first item", stream.next()).await;
+    assert_eq!(first.unwrap().unwrap(), json!(1));
+    let corr = corr.to_string();
+    let frames = within(
+        30,
+        "the stalled-stream warning",
+        page.until(|f| !warnings_of(f, "stream-stalled", "producer").is_empty()),
+    )
+    .await;
+    let w = warnings_of(frames.last().unwrap(), "stream-stalled", "producer")[0].clone();
+    assert_eq!(w["correlationId"], corr.as_str(), "{w}");
+    assert_eq!(w["level"], "warning", "{w}");
+    assert!(w["message"].as_str().unwrap().contains(&corr), "{w}");
+    let nodes = web.get_json("/api/nodes").await;
+    assert!(
+        nodes["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "stream-stalled" && w["correlationId"] == corr.as_str()),
+        "{nodes}"
+    );
+
+    // the stream goes on and ends: no longer stalled
+    gate.notify_one();
+    let second = within(10, "the second item", stream.next()).await;
+    assert_eq!(second.unwrap().unwrap(), json!(2));
+    assert!(within(10, "the end", stream.next()).await.is_none());
+    assert_eq!(stream.final_value(), Some(&json!("fed")));
+    within(
+        30,
+        "the warning to clear",
+        page.until(|f| {
+            f.event == "nodes" && warnings_of(f, "stream-stalled", "producer").is_empty()
+        }),
+    )
+    .await;
+    senders.shutdown(Duration::from_secs(2)).await;
+    h.shutdown(Duration::from_secs(2)).await;
+}

@@ -2,7 +2,9 @@
 //! reconnecting page resumes with `Last-Event-ID`), and the watch that produces them. The
 //! watch (a tap of every event, the reply subjects, the completion records of tells and
 //! broadcasts with a watch beat each second, discovery once a second, the durable streams
-//! every two seconds, the connection state) runs only while at least one page is connected:
+//! every two seconds (each poll bounded to two seconds), the connection state) runs only while
+//! at least one page is connected, and so do the warnings it alone feeds: dead letters growing
+//! (from the durable polls) and streams stalled (from the frames on `_INBOX.>`):
 //! with no page open the nodes pay nothing (nodes with `completion_records = "watched"`
 //! stop publishing records 5 s after the last beat). The exception, opted into: with flow
 //! events (`happen web --flow-events`) discovery runs all the time, and each snapshot's
@@ -23,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::durable;
 use super::flow::{Flow, FlowConfig};
 use super::view::Rates;
-use super::warnings::Thresholds;
+use super::warnings::{DeadLetters, Streams, Thresholds, Warning};
 use crate::conn::{self, Connection};
 use crate::observed::{Completed, Reply, Seen, Store, reply_of};
 use crate::tap;
@@ -81,6 +83,11 @@ pub(crate) struct Hub {
     status: Mutex<Value>,
     rates: Mutex<Rates>,
     flow: Option<Mutex<Flow>>,
+    thresholds: Thresholds,
+    /// The dead letters per node across the durable polls, and the warnings of the last one.
+    dead_letters: Mutex<(DeadLetters, Vec<Warning>)>,
+    /// The streams answering requests, while the watch sees their frames.
+    streams: Mutex<Streams>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,6 +113,9 @@ impl Drop for Watcher {
             {
                 discovery.abort();
             }
+            drop(f);
+            // no longer watched: what they knew goes stale
+            self.hub.forget_watched();
         }
     }
 }
@@ -141,6 +151,9 @@ impl Hub {
             status: Mutex::new(json!({"nats": "connected"})),
             rates: Mutex::new(rates),
             flow: options.flow.map(|c| Mutex::new(Flow::new(c))),
+            thresholds: options.thresholds,
+            dead_letters: Mutex::new((DeadLetters::default(), Vec::new())),
+            streams: Mutex::new(Streams::default()),
         });
         if hub.flow.is_some() {
             lock(&hub.frames).discovery = Some(tokio::spawn(discovery(hub.clone())));
@@ -207,7 +220,28 @@ impl Hub {
         lock(&self.durable).clone()
     }
 
-    fn on_durable(&self, snapshot: Value) {
+    /// Forgets the streams and dead letters seen (the watch starts or stops: frames and
+    /// polls in between are not seen).
+    fn forget_watched(&self) {
+        lock(&self.streams).clear();
+        *lock(&self.dead_letters) = (DeadLetters::default(), Vec::new());
+    }
+
+    /// A poll of the durable streams: `None` when there are none (or no JetStream).
+    fn on_durable(&self, snapshot: Option<Value>) {
+        let mut dead = lock(&self.dead_letters);
+        let Some(snapshot) = snapshot else {
+            dead.1.clear();
+            return;
+        };
+        let counts: std::collections::BTreeMap<String, u64> = snapshot["deadLetters"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(node, n)| Some((node.clone(), n.as_u64()?)))
+            .collect();
+        dead.1 = dead.0.update(time::now_us(), &counts, &self.thresholds);
+        drop(dead);
         let mut last = lock(&self.durable);
         if last.as_ref() != Some(&snapshot) {
             *last = Some(snapshot.clone());
@@ -233,8 +267,13 @@ impl Hub {
         lock(&self.rates).event(&seen);
         let v = event_json(&seen);
         self.publish("event", Some(seen.event_type), v.to_string());
-        if let Some((req, reply)) = early {
-            self.publish_reply(&req, &reply);
+        if let Some((req, answer)) = early {
+            if answer.status == "stream"
+                && let Some(subject) = &reply
+            {
+                lock(&self.streams).paired(subject, req.target.as_deref(), &req.correlation_id);
+            }
+            self.publish_reply(&req, &answer);
         }
     }
 
@@ -248,12 +287,32 @@ impl Hub {
         self.publish("reply", None, data.to_string());
     }
 
+    /// A message on `_INBOX.>`: a request's first answer (paired with the request), or a
+    /// stream's frame (`item`, `end`, `error` on its reply subject; `credit`, `cancel` on its
+    /// control subject), which only the stalled-stream warning looks at.
     fn on_reply(&self, msg: async_nats::Message) {
+        let subject = msg.subject.as_str();
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        if let Some(frame) = header("Happen-Frame") {
+            lock(&self.streams).frame(time::now_us(), subject, &frame);
+        }
         let Some(reply) = reply_of(&msg) else {
             return;
         };
-        let paired = lock(&self.store).reply(msg.subject.as_str(), reply);
+        if reply.status == "stream" {
+            let control = header("Happen-Control");
+            lock(&self.streams).started(reply.received_us, subject, control.as_deref());
+        }
+        let paired = lock(&self.store).reply(subject, reply);
         if let Some((req, reply)) = paired {
+            if reply.status == "stream" {
+                lock(&self.streams).paired(subject, req.target.as_deref(), &req.correlation_id);
+            }
             self.publish_reply(&req, &reply);
         }
     }
@@ -273,7 +332,14 @@ impl Hub {
     /// A discovery snapshot: kept, sent to the pages; returns the flow-balance events it
     /// starts (when they are on).
     fn on_nodes(&self, processes: &[ProcessInfo]) -> Vec<(&'static str, Value)> {
-        let snapshot = lock(&self.rates).snapshot(time::now_us(), processes);
+        let now = time::now_us();
+        let mut snapshot = lock(&self.rates).snapshot(now, processes);
+        // the warnings of the watch: none while no page is open
+        let mut watched = lock(&self.dead_letters).1.clone();
+        watched.extend(lock(&self.streams).stalled(now, self.thresholds.stream_stall_us));
+        if let Some(list) = snapshot["warnings"].as_array_mut() {
+            list.extend(watched.iter().filter_map(|w| serde_json::to_value(w).ok()));
+        }
         let flow = self
             .flow
             .as_ref()
@@ -311,6 +377,7 @@ pub(crate) fn event_json(seen: &Seen) -> Value {
 /// The watch: while it runs, every event, reply and node snapshot becomes a frame.
 async fn watch(hub: Arc<Hub>) {
     let transport = hub.transport.clone();
+    hub.forget_watched();
     let events = match tap::listen_with_replies(&transport).await {
         Ok(s) => s,
         Err(e) => {
@@ -372,7 +439,14 @@ async fn watch(hub: Arc<Hub>) {
         let prefix = transport.config().prefix.clone();
         loop {
             every.tick().await;
-            if let Some(d) = durable::snapshot(transport.client(), &prefix).await {
+            // bounded: without JetStream its API requests may wait out their timeouts (a
+            // poll that takes longer changes nothing)
+            if let Ok(d) = tokio::time::timeout(
+                DURABLE_EVERY,
+                durable::snapshot(transport.client(), &prefix),
+            )
+            .await
+            {
                 hub.on_durable(d);
             }
         }

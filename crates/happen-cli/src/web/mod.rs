@@ -137,6 +137,9 @@ fn hub_options(a: &WebArgs) -> hub::HubOptions {
         thresholds: warnings::Thresholds {
             pressure_held_us: a.pressure_held.as_micros().min(u64::MAX as u128) as u64,
             rejecting_snapshots: a.rejecting_for,
+            dead_letter_polls: a.dead_letters_for,
+            dead_letter_jump: a.dead_letters_jump,
+            stream_stall_us: a.stream_stall.as_micros().min(u64::MAX as u128) as u64,
         },
         flow: a.flow_events.then_some(flow::FlowConfig {
             system_warning: a.system_warning,

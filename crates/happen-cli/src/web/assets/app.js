@@ -199,7 +199,9 @@ function renderNodes(snap) {
   renderMap(snap);
   $("warnings").replaceChildren(...(snap.warnings || []).map((w) =>
     el("li", { class: "warning", "data-kind": w.kind, "data-node": w.node, "data-level": w.level },
-      `${w.level === "critical" ? "✖" : "⚠"} ${w.node}: ${w.message} (${w.kind}, since ${clock(w.sinceUs)})`)));
+      `${w.level === "critical" ? "✖" : "⚠"} ${w.node}: ${w.message} (${w.kind}, since ${clock(w.sinceUs)})`,
+      w.correlationId ? " " : null,
+      w.correlationId ? el("a", { class: "txn-link", "data-corr": w.correlationId, onclick: () => showTxn(w.correlationId) }, "transaction") : null)));
   if (state.selected) renderDetail(state.selected);
 }
 
