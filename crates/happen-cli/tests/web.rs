@@ -1015,67 +1015,13 @@ async fn dead_letters_growing_are_a_warning_until_they_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_without_frames_is_stalled_until_it_ends() {
     use futures::StreamExt;
-    use happen::{Context, Emitter, Event, Happen};
-    use happen_nats::{NatsConfig, NatsTransport};
-    use std::sync::Arc;
+    use happen::Event;
 
     let server = NatsServer::start();
-    let transport = NatsTransport::connect(NatsConfig::with_server(server.url()))
-        .await
-        .unwrap();
-    let h = Happen::builder().transport(transport).build().unwrap();
-    let producer = h.node("producer").await.unwrap();
-    // one item, then nothing until the test opens the gate
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let held = gate.clone();
-    producer
-        .on("feed", move |_e: Event, _c: Context, emit: Emitter| {
-            let held = held.clone();
-            async move {
-                emit.emit(1).await?;
-                held.notified().await;
-                emit.emit(2).await?;
-                Ok::<_, happen::Error>(json!("fed"))
-            }
-        })
-        .unwrap();
-    producer
-        .on("ping", |_e: Event, _c: Context| async move { "pong" })
-        .unwrap();
-    // the requester in another process, so the stream crosses NATS
-    let transport = NatsTransport::connect(NatsConfig::with_server(server.url()))
-        .await
-        .unwrap();
-    let senders = Happen::builder().transport(transport).build().unwrap();
-    let client = senders.node("client").await.unwrap();
-
+    let (h, senders, client, gate) = web_support::stalling_producer(&server.url()).await;
     let web = Web::start(&server.url(), &["--stream-stall", "1s"]).await;
     let mut page = SseClient::open(&web.url("/api/stream"), None).await;
-    // the watch sees replies once a ping's reply reaches the page
-    within(30, "the watch to see replies", async {
-        loop {
-            let corr = happen::CorrelationId::new();
-            client
-                .send(
-                    "producer",
-                    Event::new("ping", ()).with_correlation_id(corr.clone()),
-                )
-                .await
-                .unwrap();
-            let corr = corr.to_string();
-            let mut nodes = 0;
-            let frames = page
-                .until(|f| {
-                    nodes += usize::from(f.event == "nodes");
-                    (f.event == "reply" && f.data["correlationId"] == corr.as_str()) || nodes == 3
-                })
-                .await;
-            if frames.last().is_some_and(|f| f.event == "reply") {
-                return;
-            }
-        }
-    })
-    .await;
+    web_support::until_replies_seen(&mut page, &client).await;
 
     let corr = happen::CorrelationId::new();
     let mut stream = client

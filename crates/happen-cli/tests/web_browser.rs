@@ -404,3 +404,60 @@ async fn the_page_replays_a_recording_at_the_scrubber_time() {
     assert!(std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0) > 10_000);
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_is_a_warning_linking_to_its_transaction() {
+    use futures::StreamExt;
+
+    let chromium = chromium();
+    eprintln!("using {}", chromium.display());
+    let server = NatsServer::start();
+    let (h, senders, client, gate) = web_support::stalling_producer(&server.url()).await;
+    let web = Web::start(&server.url(), &["--stream-stall", "1s"]).await;
+    let mut page = SseClient::open(&web.url("/api/stream"), None).await;
+    web_support::until_replies_seen(&mut page, &client).await;
+    let corr = happen::CorrelationId::new();
+    let mut stream = client
+        .send(
+            "producer",
+            happen::Event::new("feed", ()).with_correlation_id(corr.clone()),
+        )
+        .into_stream();
+    within(10, "the first item", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let corr = corr.to_string();
+    page.until(|f| {
+        f.event == "nodes"
+            && f.data["warnings"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["kind"] == "stream-stalled"))
+    })
+    .await;
+
+    let dom = chromium_run(&web.page("once"), &["--dump-dom"]).await;
+    assert!(dom.contains("data-ready=\"1\""), "the page finished: {dom}");
+    let warnings = tags(&dom, "class=\"warning\"");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| attr(w, "data-kind") == Some("stream-stalled")
+                && attr(w, "data-node") == Some("producer")),
+        "{warnings:?}"
+    );
+    let links = tags(&dom, "class=\"txn-link\"");
+    assert!(
+        links
+            .iter()
+            .any(|l| attr(l, "data-corr") == Some(corr.as_str())),
+        "{links:?}"
+    );
+    gate.notify_one();
+    while within(10, "the stream to end", stream.next())
+        .await
+        .is_some()
+    {}
+    senders.shutdown(Duration::from_secs(2)).await;
+    h.shutdown(Duration::from_secs(2)).await;
+}

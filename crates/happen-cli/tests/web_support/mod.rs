@@ -505,3 +505,71 @@ pub async fn tells_and_a_broadcast(client: &Node) -> String {
 pub fn lines_of(path: &std::path::Path) -> Vec<Value> {
     record_lines(path)
 }
+
+/// A process with a node `producer` whose `feed` handler streams one item (`1`), then waits
+/// until the returned gate is notified, streams `2` and ends with `"fed"`; it also answers
+/// `ping`. Returns the instance, another process's instance with a `client` node (so the
+/// stream crosses NATS), the client and the gate.
+pub async fn stalling_producer(
+    url: &str,
+) -> (Happen, Happen, Node, std::sync::Arc<tokio::sync::Notify>) {
+    let transport = NatsTransport::connect(NatsConfig::with_server(url))
+        .await
+        .expect("connect to nats");
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let producer = h.node("producer").await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = gate.clone();
+    producer
+        .on(
+            "feed",
+            move |_e: Event, _c: Context, emit: happen::Emitter| {
+                let held = held.clone();
+                async move {
+                    emit.emit(1).await?;
+                    held.notified().await;
+                    emit.emit(2).await?;
+                    Ok::<_, Error>(json!("fed"))
+                }
+            },
+        )
+        .unwrap();
+    producer
+        .on("ping", |_e: Event, _c: Context| async move { "pong" })
+        .unwrap();
+    let transport = NatsTransport::connect(NatsConfig::with_server(url))
+        .await
+        .expect("connect to nats");
+    let senders = Happen::builder().transport(transport).build().unwrap();
+    let client = senders.node("client").await.unwrap();
+    (h, senders, client, gate)
+}
+
+/// Pings `producer` until the page gets a ping's reply: the watch sees the reply subjects
+/// (it subscribes after the page connects).
+pub async fn until_replies_seen(page: &mut SseClient, client: &Node) {
+    within(30, "the watch to see replies", async {
+        loop {
+            let corr = happen::CorrelationId::new();
+            client
+                .send(
+                    "producer",
+                    Event::new("ping", ()).with_correlation_id(corr.clone()),
+                )
+                .await
+                .unwrap();
+            let corr = corr.to_string();
+            let mut nodes = 0;
+            let frames = page
+                .until(|f| {
+                    nodes += usize::from(f.event == "nodes");
+                    (f.event == "reply" && f.data["correlationId"] == corr.as_str()) || nodes == 3
+                })
+                .await;
+            if frames.last().is_some_and(|f| f.event == "reply") {
+                return;
+            }
+        }
+    })
+    .await;
+}
