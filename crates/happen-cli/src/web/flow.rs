@@ -5,7 +5,9 @@
 //! [`FlowConfig::system_critical`]), as a `partition` when most of them failed and an
 //! `overload` when most are bottlenecks. Pure: fed one nodes snapshot at a time, it says what
 //! to publish; a condition is published when it starts (again when it ends and comes back),
-//! not on every snapshot.
+//! not on every snapshot. The other warnings are no flow condition: replica skew and engine
+//! faults are not the reference's patterns, and dead letters growing and stalled streams are
+//! seen only while a page is open (flow events are published with or without one).
 
 use std::collections::{BTreeMap, BTreeSet};
 
