@@ -308,6 +308,51 @@ impl Happen {
     /// transport attaches the node), the half-made node is removed again, so creating the
     /// same id later succeeds.
     pub async fn node_with(&self, id: impl Into<NodeId>, options: NodeOptions) -> Result<Node> {
+        self.prepare_with(id, options)?.start().await
+    }
+
+    /// Creates the node `id` without making it reachable yet: register its handlers (a
+    /// [`PreparedNode`] derefs to its [`Node`]), then [`start`](PreparedNode::start) it. A
+    /// node made with [`node`](Happen::node) is reachable from the moment it is made, so an
+    /// event that arrives before its handler is registered fails with
+    /// [`ErrorKind::NoHandler`] — over NATS, a replica restarting among others would answer
+    /// a share of the requests that way until its handlers are in. A prepared node takes
+    /// nothing until it starts, with every handler in place.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use happen::{Context, ErrorKind, Event, Happen};
+    ///
+    /// let happen = Happen::new();
+    /// let client = happen.node("client").await?;
+    /// let orders = happen.prepare("orders")?;
+    /// orders.on("order.place", |_e: Event, _c: Context| async { "placed" })?;
+    /// // not reachable until it starts
+    /// let err = client.send("orders", Event::new("order.place", ())).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::UnknownNode);
+    ///
+    /// let orders = orders.start().await?;
+    /// assert_eq!(client.send(&orders, Event::new("order.place", ())).await?, "placed");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`node`](Happen::node), except transport errors, which [`start`](PreparedNode::start)
+    /// returns.
+    pub fn prepare(&self, id: impl Into<NodeId>) -> Result<PreparedNode> {
+        self.prepare_with(id, NodeOptions::default())
+    }
+
+    /// [`prepare`](Happen::prepare) with per-node options (see [`node_with`](Happen::node_with)).
+    ///
+    /// # Errors
+    /// As [`node_with`](Happen::node_with), except transport errors, which
+    /// [`start`](PreparedNode::start) returns.
+    pub fn prepare_with(
+        &self,
+        id: impl Into<NodeId>,
+        options: NodeOptions,
+    ) -> Result<PreparedNode> {
         let id = id.into();
         validate_node_id(&id)?;
         if self.shared.scope.is_closed() {
@@ -336,17 +381,11 @@ impl Happen {
             }
             nodes.insert(id.clone(), node.clone());
         }
-        // Undoes the registration if attaching fails or this future is dropped meanwhile.
-        let mut creating = Creating {
-            shared: &self.shared,
-            node: Some(node.clone()),
-        };
-        match &self.shared.dispatch {
-            Dispatch::Local(t) => t.attach(Inbox::new(node.clone())).await?,
-            Dispatch::Custom(t) => t.attach(Inbox::new(node.clone())).await?,
-        }
-        creating.node = None;
-        Ok(node)
+        Ok(PreparedNode {
+            shared: self.shared.clone(),
+            node,
+            started: false,
+        })
     }
 
     /// The node `id` of this instance, if it exists (nodes of other processes are not
@@ -498,19 +537,60 @@ impl Happen {
 }
 
 /// A node being created: registered, not yet attached.
-struct Creating<'a> {
-    shared: &'a Arc<HappenShared>,
-    /// `None` once the node is attached.
-    node: Option<Node>,
+/// A node made by [`Happen::prepare`], not reachable until [`start`](PreparedNode::start)ed:
+/// register its handlers and liners through it (it derefs to [`Node`]). Dropped without
+/// starting (or while starting), the node is removed again, so the id can be used later.
+#[must_use = "a prepared node takes no event until it is started"]
+pub struct PreparedNode {
+    shared: Arc<HappenShared>,
+    node: Node,
+    started: bool,
 }
 
-impl Drop for Creating<'_> {
+impl PreparedNode {
+    /// Makes the node reachable (attaches it to the transport) and returns it.
+    ///
+    /// # Errors
+    /// Transport errors from attaching (see [`Happen::node`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it resolves, the half-made node is
+    /// removed again, as for [`Happen::node_with`].
+    pub async fn start(mut self) -> Result<Node> {
+        let inbox = Inbox::new(self.node.clone());
+        match &self.shared.dispatch {
+            Dispatch::Local(t) => t.attach(inbox).await?,
+            Dispatch::Custom(t) => t.attach(inbox).await?,
+        }
+        self.started = true;
+        Ok(self.node.clone())
+    }
+}
+
+impl std::ops::Deref for PreparedNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl fmt::Debug for PreparedNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedNode")
+            .field("id", self.node.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PreparedNode {
     fn drop(&mut self) {
-        if let Some(node) = self.node.take() {
-            if self.shared.unregister(&node) {
-                self.shared.detach_later(vec![node.id().clone()], false);
+        if !self.started {
+            // a start may have been cancelled half way through attaching
+            if self.shared.unregister(&self.node) {
+                self.shared
+                    .detach_later(vec![self.node.id().clone()], false);
             }
-            node.close_now(true);
+            self.node.close_now(true);
         }
     }
 }

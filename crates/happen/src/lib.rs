@@ -61,7 +61,7 @@ pub use crate::admission::{NodeStats, PRESSURE_EVENT, Pressure};
 pub use crate::config::{BatchAdmission, Config, Limits, PartialLimits, QueueStrategy};
 pub use crate::error::{BoxError, Error, ErrorKind, Result};
 pub use crate::event::{Causal, Event, EventType, Integrity, Origin};
-pub use crate::happen::{Happen, HappenBuilder};
+pub use crate::happen::{Happen, HappenBuilder, PreparedNode};
 pub use crate::id::{CorrelationId, EventId, NodeId};
 pub use crate::node::{
     AllReplies, BATCH_EVENT, Batch, Context, Emitter, Flow, Handler, IntoFlow, Json, Liner, Node,

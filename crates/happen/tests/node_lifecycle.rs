@@ -1,4 +1,5 @@
-//! Node lifecycle: creating a node is cancel-safe, one node can be closed, and dropping the
+//! Node lifecycle: creating a node is cancel-safe, a prepared node is attached only when it
+//! starts, one node can be closed, and dropping the
 //! last `Happen` handle shuts the instance down without leaking tasks.
 
 use std::future::IntoFuture;
@@ -72,6 +73,57 @@ async fn dropping_node_creation_mid_attach_leaves_nothing_behind() {
         .unwrap()
         .unwrap();
     assert_eq!(v, "pong");
+}
+
+/// A prepared node is attached only when it starts, with its handlers in place: the
+/// transport never sees it before; dropped unstarted (or mid-start) it leaves nothing behind.
+#[tokio::test]
+async fn a_prepared_node_is_attached_only_when_it_starts() {
+    let transport = SlowAttach::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let client = timeout(T, happen.node("client")).await.unwrap().unwrap();
+
+    let svc = happen.prepare("svc").unwrap();
+    // the id is taken while prepared
+    let err = happen.prepare("svc").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateNode);
+    svc.on("ping", |_e: Event, _c: Context| async { "pong" })
+        .unwrap();
+    let err = client
+        .send("svc", Event::new("ping", ()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownNode, "not attached yet");
+
+    // dropped while starting: removed again, the id free
+    transport.hold.store(true, Ordering::SeqCst);
+    assert!(
+        timeout(Duration::from_millis(20), svc.start())
+            .await
+            .is_err()
+    );
+    assert!(happen.find_node("svc").is_none());
+    transport.hold.store(false, Ordering::SeqCst);
+
+    // dropped unstarted: the same
+    drop(happen.prepare("svc").unwrap());
+    assert!(happen.find_node("svc").is_none());
+
+    let svc = happen.prepare("svc").unwrap();
+    svc.on("ping", |_e: Event, _c: Context| async { "pong" })
+        .unwrap();
+    let svc = timeout(T, svc.start()).await.unwrap().unwrap();
+    assert_eq!(
+        client.send(&svc, Event::new("ping", ())).await.unwrap(),
+        "pong"
+    );
+
+    happen.shutdown(Duration::from_secs(1)).await;
+    let err = happen.prepare("late").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ShutDown);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
