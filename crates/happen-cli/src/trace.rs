@@ -119,33 +119,14 @@ pub(crate) async fn trace(conn: &ConnArgs, a: TraceArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn seen(id: &str, cause: Option<&str>, at: u64, target: &str) -> Seen {
-        Seen {
-            time: String::new(),
-            received_us: at,
-            kind: "send".into(),
-            target: Some(target.into()),
-            event_type: format!("t.{id}"),
-            id: id.into(),
-            sender: "s".into(),
-            causation_id: cause.map(str::to_owned),
-            correlation_id: "txn".into(),
-            path: vec![],
-            timestamp: at / 1000,
-            payload: None,
-            signed_by: None,
-            hash_ok: None,
-        }
-    }
-
     #[test]
     fn events_nest_under_their_causes_whatever_the_order_seen() {
         let forest = build(vec![
-            seen("c", Some("b"), 3000, "z"),
-            seen("a", None, 1000, "x"),
-            seen("b", Some("a"), 2000, "y"),
-            seen("b2", Some("a"), 2500, "y"),
-            seen("orphan", Some("gone"), 4000, "w"),
+            Seen::sample("c", Some("b"), 3000, "z"),
+            Seen::sample("a", None, 1000, "x"),
+            Seen::sample("b", Some("a"), 2000, "y"),
+            Seen::sample("b2", Some("a"), 2500, "y"),
+            Seen::sample("orphan", Some("gone"), 4000, "w"),
         ]);
         assert_eq!(forest.len(), 2);
         assert_eq!(forest[0].event.id, "a");

@@ -824,28 +824,7 @@ async fn tells_and_broadcasts_end_in_the_waterfall_live_and_replayed() {
     page.until(|f| f.event == "nodes").await;
 
     // records start with the watch: the page's first completion frame says so
-    let page = std::sync::Arc::new(tokio::sync::Mutex::new(page));
-    web_support::until_records_flow(&client, || {
-        let page = page.clone();
-        async move {
-            let mut page = page.lock().await;
-            tokio::time::timeout(
-                Duration::from_millis(300),
-                page.until(|f| f.event == "completion"),
-            )
-            .await
-            .is_ok()
-        }
-    })
-    .await;
-    let corr = web_support::tells_and_a_broadcast(&client).await;
-    let mut page = page.lock().await;
-    let mut done = 0;
-    page.until(|f| {
-        done += usize::from(f.event == "completion" && f.data["correlationId"] == corr.as_str());
-        done == 4
-    })
-    .await;
+    let (corr, mut page) = web_support::completions_on_the_page(&client, page).await;
 
     let check = |t: &Value| {
         let roots = t["roots"].as_array().unwrap();

@@ -235,30 +235,8 @@ async fn the_waterfall_shows_a_tells_duration_and_a_broadcasts_receivers() {
         web_support::recording_workers(&server.url(), happen_nats::CompletionRecords::Watched)
             .await;
     let web = Web::start(&server.url(), &[]).await;
-    let page = std::sync::Arc::new(tokio::sync::Mutex::new(
-        SseClient::open(&web.url("/api/stream"), None).await,
-    ));
-    web_support::until_records_flow(&client, || {
-        let page = page.clone();
-        async move {
-            let mut page = page.lock().await;
-            tokio::time::timeout(
-                Duration::from_millis(300),
-                page.until(|f| f.event == "completion"),
-            )
-            .await
-            .is_ok()
-        }
-    })
-    .await;
-    let corr = web_support::tells_and_a_broadcast(&client).await;
-    let mut page = page.lock().await;
-    let mut done = 0;
-    page.until(|f| {
-        done += usize::from(f.event == "completion" && f.data["correlationId"] == corr.as_str());
-        done == 4
-    })
-    .await;
+    let page = SseClient::open(&web.url("/api/stream"), None).await;
+    let (corr, mut page) = web_support::completions_on_the_page(&client, page).await;
     page.until(|f| f.event == "nodes").await;
 
     let dom = chromium_run(

@@ -77,3 +77,27 @@ impl Seen {
         }
     }
 }
+
+impl Seen {
+    /// A request `id` of transaction `txn` from `s` to `target`, caused by `cause`, seen at
+    /// `at` µs (for tests).
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, cause: Option<&str>, at: u64, target: &str) -> Seen {
+        Seen {
+            time: String::new(),
+            received_us: at,
+            kind: "send".into(),
+            target: Some(target.into()),
+            event_type: format!("t.{id}"),
+            id: id.into(),
+            sender: "s".into(),
+            causation_id: cause.map(str::to_owned),
+            correlation_id: "txn".into(),
+            path: vec![],
+            timestamp: at / 1000,
+            payload: None,
+            signed_by: None,
+            hash_ok: None,
+        }
+    }
+}

@@ -271,22 +271,7 @@ mod tests {
     use super::*;
 
     fn seen(id: &str, cause: Option<&str>, at: u64) -> Seen {
-        Seen {
-            time: String::new(),
-            received_us: at,
-            kind: "send".into(),
-            target: Some(format!("n-{id}")),
-            event_type: format!("t.{id}"),
-            id: id.into(),
-            sender: "s".into(),
-            causation_id: cause.map(str::to_owned),
-            correlation_id: "txn".into(),
-            path: vec![],
-            timestamp: at / 1000,
-            payload: None,
-            signed_by: None,
-            hash_ok: None,
-        }
+        Seen::sample(id, cause, at, &format!("n-{id}"))
     }
 
     #[test]

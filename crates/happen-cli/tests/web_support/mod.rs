@@ -484,6 +484,38 @@ where
     .await;
 }
 
+/// Waits until `page` shows completion records flowing (they start with the watch), then
+/// sends [`tells_and_a_broadcast`] and waits for its four completion frames (two tells, the
+/// broadcast at two nodes). Returns the transaction's correlation id and the page.
+pub async fn completions_on_the_page(client: &Node, page: SseClient) -> (String, SseClient) {
+    let page = std::sync::Arc::new(tokio::sync::Mutex::new(page));
+    until_records_flow(client, || {
+        let page = page.clone();
+        async move {
+            let mut page = page.lock().await;
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                page.until(|f| f.event == "completion"),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let corr = tells_and_a_broadcast(client).await;
+    let Ok(page) = std::sync::Arc::try_unwrap(page) else {
+        panic!("the page is still shared after the warm-up")
+    };
+    let mut page = page.into_inner();
+    let mut done = 0;
+    page.until(|f| {
+        done += usize::from(f.event == "completion" && f.data["correlationId"] == corr.as_str());
+        done == 4
+    })
+    .await;
+    (corr, page)
+}
+
 /// A tell that succeeds, one that fails and a broadcast to two nodes, in one transaction.
 pub async fn tells_and_a_broadcast(client: &Node) -> String {
     let corr = happen::CorrelationId::new();
