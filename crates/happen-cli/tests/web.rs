@@ -430,19 +430,10 @@ async fn a_replica_gone_from_discovery_is_a_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_counts_and_dead_letters_with_their_errors() {
-    use happen::{Context, Error, ErrorKind, Event, Happen};
-    use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+    use happen::{Context, Error, ErrorKind, Event};
 
     let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
-    let config = NatsConfig::with_server(server.url()).with_durable(
-        "worker",
-        DurableNode::new(DeliveryMode::AtLeastOnce)
-            .with_max_deliveries(2)
-            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
-    );
-    let transport = NatsTransport::connect(config).await.unwrap();
-    let h = Happen::builder().transport(transport).build().unwrap();
-    let worker = h.node("worker").await.unwrap();
+    let (h, worker) = web_support::durable_worker(&server).await;
     worker
         .on("job", |e: Event, _c: Context| async move {
             if e.payload()["fail"] == true {
@@ -925,19 +916,10 @@ fn warnings_of<'a>(f: &'a Frame, kind: &str, node: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_growing_are_a_warning_until_they_stop() {
-    use happen::{Context, Error, ErrorKind, Event, Happen};
-    use happen_nats::{DeliveryMode, DurableNode, NatsConfig, NatsTransport};
+    use happen::{Context, Error, ErrorKind, Event};
 
     let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
-    let config = NatsConfig::with_server(server.url()).with_durable(
-        "worker",
-        DurableNode::new(DeliveryMode::AtLeastOnce)
-            .with_max_deliveries(2)
-            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
-    );
-    let transport = NatsTransport::connect(config).await.unwrap();
-    let h = Happen::builder().transport(transport).build().unwrap();
-    let worker = h.node("worker").await.unwrap();
+    let (h, worker) = web_support::durable_worker(&server).await;
     worker
         .on("job", |_e: Event, _c: Context| async move {
             Err::<(), _>(Error::new(ErrorKind::Handler, "never works").with_code("broken"))

@@ -456,11 +456,7 @@ pub async fn recording_workers(
         })
         .unwrap();
     }
-    let transport = NatsTransport::connect(NatsConfig::with_server(url))
-        .await
-        .expect("connect to nats");
-    let senders = Happen::builder().transport(transport).build().unwrap();
-    let client = senders.node("client").await.unwrap();
+    let (senders, client) = senders(url).await;
     (h, senders, client)
 }
 
@@ -569,11 +565,7 @@ pub async fn stalling_producer(
     producer
         .on("ping", |_e: Event, _c: Context| async move { "pong" })
         .unwrap();
-    let transport = NatsTransport::connect(NatsConfig::with_server(url))
-        .await
-        .expect("connect to nats");
-    let senders = Happen::builder().transport(transport).build().unwrap();
-    let client = senders.node("client").await.unwrap();
+    let (senders, client) = senders(url).await;
     (h, senders, client, gate)
 }
 
@@ -604,4 +596,30 @@ pub async fn until_replies_seen(page: &mut SseClient, client: &Node) {
         }
     })
     .await;
+}
+
+/// A process of its own with the node `client` that sends.
+pub async fn senders(url: &str) -> (Happen, Node) {
+    let transport = NatsTransport::connect(NatsConfig::with_server(url))
+        .await
+        .expect("connect to nats");
+    let senders = Happen::builder().transport(transport).build().unwrap();
+    let client = senders.node("client").await.unwrap();
+    (senders, client)
+}
+
+/// A process with the at-least-once durable node `worker` (2 deliveries, then the dead
+/// letters; short backoff), its handlers still to register.
+pub async fn durable_worker(server: &test_support::NatsServer) -> (Happen, Node) {
+    use happen_nats::{DeliveryMode, DurableNode};
+    let config = NatsConfig::with_server(server.url()).with_durable(
+        "worker",
+        DurableNode::new(DeliveryMode::AtLeastOnce)
+            .with_max_deliveries(2)
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(20)),
+    );
+    let transport = NatsTransport::connect(config).await.unwrap();
+    let h = Happen::builder().transport(transport).build().unwrap();
+    let worker = h.node("worker").await.unwrap();
+    (h, worker)
 }
