@@ -360,8 +360,13 @@ async fn the_responders_server_dying_leaves_nobody_waiting() {
         ta.stats().unmatched,
         stats.accepted_sent,
     );
+    // in flight at the loss: `transport`; sent while the lone responder is reconnecting, when
+    // no process serves `svc`: the server's "no responders", `unknown_node`, at once (how many
+    // depends on how long the reconnect takes: 0 to hundreds on a loaded machine)
     assert!(
-        failed.iter().all(|k| *k == ErrorKind::Transport),
+        failed
+            .iter()
+            .all(|k| matches!(k, ErrorKind::Transport | ErrorKind::UnknownNode)),
         "{failed:?}"
     );
     assert!(worst < Duration::from_secs(5), "a request waited {worst:?}");
