@@ -536,7 +536,6 @@ impl Happen {
     }
 }
 
-/// A node being created: registered, not yet attached.
 /// A node made by [`Happen::prepare`], not reachable until [`start`](PreparedNode::start)ed:
 /// register its handlers and liners through it (it derefs to [`Node`]). Dropped without
 /// starting (or while starting), the node is removed again, so the id can be used later.
