@@ -976,7 +976,6 @@ async fn dead_letters_growing_are_a_warning_until_they_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_without_frames_is_stalled_until_it_ends() {
     use futures::StreamExt;
-    use happen::Event;
 
     let server = NatsServer::start();
     let (h, senders, client, gate) = web_support::stalling_producer(&server.url()).await;
@@ -984,16 +983,7 @@ async fn a_stream_without_frames_is_stalled_until_it_ends() {
     let mut page = SseClient::open(&web.url("/api/stream"), None).await;
     web_support::until_replies_seen(&mut page, &client).await;
 
-    let corr = happen::CorrelationId::new();
-    let mut stream = client
-        .send(
-            "producer",
-            Event::new("feed", ()).with_correlation_id(corr.clone()),
-        )
-        .into_stream();
-    let first = within(10, "the first item", stream.next()).await;
-    assert_eq!(first.unwrap().unwrap(), json!(1));
-    let corr = corr.to_string();
+    let (corr, mut stream) = web_support::stalled_stream(&client).await;
     let frames = within(
         30,
         "the stalled-stream warning",

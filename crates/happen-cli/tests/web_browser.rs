@@ -394,18 +394,7 @@ async fn a_stalled_stream_is_a_warning_linking_to_its_transaction() {
     let web = Web::start(&server.url(), &["--stream-stall", "1s"]).await;
     let mut page = SseClient::open(&web.url("/api/stream"), None).await;
     web_support::until_replies_seen(&mut page, &client).await;
-    let corr = happen::CorrelationId::new();
-    let mut stream = client
-        .send(
-            "producer",
-            happen::Event::new("feed", ()).with_correlation_id(corr.clone()),
-        )
-        .into_stream();
-    within(10, "the first item", stream.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let corr = corr.to_string();
+    let (corr, mut stream) = web_support::stalled_stream(&client).await;
     page.until(|f| {
         f.event == "nodes"
             && f.data["warnings"]

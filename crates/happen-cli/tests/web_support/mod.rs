@@ -534,6 +534,23 @@ pub fn lines_of(path: &std::path::Path) -> Vec<Value> {
     record_lines(path)
 }
 
+/// Starts a stream from [`stalling_producer`]'s `producer` in a transaction of its own and
+/// takes its first item: the stream then stalls until the gate is opened. Returns the
+/// correlation id and the stream.
+pub async fn stalled_stream(client: &Node) -> (String, happen::ReplyStream) {
+    use futures::StreamExt;
+    let corr = happen::CorrelationId::new();
+    let mut stream = client
+        .send(
+            "producer",
+            Event::new("feed", ()).with_correlation_id(corr.clone()),
+        )
+        .into_stream();
+    let first = within(10, "the first item", stream.next()).await;
+    assert_eq!(first.unwrap().unwrap(), json!(1));
+    (corr.to_string(), stream)
+}
+
 /// A process with a node `producer` whose `feed` handler streams one item (`1`), then waits
 /// until the returned gate is notified, streams `2` and ends with `"fed"`; it also answers
 /// `ping`. Returns the instance, another process's instance with a `client` node (so the
