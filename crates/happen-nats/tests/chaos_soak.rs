@@ -229,14 +229,15 @@ fn durable_limits() -> NodeOptions {
         .queue_limit(DURABLE_QUEUE_LIMIT)
 }
 
-/// The worker's nodes; the handlers record what they process (tag and number).
+/// The worker's nodes; the handlers record what they process (tag and number). Each node is
+/// prepared, given all its handlers, and only then started (attached): a restarted worker
+/// never answers a request `no_handler`.
 async fn serve(h: &Happen, index: usize, record: Recorder, slow: Arc<AtomicBool>) -> Vec<Node> {
     let plain = h
-        .node_with(
+        .prepare_with(
             PLAIN,
             NodeOptions::new().max_concurrent(PLAIN_MAX_CONCURRENT),
         )
-        .await
         .unwrap();
     let s = slow.clone();
     plain
@@ -276,8 +277,9 @@ async fn serve(h: &Happen, index: usize, record: Recorder, slow: Arc<AtomicBool>
             }
         })
         .unwrap();
+    let plain = plain.start().await.unwrap();
 
-    let ledger = h.node_with(LEDGER, durable_limits()).await.unwrap();
+    let ledger = h.prepare_with(LEDGER, durable_limits()).unwrap();
     let (r, s) = (record.clone(), slow.clone());
     ledger
         .on("entry", move |e: Event, _c: Context| {
@@ -288,7 +290,8 @@ async fn serve(h: &Happen, index: usize, record: Recorder, slow: Arc<AtomicBool>
             }
         })
         .unwrap();
-    let once = h.node_with(ONCE, durable_limits()).await.unwrap();
+    let ledger = ledger.start().await.unwrap();
+    let once = h.prepare_with(ONCE, durable_limits()).unwrap();
     once.on("job", move |e: Event, _c: Context| {
         let (r, s) = (record.clone(), slow.clone());
         async move {
@@ -299,6 +302,7 @@ async fn serve(h: &Happen, index: usize, record: Recorder, slow: Arc<AtomicBool>
         }
     })
     .unwrap();
+    let once = once.start().await.unwrap();
     vec![plain, ledger, once]
 }
 
@@ -1470,9 +1474,8 @@ async fn soak(traffic: Duration) {
         // no process served the node at that moment ("no responders", answered at once),
         // e.g. while workers reconnect after their member was killed
         ErrorKind::UnknownNode,
-        // a restarted worker's node serves from its attach, before the worker registered
-        // the handler (the application's order: `node` then `on`)
-        ErrorKind::NoHandler,
+        // not `NoHandler`: a worker starts each node only once all its handlers are in
+        // (`Happen::prepare`)
     ];
     for (what, tally) in [
         ("requests", &t.requests),
