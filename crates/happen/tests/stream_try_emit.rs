@@ -181,12 +181,35 @@ async fn a_cancelled_consumer_is_an_error_for_try_emit_and_not_a_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nobody_reading_every_item_is_taken() {
     let happen = Happen::new();
-    let (node, counts) = setup(&happen).await;
+    let counts = Arc::new(Counts::default());
+    // One slot, held by a job that waits for `gate`: the reply below is dropped before its
+    // flow can start (a flow that starts first meets a live reader that does not read).
+    let node = happen
+        .node_with(
+            "job",
+            NodeOptions::new()
+                .max_concurrent(1)
+                .stream_buffer(BUFFER)
+                .state(counts.clone()),
+        )
+        .await
+        .unwrap();
+    node.on("progress", progress).unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    node.on("hold", move |_e: Event, _c: Context| {
+        let g = g.clone();
+        async move { drop(g.acquire().await) }
+    })
+    .unwrap();
+    node.tell(&node, Event::new("hold", ())).unwrap();
+    support::wait_until("the slot to be taken", || node.stats().active == 1).await;
     // A dropped reply (fire-and-forget) and a `tell` (no reply at all).
     drop(node.send(&node, Event::new("progress", json!([1_000, 0]))));
     node.tell(&node, Event::new("progress", json!([1_000, 0])))
         .unwrap();
-    support::wait_until("both jobs to finish", || node.stats().completed == 2).await;
+    gate.add_permits(1);
+    support::wait_until("all jobs to finish", || node.stats().completed == 3).await;
     assert_eq!(counts.taken.load(Ordering::SeqCst), 2_000);
     assert_eq!(counts.dropped.load(Ordering::SeqCst), 0);
 }
