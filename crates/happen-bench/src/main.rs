@@ -144,6 +144,7 @@ fn child(args: &[String]) -> ExitCode {
             }
             match workload.as_str() {
                 "tell" => workloads::tell::child(&system, count).await,
+                w if w.starts_with("nats-") => workloads::nats::child(w, &system, count).await,
                 "ask-seq" | "ask-par" | "flow" => {
                     workloads::ask::child(&workload, &system, count).await
                 }

@@ -196,8 +196,36 @@ impl Serialize for NodeId {
 }
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(NodeId::from)
+        // from the input's bytes where it can (no `String` in between), and shared with the
+        // recent ids (`copy_of`): a sender's id arrives on every event it sends
+        read_str(d, "a node id", |s| NodeId::from(s))
     }
+}
+
+/// Deserializes a string and gives it to `make` without owning it first: borrowed from the
+/// input when the deserializer can (serde's `Cow<str>` always copies into a `String`).
+pub(crate) fn read_str<'de, D, R>(
+    d: D,
+    what: &'static str,
+    make: fn(&str) -> R,
+) -> Result<R, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V<R> {
+        what: &'static str,
+        make: fn(&str) -> R,
+    }
+    impl<R> serde::de::Visitor<'_> for V<R> {
+        type Value = R;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<R, E> {
+            Ok((self.make)(v))
+        }
+    }
+    d.deserialize_str(V { what, make })
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -241,17 +269,72 @@ fn parse_repr(prefix: &str, s: &str) -> IdRepr {
     if s.is_empty() {
         return IdRepr::Empty;
     }
+    // The compact form only when it prints back identically.
     if let Some(rest) = s.strip_prefix(prefix)
-        && rest.len() == 36
-        && let Ok(u) = uuid::Uuid::try_parse(rest)
+        && let Some(u) = parse_lower_hyphenated(rest.as_bytes())
     {
-        let candidate = IdRepr::Uuid(u.as_u128());
-        // Only keep the compact form when it prints back identically (lowercase).
-        if uuid::Uuid::from_u128(u.as_u128()).hyphenated().to_string() == rest {
-            return candidate;
-        }
+        return IdRepr::Uuid(u);
     }
     IdRepr::Text(Arc::from(s))
+}
+
+/// The UUID in `s` if `s` is exactly its lowercase hyphenated form
+/// (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex digits `0-9a-f`); no allocation.
+fn parse_lower_hyphenated(s: &[u8]) -> Option<u128> {
+    /// The value of a lowercase hex digit, or `0xFF`.
+    const HEX: [u8; 256] = {
+        let mut t = [0xFF; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+    /// Appends the hex digits of `group` to `acc`; `None` at a non-digit.
+    fn digits(mut acc: u64, group: &[u8]) -> Option<u64> {
+        for &b in group {
+            let d = HEX[b as usize];
+            if d == 0xFF {
+                return None;
+            }
+            acc = (acc << 4) | u64::from(d);
+        }
+        Some(acc)
+    }
+    if s.len() != uuid::fmt::Hyphenated::LENGTH
+        || s[8] != b'-'
+        || s[13] != b'-'
+        || s[18] != b'-'
+        || s[23] != b'-'
+    {
+        return None;
+    }
+    let hi = digits(digits(digits(0, &s[0..8])?, &s[9..13])?, &s[14..18])?;
+    let lo = digits(digits(0, &s[19..23])?, &s[24..36])?;
+    Some((u128::from(hi) << 64) | u128::from(lo))
+}
+
+/// Room for an id's prefix and a hyphenated UUID.
+const ID_BUFFER: usize = 8 + uuid::fmt::Hyphenated::LENGTH;
+
+/// Writes `prefix` and the hyphenated lowercase UUID into `buf`: the canonical text of a
+/// compact id, without the formatting machinery (an event on the wire carries two or three).
+fn encode_uuid<'b>(prefix: &str, u: u128, buf: &'b mut [u8; ID_BUFFER]) -> &'b str {
+    let (head, tail) = buf.split_at_mut(prefix.len());
+    head.copy_from_slice(prefix.as_bytes());
+    let len = prefix.len()
+        + uuid::Uuid::from_u128(u)
+            .hyphenated()
+            .encode_lower(tail)
+            .len();
+    // ASCII: the prefix is one of this module's literals, the rest hex digits and hyphens
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 fn fmt_repr(prefix: &str, r: &IdRepr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -316,14 +399,18 @@ macro_rules! id_type {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                const _: () = assert!($prefix.len() <= 8, "the prefix must fit ID_BUFFER");
+                match &self.0 {
+                    IdRepr::Uuid(u) => s.serialize_str(encode_uuid($prefix, *u, &mut [0; ID_BUFFER])),
+                    IdRepr::Text(t) => s.serialize_str(t),
+                    IdRepr::Empty => s.serialize_str(""),
+                }
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Ok($name::parse(&s))
+                read_str(d, concat!("an id such as `", $prefix, "<uuid>`"), $name::parse)
             }
         }
     };
@@ -444,5 +531,72 @@ mod tests {
         let id = CorrelationId::parse(canon);
         assert!(matches!(id.0, IdRepr::Uuid(_)));
         assert_eq!(id.to_string(), canon);
+        // mixed case, or a 36-character string that is no UUID: verbatim
+        for s in [
+            "evt-0f0e0d0c-0b0a-4908-8706-05040302010A",
+            "evt-0f0e0d0c-0b0a-4908-8706-05040302010g",
+            "evt-0f0e0d0c+0b0a-4908-8706-050403020100",
+        ] {
+            let id = EventId::parse(s);
+            assert!(matches!(id.0, IdRepr::Text(_)), "{s}");
+            assert_eq!(id.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_parses_in_one_pass_as_uuid_does() {
+        let ok = [
+            "0f0e0d0c-0b0a-4908-8706-050403020100",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        ];
+        for s in ok {
+            let want = uuid::Uuid::try_parse(s).unwrap().as_u128();
+            assert_eq!(parse_lower_hyphenated(s.as_bytes()), Some(want), "{s}");
+        }
+        let not = [
+            "",
+            "0f0e0d0c-0b0a-4908-8706-05040302010",   // short
+            "0f0e0d0c-0b0a-4908-8706-0504030201000", // long
+            "0F0e0d0c-0b0a-4908-8706-050403020100",  // uppercase: would not print back
+            "0f0e0d0c0b0a-4908-8706-0504030201000",  // hyphen misplaced
+            "0f0e0d0c-0b0a-4908-8706-05040302010-",
+            "0f0e0d0c-0b0a-4908-8706-05040302010g",
+            "{f0e0d0c-0b0a-4908-8706-050403020100",
+        ];
+        for s in not {
+            assert_eq!(parse_lower_hyphenated(s.as_bytes()), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn node_ids_read_from_json_with_escapes() {
+        let id: NodeId = serde_json::from_str(r#""api-\u0031""#).unwrap();
+        assert_eq!(id.as_str(), "api-1");
+        assert!(serde_json::from_str::<NodeId>("5").is_err());
+        assert!(serde_json::from_str::<EventId>("null").is_err());
+    }
+
+    #[test]
+    fn ids_serialize_as_their_display() {
+        let ids = [
+            EventId::new(),
+            EventId::parse("evt-0f0e0d0c-0b0a-4908-8706-050403020100"),
+            EventId::parse("evt-from-elsewhere \"quoted\""),
+            EventId(IdRepr::Empty),
+            EventId(IdRepr::Uuid(u128::MAX)),
+            EventId(IdRepr::Uuid(0)),
+        ];
+        for id in ids {
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, serde_json::to_string(&id.to_string()).unwrap());
+            assert_eq!(serde_json::from_str::<EventId>(&json).unwrap(), id);
+        }
+        let txn = CorrelationId::for_root(&EventId::new());
+        let json = serde_json::to_string(&txn).unwrap();
+        assert!(
+            json.starts_with("\"txn-") && json.len() == 2 + 4 + 36,
+            "{json}"
+        );
     }
 }

@@ -121,6 +121,27 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
     rows
 }
 
+/// Child mode (`--child nats-... SYSTEM COUNT`, see `main.rs`): one system alone, against
+/// the NATS server at `$HAPPEN_BENCH_NATS_URL` (default `nats://127.0.0.1:4222`), which this
+/// process does not start — so `valgrind --tool=callgrind` counts the client side only:
+/// `happen-bench --child nats-broadcast 'floor(json)' 30000`.
+pub(crate) async fn child(workload: &str, system: &str, n: u64) -> RunResult {
+    let url = std::env::var("HAPPEN_BENCH_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    match (workload, system) {
+        ("nats-ask-seq", "happen") => happen_ask(url, n, 1).await,
+        ("nats-ask-seq", "floor") => floor_ask(url, n, 1, Format::Raw).await,
+        ("nats-ask-seq", "floor(json)") => floor_ask(url, n, 1, Format::Json).await,
+        ("nats-ask-par", "happen") => happen_ask(url, n, PARALLEL).await,
+        ("nats-ask-par", "floor") => floor_ask(url, n, PARALLEL, Format::Raw).await,
+        ("nats-ask-par", "floor(json)") => floor_ask(url, n, PARALLEL, Format::Json).await,
+        ("nats-broadcast", "happen") => happen_broadcast(url, n).await,
+        ("nats-broadcast", "floor") => floor_broadcast(url, n, Format::Raw).await,
+        ("nats-broadcast", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
+        (w, s) => Err(format!("no child mode for `{w}` `{s}`")),
+    }
+}
+
 fn unavailable_all(workloads: &[&str], counts: &dyn Fn(&str) -> u64, why: &str) -> Vec<Row> {
     workloads
         .iter()

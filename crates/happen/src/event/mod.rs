@@ -185,7 +185,32 @@ impl Serialize for Path {
 
 impl<'de> Deserialize<'de> for Path {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Vec::<NodeId>::deserialize(d).map(Path::Many)
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Path;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path (an array of node ids)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Path, A::Error> {
+                // a root event's path has one node: no vector for it
+                let Some(first) = seq.next_element::<NodeId>()? else {
+                    return Ok(Path::Many(Vec::new()));
+                };
+                let Some(second) = seq.next_element::<NodeId>()? else {
+                    return Ok(Path::One(first));
+                };
+                let mut path = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64) + 2);
+                path.extend([first, second]);
+                while let Some(n) = seq.next_element()? {
+                    path.push(n);
+                }
+                Ok(Path::Many(path))
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -937,6 +962,17 @@ mod tests {
         assert_eq!(child.correlation_id(), root.correlation_id());
         assert_eq!(child.path(), [a, b]);
         assert_ne!(child.id(), root.id());
+    }
+
+    #[test]
+    fn paths_of_any_length_read_back() {
+        for path in [vec![], vec!["a"], vec!["a", "b"], vec!["a", "b", "c", "d"]] {
+            let json = serde_json::to_string(&path).unwrap();
+            let read: Path = serde_json::from_str(&json).unwrap();
+            let want: Vec<NodeId> = path.iter().map(|s| NodeId::from(*s)).collect();
+            assert_eq!(read.as_slice(), want.as_slice(), "{json}");
+        }
+        assert!(serde_json::from_str::<Path>(r#"["a", 1]"#).is_err());
     }
 
     #[test]
