@@ -883,7 +883,8 @@ fn on_direct(
 fn on_broadcast(ctx: &Arc<Serve>, inbox: &Inbox, msg: Message) -> Option<Prepared> {
     // the type at the start of the body says whether the node wants it, without decoding
     // (see `WIRE.md`, "Broadcasts")
-    if let Some(t) = wire::peek_type(&msg.payload)
+    let peeked = wire::peek_type(&msg.payload);
+    if let Some(t) = peeked
         && !inbox.accepts(t)
     {
         inc(&ctx.counters.broadcasts_skipped);
@@ -897,7 +898,8 @@ fn on_broadcast(ctx: &Arc<Serve>, inbox: &Inbox, msg: Message) -> Option<Prepare
             return None;
         }
     };
-    if !inbox.accepts(event.event_type()) {
+    // (a peeked type is the decoded one: it has no escapes)
+    if peeked.is_none() && !inbox.accepts(event.event_type()) {
         return None;
     }
     Some(Incoming::prepare(&ctx.streams, inbox, &msg, event))

@@ -317,6 +317,7 @@ impl Node {
     fn register(&self, pattern: Pattern, step: Arc<dyn ErasedStep>) -> Result<()> {
         let mut reg = self.shared.registry.write();
         let step = liner::wrap(step, &reg.liners);
+        reg.streaming |= step.is_streaming();
         if let Some(exact) = pattern.as_exact() {
             if reg.exact.contains_key(exact) {
                 return Err(Error::duplicate_handler(self.id(), &pattern));
@@ -707,6 +708,11 @@ impl Node {
 
     pub(crate) fn registry_version(&self) -> u64 {
         self.shared.registry_version.load(Ordering::Acquire)
+    }
+
+    /// Does the handler for `event_type` stream? (For routing: see `routing`.)
+    pub(crate) fn streams(&self, event_type: &str) -> bool {
+        self.routing(event_type, |r| r.streams(event_type), false)
     }
 
     /// Does a handler match `event_type`? (For routing: see `routing`.)

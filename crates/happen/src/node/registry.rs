@@ -23,6 +23,9 @@ pub(super) struct Registry {
     pub(super) liners: Vec<Liner>,
     /// Batch handlers (`Node::on_batch`), ordered by specificity.
     pub(super) batch: Vec<BatchEntry>,
+    /// A streaming handler was registered (handlers are never removed): until then no event
+    /// type streams here, which routing asks of every broadcast.
+    pub(super) streaming: bool,
 }
 
 impl Registry {
@@ -39,6 +42,14 @@ impl Registry {
             .iter()
             .find(|e| e.pattern.matches(event_type))
             .map(|e| e.step.clone())
+    }
+
+    /// Does the handler for `event_type` stream?
+    pub(super) fn streams(&self, event_type: &str) -> bool {
+        if !self.streaming && event_type != BATCH_EVENT {
+            return false;
+        }
+        self.lookup(event_type).is_some_and(|s| s.is_streaming())
     }
 
     pub(super) fn matches(&self, event_type: &str) -> bool {

@@ -124,9 +124,7 @@ impl Inbox {
     /// [`Emitter`](crate::Emitter))? For a broadcast, such a node produces the stream the other
     /// receivers read.
     pub fn streams(&self, event_type: &str) -> bool {
-        self.node
-            .lookup(event_type)
-            .is_some_and(|step| step.is_streaming())
+        self.node.streams(event_type)
     }
 
     /// Admits a broadcast `event` whose stream is produced elsewhere: the node's flow reads
