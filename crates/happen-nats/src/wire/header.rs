@@ -1,66 +1,69 @@
 //! Names of the NATS headers this transport adds, and how their values are escaped. Absent
 //! headers mean the reference behaviour (a reply without `Happen-Status` is a successful final
 //! value).
+//!
+//! The names are `HeaderName`s made at compile time: a name given as `&str` is checked and
+//! copied by async-nats on every `get` and `insert` (several hundred instructions per request).
 
 use async_nats::HeaderMap;
-use async_nats::header::HeaderValue;
+use async_nats::header::{HeaderName, HeaderValue};
 
 /// On replies: `error` (details in the `Happen-Error-*` headers and the JSON error body,
 /// see [`encode_error`](super::encode_error)) or `stream` (a stream starts; see
 /// [`CONTROL`]). Absent: the body is the raw JSON final value.
-pub(crate) const STATUS: &str = "Happen-Status";
+pub(crate) const STATUS: HeaderName = HeaderName::from_static("Happen-Status");
 /// The [`ErrorKind`](happen::ErrorKind) name, e.g. `queue_full`.
-pub(crate) const ERROR_KIND: &str = "Happen-Error-Kind";
+pub(crate) const ERROR_KIND: HeaderName = HeaderName::from_static("Happen-Error-Kind");
 /// The error message (percent-escaped: `%`, CR and LF).
-pub(crate) const ERROR_MESSAGE: &str = "Happen-Error-Message";
+pub(crate) const ERROR_MESSAGE: HeaderName = HeaderName::from_static("Happen-Error-Message");
 /// The node the error concerns.
-pub(crate) const ERROR_NODE: &str = "Happen-Error-Node";
+pub(crate) const ERROR_NODE: HeaderName = HeaderName::from_static("Happen-Error-Node");
 /// The event the error concerns.
-pub(crate) const ERROR_EVENT: &str = "Happen-Error-Event";
+pub(crate) const ERROR_EVENT: HeaderName = HeaderName::from_static("Happen-Error-Event");
 /// The limit that was hit (`queue_full`, `chain_too_deep`).
-pub(crate) const ERROR_LIMIT: &str = "Happen-Error-Limit";
+pub(crate) const ERROR_LIMIT: HeaderName = HeaderName::from_static("Happen-Error-Limit");
 /// The application's error code ([`happen::Error::code`]), percent-escaped.
-pub(crate) const ERROR_CODE: &str = "Happen-Error-Code";
+pub(crate) const ERROR_CODE: HeaderName = HeaderName::from_static("Happen-Error-Code");
 /// On requests: the requester understands streams and grants this initial credit.
-pub(crate) const STREAM: &str = "Happen-Stream";
+pub(crate) const STREAM: HeaderName = HeaderName::from_static("Happen-Stream");
 /// On a stream start: the subject to which the consumer sends `credit` and `cancel`.
-pub(crate) const CONTROL: &str = "Happen-Control";
+pub(crate) const CONTROL: HeaderName = HeaderName::from_static("Happen-Control");
 /// The kind of a stream frame: `item`, `end`, `error` (producer to consumer) or `credit`,
 /// `cancel` (consumer to producer); `accepted` (a replica names itself to a requester still
 /// waiting, see [`TRACK`]).
-pub(crate) const FRAME: &str = "Happen-Frame";
+pub(crate) const FRAME: HeaderName = HeaderName::from_static("Happen-Frame");
 /// On `credit` frames: how many more items the producer may send.
-pub(crate) const CREDIT: &str = "Happen-Credit";
+pub(crate) const CREDIT: HeaderName = HeaderName::from_static("Happen-Credit");
 /// On replies from a node under backpressure:
 /// `high;queued=<n>;limit=<n>[;seq=<n>;replica=<id>]`. Absent: says nothing (see
 /// `WIRE.md`, "Pacing").
-pub(crate) const PRESSURE: &str = "Happen-Pressure";
+pub(crate) const PRESSURE: HeaderName = HeaderName::from_static("Happen-Pressure");
 /// On a request with an empty body: a question to the serving process instead of an event.
 /// `limits` asks for the node's admission limits, answered with [`LIMITS`].
-pub(crate) const QUERY: &str = "Happen-Query";
+pub(crate) const QUERY: HeaderName = HeaderName::from_static("Happen-Query");
 /// The answer to `Happen-Query: limits`: `concurrent=<n>;queue=<n>;high=<n>`.
-pub(crate) const LIMITS: &str = "Happen-Limits";
+pub(crate) const LIMITS: HeaderName = HeaderName::from_static("Happen-Limits");
 /// On requests: the requester understands `accepted` frames (`Happen-Frame: accepted` with
 /// [`REPLICA`], no body), which tie the request to the replica holding it (see `WIRE.md`,
 /// "Liveness").
-pub(crate) const TRACK: &str = "Happen-Track";
+pub(crate) const TRACK: HeaderName = HeaderName::from_static("Happen-Track");
 /// The `Happen-Frame` value that names the replica holding a request (see [`TRACK`]).
 pub(crate) const ACCEPTED: &str = "accepted";
 /// On the `node.pressure` reports published on `<prefix>.pressure.<id>`: which process
 /// (replica) sent it, so reports of one replica are ordered by their `seq`.
-pub(crate) const REPLICA: &str = "Happen-Replica";
+pub(crate) const REPLICA: HeaderName = HeaderName::from_static("Happen-Replica");
 /// On broadcast stream frames: the frame's sequence number (items from 1; the `end` or
 /// `error` frame takes the next number). A jump is reported to subscribers as lag.
-pub(crate) const SEQ: &str = "Happen-Seq";
+pub(crate) const SEQ: HeaderName = HeaderName::from_static("Happen-Seq");
 
 /// The requester's reply subject of a durable `send` (absent for a `tell`).
-pub(crate) const REPLY_TO: &str = "Happen-Reply-To";
+pub(crate) const REPLY_TO: HeaderName = HeaderName::from_static("Happen-Reply-To");
 /// On a dead letter: the node id that gave up on the event.
-pub(crate) const DEAD_NODE: &str = "Happen-Dead-Node";
+pub(crate) const DEAD_NODE: HeaderName = HeaderName::from_static("Happen-Dead-Node");
 /// On a dead letter: how many times the event was delivered.
-pub(crate) const DELIVERIES: &str = "Happen-Deliveries";
+pub(crate) const DELIVERIES: HeaderName = HeaderName::from_static("Happen-Deliveries");
 /// JetStream's message id header (the event id).
-pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
 
 /// Escapes a header value: `%`, CR and LF become `%25`, `%0D`, `%0A`.
 pub(crate) fn escape(s: &str) -> String {
@@ -111,7 +114,7 @@ pub(crate) fn value(s: &str) -> HeaderValue {
 }
 
 /// The value of header `name`, if present.
-pub(crate) fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn get(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
     headers.get(name).map(|v| v.as_str())
 }
 

@@ -29,7 +29,7 @@ fn headers(pairs: &[(u8, String)]) -> HeaderMap {
     ];
     let mut h = HeaderMap::new();
     for (i, v) in pairs {
-        h.insert(names[*i as usize % names.len()], escape(v).as_str());
+        h.insert(names[*i as usize % names.len()].clone(), escape(v).as_str());
     }
     h
 }
