@@ -262,11 +262,21 @@ pub(crate) fn is_known_context_field(name: &str) -> bool {
 // ---- reading -----------------------------------------------------------------------------------
 
 /// `context` as read from the wire.
+///
+/// The extension is boxed and made only when a field of it arrives: most events have none,
+/// and a `ContextIn` is moved several times on its way out of the deserializer (an `Ext`
+/// inline made each move a copy of some 300 bytes).
 #[derive(Default)]
 pub(super) struct ContextIn {
     pub(super) causal: Option<Causal>,
     pub(super) priority: i32,
-    pub(super) ext: Ext,
+    pub(super) ext: Option<Box<Ext>>,
+}
+
+impl ContextIn {
+    fn ext(&mut self) -> &mut Ext {
+        self.ext.get_or_insert_with(Box::default)
+    }
 }
 
 impl<'de> Deserialize<'de> for ContextIn {
@@ -290,8 +300,11 @@ impl<'de> Visitor<'de> for ContextVisitor {
             match key.0.as_ref() {
                 "causal" => {
                     if let Some(c) = map.next_value::<Option<CausalIn>>()? {
-                        out.ext.hash = c.hash;
-                        out.ext.causal_extra = c.extra;
+                        if c.hash.is_some() || !c.extra.is_empty() {
+                            let ext = out.ext();
+                            ext.hash = c.hash;
+                            ext.causal_extra = c.extra;
+                        }
                         out.causal = Some(c.causal);
                     }
                 }
@@ -299,18 +312,23 @@ impl<'de> Visitor<'de> for ContextVisitor {
                     out.priority = map.next_value::<Option<i32>>()?.unwrap_or(0);
                 }
                 "origin" => {
-                    if let Some(o) = map.next_value::<Option<OriginIn>>()? {
-                        out.ext.source_id = o.source_id;
-                        out.ext.source_type = o.source_type;
-                        out.ext.origin_extra = o.extra;
+                    if let Some(o) = map.next_value::<Option<OriginIn>>()?
+                        && (o.source_id.is_some() || o.source_type.is_some() || !o.extra.is_empty())
+                    {
+                        let ext = out.ext();
+                        ext.source_id = o.source_id;
+                        ext.source_type = o.source_type;
+                        ext.origin_extra = o.extra;
                     }
                 }
                 "integrity" => {
-                    out.ext.integrity = map.next_value::<Option<Integrity>>()?;
+                    if let Some(i) = map.next_value::<Option<Integrity>>()? {
+                        out.ext().integrity = Some(i);
+                    }
                 }
                 _ => {
                     let v = map.next_value::<Value>()?;
-                    out.ext.context_extra.insert(key.0.into_owned(), v);
+                    out.ext().context_extra.insert(key.0.into_owned(), v);
                 }
             }
         }

@@ -851,11 +851,24 @@ fn is_zero(p: &i32) -> bool {
 #[derive(Deserialize)]
 struct WireIn {
     #[serde(rename = "type")]
-    event_type: String,
+    event_type: TypeIn,
     #[serde(default)]
     payload: Value,
     #[serde(default)]
     context: Option<ext::ContextIn>,
+}
+
+/// An event type read from the wire: from the input's bytes, no `String` in between, and
+/// shared with the recent types (`SharedStr::copy_of`), so a run of one type reuses one
+/// buffer and the driver's handler cache matches it by pointer.
+struct TypeIn(SharedStr);
+
+impl<'de> Deserialize<'de> for TypeIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::id::read_str(d, "an event type (a string)", |s| {
+            TypeIn(SharedStr::copy_of(s))
+        })
+    }
 }
 
 /// An event in its wire form, with or without its hash and integrity.
@@ -916,12 +929,12 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = WireIn::deserialize(d)?;
-        if w.event_type.is_empty() {
+        if w.event_type.0.is_empty() {
             return Err(serde::de::Error::custom("event `type` must not be empty"));
         }
         let (causal, priority, ext) = match w.context {
             Some(c) => (c.causal, c.priority, c.ext),
-            None => (None, 0, Ext::default()),
+            None => (None, 0, None),
         };
         let causal = causal.unwrap_or_else(|| Causal {
             id: EventId::new(),
@@ -933,12 +946,12 @@ impl<'de> Deserialize<'de> for Event {
         });
         Ok(Event {
             inner: storage::store(EventInner {
-                event_type: w.event_type.into(),
+                event_type: w.event_type.0,
                 payload: w.payload,
                 priority,
                 causal,
                 explicit_correlation: None,
-                ext: (!ext.is_empty()).then(|| Box::new(ext)),
+                ext: ext.filter(|e| !e.is_empty()),
                 arrival: Arrival::Wire,
             }),
         })
@@ -1000,6 +1013,46 @@ mod tests {
         assert!(c["timestamp"].as_u64().unwrap() > 0);
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back.causal(), e.causal());
+    }
+
+    #[test]
+    fn an_extension_is_made_only_for_what_needs_one() {
+        let plain: Event = serde_json::from_value(json!({
+            "type": "x",
+            "context": {"causal": {"id": "a"}, "origin": {"nodeId": "n"}, "priority": 2}
+        }))
+        .unwrap();
+        assert!(plain.inner.ext.is_none());
+        assert_eq!(plain.inner.priority, 2);
+        for context in [
+            json!({"causal": {"hash": "00"}}),
+            json!({"causal": {"more": 1}}),
+            json!({"origin": {"sourceId": "s"}}),
+            json!({"origin": {"more": 1}}),
+            json!({"integrity": {"signature": "s", "publicKey": "k"}}),
+            json!({"more": 1}),
+        ] {
+            let e: Event =
+                serde_json::from_value(json!({"type": "x", "context": context.clone()})).unwrap();
+            assert!(e.inner.ext.is_some(), "{context}");
+            let back = serde_json::to_value(&e).unwrap();
+            for (k, v) in context.as_object().unwrap() {
+                for (field, value) in v.as_object().map_or(vec![], |o| o.iter().collect()) {
+                    assert_eq!(&back["context"][k][field], value, "{context} -> {back}");
+                }
+                if !v.is_object() {
+                    assert_eq!(&back["context"][k], v, "{context} -> {back}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_of_one_type_from_the_wire_shares_its_buffer() {
+        let read = || serde_json::from_value::<Event>(json!({"type": "tick"})).unwrap();
+        let (a, b) = (read(), read());
+        assert_eq!(a.event_type(), "tick");
+        assert_eq!(a.event_type().as_ptr(), b.event_type().as_ptr());
     }
 
     #[test]
