@@ -397,6 +397,22 @@ macro_rules! id_type {
             }
         }
 
+        impl $name {
+            /// Appends the id as a JSON string (as its `Serialize` writes it with serde_json).
+            pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+                match &self.0 {
+                    IdRepr::Uuid(u) => {
+                        // ASCII hex digits and hyphens: nothing to escape
+                        out.push(b'"');
+                        out.extend_from_slice(encode_uuid($prefix, *u, &mut [0; ID_BUFFER]).as_bytes());
+                        out.push(b'"');
+                    }
+                    IdRepr::Text(t) => crate::json::write_str(out, t),
+                    IdRepr::Empty => out.extend_from_slice(b"\"\""),
+                }
+            }
+        }
+
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 const _: () = assert!($prefix.len() <= 8, "the prefix must fit ID_BUFFER");

@@ -31,7 +31,8 @@
 // The layers, bottom up: each module uses only the modules listed before it (CI checks that
 // no import circle exists with `module-cycles.py`). See DESIGN.md, "Where things live".
 mod error; // Error, ErrorKind
-mod id; // NodeId, EventId, CorrelationId
+mod id;
+mod json; // strings and values written as serde_json writes them, faster // NodeId, EventId, CorrelationId
 
 pub mod event; // Event, Causal, EventType; patterns; the clock
 

@@ -10,14 +10,19 @@ use happen::{Error, ErrorKind, Event};
 pub(crate) fn encode_event(event: &Event) -> happen::Result<Bytes> {
     // an event's context alone is ~250 bytes: start there instead of growing from empty
     let mut buf = Vec::with_capacity(512);
-    serde_json::to_writer(&mut buf, event)
-        .map(|()| Bytes::from(buf))
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidPayload,
-                format!("event cannot be serialized: {e}"),
-            )
-        })
+    happen::transport::write_event(event, &mut buf);
+    Ok(Bytes::from(buf))
+}
+
+/// Reads JSON from a message body: the whole body checked as UTF-8 once (word at a time),
+/// then parsed as a `str`, which spares serde_json checking each string as it reads it
+/// (measured: about 1,200 instructions of a 340-byte event's 7,000).
+pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(s) => serde_json::from_str(s),
+        // serde_json says where the bad byte is
+        Err(_) => serde_json::from_slice(body),
+    }
 }
 
 /// The event type at the very start of a body, without decoding it: the body must begin
@@ -59,7 +64,7 @@ fn decode_from(payload: &[u8], max_bytes: usize, durable: bool) -> happen::Resul
             ),
         ));
     }
-    let mut event = serde_json::from_slice::<Event>(payload).map_err(|e| {
+    let mut event = from_json::<Event>(payload).map_err(|e| {
         Error::new(
             ErrorKind::InvalidEvent,
             format!(
@@ -94,7 +99,9 @@ pub(crate) fn encode_checked(event: &Event, max_bytes: usize) -> happen::Result<
 
 /// A JSON value as a message body (a reply's final value, a stream item).
 pub(crate) fn value_body(v: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+    let mut buf = Vec::new();
+    happen::transport::write_value(v, &mut buf);
+    Bytes::from(buf)
 }
 
 #[cfg(test)]

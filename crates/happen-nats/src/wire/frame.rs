@@ -27,7 +27,7 @@ fn parse_json(payload: &[u8], what: &str) -> happen::Result<Value> {
     if payload.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(payload).map_err(|e| {
+    super::event::from_json(payload).map_err(|e| {
         Error::new(
             ErrorKind::Transport,
             format!("malformed {what} from the remote node (not JSON): {e}"),

@@ -910,6 +910,52 @@ impl Serialize for Wire<'_> {
     }
 }
 
+impl Event {
+    /// Appends the event in Happen's wire form, byte for byte what `serde_json::to_writer`
+    /// writes for it, without serde_json's per-byte escape lookups for the strings that need
+    /// none (see `crate::json`). An event with an extension (origin source, hash, signature,
+    /// unknown context fields) goes through serde_json.
+    pub(crate) fn write_wire_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use crate::json::{write_str, write_u64, write_value};
+        let inner = &*self.inner;
+        if inner.ext.is_some() {
+            return serde_json::to_writer(&mut *out, self);
+        }
+        out.extend_from_slice(br#"{"type":"#);
+        write_str(out, &inner.event_type);
+        out.extend_from_slice(br#","payload":"#);
+        write_value(out, &inner.payload);
+        // the fields of `Causal` in its `Serialize` order
+        let c = &inner.causal;
+        out.extend_from_slice(br#","context":{"causal":{"id":"#);
+        c.id.write_json(out);
+        out.extend_from_slice(br#","sender":"#);
+        write_str(out, c.sender.as_str());
+        if let Some(id) = &c.causation_id {
+            out.extend_from_slice(br#","causationId":"#);
+            id.write_json(out);
+        }
+        out.extend_from_slice(br#","correlationId":"#);
+        c.correlation_id.write_json(out);
+        out.extend_from_slice(br#","path":["#);
+        for (i, node) in c.path.as_slice().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, node.as_str());
+        }
+        out.extend_from_slice(br#"],"timestamp":"#);
+        write_u64(out, c.timestamp);
+        out.push(b'}');
+        if inner.priority != 0 {
+            out.extend_from_slice(br#","priority":"#);
+            out.extend_from_slice(itoa::Buffer::new().format(inner.priority).as_bytes());
+        }
+        out.extend_from_slice(b"}}");
+        Ok(())
+    }
+}
+
 /// Serializes in Happen's wire form:
 /// `{"type", "payload", "context": {"causal": {"id", "sender", "causationId", "correlationId", "path", "timestamp", "hash"}, "priority", "origin", "integrity", ...}}`
 /// (the optional fields only when set; unknown context fields as received).
@@ -1053,6 +1099,42 @@ mod tests {
         let (a, b) = (read(), read());
         assert_eq!(a.event_type(), "tick");
         assert_eq!(a.event_type().as_ptr(), b.event_type().as_ptr());
+    }
+
+    #[test]
+    fn the_wire_json_is_what_serde_json_writes() {
+        let a = NodeId::from("a");
+        let b = NodeId::from("b\"quoted\"");
+        let root = Event::new("order.created", json!({"id": 1, "note": "x\ny"}))
+            .stamp(&a, None)
+            .unwrap();
+        let child = Event::new("order.paid", json!([1.5, null, "é"]))
+            .with_priority(-7)
+            .stamp(&b, Some(&root))
+            .unwrap();
+        let grandchild = Event::new("tab\ttype", "a".repeat(200))
+            .with_priority(3)
+            .stamp(&a, Some(&child))
+            .unwrap();
+        let foreign: Event = serde_json::from_value(json!({
+            "type": "x",
+            "context": {"causal": {"id": "not-a-uuid", "correlationId": "", "path": [], "timestamp": 0}}
+        }))
+        .unwrap();
+        let with_ext: Event = serde_json::from_value(json!({
+            "type": "x",
+            "context": {"causal": {"id": "a", "hash": "00"}, "origin": {"sourceId": "s"}, "more": [1]}
+        }))
+        .unwrap();
+        let unsent = Event::new("y", ());
+        for e in [root, child, grandchild, foreign, with_ext, unsent] {
+            let mut out = Vec::new();
+            e.write_wire_json(&mut out).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&e).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -270,6 +270,37 @@ pub fn pressure(under_pressure: bool, queued: usize, queue_limit: usize) -> Pres
     Pressure::new(under_pressure, queued, queue_limit)
 }
 
+/// Appends `event` in Happen's wire JSON: byte for byte what `serde_json::to_writer(out,
+/// event)` writes, about twice as fast — the strings that need no escape (ids, node ids,
+/// most types and text) are copied as they are instead of looked up byte by byte. What a
+/// transport sends as the body of an event.
+///
+/// ```
+/// use happen::Event;
+/// let event = Event::new("order.created", serde_json::json!({"id": 7}));
+/// let mut body = Vec::new();
+/// happen::transport::write_event(&event, &mut body);
+/// assert_eq!(body, serde_json::to_vec(&event).unwrap());
+/// ```
+pub fn write_event(event: &Event, out: &mut Vec<u8>) {
+    // an event's payload and context are JSON values, strings and numbers: nothing in them
+    // can fail to serialize
+    let _ = event.write_wire_json(out);
+}
+
+/// Appends `value` as `serde_json::to_writer(out, value)` writes it (compact), with
+/// [`write_event`]'s fast path for strings. For a reply's value or a stream item.
+///
+/// ```
+/// let value = serde_json::json!({"total": 42, "items": ["a", "b\"c"]});
+/// let mut body = Vec::new();
+/// happen::transport::write_value(&value, &mut body);
+/// assert_eq!(body, serde_json::to_vec(&value).unwrap());
+/// ```
+pub fn write_value(value: &serde_json::Value, out: &mut Vec<u8>) {
+    crate::json::write_value(out, value);
+}
+
 /// Marks `event` as decoded from `body`, a message received from another process: the
 /// receiving node's security gate then treats it as foreign (its sender as claimed until a
 /// signature proves it) and, for a signed event, verifies the signature against the
