@@ -832,11 +832,20 @@ impl Transport for NatsTransport {
                         e,
                     )
                 })?;
-            let broadcast =
-                s.ep.client
-                    .queue_subscribe(s.ep.subjects.broadcast().to_owned(), group)
-                    .await
-                    .map_err(|e| transport_error(&format!("cannot subscribe node `{id}`"), e))?;
+            // a node that takes no broadcasts is not subscribed to them: neither the server
+            // nor this process carries it a copy of each only to skip it
+            let broadcast = if inbox.receives_broadcasts() {
+                Some(
+                    s.ep.client
+                        .queue_subscribe(s.ep.subjects.broadcast().to_owned(), group)
+                        .await
+                        .map_err(|e| {
+                            transport_error(&format!("cannot subscribe node `{id}`"), e)
+                        })?,
+                )
+            } else {
+                None
+            };
             // The server must know the subscriptions before `attach` resolves, or a send from
             // another connection right after could find no responder. `flush` only empties our
             // socket buffer; a message to ourselves through the server proves it processed

@@ -247,3 +247,41 @@ async fn many_broadcasts_reach_every_matching_node_exactly_once_each() {
     }
     assert_eq!(count.load(Ordering::SeqCst), 10_000);
 }
+
+/// `NodeOptions::receive_broadcasts(false)`: the node takes none of them — neither its own
+/// nor another node's — while direct sends reach it; the listening nodes get every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_takes_no_broadcasts_gets_none() {
+    const N: u64 = 2_000;
+    let happen = Happen::new();
+    let deaf = happen
+        .node_with("deaf", happen::NodeOptions::new().receive_broadcasts(false))
+        .await
+        .unwrap();
+    let ears = [
+        happen.node("ear-1").await.unwrap(),
+        happen.node("ear-2").await.unwrap(),
+    ];
+    for n in ears.iter().chain([&deaf]) {
+        n.on("tick", |_e: Event, _c: Context| async {}).unwrap();
+    }
+    for i in 0..N {
+        deaf.broadcast(Event::new("tick", i)).unwrap();
+        ears[0].broadcast(Event::new("tick", i)).unwrap();
+    }
+    deaf.send(&deaf, Event::new("tick", "direct"))
+        .await
+        .unwrap();
+    for n in &ears {
+        wait_until("every broadcast at the ears", || {
+            n.stats().completed == 2 * N
+        })
+        .await;
+    }
+    let s = deaf.stats();
+    assert_eq!(
+        (s.accepted, s.completed),
+        (1, 1),
+        "only the direct send: {s:?}"
+    );
+}

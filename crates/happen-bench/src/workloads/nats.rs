@@ -22,7 +22,10 @@
 //! - `nats-ask-seq` / `nats-ask-par`: `client.send("echo", event)` awaited; the handler
 //!   returns the event's payload (a 128-character string);
 //! - `nats-broadcast`: `Node::broadcast` of events with that payload to one subscribing node
-//!   (default limits); timed until the node has handled them all, losses noted. When the
+//!   (default limits); timed until the node has handled them all, losses noted. The
+//!   publishing node takes broadcasts too (the default), so its process receives a copy of
+//!   each and skips it; `happen(publish-only)` makes it with
+//!   `NodeOptions::receive_broadcasts(false)`, not subscribed, as the floors' publisher. When the
 //!   transport's outgoing buffer is full the producer waits for room
 //!   (`NatsTransport::ready`) and retries (the waits are noted).
 
@@ -34,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use happen::{Context, ErrorKind, Event, Happen, Node};
+use happen::{Context, ErrorKind, Event, Happen, Node, NodeOptions};
 use happen_nats::{NatsConfig, NatsTransport};
 use serde_json::Value;
 
@@ -90,15 +93,16 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
         let u = url.clone();
         let h = url.clone();
         let j = url.clone();
+        let p = url.clone();
         let systems = match w {
-            "nats-ask-seq" => [
+            "nats-ask-seq" => vec![
                 system("happen", move |n| happen_ask(h.clone(), n, 1)),
                 system("floor", move |n| floor_ask(u.clone(), n, 1, Format::Raw)),
                 system("floor(json)", move |n| {
                     floor_ask(j.clone(), n, 1, Format::Json)
                 }),
             ],
-            "nats-ask-par" => [
+            "nats-ask-par" => vec![
                 system("happen", move |n| happen_ask(h.clone(), n, PARALLEL)),
                 system("floor", move |n| {
                     floor_ask(u.clone(), n, PARALLEL, Format::Raw)
@@ -107,8 +111,11 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
                     floor_ask(j.clone(), n, PARALLEL, Format::Json)
                 }),
             ],
-            "nats-broadcast" => [
-                system("happen", move |n| happen_broadcast(h.clone(), n)),
+            "nats-broadcast" => vec![
+                system("happen", move |n| happen_broadcast(h.clone(), n, true)),
+                system("happen(publish-only)", move |n| {
+                    happen_broadcast(p.clone(), n, false)
+                }),
                 system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
                 system("floor(json)", move |n| {
                     floor_broadcast(j.clone(), n, Format::Json)
@@ -135,7 +142,8 @@ pub(crate) async fn child(workload: &str, system: &str, n: u64) -> RunResult {
         ("nats-ask-par", "happen") => happen_ask(url, n, PARALLEL).await,
         ("nats-ask-par", "floor") => floor_ask(url, n, PARALLEL, Format::Raw).await,
         ("nats-ask-par", "floor(json)") => floor_ask(url, n, PARALLEL, Format::Json).await,
-        ("nats-broadcast", "happen") => happen_broadcast(url, n).await,
+        ("nats-broadcast", "happen") => happen_broadcast(url, n, true).await,
+        ("nats-broadcast", "happen(publish-only)") => happen_broadcast(url, n, false).await,
         ("nats-broadcast", "floor") => floor_broadcast(url, n, Format::Raw).await,
         ("nats-broadcast", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
         (w, s) => Err(format!("no child mode for `{w}` `{s}`")),
@@ -443,7 +451,10 @@ async fn happen_client(
     Ok((n, latencies))
 }
 
-async fn happen_broadcast(url: String, n: u64) -> RunResult {
+/// `hears`: whether the publishing node takes broadcasts (the default); `false` makes it
+/// with `NodeOptions::receive_broadcasts(false)`, so it is not subscribed to them and, like
+/// the floors' publisher, receives none (`happen(publish-only)`).
+async fn happen_broadcast(url: String, n: u64, hears: bool) -> RunResult {
     let p = prefix();
     let server_side = instance(&url, &p).await?;
     let sub = server_side.node("sub").await.map_err(err)?;
@@ -456,7 +467,8 @@ async fn happen_broadcast(url: String, n: u64) -> RunResult {
     sub.on("ping", |_event: Event, _ctx: Context| async move {})
         .map_err(err)?;
     let (client_side, transport) = instance_with_transport(&url, &p).await?;
-    let publisher = client_side.node("pub").await.map_err(err)?;
+    let options = NodeOptions::new().receive_broadcasts(hears);
+    let publisher = client_side.node_with("pub", options).await.map_err(err)?;
     publisher
         .send("sub", Event::new("ping", ()))
         .await

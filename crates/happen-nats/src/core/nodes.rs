@@ -109,7 +109,7 @@ impl LocalNodes {
         self.handles
             .lock()
             .values()
-            .any(|h| h.inbox.streams(event_type))
+            .any(|h| h.inbox.receives_broadcasts() && h.inbox.streams(event_type))
     }
 
     /// Remembers report `seq` of node `id` unless a later one is known.

@@ -137,7 +137,7 @@ pub(crate) async fn run(
     ctx: Arc<Serve>,
     inbox: Inbox,
     direct: Subscriber,
-    broadcast: Subscriber,
+    broadcast: Option<Subscriber>,
     disconnects: u64,
     stop: oneshot::Receiver<()>,
 ) {
@@ -147,7 +147,7 @@ pub(crate) async fn run(
         drain: inbox.watch_pressure(),
         ctx,
         inbox,
-        direct: Sub::new(direct),
+        direct: Sub::new(Some(direct)),
         broadcast: Sub::new(broadcast),
         waiting: FuturesUnordered::new(),
         completing: FuturesUnordered::new(),
@@ -186,42 +186,52 @@ impl Drop for Served {
 
 /// A subscription and how many messages were taken from it.
 struct Sub {
-    sub: Subscriber,
+    /// `None`: never made (the broadcasts of a node that takes none); counts as ended.
+    sub: Option<Subscriber>,
     taken: u64,
     /// The client closed it (unsubscribed after its last message, or the connection closed
-    /// for good).
+    /// for good), or it was never made.
     ended: bool,
 }
 
 impl Sub {
-    fn new(sub: Subscriber) -> Sub {
+    fn new(sub: Option<Subscriber>) -> Sub {
         Sub {
+            ended: sub.is_none(),
             sub,
             taken: 0,
-            ended: false,
         }
     }
 
     /// The next message; pending forever once the subscription ended.
     async fn next(&mut self) -> Option<Message> {
-        if self.ended {
+        let Some(sub) = self.sub.as_mut().filter(|_| !self.ended) else {
             return std::future::pending().await;
-        }
-        let msg = self.sub.next().await;
+        };
+        let msg = sub.next().await;
         self.count(msg.is_some());
         msg
     }
 
     /// A message the client already holds for us, without waiting.
     fn try_next(&mut self) -> Option<Message> {
-        if self.ended {
-            return None;
-        }
+        let sub = self.sub.as_mut().filter(|_| !self.ended)?;
         // unconstrained: out of tokio's co-operative budget a channel poll is `Pending` even
         // with messages waiting, and a stopping node would drop them with the subscription
-        let msg = tokio::task::unconstrained(self.sub.next()).now_or_never()?;
+        let msg = tokio::task::unconstrained(sub.next()).now_or_never()?;
         self.count(msg.is_some());
         msg
+    }
+
+    /// Unsubscribes now, or after `after` more messages in all; nothing for an ended one.
+    async fn unsubscribe(&mut self, after: Option<u64>) {
+        let Some(sub) = self.sub.as_mut().filter(|_| !self.ended) else {
+            return;
+        };
+        let _ = match after {
+            Some(n) => sub.unsubscribe_after(n).await,
+            None => sub.unsubscribe().await,
+        };
     }
 
     fn count(&mut self, got: bool) {
@@ -364,16 +374,8 @@ impl Serving {
         let resubscribed =
             self.ctx.counters.disconnects.load(Ordering::Acquire) != self.disconnects;
         for sub in [&mut self.direct, &mut self.broadcast] {
-            if sub.ended {
-                continue;
-            }
-            let _ = if resubscribed {
-                sub.sub.unsubscribe().await
-            } else {
-                sub.sub
-                    .unsubscribe_after(sub.taken + UNSUBSCRIBE_AFTER)
-                    .await
-            };
+            let after = (!resubscribed).then_some(sub.taken + UNSUBSCRIBE_AFTER);
+            sub.unsubscribe(after).await;
         }
         let ctx = self.ctx.clone();
         let confirm = ctx.requests.round_trip(CONFIRM_WITHIN);
@@ -492,9 +494,7 @@ impl Serving {
             }
         }
         for sub in [&mut self.direct, &mut self.broadcast] {
-            if !sub.ended {
-                let _ = sub.sub.unsubscribe().await;
-            }
+            sub.unsubscribe(None).await;
         }
         // what the client still holds (it stopped taking more)
         while let Some(msg) = self.direct.try_next() {
@@ -539,9 +539,7 @@ impl Serving {
             return Ending::Plain;
         }
         for sub in [&mut self.direct, &mut self.broadcast] {
-            if !sub.ended {
-                let _ = sub.sub.unsubscribe_after(sub.taken + CUT_TO).await;
-            }
+            sub.unsubscribe(Some(sub.taken + CUT_TO)).await;
         }
         Ending::Cut
     }

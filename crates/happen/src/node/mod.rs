@@ -95,6 +95,8 @@ pub(crate) struct NodeShared {
     request_timeout: Duration,
     max_chain_depth: usize,
     stream_buffer: usize,
+    /// `NodeOptions::receive_broadcasts(false)`.
+    deaf_to_broadcasts: bool,
     sequential: Option<SequentialKey>,
     state: StateMap,
     /// Bumped by every registration (invalidates the driver's lookup cache).
@@ -133,6 +135,7 @@ impl Node {
                 .unwrap_or(config.flow.request_timeout),
             max_chain_depth: config.flow.max_chain_depth,
             stream_buffer: options.stream_buffer.unwrap_or(config.streams.buffer),
+            deaf_to_broadcasts: options.deaf_to_broadcasts,
             sequential: options.sequential,
             state: options.state,
             registry: RwLock::new(Registry::default()),
@@ -722,6 +725,11 @@ impl Node {
 
     pub(crate) fn stream_buffer(&self) -> usize {
         self.shared.stream_buffer
+    }
+
+    /// Does the node take broadcasts (`NodeOptions::receive_broadcasts`)?
+    pub(crate) fn receives_broadcasts(&self) -> bool {
+        !self.shared.deaf_to_broadcasts
     }
 
     pub(crate) fn broadcast_buffer(&self) -> usize {

@@ -102,6 +102,7 @@ pub struct NodeOptions {
     pub(super) stream_buffer: Option<usize>,
     pub(super) state: StateMap,
     pub(super) security: Option<Security>,
+    pub(super) deaf_to_broadcasts: bool,
 }
 
 impl NodeOptions {
@@ -188,6 +189,36 @@ impl NodeOptions {
     /// example).
     pub fn security(mut self, security: Security) -> Self {
         self.security = Some(security);
+        self
+    }
+    /// Whether the node receives broadcasts (default `true`). A node that only sends — an
+    /// API gateway, a producer — can say `false`: it then takes no broadcast, whatever its
+    /// handlers, and over a transport such as NATS it does not subscribe to them at all, so
+    /// the server and this process do not carry a copy of every broadcast to a node that
+    /// would skip it. Direct sends and requests reach it as before.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> happen::Result<()> {
+    /// use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    /// use happen::{Context, Event, Happen, NodeOptions};
+    ///
+    /// static HEARD: AtomicU32 = AtomicU32::new(0);
+    /// let happen = Happen::new();
+    /// let listener = happen.node("listener").await?;
+    /// let gateway = happen
+    ///     .node_with("gateway", NodeOptions::new().receive_broadcasts(false))
+    ///     .await?;
+    /// for node in [&listener, &gateway] {
+    ///     node.on("price", |_e: Event, _c: Context| async { HEARD.fetch_add(1, SeqCst); })?;
+    /// }
+    /// gateway.broadcast(Event::new("price", 42))?;
+    /// gateway.send(&gateway, Event::new("price", 43)).await?; // direct: still handled
+    /// happen.shutdown(std::time::Duration::from_secs(1)).await; // lets the broadcast finish
+    /// assert_eq!(HEARD.load(SeqCst), 2); // the listener's broadcast and the gateway's send
+    /// # Ok(()) }
+    /// ```
+    pub fn receive_broadcasts(mut self, on: bool) -> Self {
+        self.deaf_to_broadcasts = !on;
         self
     }
     /// Sequential processing per key (see [`SequentialKey`] for an example).

@@ -55,7 +55,8 @@ use crate::stream::{
 ///         // (A complete transport also gives a streaming receiver's items to the others:
 ///         // see `streams`, `deliver_producer` and `deliver_with_items`.)
 ///         let inboxes: Vec<Inbox> = self.0.lock().unwrap().values().cloned().collect();
-///         for inbox in inboxes.iter().filter(|i| i.accepts(event.event_type())) {
+///         let takes = |i: &&Inbox| i.receives_broadcasts() && i.accepts(event.event_type());
+///         for inbox in inboxes.iter().filter(takes) {
 ///             if let Err(e) = inbox.deliver(event.clone(), None) {
 ///                 inbox.report_unobserved(&e); // nobody awaits a broadcast
 ///             }
@@ -113,6 +114,13 @@ impl Inbox {
     /// admitted and `reply` was dropped unanswered.
     pub fn deliver(&self, event: Event, reply: Option<ReplySender>) -> Result<()> {
         self.node.admit(event, reply.map(|r| r.0), None)
+    }
+
+    /// Does the node take broadcasts? `false` for a node made with
+    /// [`NodeOptions::receive_broadcasts(false)`](crate::NodeOptions::receive_broadcasts): a
+    /// transport delivers it none, and need not subscribe it to them.
+    pub fn receives_broadcasts(&self) -> bool {
+        self.node.receives_broadcasts()
     }
 
     /// Does the node have a handler for `event_type`?

@@ -79,6 +79,7 @@ impl Transport for LocalTransport {
             .nodes
             .read()
             .values()
+            .filter(|i| i.node.receives_broadcasts())
             .filter_map(|i| {
                 let step = i.node.lookup(event.event_type())?;
                 Some((i.node.clone(), step.is_streaming()))

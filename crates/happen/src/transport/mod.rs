@@ -153,7 +153,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Errors known at once; the event was then not delivered.
     fn send(&self, target: &NodeId, event: Event, reply: Option<ReplySender>) -> Result<()>;
 
-    /// Delivers `event` to every node that accepts its type.
+    /// Delivers `event` to every node that accepts its type, except nodes that take no
+    /// broadcasts ([`Inbox::receives_broadcasts`]).
     ///
     /// # Errors
     /// [`ErrorKind::Transport`](crate::ErrorKind::Transport) when it cannot be published.
