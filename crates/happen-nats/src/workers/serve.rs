@@ -1059,7 +1059,7 @@ mod tests {
         }
         // a request nobody answers comes back after every message before it was delivered
         let _ = within(10, "a round trip", client.request("nobody", "".into())).await;
-        let mut sub = super::Sub::new(sub);
+        let mut sub = super::Sub::new(Some(sub));
         let mut taken = 0;
         while sub.try_next().is_some() {
             taken += 1;
