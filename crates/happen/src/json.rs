@@ -71,7 +71,7 @@ pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Does any byte of `b` need an escape in a JSON string: `"`, `\` or below 0x20?
-pub(crate) fn needs_escape(b: &[u8]) -> bool {
+fn needs_escape(b: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTE: u64 = u64::from_ne_bytes([b'"'; 8]);

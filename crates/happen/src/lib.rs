@@ -31,8 +31,9 @@
 // The layers, bottom up: each module uses only the modules listed before it (CI checks that
 // no import circle exists with `module-cycles.py`). See DESIGN.md, "Where things live".
 mod error; // Error, ErrorKind
-mod id;
-mod json; // strings and values written as serde_json writes them, faster // NodeId, EventId, CorrelationId
+mod json; // strings and values written as serde_json writes them, faster
+
+mod id; // NodeId, EventId, CorrelationId
 
 pub mod event; // Event, Causal, EventType; patterns; the clock
 

@@ -671,9 +671,7 @@ impl Serving {
                 "closed": true,
             }),
         );
-        let Ok(body) = wire::encode_event(&event) else {
-            return;
-        };
+        let body = wire::encode_event(&event);
         let mut h = HeaderMap::new();
         h.insert(header::REPLICA, self.ctx.ep.replica.as_str());
         publish(

@@ -915,11 +915,13 @@ impl Event {
     /// writes for it, without serde_json's per-byte escape lookups for the strings that need
     /// none (see `crate::json`). An event with an extension (origin source, hash, signature,
     /// unknown context fields) goes through serde_json.
-    pub(crate) fn write_wire_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    pub(crate) fn write_wire_json(&self, out: &mut Vec<u8>) {
         use crate::json::{write_str, write_u64, write_value};
         let inner = &*self.inner;
         if inner.ext.is_some() {
-            return serde_json::to_writer(&mut *out, self);
+            // strings, JSON values and ids into a `Vec`: nothing in it can fail
+            let _ = serde_json::to_writer(&mut *out, self);
+            return;
         }
         out.extend_from_slice(br#"{"type":"#);
         write_str(out, &inner.event_type);
@@ -952,7 +954,6 @@ impl Event {
             out.extend_from_slice(itoa::Buffer::new().format(inner.priority).as_bytes());
         }
         out.extend_from_slice(b"}}");
-        Ok(())
     }
 }
 
@@ -1129,7 +1130,7 @@ mod tests {
         let unsent = Event::new("y", ());
         for e in [root, child, grandchild, foreign, with_ext, unsent] {
             let mut out = Vec::new();
-            e.write_wire_json(&mut out).unwrap();
+            e.write_wire_json(&mut out);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 serde_json::to_string(&e).unwrap()

@@ -21,13 +21,17 @@ pub(super) struct Entry {
 #[derive(Default, Clone, Copy)]
 pub(super) struct TypeHasher(u64);
 
+impl TypeHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 impl std::hash::Hasher for TypeHasher {
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut add = |w: u64| self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
         let mut words = bytes.chunks_exact(8);
         for w in &mut words {
-            add(u64::from_le_bytes([
+            self.mix(u64::from_le_bytes([
                 w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
             ]));
         }
@@ -37,13 +41,13 @@ impl std::hash::Hasher for TypeHasher {
             let mut last = [0u8; 8];
             last[..rest.len()].copy_from_slice(rest);
             last[7] = rest.len() as u8;
-            add(u64::from_le_bytes(last));
+            self.mix(u64::from_le_bytes(last));
         }
     }
 
     fn write_u8(&mut self, b: u8) {
         // `str`'s terminator: mixed in like a word
-        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        self.mix(u64::from(b));
     }
 
     fn finish(&self) -> u64 {

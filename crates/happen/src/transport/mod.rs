@@ -284,9 +284,7 @@ pub fn pressure(under_pressure: bool, queued: usize, queue_limit: usize) -> Pres
 /// assert_eq!(body, serde_json::to_vec(&event).unwrap());
 /// ```
 pub fn write_event(event: &Event, out: &mut Vec<u8>) {
-    // an event's payload and context are JSON values, strings and numbers: nothing in them
-    // can fail to serialize
-    let _ = event.write_wire_json(out);
+    event.write_wire_json(out);
 }
 
 /// Appends `value` as `serde_json::to_writer(out, value)` writes it (compact), with
