@@ -189,6 +189,75 @@ async fn close_removes_one_node_and_answers_everything_it_held() {
     assert_eq!(v, "again");
 }
 
+/// A node closed while eight senders keep filling it answers every send: a sender counted in
+/// just before the close, a driver taking its event, the close taking what waits — each
+/// event is answered once, by its flow or with `ShutDown`, and the counters reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_under_eight_senders_answers_every_send() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 5_000;
+    let happen = Happen::new();
+    let worker = happen
+        .node_with("worker", NodeOptions::new().max_concurrent(3))
+        .await
+        .unwrap();
+    worker
+        .on("job", |e: Event, _c: Context| async move {
+            tokio::task::yield_now().await; // some flows wait in their own task
+            e.payload().clone()
+        })
+        .unwrap();
+    let started = Arc::new(tokio::sync::Barrier::new(SENDERS + 1));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (happen, worker, started) = (happen.clone(), worker.clone(), started.clone());
+            tokio::spawn(async move {
+                let me = happen.node(format!("sender-{s}")).await.unwrap();
+                started.wait().await;
+                let mut replies = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    replies.push(me.send(&worker, Event::new("job", i)).into_future());
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let (mut done, mut shut) = (0usize, 0usize);
+                for r in futures::future::join_all(replies).await {
+                    match r {
+                        Ok(_) => done += 1,
+                        Err(e) if e.kind() == ErrorKind::ShutDown => shut += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                (done, shut)
+            })
+        })
+        .collect();
+    started.wait().await;
+    wait_until("a few thousand sent", || worker.stats().accepted > 4_000).await;
+    timeout(T, worker.close(Duration::ZERO))
+        .await
+        .expect("close returns");
+    let (mut done, mut shut) = (0, 0);
+    for s in senders {
+        let (d, c) = timeout(T, s)
+            .await
+            .expect("every send is answered")
+            .unwrap();
+        done += d;
+        shut += c;
+    }
+    assert_eq!(done + shut, SENDERS * EACH);
+    assert!(shut > 0, "the close came while events waited");
+    let stats = worker.stats();
+    assert_eq!((stats.active, stats.queued), (0, 0));
+    assert_eq!(stats.completed as usize, done);
+    assert_eq!(
+        stats.accepted,
+        stats.completed + stats.failed + stats.cancelled + stats.displaced
+    );
+}
+
 fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
         .metrics()

@@ -210,7 +210,7 @@ fn drive_once(
         let task = {
             let _g = run.start.lock();
             engine
-                .pop_ready()
+                .start_next_event()
                 .map(|p| FlowTask::start(node, p, cache, &mut spare))
         };
         let Some(mut task) = task else {
@@ -219,7 +219,7 @@ fn drive_once(
             }
             run.wakers[index].register(cx.waker());
             run.idle.fetch_or(bit, Ordering::AcqRel);
-            if engine.ready_is_empty() && !engine.is_drained() {
+            if engine.nothing_to_start() && !engine.is_drained() {
                 return Poll::Pending;
             }
             // Work arrived (or the node drained) while parking: take the bit back. If a
@@ -230,7 +230,7 @@ fn drive_once(
         match Pin::new(&mut task).poll(cx) {
             // Keep the context only when another event is already waiting: a driver that is
             // about to park would just drop it (a parked driver keeps nothing of its node).
-            Poll::Ready(()) if !engine.ready_is_empty() => {
+            Poll::Ready(()) if !engine.nothing_to_start() => {
                 let ctx = task.context();
                 drop(task);
                 spare = ctx.into_spare();
