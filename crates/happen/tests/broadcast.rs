@@ -285,3 +285,52 @@ async fn a_node_that_takes_no_broadcasts_gets_none() {
         "only the direct send: {s:?}"
     );
 }
+
+/// Who takes a broadcast follows every change between two broadcasts: a handler registered
+/// since, a node started since, a node closed since, and a run of another type in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_follow_registrations_and_nodes_between_broadcasts() {
+    let happen = Happen::new();
+    let quiet = |_e: Event, _c: Context| async {};
+    let sender = happen.node("sender").await.unwrap();
+    let a = happen.node("a").await.unwrap();
+    a.on("tick", quiet).unwrap();
+    let b = happen.node("b").await.unwrap();
+    let done = |n: &Node, want: u64| {
+        let n = n.clone();
+        async move {
+            wait_until("the broadcasts handled", || n.stats().completed == want).await;
+        }
+    };
+
+    sender.broadcast(Event::new("tick", 1)).unwrap();
+    done(&a, 1).await;
+
+    b.on("tick", quiet).unwrap(); // registered since the last broadcast
+    sender.broadcast(Event::new("tick", 2)).unwrap();
+    done(&a, 2).await;
+    done(&b, 1).await;
+
+    b.on("tock", quiet).unwrap();
+    sender.broadcast(Event::new("tock", 3)).unwrap(); // another type in between
+    done(&b, 2).await;
+    assert_eq!(a.stats().accepted, 2, "a has no `tock` handler");
+
+    let c = happen.node("c").await.unwrap(); // started since
+    c.on("tick", quiet).unwrap();
+    sender.broadcast(Event::new("tick", 4)).unwrap();
+    done(&a, 3).await;
+    done(&b, 3).await;
+    done(&c, 1).await;
+
+    timeout(T, c.close(Duration::from_secs(1))).await.unwrap(); // closed since
+    sender.broadcast(Event::new("tick", 5)).unwrap();
+    done(&a, 4).await;
+    done(&b, 4).await;
+    let s = c.stats();
+    assert_eq!(
+        (s.accepted, s.unobserved_failures),
+        (1, 0),
+        "a closed node is not offered broadcasts: {s:?}"
+    );
+}

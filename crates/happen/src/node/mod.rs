@@ -105,6 +105,15 @@ pub(crate) struct NodeShared {
     security: Option<Box<Gate>>,
 }
 
+/// Changes of handlers in this process, every node's together: the in-process transport
+/// reuses a broadcast's receivers (which nodes take an event type) while this stays the same.
+static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`REGISTRATIONS`].
+pub(crate) fn registrations() -> u64 {
+    REGISTRATIONS.load(Ordering::Acquire)
+}
+
 impl Drop for NodeShared {
     fn drop(&mut self) {
         // Parked drivers hold only a weak reference: wake them so they see the node is gone.
@@ -326,7 +335,7 @@ impl Node {
                 return Err(Error::duplicate_handler(self.id(), &pattern));
             }
             reg.exact.insert(exact.into(), step);
-            self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
+            self.registered();
             return Ok(());
         }
         if reg.ordered.iter().any(|e| e.pattern.same_as(&pattern)) {
@@ -334,7 +343,7 @@ impl Node {
         }
         debug_assert!(pattern.specificity().0 != Class::Exact);
         registry::insert_ranked(&mut reg.ordered, Entry { pattern, step }, |e| &e.pattern);
-        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
+        self.registered();
         Ok(())
     }
 
@@ -379,7 +388,7 @@ impl Node {
             entry.step = liner::wrap(entry.step.clone(), one);
         }
         reg.liners.push(liner);
-        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
+        self.registered();
     }
 
     /// Sends `event` to `target` and returns a [`Reply`] for the outcome.
@@ -711,6 +720,12 @@ impl Node {
 
     pub(crate) fn registry_version(&self) -> u64 {
         self.shared.registry_version.load(Ordering::Acquire)
+    }
+
+    /// Counts a change of this node's handlers (under its registry's write lock).
+    fn registered(&self) {
+        self.shared.registry_version.fetch_add(1, Ordering::AcqRel);
+        REGISTRATIONS.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Does the handler for `event_type` stream? (For routing: see `routing`.)
