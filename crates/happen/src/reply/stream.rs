@@ -81,8 +81,9 @@ pub struct ReplyStream {
     progress: bool,
     /// How the stream ended: `None` while open, `Some(Err)` if the flow failed.
     ended: Option<std::result::Result<(), Error>>,
-    /// Set once [`outcome`](ReplyStream::outcome) was called.
-    outcome: Option<OutcomeSlot>,
+    /// Set once [`outcome`](ReplyStream::outcome) was called (boxed: rarely used, and a
+    /// `Reply` under 128 bytes is moved without a `memcpy` call).
+    outcome: Option<Box<OutcomeSlot>>,
 }
 
 /// The sending side of the [`Outcome`]s of one stream.
@@ -187,7 +188,7 @@ impl ReplyStream {
         if self.ended.is_some() {
             send_outcome(&mut slot, self.end_result());
         }
-        self.outcome = Some(slot);
+        self.outcome = Some(Box::new(slot));
         Outcome { rx }
     }
 
