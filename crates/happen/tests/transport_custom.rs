@@ -172,3 +172,99 @@ async fn a_local_producer_streams_to_the_transport() {
     assert_eq!(seen, [json!(10), json!(20), json!(30)]);
     assert_eq!(tap.final_value(), Some(&Value::from("done")));
 }
+
+/// While a transport holds a node's wakes, what it delivers waits for a driver; letting go
+/// wakes one, and everything delivered meanwhile runs.
+#[tokio::test]
+async fn held_wakes_start_flows_when_released() {
+    let transport = Capture::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let node = happen.node("n").await.unwrap();
+    node.on("tick", |_e: Event, _c: Context| async {}).unwrap();
+    let inbox = transport.inbox("n");
+    let held = inbox.hold_wakes();
+    for i in 0..10 {
+        inbox.deliver(Event::new("tick", i), None).unwrap();
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(inbox.stats().completed, 0, "no driver was woken while held");
+    drop(held);
+    timeout(T, async {
+        while inbox.stats().completed < 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the release woke a driver for all ten");
+}
+
+/// Runs of deliveries under held wakes from four tasks, while two local senders tell the
+/// same node: no event waits for a wake that never comes (a sender that finds the wakes
+/// held just as the last holder lets go wakes the driver itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_wakes_lose_no_event_under_concurrent_senders() {
+    const RUNS: u64 = 500;
+    const RUN: u64 = 16;
+    const TELLS: u64 = 8_000;
+    let transport = Capture::default();
+    let happen = Happen::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let node = happen
+        .node_with("n", happen::NodeOptions::new().queue_limit(1_000_000))
+        .await
+        .unwrap();
+    node.on("tick", |_e: Event, _c: Context| async {}).unwrap();
+    let inbox = transport.inbox("n");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let inbox = inbox.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..RUNS {
+                {
+                    let _held = inbox.hold_wakes();
+                    for i in 0..RUN {
+                        inbox
+                            .deliver(Event::new("tick", r * RUN + i), None)
+                            .unwrap();
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for s in 0..2 {
+        let (happen, node) = (happen.clone(), node.clone());
+        tasks.push(tokio::spawn(async move {
+            let me = happen.node(format!("teller-{s}")).await.unwrap();
+            for i in 0..TELLS {
+                me.tell(&node, Event::new("tick", i)).unwrap();
+                if i % 32 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        timeout(T, t).await.unwrap().unwrap();
+    }
+    let total = 4 * RUNS * RUN + 2 * TELLS;
+    timeout(T, async {
+        while inbox.stats().completed < total {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every delivered event ran");
+    let s = inbox.stats();
+    assert_eq!(
+        (s.accepted, s.completed, s.active, s.queued),
+        (total, total, 0, 0)
+    );
+}

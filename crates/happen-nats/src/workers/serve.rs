@@ -50,6 +50,10 @@ use crate::core::stats::{BadInput, Counters, inc};
 use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
 
+/// Broadcasts a serve task takes in one run when they are already waiting (one driver wake
+/// for the run; see [`Serving::on_broadcasts`]).
+const BROADCAST_RUN: usize = 64;
+
 /// What the serve tasks of this process's nodes use.
 pub(crate) struct Serve {
     pub(crate) ep: Arc<Endpoint>,
@@ -308,14 +312,38 @@ impl Serving {
                     self.held = offer(&self.ctx, &self.inbox, &self.pressure, &mut self.completing, h.event);
                 }
                 Some(msg) = self.broadcast.next(), if self.held.is_none() && self.preparing.is_none() => {
-                    match on_broadcast(&self.ctx, &self.inbox, msg) {
-                        Some(Prepared::Ready(incoming)) => {
-                            self.held = offer(&self.ctx, &self.inbox, &self.pressure, &mut self.completing, incoming);
-                        }
-                        Some(Prepared::Subscribing(subscribing)) => self.preparing = Some(subscribing),
-                        None => {}
-                    }
+                    self.on_broadcasts(msg);
                 }
+            }
+        }
+    }
+
+    /// Takes `msg` and the broadcasts already waiting behind it (up to [`BROADCAST_RUN`]),
+    /// waking the node's drivers once for the run instead of once per broadcast (see
+    /// `Inbox::hold_wakes`). Stops at a broadcast that is held (the node is under pressure)
+    /// or whose stream is being set up.
+    fn on_broadcasts(&mut self, msg: Message) {
+        let inbox = self.inbox.clone();
+        let _wakes = inbox.hold_wakes();
+        let mut next = Some(msg);
+        let mut taken = 0;
+        while let Some(msg) = next.take() {
+            match on_broadcast(&self.ctx, &inbox, msg) {
+                Some(Prepared::Ready(incoming)) => {
+                    self.held = offer(
+                        &self.ctx,
+                        &inbox,
+                        &self.pressure,
+                        &mut self.completing,
+                        incoming,
+                    );
+                }
+                Some(Prepared::Subscribing(subscribing)) => self.preparing = Some(subscribing),
+                None => {}
+            }
+            taken += 1;
+            if taken < BROADCAST_RUN && self.held.is_none() && self.preparing.is_none() {
+                next = self.broadcast.try_next();
             }
         }
     }

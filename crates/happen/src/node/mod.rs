@@ -20,7 +20,7 @@ mod target;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -101,6 +101,10 @@ pub(crate) struct NodeShared {
     state: StateMap,
     /// Bumped by every registration (invalidates the driver's lookup cache).
     registry_version: AtomicU64,
+    /// Holders of [`HeldWakes`](crate::transport::HeldWakes): while non-zero, an event that
+    /// can start sets `wake_pending` instead of waking a driver; the last holder wakes one.
+    wakes_held: AtomicU32,
+    wake_pending: AtomicBool,
     /// Signing and the gates before admission; `None` (no cost) when the node has neither.
     security: Option<Box<Gate>>,
 }
@@ -149,6 +153,8 @@ impl Node {
             state: options.state,
             registry: RwLock::new(Registry::default()),
             registry_version: AtomicU64::new(0),
+            wakes_held: AtomicU32::new(0),
+            wake_pending: AtomicBool::new(false),
             id,
             instance,
             scope,
@@ -814,7 +820,7 @@ impl Node {
     #[inline(always)]
     pub(crate) fn apply(&self, effects: Effects) {
         if effects.start() {
-            self.shared.runner.notify(self);
+            self.start_drivers();
         }
         if effects.wake_all() {
             self.shared.runner.wake_all();
@@ -823,6 +829,38 @@ impl Node {
             for (seq, p) in self.shared.engine.take_announcements() {
                 self.announce_pressure(seq, p);
             }
+        }
+    }
+
+    /// Makes sure a driver will take the events that can start, now or, while a transport
+    /// holds the wakes ([`hold_wakes`](Node::hold_wakes)), when the last holder lets go.
+    #[inline]
+    fn start_drivers(&self) {
+        let shared = &self.shared;
+        if shared.wakes_held.load(Ordering::SeqCst) != 0 {
+            shared.wake_pending.store(true, Ordering::SeqCst);
+            // The last holder may have let go since the load: then the wake is ours.
+            if shared.wakes_held.load(Ordering::SeqCst) != 0
+                || !shared.wake_pending.swap(false, Ordering::SeqCst)
+            {
+                return;
+            }
+        }
+        shared.runner.notify(self);
+    }
+
+    /// Holds back driver wakes until [`release_wakes`](Node::release_wakes).
+    pub(crate) fn hold_wakes(&self) {
+        self.shared.wakes_held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends one [`hold_wakes`](Node::hold_wakes); the last one wakes a driver if an event
+    /// that can start arrived meanwhile.
+    pub(crate) fn release_wakes(&self) {
+        if self.shared.wakes_held.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.shared.wake_pending.swap(false, Ordering::SeqCst)
+        {
+            self.shared.runner.notify(self);
         }
     }
 
