@@ -862,7 +862,8 @@ impl Engine {
 type Line = Mutex<std::collections::VecDeque<Admitted>>;
 
 /// Pops an event counted into a direct line. Its sender pushes it right after counting it
-/// in, with nothing in between that can fail or block, so this waits at most that long.
+/// in, with nothing in between that can fail (the push waits only for the line's short lock),
+/// so this waits at most that long.
 fn pop_counted(line: &Line) -> Admitted {
     let backoff = Backoff::new();
     loop {
