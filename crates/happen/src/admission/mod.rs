@@ -651,7 +651,11 @@ impl Engine {
     pub(crate) fn fault(&self, message: &str) {
         self.metrics.faults.increment(1);
         self.done.faults.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(node = %self.id, message, "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)");
+        tracing::error!(
+            node = %self.id,
+            message,
+            "internal fault in happen's engine; the flow was failed and the node keeps running (please report this)"
+        );
     }
 
     // ---- pressure ------------------------------------------------------------------------
