@@ -341,15 +341,16 @@ fn encode_uuid<'b>(prefix: &str, u: u128, buf: &'b mut [u8; ID_BUFFER]) -> &'b s
     const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     // a byte at a time from the table into fixed places (uuid's encoder goes a digit at a
     // time: ~250 instructions an id)
-    let mut text = [b'-'; uuid::fmt::Hyphenated::LENGTH];
+    let (head, tail) = buf.split_at_mut(prefix.len());
+    head.copy_from_slice(prefix.as_bytes());
+    let text = &mut tail[..uuid::fmt::Hyphenated::LENGTH];
+    text.fill(b'-');
     for (byte, at) in u.to_be_bytes().into_iter().zip(AT) {
         let [hi, lo] = PAIRS[usize::from(byte)];
         text[at] = hi;
         text[at + 1] = lo;
     }
-    let len = prefix.len() + text.len();
-    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    buf[prefix.len()..len].copy_from_slice(&text);
+    let len = prefix.len() + uuid::fmt::Hyphenated::LENGTH;
     // ASCII: the prefix is one of this module's literals, the rest hex digits and hyphens
     std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }

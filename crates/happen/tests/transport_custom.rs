@@ -21,6 +21,16 @@ struct Capture {
 }
 
 impl Capture {
+    /// A `Happen` instance on a fresh `Capture`.
+    fn happen() -> (Capture, Happen) {
+        let transport = Capture::default();
+        let happen = Happen::builder()
+            .transport(transport.clone())
+            .build()
+            .unwrap();
+        (transport, happen)
+    }
+
     fn inbox(&self, id: &str) -> Inbox {
         self.inboxes.lock().unwrap()[id].clone()
     }
@@ -67,11 +77,7 @@ impl Transport for Capture {
 
 #[tokio::test]
 async fn sends_go_through_a_custom_transport() {
-    let transport = Capture::default();
-    let happen = Happen::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let (transport, happen) = Capture::happen();
     let echo = happen.node("echo").await.unwrap();
     echo.on("echo", |e: Event, _c: Context| async move {
         e.payload().clone()
@@ -94,11 +100,7 @@ async fn sends_go_through_a_custom_transport() {
 
 #[tokio::test]
 async fn a_stream_produced_elsewhere_reaches_a_local_subscriber() {
-    let transport = Capture::default();
-    let happen = Happen::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let (transport, happen) = Capture::happen();
     let dash = happen.node("dash").await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
@@ -142,11 +144,7 @@ async fn a_stream_produced_elsewhere_reaches_a_local_subscriber() {
 
 #[tokio::test]
 async fn a_local_producer_streams_to_the_transport() {
-    let transport = Capture::default();
-    let happen = Happen::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let (transport, happen) = Capture::happen();
     let monitor = happen.node("monitor").await.unwrap();
     monitor
         .on(
@@ -177,11 +175,7 @@ async fn a_local_producer_streams_to_the_transport() {
 /// wakes one, and everything delivered meanwhile runs.
 #[tokio::test]
 async fn held_wakes_start_flows_when_released() {
-    let transport = Capture::default();
-    let happen = Happen::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let (transport, happen) = Capture::happen();
     let node = happen.node("n").await.unwrap();
     node.on("tick", |_e: Event, _c: Context| async {}).unwrap();
     let inbox = transport.inbox("n");
@@ -211,11 +205,7 @@ async fn held_wakes_lose_no_event_under_concurrent_senders() {
     const RUNS: u64 = 500;
     const RUN: u64 = 16;
     const TELLS: u64 = 8_000;
-    let transport = Capture::default();
-    let happen = Happen::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let (transport, happen) = Capture::happen();
     let node = happen
         .node_with("n", happen::NodeOptions::new().queue_limit(1_000_000))
         .await
