@@ -33,7 +33,33 @@ impl SharedStr {
     /// for an event type: [`SharedStr::copy_of`] hands out the same buffer again).
     pub(crate) fn same(&self, other: &SharedStr) -> bool {
         let (a, b) = (self.as_str(), other.as_str());
-        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || eq_bytes(a.as_bytes(), b.as_bytes())
+    }
+}
+
+/// `a == b`, with strings of up to 16 bytes (most event types and node ids) compared in two
+/// overlapping words instead of through a call to `memcmp` (~20 instructions, twice per event).
+#[inline]
+pub(crate) fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word8(s: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[..8]);
+        u64::from_ne_bytes(w)
+    }
+    fn word4(s: &[u8]) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[..4]);
+        u32::from_ne_bytes(w)
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word8(a) == word8(b) && word8(&a[n - 8..]) == word8(&b[n - 8..]),
+        4..8 => word4(a) == word4(b) && word4(&a[n - 4..]) == word4(&b[n - 4..]),
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
     }
 }
 
@@ -77,7 +103,7 @@ impl SharedStr {
                 let mut recent = recent.borrow_mut();
                 let (slots, next, last) = &mut *recent;
                 if let Some(hit) = &slots[*last]
-                    && &**hit == s
+                    && eq_bytes(hit.as_bytes(), s.as_bytes())
                 {
                     return hit.clone();
                 }
@@ -482,6 +508,28 @@ impl CorrelationId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn eq_bytes_agrees_with_eq_at_every_length() {
+        let long = "abcdefghijklmnopqrstuvwxyz0123456789";
+        let copy = long.to_owned(); // another buffer: equal bytes, not equal pointers
+        for n in 0..=long.len() {
+            let a = &long.as_bytes()[..n];
+            assert!(eq_bytes(a, &copy.as_bytes()[..n]), "{n}");
+            for i in 0..n {
+                let mut b = a.to_vec();
+                b[i] ^= 1;
+                assert!(!eq_bytes(a, &b), "length {n}, byte {i}");
+            }
+            if n < long.len() {
+                assert!(
+                    !eq_bytes(a, &long.as_bytes()[..=n]),
+                    "lengths {n} and {}",
+                    n + 1
+                );
+            }
+        }
+    }
+
     use super::*;
     use std::collections::HashSet;
 

@@ -9,6 +9,18 @@
 
 use serde_json::Value;
 
+/// Drops `v`. A null or a boolean (what a unit handler answers, what a recycled event's
+/// payload is reset to) owns nothing, so it is dropped without the out-of-line call to
+/// `Value`'s drop (~18 instructions, several times per event).
+#[inline(always)]
+pub(crate) fn drop_value(v: Value) {
+    if matches!(v, Value::Null | Value::Bool(_)) {
+        std::mem::forget(v);
+    } else {
+        drop(v);
+    }
+}
+
 /// Appends `s` as a JSON string, as serde_json writes it.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {

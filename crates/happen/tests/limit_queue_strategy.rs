@@ -92,6 +92,51 @@ async fn fifo_start_order_per_type_under_contention() {
     assert_eq!(all, (0..2_000).collect::<Vec<_>>());
 }
 
+/// Flows that finish on their first poll give their slot straight to the next waiting event
+/// (in the driver that polled them), while flows that wait finish in their own tasks and wake
+/// the other driver: both drivers start events, and starts must still follow arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_start_order_holds_while_finishing_flows_hand_their_slots_over() {
+    const N: u64 = 20_000;
+    let happen = Happen::new();
+    let node = happen
+        .node_with(
+            "handover",
+            NodeOptions::new().max_concurrent(2).queue_limit(N as usize),
+        )
+        .await
+        .unwrap();
+    let started: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let s = started.clone();
+    node.on("job", move |e: Event, _c: Context| {
+        let i = e.payload().as_u64().unwrap();
+        s.lock().push(i); // at the start, before any await
+        async move {
+            if i % 5 == 0 {
+                tokio::task::yield_now().await; // this flow moves to its own task
+            }
+        }
+    })
+    .unwrap();
+    let client = happen.node("client").await.unwrap();
+    for i in 0..N {
+        client.tell(&node, Event::new("job", i)).unwrap();
+        if i % 1_000 == 0 {
+            tokio::task::yield_now().await; // let the drivers run while events arrive
+        }
+    }
+    wait_until("every flow counted", || node.stats().completed == N).await;
+    let started = started.lock().clone();
+    assert_eq!(
+        started,
+        (0..N).collect::<Vec<_>>(),
+        "starts out of arrival order"
+    );
+    let stats = node.stats();
+    assert_eq!((stats.accepted, stats.rejected), (N, 0));
+    assert_eq!((stats.active, stats.queued), (0, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn priority_order_is_stable_within_a_priority() {
     let happen = Happen::new();

@@ -311,8 +311,11 @@ impl Engine {
         };
         let waits = queued(w) >= free;
         let n = self.hot.accepted.fetch_add(1, Ordering::Relaxed);
-        // Queue waits are sampled as in `admit_slow` (every one of the first 1,024, then 1 in 8).
-        if waits && (n.is_multiple_of(8) || self.waits_recorded.load(Ordering::Relaxed) < 1024) {
+        // Queue waits are sampled as in `admit_slow`.
+        if waits
+            && (n.is_multiple_of(WAIT_SAMPLE_EVERY)
+                || self.waits_recorded.load(Ordering::Relaxed) < WAITS_ALL_FIRST)
+        {
             p.enqueued = Some(Instant::now());
         }
         line.lock().push_back(p);
@@ -348,12 +351,50 @@ impl Engine {
             }
         }
         self.metrics.active.set((running(w) + 1) as f64);
+        Some(self.pop_started(line))
+    }
+
+    /// Pops the event a slot was just taken (or handed over) for.
+    #[inline]
+    fn pop_started(&self, line: &Line) -> Admitted {
         let p = pop_counted(line);
         if p.enqueued.is_some() {
             let mut slow = self.slow.lock();
             self.record_wait(&mut slow, &p);
         }
-        Some(p)
+        p
+    }
+
+    /// With a direct line: a flow finishing in a driver gives its slot straight to the oldest
+    /// waiting event, if one waits — one compare-and-swap (the waiting count drops, the
+    /// running count stays) instead of a release and a start. `None` if nothing waits (the
+    /// flow then releases its slot as usual); otherwise the driver must take that event next
+    /// with [`take_handed_over`](Self::take_handed_over).
+    #[inline]
+    pub(crate) fn hand_over(&self) -> Option<Effects> {
+        self.line.as_ref()?;
+        let word = &self.hot.word;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if queued(w) == 0 {
+                return None;
+            }
+            match word.compare_exchange_weak(w, w - QUEUED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        // One fewer waits beyond the free slots: the pressure may drop.
+        let free = self.max_running.saturating_sub(running(w));
+        let depth = (queued(w) - 1).saturating_sub(free) as usize;
+        self.metrics.queued.set(depth as f64);
+        let announce = self.pressure_may_change(depth) && self.recheck_pressure();
+        Some(Effects::new(false, false, announce))
+    }
+
+    /// The event a slot was handed over to (see [`hand_over`](Self::hand_over)).
+    pub(crate) fn take_handed_over(&self) -> Option<Admitted> {
+        self.line.as_ref().map(|line| self.pop_started(line))
     }
 
     /// Could `depth` waiting events change the pressure state? (Read without the lock;
@@ -481,10 +522,8 @@ impl Engine {
                     }
                     slow.seq += 1;
                     let seq = slow.seq;
-                    // Queue waits are sampled once the histogram has a base (1 in 8 queued events
-                    // after the first 1,024): reading the clock for every event is a measurable
-                    // share of the per-event cost.
-                    if slow.waits.count < 1024 || seq.is_multiple_of(8) {
+                    // Queue waits are sampled once the histogram has a base.
+                    if slow.waits.count < WAITS_ALL_FIRST || seq.is_multiple_of(WAIT_SAMPLE_EVERY) {
                         p.enqueued = Some(Instant::now());
                     }
                     slow.queue.push(seq, p);
@@ -859,6 +898,13 @@ impl Engine {
         }
     }
 }
+
+/// Every queue wait is measured until this many are, so that a quiet node's histogram has a
+/// base; then 1 in [`WAIT_SAMPLE_EVERY`] queued events is. Measuring one costs two clock
+/// reads and the histogram's lock (~500 instructions): sampling 1 in 8 was ~65 of a `tell`'s
+/// instructions per event, 1 in 64 is ~10, and a busy node still records thousands a second.
+const WAITS_ALL_FIRST: u64 = 1024;
+const WAIT_SAMPLE_EVERY: u64 = 64;
 
 /// A direct line: the events counted in and not started yet, oldest first. A plain deque
 /// under a short lock: the lock-free segmented queue measured ~200 instructions per event more

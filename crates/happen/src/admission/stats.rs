@@ -71,7 +71,7 @@ pub struct NodeStats {
     /// logged at error level; the node's flows were answered, never left waiting.
     pub engine_faults: u64,
     /// Median time an event waited in the queue before starting (an upper bound from a log2
-    /// histogram; after the first 1,024 waits, 1 in 8 queued events is sampled).
+    /// histogram; after the first 1,024 waits, 1 in 64 queued events is sampled).
     pub queue_wait_p50: Duration,
     /// 99th percentile of the queue wait.
     pub queue_wait_p99: Duration,

@@ -144,9 +144,12 @@ impl Runner {
 fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Send {
     // Made before the first poll: a driver dropped unpolled (its runtime shut down before
     // it ever ran) must be noticed too.
-    let guard = DriverGuard(node.clone());
+    let mut guard = DriverGuard {
+        node: node.clone(),
+        handed_over: false,
+    };
     async move {
-        let _guard = guard;
+        let guard = &mut guard;
         let mut cache = StepCache::default();
         futures::future::poll_fn(|cx| {
             let Some(shared) = node.upgrade() else {
@@ -154,7 +157,7 @@ fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Sen
             };
             let node = Node { shared };
             match catch_unwind(AssertUnwindSafe(|| {
-                drive_once(&node, index, &mut cache, cx)
+                drive_once(&node, index, &mut cache, &mut guard.handed_over, cx)
             })) {
                 Ok(poll) => poll,
                 Err(panic) => {
@@ -173,15 +176,25 @@ fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Sen
 /// dropped, which happens when the Tokio runtime shuts down under a live node. The node is
 /// then closed with cancellation (everything queued or running answers `ShutDown`), and the
 /// fault is logged and counted, so no sender waits on a node nobody drives.
-struct DriverGuard(Weak<NodeShared>);
+struct DriverGuard {
+    node: Weak<NodeShared>,
+    /// A finished flow handed its slot to the next waiting event, which this driver has not
+    /// started yet.
+    handed_over: bool,
+}
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        let Some(shared) = self.0.upgrade() else {
+        let Some(shared) = self.node.upgrade() else {
             return;
         };
         let node = Node { shared };
         let engine = node.engine();
+        if std::mem::take(&mut self.handed_over) {
+            // Its sender hears `ShutDown` (the event is dropped unstarted); the slot goes back.
+            drop(engine.take_handed_over());
+            node.release(None);
+        }
         if engine.is_drained() {
             return;
         }
@@ -196,6 +209,7 @@ fn drive_once(
     node: &Node,
     index: usize,
     cache: &mut StepCache,
+    handed_over: &mut bool,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<()> {
     let engine = node.engine();
@@ -209,9 +223,12 @@ fn drive_once(
     loop {
         let task = {
             let _g = run.start.lock();
-            engine
-                .start_next_event()
-                .map(|p| FlowTask::start(node, p, cache, &mut spare))
+            let next = if std::mem::take(handed_over) {
+                engine.take_handed_over()
+            } else {
+                engine.start_next_event()
+            };
+            next.map(|p| FlowTask::start(node, p, cache, &mut spare))
         };
         let Some(mut task) = task else {
             if engine.is_drained() {
@@ -230,14 +247,16 @@ fn drive_once(
         match Pin::new(&mut task).poll(cx) {
             // Keep the context only when another event is already waiting: a driver that is
             // about to park would just drop it (a parked driver keeps nothing of its node).
-            Poll::Ready(()) if !engine.nothing_to_start() => {
-                let ctx = task.context();
-                drop(task);
-                spare = ctx.into_spare();
+            Poll::Ready(()) => {
+                *handed_over = task.handed_over();
+                if *handed_over || !engine.nothing_to_start() {
+                    let ctx = task.context();
+                    drop(task);
+                    spare = ctx.into_spare();
+                }
             }
-            Poll::Ready(()) => {}
             Poll::Pending if !engine.is_cancelled() => {
-                task.nudge(); // the flow waits: its sender arms its timeout now
+                task.leave_driver(); // the flow waits: its sender arms its timeout now
                 run.spawn(task, engine);
             }
             Poll::Pending => drop(task), // cancelled: answers `ShutDown`

@@ -73,6 +73,11 @@ pub(crate) struct FlowTask {
     finished: bool,
     /// When the flow started, if its node times its handlers (`Limits::handler_timing`).
     started: Option<std::time::Instant>,
+    /// Polled by a driver (its first poll), not in a task of its own: a slot it gives back
+    /// may go straight to the next waiting event, which that driver then starts.
+    in_driver: bool,
+    /// The slot went to the next waiting event (see `Engine::hand_over`).
+    handed_over: bool,
 }
 
 impl FlowTask {
@@ -113,6 +118,8 @@ impl FlowTask {
             } else {
                 None
             },
+            in_driver: true,
+            handed_over: false,
         };
         match step {
             Ok(Some(step)) => task.call(&*step),
@@ -133,9 +140,17 @@ impl FlowTask {
         self.ctx.clone()
     }
 
-    /// Tells the sender the answer will not be immediate.
-    pub(crate) fn nudge(&self) {
+    /// The flow waits and moves to a task of its own: tells the sender the answer will not
+    /// be immediate (its timeout is armed now).
+    pub(crate) fn leave_driver(&mut self) {
+        self.in_driver = false;
         self.ctx.inner.stream.nudge(self.ctx.node_id());
+    }
+
+    /// Did the finished flow hand its slot to the next waiting event? The driver that polled
+    /// it must then start that event (`Engine::take_handed_over`).
+    pub(crate) fn handed_over(&self) -> bool {
+        self.handed_over
     }
 
     fn call(&mut self, step: &dyn ErasedStep) {
@@ -164,7 +179,15 @@ impl FlowTask {
         if let Some(started) = self.started {
             node.engine().record_handler_time(started.elapsed());
         }
-        node.release(lane);
+        if self.in_driver
+            && lane.is_none()
+            && let Some(effects) = node.engine().hand_over()
+        {
+            self.handed_over = true;
+            node.apply(effects);
+        } else {
+            node.release(lane);
+        }
         // A stream stopped because its consumer went away is what the consumer asked for.
         let consumer_gone = outcome.is_err()
             && self
@@ -183,12 +206,14 @@ impl FlowTask {
             let _g = self.span.enter();
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
         }
-        if let Delivered::Unobserved(Err(e)) = self.ctx.inner.stream.finish(outcome) {
+        match self.ctx.inner.stream.finish(outcome) {
             // A stream cancelled because its consumer went away is what the consumer asked
             // for, not a failure nobody saw.
-            if e.kind() != ErrorKind::Cancelled {
+            Delivered::Unobserved(Err(e)) if e.kind() != ErrorKind::Cancelled => {
                 node.flow_failure_unobserved(self.ctx.event(), &e);
             }
+            Delivered::Unobserved(Ok(v)) => crate::json::drop_value(v),
+            Delivered::Unobserved(Err(_)) | Delivered::Yes => {}
         }
     }
 }
