@@ -112,7 +112,7 @@ async fn fifo_start_order_holds_while_finishing_flows_hand_their_slots_over() {
         let i = e.payload().as_u64().unwrap();
         s.lock().push(i); // at the start, before any await
         async move {
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 tokio::task::yield_now().await; // this flow moves to its own task
             }
         }
@@ -121,7 +121,7 @@ async fn fifo_start_order_holds_while_finishing_flows_hand_their_slots_over() {
     let client = happen.node("client").await.unwrap();
     for i in 0..N {
         client.tell(&node, Event::new("job", i)).unwrap();
-        if i % 1_000 == 0 {
+        if i.is_multiple_of(1_000) {
             tokio::task::yield_now().await; // let the drivers run while events arrive
         }
     }
