@@ -7,6 +7,7 @@
 //! (registering and clearing a tokio timer was a fifth of a request/reply round trip, most of
 //! it on the timer's shared lock).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -31,18 +32,35 @@ struct State {
     receiver_gone: bool,
 }
 
-type Shared = Arc<Mutex<State>>;
-
-/// A fresh slot.
-pub(crate) fn slot() -> (SlotSender, SlotReceiver) {
-    let shared = Arc::new(Mutex::new(State {
+impl State {
+    const FRESH: State = State {
         value: None,
         waker: None,
         nudged: None,
         sender_gone: false,
         receiver_gone: false,
-    }));
-    (SlotSender(Some(shared.clone())), SlotReceiver(shared))
+    };
+}
+
+type Shared = Arc<Mutex<State>>;
+
+/// Slots kept per thread for reuse: a request's slot is usually made and dropped last on its
+/// sender's thread, and reusing it saves an allocation and a free per request (~140
+/// instructions of a ~4,100-instruction round trip).
+const SPARE_SLOTS: usize = 32;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Shared>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A fresh slot.
+pub(crate) fn slot() -> (SlotSender, SlotReceiver) {
+    let shared = SPARE
+        .try_with(|s| s.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::new(Mutex::new(State::FRESH)));
+    (SlotSender(Some(shared.clone())), SlotReceiver(Some(shared)))
 }
 
 /// The answering half (`None` once it has answered).
@@ -116,13 +134,16 @@ pub(crate) enum Received {
     },
 }
 
-/// The receiving half.
-pub(crate) struct SlotReceiver(Shared);
+/// The receiving half (`None` only while it is dropped).
+pub(crate) struct SlotReceiver(Option<Shared>);
 
 impl SlotReceiver {
     /// Takes the answer, or registers `cx`'s waker.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Received {
-        let mut st = self.0.lock();
+        let Some(shared) = &self.0 else {
+            return Received::Gone;
+        };
+        let mut st = shared.lock();
         if let Some(v) = st.value.take() {
             return Received::Value(v);
         }
@@ -140,7 +161,7 @@ impl SlotReceiver {
 
     /// The node that nudged this slot (the one that will answer), if any.
     pub(crate) fn nudged_by(&self) -> Option<NodeId> {
-        self.0.lock().nudged.clone()
+        self.0.as_ref()?.lock().nudged.clone()
     }
 
     /// [`poll_recv`](SlotReceiver::poll_recv) as a plain future poll (nudges ignored).
@@ -155,7 +176,24 @@ impl SlotReceiver {
 
 impl Drop for SlotReceiver {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
+        let Some(mut shared) = self.0.take() else {
+            return;
+        };
+        // The sender is gone (the usual case once the answer was read): nobody to tell, no
+        // lock, and the slot is kept for this thread's next request.
+        if let Some(st) = Arc::get_mut(&mut shared) {
+            let old = std::mem::replace(st.get_mut(), State::FRESH);
+            let _ = SPARE.try_with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut()
+                    && s.len() < SPARE_SLOTS
+                {
+                    s.push(shared);
+                }
+            });
+            drop(old); // an unread answer, after the slot is back (it may hold a `Reply`)
+            return;
+        }
+        let mut st = shared.lock();
         st.receiver_gone = true;
         st.waker = None;
         // Drop an undelivered answer here, not under the sender's lock later.
@@ -316,5 +354,46 @@ impl Future for ReplyReceiver {
                 )))
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_reused_slot_carries_nothing_of_its_last_request() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..(SPARE_SLOTS * 3) {
+            let (tx, rx) = slot();
+            tx.nudge(&NodeId::from("answering"));
+            assert!(tx.send(Response::Done(Ok(json!(i)))).is_ok());
+            drop(rx); // the answer unread: the slot goes back to this thread's spares
+
+            let (tx, mut rx) = slot();
+            assert!(
+                matches!(rx.poll_recv(&mut cx), Received::Waiting { nudged: false }),
+                "a fresh slot holds no answer and no nudge"
+            );
+            assert_eq!(rx.nudged_by(), None);
+            assert!(!tx.is_closed());
+            drop(tx);
+            assert!(matches!(rx.poll_recv(&mut cx), Received::Gone));
+        }
+    }
+
+    #[test]
+    fn a_slot_still_held_by_its_sender_is_not_reused() {
+        let (tx, rx) = slot();
+        drop(rx); // the sender still holds it: it learns the receiver is gone
+        assert!(tx.is_closed());
+        let (tx2, _rx2) = slot();
+        assert!(
+            !tx2.is_closed(),
+            "the new slot is not the one the old sender holds"
+        );
+        assert!(tx.send(Response::Done(Ok(json!(1)))).is_err());
     }
 }
