@@ -268,8 +268,23 @@ impl ReplyStream {
 
     /// Polls past the remaining items to the final value (what awaiting a [`Reply`] does).
     pub(crate) fn poll_final(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
+        // The usual answer to a request, one final value, is taken straight from the slot;
+        // anything else goes the stream's way, starting from what the slot held.
+        let mut first = None;
+        if self.outcome.is_none()
+            && let StreamState::Waiting(rx) = &mut self.state
+        {
+            match rx.poll_recv(cx) {
+                Received::Value(Response::Done(Ok(v))) => {
+                    self.state = StreamState::Done(None);
+                    self.ended = Some(Ok(()));
+                    return Poll::Ready(Ok(v));
+                }
+                received => first = Some(received),
+            }
+        }
         loop {
-            match ready!(Pin::new(&mut *self).poll_next(cx)) {
+            match ready!(self.poll_next_with(first.take(), cx)) {
                 Some(Ok(_item)) => continue,
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 // Taken, not cloned: a final value is read once through this path.
@@ -312,56 +327,71 @@ impl Stream for ReplyStream {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Value>>> {
-        // Every error a sender receives is marked as received, so a flow that passes it on
-        // reports it as a downstream failure (see `ErrorKind::Downstream`).
-        let polled = ready!(self.poll_inner(cx)).map(|r| r.map_err(Error::received));
-        self.note_end(&polled);
-        Poll::Ready(polled)
+        self.poll_next_with(None, cx)
     }
 }
 
 impl ReplyStream {
-    fn poll_inner(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Value>>> {
+    /// `poll_next`, with `first` (if any) taken as what the reply slot held.
+    fn poll_next_with(
+        &mut self,
+        first: Option<Received>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Value>>> {
+        // Every error a sender receives is marked as received, so a flow that passes it on
+        // reports it as a downstream failure (see `ErrorKind::Downstream`).
+        let polled = ready!(self.poll_inner(first, cx)).map(|r| r.map_err(Error::received));
+        self.note_end(&polled);
+        Poll::Ready(polled)
+    }
+
+    fn poll_inner(
+        &mut self,
+        mut first: Option<Received>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Value>>> {
         let this = self;
         loop {
             match &mut this.state {
-                StreamState::Waiting(rx) => match rx.poll_recv(cx) {
-                    Received::Value(Response::Done(Ok(v))) => {
-                        this.state = StreamState::Done(Some(v));
-                        return Poll::Ready(None);
-                    }
-                    Received::Value(Response::Done(Err(e))) => {
-                        this.state = StreamState::Done(None);
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Received::Value(Response::Stream(mut items)) => {
-                        items.mark_consumed();
-                        this.item_arrived();
-                        this.state = StreamState::Streaming(items);
-                    }
-                    Received::Gone => {
-                        this.state = StreamState::Done(None);
-                        return Poll::Ready(Some(Err(Error::new(
-                            ErrorKind::ShutDown,
-                            "the target went away without answering (node or instance shut down)",
-                        ))));
-                    }
-                    Received::Waiting { nudged } => {
-                        // No timer until the slot is nudged: a flow that completes at once
-                        // answers before any timer would matter.
-                        if !nudged && this.sleep.is_none() {
-                            return Poll::Pending;
+                StreamState::Waiting(rx) => {
+                    match first.take().unwrap_or_else(|| rx.poll_recv(cx)) {
+                        Received::Value(Response::Done(Ok(v))) => {
+                            this.state = StreamState::Done(Some(v));
+                            return Poll::Ready(None);
                         }
-                        // The node that said it would answer, to name it if it does not.
-                        let from = if nudged { rx.nudged_by() } else { None };
-                        let mut e = ready!(this.poll_timeout(cx));
-                        if let Some(node) = from {
-                            e = e.unanswered_by(&node);
+                        Received::Value(Response::Done(Err(e))) => {
+                            this.state = StreamState::Done(None);
+                            return Poll::Ready(Some(Err(e)));
                         }
-                        this.state = StreamState::Done(None);
-                        return Poll::Ready(Some(Err(e)));
+                        Received::Value(Response::Stream(mut items)) => {
+                            items.mark_consumed();
+                            this.item_arrived();
+                            this.state = StreamState::Streaming(items);
+                        }
+                        Received::Gone => {
+                            this.state = StreamState::Done(None);
+                            return Poll::Ready(Some(Err(Error::new(
+                                ErrorKind::ShutDown,
+                                "the target went away without answering (node or instance shut down)",
+                            ))));
+                        }
+                        Received::Waiting { nudged } => {
+                            // No timer until the slot is nudged: a flow that completes at once
+                            // answers before any timer would matter.
+                            if !nudged && this.sleep.is_none() {
+                                return Poll::Pending;
+                            }
+                            // The node that said it would answer, to name it if it does not.
+                            let from = if nudged { rx.nudged_by() } else { None };
+                            let mut e = ready!(this.poll_timeout(cx));
+                            if let Some(node) = from {
+                                e = e.unanswered_by(&node);
+                            }
+                            this.state = StreamState::Done(None);
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
-                },
+                }
                 StreamState::Streaming(items) => match Pin::new(&mut *items).poll_next(cx) {
                     Poll::Ready(Some(item)) => {
                         if item.is_err() {
