@@ -670,6 +670,14 @@ impl Event {
     }
 
     /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
+    /// Replaces the payload with null if this is the event's only handle (for an event kept
+    /// only as a spare context's, see `Context::drop_payload`).
+    pub(crate) fn drop_payload(&mut self) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            crate::json::drop_value(std::mem::take(&mut inner.payload));
+        }
+    }
+
     pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
         if self.inner.event_type.is_empty() {
             return Err(Error::invalid_event(

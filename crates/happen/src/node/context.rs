@@ -98,8 +98,8 @@ impl Context {
 
     /// A finished flow's context, kept for [`Context::new_reusing`] if nothing else holds it
     /// (a handler may keep a clone). Its data and broadcast items are dropped now, as they
-    /// would have been; only the event (with its payload) stays until the context is reused
-    /// or dropped. Not kept when the event carries a broadcast stream, whose end its
+    /// would have been; only the event stays until the context is reused or dropped (its
+    /// payload too while the driver keeping it runs, see [`Context::drop_payload`]). Not kept when the event carries a broadcast stream, whose end its
     /// subscribers would otherwise see late.
     #[inline]
     pub(crate) fn into_spare(mut self) -> Option<Context> {
@@ -110,6 +110,14 @@ impl Context {
         *st.data.get_mut() = None;
         *st.items.get_mut() = None;
         Some(self)
+    }
+
+    /// Drops the payload of a spare context's event (see [`Context::into_spare`]), so a
+    /// parked driver keeps no payload; nothing happens if the event is shared.
+    pub(crate) fn drop_payload(&mut self) {
+        if let Some(st) = Arc::get_mut(&mut self.inner) {
+            st.event.drop_payload();
+        }
     }
 
     /// The items of the broadcast stream this flow's event carries, if any (taken once).

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 use super::flow_task::{FlowTask, StepCache};
 use crate::admission::Engine;
 use crate::error::panic_message;
+use crate::node::context::Context;
 use crate::node::{Node, NodeShared};
 
 /// Flows a driver starts per poll before it yields to other tasks.
@@ -151,18 +152,31 @@ fn drive(node: Weak<NodeShared>, index: usize) -> impl Future<Output = ()> + Sen
     async move {
         let guard = &mut guard;
         let mut cache = StepCache::default();
+        // The context of the last flow that finished on its first poll, for the next flow
+        // to reuse (saves an allocation and a free per event). Kept while the driver is
+        // parked (without its event's payload): it holds the node, so a node's drivers
+        // keep it alive until it is closed and drained, which ends them.
+        let mut spare: Option<Context> = None;
         futures::future::poll_fn(|cx| {
             let Some(shared) = node.upgrade() else {
                 return Poll::Ready(());
             };
             let node = Node { shared };
             match catch_unwind(AssertUnwindSafe(|| {
-                drive_once(&node, index, &mut cache, &mut guard.handed_over, cx)
+                drive_once(
+                    &node,
+                    index,
+                    &mut cache,
+                    &mut spare,
+                    &mut guard.handed_over,
+                    cx,
+                )
             })) {
                 Ok(poll) => poll,
                 Err(panic) => {
                     node.engine().fault(&panic_message(&*panic));
                     cache = StepCache::default();
+                    spare = None;
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
@@ -209,6 +223,7 @@ fn drive_once(
     node: &Node,
     index: usize,
     cache: &mut StepCache,
+    kept: &mut Option<Context>,
     handed_over: &mut bool,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<()> {
@@ -216,10 +231,9 @@ fn drive_once(
     let run = node.runner();
     let bit = 1u64 << index;
     let mut started = 0;
-    // The context of the last flow that finished on its first poll, for the next flow to
-    // reuse (saves an allocation and a free per event in a burst). Dropped when this poll
-    // returns, so a parked driver holds nothing of its node.
-    let mut spare = None;
+    // In a local while this poll runs (cheaper than through `kept`), back in `kept` when
+    // it returns.
+    let mut spare = kept.take();
     loop {
         let task = {
             let _g = run.start.lock();
@@ -234,9 +248,13 @@ fn drive_once(
             if engine.is_drained() {
                 return Poll::Ready(());
             }
+            if let Some(ctx) = &mut spare {
+                ctx.drop_payload(); // a parked driver keeps no payload
+            }
             run.wakers[index].register(cx.waker());
             run.idle.fetch_or(bit, Ordering::AcqRel);
             if engine.nothing_to_start() && !engine.is_drained() {
+                *kept = spare;
                 return Poll::Pending;
             }
             // Work arrived (or the node drained) while parking: take the bit back. If a
@@ -245,15 +263,11 @@ fn drive_once(
             continue;
         };
         match Pin::new(&mut task).poll(cx) {
-            // Keep the context only when another event is already waiting: a driver that is
-            // about to park would just drop it (a parked driver keeps nothing of its node).
             Poll::Ready(()) => {
                 *handed_over = task.handed_over();
-                if *handed_over || !engine.nothing_to_start() {
-                    let ctx = task.context();
-                    drop(task);
-                    spare = ctx.into_spare();
-                }
+                let ctx = task.context();
+                drop(task);
+                spare = ctx.into_spare();
             }
             Poll::Pending if !engine.is_cancelled() => {
                 task.leave_driver(); // the flow waits: its sender arms its timeout now
@@ -263,6 +277,7 @@ fn drive_once(
         }
         started += 1;
         if started >= BUDGET {
+            *kept = spare;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
