@@ -120,7 +120,8 @@ pub(crate) fn registrations() -> u64 {
 
 impl Drop for NodeShared {
     fn drop(&mut self) {
-        // Parked drivers hold only a weak reference: wake them so they see the node is gone.
+        // A parked driver without a spare context holds only a weak reference: wake it so it
+        // sees the node is gone.
         self.runner.wake_all();
     }
 }

@@ -136,8 +136,10 @@ impl Runner {
     }
 }
 
-/// One driver of a node: takes ready events, starts their flows and polls each once. Holds
-/// only a weak reference, so a node nobody uses any more is freed and its drivers end.
+/// One driver of a node: takes ready events, starts their flows and polls each once. Holds a
+/// weak reference to the node, plus the spare context of the last flow it ran (which holds
+/// the node): a node lives while its drivers keep a spare, and its drivers end when it is
+/// closed and drained (a closed instance closes its nodes) or when it is freed.
 ///
 /// Supervised: user code runs inside each flow's own panic boundary, and a panic in the
 /// engine itself is caught here too, logged and counted, and the driver carries on — a
