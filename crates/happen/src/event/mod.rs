@@ -669,7 +669,6 @@ impl Event {
         }
     }
 
-    /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
     /// Replaces the payload with null if this is the event's only handle (for an event kept
     /// only as a spare context's, see `Context::drop_payload`).
     pub(crate) fn drop_payload(&mut self) {
@@ -678,6 +677,7 @@ impl Event {
         }
     }
 
+    /// Fills in the causal context for sending from `sender`, continuing `parent`'s chain if given.
     pub(crate) fn stamp(mut self, sender: &NodeId, parent: Option<&Event>) -> Result<Event> {
         if self.inner.event_type.is_empty() {
             return Err(Error::invalid_event(
@@ -1041,6 +1041,24 @@ mod tests {
             assert_eq!(read.as_slice(), want.as_slice(), "{json}");
         }
         assert!(serde_json::from_str::<Path>(r#"["a", 1]"#).is_err());
+    }
+
+    #[test]
+    fn drop_payload_empties_only_an_event_nobody_else_holds() {
+        let mut alone = Event::new("x", json!({"big": "x".repeat(1000)}));
+        alone.drop_payload();
+        assert!(alone.payload().is_null());
+        assert_eq!(alone.event_type(), "x");
+
+        let mut shared = Event::new("y", json!([1, 2, 3]));
+        let other = shared.clone();
+        shared.drop_payload();
+        assert_eq!(
+            other.payload(),
+            &json!([1, 2, 3]),
+            "a clone's payload stays"
+        );
+        assert_eq!(shared.payload(), &json!([1, 2, 3]));
     }
 
     #[test]

@@ -98,9 +98,10 @@ impl Context {
 
     /// A finished flow's context, kept for [`Context::new_reusing`] if nothing else holds it
     /// (a handler may keep a clone). Its data and broadcast items are dropped now, as they
-    /// would have been; only the event stays until the context is reused or dropped (its
-    /// payload too while the driver keeping it runs, see [`Context::drop_payload`]). Not kept when the event carries a broadcast stream, whose end its
-    /// subscribers would otherwise see late.
+    /// would have been; only the event stays until the context is reused or dropped (a
+    /// driver that parks drops its payload first, see [`Context::drop_payload`]). Not kept
+    /// when the event carries a broadcast stream, whose end its subscribers would otherwise
+    /// see late.
     #[inline]
     pub(crate) fn into_spare(mut self) -> Option<Context> {
         let st = Arc::get_mut(&mut self.inner)?;
