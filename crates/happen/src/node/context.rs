@@ -89,7 +89,7 @@ impl Context {
             && Arc::ptr_eq(&st.node.shared, &node.shared)
         {
             st.event = event;
-            st.stream = stream;
+            st.stream.replace(stream);
             *st.items.get_mut() = items;
             return ctx;
         }

@@ -206,11 +206,19 @@ impl FlowTask {
             let _g = self.span.enter();
             tracing::debug!(error = %e, kind = %e.kind(), "flow failed");
         }
-        match self.ctx.inner.stream.finish(outcome) {
+        // Without the stream's lock when the flow alone holds its context (the usual case:
+        // the step, dropped above, took the other handle).
+        let delivered = match Arc::get_mut(&mut self.ctx.inner) {
+            Some(st) => st.stream.finish_alone(outcome),
+            None => self.ctx.inner.stream.finish(outcome),
+        };
+        match delivered {
             // A stream cancelled because its consumer went away is what the consumer asked
             // for, not a failure nobody saw.
             Delivered::Unobserved(Err(e)) if e.kind() != ErrorKind::Cancelled => {
-                node.flow_failure_unobserved(self.ctx.event(), &e);
+                self.ctx
+                    .node()
+                    .flow_failure_unobserved(self.ctx.event(), &e);
             }
             Delivered::Unobserved(Ok(v)) => crate::json::drop_value(v),
             Delivered::Unobserved(Err(_)) | Delivered::Yes => {}
