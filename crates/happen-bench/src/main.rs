@@ -9,7 +9,7 @@
 //!
 //! Workloads: `tell`, `ask-seq`, `ask-par`, `flow`, `broadcast`, `stream`, `admission`,
 //! `node-scale`, `fan-out`, `signed`, `state`, `nats-ask-seq`, `nats-ask-par`,
-//! `nats-broadcast`, `nats-durable`, `nats-signed`, `nats-state` (default: all; `nats-durable`
+//! `nats-broadcast`, `nats-tell`, `nats-durable`, `nats-signed`, `nats-state` (default: all; `nats-durable`
 //! and `nats-state` start their own `nats-server -js`; `signed` and `nats-signed` report signed
 //! ÷ unsigned sends). Each runs one warm-up round and then `--rounds` (default and minimum 5) rounds, running the systems in turn
 //! (A B A B ...), on a Tokio multi-thread runtime with 2 workers — except `node-scale`, which
@@ -47,8 +47,8 @@ const USAGE: &str = "\
 usage: happen-bench [WORKLOAD...] [--json FILE] [--quick] [--rounds N] [--nats-url URL]
 
 workloads: tell ask-seq ask-par flow broadcast stream admission node-scale fan-out signed
-           state nats-ask-seq nats-ask-par nats-broadcast nats-durable nats-signed
-           nats-state   (default: all)
+           state nats-ask-seq nats-ask-par nats-broadcast nats-tell nats-durable
+           nats-signed nats-state   (default: all)
   --json FILE     also write the rows as JSON
   --quick         tiny counts: a smoke run for CI (numbers mean nothing)
   --rounds N      measured rounds after the warm-up round (default and minimum 5)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use happen::transport::{BroadcastFeed, Inbox, ReplySender, StreamItem, Transport};
+use happen::transport::{BroadcastFeed, Inbox, ReplySender, RunHere, StreamItem, Transport};
 use happen::{Context, Emitter, Error, ErrorKind, Event, Happen, NodeId};
 use serde_json::{Value, json};
 use tokio::time::timeout;
@@ -257,4 +257,155 @@ async fn held_wakes_lose_no_event_under_concurrent_senders() {
         (s.accepted, s.completed, s.active, s.queued),
         (total, total, 0, 0)
     );
+}
+
+/// A receive task that runs flows itself (`Inbox::run_here`) after each run of deliveries,
+/// while the node's drivers and two local senders work on the same node: every flow starts
+/// in admission order (one in five waits and moves to its own task, two slots force a queue
+/// and slot hand-overs), none is lost, and the counters end at rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_run_here_start_in_admission_order_beside_drivers_and_senders() {
+    const N: u64 = 20_000;
+    const RUN: u64 = 32;
+    const TELLS: u64 = 4_000;
+    let (transport, happen) = Capture::happen();
+    let node = happen
+        .node_with(
+            "n",
+            happen::NodeOptions::new()
+                .max_concurrent(2)
+                .queue_limit(1_000_000),
+        )
+        .await
+        .unwrap();
+    let started: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let s = started.clone();
+    node.on("tick", move |e: Event, _c: Context| {
+        let i = e.payload().as_u64().unwrap();
+        s.lock().unwrap().push(i); // at the start, before any await
+        async move {
+            if i.is_multiple_of(5) {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .unwrap();
+    node.on("other", |_e: Event, _c: Context| async {}).unwrap();
+    let inbox = transport.inbox("n");
+    let receiver = {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let mut here = RunHere::default();
+            let mut ran_here = 0;
+            for r in 0..N / RUN {
+                {
+                    let _held = inbox.hold_wakes();
+                    for i in 0..RUN {
+                        inbox
+                            .deliver(Event::new("tick", r * RUN + i), None)
+                            .unwrap();
+                    }
+                    ran_here += inbox.run_here(&mut here, 64);
+                }
+                tokio::task::yield_now().await;
+            }
+            ran_here
+        })
+    };
+    let mut senders = Vec::new();
+    for s in 0..2 {
+        let (happen, node) = (happen.clone(), node.clone());
+        senders.push(tokio::spawn(async move {
+            let me = happen.node(format!("teller-{s}")).await.unwrap();
+            for i in 0..TELLS {
+                me.tell(&node, Event::new("other", i)).unwrap();
+                if i % 32 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    let ran_here = timeout(T, receiver).await.unwrap().unwrap();
+    for t in senders {
+        timeout(T, t).await.unwrap().unwrap();
+    }
+    let total = N + 2 * TELLS;
+    timeout(T, async {
+        while inbox.stats().completed < total {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every delivered event ran");
+    assert!(ran_here > 0, "the receive task started no flow itself");
+    assert_eq!(
+        *started.lock().unwrap(),
+        (0..N).collect::<Vec<_>>(),
+        "starts out of admission order"
+    );
+    let s = inbox.stats();
+    assert_eq!(
+        (s.accepted, s.completed, s.active, s.queued),
+        (total, total, 0, 0)
+    );
+}
+
+/// A handler that blocks its thread holds up a task running flows itself once: the call
+/// stops after that flow (and the one it handed its slot to), the next 64 calls start nothing (the drivers run the rest), and
+/// then the task runs flows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
+    let (transport, happen) = Capture::happen();
+    let node = happen.node("n").await.unwrap();
+    node.on("tick", |e: Event, _c: Context| {
+        if e.payload()["slow"] == json!(true) {
+            std::thread::sleep(Duration::from_millis(5)); // blocks its thread
+        }
+        async {}
+    })
+    .unwrap();
+    let inbox = transport.inbox("n");
+    let mut here = RunHere::default();
+    let first = {
+        let _held = inbox.hold_wakes();
+        for _ in 0..10 {
+            inbox
+                .deliver(Event::new("tick", json!({"slow": true})), None)
+                .unwrap();
+        }
+        inbox.run_here(&mut here, 64)
+    }; // the rest left to a driver, woken for them
+    // the slow flow, and the one its slot went to straight away (an event was waiting)
+    assert!(
+        (1..=2).contains(&first),
+        "the call went on after a slow flow: {first} started"
+    );
+    for _ in 0..64 {
+        assert_eq!(
+            inbox.run_here(&mut here, 64),
+            0,
+            "ran flows while backing off"
+        );
+    }
+    timeout(T, async {
+        while inbox.stats().completed < 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the drivers ran the rest");
+    let again = {
+        let _held = inbox.hold_wakes();
+        for _ in 0..5 {
+            inbox
+                .deliver(Event::new("tick", json!({"slow": false})), None)
+                .unwrap();
+        }
+        inbox.run_here(&mut here, 64)
+    };
+    assert_eq!(
+        again, 5,
+        "the task did not take flows back after backing off"
+    );
+    assert_eq!(inbox.stats().completed, 15);
 }

@@ -40,6 +40,7 @@ pub(crate) const NATS: &[&str] = &[
     "nats-ask-seq",
     "nats-ask-par",
     "nats-broadcast",
+    "nats-tell",
     "nats-durable",
     "nats-signed",
     "nats-state",

@@ -1,4 +1,4 @@
-//! NATS workloads: `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`.
+//! NATS workloads: `nats-ask-seq`, `nats-ask-par`, `nats-broadcast`, `nats-tell`.
 //!
 //! The tool starts its own `nats-server` on a free loopback port (`test_support::NatsServer`)
 //! unless `--nats-url` is given. Floors are raw async-nats:
@@ -28,6 +28,9 @@
 //!   `NodeOptions::receive_broadcasts(false)`, not subscribed, as the floors' publisher. When the
 //!   transport's outgoing buffer is full the producer waits for room
 //!   (`NatsTransport::ready`) and retries (the waits are noted).
+//! - `nats-tell`: the same with `Node::tell` to the subscribing node (its node subject)
+//!   instead of a broadcast, a publisher that takes no broadcasts; the floors are
+//!   `nats-broadcast`'s (one publisher, one subscriber).
 
 use std::hint::black_box;
 use std::panic::AssertUnwindSafe;
@@ -66,7 +69,7 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
             ("nats-ask-seq", true) => 500,
             ("nats-ask-par", false) => 200_000,
             ("nats-ask-par", true) => 2_000,
-            ("nats-broadcast", false) => 1_000_000,
+            ("nats-broadcast" | "nats-tell", false) => 1_000_000,
             (_, _) => 10_000,
         }
     };
@@ -112,9 +115,20 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
                 }),
             ],
             "nats-broadcast" => vec![
-                system("happen", move |n| happen_broadcast(h.clone(), n, true)),
+                system("happen", move |n| {
+                    happen_broadcast(h.clone(), n, Send::Broadcast)
+                }),
                 system("happen(publish-only)", move |n| {
-                    happen_broadcast(p.clone(), n, false)
+                    happen_broadcast(p.clone(), n, Send::PublishOnly)
+                }),
+                system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
+                system("floor(json)", move |n| {
+                    floor_broadcast(j.clone(), n, Format::Json)
+                }),
+            ],
+            "nats-tell" => vec![
+                system("happen", move |n| {
+                    happen_broadcast(h.clone(), n, Send::Tell)
                 }),
                 system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
                 system("floor(json)", move |n| {
@@ -142,8 +156,13 @@ pub(crate) async fn child(workload: &str, system: &str, n: u64) -> RunResult {
         ("nats-ask-par", "happen") => happen_ask(url, n, PARALLEL).await,
         ("nats-ask-par", "floor") => floor_ask(url, n, PARALLEL, Format::Raw).await,
         ("nats-ask-par", "floor(json)") => floor_ask(url, n, PARALLEL, Format::Json).await,
-        ("nats-broadcast", "happen") => happen_broadcast(url, n, true).await,
-        ("nats-broadcast", "happen(publish-only)") => happen_broadcast(url, n, false).await,
+        ("nats-broadcast", "happen") => happen_broadcast(url, n, Send::Broadcast).await,
+        ("nats-broadcast", "happen(publish-only)") => {
+            happen_broadcast(url, n, Send::PublishOnly).await
+        }
+        ("nats-tell", "happen") => happen_broadcast(url, n, Send::Tell).await,
+        ("nats-tell", "floor") => floor_broadcast(url, n, Format::Raw).await,
+        ("nats-tell", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
         ("nats-broadcast", "floor") => floor_broadcast(url, n, Format::Raw).await,
         ("nats-broadcast", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
         (w, s) => Err(format!("no child mode for `{w}` `{s}`")),
@@ -454,7 +473,18 @@ async fn happen_client(
 /// `hears`: whether the publishing node takes broadcasts (the default); `false` makes it
 /// with `NodeOptions::receive_broadcasts(false)`, so it is not subscribed to them and, like
 /// the floors' publisher, receives none (`happen(publish-only)`).
-async fn happen_broadcast(url: String, n: u64, hears: bool) -> RunResult {
+/// How `happen_broadcast` sends its events.
+#[derive(Clone, Copy)]
+enum Send {
+    /// Broadcasts from a node that takes broadcasts too (it receives its own and skips them).
+    Broadcast,
+    /// Broadcasts from a node that takes none (not subscribed to them).
+    PublishOnly,
+    /// Tells to the subscribing node, from a node that takes no broadcasts.
+    Tell,
+}
+
+async fn happen_broadcast(url: String, n: u64, how: Send) -> RunResult {
     let p = prefix();
     let server_side = instance(&url, &p).await?;
     let sub = server_side.node("sub").await.map_err(err)?;
@@ -467,7 +497,7 @@ async fn happen_broadcast(url: String, n: u64, hears: bool) -> RunResult {
     sub.on("ping", |_event: Event, _ctx: Context| async move {})
         .map_err(err)?;
     let (client_side, transport) = instance_with_transport(&url, &p).await?;
-    let options = NodeOptions::new().receive_broadcasts(hears);
+    let options = NodeOptions::new().receive_broadcasts(matches!(how, Send::Broadcast));
     let publisher = client_side.node_with("pub", options).await.map_err(err)?;
     publisher
         .send("sub", Event::new("ping", ()))
@@ -479,7 +509,12 @@ async fn happen_broadcast(url: String, n: u64, hears: bool) -> RunResult {
     let start = Instant::now();
     for _ in 0..n {
         loop {
-            match publisher.broadcast(Event::new("tick", body.clone())) {
+            let event = Event::new("tick", body.clone());
+            let sent = match how {
+                Send::Tell => publisher.tell("sub", event),
+                Send::Broadcast | Send::PublishOnly => publisher.broadcast(event),
+            };
+            match sent {
                 Ok(()) => break,
                 // The transport's outgoing buffer is full: wait until it has drained to half.
                 Err(e) if e.kind() == ErrorKind::Transport && transport.is_backlogged() => {

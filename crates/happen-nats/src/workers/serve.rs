@@ -1,6 +1,10 @@
 //! The receiving side: one task per attached node reads its direct and broadcast subscriptions,
 //! admits events into the node and publishes the answers. Replies are awaited in a
 //! `FuturesUnordered` inside the same task (no task per request); only streams get a task.
+//! After each run of messages the task starts their flows itself (`Inbox::run_here`), so a
+//! handler that finishes at once runs on the thread that decoded its event; flows that wait
+//! move to their own tasks, and a handler that blocks its thread is left to the node's
+//! drivers.
 //!
 //! Admission rule:
 //! - a **request** (a message with a reply subject) is admitted or rejected at once; a rejection
@@ -33,7 +37,7 @@ use async_nats::{HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use happen::transport::Inbox;
+use happen::transport::{Inbox, RunHere};
 use happen::transport::{ReplyReceiver, Response, reply_channel};
 use happen::{Error, ErrorKind, NodeId, Pressure};
 use tokio::sync::{oneshot, watch};
@@ -50,8 +54,8 @@ use crate::core::stats::{BadInput, Counters, inc};
 use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
 
-/// Broadcasts a serve task takes in one run when they are already waiting (one driver wake
-/// for the run; see [`Serving::on_broadcasts`]).
+/// Messages a serve task takes in one run when they are already waiting, and flows it starts
+/// itself after the run (see [`Serving::on_broadcasts`]).
 const BROADCAST_RUN: usize = 64;
 
 /// What the serve tasks of this process's nodes use.
@@ -157,6 +161,7 @@ pub(crate) async fn run(
         completing: FuturesUnordered::new(),
         relays: FuturesUnordered::new(),
         held: None,
+        here: RunHere::default(),
         preparing: None,
         elsewhere: None,
         accept_tick: None,
@@ -266,6 +271,8 @@ struct Serving {
     relays: FuturesUnordered<oneshot::Receiver<()>>,
     /// A broadcast waiting for the node to drain (see the module docs).
     held: Option<Held>,
+    /// For running the flows of a run of broadcasts in this task (see `on_broadcasts`).
+    here: RunHere,
     /// A broadcast whose stream subscription is being set up (see the module docs); never
     /// together with `held`.
     preparing: Option<BoxFuture<'static, Incoming>>,
@@ -319,9 +326,10 @@ impl Serving {
     }
 
     /// Takes `msg` and the broadcasts already waiting behind it (up to [`BROADCAST_RUN`]),
-    /// waking the node's drivers once for the run instead of once per broadcast (see
-    /// `Inbox::hold_wakes`). Stops at a broadcast that is held (the node is under pressure)
-    /// or whose stream is being set up.
+    /// holding the node's driver wakes over the run (see `Inbox::hold_wakes`), then starts
+    /// their flows in this task (`Inbox::run_here`: where they were decoded, no driver woken
+    /// on another thread; a handler that blocks its thread is left to the drivers). Stops at a
+    /// broadcast that is held (the node is under pressure) or whose stream is being set up.
     fn on_broadcasts(&mut self, msg: Message) {
         let inbox = self.inbox.clone();
         let _wakes = inbox.hold_wakes();
@@ -346,6 +354,7 @@ impl Serving {
                 next = self.broadcast.try_next();
             }
         }
+        inbox.run_here(&mut self.here, BROADCAST_RUN);
     }
 
     /// Stops taking new events without losing any the server already routed here.
@@ -617,15 +626,31 @@ impl Serving {
         inc(&self.ctx.counters.forwarded);
     }
 
+    /// Takes `msg` and the direct messages already waiting behind it (up to
+    /// [`BROADCAST_RUN`]) and starts their flows in this task, as [`Serving::on_broadcasts`]
+    /// does: an answer that is ready at once is published on this task's next turn, with no
+    /// wake in between.
     fn on_direct(&mut self, msg: Message) {
-        let tracked = on_direct(
-            &self.ctx,
-            &self.inbox,
-            msg,
-            &mut self.waiting,
-            &mut self.completing,
-            &self.pressure,
-        );
+        let inbox = self.inbox.clone();
+        let _wakes = inbox.hold_wakes();
+        let mut next = Some(msg);
+        let mut taken = 0;
+        let mut tracked = false;
+        while let Some(msg) = next.take() {
+            tracked |= on_direct(
+                &self.ctx,
+                &inbox,
+                msg,
+                &mut self.waiting,
+                &mut self.completing,
+                &self.pressure,
+            );
+            taken += 1;
+            if taken < BROADCAST_RUN {
+                next = self.direct.try_next();
+            }
+        }
+        inbox.run_here(&mut self.here, BROADCAST_RUN);
         if tracked && self.accept_tick.is_none() {
             self.arm_accept_tick();
         }

@@ -54,6 +54,7 @@ pub use target::Target;
 
 use flow::ErasedStep;
 use registry::{Entry, Registry};
+pub(crate) use run::Here;
 use run::Runner;
 use state::StateMap;
 
@@ -848,6 +849,26 @@ impl Node {
             }
         }
         shared.runner.notify(self);
+    }
+
+    /// Starts up to `budget` flows that can start now in the calling task (see
+    /// [`Inbox::run_here`](crate::transport::Inbox::run_here)); with wakes held, a wake left
+    /// pending is dropped when nothing is left to start.
+    pub(crate) fn run_here(&self, here: &mut Here, budget: usize) -> usize {
+        let started = match catch_unwind(AssertUnwindSafe(|| run::run_here(self, here, budget))) {
+            Ok(n) => n,
+            Err(panic) => {
+                self.engine().fault(&panic_message(&*panic));
+                run::reset_here(self, here);
+                0
+            }
+        };
+        let shared = &self.shared;
+        // Swapped before the check: an event counted in after the check sets it again itself.
+        if shared.wake_pending.swap(false, Ordering::SeqCst) && !self.engine().nothing_to_start() {
+            shared.wake_pending.store(true, Ordering::SeqCst);
+        }
+        started
     }
 
     /// Holds back driver wakes until [`release_wakes`](Node::release_wakes).

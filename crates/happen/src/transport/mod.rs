@@ -117,7 +117,7 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::id::NodeId;
 
-pub use inbox::{HeldWakes, Inbox};
+pub use inbox::{HeldWakes, Inbox, RunHere};
 pub use local::LocalTransport;
 
 /// Moves events between nodes. See the [module docs](self) for the contract and an example;

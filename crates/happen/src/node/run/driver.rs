@@ -285,3 +285,98 @@ fn drive_once(
         }
     }
 }
+
+/// How long [`run_here`] runs flows before it leaves the rest to the drivers.
+const HERE_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
+
+/// After a run that took longer than [`HERE_SLICE`], how many calls of [`run_here`] leave
+/// everything to the drivers.
+const HERE_BACKOFF: u32 = 64;
+
+/// A driver's memory for a task that runs flows itself (see
+/// [`Inbox::run_here`](crate::transport::Inbox::run_here)).
+#[derive(Default)]
+pub(crate) struct Here {
+    cache: StepCache,
+    /// The context of the last flow that finished at once, for the next one.
+    spare: Option<Context>,
+    /// The last flow handed its slot to the next waiting event, which must start next.
+    handed_over: bool,
+    /// Calls left that start nothing, after a slow run.
+    rest: u32,
+}
+
+/// Starts up to `budget` flows that can start now in the calling task, as a driver would: in
+/// admission order (under the start lock), each polled once, a flow that waits moved to its
+/// own task. Stops early once it ran for [`HERE_SLICE`], and then starts nothing for the next
+/// [`HERE_BACKOFF`] calls: a handler that blocks its thread holds up the calling task once,
+/// after which its node's drivers run it. Returns how many flows it started.
+pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
+    if here.rest > 0 {
+        here.rest -= 1;
+        return 0;
+    }
+    let engine = node.engine();
+    let run = node.runner();
+    let began = std::time::Instant::now();
+    let mut started = 0;
+    let mut stop = false;
+    // A flow that waits registers this waker on its first poll and is polled again at once
+    // by its own task, which registers that task's waker.
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    loop {
+        if stop && !here.handed_over {
+            break;
+        }
+        let task = {
+            let _g = run.start.lock();
+            let next = if std::mem::take(&mut here.handed_over) {
+                engine.take_handed_over()
+            } else {
+                engine.start_next_event()
+            };
+            next.map(|p| FlowTask::start(node, p, &mut here.cache, &mut here.spare))
+        };
+        let Some(mut task) = task else {
+            break;
+        };
+        started += 1;
+        if stop || started >= budget {
+            // the last one: its slot goes back, not to an event this call would then owe a start
+            task.without_hand_over();
+            stop = true;
+        }
+        match Pin::new(&mut task).poll(&mut cx) {
+            Poll::Ready(()) => {
+                here.handed_over = task.handed_over();
+                let ctx = task.context();
+                drop(task);
+                here.spare = ctx.into_spare();
+            }
+            Poll::Pending if !engine.is_cancelled() => {
+                task.leave_driver(); // the flow waits: its sender arms its timeout now
+                run.spawn(task, engine);
+            }
+            Poll::Pending => drop(task), // cancelled: answers `ShutDown`
+        }
+        if !stop && began.elapsed() > HERE_SLICE {
+            here.rest = HERE_BACKOFF;
+            stop = true;
+        }
+    }
+    if let Some(ctx) = &mut here.spare {
+        ctx.drop_payload(); // kept between calls without its event's payload
+    }
+    started
+}
+
+/// A panic in [`run_here`] outside the flows' own boundaries: a slot handed over to an
+/// event it did not start yet goes back (the event is dropped unstarted: its sender hears
+/// `ShutDown`), and the memory is reset.
+pub(crate) fn reset_here(node: &Node, here: &mut Here) {
+    if std::mem::take(&mut here.handed_over) {
+        drop(node.engine().take_handed_over());
+        node.release(None);
+    }
+    *here = Here::default();
+}

@@ -147,6 +147,11 @@ impl FlowTask {
         self.ctx.inner.stream.nudge(self.ctx.node_id());
     }
 
+    /// The flow gives its slot back when it finishes, never to the next waiting event.
+    pub(crate) fn without_hand_over(&mut self) {
+        self.in_driver = false;
+    }
+
     /// Did the finished flow hand its slot to the next waiting event? The driver that polled
     /// it must then start that event (`Engine::take_handed_over`).
     pub(crate) fn handed_over(&self) -> bool {

@@ -8,4 +8,4 @@
 mod driver;
 mod flow_task;
 
-pub(crate) use driver::Runner;
+pub(crate) use driver::{Here, Runner, reset_here, run_here};
