@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use happen::transport::Inbox;
+use happen::transport::{Inbox, RunHere};
 use happen::transport::{ReplySender, Response, reply_channel};
 use happen::{Error, ErrorKind, Event, Result};
 use parking_lot::Mutex;
@@ -59,6 +59,8 @@ pub(super) struct Node {
     inflight: InFlight,
     /// The node is being detached: a flow ending in `ShutDown` was cut short by it.
     pub(super) stopping: AtomicBool,
+    /// For starting flows in the consumer task (see `run_flow`).
+    here: Mutex<RunHere>,
 }
 
 /// One pull request in flight.
@@ -86,6 +88,7 @@ pub(super) async fn run(
         working: Mutex::new(HashSet::new()),
         inflight: InFlight::default(),
         stopping: AtomicBool::new(false),
+        here: Mutex::new(RunHere::default()),
     });
     let pull_inbox = d.ep.client.new_inbox();
     let mut sub = match d.ep.client.subscribe(format!("{pull_inbox}.*")).await {
@@ -486,7 +489,17 @@ async fn run_flow(
     let progress_every = node.settings.ack_wait / 3;
     let rx = loop {
         let (tx, rx): (ReplySender, _) = reply_channel();
-        match node.inbox.deliver(event.clone(), Some(tx)) {
+        let delivered = {
+            // the flow starts here, in this task, unless a driver is at work already (see
+            // `Inbox::run_here`); the guard is not held across an await
+            let _wakes = node.inbox.hold_wakes();
+            let r = node.inbox.deliver(event.clone(), Some(tx));
+            if r.is_ok() {
+                node.inbox.run_here(&mut node.here.lock(), 1);
+            }
+            r
+        };
+        match delivered {
             Ok(()) => break rx,
             Err(e) if e.kind() == ErrorKind::QueueFull => {
                 // room taken by non-durable events: wait a little, the message stays ours
@@ -497,11 +510,15 @@ async fn run_flow(
         }
     };
     let mut rx = std::pin::pin!(rx);
-    let response = loop {
-        tokio::select! {
-            r = &mut rx => break r,
-            () = tokio::time::sleep(progress_every) => progress(node, msg, &mut claim).await,
-        }
+    // an answer ready at once (the flow ran above) arms no progress timer
+    let response = match futures::poll!(&mut rx) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => loop {
+            tokio::select! {
+                r = &mut rx => break r,
+                () = tokio::time::sleep(progress_every) => progress(node, msg, &mut claim).await,
+            }
+        },
     };
     Some(match response {
         Response::Done(r) => r,
