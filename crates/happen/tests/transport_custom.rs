@@ -14,6 +14,17 @@ use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
 
+/// Waits (at most [`T`]) until the node behind `inbox` has completed `n` flows.
+async fn completed(inbox: &Inbox, n: u64, what: &str) {
+    timeout(T, async {
+        while inbox.stats().completed < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: {} of {n} completed", inbox.stats().completed));
+}
+
 /// Delivers in process, and lets the test reach every node's inbox.
 #[derive(Clone, Default)]
 struct Capture {
@@ -188,13 +199,7 @@ async fn held_wakes_start_flows_when_released() {
     }
     assert_eq!(inbox.stats().completed, 0, "no driver was woken while held");
     drop(held);
-    timeout(T, async {
-        while inbox.stats().completed < 10 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the release woke a driver for all ten");
+    completed(&inbox, 10, "the release woke a driver for all ten").await;
 }
 
 /// Runs of deliveries under held wakes from four tasks, while two local senders tell the
@@ -245,13 +250,7 @@ async fn held_wakes_lose_no_event_under_concurrent_senders() {
         timeout(T, t).await.unwrap().unwrap();
     }
     let total = 4 * RUNS * RUN + 2 * TELLS;
-    timeout(T, async {
-        while inbox.stats().completed < total {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("every delivered event ran");
+    completed(&inbox, total, "every delivered event ran").await;
     let s = inbox.stats();
     assert_eq!(
         (s.accepted, s.completed, s.active, s.queued),
@@ -330,13 +329,7 @@ async fn flows_run_here_start_in_admission_order_beside_drivers_and_senders() {
         timeout(T, t).await.unwrap().unwrap();
     }
     let total = N + 2 * TELLS;
-    timeout(T, async {
-        while inbox.stats().completed < total {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("every delivered event ran");
+    completed(&inbox, total, "every delivered event ran").await;
     assert!(ran_here > 0, "the receive task started no flow itself");
     assert_eq!(
         *started.lock().unwrap(),
@@ -387,13 +380,7 @@ async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
             "ran flows while backing off"
         );
     }
-    timeout(T, async {
-        while inbox.stats().completed < 10 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the drivers ran the rest");
+    completed(&inbox, 10, "the drivers ran the rest").await;
     let again = {
         let _held = inbox.hold_wakes();
         for _ in 0..5 {

@@ -311,6 +311,10 @@ pub(crate) struct Here {
 /// own task. Stops early once it ran for [`HERE_SLICE`], and then starts nothing for the next
 /// [`HERE_BACKOFF`] calls: a handler that blocks its thread holds up the calling task once,
 /// after which its node's drivers run it. Returns how many flows it started.
+///
+/// Its loop is [`drive_once`]'s without the parking; the two are kept apart because taking
+/// the start and the poll out into helpers both call cost a driver's `tell` 20 instructions
+/// per event (measured with `cargo xtask instructions`: 1,719 → 1,739).
 pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
     if here.rest > 0 {
         here.rest -= 1;
