@@ -396,3 +396,28 @@ async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
     );
     assert_eq!(inbox.stats().completed, 15);
 }
+
+/// One `RunHere` used for two nodes whose handlers share an event type (and so a handler
+/// lookup key): each event runs its own node's handler.
+#[tokio::test]
+async fn one_run_here_for_two_nodes_runs_each_nodes_own_handler() {
+    let (transport, happen) = Capture::happen();
+    let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    for name in ["a", "b"] {
+        let node = happen.node(name).await.unwrap();
+        let ran = ran.clone();
+        node.on("tick", move |_e: Event, _c: Context| {
+            ran.lock().unwrap().push(name);
+            async {}
+        })
+        .unwrap();
+    }
+    let mut here = RunHere::default();
+    for name in ["a", "b", "a", "b"] {
+        let inbox = transport.inbox(name);
+        let _held = inbox.hold_wakes();
+        inbox.deliver(Event::new("tick", ()), None).unwrap();
+        assert_eq!(inbox.run_here(&mut here, 64), 1);
+    }
+    assert_eq!(*ran.lock().unwrap(), ["a", "b", "a", "b"]);
+}

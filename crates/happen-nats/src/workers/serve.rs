@@ -271,7 +271,7 @@ struct Serving {
     relays: FuturesUnordered<oneshot::Receiver<()>>,
     /// A broadcast waiting for the node to drain (see the module docs).
     held: Option<Held>,
-    /// For running the flows of a run of broadcasts in this task (see `on_broadcasts`).
+    /// For starting the flows of a run of messages in this task (see `on_broadcasts`).
     here: RunHere,
     /// A broadcast whose stream subscription is being set up (see the module docs); never
     /// together with `held`.

@@ -297,6 +297,9 @@ const HERE_BACKOFF: u32 = 64;
 /// [`Inbox::run_here`](crate::transport::Inbox::run_here)).
 #[derive(Default)]
 pub(crate) struct Here {
+    /// The node the rest is about: a call for another node starts afresh. (A weak
+    /// reference, so its address is not reused while kept.)
+    node: Weak<NodeShared>,
     cache: StepCache,
     /// The context of the last flow that finished at once, for the next one.
     spare: Option<Context>,
@@ -316,6 +319,14 @@ pub(crate) struct Here {
 /// the start and the poll out into helpers both call cost a driver's `tell` 20 instructions
 /// per event (measured with `cargo xtask instructions`: 1,719 → 1,739).
 pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
+    if !std::ptr::eq(here.node.as_ptr(), std::sync::Arc::as_ptr(&node.shared)) {
+        // the handler lookup is keyed by type and registry version, which another node may
+        // share: nothing learnt about one node is used for another
+        *here = Here {
+            node: std::sync::Arc::downgrade(&node.shared),
+            ..Here::default()
+        };
+    }
     if here.rest > 0 {
         here.rest -= 1;
         return 0;
