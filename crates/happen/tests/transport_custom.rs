@@ -14,6 +14,53 @@ use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
 
+/// Two local nodes, each telling `count` events of `event_type` to `node` in a task of its own.
+fn tellers(
+    happen: &Happen,
+    node: &happen::Node,
+    event_type: &'static str,
+    count: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|s| {
+            let (happen, node) = (happen.clone(), node.clone());
+            tokio::spawn(async move {
+                let me = happen.node(format!("teller-{s}")).await.unwrap();
+                for i in 0..count {
+                    me.tell(&node, Event::new(event_type, i)).unwrap();
+                    if i % 32 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The node behind `inbox` accepted and completed `total` events and has none running or
+/// waiting.
+fn at_rest(inbox: &Inbox, total: u64) {
+    let s = inbox.stats();
+    assert_eq!(
+        (s.accepted, s.completed, s.active, s.queued),
+        (total, total, 0, 0)
+    );
+}
+
+/// Delivers `events` under held wakes, then starts what it can in this task (as a transport's
+/// receive task does): how many flows `run_here` started.
+fn deliver_and_run(
+    inbox: &Inbox,
+    here: &mut RunHere,
+    events: impl IntoIterator<Item = Event>,
+) -> usize {
+    let _held = inbox.hold_wakes();
+    for event in events {
+        inbox.deliver(event, None).unwrap();
+    }
+    inbox.run_here(here, 64)
+}
+
 /// Waits (at most [`T`]) until the node behind `inbox` has completed `n` flows.
 async fn completed(inbox: &Inbox, n: u64, what: &str) {
     timeout(T, async {
@@ -234,28 +281,13 @@ async fn held_wakes_lose_no_event_under_concurrent_senders() {
             }
         }));
     }
-    for s in 0..2 {
-        let (happen, node) = (happen.clone(), node.clone());
-        tasks.push(tokio::spawn(async move {
-            let me = happen.node(format!("teller-{s}")).await.unwrap();
-            for i in 0..TELLS {
-                me.tell(&node, Event::new("tick", i)).unwrap();
-                if i % 32 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }));
-    }
+    tasks.extend(tellers(&happen, &node, "tick", TELLS));
     for t in tasks {
         timeout(T, t).await.unwrap().unwrap();
     }
     let total = 4 * RUNS * RUN + 2 * TELLS;
     completed(&inbox, total, "every delivered event ran").await;
-    let s = inbox.stats();
-    assert_eq!(
-        (s.accepted, s.completed, s.active, s.queued),
-        (total, total, 0, 0)
-    );
+    at_rest(&inbox, total);
 }
 
 /// A receive task that runs flows itself (`Inbox::run_here`) after each run of deliveries,
@@ -311,19 +343,7 @@ async fn flows_run_here_start_in_admission_order_beside_drivers_and_senders() {
             ran_here
         })
     };
-    let mut senders = Vec::new();
-    for s in 0..2 {
-        let (happen, node) = (happen.clone(), node.clone());
-        senders.push(tokio::spawn(async move {
-            let me = happen.node(format!("teller-{s}")).await.unwrap();
-            for i in 0..TELLS {
-                me.tell(&node, Event::new("other", i)).unwrap();
-                if i % 32 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }));
-    }
+    let senders = tellers(&happen, &node, "other", TELLS);
     let ran_here = timeout(T, receiver).await.unwrap().unwrap();
     for t in senders {
         timeout(T, t).await.unwrap().unwrap();
@@ -336,16 +356,12 @@ async fn flows_run_here_start_in_admission_order_beside_drivers_and_senders() {
         (0..N).collect::<Vec<_>>(),
         "starts out of admission order"
     );
-    let s = inbox.stats();
-    assert_eq!(
-        (s.accepted, s.completed, s.active, s.queued),
-        (total, total, 0, 0)
-    );
+    at_rest(&inbox, total);
 }
 
 /// A handler that blocks its thread holds up a task running flows itself once: the call
-/// stops after that flow (and the one it handed its slot to), the next 64 calls start nothing (the drivers run the rest), and
-/// then the task runs flows again.
+/// stops after that flow (and the one it handed its slot to), the next 64 calls start
+/// nothing (the drivers run the rest), and then the task runs flows again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
     let (transport, happen) = Capture::happen();
@@ -359,15 +375,11 @@ async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
     .unwrap();
     let inbox = transport.inbox("n");
     let mut here = RunHere::default();
-    let first = {
-        let _held = inbox.hold_wakes();
-        for _ in 0..10 {
-            inbox
-                .deliver(Event::new("tick", json!({"slow": true})), None)
-                .unwrap();
-        }
-        inbox.run_here(&mut here, 64)
-    }; // the rest left to a driver, woken for them
+    let first = deliver_and_run(
+        &inbox,
+        &mut here,
+        (0..10).map(|_| Event::new("tick", json!({"slow": true}))),
+    ); // the rest left to a driver, woken for them
     // the slow flow, and the one its slot went to straight away (an event was waiting)
     assert!(
         (1..=2).contains(&first),
@@ -381,15 +393,11 @@ async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
         );
     }
     completed(&inbox, 10, "the drivers ran the rest").await;
-    let again = {
-        let _held = inbox.hold_wakes();
-        for _ in 0..5 {
-            inbox
-                .deliver(Event::new("tick", json!({"slow": false})), None)
-                .unwrap();
-        }
-        inbox.run_here(&mut here, 64)
-    };
+    let again = deliver_and_run(
+        &inbox,
+        &mut here,
+        (0..5).map(|_| Event::new("tick", json!({"slow": false}))),
+    );
     assert_eq!(
         again, 5,
         "the task did not take flows back after backing off"
@@ -415,9 +423,8 @@ async fn one_run_here_for_two_nodes_runs_each_nodes_own_handler() {
     let mut here = RunHere::default();
     for name in ["a", "b", "a", "b"] {
         let inbox = transport.inbox(name);
-        let _held = inbox.hold_wakes();
-        inbox.deliver(Event::new("tick", ()), None).unwrap();
-        assert_eq!(inbox.run_here(&mut here, 64), 1);
+        let started = deliver_and_run(&inbox, &mut here, [Event::new("tick", ())]);
+        assert_eq!(started, 1);
     }
     assert_eq!(*ran.lock().unwrap(), ["a", "b", "a", "b"]);
 }
