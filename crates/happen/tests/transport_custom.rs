@@ -398,11 +398,14 @@ async fn run_here_leaves_a_blocking_handler_to_the_drivers() {
         &mut here,
         (0..5).map(|_| Event::new("tick", json!({"slow": false}))),
     );
-    assert_eq!(
-        again, 5,
-        "the task did not take flows back after backing off"
+    // Usually all five; fewer only if this thread was preempted past the 250 µs slice
+    // (a loaded machine), after which the call stops, as it should. The first one always
+    // starts here.
+    assert!(
+        (1..=5).contains(&again),
+        "the task did not take flows back after backing off: {again} started"
     );
-    assert_eq!(inbox.stats().completed, 15);
+    completed(&inbox, 15, "every event ran").await;
 }
 
 /// One `RunHere` used for two nodes whose handlers share an event type (and so a handler

@@ -116,10 +116,10 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
             ],
             "nats-broadcast" => vec![
                 system("happen", move |n| {
-                    happen_broadcast(h.clone(), n, Send::Broadcast)
+                    happen_broadcast(h.clone(), n, Sending::Broadcast)
                 }),
                 system("happen(publish-only)", move |n| {
-                    happen_broadcast(p.clone(), n, Send::PublishOnly)
+                    happen_broadcast(p.clone(), n, Sending::PublishOnly)
                 }),
                 system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
                 system("floor(json)", move |n| {
@@ -128,7 +128,7 @@ pub(crate) fn run(bench: &Bench, workloads: &[&str], url: Option<&str>) -> Vec<R
             ],
             "nats-tell" => vec![
                 system("happen", move |n| {
-                    happen_broadcast(h.clone(), n, Send::Tell)
+                    happen_broadcast(h.clone(), n, Sending::Tell)
                 }),
                 system("floor", move |n| floor_broadcast(u.clone(), n, Format::Raw)),
                 system("floor(json)", move |n| {
@@ -156,11 +156,11 @@ pub(crate) async fn child(workload: &str, system: &str, n: u64) -> RunResult {
         ("nats-ask-par", "happen") => happen_ask(url, n, PARALLEL).await,
         ("nats-ask-par", "floor") => floor_ask(url, n, PARALLEL, Format::Raw).await,
         ("nats-ask-par", "floor(json)") => floor_ask(url, n, PARALLEL, Format::Json).await,
-        ("nats-broadcast", "happen") => happen_broadcast(url, n, Send::Broadcast).await,
+        ("nats-broadcast", "happen") => happen_broadcast(url, n, Sending::Broadcast).await,
         ("nats-broadcast", "happen(publish-only)") => {
-            happen_broadcast(url, n, Send::PublishOnly).await
+            happen_broadcast(url, n, Sending::PublishOnly).await
         }
-        ("nats-tell", "happen") => happen_broadcast(url, n, Send::Tell).await,
+        ("nats-tell", "happen") => happen_broadcast(url, n, Sending::Tell).await,
         ("nats-tell", "floor") => floor_broadcast(url, n, Format::Raw).await,
         ("nats-tell", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
         ("nats-broadcast", "floor") => floor_broadcast(url, n, Format::Raw).await,
@@ -475,7 +475,7 @@ async fn happen_client(
 /// the floors' publisher, receives none (`happen(publish-only)`).
 /// How `happen_broadcast` sends its events.
 #[derive(Clone, Copy)]
-enum Send {
+enum Sending {
     /// Broadcasts from a node that takes broadcasts too (it receives its own and skips them).
     Broadcast,
     /// Broadcasts from a node that takes none (not subscribed to them).
@@ -484,7 +484,7 @@ enum Send {
     Tell,
 }
 
-async fn happen_broadcast(url: String, n: u64, how: Send) -> RunResult {
+async fn happen_broadcast(url: String, n: u64, how: Sending) -> RunResult {
     let p = prefix();
     let server_side = instance(&url, &p).await?;
     let sub = server_side.node("sub").await.map_err(err)?;
@@ -497,7 +497,7 @@ async fn happen_broadcast(url: String, n: u64, how: Send) -> RunResult {
     sub.on("ping", |_event: Event, _ctx: Context| async move {})
         .map_err(err)?;
     let (client_side, transport) = instance_with_transport(&url, &p).await?;
-    let options = NodeOptions::new().receive_broadcasts(matches!(how, Send::Broadcast));
+    let options = NodeOptions::new().receive_broadcasts(matches!(how, Sending::Broadcast));
     let publisher = client_side.node_with("pub", options).await.map_err(err)?;
     publisher
         .send("sub", Event::new("ping", ()))
@@ -511,8 +511,8 @@ async fn happen_broadcast(url: String, n: u64, how: Send) -> RunResult {
         loop {
             let event = Event::new("tick", body.clone());
             let sent = match how {
-                Send::Tell => publisher.tell("sub", event),
-                Send::Broadcast | Send::PublishOnly => publisher.broadcast(event),
+                Sending::Tell => publisher.tell("sub", event),
+                Sending::Broadcast | Sending::PublishOnly => publisher.broadcast(event),
             };
             match sent {
                 Ok(()) => break,

@@ -206,16 +206,22 @@ impl Drop for DriverGuard {
         };
         let node = Node { shared };
         let engine = node.engine();
-        if std::mem::take(&mut self.handed_over) {
-            // Its sender hears `ShutDown` (the event is dropped unstarted); the slot goes back.
-            drop(engine.take_handed_over());
-            node.release(None);
-        }
+        give_back_handed_over(&node, &mut self.handed_over);
         if engine.is_drained() {
             return;
         }
         engine.fault("a driver of this node ended (its runtime shut down?)");
         node.close_now(true);
+    }
+}
+
+/// A slot handed over to an event that will not be started after all (its driver ended, or
+/// [`run_here`] panicked): the event is dropped unstarted — its sender hears `ShutDown` —
+/// and the slot goes back.
+fn give_back_handed_over(node: &Node, handed_over: &mut bool) {
+    if std::mem::take(handed_over) {
+        drop(node.engine().take_handed_over());
+        node.release(None);
     }
 }
 
@@ -386,12 +392,8 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
 }
 
 /// A panic in [`run_here`] outside the flows' own boundaries: a slot handed over to an
-/// event it did not start yet goes back (the event is dropped unstarted: its sender hears
-/// `ShutDown`), and the memory is reset.
+/// event it did not start yet goes back, and the memory is reset.
 pub(crate) fn reset_here(node: &Node, here: &mut Here) {
-    if std::mem::take(&mut here.handed_over) {
-        drop(node.engine().take_handed_over());
-        node.release(None);
-    }
+    give_back_handed_over(node, &mut here.handed_over);
     *here = Here::default();
 }
