@@ -836,6 +836,11 @@ impl Engine {
         }
     }
 
+    /// Closed to new events (some may still run or wait).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.hot.word.load(Ordering::Acquire) & CLOSED != 0
+    }
+
     /// Closed, with nothing running or waiting.
     pub(crate) fn is_drained(&self) -> bool {
         self.hot.word.load(Ordering::Acquire) == CLOSED

@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::event::pattern::{Class, IntoPattern, Pattern};
 use crate::event::{Event, EventType};
 use crate::id::{NodeId, SharedStr};
-use crate::reply::Reply;
+use crate::reply::{Reply, StartsHere};
 use crate::security::Gate;
 use crate::stream::{BroadcastRole, ReplySender, SlotSender};
 
@@ -108,6 +108,9 @@ pub(crate) struct NodeShared {
     wake_pending: AtomicBool,
     /// Signing and the gates before admission; `None` (no cost) when the node has neither.
     security: Option<Box<Gate>>,
+    /// What a requester's task keeps when it starts this node's flows itself (see
+    /// [`StartsHere`]).
+    here: parking_lot::Mutex<Here>,
 }
 
 /// Changes of handlers in this process, every node's together: the in-process transport
@@ -117,6 +120,13 @@ static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
 /// See [`REGISTRATIONS`].
 pub(crate) fn registrations() -> u64 {
     REGISTRATIONS.load(Ordering::Acquire)
+}
+
+impl StartsHere for NodeShared {
+    fn start_here(self: Arc<Self>) -> bool {
+        let node = Node { shared: self };
+        run::start_for_requester(&node, &node.shared.here)
+    }
 }
 
 impl Drop for NodeShared {
@@ -157,6 +167,7 @@ impl Node {
             registry_version: AtomicU64::new(0),
             wakes_held: AtomicU32::new(0),
             wake_pending: AtomicBool::new(false),
+            here: parking_lot::Mutex::new(Here::default()),
             id,
             instance,
             scope,
@@ -855,7 +866,9 @@ impl Node {
     /// [`Inbox::run_here`](crate::transport::Inbox::run_here)); with wakes held, a wake left
     /// pending is dropped when nothing is left to start.
     pub(crate) fn run_here(&self, here: &mut Here, budget: usize) -> usize {
-        let started = match catch_unwind(AssertUnwindSafe(|| run::run_here(self, here, budget))) {
+        let started = match catch_unwind(AssertUnwindSafe(|| {
+            run::run_here(self, here, budget, run::StartLock::Wait)
+        })) {
             Ok(n) => n,
             Err(panic) => {
                 self.engine().fault(&panic_message(&*panic));
@@ -899,6 +912,10 @@ impl Node {
         let effects = self.shared.engine.close(cancel);
         if cancel {
             self.shared.runner.abort_waiting();
+        }
+        // (held by a requester starting a flow: it drops the spare itself, seeing the close)
+        if let Some(mut here) = self.shared.here.try_lock() {
+            here.forget_spare();
         }
         self.apply(effects);
     }
@@ -945,24 +962,29 @@ impl Node {
     /// directly (no dynamic call); everything else goes through the transport.
     #[inline]
     fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
-        let scope = &self.shared.scope;
-        scope.check_open(|| instance::closed_send(&target))?;
-        match target.node() {
-            Some(node) if scope.direct && Arc::ptr_eq(&node.shared.scope, scope) => {
-                node.admit(event, reply.map(|r| r.0), None)
-            }
-            _ => self.shared.instance.dispatch(target, event, reply),
+        self.shared
+            .scope
+            .check_open(|| instance::closed_send(&target))?;
+        match self.direct_target(&target) {
+            Some(node) => node.admit(event, reply.map(|r| r.0), None),
+            None => self.shared.instance.dispatch(target, event, reply),
         }
+    }
+
+    /// `target` when it is a node handle of this in-process instance (sent to directly).
+    #[inline]
+    fn direct_target<'t>(&self, target: &Target<'t>) -> Option<&'t Node> {
+        let scope = &self.shared.scope;
+        target
+            .node()
+            .filter(|n| scope.direct && Arc::ptr_eq(&n.shared.scope, scope))
     }
 
     /// The backpressure state of `target`, if known.
     fn pressure_of(&self, target: &Target<'_>) -> Option<watch::Receiver<Pressure>> {
-        let scope = &self.shared.scope;
-        match target.node() {
-            Some(n) if scope.direct && Arc::ptr_eq(&n.shared.scope, scope) => {
-                Some(n.watch_pressure())
-            }
-            _ => self.shared.instance.pressure_of(target),
+        match self.direct_target(target) {
+            Some(n) => Some(n.watch_pressure()),
+            None => self.shared.instance.pressure_of(target),
         }
     }
 
@@ -992,8 +1014,12 @@ impl Node {
             // if it times out.
             tx.nudge(target.id());
         }
+        // A target in this process: the requester's task may start its flow (`StartsHere`).
+        let here = self
+            .direct_target(&target)
+            .map(|n| n.shared.clone() as Arc<dyn StartsHere>);
         match self.dispatch(target, event, Some(ReplySender(tx))) {
-            Ok(()) => Reply::waiting(rx, timeout),
+            Ok(()) => Reply::waiting(rx, timeout, here),
             Err(e) => Reply::failed(e, timeout, self.unobserved()),
         }
     }

@@ -28,7 +28,7 @@ enum To<'a> {
     Id(NodeId),
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     /// The target's node id.
     pub fn id(&self) -> &NodeId {
         match &self.0 {
@@ -38,9 +38,9 @@ impl Target<'_> {
     }
 
     /// The node handle, if the target is one.
-    pub(super) fn node(&self) -> Option<&Node> {
+    pub(super) fn node(&self) -> Option<&'a Node> {
         match &self.0 {
-            To::Node(n) => Some(n),
+            To::Node(n) => Some(*n),
             To::Id(_) => None,
         }
     }

@@ -21,6 +21,16 @@ use crate::stream::SlotReceiver;
 use stream::StreamState;
 pub use stream::{Outcome, ReplyStream, TypedStream};
 
+/// A target in this process whose flows a requester's own task may start when it first
+/// waits for its answer: a flow that finishes at once then answers without a driver's wake,
+/// a thread hop or a wake of the requester. Implemented by the node (which this layer does
+/// not know).
+pub(crate) trait StartsHere: Send + Sync {
+    /// Starts what can start now at the target in the calling task, as a driver would (see
+    /// the node's `run` module); `true` if it started a flow.
+    fn start_here(self: Arc<Self>) -> bool;
+}
+
 /// The handle returned by [`Node::send`](crate::Node::send): a [`Future`] of the flow's
 /// final value.
 ///
@@ -68,6 +78,18 @@ pub use stream::{Outcome, ReplyStream, TypedStream};
 /// # Ok(()) }
 /// ```
 ///
+/// # Where the flow runs
+/// For a target node of this process sent to by handle, the first poll of a reply awaited
+/// for its final value starts the target's next ready flow in the awaiting task, exactly as
+/// one of the node's drivers would (in admission order, within its limits): usually the
+/// request's own flow, which then answers without a driver wake or a thread hop. So a
+/// handler's synchronous part may run in the requester's task. A handler that blocks its
+/// thread (blocking work belongs in [`Context::cpu`](crate::Context::cpu)) holds up one
+/// requester this way; the node's next 64 requests leave their flows to its drivers. A flow
+/// that waits moves to its own task as usual; a request made inside a flow started this way,
+/// and a reply read as a stream, are left to the drivers. Each start counts against Tokio's
+/// co-operative budget, so a requester whose answers keep arriving at once still yields.
+///
 /// # Cancel safety
 /// Awaiting `&mut reply` (for example as one branch of a `tokio::select!` loop) is cancel-safe:
 /// the state lives in the `Reply`, so polling it again later continues where it stopped and
@@ -89,10 +111,15 @@ pub struct Reply {
 impl Reply {
     /// A reply waiting on `rx`. Its timer is armed once the slot is nudged (see the
     /// `stream::oneshot` module): by the engine when the answer cannot be immediate, or at once for a
-    /// send through another transport.
-    pub(crate) fn waiting(rx: SlotReceiver, timeout: Duration) -> Reply {
+    /// send through another transport. `here`: the target in this process, whose ready
+    /// flows the first poll starts.
+    pub(crate) fn waiting(
+        rx: SlotReceiver,
+        timeout: Duration,
+        here: Option<Arc<dyn StartsHere>>,
+    ) -> Reply {
         Reply {
-            stream: ReplyStream::new(StreamState::Waiting(rx), timeout),
+            stream: ReplyStream::new(StreamState::Waiting(rx, here), timeout),
             sender: None,
         }
     }

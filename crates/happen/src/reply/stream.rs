@@ -7,6 +7,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use futures::Stream;
 use futures::channel::oneshot;
@@ -18,6 +19,8 @@ use tokio::time::Sleep;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{decode_owned, decode_value};
 use crate::stream::{ItemStream, Received, Response, SlotReceiver};
+
+use super::StartsHere;
 
 /// A reply read as a stream (from [`Reply::into_stream`](crate::Reply::into_stream)):
 /// `Ok(item)`s in order; one `Err` if the flow failed; then `None`.
@@ -94,7 +97,9 @@ struct OutcomeSlot {
 }
 
 pub(crate) enum StreamState {
-    Waiting(SlotReceiver),
+    /// The answer's slot, and the target in this process until the first poll starts what
+    /// can start there.
+    Waiting(SlotReceiver, Option<Arc<dyn StartsHere>>),
     Streaming(ItemStream),
     Failed(Option<Error>),
     Done(Option<Value>),
@@ -237,6 +242,21 @@ impl ReplyStream {
         }
     }
 
+    /// At the first wait for a final value from a target in this process: starts the
+    /// target's next ready flow in this task (usually this reply's own, which then answers
+    /// before the slot is read). Counted against Tokio's co-operative budget like a receive:
+    /// a requester whose answers keep arriving at once still yields to the scheduler. Not
+    /// for a reply read as a stream: its consumer must stay free to stop reading, so a
+    /// producer never runs in the consumer's task.
+    #[inline]
+    fn start_here(&mut self, cx: &mut TaskContext<'_>) {
+        if let StreamState::Waiting(_, here @ Some(_)) = &mut self.state
+            && let Some(target) = here.take()
+        {
+            start_here(target, cx);
+        }
+    }
+
     /// The outcome of an ended stream.
     fn end_result(&self) -> Result<Value> {
         match &self.ended {
@@ -270,9 +290,10 @@ impl ReplyStream {
     pub(crate) fn poll_final(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Value>> {
         // The usual answer to a request, one final value, is taken straight from the slot;
         // anything else goes the stream's way, starting from what the slot held.
+        self.start_here(cx);
         let mut first = None;
         if self.outcome.is_none()
-            && let StreamState::Waiting(rx) = &mut self.state
+            && let StreamState::Waiting(rx, _) = &mut self.state
         {
             match rx.poll_recv(cx) {
                 Received::Value(Response::Done(Ok(v))) => {
@@ -353,7 +374,7 @@ impl ReplyStream {
         let this = self;
         loop {
             match &mut this.state {
-                StreamState::Waiting(rx) => {
+                StreamState::Waiting(rx, _) => {
                     match first.take().unwrap_or_else(|| rx.poll_recv(cx)) {
                         Received::Value(Response::Done(Ok(v))) => {
                             this.state = StreamState::Done(Some(v));
@@ -431,6 +452,15 @@ impl fmt::Debug for ReplyStream {
         f.debug_struct("ReplyStream")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// See [`ReplyStream::start_here`].
+fn start_here(target: Arc<dyn StartsHere>, cx: &mut TaskContext<'_>) {
+    if let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx)
+        && target.start_here()
+    {
+        coop.made_progress();
     }
 }
 

@@ -292,6 +292,16 @@ fn drive_once(
     }
 }
 
+/// How [`run_here`] takes the start lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum StartLock {
+    /// Waits for it (a transport's receive task).
+    Wait,
+    /// Starts nothing while another starter holds it: a requester's poll may come from a
+    /// handler's synchronous part, which runs under its own node's start lock.
+    IfFree,
+}
+
 /// How long [`run_here`] runs flows before it leaves the rest to the drivers.
 const HERE_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
 
@@ -324,7 +334,7 @@ pub(crate) struct Here {
 /// Its loop is [`drive_once`]'s without the parking; the two are kept apart because taking
 /// the start and the poll out into helpers both call cost a driver's `tell` 20 instructions
 /// per event (measured with `cargo xtask instructions`: 1,719 → 1,739).
-pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
+pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize, lock: StartLock) -> usize {
     if !std::ptr::eq(here.node.as_ptr(), std::sync::Arc::as_ptr(&node.shared)) {
         // the handler lookup is keyed by type and registry version, which another node may
         // share: nothing learnt about one node is used for another
@@ -342,6 +352,7 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
     let began = std::time::Instant::now();
     let mut started = 0;
     let mut stop = false;
+    let mut timed_out = false;
     // A flow that waits registers this waker on its first poll and is polled again at once
     // by its own task, which registers that task's waker.
     let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
@@ -350,7 +361,14 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
             break;
         }
         let task = {
-            let _g = run.start.lock();
+            let _g = match lock {
+                StartLock::Wait => run.start.lock(),
+                StartLock::IfFree => match run.start.try_lock() {
+                    Some(g) => g,
+                    None if !here.handed_over => break,
+                    None => run.start.lock(), // owed a start (never with a budget of one)
+                },
+            };
             let next = if std::mem::take(&mut here.handed_over) {
                 engine.take_handed_over()
             } else {
@@ -380,8 +398,10 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
             }
             Poll::Pending => drop(task), // cancelled: answers `ShutDown`
         }
-        if !stop && began.elapsed() > HERE_SLICE {
+        // (also after the last flow of the budget: a call with a budget of one backs off too)
+        if !timed_out && began.elapsed() > HERE_SLICE {
             here.rest = HERE_BACKOFF;
+            timed_out = true;
             stop = true;
         }
     }
@@ -389,6 +409,56 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize) -> usize {
         ctx.drop_payload(); // kept between calls without its event's payload
     }
     started
+}
+
+thread_local! {
+    /// Set while a requester's task runs a target's flow ([`start_for_requester`]): a
+    /// request that flow makes and awaits is left to the drivers, so requests do not nest
+    /// on one stack.
+    static STARTING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A requester's task, at the first poll of its reply from `node`, starts the next flow
+/// that can start there as a driver would ([`run_here`] with a budget of one, under the
+/// node's own [`Here`]): usually the request's own flow, which then answers before the
+/// reply reads its slot — no driver wake, no thread hop, no wake of the requester. Does
+/// nothing when nothing can start, when another task is doing the same for this node or
+/// starting one of its flows, or inside a flow started this way. `true` if a flow started.
+///
+/// The memory is the node's, so a handler that blocks its thread holds up one requester,
+/// after which the next [`HERE_BACKOFF`] requests leave that node's flows to its drivers.
+/// Its spare context holds the node: it is dropped once the node is closed (here, or by
+/// the close itself), so a closed node is not kept alive by its own memory.
+pub(crate) fn start_for_requester(node: &Node, here: &Mutex<Here>) -> bool {
+    if node.engine().nothing_to_start() || STARTING_HERE.get() {
+        return false;
+    }
+    let Some(mut here) = here.try_lock() else {
+        return false;
+    };
+    STARTING_HERE.set(true);
+    let started = match catch_unwind(AssertUnwindSafe(|| {
+        run_here(node, &mut here, 1, StartLock::IfFree)
+    })) {
+        Ok(n) => n,
+        Err(panic) => {
+            node.engine().fault(&panic_message(&*panic));
+            reset_here(node, &mut here);
+            0
+        }
+    };
+    STARTING_HERE.set(false);
+    if node.engine().is_closed() {
+        here.spare = None;
+    }
+    started > 0
+}
+
+impl Here {
+    /// Lets go of the spare context (which holds the node).
+    pub(crate) fn forget_spare(&mut self) {
+        self.spare = None;
+    }
 }
 
 /// A panic in [`run_here`] outside the flows' own boundaries: a slot handed over to an
