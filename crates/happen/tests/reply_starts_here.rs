@@ -100,6 +100,33 @@ async fn a_blocking_handler_holds_up_one_requester_then_runs_in_the_drivers() {
     );
 }
 
+/// A handler that turns slow after fast calls is noticed within 8 requests (the clock is
+/// read one call in 8), after which the drivers run it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_handler_that_turns_slow_is_left_to_the_drivers_within_8_requests() {
+    let happen = Happen::new();
+    let (server, starts) = recording(&happen, "server").await;
+    let client = happen.node("client").await.unwrap();
+    let requester = tokio::spawn(async move {
+        for i in 0..60u64 {
+            let slow = i >= 21; // after 21 fast ones: not at a multiple of 8
+            client
+                .send(&server, Event::new("tick", json!({"slow": slow, "i": i})))
+                .await
+                .unwrap();
+        }
+        tokio::task::id()
+    });
+    let requester = Some(timeout(T, requester).await.unwrap().unwrap());
+    let starts = starts.lock().unwrap();
+    assert!(starts[..21].iter().all(|t| *t == requester));
+    let slow_here = starts[21..].iter().filter(|t| **t == requester).count();
+    assert!(
+        (1..=8).contains(&slow_here),
+        "{slow_here} slow flows started in the requester's task"
+    );
+}
+
 /// A flow started in its requester's task that makes a request and awaits it leaves that
 /// request's flow to the drivers: requests do not nest on one stack.
 #[tokio::test(flavor = "current_thread")]
