@@ -43,24 +43,36 @@ async fn recording(happen: &Happen, id: &str) -> (Node, Starts) {
     (node, starts)
 }
 
+/// Sends `n` `tick`s one after another from a task of its own, the ones `slow` picks marked
+/// slow, checks each answer, and returns that task's id.
+async fn request_ticks(
+    client: Node,
+    server: Node,
+    n: u64,
+    slow: impl Fn(u64) -> bool + Send + 'static,
+) -> Option<Id> {
+    let requester = tokio::spawn(async move {
+        for i in 0..n {
+            let payload = json!({"slow": slow(i), "i": i});
+            let v = client.send(&server, Event::new("tick", payload)).await;
+            assert_eq!(v.unwrap()["i"], i);
+        }
+        tokio::task::id()
+    });
+    Some(timeout(T, requester).await.unwrap().unwrap())
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_starts_its_flow_in_the_requesters_task() {
     let happen = Happen::new();
     let (server, starts) = recording(&happen, "server").await;
     let client = happen.node("client").await.unwrap();
-    let requester = tokio::spawn(async move {
-        for i in 0..1_000u64 {
-            let v = client.send(&server, Event::new("tick", i)).await.unwrap();
-            assert_eq!(v, i);
-        }
-        tokio::task::id()
-    });
-    let requester = timeout(T, requester).await.unwrap().unwrap();
+    let requester = request_ticks(client, server, 1_000, |_| false).await;
     let starts = starts.lock().unwrap();
     assert_eq!(starts.len(), 1_000);
     // Except when the task's co-operative budget (128 polls) is spent: then it yields, and
     // a driver starts that flow.
-    let elsewhere = starts.iter().filter(|t| **t != Some(requester)).count();
+    let elsewhere = starts.iter().filter(|t| **t != requester).count();
     assert!(
         elsewhere <= 1_000 / 100,
         "{elsewhere} of 1,000 flows started elsewhere"
@@ -75,18 +87,7 @@ async fn a_blocking_handler_holds_up_one_requester_then_runs_in_the_drivers() {
     let happen = Happen::new();
     let (server, starts) = recording(&happen, "server").await;
     let client = happen.node("client").await.unwrap();
-    let requester = tokio::spawn(async move {
-        for i in 0..100u64 {
-            let slow = i == 0;
-            let v = client
-                .send(&server, Event::new("tick", json!({"slow": slow, "i": i})))
-                .await
-                .unwrap();
-            assert_eq!(v["i"], i);
-        }
-        tokio::task::id()
-    });
-    let requester = Some(timeout(T, requester).await.unwrap().unwrap());
+    let requester = request_ticks(client, server, 100, |i| i == 0).await;
     let starts = starts.lock().unwrap();
     assert_eq!(starts[0], requester, "the first flow started elsewhere");
     let elsewhere = starts[1..=64].iter().filter(|t| **t != requester).count();
@@ -107,17 +108,8 @@ async fn a_handler_that_turns_slow_is_left_to_the_drivers_within_8_requests() {
     let happen = Happen::new();
     let (server, starts) = recording(&happen, "server").await;
     let client = happen.node("client").await.unwrap();
-    let requester = tokio::spawn(async move {
-        for i in 0..60u64 {
-            let slow = i >= 21; // after 21 fast ones: not at a multiple of 8
-            client
-                .send(&server, Event::new("tick", json!({"slow": slow, "i": i})))
-                .await
-                .unwrap();
-        }
-        tokio::task::id()
-    });
-    let requester = Some(timeout(T, requester).await.unwrap().unwrap());
+    // slow after 21 fast ones: not at a multiple of 8
+    let requester = request_ticks(client, server, 60, |i| i >= 21).await;
     let starts = starts.lock().unwrap();
     assert!(starts[..21].iter().all(|t| *t == requester));
     let slow_here = starts[21..].iter().filter(|t| **t == requester).count();
