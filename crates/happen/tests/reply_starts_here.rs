@@ -336,3 +336,50 @@ async fn a_reply_polled_in_a_handlers_synchronous_part_does_not_deadlock() {
         assert_eq!(v["i"], i);
     }
 }
+
+/// A requester on another runtime than the node's leaves its flows to the node's drivers: a
+/// flow's first poll binds what it creates (timers, sockets, spawned tasks) to the runtime it
+/// runs on, which must stay the node's.
+#[test]
+fn a_requester_on_another_runtime_leaves_the_flows_to_the_nodes_runtime() {
+    let nodes_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let requesters_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ran_on: Arc<Mutex<Vec<tokio::runtime::Id>>> = Arc::default();
+    let r = ran_on.clone();
+    let (happen, server, client) = nodes_rt.block_on(async move {
+        let happen = Happen::new();
+        let server = happen.node("server").await.unwrap();
+        server
+            .on("where", move |_e: Event, _c: Context| {
+                r.lock()
+                    .unwrap()
+                    .push(tokio::runtime::Handle::current().id());
+                async {}
+            })
+            .unwrap();
+        let client = happen.node("client").await.unwrap();
+        (happen, server, client)
+    });
+    requesters_rt.block_on(async {
+        for _ in 0..200 {
+            timeout(T, client.send(&server, Event::new("where", ())))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    });
+    let ran_on = ran_on.lock().unwrap();
+    assert_eq!(ran_on.len(), 200);
+    assert!(
+        ran_on.iter().all(|id| *id == nodes_rt.handle().id()),
+        "a handler ran on the requester's runtime"
+    );
+    nodes_rt.block_on(happen.shutdown(Duration::from_secs(5)));
+}

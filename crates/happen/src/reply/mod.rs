@@ -80,7 +80,8 @@ pub(crate) trait StartsHere: Send + Sync {
 ///
 /// # Where the flow runs
 /// For a target node of this process sent to by handle, the first poll of a reply awaited
-/// for its final value starts the target's next ready flow in the awaiting task, exactly as
+/// for its final value, on the node's own Tokio runtime, starts the target's next ready flow
+/// in the awaiting task, exactly as
 /// one of the node's drivers would (in admission order, within its limits): usually the
 /// request's own flow, which then answers without a driver wake or a thread hop. So a
 /// handler's synchronous part may run in the requester's task. A handler that blocks its

@@ -41,6 +41,8 @@ pub(crate) struct Runner {
     /// Abort handles of flows waiting in their own task (for cancellation at shutdown).
     waiting: Mutex<Waiting>,
     runtime: tokio::runtime::Handle,
+    /// `runtime`'s id: a requester on another runtime leaves the flows to the drivers.
+    runtime_id: tokio::runtime::Id,
 }
 
 #[derive(Default)]
@@ -69,6 +71,7 @@ impl Runner {
                 handles: Vec::new(),
                 sweep_at: 64,
             }),
+            runtime_id: runtime.id(),
             runtime,
         })
     }
@@ -442,8 +445,9 @@ thread_local! {
 /// that can start there as a driver would ([`run_here`] with a budget of one, under the
 /// node's own [`Here`]): usually the request's own flow, which then answers before the
 /// reply reads its slot — no driver wake, no thread hop, no wake of the requester. Does
-/// nothing when nothing can start, when another task is doing the same for this node or
-/// starting one of its flows, or inside a flow started this way. `true` if a flow started.
+/// nothing when nothing can start, when the caller is not on the node's runtime, when
+/// another task is doing the same for this node or starting one of its flows, or inside a
+/// flow started this way. `true` if a flow started.
 ///
 /// The memory is the node's, so a handler that blocks its thread holds up one requester,
 /// after which the next [`HERE_BACKOFF`] requests leave that node's flows to its drivers.
@@ -451,6 +455,11 @@ thread_local! {
 /// the close itself), so a closed node is not kept alive by its own memory.
 pub(crate) fn start_for_requester(node: &Node, here: &Mutex<Here>) -> bool {
     if node.engine().nothing_to_start() || STARTING_HERE.get() {
+        return false;
+    }
+    // A flow's first poll binds what it creates (timers, sockets, spawned tasks) to the
+    // runtime it runs on: only the node's own.
+    if !tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == node.runner().runtime_id) {
         return false;
     }
     let Some(mut here) = here.try_lock() else {
