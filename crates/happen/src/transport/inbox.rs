@@ -176,6 +176,8 @@ impl Inbox {
     /// A handler that blocks its thread must not stop the caller from reading its
     /// connection for long: a call stops once it has run flows for 250 µs, and the next 64
     /// calls then start nothing (the node's drivers run those flows, as without this call).
+    /// With a `budget` of one, one call in 8 reads the clock (a handler slow from the first
+    /// call is noticed at once, one that turns slow within 8 calls).
     /// `state` keeps what the call learns (the handler last looked up, a context to reuse,
     /// which holds the node until the next call or until `state` is dropped); keep one per
     /// calling task and node — used for another node, it starts afresh.
