@@ -470,15 +470,14 @@ async fn happen_client(
     Ok((n, latencies))
 }
 
-/// `hears`: whether the publishing node takes broadcasts (the default); `false` makes it
-/// with `NodeOptions::receive_broadcasts(false)`, so it is not subscribed to them and, like
-/// the floors' publisher, receives none (`happen(publish-only)`).
 /// How `happen_broadcast` sends its events.
 #[derive(Clone, Copy)]
 enum Sending {
     /// Broadcasts from a node that takes broadcasts too (it receives its own and skips them).
     Broadcast,
-    /// Broadcasts from a node that takes none (not subscribed to them).
+    /// Broadcasts from a node made with `NodeOptions::receive_broadcasts(false)`: not
+    /// subscribed to them, it receives none, like the floors' publisher
+    /// (`happen(publish-only)`).
     PublishOnly,
     /// Tells to the subscribing node, from a node that takes no broadcasts.
     Tell,

@@ -325,33 +325,45 @@ impl Serving {
         }
     }
 
-    /// Takes `msg` and the broadcasts already waiting behind it (up to [`BROADCAST_RUN`]),
-    /// holding the node's driver wakes over the run (see `Inbox::hold_wakes`), then starts
-    /// their flows in this task (`Inbox::run_here`: where they were decoded, no driver woken
-    /// on another thread; a handler that blocks its thread is left to the drivers). Stops at a
-    /// broadcast that is held (the node is under pressure) or whose stream is being set up.
+    /// Takes `msg` and the broadcasts already waiting behind it as one run (see
+    /// [`Serving::take_run`]). Stops at a broadcast that is held (the node is under pressure)
+    /// or whose stream is being set up.
     fn on_broadcasts(&mut self, msg: Message) {
+        self.take_run(
+            msg,
+            |s| &mut s.broadcast,
+            |s, inbox, msg| {
+                match on_broadcast(&s.ctx, inbox, msg) {
+                    Some(Prepared::Ready(incoming)) => {
+                        s.held = offer(&s.ctx, inbox, &s.pressure, &mut s.completing, incoming);
+                    }
+                    Some(Prepared::Subscribing(subscribing)) => s.preparing = Some(subscribing),
+                    None => {}
+                }
+                s.held.is_none() && s.preparing.is_none()
+            },
+        );
+    }
+
+    /// Admits `first` and the messages already waiting behind it on `sub` (up to
+    /// [`BROADCAST_RUN`]) with `take`, which says whether to go on, holding the node's
+    /// driver wakes over the run (see `Inbox::hold_wakes`); then starts their flows in this
+    /// task (`Inbox::run_here`: where they were decoded, no driver woken on another thread;
+    /// a handler that blocks its thread is left to the drivers).
+    fn take_run(
+        &mut self,
+        first: Message,
+        sub: fn(&mut Serving) -> &mut Sub,
+        mut take: impl FnMut(&mut Serving, &Inbox, Message) -> bool,
+    ) {
         let inbox = self.inbox.clone();
         let _wakes = inbox.hold_wakes();
-        let mut next = Some(msg);
+        let mut next = Some(first);
         let mut taken = 0;
         while let Some(msg) = next.take() {
-            match on_broadcast(&self.ctx, &inbox, msg) {
-                Some(Prepared::Ready(incoming)) => {
-                    self.held = offer(
-                        &self.ctx,
-                        &inbox,
-                        &self.pressure,
-                        &mut self.completing,
-                        incoming,
-                    );
-                }
-                Some(Prepared::Subscribing(subscribing)) => self.preparing = Some(subscribing),
-                None => {}
-            }
             taken += 1;
-            if taken < BROADCAST_RUN && self.held.is_none() && self.preparing.is_none() {
-                next = self.broadcast.try_next();
+            if take(self, &inbox, msg) && taken < BROADCAST_RUN {
+                next = sub(self).try_next();
             }
         }
         inbox.run_here(&mut self.here, BROADCAST_RUN);
@@ -626,31 +638,26 @@ impl Serving {
         inc(&self.ctx.counters.forwarded);
     }
 
-    /// Takes `msg` and the direct messages already waiting behind it (up to
-    /// [`BROADCAST_RUN`]) and starts their flows in this task, as [`Serving::on_broadcasts`]
-    /// does: an answer that is ready at once is published on this task's next turn, with no
-    /// wake in between.
+    /// Takes `msg` and the direct messages already waiting behind it as one run (see
+    /// [`Serving::take_run`]): an answer that is ready at once is published on this task's
+    /// next turn, with no wake in between.
     fn on_direct(&mut self, msg: Message) {
-        let inbox = self.inbox.clone();
-        let _wakes = inbox.hold_wakes();
-        let mut next = Some(msg);
-        let mut taken = 0;
         let mut tracked = false;
-        while let Some(msg) = next.take() {
-            tracked |= on_direct(
-                &self.ctx,
-                &inbox,
-                msg,
-                &mut self.waiting,
-                &mut self.completing,
-                &self.pressure,
-            );
-            taken += 1;
-            if taken < BROADCAST_RUN {
-                next = self.direct.try_next();
-            }
-        }
-        inbox.run_here(&mut self.here, BROADCAST_RUN);
+        self.take_run(
+            msg,
+            |s| &mut s.direct,
+            |s, inbox, msg| {
+                tracked |= on_direct(
+                    &s.ctx,
+                    inbox,
+                    msg,
+                    &mut s.waiting,
+                    &mut s.completing,
+                    &s.pressure,
+                );
+                true
+            },
+        );
         if tracked && self.accept_tick.is_none() {
             self.arm_accept_tick();
         }

@@ -866,16 +866,7 @@ impl Node {
     /// [`Inbox::run_here`](crate::transport::Inbox::run_here)); with wakes held, a wake left
     /// pending is dropped when nothing is left to start.
     pub(crate) fn run_here(&self, here: &mut Here, budget: usize) -> usize {
-        let started = match catch_unwind(AssertUnwindSafe(|| {
-            run::run_here(self, here, budget, run::StartLock::Wait)
-        })) {
-            Ok(n) => n,
-            Err(panic) => {
-                self.engine().fault(&panic_message(&*panic));
-                run::reset_here(self, here);
-                0
-            }
-        };
+        let started = run::run_here_caught(self, here, budget, run::StartLock::Wait);
         let shared = &self.shared;
         // Swapped before the check: an event counted in after the check sets it again itself.
         if shared.wake_pending.swap(false, Ordering::SeqCst) && !self.engine().nothing_to_start() {
@@ -962,10 +953,23 @@ impl Node {
     /// directly (no dynamic call); everything else goes through the transport.
     #[inline]
     fn dispatch(&self, target: Target<'_>, event: Event, reply: Option<ReplySender>) -> Result<()> {
+        let direct = self.direct_target(&target);
+        self.dispatch_to(direct, target, event, reply)
+    }
+
+    /// [`dispatch`](Node::dispatch) with `direct`, the target's [`direct_target`](Node::direct_target), known.
+    #[inline]
+    fn dispatch_to(
+        &self,
+        direct: Option<&Node>,
+        target: Target<'_>,
+        event: Event,
+        reply: Option<ReplySender>,
+    ) -> Result<()> {
         self.shared
             .scope
             .check_open(|| instance::closed_send(&target))?;
-        match self.direct_target(&target) {
+        match direct {
             Some(node) => node.admit(event, reply.map(|r| r.0), None),
             None => self.shared.instance.dispatch(target, event, reply),
         }
@@ -1014,11 +1018,10 @@ impl Node {
             // if it times out.
             tx.nudge(target.id());
         }
+        let direct = self.direct_target(&target);
         // A target in this process: the requester's task may start its flow (`StartsHere`).
-        let here = self
-            .direct_target(&target)
-            .map(|n| n.shared.clone() as Arc<dyn StartsHere>);
-        match self.dispatch(target, event, Some(ReplySender(tx))) {
+        let here = direct.map(|n| n.shared.clone() as Arc<dyn StartsHere>);
+        match self.dispatch_to(direct, target, event, Some(ReplySender(tx))) {
             Ok(()) => Reply::waiting(rx, timeout, here),
             Err(e) => Reply::failed(e, timeout, self.unobserved()),
         }

@@ -347,7 +347,7 @@ pub(crate) struct Here {
 /// Its loop is [`drive_once`]'s without the parking; the two are kept apart because taking
 /// the start and the poll out into helpers both call cost a driver's `tell` 20 instructions
 /// per event (measured with `cargo xtask instructions`: 1,719 → 1,739).
-pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize, lock: StartLock) -> usize {
+fn run_here(node: &Node, here: &mut Here, budget: usize, lock: StartLock) -> usize {
     if !std::ptr::eq(here.node.as_ptr(), std::sync::Arc::as_ptr(&node.shared)) {
         // the handler lookup is keyed by type and registry version, which another node may
         // share: nothing learnt about one node is used for another
@@ -368,10 +368,10 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize, lock: StartL
     } else {
         here.untimed - 1
     };
-    let began = timed.then(std::time::Instant::now);
+    // `None` once the slice is used up (or when this call is not timed)
+    let mut began = timed.then(std::time::Instant::now);
     let mut started = 0;
     let mut stop = false;
-    let mut timed_out = false;
     // A flow that waits registers this waker on its first poll and is polled again at once
     // by its own task, which registers that task's waker.
     let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
@@ -418,13 +418,10 @@ pub(crate) fn run_here(node: &Node, here: &mut Here, budget: usize, lock: StartL
             Poll::Pending => drop(task), // cancelled: answers `ShutDown`
         }
         // (also after the last flow of the budget: a call with a budget of one backs off too)
-        if !timed_out
-            && let Some(began) = began
-            && began.elapsed() > HERE_SLICE
-        {
+        if began.is_some_and(|b| b.elapsed() > HERE_SLICE) {
             here.rest = HERE_BACKOFF;
             here.untimed = 0; // the first call after the rest is timed
-            timed_out = true;
+            began = None;
             stop = true;
         }
     }
@@ -466,16 +463,7 @@ pub(crate) fn start_for_requester(node: &Node, here: &Mutex<Here>) -> bool {
         return false;
     };
     STARTING_HERE.set(true);
-    let started = match catch_unwind(AssertUnwindSafe(|| {
-        run_here(node, &mut here, 1, StartLock::IfFree)
-    })) {
-        Ok(n) => n,
-        Err(panic) => {
-            node.engine().fault(&panic_message(&*panic));
-            reset_here(node, &mut here);
-            0
-        }
-    };
+    let started = run_here_caught(node, &mut here, 1, StartLock::IfFree);
     STARTING_HERE.set(false);
     if node.engine().is_closed() {
         here.spare = None;
@@ -490,9 +478,22 @@ impl Here {
     }
 }
 
-/// A panic in [`run_here`] outside the flows' own boundaries: a slot handed over to an
-/// event it did not start yet goes back, and the memory is reset.
-pub(crate) fn reset_here(node: &Node, here: &mut Here) {
-    give_back_handed_over(node, &mut here.handed_over);
-    *here = Here::default();
+/// [`run_here`] inside a panic boundary of the engine's own (each flow has its own too): a
+/// panic is logged and counted, a slot handed over to an event not started yet goes back,
+/// the memory is reset, and nothing counts as started.
+pub(crate) fn run_here_caught(
+    node: &Node,
+    here: &mut Here,
+    budget: usize,
+    lock: StartLock,
+) -> usize {
+    match catch_unwind(AssertUnwindSafe(|| run_here(node, here, budget, lock))) {
+        Ok(n) => n,
+        Err(panic) => {
+            node.engine().fault(&panic_message(&*panic));
+            give_back_handed_over(node, &mut here.handed_over);
+            *here = Here::default();
+            0
+        }
+    }
 }

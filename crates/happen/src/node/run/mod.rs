@@ -8,4 +8,4 @@
 mod driver;
 mod flow_task;
 
-pub(crate) use driver::{Here, Runner, StartLock, reset_here, run_here, start_for_requester};
+pub(crate) use driver::{Here, Runner, StartLock, run_here_caught, start_for_requester};
