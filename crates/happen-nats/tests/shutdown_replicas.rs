@@ -140,3 +140,31 @@ async fn rolling_shutdown_of_a_replica_loses_no_request() {
         );
     }
 }
+
+/// A stopping node asks whether another replica serves its id (discovery) before it chooses
+/// how to end its subscriptions. Its own process has taken it off its list by then, so a
+/// process alone on the server used to get no answer at all and waited the whole discovery
+/// wait (one second) per shutdown. Its own process now answers the request it sent itself,
+/// and the short quiet time after that answer ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_alone_stops_without_waiting_out_discovery() {
+    let server = NatsServer::start();
+    for round in 0..3 {
+        let (h, _) = instance(&server.url()).await;
+        let node = h.node("alone").await.unwrap();
+        node.on("ping", |_e: Event, _c: Context| async { "pong" })
+            .unwrap();
+        assert_eq!(
+            node.send("alone", Event::new("ping", ())).await.unwrap(),
+            "pong"
+        );
+        let start = Instant::now();
+        within(10, "shutdown", h.shutdown(Duration::from_secs(5))).await;
+        let took = start.elapsed();
+        // the discovery wait is a one-second timer: a shutdown under it did not wait it out
+        assert!(
+            took < Duration::from_millis(900),
+            "round {round}: shutdown of a lone process took {took:?}"
+        );
+    }
+}

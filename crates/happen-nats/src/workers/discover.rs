@@ -56,7 +56,13 @@ pub(crate) async fn subscribe(
 pub(crate) async fn serve(d: Arc<Discover>, mut sub: Subscriber) {
     while let Some(msg) = sub.next().await {
         if let Some(reply) = msg.reply {
-            answer(&d, reply);
+            // a request this process sent itself is answered even without nodes (see `ask`)
+            let own = msg
+                .headers
+                .as_ref()
+                .and_then(|h| header::get(h, header::REPLICA))
+                .is_some_and(|r| r == d.ep.replica);
+            answer(&d, reply, own);
         }
     }
 }
@@ -64,9 +70,10 @@ pub(crate) async fn serve(d: Arc<Discover>, mut sub: Subscriber) {
 /// Room for the headers and the JSON around the nodes in one answer.
 const ENVELOPE: usize = 1024;
 
-fn answer(d: &Discover, reply: Subject) {
+/// Answers one request; `always` also when this process serves no node.
+fn answer(d: &Discover, reply: Subject, always: bool) {
     let nodes: Vec<NodeInfo> = d.nodes.inboxes().iter().map(NodeInfo::of).collect();
-    if nodes.is_empty() {
+    if nodes.is_empty() && !always {
         // a process without nodes has nothing to tell (and a requester needs no answer)
         return;
     }
@@ -129,7 +136,7 @@ pub(crate) async fn request(
     wait: Duration,
     quiet: Duration,
 ) -> Result<Vec<ProcessInfo>> {
-    let mut found = ask(client, subjects, wait, quiet, |_| false).await?;
+    let mut found = ask(client, subjects, None, wait, quiet, |_| false).await?;
     found.sort_by(|a, b| a.replica.cmp(&b.replica));
     for p in &mut found {
         p.nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -166,7 +173,7 @@ pub(crate) async fn serves_except(
     quiet: Duration,
 ) -> Result<bool> {
     let mut named = false;
-    ask(client, subjects, wait, quiet, |info| {
+    ask(client, subjects, except, wait, quiet, |info| {
         named = except != Some(info.replica.as_str()) && info.nodes.iter().any(|n| n.id == node);
         named
     })
@@ -176,9 +183,16 @@ pub(crate) async fn serves_except(
 
 /// Publishes one discovery request and gathers the answers (merged by replica) until `stop`
 /// says enough, none came for `quiet`, or `wait` is over.
+///
+/// `own` is the asking process's replica id, when it answers for itself: the request then
+/// names it (`Happen-Replica`), and its own process answers even when it serves no node (a
+/// stopping node is off the process's list before it asks). Without that answer a process
+/// alone on the server would wait all of `wait` for a first answer; with it, the quiet time
+/// starts at once.
 async fn ask(
     client: &async_nats::Client,
     subjects: &Subjects,
+    own: Option<&str>,
     wait: Duration,
     quiet: Duration,
     mut stop: impl FnMut(&ProcessInfo) -> bool,
@@ -188,10 +202,21 @@ async fn ask(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| transport_error("cannot subscribe for discovery answers", e))?;
-    client
-        .publish_with_reply(subjects.discover(), inbox, Bytes::new())
-        .await
-        .map_err(|e| transport_error("cannot publish the discovery request", e))?;
+    let published = match own {
+        Some(replica) => {
+            let mut h = HeaderMap::new();
+            h.insert(header::REPLICA, replica);
+            client
+                .publish_with_reply_and_headers(subjects.discover(), inbox, h, Bytes::new())
+                .await
+        }
+        None => {
+            client
+                .publish_with_reply(subjects.discover(), inbox, Bytes::new())
+                .await
+        }
+    };
+    published.map_err(|e| transport_error("cannot publish the discovery request", e))?;
     client
         .flush()
         .await
