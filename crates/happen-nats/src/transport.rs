@@ -412,9 +412,11 @@ impl NatsTransport {
         &self.inner.ep.client
     }
 
-    /// Waits until the outgoing buffer has room again: at most half of `outbound_buffer`
-    /// messages wait in it. `send`, `tell` and `broadcast` never block; when the buffer is full
-    /// they fail at once with [`ErrorKind::Transport`]. A producer publishing faster than the
+    /// Waits until the outgoing buffers have room again: at most half of `outbound_buffer`
+    /// messages wait in the outgoing buffer, and as many events for durable nodes wait to be
+    /// stored in JetStream (the durable outgoing buffer, when durable nodes are configured).
+    /// `send`, `tell` and `broadcast` never block; when a buffer is full they fail at once
+    /// with [`ErrorKind::Transport`]. A producer publishing faster than the
     /// connection drains (a burst of a million broadcasts) can pace itself with this instead
     /// of failing or spinning:
     ///
@@ -453,7 +455,16 @@ impl NatsTransport {
     /// # Cancel safety
     /// Cancel safe: it reserves nothing.
     pub async fn ready(&self) -> Result<()> {
-        self.inner.outbox.ready(&self.inner.link).await
+        loop {
+            self.inner.outbox.ready(&self.inner.link).await?;
+            if let Some(d) = &self.inner.durable {
+                d.ready().await?;
+            }
+            // the outgoing buffer may have filled again while the durable one drained
+            if !self.is_backlogged() {
+                return Ok(());
+            }
+        }
     }
 
     /// Waits until the client is connected (at once when it is). A producer that got
@@ -485,7 +496,8 @@ impl NatsTransport {
         self.inner.link.wait_up().await
     }
 
-    /// Is the outgoing buffer more than half full? (Then a send that failed with
+    /// Is the outgoing buffer, or the durable outgoing buffer, more than half full? (Then a
+    /// send that failed with
     /// [`ErrorKind::Transport`] most likely found it full; see [`ready`](NatsTransport::ready),
     /// whose example uses both.)
     ///
@@ -499,6 +511,11 @@ impl NatsTransport {
     /// ```
     pub fn is_backlogged(&self) -> bool {
         self.inner.outbox.is_backlogged()
+            || self
+                .inner
+                .durable
+                .as_ref()
+                .is_some_and(|d| d.is_backlogged())
     }
 
     /// The settings in use.
@@ -986,6 +1003,9 @@ impl Transport for NatsTransport {
             let mut fail_waiting = FailWaiting(Some(s));
             s.link.close();
             s.outbox.wake_all();
+            if let Some(d) = &s.durable {
+                d.wake_all();
+            }
             // nodes not detached yet stop now (as `detach`: their answers go out first)
             let nodes = s.nodes.drain();
             let durable = s

@@ -613,3 +613,53 @@ async fn a_durable_replica_shut_down_under_load_is_clean_within_a_short_grace() 
     .await;
     drop(stays);
 }
+
+/// A producer of durable tells paces itself on `NatsTransport::ready`: when the durable
+/// outgoing buffer (`outbound_buffer` events waiting to be stored) is full, `tell` fails with
+/// `Transport`, `is_backlogged` says why, and `ready` waits until the buffer has drained to
+/// half. 3,000 tells through a buffer of 32: every one is stored and handled, and the
+/// producer waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_producer_paces_itself_on_ready() {
+    let server = NatsServer::start_with(NatsServerOptions::new().with_jetstream());
+    let mut small = config(&server.url(), DeliveryMode::AtLeastOnce);
+    small.outbound_buffer = 32;
+    let (sender_h, sender_t) = instance_with(small).await;
+    let (worker_h, _worker_t) =
+        instance_with(config(&server.url(), DeliveryMode::AtLeastOnce)).await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let worker = worker_h.node("worker-paced").await.unwrap();
+    let h = handled.clone();
+    worker
+        .on("job", move |_e: Event, _c: Context| {
+            h.fetch_add(1, Ordering::Relaxed);
+            async {}
+        })
+        .unwrap();
+    let client = sender_h.node("client").await.unwrap();
+
+    const N: u64 = 3_000;
+    let mut waits = 0u64;
+    for i in 0..N {
+        loop {
+            match client.tell("worker-paced", Event::new("job", i)) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::Transport && sender_t.is_backlogged() => {
+                    waits += 1;
+                    within(20, "room in the durable buffer", sender_t.ready())
+                        .await
+                        .unwrap();
+                }
+                Err(e) => panic!("tell {i}: {e}"),
+            }
+        }
+    }
+    assert!(waits > 0, "3,000 tells never filled a buffer of 32");
+    eventually(30, "every paced tell handled", || {
+        handled.load(Ordering::Relaxed) >= N
+    })
+    .await;
+    assert_eq!(sender_t.stats().durable_published, N);
+    sender_h.shutdown(Duration::from_secs(2)).await;
+    worker_h.shutdown(Duration::from_secs(2)).await;
+}

@@ -28,7 +28,7 @@ use happen::transport::Inbox;
 use happen::transport::ReplySender;
 use happen::{Error, ErrorKind, Event, NodeId, Result};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{DeliveryMode, DurableConfig, DurableNode};
@@ -81,6 +81,9 @@ pub(crate) struct Durable {
     done: Option<Records>,
     /// To the publisher task.
     tx: mpsc::Sender<Publish>,
+    /// Signalled when the publisher task took the buffer down to half (see
+    /// [`Durable::ready`]).
+    room: Notify,
     /// The answers this process's durable nodes published lately, for requesters that lost
     /// their connection meanwhile (see [`answers`]).
     kept: answers::Kept,
@@ -189,6 +192,7 @@ impl Durable {
             dlq_prefix,
             done,
             tx,
+            room: Notify::new(),
             kept,
             consumers: Mutex::new(HashMap::new()),
         });
@@ -199,6 +203,54 @@ impl Durable {
     /// Is `target` durable?
     pub(crate) fn is_durable(&self, target: &str) -> bool {
         self.settings.node(target).is_some()
+    }
+
+    /// The publisher task took an event from the buffer: wakes the producers waiting for
+    /// room when the buffer just fell to half.
+    fn took(&self) {
+        if self.waiting() == self.room_mark() {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Events waiting in the durable outgoing buffer for the publisher task.
+    fn waiting(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// `ready` resolves once at most this many events wait in the buffer.
+    fn room_mark(&self) -> usize {
+        self.tx.max_capacity() / 2
+    }
+
+    /// Is the durable outgoing buffer more than half full?
+    pub(crate) fn is_backlogged(&self) -> bool {
+        self.waiting() > self.room_mark()
+    }
+
+    /// Waits until at most half of the durable outgoing buffer is taken (see
+    /// `NatsTransport::ready`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::ShutDown`] once the transport is shut down.
+    pub(crate) async fn ready(&self) -> Result<()> {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.link.is_closed() {
+                return Err(shut_down());
+            }
+            if !self.is_backlogged() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes every [`ready`](Durable::ready) (the transport shuts down).
+    pub(crate) fn wake_all(&self) {
+        self.room.notify_waiters();
     }
 
     /// A `send` or `tell` to a durable node: queued for the publisher task (also while
@@ -252,7 +304,7 @@ impl Durable {
         };
         self.tx.try_send(p).map_err(|e| {
             let err = refused(&e, || format!(
-                "the durable outgoing buffer is full ({} events wait for the server's acknowledgement); slow down or raise transport.nats.outbound_buffer",
+                "the durable outgoing buffer is full ({} events wait for the server's acknowledgement); wait for room (`NatsTransport::ready`) or raise transport.nats.outbound_buffer",
                 self.ep.config.outbound_buffer
             ));
             if let Some(t) = token {

@@ -29,7 +29,10 @@ pub(super) async fn run(d: Arc<Durable>, mut rx: mpsc::Receiver<Publish>) {
             biased;
             Some(()) = flying.next(), if !flying.is_empty() => {}
             p = rx.recv(), if flying.len() < window => match p {
-                Some(p) => flying.push(publish_one(d.clone(), p, Instant::now() + give_up_after)),
+                Some(p) => {
+                    d.took();
+                    flying.push(publish_one(d.clone(), p, Instant::now() + give_up_after));
+                }
                 None => break,
             },
             else => break,
