@@ -12,8 +12,12 @@
 //! - **happen**: two `Happen` instances (two connections, as two processes), both configured
 //!   with `[transport.nats.durable]` for the node `sink` (at-least-once, default limits). The
 //!   client node `tell`s `n` events with a 128-character payload to `sink`; when the durable
-//!   outgoing buffer is full the producer waits a millisecond and retries (counted). Timed until
-//!   the sink's handler ran for all `n` (each acknowledged after its flow).
+//!   outgoing buffer is full the producer waits until it has drained to half
+//!   (`NatsTransport::ready`) and retries (the waits are noted). Timed until the sink's
+//!   handler ran for all `n` (each acknowledged after its flow).
+//!
+//! `HAPPEN_BENCH_OUTBOUND` and `HAPPEN_BENCH_CLIENT_CAP`, when set, are the happen side's
+//! `transport.nats.outbound_buffer` and `client_capacity` (as in the other NATS workloads).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +73,7 @@ fn prefix() -> String {
     )
 }
 
-async fn floor_durable(url: String, n: u64) -> RunResult {
+pub(crate) async fn floor_durable(url: String, n: u64) -> RunResult {
     let p = prefix();
     let publisher = async_nats::connect(&url).await.map_err(err)?;
     let consumer_conn = async_nats::connect(&url).await.map_err(err)?;
@@ -159,6 +163,12 @@ async fn instance(url: &str, prefix: &str) -> Result<(Happen, NatsTransport), St
     let mut config = NatsConfig::with_server(url)
         .with_durable("sink", DurableNode::new(DeliveryMode::AtLeastOnce));
     config.prefix = prefix.to_owned();
+    if let Ok(v) = std::env::var("HAPPEN_BENCH_OUTBOUND") {
+        config.outbound_buffer = v.parse().map_err(err)?;
+    }
+    if let Ok(v) = std::env::var("HAPPEN_BENCH_CLIENT_CAP") {
+        config.client_capacity = v.parse().map_err(err)?;
+    }
     let transport = NatsTransport::connect(config).await.map_err(err)?;
     let happen = Happen::builder()
         .transport(transport.clone())
@@ -167,7 +177,7 @@ async fn instance(url: &str, prefix: &str) -> Result<(Happen, NatsTransport), St
     Ok((happen, transport))
 }
 
-async fn happen_durable(url: String, n: u64) -> RunResult {
+pub(crate) async fn happen_durable(url: String, n: u64) -> RunResult {
     let p = prefix();
     let (server_side, server_t) = instance(&url, &p).await?;
     let sink = server_side.node("sink").await.map_err(err)?;
@@ -177,7 +187,7 @@ async fn happen_durable(url: String, n: u64) -> RunResult {
         done.hit();
     })
     .map_err(err)?;
-    let (client_side, _client_t) = instance(&url, &p).await?;
+    let (client_side, client_t) = instance(&url, &p).await?;
     let client = client_side.node("client").await.map_err(err)?;
     let body = Value::String("a".repeat(PAYLOAD));
     let mut waits = 0u64;
@@ -187,10 +197,11 @@ async fn happen_durable(url: String, n: u64) -> RunResult {
         loop {
             match client.tell("sink", Event::new("job", body.clone())) {
                 Ok(()) => break,
-                // the durable outgoing buffer is full: the server has not acknowledged enough
-                Err(e) if e.kind() == ErrorKind::Transport => {
+                // the durable outgoing buffer is full: the server has not acknowledged enough;
+                // wait until it has drained to half
+                Err(e) if e.kind() == ErrorKind::Transport && client_t.is_backlogged() => {
                     waits += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    client_t.ready().await.map_err(err)?;
                 }
                 Err(e) => return Err(err(e)),
             }

@@ -31,6 +31,10 @@
 //! - `nats-tell`: the same with `Node::tell` to the subscribing node (its node subject)
 //!   instead of a broadcast, a publisher that takes no broadcasts; the floors are
 //!   `nats-broadcast`'s (one publisher, one subscriber).
+//!
+//! `HAPPEN_BENCH_OUTBOUND` and `HAPPEN_BENCH_CLIENT_CAP`, when set, are both happen sides'
+//! `transport.nats.outbound_buffer` and `client_capacity` (to measure what the buffer sizes
+//! cost in time and memory; the defaults otherwise).
 
 use std::hint::black_box;
 use std::panic::AssertUnwindSafe;
@@ -165,6 +169,9 @@ pub(crate) async fn child(workload: &str, system: &str, n: u64) -> RunResult {
         ("nats-tell", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
         ("nats-broadcast", "floor") => floor_broadcast(url, n, Format::Raw).await,
         ("nats-broadcast", "floor(json)") => floor_broadcast(url, n, Format::Json).await,
+        // the server must have JetStream (`nats-server -js`)
+        ("nats-durable", "happen") => super::durable::happen_durable(url, n).await,
+        ("nats-durable", "floor") => super::durable::floor_durable(url, n).await,
         (w, s) => Err(format!("no child mode for `{w}` `{s}`")),
     }
 }
@@ -408,6 +415,12 @@ async fn instance_with_transport(
     let mut config = NatsConfig::with_server(url);
     config.prefix = prefix.to_owned();
     config.completion_records = completion_records()?;
+    if let Ok(v) = std::env::var("HAPPEN_BENCH_OUTBOUND") {
+        config.outbound_buffer = v.parse().map_err(err)?;
+    }
+    if let Ok(v) = std::env::var("HAPPEN_BENCH_CLIENT_CAP") {
+        config.client_capacity = v.parse().map_err(err)?;
+    }
     let transport = NatsTransport::connect(config).await.map_err(err)?;
     let happen = Happen::builder()
         .transport(transport.clone())

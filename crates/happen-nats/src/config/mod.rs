@@ -103,11 +103,13 @@ pub struct NatsConfig {
     /// Messages each subscription buffers before the client drops (and counts) the overflow
     /// (default 1,048,576; async-nats' own default of 65,536 loses messages under bursts).
     pub subscription_capacity: usize,
-    /// Commands the client buffers towards the server (default 65,536).
+    /// Commands the client buffers towards the server (default 4,096; what waits here and in
+    /// `outbound_buffer` is the process's outgoing backlog, held in memory).
     pub client_capacity: usize,
     /// Outgoing events buffered by the transport before `send` and `broadcast` fail (default
-    /// 65,536; see
-    /// [`NatsTransport::ready`](crate::NatsTransport::ready) to pace a producer instead).
+    /// 8,192; see [`NatsTransport::ready`](crate::NatsTransport::ready) to pace a producer
+    /// instead). Also the size of the durable outgoing buffer: durable sends and tells
+    /// waiting to be stored in JetStream.
     pub outbound_buffer: usize,
     /// Sends, tells and broadcasts accepted while the client is disconnected, per outage
     /// (default 8,192, or `outbound_buffer` if that is smaller; see
@@ -154,8 +156,8 @@ impl Default for NatsConfig {
             reconnect: ReconnectConfig::default(),
             retry_on_initial_connect: false,
             subscription_capacity: 1 << 20,
-            client_capacity: 65_536,
-            outbound_buffer: 65_536,
+            client_capacity: 4_096,
+            outbound_buffer: 8_192,
             disconnected_buffer: None,
             max_message_bytes: None,
             stream_window: 256,
