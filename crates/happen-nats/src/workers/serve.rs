@@ -51,6 +51,7 @@ use crate::core::nodes::LocalNodes;
 use crate::core::outbox::{Headers, Outbox, Outgoing};
 use crate::core::requests::Requests;
 use crate::core::stats::{BadInput, Counters, inc};
+use crate::wire::header::NodeHeaders;
 use crate::wire::{self, header, value_body};
 use futures::future::BoxFuture;
 
@@ -839,18 +840,19 @@ fn offer(
 }
 
 /// Decodes an event, checking size and stray frames; counts and explains what is wrong.
-fn decode(ctx: &Serve, msg: &Message) -> Result<happen::Event, Error> {
+/// Decodes the event in `msg`; `frame` is its `Happen-Frame` header (a stream frame is not an
+/// event).
+fn decode(ctx: &Serve, msg: &Message, frame: Option<&str>) -> Result<happen::Event, Error> {
     if msg.payload.len() > ctx.ep.max_bytes {
         ctx.counters.bad_input(BadInput::Oversized);
         return wire::decode_event(&msg.payload, ctx.ep.max_bytes);
     }
-    if let Some(kind) = msg.headers.as_ref().and_then(|h| h.get(header::FRAME)) {
+    if let Some(kind) = frame {
         ctx.counters.bad_input(BadInput::Protocol);
         return Err(Error::new(
             happen::ErrorKind::InvalidEvent,
             format!(
-                "unexpected stream frame `{}` on a node subject; only events are accepted here",
-                kind.as_str()
+                "unexpected stream frame `{kind}` on a node subject; only events are accepted here"
             ),
         ));
     }
@@ -870,13 +872,14 @@ fn on_direct(
     pressure: &watch::Receiver<Pressure>,
 ) -> bool {
     let node = inbox.id();
-    if let Some(query) = msg.headers.as_ref().and_then(|h| h.get(header::QUERY)) {
+    let headers = NodeHeaders::read(msg.headers.as_ref());
+    if let Some(query) = headers.query {
         if let Some(reply) = msg.reply {
-            answer_query(ctx, inbox, query.as_str(), reply, pressure);
+            answer_query(ctx, inbox, query, reply, pressure);
         }
         return false;
     }
-    let event = match decode(ctx, &msg) {
+    let event = match decode(ctx, &msg, headers.frame) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %node, subject = %msg.subject, error = %err, "rejected a bad message");
@@ -888,14 +891,11 @@ fn on_direct(
     };
     match msg.reply {
         Some(reply) => {
-            let headers = msg.headers.as_ref();
             let credit = headers
-                .and_then(|h| h.get(header::STREAM))
-                .and_then(|c| c.as_str().trim().parse::<u64>().ok())
+                .stream
+                .and_then(|c| c.trim().parse::<u64>().ok())
                 .filter(|c| *c > 0);
-            let track = if ctx.ep.config.liveness.enabled
-                && headers.is_some_and(|h| h.get(header::TRACK).is_some())
-            {
+            let track = if ctx.ep.config.liveness.enabled && headers.track {
                 Track::New
             } else {
                 Track::No
@@ -947,7 +947,11 @@ fn on_broadcast(ctx: &Arc<Serve>, inbox: &Inbox, msg: Message) -> Option<Prepare
         return None;
     }
     inc(&ctx.counters.broadcasts_decoded);
-    let event = match decode(ctx, &msg) {
+    let frame = msg
+        .headers
+        .as_ref()
+        .and_then(|h| header::get(h, header::FRAME));
+    let event = match decode(ctx, &msg, frame) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(target: "happen_nats", node = %inbox.id(), subject = %msg.subject, error = %err, "rejected a bad broadcast");
