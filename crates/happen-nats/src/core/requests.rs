@@ -5,7 +5,6 @@
 //! ([`Requests::round_trip`]).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -185,10 +184,13 @@ impl Requests {
 
     /// `<inbox>.<token>`.
     pub(crate) fn reply_subject(&self, token: u64) -> Subject {
-        let mut reply = String::with_capacity(self.inbox.len() + 21);
+        // itoa, not `write!`: the formatting machinery was ~1,000 instructions per request
+        let mut digits = itoa::Buffer::new();
+        let token = digits.format(token);
+        let mut reply = String::with_capacity(self.inbox.len() + 1 + token.len());
         reply.push_str(&self.inbox);
         reply.push('.');
-        let _ = write!(reply, "{token}");
+        reply.push_str(token);
         Subject::from(reply)
     }
 
