@@ -163,12 +163,7 @@ async fn instance(url: &str, prefix: &str) -> Result<(Happen, NatsTransport), St
     let mut config = NatsConfig::with_server(url)
         .with_durable("sink", DurableNode::new(DeliveryMode::AtLeastOnce));
     config.prefix = prefix.to_owned();
-    if let Ok(v) = std::env::var("HAPPEN_BENCH_OUTBOUND") {
-        config.outbound_buffer = v.parse().map_err(err)?;
-    }
-    if let Ok(v) = std::env::var("HAPPEN_BENCH_CLIENT_CAP") {
-        config.client_capacity = v.parse().map_err(err)?;
-    }
+    super::nats::buffer_sizes(&mut config)?;
     let transport = NatsTransport::connect(config).await.map_err(err)?;
     let happen = Happen::builder()
         .transport(transport.clone())

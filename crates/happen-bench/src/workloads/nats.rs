@@ -404,6 +404,22 @@ fn completion_records() -> Result<happen_nats::CompletionRecords, String> {
     }
 }
 
+/// `HAPPEN_BENCH_OUTBOUND` and `HAPPEN_BENCH_CLIENT_CAP`, when set, as `config`'s
+/// `outbound_buffer` and `client_capacity` (see the module docs).
+pub(crate) fn buffer_sizes(config: &mut NatsConfig) -> Result<(), String> {
+    for (var, field) in [
+        ("HAPPEN_BENCH_OUTBOUND", &mut config.outbound_buffer),
+        ("HAPPEN_BENCH_CLIENT_CAP", &mut config.client_capacity),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            *field = v
+                .parse()
+                .map_err(|_| format!("{var} is `{v}`: say a number of messages"))?;
+        }
+    }
+    Ok(())
+}
+
 async fn instance(url: &str, prefix: &str) -> Result<Happen, String> {
     Ok(instance_with_transport(url, prefix).await?.0)
 }
@@ -415,12 +431,7 @@ async fn instance_with_transport(
     let mut config = NatsConfig::with_server(url);
     config.prefix = prefix.to_owned();
     config.completion_records = completion_records()?;
-    if let Ok(v) = std::env::var("HAPPEN_BENCH_OUTBOUND") {
-        config.outbound_buffer = v.parse().map_err(err)?;
-    }
-    if let Ok(v) = std::env::var("HAPPEN_BENCH_CLIENT_CAP") {
-        config.client_capacity = v.parse().map_err(err)?;
-    }
+    buffer_sizes(&mut config)?;
     let transport = NatsTransport::connect(config).await.map_err(err)?;
     let happen = Happen::builder()
         .transport(transport.clone())
