@@ -244,21 +244,7 @@ impl Outbox {
     /// # Errors
     /// [`ErrorKind::ShutDown`] once `link` says the transport is shut down.
     pub(crate) async fn ready(&self, link: &Link) -> Result<()> {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if link.is_closed() {
-                return Err(Error::new(
-                    ErrorKind::ShutDown,
-                    "the nats transport is shut down",
-                ));
-            }
-            if self.queued.load(Ordering::Acquire) <= self.room_mark() {
-                return Ok(());
-            }
-            notified.await;
-        }
+        until_room(&self.room, link, || self.is_backlogged()).await
     }
 
     /// Is the buffer more than half full?
@@ -295,6 +281,33 @@ impl Outbox {
             },
             payload: out.payload,
         }
+    }
+}
+
+/// Waits until `backlogged` says no, woken through `room` (signalled by whoever drains the
+/// buffer); the check follows the wake's registration, so no signal is missed.
+///
+/// # Errors
+/// [`ErrorKind::ShutDown`] once `link` says the transport is shut down.
+pub(crate) async fn until_room(
+    room: &Notify,
+    link: &Link,
+    backlogged: impl Fn() -> bool,
+) -> Result<()> {
+    loop {
+        let notified = room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if link.is_closed() {
+            return Err(Error::new(
+                ErrorKind::ShutDown,
+                "the nats transport is shut down",
+            ));
+        }
+        if !backlogged() {
+            return Ok(());
+        }
+        notified.await;
     }
 }
 

@@ -839,9 +839,8 @@ fn offer(
     }
 }
 
-/// Decodes an event, checking size and stray frames; counts and explains what is wrong.
-/// Decodes the event in `msg`; `frame` is its `Happen-Frame` header (a stream frame is not an
-/// event).
+/// Decodes the event in `msg`, checking size and stray frames (`frame`: its `Happen-Frame`
+/// header); counts and explains what is wrong.
 fn decode(ctx: &Serve, msg: &Message, frame: Option<&str>) -> Result<happen::Event, Error> {
     if msg.payload.len() > ctx.ep.max_bytes {
         ctx.counters.bad_input(BadInput::Oversized);

@@ -81,10 +81,9 @@ pub(crate) trait StartsHere: Send + Sync {
 /// # Where the flow runs
 /// For a target node of this process sent to by handle, the first poll of a reply awaited
 /// for its final value, on the node's own Tokio runtime, starts the target's next ready flow
-/// in the awaiting task, exactly as
-/// one of the node's drivers would (in admission order, within its limits): usually the
-/// request's own flow, which then answers without a driver wake or a thread hop. So a
-/// handler's synchronous part may run in the requester's task. A handler that blocks its
+/// in the awaiting task, exactly as one of the node's drivers would (in admission order,
+/// within its limits): usually the request's own flow, which then answers without a driver
+/// wake or a thread hop. So a handler's synchronous part may run in the requester's task. A handler that blocks its
 /// thread (blocking work belongs in [`Context::cpu`](crate::Context::cpu)) holds up one
 /// requester this way; the node's next 64 requests leave their flows to its drivers. A flow
 /// that waits moves to its own task as usual; a request made inside a flow started this way,

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::config::{DeliveryMode, DurableConfig, DurableNode};
 use crate::core::Endpoint;
 use crate::core::link::Link;
-use crate::core::outbox::{Outbox, refused};
+use crate::core::outbox::{Outbox, refused, until_room};
 use crate::core::requests::{DurableSend, Pending, Requests};
 use crate::core::shut_down;
 use crate::core::stats::{Counters, inc};
@@ -234,18 +234,7 @@ impl Durable {
     /// # Errors
     /// [`ErrorKind::ShutDown`] once the transport is shut down.
     pub(crate) async fn ready(&self) -> Result<()> {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.link.is_closed() {
-                return Err(shut_down());
-            }
-            if !self.is_backlogged() {
-                return Ok(());
-            }
-            notified.await;
-        }
+        until_room(&self.room, &self.link, || self.is_backlogged()).await
     }
 
     /// Wakes every [`ready`](Durable::ready) (the transport shuts down).
